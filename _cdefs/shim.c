@@ -1,0 +1,232 @@
+/* lxcbind's C helpers, compiled into the cffi module (lxcbind._lxc).
+ *
+ * Only code that must not be Python lives here: liblxc's attach() forks the calling process,
+ * so the function it runs in the child must be C (running Python after fork() in a threaded
+ * interpreter hangs or aborts: lxc/python3-lxc#11, #35).  Everything is static and prefixed
+ * lxcbind_ so no symbol can collide with liblxc's. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <lxc/lxccontainer.h>
+#include <lxc/version.h>
+
+#define LXCBIND_VERSION_AT_LEAST(maj, min, mic)                                    \
+    (LXC_VERSION_MAJOR > (maj) ||                                                  \
+     (LXC_VERSION_MAJOR == (maj) &&                                                \
+      (LXC_VERSION_MINOR > (min) ||                                                \
+       (LXC_VERSION_MINOR == (min) && LXC_VERSION_MICRO >= (mic)))))
+
+static const char *const LXCBIND_BUILT_LXC_VERSION = LXC_VERSION;
+
+#if LXCBIND_VERSION_AT_LEAST(4, 0, 5)
+static const int LXCBIND_HAS_DEVPTS_FD = 1;
+static int lxcbind_devpts_fd(struct lxc_container *c) { return c->devpts_fd(c); }
+#else
+static const int LXCBIND_HAS_DEVPTS_FD = 0;
+static int lxcbind_devpts_fd(struct lxc_container *c) { (void)c; return -ENOSYS; }
+#endif
+
+#if LXCBIND_VERSION_AT_LEAST(4, 0, 0)
+static const int LXCBIND_HAS_INIT_PIDFD = 1;
+static int lxcbind_init_pidfd(struct lxc_container *c) { return c->init_pidfd(c); }
+#else
+static const int LXCBIND_HAS_INIT_PIDFD = 0;
+static int lxcbind_init_pidfd(struct lxc_container *c) { (void)c; return -ENOSYS; }
+#endif
+
+/* LXC_ATTACH_OPTIONS_DEFAULT is an initializer macro, which cffi cannot express.  A zeroed
+ * struct would mean namespaces=0 ("join none": the command runs on the host), so every
+ * attach starts from this copy of the real defaults. */
+static void lxcbind_attach_options_init(lxc_attach_options_t *opts)
+{
+    lxc_attach_options_t defaults = LXC_ATTACH_OPTIONS_DEFAULT;
+    *opts = defaults;
+}
+
+#define LXCBIND_STAGE_REACHED 'R'
+#define LXCBIND_STAGE_CHDIR 1
+#define LXCBIND_STAGE_CTTY 2
+#define LXCBIND_STAGE_EXEC 3
+
+struct lxcbind_exec {
+    const char *file;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int ctty_fd;
+    int status_fd;
+};
+
+#define LXCBIND_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* Report a failure as {stage, errno} on the status pipe; the parent reads it after the child
+ * is gone, which is how "could not execute" is told apart from the program's own exit 126/127. */
+static int lxcbind_fail(int status_fd, int32_t stage, int32_t err, int code)
+{
+    int32_t record[2] = {stage, err};
+    ssize_t unused = write(status_fd, record, sizeof(record));
+    (void)unused;
+    return code;
+}
+
+static const char *lxcbind_env_path(char *const *envp)
+{
+    for (; envp && *envp; envp++)
+        if (strncmp(*envp, "PATH=", 5) == 0)
+            return *envp + 5;
+    return LXCBIND_DEFAULT_PATH;
+}
+
+/* execvpe(), but searching the PATH of the *new* environment (glibc searches the caller's)
+ * and without glibc's silent /bin/sh retry on ENOEXEC.  Returns the errno that decides the
+ * exit status: ENOENT means "not found", anything else "found but not executable". */
+static int lxcbind_execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    if (strchr(file, '/')) {
+        execve(file, argv, envp);
+        return errno;
+    }
+    const char *path = lxcbind_env_path(envp);
+    size_t flen = strlen(file);
+    int saw_eacces = 0;
+    char buf[4096];
+    for (const char *p = path;; ) {
+        const char *end = strchrnul(p, ':');
+        size_t dlen = (size_t)(end - p);
+        const char *dir = dlen ? p : "."; /* an empty PATH entry means the cwd */
+        if (dlen == 0)
+            dlen = 1;
+        if (dlen + flen + 2 <= sizeof(buf)) {
+            memcpy(buf, dir, dlen);
+            buf[dlen] = '/';
+            memcpy(buf + dlen + 1, file, flen + 1);
+            execve(buf, argv, envp);
+            switch (errno) {
+            case EACCES: saw_eacces = 1; break;
+            case ENOENT: case ENOTDIR: case ESTALE: case ENODEV: case ETIMEDOUT: break;
+            default: return errno;
+            }
+        }
+        if (*end == '\0')
+            break;
+        p = end + 1;
+    }
+    return saw_eacces ? EACCES : ENOENT;
+}
+
+/* The function liblxc runs in the attached child, after it has joined the container's
+ * namespaces and cgroup, dropped capabilities and dup2'd the standard fds.  It must leave a
+ * clean process image behind: no signal state inherited from Python (which ignores SIGPIPE
+ * and may block signals), its own session (so a timeout can kill the whole process group and
+ * the program cannot reach the host's terminal), no inherited descriptors, a strict cwd. */
+static int lxcbind_exec(void *payload)
+{
+    struct lxcbind_exec *x = payload;
+    ssize_t unused = write(x->status_fd, "R", 1);
+    (void)unused;
+
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < _NSIG; sig++)
+        sigaction(sig, &dfl, NULL);
+
+    /* liblxc already made us a session leader when stdin is a tty; otherwise do it here. */
+    if (getsid(0) != getpid())
+        setsid();
+    if (x->ctty_fd >= 0 && ioctl(x->ctty_fd, TIOCSCTTY, 0) < 0)
+        return lxcbind_fail(x->status_fd, LXCBIND_STAGE_CTTY, errno, 126);
+
+    /* liblxc closes nothing: mark every descriptor above stderr close-on-exec (the status
+     * pipe already is, so it stays usable until execve). */
+    if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0) {
+        long max = sysconf(_SC_OPEN_MAX);
+        for (int fd = 3; fd < (max > 0 && max < 65536 ? max : 65536); fd++)
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+
+    if (x->cwd && chdir(x->cwd) < 0)
+        return lxcbind_fail(x->status_fd, LXCBIND_STAGE_CHDIR, errno, 126);
+
+    int err = lxcbind_execvpe(x->file, x->argv, x->envp);
+    return lxcbind_fail(x->status_fd, LXCBIND_STAGE_EXEC, err,
+                        (err == ENOENT || err == ENOTDIR) ? 127 : 126);
+}
+
+#define LXCBIND_FD_BITS 65536
+
+/* Mark the open descriptors of this process (below LXCBIND_FD_BITS) in a bitmap. */
+static int lxcbind_open_fds(unsigned char *bits)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (!dir)
+        return -1;
+    int self = dirfd(dir);
+    struct dirent *entry;
+    while ((entry = readdir(dir))) {
+        int fd = atoi(entry->d_name);
+        if (entry->d_name[0] >= '0' && entry->d_name[0] <= '9' && fd != self && fd < LXCBIND_FD_BITS)
+            bits[fd / 8] |= (unsigned char)(1u << (fd % 8));
+    }
+    closedir(dir);
+    return 0;
+}
+
+/* The pid a pidfd refers to (its fdinfo "Pid:" line), or -1 for any other kind of fd. */
+static pid_t lxcbind_pidfd_pid(int fd)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+    int info = open(path, O_RDONLY | O_CLOEXEC);
+    if (info < 0)
+        return -1;
+    ssize_t n = read(info, buf, sizeof(buf) - 1);
+    close(info);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *line = strstr(buf, "\nPid:");
+    return line ? (pid_t)atoi(line + 5) : -1;
+}
+
+/* c->attach() with lxcbind_exec as the exec function.
+ *
+ * liblxc 5.0 leaks, in the caller, the pidfd of the container's init that it fetches for every
+ * attach (a thousand attaches, a thousand fds).  When init_pid > 0, the descriptors that appear
+ * during the call and are pidfds of exactly that init are closed here.  The caller holds the
+ * handle's lock, so liblxc is the only one creating fds through this handle meanwhile. */
+static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
+                          lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid)
+{
+    static __thread unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
+    int scanned = 0;
+    if (init_pid > 0) {
+        memset(before, 0, sizeof(before));
+        scanned = lxcbind_open_fds(before) == 0;
+    }
+    int ret = c->attach(c, lxcbind_exec, payload, opts, pid);
+    if (scanned) {
+        memset(after, 0, sizeof(after));
+        if (lxcbind_open_fds(after) == 0) {
+            for (int i = 0; i < LXCBIND_FD_BITS / 8; i++) {
+                unsigned char fresh = after[i] & (unsigned char)~before[i];
+                for (int b = 0; fresh && b < 8; b++, fresh >>= 1)
+                    if ((fresh & 1) && lxcbind_pidfd_pid(i * 8 + b) == init_pid)
+                        close(i * 8 + b);
+            }
+        }
+    }
+    return ret;
+}

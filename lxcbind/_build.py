@@ -1,0 +1,62 @@
+"""cffi builder for ``lxcbind._lxc`` (build time only: setup.py names it in cffi_modules).
+
+Reads the declarations under ``_cdefs/`` and compiles them, with lxcbind's C helpers, against
+the installed ``<lxc/lxccontainer.h>``.  Nothing imports this module at run time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
+
+# Order matters: lxc.h defines the types shim.h uses.
+DECLARATIONS = ["lxc.h", "libc.h", "shim.h"]
+C_SOURCES = ["shim.c"]
+
+MISSING_LXC = (
+    "lxcbind: liblxc and its headers were not found ({why}).\n"
+    "On Debian/Ubuntu install them with:  apt-get install lxc lxc-dev pkg-config"
+)
+
+
+def _lxc_flags() -> dict[str, list[str]]:
+    """Compiler and linker flags for liblxc from pkg-config, failing with a package hint."""
+    if shutil.which("pkg-config") is None:
+        sys.exit(MISSING_LXC.format(why="pkg-config is not installed"))
+    try:
+        cflags = subprocess.run(
+            ["pkg-config", "--cflags", "lxc"], check=True, capture_output=True, text=True
+        ).stdout.split()
+        libs = subprocess.run(
+            ["pkg-config", "--libs", "lxc"], check=True, capture_output=True, text=True
+        ).stdout.split()
+    except subprocess.CalledProcessError as exc:
+        sys.exit(MISSING_LXC.format(why=exc.stderr.strip() or "pkg-config lxc failed"))
+    return {
+        "include_dirs": [f[2:] for f in cflags if f.startswith("-I")],
+        "libraries": [f[2:] for f in libs if f.startswith("-l")],
+        "library_dirs": [f[2:] for f in libs if f.startswith("-L")],
+    }
+
+
+def _source(name: str) -> str:
+    return (CDEFS / name).read_text()
+
+
+ffibuilder = FFI()
+ffibuilder.cdef("\n".join(_source(name) for name in DECLARATIONS))
+ffibuilder.set_source(
+    "lxcbind._lxc",
+    "\n".join(_source(name) for name in C_SOURCES),
+    extra_compile_args=["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"],
+    **_lxc_flags(),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,350 @@
+"""One process attached to a running container: options, descriptors, exit status.
+
+``build_attach`` turns Python arguments into the C payload and liblxc options; ``Process`` owns
+the resulting child.  The exec function is ``lxcbind_exec`` in ``_cdefs/shim.c``: no Python runs
+in the forked child.  The attached process is the caller's own child (liblxc clones it with
+CLONE_PARENT), so it is watched through a pidfd and must be reaped: an unreaped zombie makes the
+container's ``stop()`` hang forever.  ``Process`` guarantees the reap (``wait``/``kill``/``close``
+and, as a last resort, its finalizer).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import struct
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from typing import IO, Any, Mapping, Sequence, Union
+
+from ._native import ffi, lib
+from .errors import ExecError
+
+FileArg = Union[int, IO[Any], None]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+_STAGES = {
+    lib.LXCBIND_STAGE_CHDIR: "chdir",
+    lib.LXCBIND_STAGE_CTTY: "ctty",
+    lib.LXCBIND_STAGE_EXEC: "exec",
+}
+
+
+def baseline_env(uid: int | None = None) -> dict[str, str]:
+    """The environment every cleared-env command starts from (``env`` entries override it)."""
+    return {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root" if not uid else "/",
+        "TERM": "dumb",
+        "container": "lxc",
+    }
+
+
+def exit_status(returncode: int) -> int:
+    """Shell-style status: the exit code, or 128+N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def decode_wait_status(status: int) -> int:
+    """A waitpid() status as ``subprocess`` does: the exit code, or -N for signal N."""
+    return os.waitstatus_to_exitcode(status)
+
+
+def decode_status_record(data: bytes, program: str, cwd: str | None) -> tuple[bool, ExecError | None]:
+    """Decode what the C exec function wrote on the status pipe.
+
+    Returns ``(reached, error)``: ``reached`` is False when liblxc failed before our exec
+    function ran (its setup failures exit 1, indistinguishable by status alone); ``error`` is
+    set when the cwd, terminal or program could not be set up.
+    """
+    if not data:
+        return False, None
+    reached = data[:1] == b"R"
+    record = data[1:9]
+    if len(record) < 8:
+        return reached, None
+    stage, err = struct.unpack("=ii", record)
+    name = _STAGES.get(stage, "exec")
+    filename = cwd if name == "chdir" else program
+    return reached, ExecError(name, err, filename or "")
+
+
+def _cstrings(items: Sequence[str | bytes]) -> tuple[Any, list[Any]]:
+    """A NULL-terminated ``char *[]`` and the buffers it points into (keep both alive)."""
+    keep = [ffi.new("char[]", os.fsencode(item)) for item in items]
+    array = ffi.new("char *[]", keep + [ffi.NULL])
+    return array, keep
+
+
+def _fileno(value: FileArg, default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int):
+        return value
+    return value.fileno()
+
+
+@dataclass
+class AttachRequest:
+    """Everything one attach call needs, already marshalled for C (kept alive by this object)."""
+
+    options: Any
+    payload: Any
+    keepalive: list[Any]
+    status_read: int
+    owned_fds: list[int]
+    program: str
+    cwd: str | None
+
+
+def build_attach(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None,
+    clear_env: bool,
+    cwd: str | None,
+    uid: int | None,
+    gid: int | None,
+    stdin: FileArg,
+    stdout: FileArg,
+    stderr: FileArg,
+    namespaces: int | None,
+    flags: int | None,
+    ctty: int | None,
+) -> AttachRequest:
+    """Marshal an attach: fresh default options, the exec payload and a CLOEXEC status pipe."""
+    if not argv:
+        raise ValueError("argv must not be empty")
+    if isinstance(argv, (str, bytes)):
+        raise TypeError("argv must be a sequence of strings, not a single string")
+    owned: list[int] = []
+    keep: list[Any] = []
+    try:
+        # stdin is never fd 0 as liblxc sees it: with stdin_fd == 0 liblxc sets SIGINT and
+        # SIGQUIT to SIG_IGN in the *calling* process, for good (lxc/lxc#1137).
+        in_fd = _fileno(stdin, -1)
+        if in_fd < 0:
+            in_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            owned.append(in_fd)
+        elif in_fd == 0:
+            in_fd = os.dup(0)
+            owned.append(in_fd)
+        out_fd = _fileno(stdout, 1)
+        err_fd = _fileno(stderr, 2)
+
+        if clear_env:
+            environment = baseline_env(uid)
+        else:
+            environment = dict(os.environ)
+            environment["container"] = "lxc"
+        if env:
+            for key, value in env.items():
+                if not key or "=" in key or "\0" in key or "\0" in value:
+                    raise ValueError(f"invalid environment entry {key!r}")
+                environment[key] = value
+        envp, env_keep = _cstrings([f"{k}={v}" for k, v in environment.items()])
+        argv_c, argv_keep = _cstrings(list(argv))
+        keep += [envp, env_keep, argv_c, argv_keep]
+
+        status_read, status_write = os.pipe2(os.O_CLOEXEC)
+        owned.append(status_write)
+
+        payload = ffi.new("struct lxcbind_exec *")
+        payload.file = argv_keep[0]
+        payload.argv = argv_c
+        payload.envp = envp
+        if cwd is not None:
+            cwd_c = ffi.new("char[]", os.fsencode(cwd))
+            keep.append(cwd_c)
+            payload.cwd = cwd_c
+        else:
+            payload.cwd = ffi.NULL
+        payload.ctty_fd = -1 if ctty is None else ctty
+        payload.status_fd = status_write
+
+        options = ffi.new("lxc_attach_options_t *")
+        lib.lxcbind_attach_options_init(options)
+        if flags is not None:
+            options.attach_flags = flags
+        if namespaces is not None:
+            options.namespaces = namespaces
+        # The host environment never reaches the container: liblxc clears it, and the exec
+        # function hands the exact environment to execve (so values never sit in an argv).
+        options.env_policy = lib.LXC_ATTACH_CLEAR_ENV
+        root = ffi.new("char[]", b"/")  # liblxc would otherwise try the caller's host cwd
+        keep.append(root)
+        options.initial_cwd = root
+        if uid is not None:
+            options.uid = uid
+        if gid is not None:
+            options.gid = gid
+        options.stdin_fd = in_fd
+        options.stdout_fd = out_fd
+        options.stderr_fd = err_fd
+        return AttachRequest(options, payload, keep, status_read, owned, str(argv[0]), cwd)
+    except BaseException:
+        for fd in owned:
+            os.close(fd)
+        raise
+
+
+def _reap(pid: int) -> int | None:
+    """waitpid retried on EINTR; None when the child was already reaped elsewhere."""
+    try:
+        _, status = os.waitpid(pid, 0)
+    except ChildProcessError:
+        return None
+    return decode_wait_status(status)
+
+
+class Process:
+    """A command running in a container: the caller's child, watched through a pidfd.
+
+    ``returncode`` follows ``subprocess``: the exit code, or ``-N`` after signal N;
+    ``exit_status`` is the shell form (128+N).  When the command never started (missing cwd,
+    program not found or not executable) ``returncode`` is 126/127 and ``exec_error`` says why,
+    which is how a missing program is told apart from a program that itself exits 127.
+    ``attach_failed`` is True when liblxc failed inside the child before the command could be
+    set up (its status is then 1).
+
+    Thread-safety: ``wait``/``poll`` may be called from several threads; exactly one reaps.
+    """
+
+    def __init__(self, pid: int, status_read: int, program: str, cwd: str | None) -> None:
+        self.pid = pid
+        self.args: Sequence[str] = ()
+        self.returncode: int | None = None
+        self.exec_error: ExecError | None = None
+        self.attach_failed = False
+        self._program = program
+        self._cwd = cwd
+        self._status_read = status_read
+        self._lock = threading.Lock()
+        try:
+            self.pidfd = os.pidfd_open(pid)
+        except OSError:
+            self.pidfd = -1
+        self._finalizer = weakref.finalize(self, Process._finalize, pid, self.pidfd, status_read)
+
+    @staticmethod
+    def _finalize(pid: int, pidfd: int, status_read: int) -> None:
+        # Backstop for a leaked handle: never leave a zombie (it would block stop()).
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(pid)
+        for fd in (pidfd, status_read):
+            if fd >= 0:
+                os.close(fd)
+
+    def fileno(self) -> int:
+        """The pidfd: readable once the process has exited (for select/epoll)."""
+        return self.pidfd
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.returncode is None else exit_status(self.returncode)
+
+    def _finish(self, returncode: int | None) -> None:
+        if returncode is None:  # reaped by someone else (a waitpid(-1) elsewhere)
+            returncode = 255
+        try:
+            data = os.read(self._status_read, 64)
+        except OSError:
+            data = b""
+        reached, error = decode_status_record(data, self._program, self._cwd)
+        self.exec_error = error
+        self.attach_failed = not reached
+        self.returncode = returncode
+        self._finalizer.detach()
+        for fd in (self.pidfd, self._status_read):
+            if fd >= 0:
+                os.close(fd)
+        self.pidfd = self._status_read = -1
+
+    def poll(self) -> int | None:
+        """The return code if the process has exited (reaping it), else None."""
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:
+                    self._finish(None)
+                else:
+                    if pid:
+                        self._finish(decode_wait_status(status))
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for exit and reap; ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None and self.pidfd >= 0:
+            deadline = time.monotonic() + timeout
+            with select.epoll() as ep:
+                ep.register(self.pidfd, select.EPOLLIN)
+                while self.poll() is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        import subprocess
+
+                        raise subprocess.TimeoutExpired(list(self.args), timeout)
+                    ep.poll(left)
+            assert self.returncode is not None
+            return self.returncode
+        with self._lock:
+            if self.returncode is None:
+                self._finish(_reap(self.pid))
+            assert self.returncode is not None
+            return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the process (through its pidfd: no pid-reuse race).  No-op once reaped."""
+        with self._lock:
+            if self.returncode is not None:
+                return
+            try:
+                if self.pidfd >= 0:
+                    signal.pidfd_send_signal(self.pidfd, sig)
+                else:
+                    os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def signal_group(self, sig: int) -> None:
+        """Signal the process's whole process group (the exec function made it a session
+        leader, so the group is everything it started that did not leave it)."""
+        with self._lock:
+            if self.returncode is not None:
+                return
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Kill (if still running) and reap.  Idempotent."""
+        if self.returncode is None:
+            self.kill()
+            self.wait()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<lxcbind.Process pid={self.pid} returncode={self.returncode}>"

@@ -1,0 +1,78 @@
+"""The few cgroup facts the container layer needs: where this process is, how to go back.
+
+liblxc 5.0's daemonized ``start()`` moves the *calling* process into the container's monitor
+cgroup (``lxc.monitor.<name>``), where it would stay, and which then cannot be removed when
+the container stops.  ``Container.start`` saves ``current()`` and calls ``return_to``.
+"""
+
+from __future__ import annotations
+
+import os
+
+_ROOT = "/sys/fs/cgroup"
+
+
+def current() -> dict[str, str]:
+    """This process's cgroup per hierarchy: ``{controllers: path}`` from /proc/self/cgroup."""
+    result = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            result[controllers] = path
+    return result
+
+
+def _mountpoints() -> dict[str, str]:
+    """Mount point per hierarchy key (``cpu``, ``name=systemd``, ``""`` for cgroup2)."""
+    mounts = {}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = right.split()
+            if len(fields) < 3 or fields[0] not in ("cgroup", "cgroup2"):
+                continue
+            mountpoint = left.split()[4]
+            if fields[0] == "cgroup2":
+                mounts.setdefault("", mountpoint)
+                continue
+            options = [o for o in fields[2].split(",") if o not in ("rw", "ro") and "=" not in o
+                       or o.startswith("name=")]
+            mounts.setdefault(",".join(sorted(options)), mountpoint)
+    return mounts
+
+
+def _key(controllers: str) -> str:
+    return ",".join(sorted(controllers.split(","))) if controllers else ""
+
+
+def return_to(saved: dict[str, str]) -> None:
+    """Move this process back into the cgroups of ``saved`` wherever it was moved away."""
+    now = current()
+    if now == saved:
+        return
+    mounts = _mountpoints()
+    pid = str(os.getpid()).encode()
+    for controllers, path in saved.items():
+        if now.get(controllers) == path:
+            continue
+        mountpoint = mounts.get(_key(controllers))
+        if mountpoint is None:
+            continue
+        try:
+            fd = os.open(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"), os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # best effort: a hierarchy we may not write to stays as liblxc left it
+
+
+def remove_monitor_cgroups(name: str) -> None:
+    """Remove the empty ``lxc.monitor.<name>`` cgroups a stopped container left behind."""
+    for mountpoint in set(_mountpoints().values()):
+        path = os.path.join(mountpoint, f"lxc.monitor.{name}")
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass  # absent, or still in use by a live monitor

@@ -1,0 +1,371 @@
+"""``Container``: one ``struct lxc_container *`` with an explicit owner.
+
+Every liblxc call on a handle runs under that handle's lock.  liblxc guards a handle with a
+private semaphore; a thread that fork()s inside ``attach`` while another thread holds that
+semaphore hands the child a locked copy, and the child deadlocks in ``lxc_container_put``
+(measured with two threads on one handle).  The lock makes calls on one handle sequential
+(``attach`` only until the child is running, not until it exits); separate ``Container``
+objects for the same name run in parallel.
+
+Lifecycle rules kept here: ``start`` always daemonizes (a non-daemonized start runs liblxc's
+monitor in the caller and refuses threaded callers); ``stop`` is the hard, immediate kill (never
+the graceful ``shutdown`` with its timeout), and it first kills and reaps every process this
+handle attached, because an unreaped attached child blocks the container's init forever.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import weakref
+from typing import Any, Iterable, Mapping, Sequence
+
+from . import cgroups
+from ._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
+from .attach import FileArg, Process, build_attach
+from .errors import ContainerNotFound, LxcError
+
+LOG_NAME = "lxcbind.log"
+
+
+def default_lxcpath() -> str:
+    """Where liblxc keeps containers when no lxcpath is given (``lxc.lxcpath``)."""
+    value = lib.lxc_get_global_config_item(b"lxc.lxcpath")
+    return ffi.string(value).decode() if value != ffi.NULL else "/var/lib/lxc"
+
+
+def _cstr(value: str | bytes | os.PathLike[str] | None) -> Any:
+    return ffi.NULL if value is None else os.fsencode(value)
+
+
+def list_containers(lxcpath: str | None = None) -> list[str]:
+    """Names of the containers defined (or running) under ``lxcpath``, sorted."""
+    names = ffi.new("char ***")
+    count = lib.list_all_containers(_cstr(lxcpath), names, ffi.NULL)
+    if count < 0:
+        raise LxcError("list_all_containers", lxcpath or default_lxcpath(), ffi.errno)
+    result = []
+    for i in range(count):
+        result.append(ffi.string(names[0][i]).decode())
+        lib.free(names[0][i])
+    if names[0] != ffi.NULL:
+        lib.free(names[0])
+    return sorted(result)
+
+
+class Container:
+    """A named LXC container (defined or not) and the liblxc handle that reaches it.
+
+    Use as a context manager or call ``close()``; the finalizer is only a backstop.
+    Failures raise ``LxcError`` (an ``OSError``); nothing returns False.
+    """
+
+    def __init__(self, name: str, lxcpath: str | os.PathLike[str] | None = None) -> None:
+        if not name or "/" in name or "\0" in name:
+            raise ValueError(f"invalid container name {name!r}")
+        self.name = name
+        self._lock = threading.RLock()
+        self._attached: "weakref.WeakSet[Process]" = weakref.WeakSet()
+        self._init_pid: int | None = None  # cached: liblxc's leaked init pidfd is matched on it
+        ptr = lib.lxc_container_new(name.encode(), _cstr(lxcpath))
+        if ptr == ffi.NULL:
+            raise LxcError("lxc_container_new", name, ffi.errno)
+        self._c = ffi.gc(ptr, lib.lxc_container_put)
+        self.lxcpath = ffi.string(self._c.config_path).decode()
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the liblxc handle (the container itself is untouched).  Idempotent."""
+        with self._lock:
+            c = getattr(self, "_c", None)
+            if c is None:
+                return
+            self._c = None
+            ffi.gc(c, None)
+            lib.lxc_container_put(c)
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _handle(self) -> Any:
+        c = self._c
+        if c is None:
+            raise ValueError(f"container handle {self.name!r} is closed")
+        return c
+
+    def _error(self, operation: str, err: int | None = None, detail: str = "") -> LxcError:
+        c = self._c
+        if not err and c is not None and c.error_num:
+            err = abs(c.error_num) if abs(c.error_num) < 4096 else None
+        if not detail and c is not None and c.error_string != ffi.NULL:
+            detail = ffi.string(c.error_string).decode(errors="replace")
+        return LxcError(operation, self.name, err, detail, self.log_tail())
+
+    def log_tail(self, lines: int = 8) -> str:
+        """The last lines of liblxc's log for this container (set up by ``start``), if any."""
+        path = os.path.join(self.lxcpath, self.name, LOG_NAME)
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- state -------------------------------------------------------------------------------
+
+    @property
+    def defined(self) -> bool:
+        with self._lock:
+            c = self._handle()
+            return bool(c.is_defined(c))
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            c = self._handle()
+            return bool(c.is_running(c))
+
+    @property
+    def state(self) -> str:
+        """``STOPPED``, ``STARTING``, ``RUNNING``, ``STOPPING``, ``ABORTING``, ``FREEZING`` ..."""
+        with self._lock:
+            c = self._handle()
+            return ffi.string(c.state(c)).decode()
+
+    @property
+    def init_pid(self) -> int | None:
+        """The container's init as seen from the host, or None when not running."""
+        with self._lock:
+            c = self._handle()
+            pid = c.init_pid(c)
+            return pid if pid > 0 else None
+
+    def init_pidfd(self) -> int:
+        """A new pidfd for the container's init (the caller owns and closes it)."""
+        if not HAS_INIT_PIDFD:
+            raise LxcError("init_pidfd", self.name, errno.ENOSYS)
+        with self._lock:
+            fd = lib.lxcbind_init_pidfd(self._handle())
+        if fd < 0:
+            pid = self.init_pid
+            if pid is None:
+                raise LxcError("init_pidfd", self.name, errno.ESRCH, "container is not running")
+            return os.pidfd_open(pid)
+        return fd
+
+    def devpts_fd(self) -> int:
+        """An fd of the container's devpts mount (for ptys that are ``/dev/pts/N`` inside)."""
+        if not HAS_DEVPTS_FD:
+            raise LxcError("devpts_fd", self.name, errno.ENOSYS)
+        with self._lock:
+            fd = lib.lxcbind_devpts_fd(self._handle())
+        if fd < 0:
+            raise LxcError("devpts_fd", self.name, -fd if fd < -1 else errno.ENODEV)
+        return fd
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def get_config_item(self, key: str) -> str:
+        """The value of ``key`` (multi-valued keys: newline-separated); KeyError if invalid."""
+        with self._lock:
+            c = self._handle()
+            bkey = key.encode()
+            size = c.get_config_item(c, bkey, ffi.NULL, 0)
+            if size < 0:
+                raise KeyError(key)
+            buf = ffi.new("char[]", size + 1)
+            c.get_config_item(c, bkey, buf, size + 1)
+            return ffi.string(buf).decode()
+
+    def set_config_item(self, key: str, value: str) -> None:
+        with self._lock:
+            c = self._handle()
+            if "\n" in value or "\0" in value:
+                raise ValueError(f"config value for {key} must be a single line")
+            if not c.set_config_item(c, key.encode(), value.encode()):
+                raise self._error(f"set_config_item({key}={value})", errno.EINVAL)
+
+    def clear_config_item(self, key: str) -> None:
+        with self._lock:
+            c = self._handle()
+            if not c.clear_config_item(c, key.encode()):
+                raise self._error(f"clear_config_item({key})", errno.EINVAL)
+
+    def set_config(self, items: Iterable[tuple[str, str]]) -> None:
+        for key, value in items:
+            self.set_config_item(key, value)
+
+    def save_config(self, path: str | None = None) -> None:
+        with self._lock:
+            c = self._handle()
+            if not c.save_config(c, _cstr(path)):
+                raise self._error("save_config")
+
+    def load_config(self, path: str | None = None) -> None:
+        with self._lock:
+            c = self._handle()
+            if not c.load_config(c, _cstr(path)):
+                raise self._error("load_config", errno.ENOENT)
+
+    @property
+    def config_file_name(self) -> str:
+        with self._lock:
+            c = self._handle()
+            raw = c.config_file_name(c)
+            try:
+                return ffi.string(raw).decode()
+            finally:
+                lib.free(raw)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def create(self, template: str | None, args: Sequence[str] = (), *, bdevtype: str | None = None,
+               quiet: bool = True) -> None:
+        """Create the container's rootfs and config with a template (``busybox``, ``download``
+        ...), or with ``template=None`` just write the config (for a prepared rootfs)."""
+        argv, keep = _argv(args)
+        with self._lock:
+            c = self._handle()
+            ok = c.create(c, _cstr(template), _cstr(bdevtype), ffi.NULL,
+                          lib.LXC_CREATE_QUIET if quiet else 0, argv)
+            del keep
+            if not ok:
+                raise self._error(f"create(template={template})")
+
+    def start(self, argv: Sequence[str] | None = None, *, useinit: bool = False) -> None:
+        """Start daemonized (always); ``argv`` replaces the container's init (app container).
+
+        liblxc's log for this container goes to ``<lxcpath>/<name>/lxcbind.log`` so that a
+        failed start carries its reason.
+        """
+        cargv, keep = _argv(argv) if argv else (ffi.NULL, None)
+        with self._lock:
+            c = self._handle()
+            self._ensure_log()
+            c.want_daemonize(c, True)
+            self._init_pid = None
+            home = cgroups.current()
+            try:
+                ok = c.start(c, 1 if useinit else 0, cargv)
+            finally:
+                # liblxc 5.0 records the *caller* as the monitor and moves it into the
+                # container's lxc.monitor.<name> cgroup; move back where we were.
+                cgroups.return_to(home)
+            del keep
+            if not ok:
+                raise self._error("start")
+
+    def _ensure_log(self) -> None:
+        c = self._handle()
+        if c.get_config_item(c, b"lxc.log.file", ffi.NULL, 0) <= 0:
+            log = os.path.join(self.lxcpath, self.name, LOG_NAME)
+            if os.path.isdir(os.path.dirname(log)):
+                c.set_config_item(c, b"lxc.log.file", log.encode())
+                c.set_config_item(c, b"lxc.log.level", b"ERROR")
+
+    def wait(self, state: str, timeout: float = -1) -> None:
+        """Wait until the container reaches ``state``; ``TimeoutError`` after ``timeout`` s."""
+        with self._lock:
+            c = self._handle()
+            ok = c.wait(c, state.upper().encode(), int(timeout) if timeout >= 0 else -1)
+        if not ok:
+            raise TimeoutError(f"container {self.name!r} did not reach {state} within {timeout}s")
+
+    def stop(self) -> None:
+        """Kill the container now (no graceful shutdown).  Attached processes are killed and
+        reaped first; stopping a stopped container is a no-op."""
+        self.kill_attached()
+        with self._lock:
+            c = self._handle()
+            if not c.is_running(c):
+                return
+            self._init_pid = None
+            if not c.stop(c) and c.is_running(c):
+                raise self._error("stop")
+        cgroups.remove_monitor_cgroups(self.name)
+
+    def destroy(self) -> None:
+        """Remove the container's rootfs and config (stopping it first if it runs)."""
+        self.stop()
+        with self._lock:
+            c = self._handle()
+            if not c.is_defined(c):
+                raise ContainerNotFound(f"container {self.name!r} is not defined")
+            if not c.destroy(c):
+                raise self._error("destroy")
+
+    def kill_attached(self) -> None:
+        """SIGKILL and reap every process attached through this handle that still runs."""
+        for proc in list(self._attached):
+            proc.close()
+
+    # -- attach ------------------------------------------------------------------------------
+
+    def attach(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        clear_env: bool = True,
+        cwd: str | None = "/",
+        uid: int | None = None,
+        gid: int | None = None,
+        stdin: FileArg = None,
+        stdout: FileArg = None,
+        stderr: FileArg = None,
+        namespaces: int | None = None,
+        flags: int | None = None,
+        ctty: int | None = None,
+    ) -> Process:
+        """Start ``argv`` inside the running container and return its ``Process``.
+
+        ``env`` is exact under ``clear_env`` (on top of ``attach.baseline_env``: PATH, HOME,
+        TERM, container); values are handed to execve, never put on a command line.  ``cwd``
+        is strict: a missing directory makes the process fail with ``exec_error`` set and
+        status 126.  ``stdin`` defaults to /dev/null (never the caller's fd 0), ``stdout`` and
+        ``stderr`` to the caller's.  ``ctty`` makes a tty fd the controlling terminal when
+        stdin is not that tty.  ``flags``/``namespaces`` override LXC_ATTACH_DEFAULT / "all".
+
+        Raises ``LxcError`` when liblxc cannot attach (e.g. the container is not running).
+        """
+        request = build_attach(argv, env=env, clear_env=clear_env, cwd=cwd, uid=uid, gid=gid,
+                               stdin=stdin, stdout=stdout, stderr=stderr,
+                               namespaces=namespaces, flags=flags, ctty=ctty)
+        pid_out = ffi.new("pid_t *")
+        try:
+            with self._lock:
+                c = self._handle()
+                if self._init_pid is None:
+                    self._init_pid = max(c.init_pid(c), 0)
+                rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
+                                        self._init_pid)
+        finally:
+            for fd in request.owned_fds:
+                os.close(fd)
+        if rc < 0 or pid_out[0] <= 0:
+            os.close(request.status_read)
+            self._init_pid = None
+            err = -rc if rc < 0 else errno.EIO
+            detail = "container is not running" if err == errno.ECONNREFUSED else ""
+            raise self._error("attach", err, detail)
+        proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
+        proc.args = list(argv)
+        self._attached.add(proc)
+        return proc
+
+    def __repr__(self) -> str:
+        return f"<lxcbind.Container {self.name!r} lxcpath={getattr(self, 'lxcpath', '?')!r}>"
+
+
+def _argv(args: Sequence[str] | None) -> tuple[Any, Any]:
+    if not args:
+        return ffi.new("char *[]", [ffi.NULL]), None
+    keep = [ffi.new("char[]", os.fsencode(a)) for a in args]
+    return ffi.new("char *[]", keep + [ffi.NULL]), keep

@@ -1,0 +1,87 @@
+"""lxcbind's exceptions: one small tree, each also a builtin that callers already catch.
+
+    LxcbindError                 base; never raised directly
+    ├── PolicyError (ValueError)  a policy field is wrong; ``.path`` names it (``process.env[1]``)
+    ├── ContainerNotFound (LookupError)
+    ├── LxcError (OSError)        a liblxc call failed: errno, operation, container, log tail
+    ├── ExecError (OSError)       the command could not be started inside the container
+    ├── SandboxError              setting up or tearing down the sandbox failed (CLI exit 125)
+    └── CommandTimeout (subprocess.TimeoutExpired) with the partial result
+
+Nothing in lxcbind reports failure by returning False.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import subprocess
+from typing import Any
+
+
+class LxcbindError(Exception):
+    """Superclass of every lxcbind exception.  Never raised directly."""
+
+
+class PolicyError(LxcbindError, ValueError):
+    """A policy is invalid.  ``path`` is the JSON path of the offending field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ContainerNotFound(LxcbindError, LookupError):
+    """The named container is not defined."""
+
+
+class SandboxError(LxcbindError):
+    """The sandbox could not be set up or failed (root filesystem, mounts, network)."""
+
+
+class LxcError(LxcbindError, OSError):
+    """A liblxc call failed.
+
+    ``errno`` is the best errno known (liblxc rarely sets one; ``EIO`` then), ``operation`` the
+    call (``start``, ``attach`` ...), ``container`` the name, ``log_tail`` the last lines of
+    liblxc's own log for this container when one was configured.
+    """
+
+    def __init__(self, operation: str, container: str, err: int | None = None,
+                 detail: str = "", log_tail: str = "") -> None:
+        code = err if err else _errno.EIO
+        text = f"{operation} failed for container {container!r}"
+        if detail:
+            text += f": {detail}"
+        elif err:
+            text += f": {os.strerror(err)}"
+        if log_tail:
+            text += "\n" + log_tail
+        super().__init__(code, text)
+        self.operation = operation
+        self.container = container
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class ExecError(LxcbindError, OSError):
+    """The command never ran: its cwd, controlling terminal or program could not be set up.
+
+    ``stage`` is ``"chdir"``, ``"ctty"`` or ``"exec"``; ``filename`` is the cwd or program.
+    """
+
+    def __init__(self, stage: str, err: int, filename: str) -> None:
+        super().__init__(err, f"{stage}: {os.strerror(err)}", filename)
+        self.stage = stage
+
+
+class CommandTimeout(LxcbindError, subprocess.TimeoutExpired):
+    """Raised by ``check=True`` runs that timed out; ``result`` holds what was captured."""
+
+    def __init__(self, result: Any) -> None:
+        subprocess.TimeoutExpired.__init__(self, result.args, result.timeout or 0.0,
+                                           result.stdout, result.stderr)
+        self.result = result
