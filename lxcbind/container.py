@@ -19,12 +19,15 @@ import errno
 import os
 import threading
 import weakref
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import cgroups
 from ._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
 from .attach import FileArg, Process, build_attach
 from .errors import ContainerNotFound, LxcError
+
+if TYPE_CHECKING:
+    from .result import CompletedRun
 
 LOG_NAME = "lxcbind.log"
 
@@ -359,6 +362,18 @@ class Container:
         proc.args = list(argv)
         self._attached.add(proc)
         return proc
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> "CompletedRun":
+        """Run ``argv`` to completion and capture it; see ``lxcbind.runner.run``."""
+        from .runner import run
+
+        return run(self, argv, **kwargs)
+
+    def interact(self, argv: Sequence[str], **kwargs: Any) -> int:
+        """Run ``argv`` bridged to this process's own stdio; see ``lxcbind.runner.interact``."""
+        from .runner import interact
+
+        return interact(self, argv, **kwargs)
 
     def __repr__(self) -> str:
         return f"<lxcbind.Container {self.name!r} lxcpath={getattr(self, 'lxcpath', '?')!r}>"

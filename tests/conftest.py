@@ -1,0 +1,127 @@
+"""Shared fixtures and markers.
+
+Every container a test makes is named ``lxcbind-test-<uuid8>`` (``container_name``) and is
+destroyed in teardown even when the test fails; at the end of the session the suite fails if
+any ``lxcbind-test-*`` container is still defined.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import Iterator
+
+import pytest
+
+TEST_PREFIX = "lxcbind-test-"
+
+
+def _native_available() -> str:
+    try:
+        import lxcbind._native  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return ""
+
+
+IS_ROOT = os.geteuid() == 0
+NATIVE_ERROR = _native_available()
+
+requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
+requires_lxc = pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"liblxc binding unavailable: {NATIVE_ERROR}")
+
+
+def new_name(tag: str = "") -> str:
+    return f"{TEST_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
+
+
+def destroy_quietly(name: str, lxcpath: str | None = None) -> None:
+    """Destroy a test container whatever state it is in; 'already gone' is fine."""
+    from lxcbind import Container
+
+    with Container(name, lxcpath) as c:
+        if c.defined:
+            c.destroy()
+
+
+def make_busybox(name: str, *, start: bool = True, lxcpath: str | None = None):
+    """A busybox container (offline template from busybox-static), no network device but
+    loopback, enough ptys for concurrent commands."""
+    from lxcbind import Container
+
+    c = Container(name, lxcpath)
+    try:
+        c.create("busybox")
+        c.clear_config_item("lxc.net")
+        c.set_config_item("lxc.net.0.type", "empty")
+        c.set_config_item("lxc.pty.max", "64")
+        c.save_config()
+        if start:
+            c.start()
+    except BaseException:
+        if c.defined:
+            c.destroy()
+        c.close()
+        raise
+    return c
+
+
+@pytest.fixture
+def container_name() -> Iterator[str]:
+    name = new_name()
+    yield name
+    destroy_quietly(name)
+
+
+@pytest.fixture
+def busybox(container_name: str):
+    """A fresh, running busybox container, destroyed after the test."""
+    c = make_busybox(container_name)
+    try:
+        yield c
+    finally:
+        if c.defined:
+            c.destroy()
+        c.close()
+
+
+@pytest.fixture(scope="session")
+def shared_busybox():
+    """One running busybox container shared by read-only tests of a session."""
+    name = new_name("shared-")
+    c = make_busybox(name)
+    try:
+        yield c
+    finally:
+        try:
+            if c.defined:
+                c.destroy()
+        finally:
+            c.close()
+
+
+def leftover_test_containers() -> list[str]:
+    from lxcbind import list_containers
+
+    return [n for n in list_containers() if n.startswith(TEST_PREFIX)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers_at_end():
+    """Fail the session if a test left a container behind."""
+    yield
+    if NATIVE_ERROR or not IS_ROOT:
+        return
+    left = leftover_test_containers()
+    for name in left:
+        destroy_quietly(name)
+    assert not left, f"tests left containers behind: {left}"
+
+
+@pytest.fixture
+def busybox_static() -> str:
+    path = shutil.which("busybox")
+    if path is None:
+        pytest.fail("busybox is not installed (apt-get install busybox-static)")
+    return path
