@@ -1,0 +1,72 @@
+"""Warm attach latency: lxcbind vs the lxc-attach program vs plain fork+exec on the host.
+
+Run as root:  python3 benchmarks/bench_attach.py [-n 200]
+Prints medians, p95 and ratios.  A benchmark, not a test: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from lxcbind import Container  # noqa: E402
+
+
+def timed(fn, n: int) -> list[float]:
+    for _ in range(5):  # warm-up
+        fn()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def p95(xs: list[float]) -> float:
+    return sorted(xs)[int(len(xs) * 0.95) - 1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=200)
+    args = ap.parse_args()
+    name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
+    c = Container(name)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        c.create("busybox")
+        c.clear_config_item("lxc.net")
+        c.set_config_item("lxc.net.0.type", "empty")
+        c.save_config()
+        c.start()
+        rows = {
+            "lxcbind Container.attach(/bin/true)": timed(
+                lambda: c.attach(["/bin/true"], stdout=devnull, stderr=devnull).wait(), args.n),
+            "lxc-attach program": timed(
+                lambda: subprocess.run(["lxc-attach", "-n", name, "--clear-env", "--", "/bin/true"],
+                                       stdin=subprocess.DEVNULL, stdout=devnull, check=True), args.n // 2),
+            "host subprocess.run(/bin/true)": timed(
+                lambda: subprocess.run(["/bin/true"], check=True), args.n),
+        }
+    finally:
+        os.close(devnull)
+        if c.defined:
+            c.destroy()
+        c.close()
+    ours = statistics.median(rows["lxcbind Container.attach(/bin/true)"])
+    print(f"{'method':40} {'median ms':>10} {'p95 ms':>8} {'vs lxcbind':>11}")
+    for label, xs in rows.items():
+        med = statistics.median(xs)
+        print(f"{label:40} {med:10.3f} {p95(xs):8.3f} {med / ours:10.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The liblxc binding against real busybox containers: lifecycle, config, attach, traps."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.conftest import make_busybox, new_name, requires_lxc, requires_root
+
+pytestmark = [requires_root, requires_lxc]
+
+
+def capture(c, argv, **kwargs):
+    """Attach with stdout+stderr on one pipe; return (Process, output bytes)."""
+    r, w = os.pipe()
+    try:
+        proc = c.attach(argv, stdout=w, stderr=w, **kwargs)
+    finally:
+        os.close(w)
+    chunks = []
+    with os.fdopen(r, "rb") as f:
+        chunks.append(f.read())
+    proc.wait()
+    return proc, b"".join(chunks)
+
+
+def test_lifecycle_round_trip(container_name):
+    from lxcbind import Container, list_containers
+
+    with Container(container_name) as c:
+        assert not c.defined and c.state == "STOPPED" and c.init_pid is None
+        c.create("busybox")
+        c.clear_config_item("lxc.net")
+        c.set_config_item("lxc.net.0.type", "empty")
+        c.save_config()
+        assert c.defined and container_name in list_containers()
+        c.start()
+        assert c.running and c.state == "RUNNING"
+        pid = c.init_pid
+        assert pid and os.path.exists(f"/proc/{pid}")
+        pidfd = c.init_pidfd()
+        try:
+            assert os.readlink(f"/proc/self/fd/{pidfd}") == "anon_inode:[pidfd]"
+        finally:
+            os.close(pidfd)
+        c.wait("RUNNING", 1)
+        c.stop()
+        assert not c.running and c.state == "STOPPED"
+        c.stop()  # stopping a stopped container is a no-op
+        c.destroy()
+        assert not c.defined and container_name not in list_containers()
+
+
+def test_start_leaves_caller_in_its_cgroups_and_stop_removes_monitor_cgroup(container_name):
+    with open("/proc/self/cgroup") as f:
+        before = f.read()
+    c = make_busybox(container_name)
+    try:
+        with open("/proc/self/cgroup") as f:
+            assert f.read() == before
+        assert "lxc.monitor" not in before
+        c.stop()
+        left = [d for d in os.listdir("/sys/fs/cgroup") if os.path.isdir(
+            f"/sys/fs/cgroup/{d}/lxc.monitor.{container_name}")]
+        assert left == []
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_config_items_round_trip_and_bad_keys(busybox):
+    from lxcbind import LxcError
+
+    busybox.set_config_item("lxc.environment", "FOO=bar")
+    assert "FOO=bar" in busybox.get_config_item("lxc.environment")
+    busybox.clear_config_item("lxc.environment")
+    assert busybox.get_config_item("lxc.environment") == ""
+    assert busybox.get_config_item("lxc.uts.name") == busybox.name
+    with pytest.raises(KeyError):
+        busybox.get_config_item("lxc.no.such.key")
+    with pytest.raises(LxcError) as info:
+        busybox.set_config_item("lxc.no.such.key", "1")
+    assert isinstance(info.value, OSError) and "lxc.no.such.key" in str(info.value)
+
+
+def test_save_and_load_config(busybox, tmp_path):
+    from lxcbind import Container
+
+    busybox.set_config_item("lxc.environment", "SAVED=1")
+    alt = tmp_path / "config"
+    busybox.save_config(str(alt))
+    assert "SAVED=1" in alt.read_text()
+    with Container(busybox.name) as other:
+        other.load_config(str(alt))
+        assert "SAVED=1" in other.get_config_item("lxc.environment")
+
+
+@pytest.mark.parametrize("argv,code,sig", [
+    (["true"], 0, None),
+    (["false"], 1, None),
+    (["sh", "-c", "exit 42"], 42, None),
+    (["sh", "-c", "kill -TERM $$"], -15, 15),
+    (["sh", "-c", "kill -KILL $$"], -9, 9),
+])
+def test_attach_exit_statuses(shared_busybox, argv, code, sig):
+    proc, _ = capture(shared_busybox, argv)
+    assert proc.returncode == code
+    assert proc.exec_error is None and not proc.attach_failed
+    assert proc.exit_status == (128 + sig if sig else code)
+
+
+def test_missing_program_is_127_and_told_apart_from_a_program_exiting_127(shared_busybox):
+    missing, _ = capture(shared_busybox, ["no-such-program"])
+    assert missing.returncode == 127
+    assert missing.exec_error is not None and missing.exec_error.errno == errno.ENOENT
+    own, _ = capture(shared_busybox, ["sh", "-c", "exit 127"])
+    assert own.returncode == 127 and own.exec_error is None
+
+
+def test_non_executable_file_is_126(shared_busybox):
+    proc, _ = capture(shared_busybox, ["/etc/passwd"])
+    assert proc.returncode == 126 and proc.exec_error.errno == errno.EACCES
+    own, _ = capture(shared_busybox, ["sh", "-c", "exit 126"])
+    assert own.returncode == 126 and own.exec_error is None
+
+
+def test_missing_cwd_is_an_error_not_a_silent_run_in_root(shared_busybox):
+    proc, out = capture(shared_busybox, ["sh", "-c", "echo ran"], cwd="/no/such/dir")
+    assert out == b""
+    assert proc.returncode == 126
+    assert proc.exec_error.stage == "chdir" and proc.exec_error.filename == "/no/such/dir"
+    proc, out = capture(shared_busybox, ["pwd"], cwd="/tmp")
+    assert out == b"/tmp\n"
+
+
+def test_environment_is_exactly_env_plus_baseline(shared_busybox):
+    from lxcbind.attach import baseline_env
+
+    proc, out = capture(shared_busybox, ["env"], env={"A": "1", "WITH_EQ": "x=y", "TERM": "vt100"})
+    assert proc.returncode == 0
+    seen = dict(line.split("=", 1) for line in out.decode().splitlines())
+    expected = baseline_env() | {"A": "1", "WITH_EQ": "x=y", "TERM": "vt100"}
+    # busybox env adds nothing; PWD/SHLVL come only from shells, and `env` is no shell
+    assert seen == expected
+
+
+def test_secret_env_values_never_appear_on_a_command_line(shared_busybox):
+    secret = "s3cr3t-" + os.urandom(6).hex()
+    r, w = os.pipe()
+    proc = shared_busybox.attach(["sh", "-c", "sleep 5"], env={"TOKEN": secret}, stdout=w)
+    os.close(w)
+    try:
+        time.sleep(0.2)
+        # every process on the host, the container's included
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    assert secret.encode() not in f.read()
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            assert f"TOKEN={secret}".encode() in f.read().split(b"\0")
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(r)
+
+
+def test_uid_and_gid(shared_busybox):
+    proc, out = capture(shared_busybox, ["id"], uid=1234, gid=4321)
+    assert proc.returncode == 0
+    assert "uid=1234" in out.decode() and "gid=4321" in out.decode()
+
+
+def test_attached_process_is_its_own_session_with_default_signals(shared_busybox):
+    # cat is exec'd directly by the exec function, so /proc/self is the attached process
+    _, stat = capture(shared_busybox, ["cat", "/proc/self/stat"])
+    pid_in_ns = int(stat.split()[0])
+    fields = stat.rsplit(b")", 1)[1].split()
+    pgrp, session = int(fields[2]), int(fields[3])
+    assert pgrp == pid_in_ns and session == pid_in_ns
+    _, status = capture(shared_busybox, ["cat", "/proc/self/status"])
+    masks = dict(line.split(":\t") for line in status.decode().splitlines() if line.startswith("Sig"))
+    assert int(masks["SigBlk"], 16) == 0
+    assert int(masks["SigIgn"], 16) == 0  # Python's ignored SIGPIPE is not inherited
+
+
+def test_no_inherited_descriptors_reach_the_command(shared_busybox):
+    leak = os.open("/dev/null", os.O_RDONLY)  # deliberately inheritable
+    os.set_inheritable(leak, True)
+    try:
+        proc, out = capture(shared_busybox, ["ls", "/proc/self/fd"])
+    finally:
+        os.close(leak)
+    fds = sorted(int(x) for x in out.split())
+    assert fds == [0, 1, 2, 3]  # 3 is ls's own directory handle
+
+
+def test_caller_keeps_sigint_after_attach(shared_busybox):
+    before = signal.getsignal(signal.SIGINT)
+    capture(shared_busybox, ["true"], stdin=0)
+    with open("/proc/self/status") as f:
+        ign = int(next(l for l in f if l.startswith("SigIgn")).split()[1], 16)
+    assert not ign & (1 << (signal.SIGINT - 1)) and not ign & (1 << (signal.SIGQUIT - 1))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_concurrent_attaches_from_four_threads_on_one_handle(shared_busybox):
+    errors: list[BaseException] = []
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(25):
+                proc, out = capture(shared_busybox, ["sh", "-c", f"echo {n}-{i}; exit {i % 7}"])
+                assert out == f"{n}-{i}\n".encode()
+                with lock:
+                    codes.append(proc.returncode - i % 7)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "attach deadlocked"
+    assert errors == []
+    assert codes == [0] * 100
+
+
+def test_thousand_attaches_leak_no_descriptors(shared_busybox):
+    for _ in range(5):
+        shared_busybox.attach(["true"]).wait()
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(1000):
+        assert shared_busybox.attach(["true"]).wait() == 0
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_attach_to_stopped_container_raises_clear_error(container_name):
+    from lxcbind import LxcError
+
+    c = make_busybox(container_name, start=False)
+    try:
+        with pytest.raises(LxcError) as info:
+            c.attach(["true"])
+        assert info.value.errno == errno.ECONNREFUSED
+        assert "not running" in str(info.value) and container_name in str(info.value)
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_stop_kills_and_reaps_attached_processes_first(container_name):
+    c = make_busybox(container_name)
+    try:
+        procs = [c.attach(["sleep", "1000"]) for _ in range(3)]
+        started = time.monotonic()
+        c.stop()
+        assert time.monotonic() - started < 10
+        assert not c.running
+        for p in procs:
+            assert p.returncode == -9
+            with pytest.raises(ChildProcessError):
+                os.waitpid(p.pid, os.WNOHANG)
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_wait_with_timeout_and_kill(shared_busybox):
+    import subprocess
+
+    proc = shared_busybox.attach(["sleep", "100"])
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=0.2)
+    assert proc.poll() is None
+    proc.kill()
+    assert proc.wait(timeout=5) == -9
+    assert proc.exit_status == 137
+
+
+def test_create_failure_raises_and_leaves_nothing(container_name):
+    from lxcbind import Container, LxcError, list_containers
+
+    with Container(container_name) as c:
+        with pytest.raises(LxcError) as info:
+            c.create("no-such-template-xyz")
+        assert "create" in str(info.value)
+        assert not c.defined
+    assert container_name not in list_containers()
+
+
+def test_closed_handle_refuses_calls(container_name):
+    from lxcbind import Container
+
+    c = Container(container_name)
+    c.close()
+    c.close()
+    with pytest.raises(ValueError):
+        c.defined
