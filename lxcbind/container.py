@@ -95,6 +95,11 @@ class Container:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` released the liblxc handle."""
+        return self._c is None
+
     def _handle(self) -> Any:
         c = self._c
         if c is None:

@@ -49,3 +49,57 @@ class CompletedRun:
         if self.returncode:
             raise subprocess.CalledProcessError(self.returncode, list(self.args), self.stdout,
                                                 self.stderr)
+
+
+class OutputBuffer:
+    """Captured bytes of one stream, optionally capped while reading.
+
+    Without a cap everything is kept.  With ``limit`` bytes, at most ``limit`` bytes are ever
+    held: the first ``limit - limit // 2`` (the head) and the last ``limit // 2`` (the tail);
+    ``omitted`` counts the bytes dropped between them.  The cap is enforced in ``write``, so a
+    command printing gigabytes costs no more memory than the cap.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        if limit is not None and limit < 0:
+            raise ValueError("max_output must be >= 0")
+        self.limit = limit
+        self._head: list[bytes] = []
+        self._head_len = 0
+        self._tail = bytearray()
+        self.omitted = 0
+        self.total = 0
+
+    @property
+    def truncated(self) -> bool:
+        return self.omitted > 0
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        self.total += n
+        if self.limit is None:
+            self._head.append(bytes(data))
+            return n
+        head_room = (self.limit - self.limit // 2) - self._head_len
+        if head_room > 0:
+            take = data[:head_room]
+            self._head.append(bytes(take))
+            self._head_len += len(take)
+            data = data[head_room:]
+            if not data:
+                return n
+        tail_cap = self.limit // 2
+        if len(data) >= tail_cap:
+            self.omitted += len(self._tail) + len(data) - tail_cap
+            self._tail = bytearray(data[len(data) - tail_cap:]) if tail_cap else bytearray()
+        else:
+            self._tail += data
+            excess = len(self._tail) - tail_cap
+            if excess > 0:
+                del self._tail[:excess]
+                self.omitted += excess
+        return n
+
+    def getvalue(self) -> bytes:
+        """Head + tail (everything, when nothing was omitted)."""
+        return b"".join(self._head) + bytes(self._tail)

@@ -1,0 +1,3 @@
+from lxcbind.cli import main_entry
+
+main_entry()

@@ -1,0 +1,546 @@
+"""The stdio bridge: one epoll loop between a child process and its sources and sinks.
+
+Invariants (read before changing the loop):
+
+* **Ownership.**  The caller owns every fd it passes and closes them after ``run`` returns,
+  with one exception: ``to_child`` when it is a pipe is closed by the bridge at input EOF (a
+  pipe's only way to say EOF) or when the child exits.  The bridge owns its epoll fd and the
+  wakeup socketpair.  It sets O_NONBLOCK on every fd it reads or writes and puts the original
+  flags of the *host* fds (``input_fd`` and integer sinks) back on the way out, because the
+  open file description of a terminal is shared with the user's shell.
+* **Level-triggered**, no EPOLLONESHOT: the interest mask of each fd is recomputed every
+  iteration from the state (read a source only while its sink has room, EPOLLOUT only while
+  bytes are pending), and an fd nobody wants is *unregistered* rather than given mask 0: epoll
+  reports EPOLLHUP/EPOLLERR even for mask 0, and a hung-up master we are not reading (its sink
+  is full) would otherwise spin the loop.  Regular files cannot be registered (EPERM); they
+  are always ready and are serviced without waiting.
+* **EPOLLHUP|EPOLLERR wake both directions** of an fd: the pty master is read and written
+  through one fd, and after a hang-up the only way to learn what happened is to try the
+  operation (EIO on the master = end of output, EPIPE on a pipe = reader gone).
+* **Bounded memory.**  Host sinks and the input buffer hold at most ``buffer_size`` bytes each;
+  capture sinks are the caller's (``result.OutputBuffer`` caps them while reading).
+* **Deadlines** are absolute ``time.monotonic()`` values (timeout, SIGKILL escalation, the
+  input-ready wait, the post-exit drain); each epoll wait sleeps until the nearest one, so
+  clock changes and EINTR retries (PEP 475) cannot stretch them.
+* **Exit** is the pidfd turning readable, never EIO alone: a background process can keep the
+  slave open forever (lxc/lxc#4507).  After exit the sources are drained until EOF, until they
+  stay quiet for ``drain_quiet`` s, or ``drain_grace`` s have passed, so output that is still
+  in the kernel arrives and the loop always ends.  The bridge never reaps: the caller does.
+* **Signals** (main thread only: ``signal.set_wakeup_fd`` is refused elsewhere, and the bridge
+  then simply does without): SIGWINCH copies the host size to the master, SIGCONT re-applies
+  raw mode, SIGINT/SIGTERM/SIGHUP are forwarded to the child's process group and recorded in
+  ``signal_received`` so that the caller can re-raise after cleanup.  Previous handlers and
+  wakeup fd are restored.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from typing import Any, Protocol, Sequence, Union
+
+from . import pty as _pty
+
+__all__ = ["Bridge", "Writable"]
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+
+Sink = Union[int, Writable]
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_BAD = select.EPOLLHUP | select.EPOLLERR
+_CHUNK = 65536
+_READS_PER_WAKE = 16  # reads per readiness report: fewer epoll_wait calls at full throughput
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Bridge:
+    """Copy bytes between a running child and its host-side sources and sinks until it exits.
+
+    ``child`` is a pidfd (int) or an object whose ``fileno()`` is one (``attach.Process``).
+    ``pgid`` is the process group to signal on timeout or forwarded signals (the child is a
+    session leader, so its pid); without it only the pidfd is signalled.
+
+    Input: ``input`` (bytes) or ``input_fd`` (read until EOF; e.g. host stdin) is written to
+    ``to_child`` (the pty master or a pipe's write end).  Neither means empty input: EOF is
+    delivered at once.  End of input is delivered as ``pty.eof_bytes`` on a master, by closing a
+    pipe.
+
+    Output: ``outputs`` pairs each fd to read (master, stdout/stderr pipe, ...) with a sink: a
+    host fd (written non-blocking with a bounded buffer; reading pauses while it is full) or an
+    object with ``write(bytes)`` (capture).  ``side_outputs`` are read the same way while the
+    child runs but not waited for after it exits (one last read, then dropped): for a pty that
+    is only a controlling terminal, whose slave the caller keeps open.
+
+    ``pty_master``: which fd is a pty master (EIO is end of output, EOF is VEOF, SIGWINCH
+    target).  **Input-ready rule**: on a pty, input is held until the child has produced its
+    first output or ``ready_wait`` seconds have passed, whichever is first.  A shell that sets
+    up its terminal after starting may flush or mangle bytes that arrived earlier; holding them
+    until it prints (its prompt) delivers them to the program that reads them.
+
+    ``timeout``: seconds, then SIGTERM to the group (and the pty's foreground group), SIGKILL
+    after ``kill_grace``; ``timed_out`` is then True.  After a timeout or a forwarded signal the
+    group is SIGKILLed when the child exits, so nothing it started in its group survives.
+
+    ``raw_mode`` (``pty.RawMode``) is re-applied on SIGCONT; ``winsize_from`` is the host
+    terminal fd whose size SIGWINCH copies to the master.
+
+    After ``run()``: ``timed_out``, ``escalated`` (SIGKILL was needed), ``signal_received`` (a
+    forwarded SIGINT/SIGTERM/SIGHUP), ``exited``, ``bytes_in``, ``bytes_out``, ``duration``.
+    One ``run()`` per instance; not thread-safe (one thread drives it).
+    """
+
+    def __init__(
+        self,
+        child: int | Any,
+        *,
+        pgid: int | None = None,
+        to_child: int | None = None,
+        input: bytes | None = None,
+        input_fd: int | None = None,
+        outputs: Sequence[tuple[int, Sink]] = (),
+        side_outputs: Sequence[tuple[int, Sink]] = (),
+        pty_master: int | None = None,
+        timeout: float | None = None,
+        kill_grace: float = 2.0,
+        ready_wait: float = 0.25,
+        drain_quiet: float = 0.1,
+        drain_grace: float = 2.0,
+        raw_mode: _pty.RawMode | None = None,
+        winsize_from: int | None = None,
+        handle_signals: bool = True,
+        buffer_size: int = 256 * 1024,
+    ) -> None:
+        self.pidfd = child if isinstance(child, int) else child.fileno()
+        if self.pidfd < 0:
+            raise ValueError("the child has no pidfd (already reaped?)")
+        if input is not None and input_fd is not None:
+            raise ValueError("give input or input_fd, not both")
+        self.pgid = pgid
+        self.to_child = to_child
+        self.input_fd = input_fd
+        self.outputs = list(outputs)
+        self.pty_master = pty_master
+        self.timeout = timeout
+        self.kill_grace = kill_grace
+        self.ready_wait = ready_wait
+        self.drain_quiet = drain_quiet
+        self.drain_grace = drain_grace
+        self.raw_mode = raw_mode
+        self.winsize_from = winsize_from
+        self.handle_signals = handle_signals
+        self.buffer_size = buffer_size
+        self._inbuf = bytearray(input or b"")
+        self._in_eof = input_fd is None
+        self._eof_queued = False
+        self._last_byte: int | None = None
+        self._side = [fd for fd, _ in side_outputs]
+        every = self.outputs + list(side_outputs)
+        self._sink_of = {fd: sink for fd, sink in every}
+        self._open_sources = [fd for fd, _ in every]
+        self._pending: dict[int, bytearray] = {s: bytearray() for _, s in every
+                                               if isinstance(s, int)}
+        self._dead_sinks: set[int] = set()
+        self._registered: dict[int, int] = {}
+        self._always_ready: set[int] = set()
+        self._ep: Any = None
+        self._wake_r: socket.socket | None = None
+        self.timed_out = False
+        self.escalated = False
+        self.signal_received: int | None = None
+        self.exited = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration = 0.0
+
+    # -- setup / teardown ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Bridge until the child has exited and its output is drained (see class docstring).
+        Returns normally on timeout and on forwarded signals; raises only on unexpected OS
+        errors, after restoring handlers and fd flags."""
+        start = time.monotonic()
+        host_fds = {fd for fd in [self.input_fd, *self._pending] if fd is not None}
+        saved_flags: dict[int, int] = {}
+        saved_signals: dict[int, Any] = {}
+        old_wakeup: int | None = None
+        wake_w: socket.socket | None = None
+        try:
+            fds = [fd for fd in {self.to_child, self.input_fd, *self._sink_of, *self._pending}
+                   if fd is not None]
+            # Read every flag before changing any: host stdin and stdout are often one open
+            # file description (the terminal), so setting O_NONBLOCK through one fd changes
+            # what the other reports.
+            saved_flags = {fd: os.get_blocking(fd) for fd in fds if fd in host_fds}
+            for fd in fds:
+                os.set_blocking(fd, False)
+            self._ep = select.epoll()
+            if self.handle_signals and threading.current_thread() is threading.main_thread():
+                self._wake_r, wake_w = socket.socketpair()
+                self._wake_r.setblocking(False)
+                wake_w.setblocking(False)
+                old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+                for sig in self._wanted_signals():
+                    previous = signal.getsignal(sig)
+                    if previous is signal.SIG_IGN and sig in _FORWARDED:
+                        continue  # the caller ignores it (nohup, background job): so do we
+                    saved_signals[sig] = previous
+                    # A Python-level handler is what makes the C handler write the wakeup byte;
+                    # the byte (the signal number) is the event, the handler itself does nothing.
+                    signal.signal(sig, _noop)
+            self._loop(start)
+        finally:
+            for sig, previous in saved_signals.items():
+                signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
+            for sock in (self._wake_r, wake_w):
+                if sock is not None:
+                    sock.close()
+            if self._ep is not None:
+                self._ep.close()
+            for fd, blocking in saved_flags.items():
+                try:
+                    os.set_blocking(fd, blocking)
+                except OSError:
+                    pass
+            self.duration = time.monotonic() - start
+
+    def _wanted_signals(self) -> list[int]:
+        wanted = list(_FORWARDED)
+        if self.pty_master is not None and self.winsize_from is not None:
+            wanted.append(signal.SIGWINCH)
+        if self.raw_mode is not None or wanted[-1] == signal.SIGWINCH:
+            wanted.append(signal.SIGCONT)
+        return wanted
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _loop(self, start: float) -> None:
+        timeout_at = start + self.timeout if self.timeout is not None else None
+        kill_at: float | None = None
+        ready = self.pty_master is None or self.ready_wait <= 0
+        ready_at = start + self.ready_wait
+        exit_at = 0.0
+        quiet_at = 0.0
+        while True:
+            now = time.monotonic()
+            if not ready and now >= ready_at:
+                ready = True
+            if not self.exited:
+                if timeout_at is not None and now >= timeout_at and not self.timed_out:
+                    self.timed_out = True
+                    self._signal_child(signal.SIGTERM)
+                    kill_at = now + self.kill_grace if kill_at is None else kill_at
+                if kill_at is not None and now >= kill_at:
+                    self._signal_child(signal.SIGKILL)
+                    self.escalated = True
+                    kill_at = now + 1.0  # again later if something still runs (should not)
+            if ready and self._in_eof and not self._inbuf and not self._eof_queued:
+                self._queue_eof()
+
+            draining = self.exited and bool(self._open_sources)
+            if self.exited:
+                if not self._open_sources and not self._has_pending():
+                    break
+                if now >= exit_at + self.drain_grace + 5.0:
+                    break  # host sink stuck: give up on it rather than hang
+                if draining and (now >= quiet_at or now >= exit_at + self.drain_grace):
+                    self._open_sources.clear()  # background holder: stop reading, flush the rest
+                    continue
+
+            self._sync_interest(ready)
+            deadlines = [d for d in (timeout_at if not self.timed_out else None, kill_at,
+                                     None if ready else ready_at) if d is not None]
+            if self.exited:
+                deadlines.append(exit_at + self.drain_grace + 5.0)
+                if draining:
+                    deadlines += [quiet_at, exit_at + self.drain_grace]
+            wait = -1.0
+            if deadlines:
+                wait = max(0.0, min(deadlines) - now)
+            extra = [(fd, self._registered_mask(fd, ready)) for fd in self._always_ready]
+            extra = [(fd, m) for fd, m in extra if m]
+            if extra:
+                wait = 0.0
+            events = self._ep.poll(wait) + extra
+
+            got_output = False
+            for fd, ev in events:
+                if self._wake_r is not None and fd == self._wake_r.fileno():
+                    kill_at = self._on_signals(kill_at)
+                    continue
+                if fd == self.pidfd:
+                    if not self.exited:
+                        self.exited = True
+                        exit_at = quiet_at = time.monotonic()
+                        quiet_at += self.drain_quiet
+                        self._child_gone()
+                    continue
+                if ev & (_IN | _BAD):
+                    if fd in self._open_sources:
+                        if self._read_source(fd):
+                            got_output = True
+                    if fd == self.input_fd and not self._in_eof:
+                        self._read_input(ready)
+                if ev & (_OUT | _BAD):
+                    if fd == self.to_child and self._inbuf and ready:
+                        self._write_input()
+                    if fd in self._pending and self._pending[fd]:
+                        self._flush(fd)
+            if got_output:
+                if not ready:
+                    ready = True  # the input-ready rule: first output
+                    if self._inbuf:
+                        self._write_input()
+                if self.exited:
+                    quiet_at = time.monotonic() + self.drain_quiet
+            elif self.exited and not self._sources_wanted():
+                # Reading is paused by a full host sink: that is not silence.
+                quiet_at = time.monotonic() + self.drain_quiet
+
+    def _has_pending(self) -> bool:
+        return any(buf for fd, buf in self._pending.items() if fd not in self._dead_sinks)
+
+    def _sources_wanted(self) -> bool:
+        return any(self._room_for(fd) for fd in self._open_sources)
+
+    def _room_for(self, source: int) -> bool:
+        sink = self._sink_of[source]
+        return not isinstance(sink, int) or len(self._pending[sink]) < self.buffer_size
+
+    def _registered_mask(self, fd: int, ready: bool) -> int:
+        mask = 0
+        if fd in self._open_sources and self._room_for(fd):
+            mask |= _IN
+        if (fd == self.input_fd and not self._in_eof and not self.exited
+                and len(self._inbuf) < self.buffer_size):
+            mask |= _IN
+        if fd == self.to_child and ready and self._inbuf:
+            mask |= _OUT
+        if fd in self._pending and self._pending[fd] and fd not in self._dead_sinks:
+            mask |= _OUT
+        return mask
+
+    def _sync_interest(self, ready: bool) -> None:
+        wanted: dict[int, int] = {}
+        if self._wake_r is not None:
+            wanted[self._wake_r.fileno()] = _IN
+        if not self.exited:
+            wanted[self.pidfd] = _IN
+        fds = {*self._open_sources, *self._pending}
+        if self.input_fd is not None:
+            fds.add(self.input_fd)
+        if self.to_child is not None:
+            fds.add(self.to_child)
+        for fd in fds:
+            if fd in self._always_ready:
+                continue
+            mask = self._registered_mask(fd, ready)
+            if mask:
+                wanted[fd] = mask
+        for fd in list(self._registered):
+            if fd not in wanted:
+                self._ep.unregister(fd)
+                del self._registered[fd]
+        for fd, mask in wanted.items():
+            old = self._registered.get(fd)
+            if old == mask:
+                continue
+            try:
+                if old is None:
+                    self._ep.register(fd, mask)
+                else:
+                    self._ep.modify(fd, mask)
+                self._registered[fd] = mask
+            except PermissionError:
+                self._always_ready.add(fd)  # regular file or /dev/null: never blocks
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _read_source(self, fd: int) -> bool:
+        sink = self._sink_of[fd]
+        got = False
+        for _ in range(_READS_PER_WAKE):
+            if not self._room_for(fd):
+                break
+            try:
+                data = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EIO:  # EIO on a master: every slave fd is closed
+                    raise
+                data = b""
+            if not data:
+                self._open_sources.remove(fd)
+                break
+            got = True
+            self.bytes_out += len(data)
+            if isinstance(sink, int):
+                if sink in self._dead_sinks:
+                    continue
+                self._pending[sink] += data
+                self._flush(sink)  # optimistic: saves an epoll round trip per keystroke
+            else:
+                sink.write(data)
+            if len(data) < 1024:
+                break  # small read: likely nothing more right now (keeps latency low)
+        return got
+
+    def _flush(self, sink: int) -> None:
+        buf = self._pending[sink]
+        while buf:
+            try:
+                n = os.write(sink, buf[:_CHUNK * 4])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EIO, errno.ECONNRESET):
+                    raise
+                # The host reader is gone: keep draining the child (so it never blocks on a
+                # full pipe) but drop what it writes.
+                self._dead_sinks.add(sink)
+                buf.clear()
+                return
+            del buf[:n]
+
+    def _read_input(self, ready: bool) -> None:
+        assert self.input_fd is not None
+        try:
+            data = os.read(self.input_fd, min(_CHUNK, self.buffer_size - len(self._inbuf) or 1))
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: the host terminal was hung up
+                raise
+            data = b""
+        if not data:
+            self._in_eof = True
+            return
+        self._inbuf += data
+        if ready:
+            self._write_input()
+
+    def _write_input(self) -> None:
+        if self.to_child is None or self.exited:
+            self._inbuf.clear()
+            return
+        while self._inbuf:
+            try:
+                n = os.write(self.to_child, self._inbuf[:_CHUNK])
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EIO):
+                    raise
+                # The program closed its stdin (or the pty is gone): the rest is undeliverable.
+                self._inbuf.clear()
+                self._in_eof = self._eof_queued = True
+                self._close_input_pipe()
+                return
+            if n:
+                self._last_byte = self._inbuf[n - 1]
+                self.bytes_in += n
+            del self._inbuf[:n]
+        if self._eof_queued and self.to_child != self.pty_master:
+            self._close_input_pipe()
+
+    def _queue_eof(self) -> None:
+        self._eof_queued = True
+        if self.to_child is None:
+            return
+        if self.to_child == self.pty_master:
+            eof = _pty.eof_bytes(self.to_child, self._last_byte)
+            if eof:
+                self._inbuf += eof
+                self._write_input()
+        else:
+            self._close_input_pipe()
+
+    def _close_input_pipe(self) -> None:
+        if self.to_child is not None and self.to_child != self.pty_master:
+            if self.to_child in self._registered:
+                self._ep.unregister(self.to_child)
+                del self._registered[self.to_child]
+            self._always_ready.discard(self.to_child)
+            os.close(self.to_child)
+            self.to_child = None
+
+    def _child_gone(self) -> None:
+        for fd in self._side:
+            if fd in self._open_sources:
+                self._read_source(fd)
+                if fd in self._open_sources:
+                    self._open_sources.remove(fd)
+        self._inbuf.clear()
+        self._close_input_pipe()
+        if self.timed_out or self.signal_received is not None:
+            # The leader is a zombie until the caller reaps it, so its pgid cannot be reused
+            # yet: kill whatever it left in its group (e.g. a background job ignoring SIGTERM).
+            self._signal_child(signal.SIGKILL)
+
+    def _on_signals(self, kill_at: float | None) -> float | None:
+        assert self._wake_r is not None
+        try:
+            data = self._wake_r.recv(512)
+        except BlockingIOError:
+            return kill_at
+        for sig in data:
+            if sig == signal.SIGWINCH:
+                self._copy_winsize()
+            elif sig == signal.SIGCONT:
+                if self.raw_mode is not None:
+                    self.raw_mode.reapply()
+                self._copy_winsize()
+            elif sig in _FORWARDED and not self.exited:
+                if self.signal_received is None:
+                    self.signal_received = sig
+                self._signal_child(sig)
+                if kill_at is None:
+                    kill_at = time.monotonic() + self.kill_grace
+        return kill_at
+
+    def _copy_winsize(self) -> None:
+        if self.pty_master is None or self.winsize_from is None:
+            return
+        size = _pty.get_winsize(self.winsize_from)
+        if size:
+            try:
+                _pty.set_winsize(self.pty_master, *size)
+            except OSError:
+                pass
+
+    def _signal_child(self, sig: int) -> None:
+        if self.pgid is not None:
+            try:
+                os.killpg(self.pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        else:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass
+        if self.pty_master is not None:
+            # A job-control shell runs its foreground job in a group of its own; the terminal
+            # knows which one it is.
+            fg = _pty.foreground_pgrp(self.pty_master)
+            if fg is not None and fg != self.pgid:
+                try:
+                    os.killpg(fg, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def _noop(signum: int, frame: Any) -> None:
+    """Handler whose only job is to make CPython write the wakeup byte."""

@@ -1,0 +1,231 @@
+"""Nothing is left behind: fatal signals become exceptions, runs leave ownership records.
+
+Three mechanisms, one per way a run can end:
+
+* Normal end and errors: the sandbox's ``finally`` blocks (kill the workload, stop, destroy).
+* SIGHUP/SIGTERM/SIGINT: ``FatalSignals`` turns the first one into a ``Terminated`` exception
+  raised in the main thread, so the same ``finally`` blocks run; while cleanup is under way
+  (``shielded()``) further signals are only recorded, so they cannot cut a teardown short.
+  The CLI then exits 128+N.
+* SIGKILL of the runner cannot be caught: every run first writes an ownership record (container
+  name, lxcpath, runner pid and its start time, whether the container is to be destroyed).  A
+  record whose runner is gone (pid dead, or reused by another process: the start time differs)
+  is an orphan; ``collect_garbage()`` — ``lxcbind gc``, and cheaply at the start of every run —
+  destroys what it owned.  Records of live runners, and containers kept on purpose
+  (``destroyOnExit: false`` after a completed run, which leaves no record), are never touched.
+
+Per-``containerId`` locks (``ContainerLock``) keep two runs from sharing or destroying each
+other's container: the second waits for the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from .errors import LxcbindError, SandboxError
+
+STATE_DIR = Path(os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind"))
+FATAL_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+class Terminated(BaseException):
+    """A fatal signal arrived; cleanup runs, then the process exits 128+signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+class FatalSignals:
+    """Turn SIGHUP/SIGTERM/SIGINT into ``Terminated`` in the main thread (context manager).
+
+    The previous handlers are restored on exit.  Outside the main thread it does nothing
+    (Python only lets the main thread install handlers).
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._shield = 0
+        self._previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+        if self._shield == 0:
+            raise Terminated(signum)
+
+    def __enter__(self) -> "FatalSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in FATAL_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    @contextlib.contextmanager
+    def shielded(self) -> Iterator[None]:
+        """Inside, fatal signals are recorded but do not interrupt (for teardown)."""
+        self._shield += 1
+        try:
+            yield
+        finally:
+            self._shield -= 1
+
+    def check(self) -> None:
+        """Raise ``Terminated`` now if a signal arrived while shielded."""
+        if self.received is not None and self._shield == 0:
+            raise Terminated(self.received)
+
+
+def _process_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (clock ticks since boot): with the pid, identifies a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return int(data.rsplit(b")", 1)[1].split()[19])
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+@dataclass
+class OwnershipRecord:
+    """What one run created, written before it creates anything."""
+
+    container: str
+    lxcpath: str
+    runner_pid: int
+    runner_start: int
+    boot_id: str
+    destroy: bool
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / "owners" / f"{self.container}.json"
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self)))
+        os.replace(tmp, self.path)
+
+    def note(self, what: str) -> None:
+        """Record one more created resource (written through at once)."""
+        self.created.append(what)
+        self.save()
+
+    def remove(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    @classmethod
+    def for_this_process(cls, container: str, lxcpath: str, destroy: bool) -> "OwnershipRecord":
+        pid = os.getpid()
+        return cls(container, lxcpath, pid, _process_start_time(pid) or 0, _boot_id(), destroy)
+
+    def runner_alive(self) -> bool:
+        if self.boot_id != _boot_id():
+            return False
+        return _process_start_time(self.runner_pid) == self.runner_start
+
+
+def _load_records() -> list[OwnershipRecord]:
+    records = []
+    for path in sorted((STATE_DIR / "owners").glob("*.json")):
+        try:
+            records.append(OwnershipRecord(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError):
+            continue  # being written, or not ours: leave it
+    return records
+
+
+class ContainerLock:
+    """An exclusive lock on one container name, held for a whole run (flock: released by the
+    kernel if the holder dies, so a killed runner never blocks the next one)."""
+
+    def __init__(self, name: str, timeout: float = 60.0) -> None:
+        self.name = name
+        self.timeout = timeout
+        self._fd = -1
+
+    def __enter__(self) -> "ContainerLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        locks = STATE_DIR / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(locks / f"{self.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not blocking:
+                    os.close(fd)
+                    return False
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SandboxError(
+                        f"container {self.name!r} is in use by another lxcbind run; "
+                        f"gave up waiting after {self.timeout:g}s") from None
+                time.sleep(0.05)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def collect_garbage(destroy: Callable[[str, str], None], *, log: Callable[[str], None] = lambda m: None) -> list[str]:
+    """Remove what runners that died without cleaning up (SIGKILL) left behind.
+
+    ``destroy(name, lxcpath)`` removes one container with everything it owns.  A record is
+    handled only under its container's lock, so a live run is never disturbed.  Returns the
+    names of the containers destroyed.
+    """
+    removed = []
+    for record in _load_records():
+        if record.runner_alive():
+            continue
+        lock = ContainerLock(record.container)
+        if not lock.acquire(blocking=False):
+            continue
+        try:
+            fresh = [r for r in _load_records() if r.container == record.container]
+            if not fresh or fresh[0].runner_alive():
+                continue
+            if record.destroy:
+                log(f"gc: destroying {record.container!r} left by dead runner pid {record.runner_pid}")
+                destroy(record.container, record.lxcpath)
+                removed.append(record.container)
+            record.remove()
+        finally:
+            lock.release()
+    return removed

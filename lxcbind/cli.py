@@ -1,0 +1,207 @@
+"""``python -m lxcbind`` / ``lxcbind``: run one command under a JSON policy, or collect garbage.
+
+Exit codes (the contract the README documents):
+
+    the command's own   the command ran and exited
+    128+N               the command died of signal N, or lxcbind got fatal signal N (after cleanup)
+    124                 timeout (the command and what it started were killed)
+    125                 the sandbox could not be set up or failed; also an internal error
+    126 / 127           the command could not be executed / was not found in the container
+    2                   usage or policy error (one line on stderr naming the field)
+
+With ``--json`` exactly one JSON object goes to stdout on every path, and the command's output
+is captured into it instead of being streamed.  No traceback ever reaches the user; ``-v``
+shows progress (and, for an internal error, the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from typing import Any, Sequence
+
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_SANDBOX = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+log = logging.getLogger("lxcbind")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # exit 2 with one line, as documented
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m lxcbind",
+                     description="Run commands in LXC containers through liblxc.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=None, help="log level on stderr (default: warning; -v: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run a policy's command in a fresh container")
+    run.add_argument("policy", nargs="?", help="policy JSON file, or - for stdin")
+    run.add_argument("--config", metavar="PATH", help="policy JSON file (as in mxc)")
+    run.add_argument("--config-base64", metavar="B64", help="policy as base64 (as in mxc)")
+    tty = run.add_mutually_exclusive_group()
+    tty.add_argument("--tty", dest="tty", action="store_true", default=None,
+                     help="use a pty (default when stdin is a terminal)")
+    tty.add_argument("--no-tty", dest="tty", action="store_false", help="use pipes")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="overrides process.timeout")
+    run.add_argument("--json", action="store_true",
+                     help="print exactly one JSON object (result or error) on stdout")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate and print the effective plan; create nothing")
+    run.add_argument("-v", "--verbose", action="store_true", dest="run_verbose",
+                     help=argparse.SUPPRESS)
+    sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from .policy import decode_base64_policy, load_policy, load_policy_file
+
+    if args.config_base64 is not None:
+        return decode_base64_policy(args.config_base64)
+    source = args.config or args.policy
+    if source is None:
+        raise _UsageError("no policy given: pass a path, -, --config PATH or --config-base64 B64")
+    if source == "-":
+        return load_policy(sys.stdin.buffer.read(), origin="<stdin>")
+    return load_policy_file(source)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _error(code: str, message: str, exit_code: int, as_json: bool, path: str | None = None) -> int:
+    if as_json:
+        err: dict[str, Any] = {"code": code, "message": message}
+        if path is not None:
+            err["path"] = path
+        _emit({"error": err, "exit_code": exit_code})
+    else:
+        sys.stderr.write(f"lxcbind: {message}\n")
+    return exit_code
+
+
+def _exit_code(result: Any) -> int:
+    if result.timed_out:
+        return EXIT_TIMEOUT
+    if result.exec_error is not None:
+        return EXIT_NOT_FOUND if result.exec_error.errno in (errno.ENOENT, errno.ENOTDIR) \
+            and result.exec_error.stage == "exec" else EXIT_CANNOT_EXECUTE
+    return result.exit_status
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .cleanup import FatalSignals
+    from .sandbox import Sandbox
+
+    policy = _load(args)
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    if args.dry_run:
+        from .sandbox import network_refusal
+
+        plan = policy.to_plan()
+        refusal = network_refusal(policy)
+        plan["runnable"] = refusal is None
+        if refusal:
+            plan["refusal"] = refusal
+        if args.json:
+            _emit({"dry_run": True, "plan": plan, "exit_code": 0})
+        else:
+            sys.stdout.write(json.dumps(plan, indent=2) + "\n")
+        return 0
+    timeout = args.timeout if args.timeout is not None else None
+    with FatalSignals() as signals:
+        with Sandbox(policy, log=lambda m: log.info("%s", m), signals=signals) as box:
+            if args.json:
+                result = box.run(timeout=timeout, tty=bool(args.tty))
+            else:
+                result = box.interact(timeout=timeout, tty=args.tty)
+            name = box.name
+    if result.exec_error is not None:
+        what = "process.cwd" if result.exec_error.stage == "chdir" else "process.commandLine"
+        sys.stderr.write(f"lxcbind: {what}: {result.exec_error.filename}: "
+                         f"{os.strerror(result.exec_error.errno)}\n")
+    code = _exit_code(result)
+    if result.timed_out and not args.json:
+        sys.stderr.write(f"lxcbind: timed out after {result.timeout:g}s; the command was killed\n")
+    if args.json:
+        _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
+               "timed_out": result.timed_out, "duration": round(result.duration, 6),
+               "container": name,
+               "stdout": result.stdout.decode(errors="replace"),
+               "stderr": result.stderr.decode(errors="replace")})
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI; returns the exit code (see the module docstring)."""
+    from .cleanup import Terminated
+    from .errors import LxcbindError, PolicyError, SandboxError
+
+    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as exc:
+        return _error("usage", str(exc), EXIT_USAGE, as_json)
+    verbose = args.verbose or getattr(args, "run_verbose", False)
+    level = args.log_level or ("debug" if verbose else "warning")
+    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="lxcbind: %(message)s")
+    as_json = getattr(args, "json", False)
+    started = time.monotonic()
+    try:
+        if args.command == "gc":
+            from .sandbox import gc
+
+            removed = gc(log=lambda m: log.info("%s", m))
+            sys.stdout.write("".join(f"removed {name}\n" for name in removed))
+            return 0
+        return _run(args)
+    except _UsageError as exc:
+        return _error("usage", str(exc), EXIT_USAGE, as_json)
+    except PolicyError as exc:
+        return _error("policy", str(exc), EXIT_USAGE, as_json, path=exc.path)
+    except Terminated as exc:
+        code = 128 + exc.signum
+        log.info("cleaned up after %s", exc)
+        if as_json:
+            _emit({"error": {"code": "signal", "message": str(exc)}, "exit_code": code})
+        return code
+    except (SandboxError, LxcbindError, OSError) as exc:
+        log.debug("%s", traceback.format_exc())
+        return _error("sandbox", str(exc).replace("\n", " | "), EXIT_SANDBOX, as_json)
+    except Exception as exc:  # an internal error: one line, never a traceback by default
+        log.debug("%s", traceback.format_exc())
+        return _error("internal", f"internal error: {type(exc).__name__}: {exc} "
+                      "(rerun with -v for details)", EXIT_SANDBOX, as_json)
+    finally:
+        log.debug("done in %.3fs", time.monotonic() - started)
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    try:
+        code = main()
+    except BrokenPipeError:
+        code = 128 + 13
+    sys.exit(code)

@@ -1,0 +1,453 @@
+"""Where a container's root filesystem comes from, and the throwaway layer each run writes to.
+
+Every container is defined on an overlay (``lxc.rootfs.path = overlay:<lower>:<upper>``): the
+lower layer is a *base* that no run ever modifies, the upper layer (``delta0``, with overlayfs'
+``work`` beside it) lives in the container's own directory, so ``destroy()`` throws every
+write away.  liblxc mounts the overlay inside the container's mount namespace, so nothing is
+mounted on the host and nothing outlives the container.
+
+Kinds of base (``RootfsSpec.kind``):
+
+``host``      a skeleton generated here: the host's ``/usr`` bound read-only, ``/bin``,
+              ``/sbin``, ``/lib*`` recreated as the host has them (merged-usr symlinks, or
+              read-only binds of real directories), a small generated ``/etc`` (no secrets: the
+              host's ``/etc`` is never bound), private tmpfs ``/tmp``, autodev ``/dev``,
+              LXC's proc/sys.  Init is the host's ``init.lxc`` running ``sleep infinity``
+              (it reaps orphans).  No template runs: the fastest kind, the default.
+``busybox``   liblxc's busybox template, run once; its inittab reduced to nothing (no getty on
+              missing ttys, no DHCP client).
+``download``  liblxc's download template, run once, and only from LXC's local image cache
+              (``--force-cache``): build machines are offline.
+``dir``       an existing root filesystem directory, used as the lower layer as it is.
+
+Bases are built once under ``BASES_ROOT`` and shared by concurrent runs: building holds an
+``flock`` on the base's lock file, happens in a temporary directory, and ends with a
+``rename()``, so a base that exists is complete.  A base's name carries a fingerprint of what
+it was built from, so a changed host (busybox upgrade, different ``/bin`` layout) gets a new one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Sequence
+
+from .container import Container
+from .errors import LxcbindError, SandboxError
+from .mounts import MountEntry, plan_mounts
+
+BASES_ROOT = "/var/lib/lxcbind/bases"
+KINDS = ("host", "busybox", "download", "dir")
+DOWNLOAD_CACHE = "/var/cache/lxc/download"
+UPPER = "delta0"          # overlay upper layer, inside the container's directory
+_SCHEMA = "1"             # bump when a base's layout or content changes
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# System directories a ``host`` container gets from the host, read-only.
+_HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# Host files that are not secrets and that ordinary programs read.
+_HOST_ETC_COPY = ("protocols", "services", "ld.so.conf", "localtime", "os-release", "shells")
+_HOST_ETC_BIND = ("ld.so.cache", "alternatives", "ssl/certs")  # change with packages: bound
+
+_ETC_FILES = {
+    "passwd": "root:x:0:0:root:/root:/bin/sh\n"
+              "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": "root:x:0:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
+                     "networks: files\nprotocols: files\nservices: files\n",
+    "hostname": "sandbox\n",
+}
+
+# Security settings LXC's common.conf applies (lxcbind does not include that file: it also sets
+# a mount.auto and tty counts that would fight ours).
+_CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
+_SECCOMP = "/usr/share/lxc/config/common.seccomp"
+_DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+            "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:229 rwm")
+
+
+@dataclass(frozen=True)
+class RootfsSpec:
+    """What the root filesystem is made from; see the module docstring for each ``kind``."""
+
+    kind: str                       # "host" | "busybox" | "download" | "dir"
+    path: str | None = None         # for "dir"
+    distribution: str | None = None
+    release: str | None = None
+    arch: str | None = None         # for "download"; None = this machine's
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise SandboxError(f"unknown rootfs kind {self.kind!r} (one of {', '.join(KINDS)})")
+        if self.kind == "dir" and not self.path:
+            raise SandboxError("rootfs kind 'dir' needs a path")
+        if self.kind == "download":
+            for label, value in (("distribution", self.distribution), ("release", self.release)):
+                if not value or not _SAFE_WORD.match(value):
+                    raise SandboxError(f"rootfs kind 'download' needs a valid {label} "
+                                       f"(got {value!r})")
+            if self.arch is not None and not _SAFE_WORD.match(self.arch):
+                raise SandboxError(f"invalid download arch {self.arch!r}")
+
+
+def _host_arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
+            "ppc64le": "ppc64el"}.get(machine, machine)
+
+
+# -- bases ------------------------------------------------------------------------------------
+
+def _host_layout() -> dict[str, object]:
+    """What the host skeleton is made of; its hash names the base (cheap: a few small files)."""
+    top = {}
+    for name in _HOST_TOP:
+        path = "/" + name
+        if os.path.islink(path):
+            top[name] = ["link", os.readlink(path)]
+        elif os.path.isdir(path):
+            top[name] = ["dir"]
+    etc = {}
+    for name in _HOST_ETC_COPY:
+        path = "/etc/" + name
+        if os.path.islink(path):
+            etc[name] = ["link", os.readlink(path)]
+        elif os.path.isfile(path):
+            with open(path, "rb") as f:
+                etc[name] = ["sha256", hashlib.sha256(f.read()).hexdigest()]
+    return {"top": top, "etc": etc, "files": _ETC_FILES}
+
+
+def _busybox_binary() -> str:
+    path = shutil.which("busybox") or ""
+    if not path:
+        raise SandboxError("the busybox rootfs needs busybox on the host "
+                           "(apt-get install busybox-static)")
+    return path
+
+
+def _fingerprint(data: object) -> str:
+    blob = json.dumps(data, sort_keys=True).encode()
+    return hashlib.sha256(_SCHEMA.encode() + blob).hexdigest()[:12]
+
+
+def _resolve_spec(spec: RootfsSpec) -> RootfsSpec:
+    if spec.kind == "download" and spec.arch is None:
+        return RootfsSpec("download", distribution=spec.distribution, release=spec.release,
+                          arch=_host_arch())
+    return spec
+
+
+def base_dir(spec: RootfsSpec | str) -> str:
+    """Where the base for ``spec`` lives (built or not): ``<BASES_ROOT>/<key>``; for ``dir``
+    the directory itself.  A string is taken as a kind (``"host"``, ``"busybox"``)."""
+    if isinstance(spec, str):
+        spec = RootfsSpec(spec)
+    spec = _resolve_spec(spec)
+    if spec.kind == "dir":
+        return os.path.realpath(spec.path or "")
+    if spec.kind == "host":
+        key = "host-" + _fingerprint(_host_layout())
+    elif spec.kind == "busybox":
+        st = os.stat(_busybox_binary())
+        key = "busybox-" + _fingerprint([st.st_size, st.st_mtime_ns])
+    else:
+        key = f"download-{spec.distribution}-{spec.release}-{spec.arch}-{_SCHEMA}"
+    return os.path.join(BASES_ROOT, key)
+
+
+def _lower(base: str, spec: RootfsSpec) -> str:
+    return base if spec.kind == "dir" else os.path.join(base, "rootfs")
+
+
+def ensure_base(spec: RootfsSpec) -> str:
+    """The base directory for ``spec``, built now if it does not exist yet.
+
+    Safe against concurrent callers (one builds, the others wait on the lock and reuse it).
+    """
+    spec = _resolve_spec(spec)
+    base = base_dir(spec)
+    if spec.kind == "dir":
+        _check_dir_rootfs(base, spec.path or "")
+        return base
+    if os.path.isdir(base):  # complete: bases appear only by rename()
+        return base
+    # Refuse an uncached download before taking a lock (which would leave a lock file).
+    args = _download_args(spec) if spec.kind == "download" else []
+    os.makedirs(BASES_ROOT, mode=0o700, exist_ok=True)
+    key = os.path.basename(base)
+    with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(base):
+            return base
+        # Whatever a builder that died left half-done: nobody else can be building (we hold
+        # the lock), so it is garbage.
+        for stale in os.listdir(BASES_ROOT):
+            if stale.startswith(f".build-{key}-"):
+                shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f".build-{key}-", dir=BASES_ROOT)
+        try:
+            os.chmod(tmp, 0o755)
+            if spec.kind == "host":
+                _build_host(tmp)
+            else:
+                _build_from_template(tmp, spec, args)
+            os.rename(tmp, base)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return base
+
+
+def _build_host(tmp: str) -> None:
+    root = os.path.join(tmp, "rootfs")
+    os.mkdir(root, 0o755)
+    for d, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777),
+                    ("root", 0o700), ("home", 0o755), ("run", 0o755), ("mnt", 0o755),
+                    ("opt", 0o755), ("srv", 0o755), ("usr", 0o755), ("var", 0o755),
+                    ("var/tmp", 0o1777), ("var/lib", 0o755), ("var/log", 0o755),
+                    ("var/cache", 0o755), ("etc", 0o755), ("etc/ssl", 0o755),
+                    ("etc/ssl/certs", 0o755), ("etc/alternatives", 0o755),
+                    ("etc/ld.so.conf.d", 0o755)):
+        path = os.path.join(root, d)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, mode)  # not subject to the umask
+    layout = _host_layout()
+    for name, how in layout["top"].items():  # type: ignore[union-attr]
+        if how[0] == "link":
+            os.symlink(how[1], os.path.join(root, name))
+        else:
+            os.mkdir(os.path.join(root, name), 0o755)
+    for name, content in _ETC_FILES.items():
+        with open(os.path.join(root, "etc", name), "w") as f:
+            f.write(content)
+    for name in _HOST_ETC_COPY:
+        src, dst = "/etc/" + name, os.path.join(root, "etc", name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        elif os.path.isfile(src):
+            shutil.copyfile(src, dst)
+    open(os.path.join(root, "etc", "ld.so.cache"), "w").close()  # mountpoint
+    open(os.path.join(root, "etc", "resolv.conf"), "w").close()  # no network by default
+
+
+def _build_from_template(tmp: str, spec: RootfsSpec, args: list[str]) -> None:
+    """Run liblxc's template (``args`` after ``--``) in a private lxcpath, keep the rootfs
+    (and the config lines that matter), throw the rest away."""
+    lxcpath = os.path.join(tmp, "lxcpath")
+    os.mkdir(lxcpath, 0o700)
+    name = "base"
+    template = "busybox" if spec.kind == "busybox" else "download"
+    if spec.kind == "busybox":
+        _busybox_binary()
+    with Container(name, lxcpath) as c:
+        try:
+            c.create(template, args)
+        except LxcbindError as exc:
+            if spec.kind == "download":
+                raise SandboxError(_download_hint(spec, f"the download template failed: {exc}")) \
+                    from None
+            raise SandboxError(f"building the {spec.kind} base failed: {exc}") from None
+    made = os.path.join(lxcpath, name)
+    os.rename(os.path.join(made, "rootfs"), os.path.join(tmp, "rootfs"))
+    keep = []
+    with open(os.path.join(made, "config")) as f:
+        for line in f:
+            key = line.split("=", 1)[0].strip()
+            if key in ("lxc.include", "lxc.arch"):
+                keep.append(line.strip())
+    with open(os.path.join(tmp, "lxc.conf"), "w") as f:
+        f.write("".join(k + "\n" for k in keep))
+    shutil.rmtree(lxcpath)
+    if spec.kind == "busybox":
+        # A sandbox needs an init that reaps and nothing else: no getty on ttys we do not
+        # create (lxc.tty.max=0, it would respawn in a loop), no DHCP client, no syslogd.
+        with open(os.path.join(tmp, "rootfs", "etc", "inittab"), "w") as f:
+            f.write("::sysinit:/bin/true\n")
+
+
+def _download_cache(spec: RootfsSpec) -> str:
+    return os.path.join(DOWNLOAD_CACHE, spec.distribution or "", spec.release or "",
+                        spec.arch or "", "default")
+
+
+def _download_hint(spec: RootfsSpec, why: str) -> str:
+    cache = _download_cache(spec)
+    return (f"the {spec.distribution}/{spec.release}/{spec.arch} image could not be fetched "
+            f"({why}). This machine does not download images: pre-seed LXC's download cache "
+            f"{cache}/ (rootfs.tar.xz, meta.tar.xz unpacked: config, ...) by running "
+            f"`lxc-create -t download -n seed -- -d {spec.distribution} -r {spec.release} "
+            f"-a {spec.arch}` on a machine with network access and copying that directory "
+            "here; lxcbind then builds the base offline with the template's --force-cache "
+            "(set LXCBIND_DOWNLOAD_ONLINE=1 to let the template try the network instead)")
+
+
+def _download_args(spec: RootfsSpec) -> list[str]:
+    args = ["-d", spec.distribution or "", "-r", spec.release or "", "-a", spec.arch or ""]
+    cache = _download_cache(spec)
+    if os.path.isfile(os.path.join(cache, "rootfs.tar.xz")) and \
+            os.path.isfile(os.path.join(cache, "config")):
+        return args + ["--force-cache"]
+    if os.environ.get("LXCBIND_DOWNLOAD_ONLINE") == "1":
+        return args
+    # Without a cached image the template would try the network (wget, 30 s timeouts, retried)
+    # and fail slowly on an offline machine: refuse at once instead.
+    raise SandboxError(_download_hint(spec, f"it is not in LXC's cache {cache}"))
+
+
+def _check_dir_rootfs(path: str, given: str) -> None:
+    if not os.path.isabs(given):
+        raise SandboxError(f"rootfs dir {given!r} must be an absolute path")
+    if not os.path.isdir(path):
+        raise SandboxError(f"rootfs dir {given!r} does not exist or is not a directory")
+    # lexists: /bin/sh is often an absolute symlink that only resolves inside the rootfs.
+    if not os.path.lexists(os.path.join(path, "bin", "sh")):
+        raise SandboxError(f"rootfs dir {given!r} has no /bin/sh: not a root filesystem")
+
+
+# -- containers -------------------------------------------------------------------------------
+
+def _host_init(name: str) -> str:
+    for init in ("/usr/sbin/init.lxc.static", "/usr/sbin/init.lxc"):
+        if os.access(init, os.X_OK):
+            return f"{init} -n {name} -- /bin/sleep infinity"
+    return "/bin/sleep infinity"  # no reaper, but a working container
+
+
+def _host_mounts() -> list[MountEntry]:
+    system = ["/usr"] + ["/" + n for n in _HOST_TOP
+                         if not os.path.islink("/" + n) and os.path.isdir("/" + n)]
+    extra = ["/etc/" + n for n in _HOST_ETC_BIND if os.path.exists("/etc/" + n)]
+    entries = plan_mounts([], system + extra, [], rootfs_kind="host")
+    entries.append(MountEntry("tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777"))
+    return entries
+
+
+def _security_config(kind: str) -> list[tuple[str, str]]:
+    if kind == "download":
+        return []  # the image's own lxc.include (common.conf + distribution) provides them
+    items = [("lxc.cap.drop", _CAP_DROP), ("lxc.mount.auto", "proc:mixed sys:ro cgroup:mixed")]
+    if os.path.isfile(_SECCOMP):
+        items.append(("lxc.seccomp.profile", _SECCOMP))
+    prefix = "lxc.cgroup2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
+        else "lxc.cgroup"
+    items.append((f"{prefix}.devices.deny", "a"))
+    items += [(f"{prefix}.devices.allow", rule) for rule in _DEVICES]
+    items.append(("lxc.mount.entry",
+                  "tmpfs dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0"))
+    return items
+
+
+def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
+                     mounts: Sequence[MountEntry] = (),
+                     config: Sequence[tuple[str, str]] = ()) -> Container:
+    """Define (but do not start) container ``name`` on a throwaway copy-on-write root.
+
+    The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
+    needed) and whose upper layer is ``<lxcpath>/<name>/delta0``, so ``destroy()`` removes every
+    write.  Sets loopback-only networking (``lxc.net.0.type=empty``), ``lxc.pty.max=64``,
+    ``lxc.tty.max=0``, the kind's own items, then ``config`` (applied last, so it may override,
+    e.g. ``lxc.init.cmd``), then ``mounts`` in order, and saves the config.
+
+    Raises ``SandboxError`` (a container of that name exists, the base cannot be built, the
+    config is refused); on any failure nothing is left: no container, no directory.
+    The caller owns the returned handle; tear down with ``remove_container``.
+    """
+    c = Container(name, lxcpath)
+    cdir = os.path.join(c.lxcpath, name)
+    if c.defined or os.path.lexists(cdir):
+        c.close()
+        raise SandboxError(f"container {name!r} already exists in {c.lxcpath}")
+    try:
+        base = ensure_base(spec)
+        lower = _lower(base, spec)
+        items: list[tuple[str, str]] = []
+        if spec.kind == "download":
+            with open(os.path.join(base, "lxc.conf")) as f:
+                for line in f:
+                    key, _, value = line.partition("=")
+                    if value.strip():
+                        items.append((key.strip(), value.strip()))
+        items += [
+            ("lxc.rootfs.path", f"overlay:{lower}:{os.path.join(cdir, UPPER)}"),
+            ("lxc.uts.name", name),
+            ("lxc.net.0.type", "empty"),
+            ("lxc.pty.max", "64"),
+            ("lxc.tty.max", "0"),
+            ("lxc.autodev", "1"),
+        ]
+        items += _security_config(spec.kind)
+        if spec.kind == "host":
+            items.append(("lxc.init.cmd", _host_init(name)))
+            items += [("lxc.mount.entry", e.config_value()) for e in _host_mounts()]
+        if spec.kind == "dir" and not any(k == "lxc.init.cmd" for k, _ in config) \
+                and not os.path.lexists(os.path.join(lower, "sbin", "init")):
+            raise SandboxError(f"rootfs dir {spec.path!r} has no /sbin/init; pass "
+                               "config=[('lxc.init.cmd', ...)] naming a long-running program")
+        items += list(config)
+        items += [("lxc.mount.entry", e.config_value()) for e in mounts]
+        for key, value in items:
+            try:
+                c.set_config_item(key, value)
+            except (LxcbindError, ValueError) as exc:
+                raise SandboxError(f"LXC refused config item {key} = {value!r}: {exc}") from None
+        try:
+            c.save_config()
+        except LxcbindError as exc:
+            raise SandboxError(f"could not save the config of {name!r}: {exc}") from None
+        return c
+    except BaseException:
+        remove_container(c)
+        c.close()
+        raise
+
+
+def _system_mount_items(spec: RootfsSpec) -> list[tuple[str, str]]:
+    """The mount entries lxcbind itself puts in a container of this kind (not the policy's)."""
+    items = [item for item in _security_config(spec.kind) if item[0] == "lxc.mount.entry"]
+    if spec.kind == "host":
+        items += [("lxc.mount.entry", e.config_value()) for e in _host_mounts()]
+    return items
+
+
+def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry]) -> None:
+    """Give an existing, stopped container exactly the system mounts of ``spec`` plus
+    ``mounts`` (a kept container reused by a later run gets that run's filesystem policy,
+    instead of accumulating entries) and save its config.  Raises ``SandboxError``."""
+    try:
+        c.clear_config_item("lxc.mount.entry")
+        for key, value in _system_mount_items(spec):
+            c.set_config_item(key, value)
+        for entry in mounts:
+            c.set_config_item("lxc.mount.entry", entry.config_value())
+        c.save_config()
+    except (LxcbindError, ValueError) as exc:
+        raise SandboxError(f"could not apply the filesystem policy to {c.name!r}: {exc}") from None
+
+
+def remove_container(c: Container) -> None:
+    """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
+    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
+    cdir = os.path.join(c.lxcpath, c.name)
+    handle = c if not c.closed else Container(c.name, c.lxcpath)
+    try:
+        if handle.defined:
+            try:
+                handle.destroy()
+            except LxcbindError:
+                handle.stop()  # destroy refused (e.g. still running): kill, then retry once
+                if handle.defined:
+                    handle.destroy()
+    finally:
+        if handle is not c:
+            handle.close()
+        if os.path.lexists(cdir):
+            shutil.rmtree(cdir, ignore_errors=True)

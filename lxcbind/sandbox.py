@@ -1,0 +1,227 @@
+"""A policy applied to one container: ``Sandbox`` owns the container's whole life.
+
+Setup order: refuse what cannot be enforced (network) → reap orphans of dead runners → take
+the container name's lock → write the ownership record → define the container (root
+filesystem overlay, filesystem policy as mount entries, loopback-only network) or reuse a kept
+one with the *current* policy → start.  Teardown order (``close``, on every path, fatal
+signals shielded): kill the workload → stop → destroy (``destroyOnExit``) → remove the record →
+release the lock.
+
+``run(policy, ...)`` is the one-call API: a fresh sandbox, one command captured, torn down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from typing import Any, Callable, Mapping, Sequence
+
+from . import cleanup, mounts, rootfs
+from .container import Container, default_lxcpath
+from .errors import LxcbindError, SandboxError
+from .policy import Policy, load_policy, load_policy_file
+from .result import CompletedRun
+
+Log = Callable[[str], None]
+
+PolicyLike = Policy | Mapping[str, Any] | str | bytes | os.PathLike[str]
+
+
+def as_policy(policy: PolicyLike) -> Policy:
+    """A ``Policy`` from a Policy, a parsed dict, JSON text, or a path to a JSON file."""
+    if isinstance(policy, Policy):
+        return policy
+    if isinstance(policy, Mapping):
+        return load_policy(dict(policy))
+    if isinstance(policy, (bytes, str)) and str(policy if isinstance(policy, str) else policy.decode(errors="replace")).lstrip().startswith("{"):
+        return load_policy(policy)
+    return load_policy_file(policy)  # type: ignore[arg-type]
+
+
+def network_refusal(policy: Policy) -> str | None:
+    """Why the policy's network cannot be enforced yet (None when it runs with loopback only).
+
+    A deny-everything policy runs with no network device at all, which is stronger than any
+    rule set and cannot be undone from inside.  Everything else (allow rules, DNS exemption,
+    proxy, open egress or ingress) needs enforced rules: refused rather than run with less
+    protection than asked.
+    """
+    effective = policy.network.effective()
+    if effective.is_deny_all():
+        return None
+    if not effective.firewall:
+        reason = ("the policy leaves the network open (schema < 0.8 without "
+                  "enforcementMode firewall/both)")
+    elif effective.proxy is not None:
+        reason = f"{effective.proxy.source}: a proxy needs egress rules"
+    elif effective.egress_allow or effective.unresolved_allow or effective.egress_default == "allow":
+        reason = "network.egress allows traffic, which needs egress rules"
+    elif effective.dns_exemption:
+        reason = "the legacy firewall mode lets DNS (port 53) out, which needs egress rules"
+    else:
+        reason = "network ingress is allowed, which needs ingress rules"
+    return (f"network: {reason}; lxcbind cannot enforce network rules yet, so it refuses to run "
+            "instead of running with less protection (a deny-all policy runs with no network "
+            "device)")
+
+
+def _remove_named(name: str, lxcpath: str) -> None:
+    with Container(name, lxcpath) as c:
+        rootfs.remove_container(c)
+
+
+class Sandbox:
+    """One container set up for a policy (context manager).
+
+    ``container`` is the running ``Container`` once entered.  ``signals`` (a
+    ``cleanup.FatalSignals``) is shielded during teardown so a second Ctrl-C cannot cut it short.
+    Not thread-safe: one thread sets up and tears down; commands may come from any thread.
+    """
+
+    def __init__(self, policy: PolicyLike, *, lxcpath: str | None = None, log: Log | None = None,
+                 signals: cleanup.FatalSignals | None = None, lock_timeout: float = 60.0) -> None:
+        self.policy = as_policy(policy)
+        self.lxcpath = lxcpath or default_lxcpath()
+        self.name = self.policy.container_id or f"lxcbind-{uuid.uuid4().hex[:8]}"
+        self.container: Container | None = None
+        self.reused = False
+        self._log = log or (lambda message: None)
+        self._signals = signals
+        self._lock = cleanup.ContainerLock(self.name, lock_timeout)
+        self._record: cleanup.OwnershipRecord | None = None
+        self._locked = False
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def __enter__(self) -> "Sandbox":
+        try:
+            self.open()
+        except BaseException:
+            self.close(failed=True)
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(failed=exc_type is not None)
+
+    def _rootfs_spec(self) -> rootfs.RootfsSpec:
+        lxc = self.policy.lxc
+        return rootfs.RootfsSpec(kind=lxc.rootfs.kind, path=lxc.rootfs.path,
+                                 distribution=lxc.distribution, release=lxc.release)
+
+    def open(self) -> None:
+        refusal = network_refusal(self.policy)
+        if refusal:
+            raise SandboxError(refusal)
+        cleanup.collect_garbage(_remove_named, log=self._log)
+        self._log(f"locking container name {self.name!r}")
+        self._lock.acquire()
+        self._locked = True
+        fs = self.policy.filesystem
+        spec = self._rootfs_spec()
+        planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
+                                     rootfs_kind=spec.kind)
+        probe = Container(self.name, self.lxcpath)
+        self.reused = probe.defined
+        self._record = cleanup.OwnershipRecord.for_this_process(
+            self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
+        self._record.save()
+        if self.reused:
+            self._log(f"reusing kept container {self.name!r} with the current policy")
+            self.container = probe
+            probe.stop()  # mount entries only apply at start
+            rootfs.replace_mounts(probe, spec, planned)
+        else:
+            probe.close()
+            self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
+            self._record.note("container")
+            self.container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
+                                                     mounts=planned)
+        self._log("starting")
+        try:
+            self.container.start()
+        except LxcbindError as exc:
+            raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def command_kwargs(self) -> dict[str, Any]:
+        """argv, env, cwd and timeout of the policy's process, for ``runner``."""
+        process = self.policy.process
+        return {"env": process.env_dict(), "cwd": process.cwd or "/", "timeout": process.timeout}
+
+    def run(self, *, timeout: float | None = None, input: bytes | str | None = None,
+            tty: bool = False, max_output: int | None = None) -> CompletedRun:
+        """Run the policy's command, captured (see ``runner.run``)."""
+        from .runner import run as run_captured
+
+        kw = self.command_kwargs()
+        if timeout is not None:
+            kw["timeout"] = timeout
+        assert self.container is not None
+        return run_captured(self.container, self.policy.process.argv, input=input, tty=tty,
+                            max_output=max_output, **kw)
+
+    def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
+        """Run the policy's command bridged to this process's stdio (see ``runner``)."""
+        from .runner import interact_run
+
+        kw = self.command_kwargs()
+        if timeout is not None:
+            kw["timeout"] = timeout
+        assert self.container is not None
+        return interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
+
+    # -- teardown ----------------------------------------------------------------------------
+
+    def close(self, failed: bool = False) -> None:
+        """Tear down whatever was set up; idempotent; fatal signals wait until it is done.
+
+        A container this run created is destroyed when the run failed even if the policy
+        asked to keep it (a half-set-up container is not worth keeping)."""
+        shield = self._signals.shielded() if self._signals else contextlib.nullcontext()
+        with shield:
+            try:
+                c = self.container
+                if c is not None and not c.closed:
+                    keep = not self.policy.lifecycle.destroy_on_exit and not (
+                        failed and not self.reused)
+                    if keep:
+                        c.kill_attached()  # the container stays, its workload does not
+                        self._log(f"keeping container {self.name!r}")
+                    else:
+                        self._log(f"destroying container {self.name!r}")
+                        rootfs.remove_container(c)
+                    c.close()
+            finally:
+                if self._record is not None:
+                    self._record.remove()
+                    self._record = None
+                if self._locked:
+                    self._lock.release()
+                    self._locked = False
+        if self._signals:
+            self._signals.check()
+
+
+def run(policy: PolicyLike, *, input: bytes | str | None = None, timeout: float | None = None,
+        tty: bool = False, check: bool = False, max_output: int | None = None,
+        lxcpath: str | None = None) -> CompletedRun:
+    """Run a policy's command in a fresh sandbox and return what it did.
+
+    ``timeout`` (seconds) overrides ``process.timeout``.  A non-zero exit is a result, not an
+    error, unless ``check`` (then ``CalledProcessError`` / ``CommandTimeout``).  Raises
+    ``PolicyError`` for an invalid policy and ``SandboxError`` / ``LxcError`` when the sandbox
+    cannot be set up; the container is gone on return, whatever happened.
+    """
+    with Sandbox(policy, lxcpath=lxcpath) as box:
+        result = box.run(timeout=timeout, input=input, tty=tty, max_output=max_output)
+    if check:
+        result.check_returncode()
+    return result
+
+
+def gc(*, log: Log | None = None) -> list[str]:
+    """Destroy what runners killed with SIGKILL left behind; returns the container names."""
+    return cleanup.collect_garbage(_remove_named, log=log or (lambda message: None))
