@@ -32,8 +32,15 @@ requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
 requires_lxc = pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"liblxc binding unavailable: {NATIVE_ERROR}")
 
 
+_NAMES_MADE: set[str] = set()
+
+
 def new_name(tag: str = "") -> str:
-    return f"{TEST_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
+    """A fresh test container name, remembered so the end-of-session check covers it (and only
+    names this session made: parallel runs on one machine do not disturb each other)."""
+    name = f"{TEST_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
+    _NAMES_MADE.add(name)
+    return name
 
 
 def destroy_quietly(name: str, lxcpath: str | None = None) -> None:
@@ -104,7 +111,7 @@ def shared_busybox():
 def leftover_test_containers() -> list[str]:
     from lxcbind import list_containers
 
-    return [n for n in list_containers() if n.startswith(TEST_PREFIX)]
+    return [n for n in list_containers() if n in _NAMES_MADE]
 
 
 @pytest.fixture(scope="session", autouse=True)
