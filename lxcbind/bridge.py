@@ -152,6 +152,8 @@ class Bridge:
         self._dead_sinks: set[int] = set()
         self._registered: dict[int, int] = {}
         self._always_ready: set[int] = set()
+        self._ready_now: list[tuple[int, int]] = []
+        self._wake_fd = -1
         self._ep: Any = None
         self._wake_r: socket.socket | None = None
         self.timed_out = False
@@ -187,6 +189,7 @@ class Bridge:
             if self.handle_signals and threading.current_thread() is threading.main_thread():
                 self._wake_r, wake_w = socket.socketpair()
                 self._wake_r.setblocking(False)
+                self._wake_fd = self._wake_r.fileno()
                 wake_w.setblocking(False)
                 old_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
                 for sig in self._wanted_signals():
@@ -259,24 +262,25 @@ class Bridge:
                     continue
 
             self._sync_interest(ready)
-            deadlines = [d for d in (timeout_at if not self.timed_out else None, kill_at,
-                                     None if ready else ready_at) if d is not None]
-            if self.exited:
-                deadlines.append(exit_at + self.drain_grace + 5.0)
-                if draining:
-                    deadlines += [quiet_at, exit_at + self.drain_grace]
             wait = -1.0
-            if deadlines:
-                wait = max(0.0, min(deadlines) - now)
-            extra = [(fd, self._registered_mask(fd, ready)) for fd in self._always_ready]
-            extra = [(fd, m) for fd, m in extra if m]
-            if extra:
-                wait = 0.0
-            events = self._ep.poll(wait) + extra
+            if timeout_at is not None or kill_at is not None or not ready or self.exited:
+                deadlines = [d for d in (timeout_at if not self.timed_out else None, kill_at,
+                                         None if ready else ready_at) if d is not None]
+                if self.exited:
+                    deadlines.append(exit_at + self.drain_grace + 5.0)
+                    if draining:
+                        deadlines += [quiet_at, exit_at + self.drain_grace]
+                if deadlines:
+                    wait = max(0.0, min(deadlines) - now)
+            if self._ready_now:
+                events = self._ep.poll(0) + self._ready_now
+                self._ready_now = []
+            else:
+                events = self._ep.poll(wait)
 
             got_output = False
             for fd, ev in events:
-                if self._wake_r is not None and fd == self._wake_r.fileno():
+                if fd == self._wake_fd:
                     kill_at = self._on_signals(kill_at)
                     continue
                 if fd == self.pidfd:
@@ -318,42 +322,35 @@ class Bridge:
         sink = self._sink_of[source]
         return not isinstance(sink, int) or len(self._pending[sink]) < self.buffer_size
 
-    def _registered_mask(self, fd: int, ready: bool) -> int:
-        mask = 0
-        if fd in self._open_sources and self._room_for(fd):
-            mask |= _IN
-        if (fd == self.input_fd and not self._in_eof and not self.exited
-                and len(self._inbuf) < self.buffer_size):
-            mask |= _IN
-        if fd == self.to_child and ready and self._inbuf:
-            mask |= _OUT
-        if fd in self._pending and self._pending[fd] and fd not in self._dead_sinks:
-            mask |= _OUT
-        return mask
-
     def _sync_interest(self, ready: bool) -> None:
+        # Runs once per iteration: kept to plain loops over a handful of fds (this is on the
+        # keystroke path), and epoll_ctl is only called for masks that changed.
         wanted: dict[int, int] = {}
         if self._wake_r is not None:
-            wanted[self._wake_r.fileno()] = _IN
+            wanted[self._wake_fd] = _IN
         if not self.exited:
             wanted[self.pidfd] = _IN
-        fds = {*self._open_sources, *self._pending}
-        if self.input_fd is not None:
-            fds.add(self.input_fd)
-        if self.to_child is not None:
-            fds.add(self.to_child)
-        for fd in fds:
-            if fd in self._always_ready:
-                continue
-            mask = self._registered_mask(fd, ready)
-            if mask:
-                wanted[fd] = mask
-        for fd in list(self._registered):
-            if fd not in wanted:
-                self._ep.unregister(fd)
-                del self._registered[fd]
+        for fd in self._open_sources:
+            if self._room_for(fd):
+                wanted[fd] = _IN
+        if (self.input_fd is not None and not self._in_eof and not self.exited
+                and len(self._inbuf) < self.buffer_size):
+            wanted[self.input_fd] = wanted.get(self.input_fd, 0) | _IN
+        if self.to_child is not None and ready and self._inbuf:
+            wanted[self.to_child] = wanted.get(self.to_child, 0) | _OUT
+        for fd, buf in self._pending.items():
+            if buf and fd not in self._dead_sinks:
+                wanted[fd] = wanted.get(fd, 0) | _OUT
+        registered = self._registered
+        if self._always_ready:
+            self._ready_now = [(fd, wanted.pop(fd)) for fd in self._always_ready if fd in wanted]
+        if wanted == registered:
+            return
+        for fd in [fd for fd in registered if fd not in wanted]:
+            self._ep.unregister(fd)
+            del registered[fd]
         for fd, mask in wanted.items():
-            old = self._registered.get(fd)
+            old = registered.get(fd)
             if old == mask:
                 continue
             try:
@@ -361,9 +358,11 @@ class Bridge:
                     self._ep.register(fd, mask)
                 else:
                     self._ep.modify(fd, mask)
-                self._registered[fd] = mask
+                registered[fd] = mask
             except PermissionError:
-                self._always_ready.add(fd)  # regular file or /dev/null: never blocks
+                # A regular file or /dev/null: epoll refuses it, and it never blocks.
+                self._always_ready.add(fd)
+                self._ready_now.append((fd, mask))
 
     # -- events ----------------------------------------------------------------------------
 
