@@ -201,22 +201,29 @@ static pid_t lxcbind_pidfd_pid(int fd)
     return line ? (pid_t)atoi(line + 5) : -1;
 }
 
-/* c->attach() with lxcbind_exec as the exec function.
+/* c->attach() with lxcbind_exec (or, for a Session, the spawner) as the exec function.
  *
  * liblxc 5.0 leaks, in the caller, the pidfd of the container's init that it fetches for every
  * attach (a thousand attaches, a thousand fds).  When init_pid > 0, the descriptors that appear
  * during the call and are pidfds of exactly that init are closed here.  The caller holds the
  * handle's lock, so liblxc is the only one creating fds through this handle meanwhile. */
+#define LXCBIND_EXEC_COMMAND 0 /* lxcbind_exec: run one program */
+#define LXCBIND_EXEC_SPAWNER 1 /* lxcbind_spawner_exec (spawner.c): a Session's spawner */
+
+static int lxcbind_spawner_exec(void *payload); /* spawner.c, same translation unit */
+
 static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
-                          lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid)
+                          lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid, int mode)
 {
+    lxc_attach_exec_t exec_function = mode == LXCBIND_EXEC_SPAWNER ? lxcbind_spawner_exec
+                                                                    : lxcbind_exec;
     static __thread unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
     int scanned = 0;
     if (init_pid > 0) {
         memset(before, 0, sizeof(before));
         scanned = lxcbind_open_fds(before) == 0;
     }
-    int ret = c->attach(c, lxcbind_exec, payload, opts, pid);
+    int ret = c->attach(c, exec_function, payload, opts, pid);
     if (scanned) {
         memset(after, 0, sizeof(after));
         if (lxcbind_open_fds(after) == 0) {

@@ -25,8 +25,11 @@ struct lxcbind_exec {
     ...;
 };
 
+#define LXCBIND_EXEC_COMMAND ...
+#define LXCBIND_EXEC_SPAWNER ...
+
 void lxcbind_attach_options_init(lxc_attach_options_t *opts);
 int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
-                   lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid);
+                   lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid, int mode);
 int lxcbind_devpts_fd(struct lxc_container *c);
 int lxcbind_init_pidfd(struct lxc_container *c);

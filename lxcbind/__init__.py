@@ -13,16 +13,18 @@ Public API:
 from .attach import Process, exit_status
 from .container import Container, default_lxcpath, list_containers
 from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
-                     PolicyError, SandboxError)
+                     PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
 from .policy import Policy, load_policy, load_policy_file
 from .result import CompletedRun
 from .sandbox import Sandbox, gc, run
+from .session import Session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CommandTimeout", "CompletedRun", "Container", "ContainerNotFound", "ExecError", "LxcError",
-    "LxcbindError", "Policy", "PolicyError", "Process", "Sandbox", "SandboxError",
+    "LxcbindError", "Policy", "PolicyError", "Process", "Sandbox", "SandboxError", "Session",
+    "SessionError", "ShellDied", "SpawnerDied",
     "default_lxcpath", "exit_status", "gc", "list_containers", "load_policy",
     "load_policy_file", "run", "__version__",
 ]

@@ -16,8 +16,8 @@ from cffi import FFI
 CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
 
 # Order matters: lxc.h defines the types shim.h uses.
-DECLARATIONS = ["lxc.h", "libc.h", "shim.h"]
-C_SOURCES = ["shim.c"]
+DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h"]
+C_SOURCES = ["shim.c", "spawner.c"]
 
 MISSING_LXC = (
     "lxcbind: liblxc and its headers were not found ({why}).\n"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from . import cgroups
 from ._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
-from .attach import FileArg, Process, build_attach
+from .attach import AttachRequest, FileArg, Process, build_attach
 from .errors import ContainerNotFound, LxcError
 
 if TYPE_CHECKING:
@@ -346,6 +346,13 @@ class Container:
         request = build_attach(argv, env=env, clear_env=clear_env, cwd=cwd, uid=uid, gid=gid,
                                stdin=stdin, stdout=stdout, stderr=stderr,
                                namespaces=namespaces, flags=flags, ctty=ctty)
+        return self.attach_request(request, list(argv))
+
+    def attach_request(self, request: "AttachRequest", args: Sequence[str],
+                       mode: int = lib.LXCBIND_EXEC_COMMAND) -> Process:
+        """Attach a prepared ``attach.build_attach`` request (``mode``: the C exec function,
+        ``LXCBIND_EXEC_COMMAND`` or, for ``Session``, ``LXCBIND_EXEC_SPAWNER``).  The request's
+        fds are closed; the returned ``Process`` is tracked so ``stop()`` kills and reaps it."""
         pid_out = ffi.new("pid_t *")
         try:
             with self._lock:
@@ -353,7 +360,7 @@ class Container:
                 if self._init_pid is None:
                     self._init_pid = max(c.init_pid(c), 0)
                 rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
-                                        self._init_pid)
+                                        self._init_pid, mode)
         finally:
             for fd in request.owned_fds:
                 os.close(fd)
@@ -364,7 +371,7 @@ class Container:
             detail = "container is not running" if err == errno.ECONNREFUSED else ""
             raise self._error("attach", err, detail)
         proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
-        proc.args = list(argv)
+        proc.args = list(args)
         self._attached.add(proc)
         return proc
 

@@ -6,6 +6,9 @@
     ├── LxcError (OSError)        a liblxc call failed: errno, operation, container, log tail
     ├── ExecError (OSError)       the command could not be started inside the container
     ├── SandboxError              setting up or tearing down the sandbox failed (CLI exit 125)
+    ├── SessionError              a Session cannot run commands any more
+    │   ├── SpawnerDied           its resident spawner is gone
+    │   └── ShellDied             its persistent shell exited (``returncode``)
     └── CommandTimeout (subprocess.TimeoutExpired) with the partial result
 
 Nothing in lxcbind reports failure by returning False.
@@ -38,6 +41,22 @@ class ContainerNotFound(LxcbindError, LookupError):
 
 class SandboxError(LxcbindError):
     """The sandbox could not be set up or failed (root filesystem, mounts, network)."""
+
+
+class SessionError(LxcbindError):
+    """A Session (or its persistent shell) cannot run commands any more."""
+
+
+class SpawnerDied(SessionError):
+    """The session's resident spawner is gone (killed, or the container stopped)."""
+
+
+class ShellDied(SessionError):
+    """The persistent shell exited; ``returncode`` is its status when known."""
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
 
 
 class LxcError(LxcbindError, OSError):

@@ -65,6 +65,9 @@ def cli(doc: dict | None, *args: str, input: bytes | None = None, timeout: float
     elif doc is not None:
         argv.append("-")
         input = json.dumps(doc).encode()
+    if input is None:  # never the test runner's own stdin (CI may have none)
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=timeout, cwd=ROOT)
     return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, cwd=ROOT)
 
 

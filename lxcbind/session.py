@@ -1,0 +1,913 @@
+"""``Session``: many commands in one warm container at the cost of a plain fork+exec.
+
+Why a resident spawner.  liblxc's ``attach()`` fork()s the whole caller for every command, so a
+command costs ~2 ms plus time proportional to the caller's memory (page tables are copied:
+~56 ms at 1 GiB resident).  A Session pays that once: it attaches a tiny C *spawner*
+(``_cdefs/spawner.c``, compiled into ``lxcbind._lxc``) as the exec function of a single attach,
+so it has every part of liblxc's setup (namespaces, cgroup, capability bounding set,
+no_new_privs, seccomp, personality, LSM exec label, uid/gid).  It stays resident inside the
+container and starts each later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is
+copied, so a spawn costs the same whatever the size of the caller, and whatever liblxc arranges
+"on exec" (capabilities from the bounding set, the LSM label) is applied by the kernel at each
+command's own ``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
+``/proc/self/ns/*`` and ``/proc/self/cgroup`` of both paths.
+
+Protocol (see the top of ``spawner.c``).  The control socket is a ``SOCK_SEQPACKET`` pair whose
+far end is the spawner's fd 0.  Each command is one datagram: a header, argv/env/cwd strings
+(inline, or in a memfd when large) and, by ``SCM_RIGHTS``, a fresh per-command *report socket*
+plus the command's stdin/stdout/stderr (and extra fds, which become 3, 4, ...).  On the report
+socket the spawner answers ``START`` (pid, or the stage/errno that stopped it: chdir, ctty, exec)
+and later ``EXIT`` (the wait status: the spawner reaps its children through a signalfd).  The
+caller can send ``KILL`` records on it (signal the command or its process group); closing it
+before the exit abandons the command, and the spawner kills its group.  A per-command socket
+means concurrent threads need no demultiplexing: each waits on its own descriptors.  When the
+control socket closes (``close()``, or the caller dying) the spawner SIGKILLs every command's
+group, reaps them and exits.
+
+The child gets the same clean state as ``Container.attach`` gives (``lxcbind_exec``): default
+signal dispositions, an empty mask, its own session (``setsid``), a strict cwd, only its stdio
+(and requested extra fds), the exact environment (``attach.baseline_env`` + ``env``), and exec
+failures reported out of band, so ``exec_error`` tells "could not execute" (126/127) from the
+program's own 126/127.
+
+Thread-safety: ``run``/``spawn``/``map`` may be called from many threads at once (sends on the
+control socket are atomic datagrams; every command has its own descriptors).  A ``Shell`` is
+driven by one thread at a time (it has a lock).
+
+Failure model: the spawner dying (killed from inside the container, container stopped) makes
+the next call raise ``SpawnerDied``; ``close()`` still works.  A persistent shell that exits
+raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
+
+Limits: per-command uid/gid is not offered (the whole session runs as the ``uid``/``gid`` given
+to ``Session``: liblxc's own setuid path, so equivalence holds by construction); processes that
+leave the command's process group (``setsid``, daemons) are not killed on timeout (a cgroup kill
+is the sandbox layer's job).  The spawner is a fork of the caller; at start it unmaps the large
+anonymous mappings it inherited (x86-64 only), so it does not pin the caller's memory (a 1 GiB
+caller leaves a ~24 MiB spawner); the caller's fds are all closed in it.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import secrets
+import select
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, Iterable, Mapping, Sequence, Union
+
+from . import pty as _pty
+from ._native import ffi, lib
+from .attach import Process, baseline_env, build_attach, decode_wait_status
+from .container import Container
+from .errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
+from .result import CompletedRun, OutputBuffer
+
+__all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied"]
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+Command = Union[str, Sequence[str]]
+StreamArg = Union[int, IO[Any], None]
+
+_HEADER = struct.Struct("=8I")
+_RECORD = struct.Struct("=4i")
+assert _HEADER.size == lib.LXCBIND_SPAWN_HEADER_SIZE
+assert _RECORD.size == lib.LXCBIND_SPAWN_RECORD_SIZE
+_MAGIC = lib.LXCBIND_SPAWN_MAGIC
+_MAX_INLINE = lib.LXCBIND_SPAWN_MAX_INLINE
+_REC_HELLO = lib.LXCBIND_REC_HELLO
+_REC_START = lib.LXCBIND_REC_START
+_REC_EXIT = lib.LXCBIND_REC_EXIT
+_REC_REFUSED = lib.LXCBIND_REC_REFUSED
+_REC_KILL = lib.LXCBIND_REC_KILL
+_STAGES = {
+    lib.LXCBIND_STAGE_CHDIR: "chdir",
+    lib.LXCBIND_STAGE_CTTY: "ctty",
+    lib.LXCBIND_STAGE_EXEC: "exec",
+    lib.LXCBIND_STAGE_SPAWN: "spawn",
+}
+_CHUNK = 65536
+_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+
+
+
+
+def _argv(command: Command) -> list[str]:
+    if isinstance(command, str):
+        return ["/bin/sh", "-c", command]
+    if isinstance(command, bytes):
+        raise TypeError("command must be a str (shell) or a sequence of str")
+    argv = list(command)
+    if not argv:
+        raise ValueError("argv must not be empty")
+    return argv
+
+
+def _fileno(value: StreamArg) -> int:
+    return value if isinstance(value, int) else value.fileno()  # type: ignore[union-attr]
+
+
+def _encode(items: Iterable[str], what: str) -> list[bytes]:
+    out = []
+    for item in items:
+        raw = os.fsencode(item)
+        if b"\0" in raw:
+            raise ValueError(f"{what} contains a NUL byte: {item!r}")
+        out.append(raw)
+    return out
+
+
+def _pipe() -> tuple[int, int]:
+    return os.pipe2(os.O_CLOEXEC)
+
+
+class SessionProcess:
+    """A command started by a Session's spawner (the spawner's child, not ours).
+
+    ``pid`` is the pid *inside the container*.  ``stdin``/``stdout``/``stderr`` are our ends of
+    the pipes asked for with ``PIPE`` (raw fds, owned by this object and closed by ``close``),
+    else None; ``master`` is the pty master in tty mode.  ``returncode``/``exit_status``/
+    ``exec_error`` mean what they mean on ``attach.Process``.  ``fileno()`` is the report
+    socket: readable when a status record arrives.  Closing the handle before the command has
+    exited kills its process group (the spawner sees the report socket close).
+    """
+
+    def __init__(self, session: "Session", report: int, args: list[str], program: str,
+                 cwd: str | None) -> None:
+        self.session = session
+        self.args = args
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self.exec_error: ExecError | None = None
+        self.stdin: int | None = None
+        self.stdout: int | None = None
+        self.stderr: int | None = None
+        self.master: int | None = None
+        self._report = report
+        self._program = program
+        self._cwd = cwd
+        self._lock = threading.Lock()
+        self._owned: list[int] = [report]
+        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned)
+
+    @staticmethod
+    def _close_fds(fds: list[int]) -> None:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        fds.clear()
+
+    def _own(self, fd: int) -> int:
+        self._owned.append(fd)
+        return fd
+
+    def fileno(self) -> int:
+        return self._report
+
+    @property
+    def exit_status(self) -> int | None:
+        return None if self.returncode is None else (
+            128 - self.returncode if self.returncode < 0 else self.returncode)
+
+    # -- records --------------------------------------------------------------------------
+
+    def _handle(self, data: bytes) -> None:
+        if len(data) != _RECORD.size:
+            raise SpawnerDied(f"{self.session._dead()} (while {self.args[0]!r} ran)")
+        kind, pid, a, b = _RECORD.unpack(data)
+        if kind == _REC_START:
+            if pid < 0:
+                raise ExecError("spawn", b, self._program)
+            self.pid = pid
+            if a:
+                name = _STAGES.get(a, "exec")
+                self.exec_error = ExecError(name, b, (self._cwd if name == "chdir" else
+                                                      self._program) or "")
+        elif kind == _REC_EXIT:
+            self.returncode = decode_wait_status(a)
+        elif kind == _REC_REFUSED:
+            raise SessionError(f"spawner refused the command: {os.strerror(a)}")
+
+    def _read_records(self) -> None:
+        """Read what is there (non-blocking); raises SpawnerDied on EOF before EXIT."""
+        while self.returncode is None:
+            try:
+                data = os.read(self._report, 64)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                data = b""
+            self._handle(data)
+
+    def _wait_start(self) -> None:
+        os.set_blocking(self._report, True)
+        try:
+            self._handle(os.read(self._report, 64))
+        finally:
+            os.set_blocking(self._report, False)
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None and self._report >= 0:
+                self._read_records()
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the EXIT record; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._report, _POLLIN)
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            poller.poll(None if left is None else max(1, int(left * 1000)))
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int, *, group: bool = False) -> None:
+        """Signal the command (or its whole process group) through the spawner.  The spawner
+        has not reaped it yet when it gets the request, so the pid cannot have been reused."""
+        if self.returncode is not None or self._report < 0:
+            return
+        try:
+            os.write(self._report, _RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def signal_group(self, sig: int) -> None:
+        self.send_signal(sig, group=True)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Kill the group if still running, close every descriptor.  Idempotent; does not wait
+        (the spawner reaps)."""
+        if self.returncode is None and self._report >= 0:
+            self.send_signal(signal.SIGKILL, group=True)
+        self._finalizer()
+        self._report = -1
+        self.stdin = self.stdout = self.stderr = self.master = None
+
+    def __enter__(self) -> "SessionProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<lxcbind.SessionProcess pid={self.pid} returncode={self.returncode}>"
+
+
+class Session:
+    """One running container and a resident spawner in it (see the module docstring).
+
+    ``Session(container, own=False, uid=None, gid=None, env=None)``: ``container`` must be
+    running; ``own=True`` destroys it on ``close()``.  ``uid``/``gid``: who every command runs as
+    (liblxc's attach setuid path).  ``env``: entries added to ``attach.baseline_env`` for every
+    command (per-call ``env`` overrides them).
+
+    Raises ``LxcError`` when the spawner cannot be attached, ``SessionError`` when it does not
+    come up within ``start_timeout`` seconds.
+    """
+
+    def __init__(self, container: Container, *, own: bool = False, uid: int | None = None,
+                 gid: int | None = None, env: Mapping[str, str] | None = None,
+                 start_timeout: float = 10.0) -> None:
+        self.container = container
+        self.own = own
+        self._sandbox: Any = None  # set by from_policy: it owns the container's teardown
+        self.uid = uid
+        self.gid = gid
+        self._closed = False
+        self._lock = threading.Lock()
+        self._env = baseline_env(uid)
+        for key, value in (env or {}).items():
+            self._env[key] = value
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self._devpts = -2  # -2: not asked yet, -1: unavailable
+        self._ctrl: socket.socket | None = None
+        self._spawner: Process | None = None
+        self.spawner_pid: int | None = None  # inside the container
+        try:
+            self._start(start_timeout)
+        except BaseException:
+            self._teardown()
+            raise
+
+    @classmethod
+    def from_policy(cls, policy: Any, *, start_timeout: float = 10.0) -> "Session":
+        """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
+        or path), whose root filesystem, filesystem policy and network rules apply to every
+        command; the policy's ``process.env`` is each command's base environment.  Closing
+        the session tears the container down like a one-shot run (``destroyOnExit``)."""
+        from .sandbox import Sandbox
+
+        box = Sandbox(policy)
+        box.__enter__()
+        try:
+            assert box.container is not None
+            session = cls(box.container, env=box.policy.process.env_dict() or None,
+                          start_timeout=start_timeout)
+        except BaseException:
+            box.close(failed=True)
+            raise
+        session._sandbox = box
+        return session
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _start(self, start_timeout: float) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._ctrl = ours
+        try:
+            request = build_attach(["lxcbind-spawner"], env=None, clear_env=True, cwd="/",
+                                   uid=self.uid, gid=self.gid, stdin=theirs.fileno(),
+                                   stdout=self._devnull, stderr=self._devnull,
+                                   namespaces=None, flags=None, ctty=None)
+            self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
+                                                          lib.LXCBIND_EXEC_SPAWNER)
+        finally:
+            theirs.close()
+        ready, _, _ = select.select([ours], [], [], start_timeout)
+        data = ours.recv(64) if ready else None
+        if data is None or len(data) != _RECORD.size:
+            status = self._spawner.poll() if data is not None else None
+            if data is None:
+                raise SessionError(f"spawner in {self.container.name!r} did not start within "
+                                   f"{start_timeout}s")
+            raise SessionError(f"spawner in {self.container.name!r} failed to start "
+                               f"(status {status}){self.container.log_tail()}")
+        kind, pid, version, _ = _RECORD.unpack(data)
+        if kind != _REC_HELLO or version != lib.LXCBIND_SPAWN_VERSION:
+            raise SessionError("spawner spoke an unknown protocol")
+        self.spawner_pid = pid
+
+    def close(self) -> None:
+        """Stop the spawner (its commands are killed) and, with ``own=True``, destroy the
+        container.  Idempotent; safe after the spawner died."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._teardown()
+
+    def _teardown(self) -> None:
+        try:
+            if self._ctrl is not None:
+                self._ctrl.close()  # EOF: the spawner kills and reaps its children, then exits
+                self._ctrl = None
+            if self._spawner is not None:
+                try:
+                    self._spawner.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                self._spawner.close()  # SIGKILL if it hung, and reap
+                self._spawner = None
+        finally:
+            for fd in (self._devnull, self._devpts):
+                if fd >= 0:
+                    os.close(fd)
+            self._devnull = self._devpts = -1
+            if self.own:
+                self.own = False
+                if self.container.defined:
+                    self.container.destroy()
+            if self._sandbox is not None:
+                box, self._sandbox = self._sandbox, None
+                box.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the spawner still runs (cheap check; a dead one is also noticed on use)."""
+        return self._spawner is not None and self._spawner.poll() is None
+
+    def _dead(self) -> SpawnerDied:
+        status = None
+        if self._spawner is not None:
+            try:
+                self._spawner.wait(timeout=0.2)  # it is going: give it time to be reaped
+            except subprocess.TimeoutExpired:
+                pass
+            status = self._spawner.returncode
+        how = f" (status {status})" if status is not None else ""
+        return SpawnerDied(f"the spawner of session {self.container.name!r} is gone{how}; "
+                           "close the session and start a new one")
+
+    # -- spawning -------------------------------------------------------------------------
+
+    def _environment(self, env: Mapping[str, str] | None) -> list[str]:
+        environment = self._env
+        if env:
+            environment = dict(environment)
+            for key, value in env.items():
+                if not key or "=" in key or "\0" in key or "\0" in value:
+                    raise ValueError(f"invalid environment entry {key!r}")
+                environment[key] = value
+        return [f"{k}={v}" for k, v in environment.items()]
+
+    def _send(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
+              fds: Sequence[int], ctty: bool) -> SessionProcess:
+        """Send one spawn request; returns the handle with the report socket (START not yet
+        read).  ``fds`` = stdin, stdout, stderr, extra...; the caller closes its copies."""
+        ctrl = self._ctrl
+        if self._closed or ctrl is None:
+            raise SessionError("session is closed")
+        strings = _encode(argv, "argv") + _encode(self._environment(env), "env")
+        flags = 0
+        if cwd is not None:
+            strings += _encode([cwd], "cwd")
+            flags |= lib.LXCBIND_SPAWN_CWD
+        if ctty:
+            flags |= lib.LXCBIND_SPAWN_CTTY
+        data = b"\0".join(strings) + b"\0"
+        envc = len(strings) - len(argv) - (1 if cwd is not None else 0)
+        memfd = -1
+        if len(data) > _MAX_INLINE:
+            flags |= lib.LXCBIND_SPAWN_MEMFD
+            memfd = os.memfd_create("lxcbind-spawn", os.MFD_CLOEXEC)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        report = mine.detach()
+        try:
+            header = _HEADER.pack(_MAGIC, flags, len(argv), envc, len(fds) - 3, len(data), 0, 0)
+            passed = [theirs.fileno(), *fds]
+            if memfd >= 0:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(memfd, view):]
+                passed.append(memfd)
+                payload = [header]
+            else:
+                payload = [header, data]
+            try:
+                ctrl.sendmsg(payload, [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        array.array("i", passed))])
+            except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
+                raise self._dead() from None
+            except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.ENOTCONN):
+                    raise SessionError("session is closed") from None
+                raise
+        except BaseException:
+            os.close(report)
+            raise
+        finally:
+            theirs.close()
+            if memfd >= 0:
+                os.close(memfd)
+        os.set_blocking(report, False)
+        return SessionProcess(self, report, argv, argv[0], cwd)
+
+    def _pty(self) -> _pty.PtyPair:
+        if self._devpts == -2:
+            try:
+                self._devpts = self.container.devpts_fd()
+            except LxcError:
+                self._devpts = -1
+        pair = _pty.open_pty(self._devpts if self._devpts >= 0 else None)
+        try:
+            _pty.set_winsize(pair.master, *_pty.DEFAULT_SIZE)
+        except BaseException:
+            pair.close()
+            raise
+        return pair
+
+    def spawn(self, command: Command, *, stdin: StreamArg = PIPE, stdout: StreamArg = PIPE,
+              stderr: StreamArg = PIPE, env: Mapping[str, str] | None = None,
+              cwd: str | None = None, tty: bool = False,
+              pass_fds: Sequence[int] = ()) -> SessionProcess:
+        """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle.
+
+        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object; stdin
+        ``None`` is /dev/null (never the caller's stdin), stdout/stderr ``None`` the caller's
+        own.  ``tty=True``: one pty (from the container's devpts when possible) for all three,
+        controlling terminal of the command; its master is ``handle.master``.  ``pass_fds``:
+        descriptors that become 3, 4, ... in the command.  ``cwd`` None: the container's /.
+        A missing program or cwd is not an exception: ``wait()`` gives 127/126 and
+        ``exec_error`` says why.  Raises ``SpawnerDied`` if the spawner is gone.
+        """
+        argv = _argv(command)
+        child_fds: list[int] = []  # our copies of the child's ends: closed once sent
+        ours: list[tuple[str, int]] = []
+        pair: _pty.PtyPair | None = None
+        proc: SessionProcess | None = None
+        try:
+            if tty:
+                pair = self._pty()
+                fds = [pair.slave] * 3
+            else:
+                fds = []
+                for index, value in enumerate((stdin, stdout, stderr)):
+                    if value == PIPE:
+                        r, w = _pipe()
+                        child, mine = (r, w) if index == 0 else (w, r)
+                        child_fds.append(child)
+                        ours.append((("stdin", "stdout", "stderr")[index], mine))
+                        fds.append(child)
+                    elif value == DEVNULL or (value is None and index == 0):
+                        fds.append(self._devnull)
+                    elif value is None:
+                        fds.append(index)
+                    else:
+                        fds.append(_fileno(value))
+            fds += list(pass_fds)
+            proc = self._send(argv, env, cwd, fds, ctty=tty)
+            for name, fd in ours:
+                setattr(proc, name, proc._own(fd))
+            ours.clear()
+            if pair is not None:
+                pair.close_slave()
+                proc.master = proc._own(pair.master)
+                pair = None
+            proc._wait_start()
+            return proc
+        except BaseException:
+            if proc is not None:
+                proc.close()
+            for _, fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+            if pair is not None:
+                pair.close()
+
+    def run(self, command: Command, *, input: bytes | str | None = None,
+            timeout: float | None = None, tty: bool = False,
+            env: Mapping[str, str] | None = None, cwd: str | None = None,
+            max_output: int | None = None, check: bool = False,
+            kill_grace: float = 1.0) -> CompletedRun:
+        """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
+
+        ``input`` is written to stdin, then EOF (None: empty stdin).  ``timeout``: SIGTERM to
+        the command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
+        ``max_output``: per stream, keep head and tail of this many bytes.  ``tty``: a pty,
+        merged output in ``stdout``.  A missing program is a result (127, ``exec_error``).
+        Raises ``SpawnerDied``/``SessionError`` when the session cannot run commands.
+        """
+        if isinstance(input, str):
+            input = input.encode()
+        start = time.monotonic()
+        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty)
+        try:
+            out = OutputBuffer(max_output)
+            err = OutputBuffer(max_output)
+            timed_out = _communicate(proc, input, out, err, timeout, kill_grace)
+        finally:
+            proc.close()
+        assert proc.returncode is not None
+        result = CompletedRun(
+            args=proc.args, returncode=proc.returncode, stdout=out.getvalue(),
+            stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
+            truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
+            stderr_omitted=err.omitted, exec_error=proc.exec_error, timeout=timeout)
+        if check:
+            result.check_returncode()
+        return result
+
+    def map(self, commands: Iterable[Command], *, workers: int = 4,
+            **run_kwargs: Any) -> list[CompletedRun]:
+        """Run every command (with ``run``'s keywords) on ``workers`` threads; results in the
+        order given.  A command that fails or times out is just its own result."""
+        items = list(commands)
+        if workers <= 1 or len(items) <= 1:
+            return [self.run(c, **run_kwargs) for c in items]
+        with ThreadPoolExecutor(max_workers=min(workers, len(items)),
+                                thread_name_prefix="lxcbind-map") as pool:
+            return list(pool.map(lambda c: self.run(c, **run_kwargs), items))
+
+    def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
+              cwd: str | None = None) -> "Shell":
+        """A persistent shell whose state (cwd, variables, functions) carries across calls."""
+        return Shell(self, program=program, env=env, cwd=cwd)
+
+    def __repr__(self) -> str:
+        return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "
+                f"{'closed' if self._closed else 'open'}>")
+
+
+def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
+                 err: OutputBuffer, timeout: float | None, kill_grace: float,
+                 drain_grace: float = 2.0) -> bool:
+    """Feed ``input``, capture output until EXIT and EOF.  Returns whether it timed out.
+
+    Output after the exit is drained until EOF, or for ``drain_grace`` s at most (a background
+    process may hold the pipe forever)."""
+    poller = select.poll()
+    sinks: dict[int, OutputBuffer] = {}
+    master = proc.master
+    if master is not None:
+        sinks[master] = out
+    else:
+        for fd, sink in ((proc.stdout, out), (proc.stderr, err)):
+            if fd is not None:
+                sinks[fd] = sink
+    for fd in sinks:
+        os.set_blocking(fd, False)
+        poller.register(fd, _POLLIN)
+    poller.register(proc.fileno(), _POLLIN)
+    pending = memoryview(input or b"")
+    to_child = master if master is not None else proc.stdin
+    if to_child is not None:
+        os.set_blocking(to_child, False)
+        if pending:
+            poller.register(to_child, select.POLLOUT)
+        elif to_child == proc.stdin:
+            _close_stdin(proc)
+            to_child = None
+    now = time.monotonic()
+    timeout_at = now + timeout if timeout is not None else None
+    kill_at: float | None = None
+    drain_until: float | None = None
+    timed_out = False
+    while True:
+        proc.poll()
+        if proc.returncode is not None:
+            if not sinks:
+                break
+            if drain_until is None:
+                drain_until = time.monotonic() + drain_grace
+        deadlines = [d for d in (timeout_at, kill_at, drain_until) if d is not None]
+        wait_ms = None
+        if deadlines:
+            wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+        events = poller.poll(wait_ms)
+        for fd, event in events:
+            if fd in sinks:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:  # EIO: pty master after the last slave closed
+                    if exc.errno != errno.EIO:
+                        raise
+                    data = b""
+                if data:
+                    sinks[fd].write(data)
+                else:
+                    poller.unregister(fd)
+                    del sinks[fd]
+            elif fd == to_child and pending:
+                if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                    pending = pending[:0]
+                else:
+                    try:
+                        pending = pending[os.write(fd, pending[:_CHUNK]):]
+                    except BlockingIOError:
+                        pass
+                    except BrokenPipeError:
+                        pending = pending[:0]
+                if not pending:
+                    poller.unregister(fd)
+                    if fd == proc.stdin:
+                        _close_stdin(proc)
+                    elif master is not None:
+                        eof = _pty.eof_bytes(master, input[-1] if input else None)
+                        if eof:
+                            try:
+                                os.write(master, eof)
+                            except OSError:
+                                pass
+        now = time.monotonic()
+        if proc.returncode is None:
+            if timeout_at is not None and now >= timeout_at and not timed_out:
+                timed_out = True
+                proc.send_signal(signal.SIGTERM, group=True)
+                kill_at = now + kill_grace
+            elif kill_at is not None and now >= kill_at:
+                proc.send_signal(signal.SIGKILL, group=True)
+                kill_at = None
+        elif drain_until is not None and now >= drain_until:
+            break
+    if timed_out:
+        # Whatever the group started and left behind goes too.
+        proc.send_signal(signal.SIGKILL, group=True)
+    return timed_out
+
+
+def _close_stdin(proc: SessionProcess) -> None:
+    fd = proc.stdin
+    if fd is not None:
+        proc.stdin = None
+        proc._owned.remove(fd)
+        os.close(fd)
+
+
+class Shell:
+    """A persistent shell in a Session: ``run("cd /tmp && export X=1")`` then
+    ``run("pwd; echo $X")`` sees ``/tmp`` and ``1``.
+
+    Framing.  Each call writes to the shell's stdin
+    ``{ eval '<command>'\\n} </dev/null 3>&-\\nprintf '<nonce> %d\\n' "$?" >&3`` where the
+    command is single-quoted (the one quoting with no special characters but ``'``), and the
+    nonce is 128 random bits new for every call.  Fd 3 is a separate status pipe that the
+    command itself does not have (``3>&-``); the status line is read there, never from stdout,
+    so nothing a command prints (random bytes, fake markers) can end or forge a frame.  Once the
+    status line arrives every byte the command wrote is already in the stdout/stderr pipes (it
+    wrote before the shell could print the status), so the pipes are drained without waiting.
+    The command's stdin is /dev/null: it cannot eat the next frame.
+
+    The shell runs interactive (``-i``) on pipes: a syntax error does not end it, and SIGINT
+    aborts the running command list and returns to reading input.  That is the timeout: SIGINT
+    to the shell's process group (the command and its children), then a recovery frame is sent
+    until its status arrives (an interactive shell discards input it had buffered when it is
+    interrupted, so it is repeated).  If that does not happen within ``kill_grace`` s (a
+    command that ignores SIGINT), the shell's group is killed and the shell is dead.
+
+    ``ShellDied`` is raised by the call during which (or before which) the shell exited, and by
+    every call after it.  Background processes that keep writing after their call returned
+    show up in a later call's output.  One call at a time (a lock serializes them).
+    """
+
+    def __init__(self, session: Session, *, program: str = "/bin/sh",
+                 env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 start_timeout: float = 10.0) -> None:
+        self.session = session
+        self._lock = threading.Lock()
+        self._buf = b""
+        self.dead: ShellDied | None = None
+        shell_env = {"PS1": "", "PS2": "", "PS4": "+ ", "ENV": ""}
+        shell_env.update(env or {})
+        status_r, status_w = _pipe()
+        try:
+            self.proc = session.spawn([program, "-i"], env=shell_env, cwd=cwd,
+                                      pass_fds=[status_w])
+        finally:
+            os.close(status_w)
+        self._status = self.proc._own(status_r)
+        for fd in (self._status, self.proc.stdout, self.proc.stderr, self.proc.stdin):
+            os.set_blocking(fd, False)  # type: ignore[arg-type]
+        if self.proc.exec_error is not None:
+            self.proc.wait()
+            raise ShellDied(f"shell {program!r} could not start: {self.proc.exec_error}",
+                            self.proc.returncode)
+        # Swallow the start-up chatter (job-control warnings, a first prompt).
+        self.run("true", timeout=start_timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.dead is None and self.proc.poll() is None
+
+    def run(self, command: str, *, timeout: float | None = None,
+            max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
+        """Run ``command`` in the shell; the result's ``returncode`` is its ``$?``
+        (130 after a timeout interrupted it, ``timed_out=True``)."""
+        if "\0" in command:
+            raise ValueError("command contains a NUL byte")
+        with self._lock:
+            if self.dead is not None:
+                raise self.dead
+            start = time.monotonic()
+            out = OutputBuffer(max_output)
+            err = OutputBuffer(max_output)
+            nonce = secrets.token_hex(16)
+            quoted = "'" + command.replace("'", "'\\''") + "'"
+            # The status printf is a line of its own: an error that aborts the command's
+            # line (a syntax error in an interactive shell) still lets it run.
+            script = (f"{{ eval {quoted}\n}} </dev/null 3>&-\n"
+                      f"printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
+            status, timed_out = self._exchange(script, nonce, out, err, timeout, kill_grace)
+            return CompletedRun(
+                args=[command], returncode=status, stdout=out.getvalue(),
+                stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
+                truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
+                stderr_omitted=err.omitted, timeout=timeout)
+
+    def _exchange(self, script: bytes, nonce: str, out: OutputBuffer, err: OutputBuffer,
+                  timeout: float | None, kill_grace: float) -> tuple[int, bool]:
+        proc = self.proc
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        sinks = {proc.stdout: out, proc.stderr: err}
+        poller = select.poll()
+        for fd in (*sinks, self._status, proc.fileno()):
+            poller.register(fd, _POLLIN)
+        pending = memoryview(script)
+        poller.register(proc.stdin, select.POLLOUT)
+        writing = True
+        timeout_at = None if timeout is None else time.monotonic() + timeout
+        want = nonce
+        recovery_at: float | None = None
+        kill_at: float | None = None
+        timed_out = False
+        while True:
+            if writing and not pending:
+                poller.unregister(proc.stdin)
+                writing = False
+            deadlines = [d for d in (timeout_at, recovery_at, kill_at) if d is not None]
+            wait_ms = None
+            if deadlines:
+                wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+            for fd, event in poller.poll(wait_ms):
+                if fd in sinks:
+                    self._drain(fd, sinks[fd])
+                elif fd == proc.stdin and pending:
+                    try:
+                        pending = pending[os.write(fd, pending[:_CHUNK]):]
+                    except BlockingIOError:
+                        pass
+                    except (BrokenPipeError, ConnectionResetError):
+                        pending = pending[:0]
+                elif fd == self._status:
+                    status, eof = self._read_status(want)
+                    if eof:
+                        poller.unregister(fd)  # the shell is exiting: its EXIT record follows
+                    if status is not None:
+                        for sink_fd, sink in sinks.items():
+                            self._drain(sink_fd, sink)
+                        return (130 if timed_out else status), timed_out
+                elif fd == proc.fileno():
+                    try:
+                        proc.poll()
+                    except SpawnerDied as exc:
+                        self.dead = ShellDied(str(exc))
+                        raise self.dead from exc
+                    if proc.returncode is not None:
+                        for sink_fd, sink in sinks.items():
+                            self._drain(sink_fd, sink)
+                        self.dead = ShellDied(
+                            f"the persistent shell exited (status {proc.exit_status})",
+                            proc.returncode)
+                        if timed_out:
+                            return 128 + signal.SIGKILL, True
+                        raise self.dead
+
+            now = time.monotonic()
+            if timeout_at is not None and now >= timeout_at and not timed_out:
+                timed_out = True
+                proc.send_signal(signal.SIGINT, group=True)
+                want = secrets.token_hex(16)
+                recovery_at = now + 0.05
+                kill_at = now + kill_grace
+            if recovery_at is not None and now >= recovery_at:
+                # Resent until it gets through: the interrupted shell drops buffered input.
+                if not pending:
+                    pending = memoryview(f"printf '{want} 130\\n' >&3\n".encode())
+                    if not writing:
+                        poller.register(proc.stdin, select.POLLOUT)
+                        writing = True
+                recovery_at = now + 0.2
+            if kill_at is not None and now >= kill_at:
+                proc.send_signal(signal.SIGKILL, group=True)
+                kill_at = recovery_at = None
+
+    def _drain(self, fd: int, sink: OutputBuffer) -> None:
+        while True:
+            try:
+                data = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            sink.write(data)
+
+    def _read_status(self, nonce: str) -> tuple[int | None, bool]:
+        """Consume status lines: ``(status of the line carrying nonce or None, EOF seen)``.
+        Lines with other nonces are stale recovery frames and are dropped."""
+        found = None
+        while True:
+            try:
+                data = os.read(self._status, 4096)
+            except BlockingIOError:
+                return found, False
+            if not data:
+                return found, True
+            self._buf += data
+            lines = self._buf.split(b"\n")
+            self._buf = lines.pop()
+            for line in lines:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == nonce.encode() and parts[1].isdigit():
+                    found = int(parts[1])
+
+    def close(self) -> None:
+        """Kill the shell (and its group).  Idempotent."""
+        if self.dead is None:
+            self.dead = ShellDied("the persistent shell was closed")
+        self.proc.close()
+
+    def __enter__(self) -> "Shell":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
