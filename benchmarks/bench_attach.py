@@ -16,7 +16,7 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from lxcbind import Container  # noqa: E402
+from _common import bench_container  # noqa: E402
 
 
 def timed(fn, n: int) -> list[float]:
@@ -38,15 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=200)
     args = ap.parse_args()
-    name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
-    c = Container(name)
+    c = bench_container()
+    name = c.name
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        c.create("busybox")
-        c.clear_config_item("lxc.net")
-        c.set_config_item("lxc.net.0.type", "empty")
-        c.save_config()
-        c.start()
         rows = {
             "lxcbind Container.attach(/bin/true)": timed(
                 lambda: c.attach(["/bin/true"], stdout=devnull, stderr=devnull).wait(), args.n),

@@ -26,26 +26,14 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from _common import bench_container  # noqa: E402
 from lxcbind import Container  # noqa: E402
 from lxcbind import pty as lpty  # noqa: E402
 from lxcbind.bridge import Bridge  # noqa: E402
 
 
 def make_container() -> Container:
-    c = Container(f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
-    try:
-        c.create("busybox")
-        c.clear_config_item("lxc.net")
-        c.set_config_item("lxc.net.0.type", "empty")
-        c.set_config_item("lxc.pty.max", "64")
-        c.save_config()
-        c.start()
-    except BaseException:
-        if c.defined:
-            c.destroy()
-        c.close()
-        raise
-    return c
+    return bench_container()
 
 
 def container_pty(c: Container) -> lpty.PtyPair:

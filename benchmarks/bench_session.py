@@ -37,6 +37,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import bench_container  # noqa: E402
 from lxcbind import Container  # noqa: E402
 from lxcbind.session import Session  # noqa: E402
 
@@ -45,20 +46,7 @@ WARMUP = 20
 
 
 def make_container(name: str) -> Container:
-    c = Container(name)
-    try:
-        c.create("busybox")
-        c.clear_config_item("lxc.net")
-        c.set_config_item("lxc.net.0.type", "empty")
-        c.set_config_item("lxc.pty.max", "16")
-        c.save_config()
-        c.start()
-    except BaseException:
-        if c.defined:
-            c.destroy()
-        c.close()
-        raise
-    return c
+    return bench_container(name)
 
 
 def measure(fn: Callable[[], object], n: int, warmup: int = WARMUP) -> dict[str, float]:
