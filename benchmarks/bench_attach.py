@@ -12,7 +12,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
