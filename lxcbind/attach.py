@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import struct
+import subprocess
 import threading
 import time
 import weakref
@@ -292,8 +293,6 @@ class Process:
                 while self.poll() is None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        import subprocess
-
                         raise subprocess.TimeoutExpired(list(self.args), timeout)
                     ep.poll(left)
             assert self.returncode is not None

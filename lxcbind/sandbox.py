@@ -34,9 +34,9 @@ def as_policy(policy: PolicyLike) -> Policy:
         return policy
     if isinstance(policy, Mapping):
         return load_policy(dict(policy))
-    if isinstance(policy, (bytes, str)) and str(policy if isinstance(policy, str) else policy.decode(errors="replace")).lstrip().startswith("{"):
+    if isinstance(policy, (str, bytes)) and policy.lstrip()[:1] in ("{", b"{"):
         return load_policy(policy)
-    return load_policy_file(policy)  # type: ignore[arg-type]
+    return load_policy_file(policy)
 
 
 def network_refusal(policy: Policy) -> str | None:

@@ -108,6 +108,28 @@ def shared_busybox():
             c.close()
 
 
+def run_threads(worker, count: int, timeout: float = 120) -> list[BaseException]:
+    """Run ``worker(n)`` in ``count`` threads; return what they raised.  Fails the test if a
+    thread is still running after ``timeout`` (a deadlock)."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            worker(n)
+        except BaseException as exc:  # handed back to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "threads deadlocked"
+    return errors
+
+
 def leftover_test_containers() -> list[str]:
     from lxcbind import list_containers
 

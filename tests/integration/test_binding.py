@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import make_busybox, new_name, requires_lxc, requires_root
+from tests.conftest import make_busybox, new_name, requires_lxc, requires_root, run_threads
 
 pytestmark = [requires_root, requires_lxc]
 
@@ -211,27 +211,17 @@ def test_caller_keeps_sigint_after_attach(shared_busybox):
 
 
 def test_concurrent_attaches_from_four_threads_on_one_handle(shared_busybox):
-    errors: list[BaseException] = []
     codes: list[int] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
-        try:
-            for i in range(25):
-                proc, out = capture(shared_busybox, ["sh", "-c", f"echo {n}-{i}; exit {i % 7}"])
-                assert out == f"{n}-{i}\n".encode()
-                with lock:
-                    codes.append(proc.returncode - i % 7)
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for i in range(25):
+            proc, out = capture(shared_busybox, ["sh", "-c", f"echo {n}-{i}; exit {i % 7}"])
+            assert out == f"{n}-{i}\n".encode()
+            with lock:
+                codes.append(proc.returncode - i % 7)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "attach deadlocked"
-    assert errors == []
+    assert run_threads(worker, 4) == []
     assert codes == [0] * 100
 
 

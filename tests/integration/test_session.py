@@ -200,22 +200,15 @@ def test_ten_thousand_commands_without_growth(session):
 
 
 def test_concurrent_threads(session):
-    errors: list[BaseException] = []
+    from tests.conftest import run_threads
 
     def worker(n: int) -> None:
-        try:
-            for i in range(150):
-                token = f"{n}-{i}"
-                r = session.run(["echo", token])
-                assert r.stdout == f"{token}\n".encode(), r
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+        for i in range(150):
+            token = f"{n}-{i}"
+            r = session.run(["echo", token])
+            assert r.stdout == f"{token}\n".encode(), r
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(worker, 4)
     assert not errors, errors[0]
 
 
