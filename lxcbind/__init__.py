@@ -8,23 +8,53 @@ Public API:
 * ``Container`` / ``Process``: the liblxc binding itself; ``list_containers``;
 * ``load_policy`` / ``load_policy_file`` / ``Policy``;
 * the error tree (``LxcbindError`` and its subclasses).
+
+Names are imported on first use (PEP 562), so ``python -m lxcbind`` and ``import lxcbind``
+pay only for the modules they touch: the CLI's start-up is part of every one-shot run.
 """
 
-from .attach import Process, exit_status
-from .container import Container, default_lxcpath, list_containers
-from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
-                     PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
-from .policy import Policy, load_policy, load_policy_file
-from .result import CompletedRun
-from .sandbox import Sandbox, gc, run
-from .session import Session
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CommandTimeout", "CompletedRun", "Container", "ContainerNotFound", "ExecError", "LxcError",
-    "LxcbindError", "Policy", "PolicyError", "Process", "Sandbox", "SandboxError", "Session",
-    "SessionError", "ShellDied", "SpawnerDied",
-    "default_lxcpath", "exit_status", "gc", "list_containers", "load_policy",
-    "load_policy_file", "run", "__version__",
-]
+_WHERE = {
+    "Process": "attach", "exit_status": "attach",
+    "Container": "container", "default_lxcpath": "container", "list_containers": "container",
+    "CommandTimeout": "errors", "ContainerNotFound": "errors", "ExecError": "errors",
+    "LxcbindError": "errors", "LxcError": "errors", "PolicyError": "errors",
+    "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
+    "SpawnerDied": "errors",
+    "Policy": "policy", "load_policy": "policy", "load_policy_file": "policy",
+    "CompletedRun": "result",
+    "Sandbox": "sandbox", "gc": "sandbox", "run": "sandbox",
+    "Session": "session",
+}
+
+__all__ = sorted(_WHERE) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lxcbind' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from .attach import Process, exit_status
+    from .container import Container, default_lxcpath, list_containers
+    from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
+                         PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
+    from .policy import Policy, load_policy, load_policy_file
+    from .result import CompletedRun
+    from .sandbox import Sandbox, gc, run
+    from .session import Session

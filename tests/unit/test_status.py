@@ -99,3 +99,12 @@ def test_exceptions_subclass_the_builtins_callers_catch():
     assert r.signal == 9 and r.exit_status == 137
     with pytest.raises(subprocess.CalledProcessError):
         r.check_returncode()
+
+
+def test_public_api_names_all_resolve():
+    import lxcbind
+
+    for name in lxcbind.__all__:
+        assert getattr(lxcbind, name) is not None
+    with pytest.raises(AttributeError):
+        lxcbind.no_such_name
