@@ -28,6 +28,7 @@ it was built from, so a changed host (busybox upgrade, different ``/bin`` layout
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -39,7 +40,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
-from .container import Container
+from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
 from .mounts import MountEntry, plan_mounts
 
@@ -162,6 +163,35 @@ def base_dir(spec: RootfsSpec | str) -> str:
     else:
         key = f"download-{spec.distribution}-{spec.release}-{spec.arch}-{_SCHEMA}"
     return os.path.join(BASES_ROOT, key)
+
+
+def prune_bases(lxcpath: str | None = None) -> list[str]:
+    """Remove cached bases that no run would pick any more (the host layout or the busybox
+    binary changed, so their key did) and that no container under ``lxcpath`` still uses as
+    its overlay's lower layer.  Returns the removed directories.  Download bases are kept:
+    their key never goes stale, and rebuilding one needs the network."""
+    current = {os.path.basename(base_dir(kind)) for kind in ("host", "busybox")}
+    root = lxcpath or default_lxcpath()
+    in_use = ""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            with contextlib.suppress(OSError), open(os.path.join(root, name, "config")) as f:
+                in_use += f.read()
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for key in sorted(os.listdir(BASES_ROOT)):
+            if not key.startswith(("host-", "busybox-")) or key in current:
+                continue
+            base = os.path.join(BASES_ROOT, key)
+            with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if f"{base}/" in in_use or not os.path.isdir(base):
+                    continue
+                shutil.rmtree(base, ignore_errors=True)
+                removed.append(base)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(BASES_ROOT, f".{key}.lock"))
+    return removed
 
 
 def _lower(base: str, spec: RootfsSpec) -> str:

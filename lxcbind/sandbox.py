@@ -223,5 +223,10 @@ def run(policy: PolicyLike, *, input: bytes | str | None = None, timeout: float 
 
 
 def gc(*, log: Log | None = None) -> list[str]:
-    """Destroy what runners killed with SIGKILL left behind; returns the container names."""
-    return cleanup.collect_garbage(_remove_named, log=log or (lambda message: None))
+    """Destroy what runners killed with SIGKILL left behind, and prune cached root filesystem
+    bases that are stale and unused; returns the names of the containers destroyed."""
+    log = log or (lambda message: None)
+    removed = cleanup.collect_garbage(_remove_named, log=log)
+    for base in rootfs.prune_bases():
+        log(f"gc: removed stale base {base}")
+    return removed

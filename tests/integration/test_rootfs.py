@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from lxcbind.container import default_lxcpath
 from lxcbind.errors import SandboxError
 from lxcbind.rootfs import RootfsSpec, base_dir, define_container, ensure_base, remove_container
 from tests.conftest import new_name, requires_lxc, requires_root
@@ -213,3 +214,30 @@ def test_download_from_seeded_cache(define, tmp_path):
         lock = os.path.join(os.path.dirname(base_dir(spec)), f".{key}.lock")
         if os.path.exists(lock):
             os.unlink(lock)
+
+
+def test_gc_prunes_stale_unused_bases_only(tmp_path):
+    """A base whose key went stale is removed by gc unless a container's overlay uses it."""
+    import uuid
+
+    from lxcbind import rootfs
+    from lxcbind.sandbox import gc
+
+    current = rootfs.ensure_base(rootfs.RootfsSpec("busybox"))
+    stale = os.path.join(rootfs.BASES_ROOT, f"busybox-stale{uuid.uuid4().hex[:6]}")
+    used = os.path.join(rootfs.BASES_ROOT, f"busybox-used{uuid.uuid4().hex[:6]}")
+    name = new_name()
+    cdir = os.path.join(default_lxcpath(), name)
+    for d in (stale, used):
+        os.makedirs(os.path.join(d, "rootfs"))
+    os.makedirs(cdir)
+    try:
+        with open(os.path.join(cdir, "config"), "w") as f:
+            f.write(f"lxc.rootfs.path = overlay:{used}/rootfs:{cdir}/delta0\n")
+        gc()
+        assert not os.path.exists(stale)
+        assert os.path.isdir(used) and os.path.isdir(current)
+    finally:
+        shutil.rmtree(cdir, ignore_errors=True)
+        for d in (stale, used):
+            shutil.rmtree(d, ignore_errors=True)
