@@ -1,7 +1,8 @@
 """cffi builder for ``lxcbind._lxc`` (build time only: setup.py names it in cffi_modules).
 
 Reads the declarations under ``_cdefs/`` and compiles them, with lxcbind's C helpers, against
-the installed ``<lxc/lxccontainer.h>``.  Nothing imports this module at run time.
+the installed ``<lxc/lxccontainer.h>`` and ``<nftables/libnftables.h>``.  Nothing imports this
+module at run time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from cffi import FFI
 CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
 
 # Order matters: lxc.h defines the types shim.h uses.
-DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h"]
-C_SOURCES = ["shim.c", "spawner.c"]
+DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h", "nft.h"]
+C_SOURCES = ["shim.c", "spawner.c", "nft.c"]
 
 MISSING_LXC = (
     "lxcbind: liblxc and its headers were not found ({why}).\n"
@@ -25,24 +26,39 @@ MISSING_LXC = (
 )
 
 
-def _lxc_flags() -> dict[str, list[str]]:
-    """Compiler and linker flags for liblxc from pkg-config, failing with a package hint."""
+MISSING_NFT = (
+    "lxcbind: libnftables and its headers were not found ({why}).\n"
+    "On Debian/Ubuntu install them with:  apt-get install libnftables-dev pkg-config"
+)
+
+
+def _pkg_flags(package: str, missing: str) -> dict[str, list[str]]:
+    """Compiler and linker flags for one library from pkg-config, failing with a package hint."""
     if shutil.which("pkg-config") is None:
-        sys.exit(MISSING_LXC.format(why="pkg-config is not installed"))
+        sys.exit(missing.format(why="pkg-config is not installed"))
     try:
         cflags = subprocess.run(
-            ["pkg-config", "--cflags", "lxc"], check=True, capture_output=True, text=True
+            ["pkg-config", "--cflags", package], check=True, capture_output=True, text=True
         ).stdout.split()
         libs = subprocess.run(
-            ["pkg-config", "--libs", "lxc"], check=True, capture_output=True, text=True
+            ["pkg-config", "--libs", package], check=True, capture_output=True, text=True
         ).stdout.split()
     except subprocess.CalledProcessError as exc:
-        sys.exit(MISSING_LXC.format(why=exc.stderr.strip() or "pkg-config lxc failed"))
+        sys.exit(missing.format(why=exc.stderr.strip() or f"pkg-config {package} failed"))
     return {
         "include_dirs": [f[2:] for f in cflags if f.startswith("-I")],
         "libraries": [f[2:] for f in libs if f.startswith("-l")],
         "library_dirs": [f[2:] for f in libs if f.startswith("-L")],
     }
+
+
+def _lib_flags() -> dict[str, list[str]]:
+    """liblxc's flags merged with libnftables' (lxcbind.nft drives nftables in-process)."""
+    merged: dict[str, list[str]] = {"include_dirs": [], "libraries": [], "library_dirs": []}
+    for package, missing in (("lxc", MISSING_LXC), ("libnftables", MISSING_NFT)):
+        for key, values in _pkg_flags(package, missing).items():
+            merged[key] += [v for v in values if v not in merged[key]]
+    return merged
 
 
 def _source(name: str) -> str:
@@ -55,7 +71,7 @@ ffibuilder.set_source(
     "lxcbind._lxc",
     "\n".join(_source(name) for name in C_SOURCES),
     extra_compile_args=["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"],
-    **_lxc_flags(),
+    **_lib_flags(),
 )
 
 if __name__ == "__main__":
