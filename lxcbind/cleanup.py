@@ -203,10 +203,14 @@ class ContainerLock:
             self._fd = -1
 
 
-def collect_garbage(destroy: Callable[[str, str], None], *, log: Callable[[str], None] = lambda m: None) -> list[str]:
+def collect_garbage(destroy: Callable[[str, str], None], *,
+                    release: Callable[["OwnershipRecord"], None] | None = None,
+                    log: Callable[[str], None] = lambda m: None) -> list[str]:
     """Remove what runners that died without cleaning up (SIGKILL) left behind.
 
-    ``destroy(name, lxcpath)`` removes one container with everything it owns.  A record is
+    ``destroy(name, lxcpath)`` removes one container with everything it owns; then
+    ``release(record)`` undoes what else the record names (network state), for kept
+    containers too.  A record is
     handled only under its container's lock, so a live run is never disturbed.  Returns the
     names of the containers destroyed.
     """
@@ -225,6 +229,8 @@ def collect_garbage(destroy: Callable[[str, str], None], *, log: Callable[[str],
                 log(f"gc: destroying {record.container!r} left by dead runner pid {record.runner_pid}")
                 destroy(record.container, record.lxcpath)
                 removed.append(record.container)
+            if release is not None:
+                release(fresh[0])
             record.remove()
         finally:
             lock.release()

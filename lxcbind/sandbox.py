@@ -1,11 +1,15 @@
 """A policy applied to one container: ``Sandbox`` owns the container's whole life.
 
 Setup order: refuse what cannot be enforced (network) → reap orphans of dead runners → take
-the container name's lock → write the ownership record → define the container (root
-filesystem overlay, filesystem policy as mount entries, loopback-only network) or reuse a kept
-one with the *current* policy → start.  Teardown order (``close``, on every path, fatal
-signals shielded): kill the workload → stop → destroy (``destroyOnExit``) → remove the record →
-release the lock.
+the container name's lock → write the ownership record → (networked policies) note "network"
+in it, lease an address and install the container's nftables table, all before the container
+exists → define the container (root filesystem overlay, filesystem policy as mount entries,
+no network device for a deny-all policy, else one routed veth) or reuse a kept one with the
+*current* policy → write its resolv.conf → start.  Teardown order (``close``, on every path,
+fatal signals shielded): kill the workload → stop → destroy (``destroyOnExit``; a kept
+networked container is stopped) → delete the table (unless ``preservePolicy``) and release the
+lease → remove the record → release the lock.  Network rules never go while a process of the
+container can still run; if that cannot be guaranteed the record stays for ``gc``.
 
 ``run(policy, ...)`` is the one-call API: a fresh sandbox, one command captured, torn down.
 """
@@ -17,7 +21,7 @@ import os
 import uuid
 from typing import Any, Callable, Mapping, Sequence
 
-from . import cleanup, mounts, rootfs
+from . import cleanup, mounts, network, rootfs
 from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
 from .policy import Policy, load_policy, load_policy_file
@@ -40,35 +44,76 @@ def as_policy(policy: PolicyLike) -> Policy:
 
 
 def network_refusal(policy: Policy) -> str | None:
-    """Why the policy's network cannot be enforced yet (None when it runs with loopback only).
+    """Why the policy's network cannot be enforced (None when it can).
 
     A deny-everything policy runs with no network device at all, which is stronger than any
-    rule set and cannot be undone from inside.  Everything else (allow rules, DNS exemption,
-    proxy, open egress or ingress) needs enforced rules: refused rather than run with less
-    protection than asked.
+    rule set and cannot be undone from inside.  Egress rules, open egress, the legacy DNS
+    exemption and a reachable proxy are enforced by ``network`` (routed veth + the container's
+    nftables table, installed before start).  What stays refused, rather than run with less
+    protection than asked, is named here.  Host-independent: ``--dry-run`` calls it.
     """
     effective = policy.network.effective()
     if effective.is_deny_all():
         return None
+    reason = None
     if not effective.firewall:
-        reason = ("the policy leaves the network open (schema < 0.8 without "
-                  "enforcementMode firewall/both)")
-    elif effective.proxy is not None:
-        reason = f"{effective.proxy.source}: a proxy needs egress rules"
-    elif effective.egress_allow or effective.unresolved_allow or effective.egress_default == "allow":
-        reason = "network.egress allows traffic, which needs egress rules"
-    elif effective.dns_exemption:
-        reason = "the legacy firewall mode lets DNS (port 53) out, which needs egress rules"
-    else:
-        reason = "network ingress is allowed, which needs ingress rules"
-    return (f"network: {reason}; lxcbind cannot enforce network rules yet, so it refuses to run "
-            "instead of running with less protection (a deny-all policy runs with no network "
-            "device)")
+        reason = ("the policy asks for no firewall at all (schema < 0.8 without enforcementMode "
+                  "firewall/both); lxcbind does not run containers on an unfiltered network "
+                  "(set enforcementMode, or use schema 0.8)")
+    elif not effective.ingress_deny:
+        field = ("network.allowLocalNetwork" if policy.network.shape == "legacy"
+                 else "network.ingress.default")
+        reason = f"{field} allows inbound traffic, which lxcbind does not implement"
+    elif not effective.host_loopback_deny:
+        reason = "network.ingress.hostLoopback allows inbound traffic, which lxcbind does not " \
+                 "implement"
+    elif effective.proxy is not None and effective.proxy.source.startswith("runtimeConfig"):
+        reason = (f"{effective.proxy.source}: a proxy on the host's loopback cannot be reached "
+                  "from the container's network namespace")
+    elif effective.proxy is not None and ":" in effective.proxy.host:
+        reason = f"{effective.proxy.source}: IPv6 proxy endpoints are not supported (IPv4 only)"
+    if reason is None:
+        return None
+    return f"network: {reason}; refusing to run instead of running with less protection"
 
 
 def _remove_named(name: str, lxcpath: str) -> None:
     with Container(name, lxcpath) as c:
         rootfs.remove_container(c)
+
+
+def _release_orphan(record: cleanup.OwnershipRecord) -> None:
+    """gc: the network state a dead runner left (table, veth, lease), after its container
+    is destroyed — or, for a kept one, stopped: rules never go while its processes can run."""
+    if "network" not in record.created:
+        return
+    with Container(record.container, record.lxcpath) as c:
+        if c.defined:
+            c.stop()
+    network.teardown_orphan(record.container)
+
+
+def _reap_stale_leases(log: Log) -> None:
+    """Leases whose runner is dead and whose ownership record is gone (a runner killed after
+    removing its record, or a record removed by an older gc): stop the container if it still
+    runs, then remove the table, veth and lease.  Under the container's lock, like gc."""
+    for name, lease in network.leases().items():
+        if lease.runner_alive() or (cleanup.STATE_DIR / "owners" / f"{name}.json").exists():
+            continue
+        lock = cleanup.ContainerLock(name)
+        if not lock.acquire(blocking=False):
+            continue
+        try:
+            lease = network.leases().get(name)  # re-read under the lock
+            if lease is None or lease.runner_alive():
+                continue
+            log(f"gc: releasing the network of {name!r} left by dead runner {lease.runner_pid}")
+            with Container(name, lease.lxcpath or None) as c:
+                if c.defined:
+                    c.stop()
+            network.teardown_orphan(name)
+        finally:
+            lock.release()
 
 
 class Sandbox:
@@ -91,6 +136,7 @@ class Sandbox:
         self._lock = cleanup.ContainerLock(self.name, lock_timeout)
         self._record: cleanup.OwnershipRecord | None = None
         self._locked = False
+        self._net: network.ContainerNetwork | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -114,7 +160,8 @@ class Sandbox:
         refusal = network_refusal(self.policy)
         if refusal:
             raise SandboxError(refusal)
-        cleanup.collect_garbage(_remove_named, log=self._log)
+        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
+        _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
         self._lock.acquire()
         self._locked = True
@@ -127,17 +174,33 @@ class Sandbox:
         self._record = cleanup.OwnershipRecord.for_this_process(
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
         self._record.save()
+        effective = self.policy.network.effective()
+        net_config: list[tuple[str, str]] = []
+        if not effective.is_deny_all():
+            # Lease and rules exist before the container does: its veth is filtered from the
+            # first packet.  Noted first, so gc finds them if this runner is killed midway.
+            self._net = network.ContainerNetwork(self.name, effective, log=self._log,
+                                                 lxcpath=self.lxcpath)
+            self._record.note("network")
+            self._net.prepare()
+            net_config = self._net.config
         if self.reused:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self.container = probe
             probe.stop()  # mount entries only apply at start
             rootfs.replace_mounts(probe, spec, planned)
+            network.configure_existing(probe, net_config)
         else:
             probe.close()
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._record.note("container")
             self.container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
-                                                     mounts=planned)
+                                                     mounts=planned, config=net_config)
+        rootfs_path = self.container.get_config_item("lxc.rootfs.path")
+        if self._net is not None:
+            self._net.write_files(rootfs_path)
+        elif self.reused:
+            network.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
         self._log("starting")
         try:
             self.container.start()
@@ -149,7 +212,10 @@ class Sandbox:
     def command_kwargs(self) -> dict[str, Any]:
         """argv, env, cwd and timeout of the policy's process, for ``runner``."""
         process = self.policy.process
-        return {"env": process.env_dict(), "cwd": process.cwd or "/", "timeout": process.timeout}
+        env = process.env_dict()
+        if self._net is not None:
+            env.update(self._net.env())  # proxy mode: the proxy variables point at the proxy
+        return {"env": env, "cwd": process.cwd or "/", "timeout": process.timeout}
 
     def run(self, *, timeout: float | None = None, input: bytes | str | None = None,
             tty: bool = False, max_output: int | None = None) -> CompletedRun:
@@ -182,6 +248,7 @@ class Sandbox:
         asked to keep it (a half-set-up container is not worth keeping)."""
         shield = self._signals.shielded() if self._signals else contextlib.nullcontext()
         with shield:
+            settled = self._net is None  # True once nothing of the network is left to undo
             try:
                 c = self.container
                 if c is not None and not c.closed:
@@ -189,15 +256,24 @@ class Sandbox:
                         failed and not self.reused)
                     if keep:
                         c.kill_attached()  # the container stays, its workload does not
+                        if self._net is not None:
+                            # Its rules are about to go: it must not run without them.
+                            c.stop()
                         self._log(f"keeping container {self.name!r}")
                     else:
                         self._log(f"destroying container {self.name!r}")
                         rootfs.remove_container(c)
                     c.close()
+                if self._net is not None:
+                    # Only now: no process of the container can send a packet any more.
+                    self._net.teardown(preserve=self.policy.lifecycle.preserve_policy)
+                    self._net = None
+                    settled = True
             finally:
-                if self._record is not None:
+                if self._record is not None and settled:
                     self._record.remove()
                     self._record = None
+                # else: the record stays, naming the network state, for gc to finish
                 if self._locked:
                     self._lock.release()
                     self._locked = False
@@ -223,10 +299,13 @@ def run(policy: PolicyLike, *, input: bytes | str | None = None, timeout: float 
 
 
 def gc(*, log: Log | None = None) -> list[str]:
-    """Destroy what runners killed with SIGKILL left behind, and prune cached root filesystem
-    bases that are stale and unused; returns the names of the containers destroyed."""
+    """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
+    delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
+    stale and unused; returns the names of the containers destroyed."""
     log = log or (lambda message: None)
-    removed = cleanup.collect_garbage(_remove_named, log=log)
+    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
+    _reap_stale_leases(log)
+    network.prune_tables(log)
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
     return removed

@@ -313,7 +313,8 @@ class Session:
     def from_policy(cls, policy: Any, *, start_timeout: float = 10.0) -> "Session":
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy and network rules apply to every
-        command; the policy's ``process.env`` is each command's base environment.  Closing
+        command; the policy's ``process.env`` (plus, in proxy mode, the proxy variables) is each
+        command's base environment.  Closing
         the session tears the container down like a one-shot run (``destroyOnExit``)."""
         from .sandbox import Sandbox
 
@@ -321,7 +322,7 @@ class Session:
         box.__enter__()
         try:
             assert box.container is not None
-            session = cls(box.container, env=box.policy.process.env_dict() or None,
+            session = cls(box.container, env=box.command_kwargs()["env"] or None,
                           start_timeout=start_timeout)
         except BaseException:
             box.close(failed=True)

@@ -174,12 +174,16 @@ def test_dry_run_creates_nothing(clean_machine):
     assert r.returncode == 0 and out["plan"]["runnable"] is True
 
 
-def test_open_network_policy_fails_closed_with_125(clean_machine):
+def test_unenforceable_network_policy_fails_closed_with_125(clean_machine):
+    # No firewall asked for (0.7 capabilities mode) and permissive ingress stay refused;
+    # enforceable egress policies run (tests/integration/test_network.py).
     r = cli({"version": "0.7.0", "process": {"commandLine": "true"}}, "--no-tty")
     assert r.returncode == 125 and b"network" in r.stderr
-    r = cli(policy("true", network={"egress": {"default": "allow"}}), "--json")
+    r = cli(policy("true", network={"egress": {"default": "allow"},
+                                    "ingress": {"default": "allow"}}), "--json")
     out = json.loads(r.stdout)
     assert r.returncode == 125 and out["error"]["code"] == "sandbox"
+    assert "network.ingress.default" in out["error"]["message"]
 
 
 def test_no_network_device_but_loopback(clean_machine):
