@@ -55,13 +55,18 @@ class FatalSignals:
 
     def __init__(self) -> None:
         self.received: int | None = None
+        self._raised = False
         self._shield = 0
         self._previous: dict[int, object] = {}
 
     def _handler(self, signum: int, frame: object) -> None:
-        if self.received is None:
-            self.received = signum
+        # Raise once: a second Ctrl-C must not cut short the cleanup the first one started
+        # (an attached child left unreaped would make the container's stop() hang).
+        if self.received is not None:
+            return
+        self.received = signum
         if self._shield == 0:
+            self._raised = True
             raise Terminated(signum)
 
     def __enter__(self) -> "FatalSignals":
@@ -85,8 +90,9 @@ class FatalSignals:
             self._shield -= 1
 
     def check(self) -> None:
-        """Raise ``Terminated`` now if a signal arrived while shielded."""
-        if self.received is not None and self._shield == 0:
+        """Raise ``Terminated`` now if a signal arrived while shielded (and was not raised)."""
+        if self.received is not None and self._shield == 0 and not self._raised:
+            self._raised = True
             raise Terminated(self.received)
 
 

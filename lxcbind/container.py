@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import threading
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from .result import CompletedRun
 
 LOG_NAME = "lxcbind.log"
+
+# Signals a Python handler may be installed for (blocked across the attach window).
+_HANDLED_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def default_lxcpath() -> str:
@@ -354,25 +358,34 @@ class Container:
         ``LXCBIND_EXEC_COMMAND`` or, for ``Session``, ``LXCBIND_EXEC_SPAWNER``).  The request's
         fds are closed; the returned ``Process`` is tracked so ``stop()`` kills and reaps it."""
         pid_out = ffi.new("pid_t *")
+        # From the moment liblxc has forked until the child is owned by a registered Process,
+        # no Python signal handler may run: one that raises (Ctrl-C, the CLI's SIGTERM
+        # handler) would drop the pid on the floor, and an unreaped child makes stop() hang
+        # forever.  Signals stay pending and are handled right after (the exec function
+        # gives the child an empty mask).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
-            with self._lock:
-                c = self._handle()
-                if self._init_pid is None:
-                    self._init_pid = max(c.init_pid(c), 0)
-                rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
-                                        self._init_pid, mode)
+            try:
+                with self._lock:
+                    c = self._handle()
+                    if self._init_pid is None:
+                        self._init_pid = max(c.init_pid(c), 0)
+                    rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
+                                            self._init_pid, mode)
+            finally:
+                for fd in request.owned_fds:
+                    os.close(fd)
+            if rc < 0 or pid_out[0] <= 0:
+                os.close(request.status_read)
+                self._init_pid = None
+                err = -rc if rc < 0 else errno.EIO
+                detail = "container is not running" if err == errno.ECONNREFUSED else ""
+                raise self._error("attach", err, detail)
+            proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
+            proc.args = list(args)
+            self._attached.add(proc)
         finally:
-            for fd in request.owned_fds:
-                os.close(fd)
-        if rc < 0 or pid_out[0] <= 0:
-            os.close(request.status_read)
-            self._init_pid = None
-            err = -rc if rc < 0 else errno.EIO
-            detail = "container is not running" if err == errno.ECONNREFUSED else ""
-            raise self._error("attach", err, detail)
-        proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
-        proc.args = list(args)
-        self._attached.add(proc)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return proc
 
     def run(self, argv: Sequence[str], **kwargs: Any) -> "CompletedRun":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -296,3 +297,48 @@ def test_closed_handle_refuses_calls(container_name):
     c.close()
     with pytest.raises(ValueError):
         c.defined
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_a_signal_handler_raising_mid_attach_never_orphans_a_child(container_name):
+    """Ctrl-C (any raising handler) at any moment of attach: every child stays owned, so
+    stop() kills and reaps it instead of hanging on a zombie."""
+    def interrupt(signum, frame):
+        raise _Interrupt()
+
+    c = make_busybox(container_name)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = 0
+    kept = []
+    try:
+        for i in range(300):
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0.0005 + (i % 40) * 0.0001)
+                try:
+                    kept.append(c.attach(["sleep", "100"]))
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            except _Interrupt:
+                interrupted += 1
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        assert interrupted > 0  # the handler did fire around attaches
+        stopper = threading.Thread(target=c.stop)
+        stopper.start()
+        stopper.join(timeout=20)
+        assert not stopper.is_alive(), "stop() hangs: an attached child was never reaped"
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            assert f.read().split() == []  # nothing left unreaped
+    finally:
+        # If the feature is broken, reap the orphans by hand so teardown can stop the container.
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            for pid in map(int, f.read().split()):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+        c.destroy()
+        c.close()
