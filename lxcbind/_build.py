@@ -17,8 +17,8 @@ from cffi import FFI
 CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
 
 # Order matters: lxc.h defines the types shim.h uses.
-DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h", "nft.h"]
-C_SOURCES = ["shim.c", "spawner.c", "nft.c"]
+DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h", "nft.h", "userns.h"]
+C_SOURCES = ["shim.c", "spawner.c", "nft.c", "userns.c"]
 
 MISSING_LXC = (
     "lxcbind: liblxc and its headers were not found ({why}).\n"

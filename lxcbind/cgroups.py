@@ -76,3 +76,43 @@ def remove_monitor_cgroups(name: str) -> None:
             os.rmdir(path)
         except OSError:
             pass  # absent, or still in use by a live monitor
+
+
+def controller_version(controller: str) -> str | None:
+    """``"v1"`` when ``controller`` has a legacy hierarchy here, ``"v2"`` when the unified
+    hierarchy offers it, else None.  liblxc silently ignores ``lxc.cgroup2.*`` items on a
+    legacy hierarchy (and ``lxc.cgroup.*`` on a unified one), so callers pick by this."""
+    mounts = _mountpoints()
+    if any(controller in key.split(",") for key in mounts if key):
+        return "v1"
+    unified = mounts.get("")
+    if unified:
+        try:
+            with open(os.path.join(unified, "cgroup.controllers")) as f:
+                if controller in f.read().split():
+                    return "v2"
+        except OSError:
+            pass
+    return None
+
+
+def process_dir(pid: int, controller: str) -> str | None:
+    """The cgroup directory (host path) of process ``pid`` for ``controller``, or None."""
+    version = controller_version(controller)
+    mounts = _mountpoints()
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if version == "v1" and controller in controllers.split(","):
+            mountpoint = mounts.get(_key(controllers))
+        elif version == "v2" and controllers == "":
+            mountpoint = mounts.get("")
+        else:
+            continue
+        if mountpoint:
+            return os.path.join(mountpoint, path.lstrip("/"))
+    return None

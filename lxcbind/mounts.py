@@ -32,7 +32,9 @@ import stat
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from . import mountinfo as _mountinfo
 from .errors import PolicyError, SandboxError
+from .state import STATE_DIR
 
 RW, RO, DENIED = "rw", "ro", "denied"
 # Higher rank wins a tie at the same depth (it is mounted later).
@@ -53,16 +55,30 @@ _MASK_DIR_OPTS = "nosuid,nodev,noexec,mode=0755"
 
 @dataclass(frozen=True)
 class MountEntry:
-    """One ``lxc.mount.entry``: ``target`` is relative to the rootfs (no leading ``/``)."""
+    """One ``lxc.mount.entry``: ``target`` is relative to the rootfs (no leading ``/``).
+
+    ``owner`` (uid, gid) makes it an idmapped bind: the host ``owner`` appears as the
+    container's root, and what the container's root creates lands owned by ``owner``."""
 
     source: str
     target: str
     fstype: str
     options: str
+    owner: tuple[int, int] | None = None
+    staged: bool = False    # the source is reached through a host-side bind (see idmap)
 
-    def config_value(self) -> str:
-        """The entry as liblxc parses it (fstab syntax: whitespace and ``\\`` escaped)."""
-        return f"{_escape(self.source)} {_escape(self.target)} {self.fstype} {self.options} 0 0"
+    def config_value(self, container_dir: str = "") -> str:
+        """The entry as liblxc parses it (fstab syntax: whitespace and ``\\`` escaped).  An
+        idmapped entry names the user-namespace file, and a staged one its staged source,
+        that ``idmap.stage`` makes in the container's directory before each start."""
+        from .idmap import staged_path, userns_path
+
+        options, source = self.options, self.source
+        if self.owner is not None:
+            options += f",idmap={_escape(userns_path(container_dir, self.owner))}"
+        if self.staged:
+            source = staged_path(container_dir, self.source)
+        return f"{_escape(source)} {_escape(self.target)} {self.fstype} {options} 0 0"
 
 
 def _escape(text: str) -> str:
@@ -128,30 +144,7 @@ def _under(child: str, parent: str) -> bool:
 
 def host_submounts(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
     """``(mountpoint, fstype)`` of every host mount strictly below ``path``, shallow first."""
-    found = []
-    with open(mountinfo, "rb") as f:
-        for raw in f:
-            left, _, right = raw.decode("utf-8", "surrogateescape").partition(" - ")
-            fields = left.split()
-            if len(fields) < 5:
-                continue
-            point = _unescape_mountinfo(fields[4])
-            if _under(point, path):
-                found.append((point, right.split()[0] if right else ""))
-    found.sort(key=lambda pair: _depth(pair[0]))
-    return found
-
-
-def _unescape_mountinfo(text: str) -> str:
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 3 < len(text) and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
+    return [(m.point, m.fstype) for m in _mountinfo.below(path, mountinfo)]
 
 
 def _bind(source: str, target: str, intent: str, is_dir: bool) -> MountEntry:
@@ -173,8 +166,17 @@ def _mountpoints_needed(denied: str, nested: Iterable[_Item]) -> int:
 
 
 def plan_mounts(readwrite: Sequence[str], readonly: Sequence[str], denied: Sequence[str], *,
-                rootfs_kind: str) -> list[MountEntry]:
+                rootfs_kind: str, idmapped: bool = False) -> list[MountEntry]:
     """The mount entries, in order, that apply the filesystem policy to a container.
+
+    ``idmapped`` (unprivileged containers): every host bind is *staged* (its source is bound
+    by host root into the container's directory first, so the container's mapped root, which
+    may not traverse the host path, can reach it) and idmapped: the host path's owner appears
+    as the container's root, so the workload can read what the owner can, write what a
+    read-write grant allows, and its files land owned by that owner.
+    liblxc mounts idmapped entries in a second pass, after all plain ones, so everything
+    below an idmapped bind is made idmapped too (masks become idmapped read-only binds of an
+    empty file or directory): the order the policy needs is kept.
 
     Raises ``PolicyError`` (with the JSON path, e.g. ``filesystem.deniedPaths[1]``) for a bad
     path string or a dangling denied symlink, ``SandboxError`` naming a read-write or read-only
@@ -268,4 +270,81 @@ def plan_mounts(readwrite: Sequence[str], readonly: Sequence[str], denied: Seque
             planned.append((_depth(point), 0, _bind(point, point, item.intent, is_dir)))
 
     planned.sort(key=lambda t: (t[0], t[1]))
-    return [entry for _, _, entry in planned]
+    entries = [entry for _, _, entry in planned]
+    return _idmap_entries(entries, {it.real: it for it in chosen}) if idmapped else entries
+
+
+MASK_ROOT = str(STATE_DIR / "masks")
+
+
+def _mask_source(is_dir: bool, mountpoints: Sequence[tuple[str, bool]] = ()) -> str:
+    """An empty, root-owned, read-only file or directory to bind over a denied path; a
+    directory holds the (relative path, is_dir) mountpoints of grants nested inside it.
+    Content-addressed and never changed once made, so containers share them."""
+    import hashlib
+
+    name = "file" if not is_dir else "dir-" + hashlib.sha256(
+        repr(sorted(mountpoints)).encode()).hexdigest()[:16]
+    path = os.path.join(MASK_ROOT, name)
+    if os.path.lexists(path):
+        return path
+    os.makedirs(MASK_ROOT, 0o755, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    if not is_dir:
+        with open(tmp, "w"):
+            pass
+        os.chmod(tmp, 0o444)
+    else:
+        os.mkdir(tmp, 0o755)
+        for rel, sub_is_dir in sorted(mountpoints):
+            target = os.path.join(tmp, rel)
+            os.makedirs(os.path.dirname(target), 0o555, exist_ok=True)
+            if sub_is_dir:
+                os.makedirs(target, 0o555, exist_ok=True)
+            else:
+                with open(target, "w"):
+                    pass
+        for folder, _, _ in os.walk(tmp):
+            os.chmod(folder, 0o555)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another run made it first: same content
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True) if is_dir else os.unlink(tmp)
+    return path
+
+
+def _idmap_entries(entries: list[MountEntry], items: dict[str, _Item]) -> list[MountEntry]:
+    """Make every host bind idmapped (owner = the host path's owner: it appears as the
+    container's root, read-only binds stay read-only) and staged, and every mask below an
+    idmapped entry an idmapped bind of an empty file or directory (see ``plan_mounts``)."""
+    out: list[MountEntry] = []
+    mapped: list[MountEntry] = []
+    for entry in entries:
+        target = "/" + entry.target
+        above = [m for m in mapped if _under(target, "/" + m.target)]
+        parent = max(above, key=lambda m: len(m.target)) if above else None
+        if entry.fstype == "none" and entry.source != "/dev/null":
+            st = os.stat(entry.source)
+            entry = MountEntry(entry.source, entry.target, entry.fstype, entry.options,
+                               (st.st_uid, st.st_gid), staged=True)
+        elif parent is not None:
+            if "optional" in entry.options.split(","):
+                continue  # a missing denied path below a host directory: nothing to mask
+            is_dir = entry.fstype == "tmpfs"
+            nested = [(it.real[len(target) + 1:], it.is_dir) for it in items.values()
+                      if it.intent != DENIED and _under(it.real, target)] if is_dir else []
+            entry = MountEntry(_mask_source(is_dir, nested), entry.target, "none",
+                               f"bind,ro,create={'dir' if is_dir else 'file'}", parent.owner)
+        if entry.owner is not None:
+            mapped.append(entry)
+        out.append(entry)
+    return out
+
+
+def maps_host_root_writable(entries: Sequence[MountEntry]) -> bool:
+    """Whether a writable idmapped bind maps host uid or gid 0 to the container's root (then
+    setuid/setgid bits must be refused: such a file would be setuid-root on the host)."""
+    return any(e.owner is not None and 0 in e.owner and "ro" not in e.options.split(",")
+               for e in entries)

@@ -173,10 +173,27 @@ class Rootfs:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resource limits (lxcbind extension ``lxc.limits``); None = lxcbind's default, and
+    ``UNLIMITED`` (from ``"max"``) = no limit at all."""
+
+    memory: int | None = None     # bytes, memory and swap together
+    pids: int | None = None
+    cpu: float | None = None      # CPUs' worth of time per period
+
+
+UNLIMITED = -1
+OPT_INS = ("nesting", "perf")    # lxc.allow: protections a policy may give up, by name
+
+
+@dataclass(frozen=True)
 class Lxc:
     distribution: str | None = None
     release: str | None = None
     rootfs: Rootfs = Rootfs("host")
+    privileged: bool = False      # no user namespace: root inside is root outside
+    limits: Limits = Limits()
+    allow: tuple[str, ...] = ()   # opt-ins from OPT_INS
 
 
 @dataclass(frozen=True)
@@ -428,6 +445,10 @@ class Policy:
                            "deniedPaths": list(self.filesystem.denied_paths)},
             "rootfs": {"kind": rootfs.kind, "path": rootfs.path,
                        "distribution": self.lxc.distribution, "release": self.lxc.release},
+            "isolation": {"privileged": self.lxc.privileged, "allow": list(self.lxc.allow),
+                          "limits": {"memory": self.lxc.limits.memory,
+                                     "pids": self.lxc.limits.pids,
+                                     "cpu": self.lxc.limits.cpu}},
             "network": {"shape": self.network.shape, **self.network.effective().to_dict()},
             "ignoredSections": list(self.ignored_sections),
             "warnings": list(self.warnings),
@@ -599,6 +620,28 @@ def _int(value: Any, path: str, lo: int, hi: int, what: str) -> int:
             else _jtype(value)
         raise PolicyError(path, f"expected {what}, got {got}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(value: Any, path: str) -> int:
+    """``"512M"``, ``"2G"``, a plain number of bytes, or ``"max"`` (``UNLIMITED``)."""
+    if value == "max":
+        return UNLIMITED
+    if isinstance(value, int) and not isinstance(value, bool):
+        number, unit = value, ""
+    elif isinstance(value, str) and value[:-1].isdigit() and value[-1:].upper() in _SIZE_UNITS:
+        number, unit = int(value[:-1]), value[-1].upper()
+    elif isinstance(value, str) and value.isdigit():
+        number, unit = int(value), ""
+    else:
+        raise PolicyError(path, 'expected a size such as "512M", "2G" or a number of bytes, '
+                          f'or "max", got {json.dumps(value)}')
+    size = number * _SIZE_UNITS[unit]
+    if not 16 << 20 <= size <= 1 << 50:
+        raise PolicyError(path, f"{json.dumps(value)} is out of range (16M to 1P)")
+    return size
 
 
 def _abs_path(value: Any, path: str) -> str:
@@ -832,7 +875,8 @@ class _Parser:
         return Filesystem(*lists)
 
     def lxc(self, value: Any) -> Lxc:
-        sec = _obj(value, "lxc", ("distribution", "release", "rootfs"))
+        sec = _obj(value, "lxc", ("distribution", "release", "rootfs", "privileged", "limits",
+                                  "allow"))
         names: dict[str, str | None] = {}
         for key in ("distribution", "release"):
             path = f"lxc.{key}"
@@ -864,7 +908,35 @@ class _Parser:
             if rootfs.kind != "download" and dist:
                 self.warnings.append(f"lxc.rootfs: {text} is used; lxc.distribution and "
                                      "lxc.release are ignored")
-        return Lxc(dist, rel, rootfs)
+        privileged = _bool(sec["privileged"], "lxc.privileged") if "privileged" in sec else False
+        if privileged:
+            self.warnings.append("lxc.privileged: true: this container is not a sandbox (no "
+                                 "user namespace: root inside is root outside)")
+        allow: list[str] = []
+        for i, item in enumerate(_list(sec.get("allow", []), "lxc.allow")):
+            allow.append(_enum(item, f"lxc.allow[{i}]", OPT_INS))
+        limits = self.limits(sec.get("limits", {}))
+        return Lxc(dist, rel, rootfs, privileged, limits, tuple(dict.fromkeys(allow)))
+
+    def limits(self, value: Any) -> Limits:
+        sec = _obj(value, "lxc.limits", ("memory", "pids", "cpu"))
+        memory = pids = cpu = None
+        if "memory" in sec:
+            memory = _size(sec["memory"], "lxc.limits.memory")
+        if "pids" in sec:
+            pids = UNLIMITED if sec["pids"] == "max" else \
+                _int(sec["pids"], "lxc.limits.pids", 8, 2**22, "a number of processes")
+        if "cpu" in sec:
+            raw = sec["cpu"]
+            if raw == "max":
+                cpu = float(UNLIMITED)
+            elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or \
+                    not 0.01 <= raw <= 4096:
+                raise PolicyError("lxc.limits.cpu", "expected a number of CPUs from 0.01 to "
+                                  f'4096 (e.g. 1.5), or "max", got {json.dumps(raw)}')
+            else:
+                cpu = float(raw)
+        return Limits(memory, pids, cpu)
 
     # ----------------------------------------------------------------------- network
 

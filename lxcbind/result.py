@@ -18,6 +18,8 @@ class CompletedRun:
     empty in tty mode, where both streams share the terminal).  With an output cap,
     ``truncated`` is True and ``*_omitted`` count the bytes dropped between the kept head and
     tail.  ``exec_error`` is set when the command never started (missing cwd or program).
+    ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
+    process / its process limit refused a fork (set by sandbox runs, which know the limits).
     """
 
     args: Sequence[str]
@@ -31,6 +33,8 @@ class CompletedRun:
     stderr_omitted: int = 0
     exec_error: ExecError | None = field(default=None, compare=False)
     timeout: float | None = None
+    oom_killed: bool = False        # the container's memory limit killed a process meanwhile
+    pids_limited: bool = False      # a fork was refused at the container's process limit
 
     @property
     def signal(self) -> int | None:

@@ -36,12 +36,16 @@ import os
 import platform
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
+from . import security
 from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
+from . import idmap
+from .idmap import RANGE, IdRange
 from .mounts import MountEntry, plan_mounts
 
 BASES_ROOT = "/var/lib/lxcbind/bases"
@@ -67,10 +71,9 @@ _ETC_FILES = {
     "hostname": "sandbox\n",
 }
 
-# Security settings LXC's common.conf applies (lxcbind does not include that file: it also sets
-# a mount.auto and tty counts that would fight ours).
-_CAP_DROP = "mac_admin mac_override sys_time sys_module sys_rawio"
-_SECCOMP = "/usr/share/lxc/config/common.seccomp"
+# What LXC's common.conf would add (lxcbind does not include that file: it also sets a
+# mount.auto and tty counts that would fight ours); capabilities and seccomp come from
+# ``security``.
 _DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
             "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:229 rwm")
 
@@ -212,7 +215,7 @@ def ensure_base(spec: RootfsSpec) -> str:
         return base
     # Refuse an uncached download before taking a lock (which would leave a lock file).
     args = _download_args(spec) if spec.kind == "download" else []
-    os.makedirs(BASES_ROOT, mode=0o700, exist_ok=True)
+    _prepare_bases_root()
     key = os.path.basename(base)
     with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -225,7 +228,7 @@ def ensure_base(spec: RootfsSpec) -> str:
                 shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
         tmp = tempfile.mkdtemp(prefix=f".build-{key}-", dir=BASES_ROOT)
         try:
-            os.chmod(tmp, 0o755)
+            os.chmod(tmp, 0o700)  # only host root (privileged containers) uses it as it is
             if spec.kind == "host":
                 _build_host(tmp)
             else:
@@ -235,6 +238,104 @@ def ensure_base(spec: RootfsSpec) -> str:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return base
+
+
+def _prepare_bases_root() -> None:
+    """``BASES_ROOT`` is traversable (0711) so a container's mapped root can reach its shifted
+    copy; each base itself stays 0700 (host root only).  Idempotent: also fixes the modes an
+    older lxcbind left."""
+    os.makedirs(BASES_ROOT, mode=0o711, exist_ok=True)
+    if os.stat(BASES_ROOT).st_mode & 0o777 != 0o711:
+        os.chmod(BASES_ROOT, 0o711)
+    for key in os.listdir(BASES_ROOT):
+        path = os.path.join(BASES_ROOT, key)
+        if "@" not in key and not key.startswith(".") and os.path.isdir(path) and \
+                os.stat(path).st_mode & 0o777 != 0o700:
+            os.chmod(path, 0o700)
+
+
+def _dir_key(path: str) -> str:
+    """A name for a ``dir:`` rootfs's shifted copies: the path and the change times of its top
+    directories (a cheap freshness check: a changed file deep inside is not noticed until the
+    copy is pruned by ``lxcbind gc``)."""
+    marks = []
+    for sub in ("", "etc", "usr", "bin", "lib", "sbin"):
+        with contextlib.suppress(OSError):
+            st = os.stat(os.path.join(path, sub))
+            marks.append([sub, st.st_mtime_ns, st.st_ino])
+    return "dir-" + _fingerprint([path, marks])
+
+
+def shifted_lower(spec: RootfsSpec, ids: IdRange) -> str:
+    """The lower layer for an unprivileged container with ids ``ids``: a copy of the base
+    whose owners are moved into the range (uid N → ``ids.start + N``), built once per base
+    and range and reused by every later container that gets the same range.  It lives in
+    ``<BASES_ROOT>/<key>@<start>/`` (0700, owned by the range's root: no host user can reach
+    inside)."""
+    spec = _resolve_spec(spec)
+    base = ensure_base(spec)
+    source = _lower(base, spec)
+    key = _dir_key(base) if spec.kind == "dir" else os.path.basename(base)
+    top = os.path.join(BASES_ROOT, f"{key}@{ids.start}")
+    lower = os.path.join(top, "rootfs")
+    if os.path.isdir(lower):
+        return lower
+    _prepare_bases_root()
+    with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.isdir(lower):
+            return lower
+        for stale in os.listdir(BASES_ROOT):
+            if stale.startswith(f".build-{key}@{ids.start}-"):
+                shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
+        tmp = tempfile.mkdtemp(prefix=f".build-{key}@{ids.start}-", dir=BASES_ROOT)
+        try:
+            _copy_shifted(source, os.path.join(tmp, "rootfs"), ids.start)
+            os.chown(tmp, ids.start, ids.start)
+            os.chmod(tmp, 0o700)
+            os.rename(tmp, top)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return lower
+
+
+def _shift(value: int, start: int) -> int:
+    return start + (value if value < RANGE else 65534)  # out-of-range owners become nobody
+
+
+def _copy_shifted(src: str, dst: str, start: int) -> None:
+    """Copy the tree ``src`` to ``dst`` with every owner shifted by ``start``: files, links,
+    hard links (kept as such), device nodes and fifos; modes and times preserved; extended
+    attributes (file capabilities among them) are not copied."""
+    seen: dict[tuple[int, int], str] = {}
+
+    def one(s: str, d: str, st: os.stat_result) -> None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(d, 0o700)
+            with os.scandir(s) as entries:
+                for entry in entries:
+                    one(entry.path, os.path.join(d, entry.name), entry.stat(follow_symlinks=False))
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(s), d)
+        elif (st.st_dev, st.st_ino) in seen and st.st_nlink > 1:
+            os.link(seen[(st.st_dev, st.st_ino)], d)
+            return
+        elif stat.S_ISREG(mode):
+            shutil.copyfile(s, d, follow_symlinks=False)
+            if st.st_nlink > 1:
+                seen[(st.st_dev, st.st_ino)] = d
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+            os.mknod(d, mode, st.st_rdev)
+        else:
+            return  # sockets: nothing to copy
+        os.lchown(d, _shift(st.st_uid, start), _shift(st.st_gid, start))
+        if not stat.S_ISLNK(mode):
+            os.chmod(d, stat.S_IMODE(mode))  # after chown, which clears setuid bits
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    one(src, dst, os.lstat(src))
 
 
 def _build_host(tmp: str) -> None:
@@ -364,9 +465,7 @@ def _host_mounts() -> list[MountEntry]:
 def _security_config(kind: str) -> list[tuple[str, str]]:
     if kind == "download":
         return []  # the image's own lxc.include (common.conf + distribution) provides them
-    items = [("lxc.cap.drop", _CAP_DROP), ("lxc.mount.auto", "proc:mixed sys:ro cgroup:mixed")]
-    if os.path.isfile(_SECCOMP):
-        items.append(("lxc.seccomp.profile", _SECCOMP))
+    items = [("lxc.mount.auto", "proc:mixed sys:ro cgroup:mixed")]
     prefix = "lxc.cgroup2" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") \
         else "lxc.cgroup"
     items.append((f"{prefix}.devices.deny", "a"))
@@ -378,14 +477,18 @@ def _security_config(kind: str) -> list[tuple[str, str]]:
 
 def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
                      mounts: Sequence[MountEntry] = (),
-                     config: Sequence[tuple[str, str]] = ()) -> Container:
+                     config: Sequence[tuple[str, str]] = (),
+                     isolation: security.Isolation | None = None) -> Container:
     """Define (but do not start) container ``name`` on a throwaway copy-on-write root.
 
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
     needed) and whose upper layer is ``<lxcpath>/<name>/delta0``, so ``destroy()`` removes every
     write.  Sets loopback-only networking (``lxc.net.0.type=empty``), ``lxc.pty.max=64``,
-    ``lxc.tty.max=0``, the kind's own items, then ``config`` (applied last, so it may override,
-    e.g. ``lxc.init.cmd``), then ``mounts`` in order, and saves the config.
+    ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user namespace, capabilities,
+    seccomp, limits; an unprivileged container's lower layer is the base's shifted copy for its
+    id range), then ``config`` (applied last, so it may override, e.g. ``lxc.init.cmd``), then
+    ``mounts`` in order, and saves the config.  ``isolation=None`` is a bare privileged
+    container (binding-level tests); the sandbox always passes one.
 
     Raises ``SandboxError`` (a container of that name exists, the base cannot be built, the
     config is refused); on any failure nothing is left: no container, no directory.
@@ -398,7 +501,8 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
         raise SandboxError(f"container {name!r} already exists in {c.lxcpath}")
     try:
         base = ensure_base(spec)
-        lower = _lower(base, spec)
+        ids = isolation.ids if isolation is not None else None
+        lower = shifted_lower(spec, ids) if ids is not None else _lower(base, spec)
         items: list[tuple[str, str]] = []
         if spec.kind == "download":
             with open(os.path.join(base, "lxc.conf")) as f:
@@ -415,6 +519,11 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
             ("lxc.autodev", "1"),
         ]
         items += _security_config(spec.kind)
+        if ids is not None:
+            # Overlay in a user namespace: trusted.* xattrs are out of reach, user.* work.
+            items.append(("lxc.rootfs.options", "userxattr"))
+        if isolation is not None:
+            items += isolation.config()
         if spec.kind == "host":
             items.append(("lxc.init.cmd", _host_init(name)))
             items += [("lxc.mount.entry", e.config_value()) for e in _host_mounts()]
@@ -423,7 +532,7 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
             raise SandboxError(f"rootfs dir {spec.path!r} has no /sbin/init; pass "
                                "config=[('lxc.init.cmd', ...)] naming a long-running program")
         items += list(config)
-        items += [("lxc.mount.entry", e.config_value()) for e in mounts]
+        items += [("lxc.mount.entry", e.config_value(cdir)) for e in mounts]
         for key, value in items:
             try:
                 c.set_config_item(key, value)
@@ -433,6 +542,12 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
             c.save_config()
         except LxcbindError as exc:
             raise SandboxError(f"could not save the config of {name!r}: {exc}") from None
+        if ids is not None:
+            # The overlay's upper layer belongs to the container's root (lxcbind may write
+            # /etc files into it before the first start).
+            upper = os.path.join(cdir, UPPER)
+            os.makedirs(upper, 0o755, exist_ok=True)
+            os.chown(upper, ids.start, ids.start)
         return c
     except BaseException:
         remove_container(c)
@@ -448,16 +563,26 @@ def _system_mount_items(spec: RootfsSpec) -> list[tuple[str, str]]:
     return items
 
 
-def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry]) -> None:
+def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry],
+                   isolation: security.Isolation | None = None) -> None:
     """Give an existing, stopped container exactly the system mounts of ``spec`` plus
-    ``mounts`` (a kept container reused by a later run gets that run's filesystem policy,
-    instead of accumulating entries) and save its config.  Raises ``SandboxError``."""
+    ``mounts``, and ``isolation``'s capabilities, seccomp profile and limits (a kept container
+    reused by a later run gets that run's policy instead of accumulating entries), and save
+    its config.  Raises ``SandboxError``."""
+    cdir = os.path.join(c.lxcpath, c.name)
     try:
+        if isolation is not None:
+            for key, value in isolation.config():
+                if key.startswith("lxc.cgroup") or key in ("lxc.cap.keep", "lxc.seccomp.profile"):
+                    c.clear_config_item(key)
+            for key, value in isolation.config():
+                if key != "lxc.idmap":
+                    c.set_config_item(key, value)
         c.clear_config_item("lxc.mount.entry")
         for key, value in _system_mount_items(spec):
             c.set_config_item(key, value)
         for entry in mounts:
-            c.set_config_item("lxc.mount.entry", entry.config_value())
+            c.set_config_item("lxc.mount.entry", entry.config_value(cdir))
         c.save_config()
     except (LxcbindError, ValueError) as exc:
         raise SandboxError(f"could not apply the filesystem policy to {c.name!r}: {exc}") from None
@@ -468,6 +593,7 @@ def remove_container(c: Container) -> None:
     upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
     cdir = os.path.join(c.lxcpath, c.name)
     handle = c if not c.closed else Container(c.name, c.lxcpath)
+    idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
     try:
         if handle.defined:
             try:

@@ -17,11 +17,12 @@ container can still run; if that cannot be guaranteed the record stays for ``gc`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import uuid
 from typing import Any, Callable, Mapping, Sequence
 
-from . import cleanup, mounts, network, rootfs
+from . import cleanup, idmap, mounts, network, rootfs, security
 from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
 from .policy import Policy, load_policy, load_policy_file
@@ -75,6 +76,18 @@ def network_refusal(policy: Policy) -> str | None:
     if reason is None:
         return None
     return f"network: {reason}; refusing to run instead of running with less protection"
+
+
+def _check_kept_isolation(c: Container, ids: idmap.IdRange | None) -> None:
+    """A kept container is reused only with the isolation it was made with: its id mapping
+    is in its files' owners and cannot change underneath them."""
+    have = sorted(line for line in c.get_config_item("lxc.idmap").split("\n") if line.strip())
+    want = sorted(value for _, value in ids.config()) if ids is not None else []
+    if have != want:
+        kind = "privileged" if not have else "unprivileged"
+        raise SandboxError(f"containerId {c.name!r}: the kept container was made {kind} with "
+                           f"other id mappings ({'; '.join(have) or 'none'}); this policy "
+                           "needs a new one: remove the kept container first")
 
 
 def _remove_named(name: str, lxcpath: str) -> None:
@@ -137,6 +150,8 @@ class Sandbox:
         self._record: cleanup.OwnershipRecord | None = None
         self._locked = False
         self._net: network.ContainerNetwork | None = None
+        self._ids: idmap.IdRange | None = None
+        self._limits = security.resolve(self.policy.lxc.limits)
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -167,13 +182,21 @@ class Sandbox:
         self._locked = True
         fs = self.policy.filesystem
         spec = self._rootfs_spec()
+        privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
-                                     rootfs_kind=spec.kind)
+                                     rootfs_kind=spec.kind, idmapped=not privileged)
         probe = Container(self.name, self.lxcpath)
         self.reused = probe.defined
         self._record = cleanup.OwnershipRecord.for_this_process(
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
         self._record.save()
+        if not privileged:
+            # Held while the container's directory exists or this runner lives: a SIGKILL
+            # cannot leak it (the next acquire or gc frees it).
+            self._ids = idmap.acquire(self.name, self.lxcpath)
+        isolation = security.Isolation(
+            self._ids, self.policy.lxc.allow, self._limits,
+            deny_setid=mounts.maps_host_root_writable(planned))
         effective = self.policy.network.effective()
         net_config: list[tuple[str, str]] = []
         if not effective.is_deny_all():
@@ -188,24 +211,39 @@ class Sandbox:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self.container = probe
             probe.stop()  # mount entries only apply at start
-            rootfs.replace_mounts(probe, spec, planned)
+            _check_kept_isolation(probe, self._ids)
+            rootfs.replace_mounts(probe, spec, planned, isolation)
             network.configure_existing(probe, net_config)
         else:
             probe.close()
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._record.note("container")
             self.container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
-                                                     mounts=planned, config=net_config)
+                                                     mounts=planned, config=net_config,
+                                                     isolation=isolation)
         rootfs_path = self.container.get_config_item("lxc.rootfs.path")
         if self._net is not None:
             self._net.write_files(rootfs_path)
         elif self.reused:
             network.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
+        cdir = os.path.join(self.lxcpath, self.name)
+        if self._ids is not None:
+            for owner in sorted({e.owner for e in planned if e.owner is not None}):
+                idmap.bind_userns(cdir, owner, self._ids)
+            for entry in planned:
+                if entry.staged:
+                    idmap.stage_bind(cdir, entry.source)
         self._log("starting")
         try:
             self.container.start()
         except LxcbindError as exc:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
+        finally:
+            idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
+        init_pid = self.container.init_pid
+        if init_pid is None:
+            raise SandboxError(f"container {self.name!r} stopped right after starting")
+        security.verify_limits(init_pid, self._limits)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -226,8 +264,21 @@ class Sandbox:
         if timeout is not None:
             kw["timeout"] = timeout
         assert self.container is not None
-        return run_captured(self.container, self.policy.process.argv, input=input, tty=tty,
-                            max_output=max_output, **kw)
+        before = self.limit_events()
+        result = run_captured(self.container, self.policy.process.argv, input=input, tty=tty,
+                              max_output=max_output, **kw)
+        return self.with_limit_events(result, before)
+
+    def limit_events(self) -> security.Events:
+        """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
+        return security.events(self.container.init_pid if self.container else None)
+
+    def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
+        """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
+        ``before`` (read while the container still runs: the counters go with it)."""
+        after = self.limit_events()
+        return dataclasses.replace(result, oom_killed=after.oom_kills > before.oom_kills,
+                                   pids_limited=after.pids_max > before.pids_max)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -237,7 +288,9 @@ class Sandbox:
         if timeout is not None:
             kw["timeout"] = timeout
         assert self.container is not None
-        return interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
+        before = self.limit_events()
+        result = interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
+        return self.with_limit_events(result, before)
 
     # -- teardown ----------------------------------------------------------------------------
 
@@ -264,6 +317,10 @@ class Sandbox:
                         self._log(f"destroying container {self.name!r}")
                         rootfs.remove_container(c)
                     c.close()
+                if self._ids is not None and not os.path.isdir(
+                        os.path.join(self.lxcpath, self.name)):
+                    idmap.release(self.name, self.lxcpath)
+                    self._ids = None
                 if self._net is not None:
                     # Only now: no process of the container can send a packet any more.
                     self._net.teardown(preserve=self.policy.lifecycle.preserve_policy)
@@ -305,6 +362,8 @@ def gc(*, log: Log | None = None) -> list[str]:
     log = log or (lambda message: None)
     removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
     _reap_stale_leases(log)
+    for name in idmap.reap():
+        log(f"gc: released the id range of {name!r}")
     network.prune_tables(log)
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")

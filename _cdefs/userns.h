@@ -1,0 +1,14 @@
+/* Host-side user namespaces for idmapped mounts (userns.c). */
+
+/* Make a user namespace with the given uid_map/gid_map contents (e.g. "1000 1073741824 1\n")
+ * and bind-mount its nsfs file onto `target` (an existing empty file), so that liblxc can use
+ * `idmap=<target>` on a mount entry.  Returns 0 or -errno. */
+int lxcbind_userns_bind(const char *target, const char *uid_map, const char *gid_map);
+
+/* Undo lxcbind_userns_bind (libc). */
+#define MNT_DETACH ...
+int umount2(const char *target, int flags);
+
+/* Bind-mount `source` onto `target` (an existing file or directory) and make the new mount
+ * private, so nothing propagates between it and the container's copy.  Returns 0 or -errno. */
+int lxcbind_bind_private(const char *source, const char *target);

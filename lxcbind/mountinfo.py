@@ -1,0 +1,43 @@
+"""``/proc/self/mountinfo``, parsed once and unescaped (mount points may hold spaces)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Mount(NamedTuple):
+    point: str      # unescaped
+    fstype: str
+    options: str    # per-superblock options
+
+
+def _unescape(text: str) -> str:
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 3 < len(text) and text[i + 1:i + 4].isdigit():
+            out.append(chr(int(text[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    found = []
+    with open(path, "rb") as f:
+        for raw in f:
+            left, _, right = raw.decode("utf-8", "surrogateescape").partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5:
+                continue
+            found.append(Mount(_unescape(fields[4]), tail[0] if tail else "",
+                               tail[2] if len(tail) > 2 else ""))
+    return found
+
+
+def below(path: str, source: str = "/proc/self/mountinfo") -> list[Mount]:
+    """Mounts strictly below ``path``, shallow first."""
+    prefix = path.rstrip("/") + "/"
+    return sorted((m for m in mounts(source) if m.point.startswith(prefix)),
+                  key=lambda m: m.point.count("/"))

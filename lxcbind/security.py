@@ -1,0 +1,256 @@
+"""Least privilege and resource limits for every workload process, as liblxc config items.
+
+What a container gets (``../shared/notes/isolation.md`` has the measurements behind each):
+
+* **Capabilities**: only ``KEEP_CAPS`` (Docker's default set without ``setfcap``: a root
+  workload must not be able to write file capabilities through an idmapped bind, where they
+  would be valid on the host).  Never ``sys_admin`` or ``sys_ptrace`` unless an opt-in says so.
+  liblxc applies the list at start and again on every attach.
+* **no_new_privs** (``lxc.no_new_privs``): setuid binaries and file capabilities do nothing.
+* **seccomp**: a deny-list at least as strict as Docker's default profile for what Docker
+  denies to a container without extra capabilities: the mount family, keyrings, bpf,
+  perf_event_open, new namespaces (unshare, setns, clone with namespace flags; clone3 answers
+  ENOSYS so libc falls back to clone, whose flags can be checked), open_by_handle_at, kexec,
+  modules, userfaultfd, io_uring, clock and swap changes, reboot, syslog, quotactl, acct.  When a
+  read-write bind maps host root to the container's root (a root-owned directory granted
+  read-write), setuid/setgid mode bits are refused too (chmod family, open/creat/mknod modes;
+  openat2, whose mode seccomp cannot read, answers ENOSYS), so no setuid-root file can be made
+  on the host.
+* **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
+  below, set before start on the hierarchy family the host actually has (v1 or v2; liblxc
+  ignores the other family without an error) and read back after start (``verify_limits``): a
+  limit that did not take fails the run (exit 125) instead of running unlimited.
+
+Opt-ins (``lxc.allow``), each giving something up:
+
+* ``nesting``: keeps ``sys_admin`` and allows mount/unshare/setns/new namespaces, for nested
+  containers.  The workload can then unmount the masks of denied paths and remount read-only
+  binds where its ids may write: the filesystem policy is no longer enforced against it.
+* ``perf``: allows ``perf_event_open`` (subject to the host's ``perf_event_paranoid``): more
+  kernel attack surface and a side channel on other processes of the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+from . import cgroups
+from .errors import SandboxError
+from .idmap import IdRange
+from .policy import UNLIMITED, Limits
+from .state import STATE_DIR
+
+KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+             "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write")
+
+DEFAULT_PIDS = 1024
+DEFAULT_MEMORY_CAP = 4 << 30          # at most 4 GiB, and at most half the host's memory
+CPU_PERIOD_US = 100_000
+
+_EPERM, _ENOSYS = 1, 38
+_S_ISUID, _S_ISGID = 0o4000, 0o2000
+_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000,
+                    0x40000000)  # CLONE_NEW{NS,CGROUP,UTS,IPC,USER,PID,NET}
+_MOUNT_FAMILY = ("mount", "umount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen",
+                 "fsconfig", "fsmount", "fspick", "mount_setattr")
+_ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "userfaultfd", "open_by_handle_at",
+                  "name_to_handle_at", "kexec_load", "kexec_file_load", "init_module",
+                  "finit_module", "delete_module", "acct", "swapon", "swapoff", "reboot",
+                  "syslog", "quotactl", "quotactl_fd", "lookup_dcookie", "nfsservctl", "iopl",
+                  "ioperm", "uselib", "ustat", "sysfs", "_sysctl", "vm86", "vm86old",
+                  "clock_settime", "settimeofday", "stime", "clock_adjtime", "fanotify_init",
+                  "vhangup", "io_uring_setup", "io_uring_enter", "io_uring_register")
+# (syscall, index of its mode argument): setuid/setgid bits refused when host root is mapped.
+_MODE_ARGS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("open", 2),
+              ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2))
+
+
+def seccomp_profile(allow: tuple[str, ...] = (), deny_setid: bool = False) -> str:
+    """The profile text (liblxc's v2 deny-list format)."""
+    lines = ["2", "denylist", "reject_force_umount", "[all]"]
+    denied = list(_ALWAYS_DENIED)
+    if "perf" not in allow:
+        denied.append("perf_event_open")
+    if "nesting" not in allow:
+        denied += list(_MOUNT_FAMILY) + ["unshare", "setns"]
+    lines += [f"{name} errno {_EPERM}" for name in denied]
+    if "nesting" not in allow:
+        lines += [f"clone errno {_EPERM} [0,{flag},SCMP_CMP_MASKED_EQ,{flag}]"
+                  for flag in _NAMESPACE_FLAGS]
+        lines.append(f"clone3 errno {_ENOSYS}")
+    if deny_setid:
+        lines += [f"{name} errno {_EPERM} [{index},{bit},SCMP_CMP_MASKED_EQ,{bit}]"
+                  for name, index in _MODE_ARGS for bit in (_S_ISUID, _S_ISGID)]
+        lines.append(f"openat2 errno {_ENOSYS}")
+    return "\n".join(lines) + "\n"
+
+
+def _profile_file(text: str) -> str:
+    """Write ``text`` once, content-addressed (liblxc re-reads it on every attach, so it must
+    outlive the container; identical profiles share one file)."""
+    folder = STATE_DIR / "seccomp"
+    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.seccomp"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False
+                     ) -> list[tuple[str, str]]:
+    """Capabilities, no_new_privs and seccomp items for one container."""
+    caps = list(KEEP_CAPS) + (["sys_admin"] if "nesting" in allow else [])
+    return [
+        ("lxc.cap.drop", ""),  # keep and drop are exclusive in liblxc: clear any drop list
+        ("lxc.cap.keep", " ".join(caps)),
+        ("lxc.no_new_privs", "1"),
+        ("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))),
+    ]
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResolvedLimits:
+    """Limits with defaults applied; None = unlimited."""
+
+    memory: int | None
+    pids: int | None
+    cpu: float | None
+
+
+def _host_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def resolve(limits: Limits) -> ResolvedLimits:
+    """Apply defaults: memory min(4 GiB, half the host), 1024 processes, CPU unlimited (the
+    scheduler shares it fairly; a policy sets ``cpu`` to cap it)."""
+    memory = limits.memory if limits.memory is not None else \
+        min(DEFAULT_MEMORY_CAP, _host_memory() // 2)
+    pids = limits.pids if limits.pids is not None else DEFAULT_PIDS
+    cpu = limits.cpu
+    return ResolvedLimits(None if memory == UNLIMITED else memory,
+                          None if pids == UNLIMITED else pids,
+                          None if cpu is None or cpu == UNLIMITED else cpu)
+
+
+def _memsw_available() -> bool:
+    memory = cgroups.process_dir(os.getpid(), "memory")
+    return bool(memory) and os.path.exists(os.path.join(memory or "",
+                                                        "memory.memsw.limit_in_bytes"))
+
+
+def _expected(limits: ResolvedLimits) -> list[tuple[str, str, str]]:
+    """(controller, file, value) for every limit, on the family this host has."""
+    out: list[tuple[str, str, str]] = []
+    if limits.memory is not None:
+        if cgroups.controller_version("memory") == "v2":
+            out += [("memory", "memory.max", str(limits.memory)),
+                    ("memory", "memory.swap.max", "0")]
+        else:
+            out.append(("memory", "memory.limit_in_bytes", str(limits.memory)))
+            if _memsw_available():
+                out.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory)))
+    if limits.pids is not None:
+        out.append(("pids", "pids.max", str(limits.pids)))
+    if limits.cpu is not None:
+        quota = max(1000, round(limits.cpu * CPU_PERIOD_US))
+        if cgroups.controller_version("cpu") == "v2":
+            out.append(("cpu", "cpu.max", f"{quota} {CPU_PERIOD_US}"))
+        else:
+            out += [("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)),
+                    ("cpu", "cpu.cfs_quota_us", str(quota))]
+    return out
+
+
+def limit_config(limits: ResolvedLimits) -> list[tuple[str, str]]:
+    """The ``lxc.cgroup[2].*`` items; fails closed if a controller is missing here."""
+    items = []
+    for controller, name, value in _expected(limits):
+        version = cgroups.controller_version(controller)
+        if version is None:
+            raise SandboxError(f"lxc.limits: the {controller} cgroup controller is not "
+                               "available on this host, so the limit cannot be enforced")
+        prefix = "lxc.cgroup2" if version == "v2" else "lxc.cgroup"
+        items.append((f"{prefix}.{name}", value))
+    return items
+
+
+def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
+    """Read every limit back from the running container's cgroups; ``SandboxError`` if one
+    is not what was asked (it did not take: the run must not go on unlimited)."""
+    for controller, name, value in _expected(limits):
+        folder = cgroups.process_dir(init_pid, controller)
+        try:
+            with open(os.path.join(folder or "/nonexistent", name)) as f:
+                actual = f.read().strip()
+        except OSError as exc:
+            raise SandboxError(f"lxc.limits: cannot read back {controller} {name} of the "
+                               f"container ({exc.strerror}); refusing to run unlimited") from None
+        if name == "cpu.max":
+            ok = actual.split() == value.split()
+        elif name in ("memory.max", "memory.swap.max", "pids.max"):
+            ok = actual == value
+        else:
+            # v1 rounds memory limits down to whole pages.
+            ok = actual == value or (name.startswith("memory.") and
+                                     abs(int(actual) - int(value)) < os.sysconf("SC_PAGE_SIZE"))
+        if not ok:
+            raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the "
+                               f"container, not {value!r}; refusing to run unlimited")
+
+
+@dataclass(frozen=True)
+class Events:
+    """Counters of limit events in a container's cgroups, compared before/after a command."""
+
+    oom_kills: int = 0
+    pids_max: int = 0
+
+
+def _counter(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def events(init_pid: int | None) -> Events:
+    """OOM kills and refused forks so far in the container (0 when unknown)."""
+    if not init_pid:
+        return Events()
+    memory = cgroups.process_dir(init_pid, "memory")
+    pids = cgroups.process_dir(init_pid, "pids")
+    oom = 0
+    if memory:
+        v2 = cgroups.controller_version("memory") == "v2"
+        oom = _counter(os.path.join(memory, "memory.events" if v2 else "memory.oom_control"),
+                       "oom_kill")
+    return Events(oom, _counter(os.path.join(pids, "pids.events"), "max") if pids else 0)
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """Everything that confines one container's workload, as config items."""
+
+    ids: IdRange | None = None               # None: privileged (root inside is root outside)
+    allow: tuple[str, ...] = ()
+    limits: ResolvedLimits | None = None      # None: no limits at all (binding-level callers)
+    deny_setid: bool = False
+
+    def config(self) -> list[tuple[str, str]]:
+        items = self.ids.config() if self.ids is not None else []
+        items += hardening_config(self.allow, self.deny_setid)
+        if self.limits is not None:
+            items += limit_config(self.limits)
+        return items
