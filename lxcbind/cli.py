@@ -145,9 +145,16 @@ def _run(args: argparse.Namespace) -> int:
     code = _exit_code(result)
     if result.timed_out and not args.json:
         sys.stderr.write(f"lxcbind: timed out after {result.timeout:g}s; the command was killed\n")
+    if result.oom_killed and not args.json:
+        sys.stderr.write("lxcbind: the sandbox ran out of memory (lxc.limits.memory) and the "
+                         "kernel killed a process\n")
+    if result.pids_limited and not args.json:
+        sys.stderr.write("lxcbind: the sandbox reached its process limit (lxc.limits.pids); "
+                         "a fork was refused\n")
     if args.json:
         _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
+               "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
                "container": name,
                "stdout": result.stdout.decode(errors="replace"),
                "stderr": result.stderr.decode(errors="replace")})

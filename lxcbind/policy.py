@@ -925,7 +925,8 @@ class _Parser:
             memory = _size(sec["memory"], "lxc.limits.memory")
         if "pids" in sec:
             pids = UNLIMITED if sec["pids"] == "max" else \
-                _int(sec["pids"], "lxc.limits.pids", 8, 2**22, "a number of processes")
+                _int(sec["pids"], "lxc.limits.pids", 8, 2**22,
+                     "a number of processes from 8 to 4194304, or \"max\"")
         if "cpu" in sec:
             raw = sec["cpu"]
             if raw == "max":

@@ -142,7 +142,30 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "proxy_empty": ("network.proxy", "exactly one of"),
     "proxy_two_kinds": ("network.proxy", "exactly one of"),
     "proxy_with_blocked_hosts": ("network.blockedHosts", "cannot be combined with a proxy"),
+    "limits_memory_word": ("lxc.limits.memory", 'expected a size such as "512M"'),
+    "limits_memory_tiny": ("lxc.limits.memory", "out of range"),
+    "limits_pids_low": ("lxc.limits.pids", "8"),
+    "limits_cpu_bool": ("lxc.limits.cpu", "number of CPUs"),
+    "limits_unknown": ("lxc.limits.swap", "unknown field"),
+    "privileged_string": ("lxc.privileged", "true or false"),
+    "allow_unknown": ("lxc.allow[0]", "nesting"),
 }
+
+
+def test_limits_and_isolation_fields_parse() -> None:
+    from lxcbind.policy import UNLIMITED
+
+    p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
+                     "lxc": {"limits": {"memory": "512M", "pids": 256, "cpu": 1.5},
+                             "allow": ["perf", "perf"], "privileged": True}})
+    assert (p.lxc.limits.memory, p.lxc.limits.pids, p.lxc.limits.cpu) == (512 << 20, 256, 1.5)
+    assert p.lxc.allow == ("perf",) and p.lxc.privileged
+    assert any("not a sandbox" in w for w in p.warnings)
+    p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
+                     "lxc": {"limits": {"memory": "max", "pids": "max", "cpu": "max"}}})
+    assert p.lxc.limits.memory == p.lxc.limits.pids == UNLIMITED
+    default = load_policy({"version": "0.8.0", "process": {"commandLine": "true"}})
+    assert not default.lxc.privileged and default.lxc.limits.memory is None
 
 
 def _invalid_files() -> list[str]:
