@@ -36,11 +36,14 @@ _STAGES = {
 }
 
 
+SANDBOX_UID = 1000  # the host rootfs's non-root user ("sandbox", home /home/sandbox)
+
+
 def baseline_env(uid: int | None = None) -> dict[str, str]:
     """The environment every cleared-env command starts from (``env`` entries override it)."""
     return {
         "PATH": DEFAULT_PATH,
-        "HOME": "/root" if not uid else "/",
+        "HOME": "/root" if not uid else ("/home/sandbox" if uid == SANDBOX_UID else "/"),
         "TERM": "dumb",
         "container": "lxc",
     }

@@ -194,6 +194,8 @@ class Lxc:
     privileged: bool = False      # no user namespace: root inside is root outside
     limits: Limits = Limits()
     allow: tuple[str, ...] = ()   # opt-ins from OPT_INS
+    uid: int | None = None        # the workload's user inside (None: root)
+    gid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -446,6 +448,7 @@ class Policy:
             "rootfs": {"kind": rootfs.kind, "path": rootfs.path,
                        "distribution": self.lxc.distribution, "release": self.lxc.release},
             "isolation": {"privileged": self.lxc.privileged, "allow": list(self.lxc.allow),
+                          "uid": self.lxc.uid, "gid": self.lxc.gid,
                           "limits": {"memory": self.lxc.limits.memory,
                                      "pids": self.lxc.limits.pids,
                                      "cpu": self.lxc.limits.cpu}},
@@ -876,7 +879,7 @@ class _Parser:
 
     def lxc(self, value: Any) -> Lxc:
         sec = _obj(value, "lxc", ("distribution", "release", "rootfs", "privileged", "limits",
-                                  "allow"))
+                                  "allow", "uid", "gid"))
         names: dict[str, str | None] = {}
         for key in ("distribution", "release"):
             path = f"lxc.{key}"
@@ -916,7 +919,13 @@ class _Parser:
         for i, item in enumerate(_list(sec.get("allow", []), "lxc.allow")):
             allow.append(_enum(item, f"lxc.allow[{i}]", OPT_INS))
         limits = self.limits(sec.get("limits", {}))
-        return Lxc(dist, rel, rootfs, privileged, limits, tuple(dict.fromkeys(allow)))
+        ids = {key: _int(sec[key], f"lxc.{key}", 0, 65533, "an id inside the container, 0 to "
+                         "65533") for key in ("uid", "gid") if key in sec}
+        if "gid" in ids and "uid" not in ids:
+            raise PolicyError("lxc.uid", "required when lxc.gid is given")
+        uid = ids.get("uid")
+        return Lxc(dist, rel, rootfs, privileged, limits, tuple(dict.fromkeys(allow)),
+                   uid, ids.get("gid", uid))
 
     def limits(self, value: Any) -> Limits:
         sec = _obj(value, "lxc.limits", ("memory", "pids", "cpu"))

@@ -52,7 +52,7 @@ BASES_ROOT = "/var/lib/lxcbind/bases"
 KINDS = ("host", "busybox", "download", "dir")
 DOWNLOAD_CACHE = "/var/cache/lxc/download"
 UPPER = "delta0"          # overlay upper layer, inside the container's directory
-_SCHEMA = "1"             # bump when a base's layout or content changes
+_SCHEMA = "2"             # bump when a base's layout or content changes
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # System directories a ``host`` container gets from the host, read-only.
@@ -63,8 +63,9 @@ _HOST_ETC_BIND = ("ld.so.cache", "alternatives", "ssl/certs")  # change with pac
 
 _ETC_FILES = {
     "passwd": "root:x:0:0:root:/root:/bin/sh\n"
+              "sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh\n"
               "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-    "group": "root:x:0:\nnogroup:x:65534:\n",
+    "group": "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n",
     "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
                      "networks: files\nprotocols: files\nservices: files\n",
@@ -351,6 +352,9 @@ def _build_host(tmp: str) -> None:
         path = os.path.join(root, d)
         os.makedirs(path, exist_ok=True)
         os.chmod(path, mode)  # not subject to the umask
+    home = os.path.join(root, "home", "sandbox")  # the optional non-root workload user's
+    os.mkdir(home, 0o750)
+    os.chown(home, 1000, 1000)
     layout = _host_layout()
     for name, how in layout["top"].items():  # type: ignore[union-attr]
         if how[0] == "link":

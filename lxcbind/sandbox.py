@@ -253,7 +253,10 @@ class Sandbox:
         env = process.env_dict()
         if self._net is not None:
             env.update(self._net.env())  # proxy mode: the proxy variables point at the proxy
-        return {"env": env, "cwd": process.cwd or "/", "timeout": process.timeout}
+        kw: dict[str, Any] = {"env": env, "cwd": process.cwd or "/", "timeout": process.timeout}
+        if self.policy.lxc.uid is not None:
+            kw.update(uid=self.policy.lxc.uid, gid=self.policy.lxc.gid)
+        return kw
 
     def run(self, *, timeout: float | None = None, input: bytes | str | None = None,
             tty: bool = False, max_output: int | None = None) -> CompletedRun:

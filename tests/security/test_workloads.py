@@ -136,3 +136,12 @@ def test_sigkilled_runner_leaves_nothing_after_gc(tmp_path: Path) -> None:
     assert name not in lxcbind.list_containers()
     assert not any(m.point.startswith(cdir) for m in mountinfo.mounts())
     assert name not in idmap.held_ranges()
+
+
+def test_optional_non_root_workload_user() -> None:
+    r = run("id; echo home=$HOME; touch ~/f && echo wrote; touch /etc/x 2>/dev/null || echo no-etc; "
+            "grep CapEff /proc/self/status", lxc={"uid": 1000})
+    out = r.stdout.decode()
+    assert "uid=1000(sandbox) gid=1000(sandbox)" in out
+    assert "home=/home/sandbox" in out and "wrote" in out and "no-etc" in out
+    assert "CapEff:\t0000000000000000" in out
