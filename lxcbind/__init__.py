@@ -5,6 +5,7 @@ Public API:
 * ``run(policy, ...)`` → ``CompletedRun``: one command in a fresh sandbox, torn down after;
 * ``Sandbox(policy)``: a policy's container kept up while you use it;
 * ``Session``: many commands in one warm container at the lowest latency;
+* ``Pool``: each command in a fresh, pre-started container;
 * ``Container`` / ``Process``: the liblxc binding itself; ``list_containers``;
 * ``load_policy`` / ``load_policy_file`` / ``Policy``;
 * the error tree (``LxcbindError`` and its subclasses).
@@ -28,6 +29,7 @@ _WHERE = {
     "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
     "SpawnerDied": "errors",
     "Policy": "policy", "load_policy": "policy", "load_policy_file": "policy",
+    "Pool": "pool", "PoolClosed": "pool",
     "CompletedRun": "result",
     "Sandbox": "sandbox", "gc": "sandbox", "run": "sandbox",
     "Session": "session",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
                          PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
     from .policy import Policy, load_policy, load_policy_file
+    from .pool import Pool, PoolClosed
     from .result import CompletedRun
     from .sandbox import Sandbox, gc, run
     from .session import Session

@@ -1,0 +1,176 @@
+"""``Pool``: every command in a fresh container, at the speed of a warm one.
+
+A pool keeps ``size`` containers of one policy started, each with its session spawner ready
+(``Session.from_policy``: the same sandbox as a one-shot run of that policy: isolation,
+limits, filesystem and network policy, ownership record).  ``run`` takes a ready container,
+runs one command in it, and hands the container to a reaper thread that destroys it; a
+starter thread has already begun its replacement.  No container is ever used twice, so a
+file written or a process left running by one command is gone for the next.
+
+Threads: one reaper, and ``starters`` threads that keep the ready queue full (liblxc's calls
+release the GIL, so setup overlaps with commands).  A starter that fails stores its error, and
+the next ``run`` that finds the pool empty raises it (a policy that cannot set up fails fast
+instead of hanging).  ``close`` stops the starters, destroys the ready containers and waits for
+the reaper; a SIGKILLed owner leaves records that ``lxcbind gc`` reaps like any other.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import LxcbindError
+from .result import CompletedRun
+from .sandbox import PolicyLike, as_policy
+from .session import Session
+
+Command = str | Sequence[str]
+
+
+class PoolClosed(LxcbindError):
+    """The pool was closed: it runs no more commands."""
+
+
+class Pool:
+    """``size`` pre-started fresh containers of ``policy``; see the module docstring.
+
+    Use as a context manager (or call ``close``).  Thread-safe: ``run`` may be called from
+    many threads at once (``map`` does).  ``starters`` bounds how many containers are being set
+    up at a time (default: 2, the setup is CPU-bound).
+    """
+
+    def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
+                 start_timeout: float = 60.0) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"Pool size must be a positive int, got {size!r}")
+        self.policy = as_policy(policy)
+        self.size = size
+        self._start_timeout = start_timeout
+        self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed
+        self._used: queue.Queue[Session | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._wanted = 0            # containers asked of the starters, not yet taken
+        self._error: BaseException | None = None
+        self._starters = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, min(starters, size)), thread_name_prefix="lxcbind-pool-start")
+        self._reaper = threading.Thread(target=self._reap, name="lxcbind-pool-reap",
+                                        daemon=True)
+        self._reaper.start()
+        for _ in range(size):
+            self._order_one()
+
+    # -- filling and emptying ----------------------------------------------------------------
+
+    def _order_one(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._wanted += 1
+        self._starters.submit(self._start_one)
+
+    def _start_one(self) -> None:
+        try:
+            if self._closed:
+                return
+            session = Session.from_policy(self.policy)
+        except BaseException as exc:  # handed to the next run() that waits
+            with self._lock:
+                self._wanted -= 1
+                self._error = exc
+            self._ready.put_nowait(None)  # wakes a waiting run()
+            return
+        with self._lock:
+            self._error = None
+            closed = self._closed
+        if closed:
+            self._used.put(session)
+        else:
+            self._ready.put(session)
+
+    def _reap(self) -> None:
+        while True:
+            session = self._used.get()
+            if session is None:
+                return
+            try:
+                session.close()  # stops and destroys the container (Sandbox teardown)
+            except Exception:  # noqa: BLE001 - the record stays for gc; keep reaping
+                pass
+
+    def _take(self) -> Session:
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed("the pool is closed")
+            try:
+                session = self._ready.get(timeout=self._start_timeout)
+            except queue.Empty:
+                raise LxcbindError(f"no container became ready within "
+                                   f"{self._start_timeout:g}s") from None
+            if session is None:  # a starter failed
+                with self._lock:
+                    error = self._error
+                self._order_one()
+                if error is not None:
+                    raise error
+                continue
+            with self._lock:
+                self._wanted -= 1
+            if not session.alive:
+                self._used.put(session)
+                self._order_one()
+                continue
+            return session
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def run(self, command: Command, *, input: bytes | str | None = None,
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
+            cwd: str | None = None, max_output: int | None = None,
+            check: bool = False) -> CompletedRun:
+        """Run ``command`` (a str runs as ``/bin/sh -c``) in a fresh container and return its
+        result; the container is destroyed afterwards.  Keywords as ``Session.run``."""
+        session = self._take()
+        self._order_one()  # its replacement starts now, while the command runs
+        try:
+            return session.run(command, input=input, timeout=timeout, env=env, cwd=cwd,
+                               max_output=max_output, check=check)
+        finally:
+            self._used.put(session)
+
+    def map(self, commands: Iterable[Command], *, workers: int | None = None,
+            **kwargs: Any) -> list[CompletedRun]:
+        """``run`` every command (at most ``workers`` at a time, default the pool size);
+        results in input order.  The first exception is raised after all have finished."""
+        items = list(commands)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers or self.size) as ex:
+            futures = [ex.submit(self.run, command, **kwargs) for command in items]
+            return [f.result() for f in futures]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Destroy every container of the pool (ready, starting or used); idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._starters.shutdown(wait=True, cancel_futures=True)
+        while True:
+            try:
+                session = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if session is not None:
+                self._used.put(session)
+        self._used.put(None)
+        self._reaper.join()
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
