@@ -759,7 +759,7 @@ def configure_existing(c: Any, items: Sequence[tuple[str, str]]) -> None:
     """Give a kept, stopped container exactly this run's network device (or none)."""
     try:
         c.clear_config_item("lxc.net")
-        for key, value in (items or [("lxc.net.0.type", "empty")]):
+        for key, value in (items or [("lxc.net.0.type", "empty"), ("lxc.net.0.flags", "up")]):
             c.set_config_item(key, value)
         c.save_config()
     except (ValueError, OSError, SandboxError) as exc:

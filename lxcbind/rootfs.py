@@ -487,8 +487,8 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
 
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
     needed) and whose upper layer is ``<lxcpath>/<name>/delta0``, so ``destroy()`` removes every
-    write.  Sets loopback-only networking (``lxc.net.0.type=empty``), ``lxc.pty.max=64``,
-    ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user namespace, capabilities,
+    write.  Sets loopback-only networking (``lxc.net.0.type=empty``, ``flags=up`` for ``lo``),
+    ``lxc.pty.max=64``, ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user namespace, capabilities,
     seccomp, limits; an unprivileged container's lower layer is the base's shifted copy for its
     id range), then ``config`` (applied last, so it may override, e.g. ``lxc.init.cmd``), then
     ``mounts`` in order, and saves the config.  ``isolation=None`` is a bare privileged
@@ -518,6 +518,7 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
             ("lxc.rootfs.path", f"overlay:{lower}:{os.path.join(cdir, UPPER)}"),
             ("lxc.uts.name", name),
             ("lxc.net.0.type", "empty"),
+            ("lxc.net.0.flags", "up"),   # liblxc then brings up lo: loopback works offline
             ("lxc.pty.max", "64"),
             ("lxc.tty.max", "0"),
             ("lxc.autodev", "1"),
