@@ -112,25 +112,28 @@ def _exit_code(result: Any) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .cleanup import FatalSignals
-    from .sandbox import Sandbox
+    from .sandbox import Sandbox, network_notice, network_refusal
 
     policy = _load(args)
     for warning in policy.warnings:
         log.warning("%s", warning)
+    notice = network_notice(policy)   # capabilities mode: say what is not enforced
     if args.dry_run:
-        from .sandbox import network_refusal
-
         plan = policy.to_plan()
         refusal = network_refusal(policy)
         plan["runnable"] = refusal is None
         if refusal:
             plan["refusal"] = refusal
+        plan["networkEnforced"] = notice is None
+        plan["networkNotice"] = notice
         if args.json:
             _emit({"dry_run": True, "plan": plan, "exit_code": 0})
         else:
             sys.stdout.write(json.dumps(plan, indent=2) + "\n")
         return 0
     timeout = args.timeout if args.timeout is not None else None
+    if notice is not None:
+        sys.stderr.write(f"lxcbind: {notice}\n")
     with FatalSignals() as signals:
         with Sandbox(policy, log=lambda m: log.info("%s", m), signals=signals) as box:
             if args.json:
@@ -155,7 +158,8 @@ def _run(args: argparse.Namespace) -> int:
         _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
-               "container": name,
+               "container": name, "network_enforced": notice is None,
+               "network_notice": notice,
                "stdout": result.stdout.decode(errors="replace"),
                "stderr": result.stderr.decode(errors="replace")})
     return code

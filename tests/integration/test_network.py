@@ -435,12 +435,41 @@ def test_proxy_mode_only_the_proxy(remote, tmp_path, nothing_left_behind):
 
 # -- the §4.4 matrix ---------------------------------------------------------------------------
 
-def test_matrix_07_without_enforcement_mode_is_refused(nothing_left_behind):
-    doc = policy("true", nothing_left_behind, network={"defaultPolicy": "block"})
+def test_matrix_07_without_enforcement_mode_is_open(remote, tmp_path, nothing_left_behind):
+    """Capabilities mode, as mxc runs it: a device with open egress (even to a blocked host,
+    even with defaultPolicy block) and open inbound; stderr and --json say it is not enforced."""
+    a, b = remote.addr(2), remote.addr(3)
+    remote.serve([("tcp", a, 80), ("tcp", b, 80)])
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    targets = [("tcp", a, 80), ("tcp", b, 80)]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    server = ("import socket,time; s=socket.socket(); s.bind(('0.0.0.0',7000)); s.listen(8); "
+              "time.sleep(30)")
+    doc = policy(f"python3 {script} {shlex.quote(json.dumps(targets))}; "
+                 f"python3 -c {shlex.quote(server)} & sleep 0.5; touch {ready}; "
+                 f"while [ ! -e {go} ]; do sleep 0.05; done", nothing_left_behind,
+                 network={"defaultPolicy": "block", "blockedHosts": [b]},
+                 filesystem={"readwritePaths": [str(tmp_path)]})
     doc["version"] = "0.7.0"
-    r = cli(doc)
-    assert r.returncode == 125
-    assert "no firewall" in json.loads(r.stdout)["error"]["message"]
+    proc = spawn(doc)
+    try:
+        address = _wait_lease(doc["containerId"], proc)
+        _wait_file(ready, proc)
+        assert remote.connect(address, 7000)   # inbound is not filtered either
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    result = json.loads(out)
+    assert result["exit_code"] == 0, err
+    assert json.loads(result["stdout"].splitlines()[0]) == ["ok", "ok"]
+    assert result["network_enforced"] is False
+    assert "enforcementMode" in result["network_notice"]
+    assert err.decode().count("network: not enforced") == 1
 
 
 def test_matrix_07_firewall_block_allows_only_dns(remote, tmp_path, nothing_left_behind):
