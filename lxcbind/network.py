@@ -607,12 +607,32 @@ def read_etc_file(rootfs_path: str, name: str) -> str:
     return ""
 
 
+PIN_MARKER = "#mxc-proxy-pin"            # mxc's marker: scripts written for mxc grep it
+_PIN_MARKERS = (PIN_MARKER, "# lxcbind-proxy-pin")   # the second: lxcbind before it matched
+
+
+def _is_pin(line: str) -> bool:
+    return line.rstrip().endswith(_PIN_MARKERS)
+
+
 def pin_hosts(text: str, host: str, address: str) -> str:
-    """``/etc/hosts`` content with one ``<address> <host> # lxcbind-proxy-pin`` line (stale
-    pins removed)."""
-    lines = [ln for ln in text.splitlines() if not ln.rstrip().endswith("# lxcbind-proxy-pin")]
-    lines.append(f"{address}\t{host}\t# lxcbind-proxy-pin")
+    """``/etc/hosts`` content with one ``<address> <host> #mxc-proxy-pin`` line (stale pins of
+    either marker removed)."""
+    lines = [ln for ln in text.splitlines() if not _is_pin(ln)]
+    lines.append(f"{address} {host} {PIN_MARKER}")
     return "\n".join(lines) + "\n"
+
+
+def unpin_hosts(rootfs_path: str) -> bool:
+    """Remove every proxy pin (either marker) from a stopped container's ``/etc/hosts``, so a
+    reused container never resolves a name to an address the current policy did not
+    authorize.  Returns whether a pin was removed."""
+    text = read_etc_file(rootfs_path, "hosts")
+    if not any(_is_pin(ln) for ln in text.splitlines()):
+        return False
+    kept = [ln for ln in text.splitlines() if not _is_pin(ln)]
+    write_etc_file(rootfs_path, "hosts", "\n".join(kept) + "\n" if kept else "")
+    return True
 
 
 # -- one container's network, in the order the sandbox drives it -------------------------------
@@ -703,6 +723,7 @@ class ContainerNetwork:
             if pinned:
                 # The proxy's name resolves in the container to the address the rules allow
                 # (the URL keeps the name, so TLS still sees it).
+                self.log(f"network: pinning proxy host {proxy.host} to {pinned[0]}")
                 write_etc_file(rootfs_path, "hosts",
                                pin_hosts(read_etc_file(rootfs_path, "hosts"), proxy.host,
                                          pinned[0]))

@@ -173,6 +173,7 @@ class Sandbox:
         self._net: network.ContainerNetwork | None = None
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
+        self._rootfs_path = ""
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -242,7 +243,10 @@ class Sandbox:
             self.container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned, config=net_config,
                                                      isolation=isolation)
-        rootfs_path = self.container.get_config_item("lxc.rootfs.path")
+        rootfs_path = self._rootfs_path = self.container.get_config_item("lxc.rootfs.path")
+        if network.unpin_hosts(rootfs_path):
+            # A pin an earlier run (or mxc) left names an address this policy never allowed.
+            self._log("removed a stale proxy pin from /etc/hosts")
         if self._net is not None:
             self._net.write_files(rootfs_path)
         elif self.reused:
@@ -318,6 +322,14 @@ class Sandbox:
 
     # -- teardown ----------------------------------------------------------------------------
 
+    def _unpin(self) -> None:
+        """A kept container keeps no proxy pin once its run is over (as under mxc); failing
+        to remove it is only a warning: the next run removes it before anything starts."""
+        try:
+            network.unpin_hosts(self._rootfs_path)
+        except (OSError, SandboxError) as exc:
+            self._log(f"could not remove the proxy pin from /etc/hosts: {exc}")
+
     def close(self, failed: bool = False) -> None:
         """Tear down whatever was set up; idempotent; fatal signals wait until it is done.
 
@@ -336,6 +348,8 @@ class Sandbox:
                         if self._net is not None:
                             # Its rules are about to go: it must not run without them.
                             c.stop()
+                            if self._net.eff.proxy is not None and self._rootfs_path:
+                                self._unpin()
                         self._log(f"keeping container {self.name!r}")
                     else:
                         self._log(f"destroying container {self.name!r}")

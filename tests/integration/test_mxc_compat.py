@@ -88,3 +88,60 @@ def test_loopback_is_up_in_a_reused_container(nothing_left_behind):
         assert result(r)["stdout"] == "127.0.0.1 pong\n::1 pong\n", r.stderr
     finally:
         destroy_quietly(keep["containerId"])
+
+
+# -- proxy by hostname, proxy reuse (mxc: lxc_network_proxy_hostname, lxc_network_proxy_reuse) ---
+
+PIN_PROBE = ("if grep -q '#mxc-proxy-pin' /etc/hosts; then echo PIN_PRESENT_DURING_RUN; "
+             "else echo PIN_ABSENT_DURING_RUN; fi")
+
+
+def run_with_hosts(policy: dict, hosts_line: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Run the CLI in a private mount namespace whose /etc/hosts also maps ``hosts_line``:
+    the proxy's name resolves on the "host" without touching the machine's /etc/hosts."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(Path("/etc/hosts").read_text() + hosts_line + "\n")
+    script = (f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec {shlex.quote(sys.executable)}"
+              " -m lxcbind run --json -")
+    return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          input=json.dumps(policy).encode(), capture_output=True, timeout=90,
+                          cwd=ROOT)
+
+
+def test_proxy_by_hostname_pin_is_mxcs_and_gone_after_each_run_and_stale_pins_go(
+        remote, tmp_path, nothing_left_behind):
+    from tests.conftest import destroy_quietly
+
+    a, b = remote.addr(2), remote.addr(3)
+    remote.serve([("tcp", a, 3128), ("tcp", b, 3128)])
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    targets = json.dumps([("tcp", "proxy.i14.test", 3128), ("tcp", b, 3128)])
+    proxied = doc(f"{PIN_PROBE}; echo $HTTPS_PROXY; python3 {script} {shlex.quote(targets)}",
+                  nothing_left_behind, version="0.7.0-alpha",
+                  lifecycle={"destroyOnExit": False},
+                  filesystem={"readonlyPaths": [str(tmp_path)]},
+                  network={"defaultPolicy": "block", "enforcementMode": "firewall",
+                           "proxy": {"url": "http://proxy.i14.test:3128"}})
+    name = proxied["containerId"]
+    upper_hosts = Path(f"/var/lib/lxc/{name}/delta0/etc/hosts")
+    try:
+        for attempt in ("first run", "reuse"):
+            r = run_with_hosts(proxied, f"{a} proxy.i14.test", tmp_path)
+            out = result(r)
+            pin, proxy_env, probed = out["stdout"].splitlines()
+            assert pin == "PIN_PRESENT_DURING_RUN", attempt
+            assert proxy_env == "http://proxy.i14.test:3128"
+            assert json.loads(probed) == ["ok", "blocked"], attempt
+            assert "#mxc-proxy-pin" not in upper_hosts.read_text(), attempt
+        # a stale pin (either marker) must not survive a run that configures no proxy
+        with upper_hosts.open("a") as f:
+            f.write(f"{b} proxy.i14.test #mxc-proxy-pin\n{b} old.i14.test # lxcbind-proxy-pin\n")
+        plain = dict(proxied, process={"commandLine": f"{PIN_PROBE}; cat /etc/hosts"},
+                     network={"defaultPolicy": "allow", "enforcementMode": "firewall"})
+        out = result(run(plain, "--json"))
+        assert out["stdout"].startswith("PIN_ABSENT_DURING_RUN\n")
+        assert "proxy-pin" not in out["stdout"] and "proxy-pin" not in upper_hosts.read_text()
+        assert "localhost" in out["stdout"]   # the rest of the file is kept
+    finally:
+        destroy_quietly(name)
