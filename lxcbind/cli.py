@@ -45,6 +45,10 @@ class _UsageError(Exception):
     pass
 
 
+class _RunnerFailure(Exception):
+    """lxcbind-exec only: the run ended in what mxc calls a runner error (exit 255)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lxcbind",
                      description="Run commands in LXC containers through liblxc.")
@@ -141,13 +145,18 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)
             name = box.name
+    failure = None
     if result.exec_error is not None:
         what = "process.cwd" if result.exec_error.stage == "chdir" else "process.commandLine"
-        sys.stderr.write(f"lxcbind: {what}: {result.exec_error.filename}: "
-                         f"{os.strerror(result.exec_error.errno)}\n")
+        failure = (f"{what}: {result.exec_error.filename}: "
+                   f"{os.strerror(result.exec_error.errno)}")
+    elif result.timed_out:
+        failure = f"timed out after {result.timeout:g}s; the command was killed"
+    if failure is not None and getattr(args, "mxc", False):
+        raise _RunnerFailure(failure)   # lxcbind-exec: mxc reports these as runner errors
+    if failure is not None and (result.exec_error is not None or not args.json):
+        sys.stderr.write(f"lxcbind: {failure}\n")
     code = _exit_code(result)
-    if result.timed_out and not args.json:
-        sys.stderr.write(f"lxcbind: timed out after {result.timeout:g}s; the command was killed\n")
     if result.oom_killed and not args.json:
         sys.stderr.write("lxcbind: the sandbox ran out of memory (lxc.limits.memory) and the "
                          "kernel killed a process\n")
@@ -213,6 +222,135 @@ def main_entry() -> None:
     """Console-script entry point."""
     try:
         code = main()
+    except BrokenPipeError:
+        code = 128 + 13
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------- lxcbind-exec
+
+EXEC_PARSE = 1      # mxc: the policy or the command line could not be used
+EXEC_RUNNER = 255   # mxc: the runner failed (its exit code -1); an error envelope on stderr
+
+
+def build_exec_parser() -> argparse.ArgumentParser:
+    """The command line of mxc's ``lxc-exec``, on lxcbind's run path."""
+    parser = _Parser(prog="lxcbind-exec",
+                     description="Run a policy's command like mxc's lxc-exec, through lxcbind.")
+    parser.add_argument("config_path", nargs="?", metavar="CONFIG_PATH",
+                        help="policy JSON file (or - for stdin)")
+    parser.add_argument("--config", metavar="PATH", help="policy JSON file")
+    parser.add_argument("--config-base64", metavar="B64", help="policy as base64")
+    parser.add_argument("--debug", action="store_true", help="progress lines on stderr")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="append the progress lines to PATH (created if missing)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the policy and exit without running anything")
+    parser.add_argument("--experimental", action="store_true",
+                        help="accepted for compatibility (no effect)")
+    parser.add_argument("--allow-testing-features", action="store_true",
+                        help="accepted for compatibility (builtinTestServer is refused for LXC)")
+    parser.add_argument("--delete", action="store_true",
+                        help="destroy the container named by --containername and exit")
+    parser.add_argument("--containername", metavar="NAME", help="container for --delete")
+    return parser
+
+
+def _envelope(message: str) -> int:
+    """mxc's runner-error contract: the message, then one JSON envelope line, on stderr."""
+    sys.stderr.write(f"lxcbind-exec: {message}\n")
+    sys.stderr.write(json.dumps({"error": {"code": "backend_error", "message": message}}) + "\n")
+    sys.stderr.flush()
+    return EXEC_RUNNER
+
+
+def _exec_logging(args: argparse.Namespace) -> None:
+    logger = logging.getLogger("lxcbind")
+    logger.setLevel(logging.DEBUG if (args.debug or args.log_file) else logging.WARNING)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    stream.setFormatter(logging.Formatter("lxcbind: %(message)s"))
+    logger.addHandler(stream)
+    if args.log_file:
+        try:
+            handler = logging.FileHandler(args.log_file, mode="a", encoding="utf-8")
+        except OSError as exc:   # as lxc-exec: a warning, the run goes on
+            sys.stderr.write(f"lxcbind-exec: warning: cannot open log file {args.log_file!r}: "
+                             f"{exc.strerror or exc}\n")
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s lxcbind: %(message)s"))
+            logger.addHandler(handler)
+
+
+def _exec_delete(args: argparse.Namespace) -> int:
+    from .policy import _CONTAINER_ID
+    from .sandbox import delete_container
+
+    name = args.containername
+    if not name:
+        raise _UsageError("--containername is required with --delete")
+    if not _CONTAINER_ID.fullmatch(name):
+        raise _UsageError(f"--containername: invalid container name {name!r}")
+    existed = delete_container(name, log=lambda m: log.info("%s", m))
+    log.info("%s", f"deleted {name!r}" if existed else f"no container {name!r}")
+    return 0
+
+
+def exec_main(argv: Sequence[str] | None = None) -> int:
+    """``lxcbind-exec``: mxc's ``lxc-exec`` command line and exit-code contract on the code
+    path of ``lxcbind run``.  Returns the command's own status; 1 when the command line or the
+    policy cannot be used (one line on stderr); 255 when the runner fails (including a
+    timeout), with ``{"error": {"code": "backend_error", "message": ...}}`` on stderr; 128+N
+    when lxcbind itself got fatal signal N (after cleanup)."""
+    from .cleanup import Terminated
+    from .errors import LxcbindError, PolicyError, SandboxError
+
+    try:
+        args = build_exec_parser().parse_args(argv)
+    except _UsageError as exc:
+        sys.stderr.write(f"lxcbind-exec: {exc}\n")
+        return EXEC_PARSE
+    _exec_logging(args)
+    try:
+        if args.delete:
+            return _exec_delete(args)
+        if args.config_base64 is None and args.config is None and args.config_path is None:
+            raise _UsageError("no config provided: use a positional path, --config or "
+                              "--config-base64")
+        run_args = argparse.Namespace(policy=args.config_path, config=args.config,
+                                      config_base64=args.config_base64, tty=None, timeout=None,
+                                      json=False, dry_run=False, mxc=True)
+        if args.dry_run:
+            from .sandbox import network_refusal
+
+            refusal = network_refusal(_load(run_args))
+            if refusal:
+                sys.stderr.write(f"lxcbind-exec: {refusal}\n")
+            result = "validation failed" if refusal else "validation passed"
+            sys.stdout.write(f"Dry run completed. Result: {result}\n")
+            return EXEC_PARSE if refusal else 0
+        return _run(run_args)
+    except (_UsageError, PolicyError) as exc:
+        sys.stderr.write(f"lxcbind-exec: {exc}\n")
+        return EXEC_PARSE
+    except Terminated as exc:
+        log.info("cleaned up after %s", exc)
+        return 128 + exc.signum
+    except _RunnerFailure as exc:
+        return _envelope(str(exc))
+    except (SandboxError, LxcbindError, OSError) as exc:
+        log.debug("%s", traceback.format_exc())
+        return _envelope(str(exc).replace("\n", " | "))
+    except Exception as exc:  # an internal error: one line, never a traceback by default
+        log.debug("%s", traceback.format_exc())
+        return _envelope(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug "
+                         "for details)")
+
+
+def exec_entry() -> None:
+    """Console-script entry point of ``lxcbind-exec``."""
+    try:
+        code = exec_main()
     except BrokenPipeError:
         code = 128 + 13
     sys.exit(code)

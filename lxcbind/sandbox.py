@@ -393,6 +393,37 @@ def run(policy: PolicyLike, *, input: bytes | str | None = None, timeout: float 
     return result
 
 
+def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None = None,
+                     lock_timeout: float = 10.0) -> bool:
+    """Destroy container ``name`` and the network state a run left for it (a preserved
+    table, the lease of a dead runner), under its lock so a live run is never cut short
+    (``SandboxError`` when one holds it past ``lock_timeout``).  mxc's ``lxc-exec --delete``.
+    Returns whether there was anything to remove."""
+    from .netrules import table_name as nft_table
+
+    log = log or (lambda message: None)
+    lock = cleanup.ContainerLock(name, lock_timeout)
+    lock.acquire()   # SandboxError when a live run keeps it
+    try:
+        lxcpath = lxcpath or default_lxcpath()
+        with Container(name, lxcpath) as c:
+            existed = c.defined
+            if existed:
+                log(f"destroying container {name!r}")
+                rootfs.remove_container(c)
+        leftover = name in network.leases()
+        if not leftover:
+            with network._nft() as nft:
+                leftover = nft.table_exists("inet", nft_table(name))
+        if leftover:
+            log(f"removing the network state left for {name!r}")
+            network.teardown_orphan(name)
+        cleanup.STATE_DIR.joinpath("owners", f"{name}.json").unlink(missing_ok=True)
+        return existed or leftover
+    finally:
+        lock.release()
+
+
 def gc(*, log: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
