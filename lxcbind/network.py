@@ -648,9 +648,18 @@ def _nft() -> Any:
                            "cannot be enforced, so the run is refused") from None
 
 
+def installation_id() -> str:
+    """6 base32 characters of SHA-256 of the state directory's real path: the tag in this
+    installation's table names (another ``LXCBIND_STATE_DIR`` on the host has another one)."""
+    path = os.path.realpath(cleanup.STATE_DIR)
+    digest = hashlib.sha256(os.fsencode(path)).digest()
+    return base64.b32encode(digest).decode().lower()[:6]
+
+
 def table_name(container: str) -> str:
+    """This installation's nft table name for ``container``."""
     from .netrules import table_name as name
-    return name(container)
+    return name(container, installation_id())
 
 
 @dataclass
@@ -679,7 +688,7 @@ class ContainerNetwork:
 
         with _nft() as nft:
             self.resolved = netrules.resolve_destinations(self.eff)   # fail-closed DNS rules
-            self.table = netrules.table_name(self.container)
+            self.table = table_name(self.container)
             self.lease = allocate(self.container, self.lxcpath)
             lease = self.lease
             self.log(f"network: {lease.address} via {lease.gateway} on {lease.veth}")
@@ -728,13 +737,37 @@ class ContainerNetwork:
                                pin_hosts(read_etc_file(rootfs_path, "hosts"), proxy.host,
                                          pinned[0]))
 
+    def _keep_for_inspection(self) -> None:
+        """``preservePolicy``: keep the table, rewritten without the container's address.  The
+        rules matched the lease's address, and the next container may be given that address:
+        the kept copy must not filter (or open) its traffic.  Only the veth name, unique to this
+        container name, still matches, and a new run of this name replaces the table."""
+        from . import netrules
+
+        assert self.lease is not None
+        script = netrules.compile_ruleset(
+            table=self.table, veth=self.lease.veth, container_v4=None, container_v6=None,
+            gateway_v4=self.lease.gateway, gateway_v6=None, eff=self.eff,
+            resolved=self.resolved)
+        with _nft() as nft:
+            try:
+                nft.apply(f"# preserved for inspection (preservePolicy); was "
+                          f"{self.lease.address}\n" + script)
+            except Exception as exc:   # never keep a table that still names the address
+                nft.apply(netrules.teardown_script(self.table))
+                _warn(f"network: preservePolicy: could not keep table {self.table} ({exc}); "
+                      "deleted it")
+                return
+        self.log(f"network: keeping nft table inet {self.table} (preservePolicy), without "
+                 f"the address {self.lease.address}")
+
     def teardown(self, *, preserve: bool = False) -> None:
         """Remove what ``prepare`` made; the container must be stopped (or gone) already.
         ``preserve`` keeps the table for inspection (``lifecycle.preservePolicy``); its rules
         name a veth that no longer exists, so they match nothing."""
         if self.table_installed and self.table:
             if preserve:
-                self.log(f"network: keeping nft table inet {self.table} (preservePolicy)")
+                self._keep_for_inspection()
             else:
                 from . import netrules
                 with _nft() as nft:
@@ -759,20 +792,24 @@ def teardown_orphan(container: str) -> None:
 
 
 def prune_tables(log: Any = lambda message: None) -> list[str]:
-    """``lxcbind gc``: delete every lxcbind container table that no live lease owns — the
-    tables ``preservePolicy`` kept for inspection, and any a crash left.  A run holds its lease
-    from before its table exists until after the table is gone, so a live run's table is
-    never touched."""
+    """``lxcbind gc``: delete every table of *this installation* (its tag in the name) that no
+    live lease owns — the tables ``preservePolicy`` kept for inspection, and any a crash left.
+    Leases and tables are read and the tables deleted under the network lock: a run takes its
+    lease under that lock before its table exists, and drops it only after the table is gone,
+    so a live run's table is never taken for a leftover.  Another installation's tables (another
+    ``LXCBIND_STATE_DIR``) carry another tag and are never touched."""
     from .netrules import TABLE_PREFIX, teardown_script
 
-    owned = {table_name(name) for name in leases()}
-    removed = []
-    with _nft() as nft:
-        for _family, name in nft.list_table_names(TABLE_PREFIX):
-            if name not in owned and name not in removed:
-                log(f"gc: deleting nft table {name}")
-                nft.apply(teardown_script(name))
-                removed.append(name)
+    prefix = f"{TABLE_PREFIX}{installation_id()}_"
+    removed: list[str] = []
+    with _NetLock():
+        owned = {table_name(name) for name in _load_state()["leases"]}
+        with _nft() as nft:
+            for _family, name in nft.list_table_names(prefix):
+                if name.startswith(prefix) and name not in owned and name not in removed:
+                    log(f"gc: deleting nft table {name}")
+                    nft.apply(teardown_script(name))
+                    removed.append(name)
     return removed
 
 

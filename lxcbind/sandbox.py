@@ -399,8 +399,6 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
     table, the lease of a dead runner), under its lock so a live run is never cut short
     (``SandboxError`` when one holds it past ``lock_timeout``).  mxc's ``lxc-exec --delete``.
     Returns whether there was anything to remove."""
-    from .netrules import table_name as nft_table
-
     log = log or (lambda message: None)
     lock = cleanup.ContainerLock(name, lock_timeout)
     lock.acquire()   # SandboxError when a live run keeps it
@@ -414,7 +412,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         leftover = name in network.leases()
         if not leftover:
             with network._nft() as nft:
-                leftover = nft.table_exists("inet", nft_table(name))
+                leftover = nft.table_exists("inet", network.table_name(name))
         if leftover:
             log(f"removing the network state left for {name!r}")
             network.teardown_orphan(name)

@@ -145,3 +145,114 @@ def test_proxy_by_hostname_pin_is_mxcs_and_gone_after_each_run_and_stale_pins_go
         assert "localhost" in out["stdout"]   # the rest of the file is kept
     finally:
         destroy_quietly(name)
+
+
+# -- network state that cannot fail open (preservePolicy and gc, as mxc users use them) -------
+
+def _open_egress() -> object:
+    from lxcbind.policy import load_policy
+
+    return load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
+                        "network": {"egress": {"default": "allow"}}}).network.effective()
+
+
+def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeypatch):
+    """A run that takes its lease and installs its table while gc lists the tables must keep
+    its table: gc reads the leases, lists and deletes under the network lock."""
+    import threading
+
+    from lxcbind import network
+    from lxcbind.nft import Nft
+
+    name = new_name("i14-")
+    nothing_left_behind.append(name)
+    net = network.ContainerNetwork(name, _open_egress())
+    real_list = Nft.list_table_names
+    runs: list[threading.Thread] = []
+
+    def listing_while_a_run_starts(self, *args, **kwargs):
+        if not runs:   # the run starts inside gc's window: lease, then table
+            runs.append(threading.Thread(target=net.prepare))
+            runs[0].start()
+            runs[0].join(timeout=3)   # returns at once without the lock; blocks with it
+        return real_list(self, *args, **kwargs)
+
+    monkeypatch.setattr(Nft, "list_table_names", listing_while_a_run_starts)
+    try:
+        network.prune_tables()
+        monkeypatch.setattr(Nft, "list_table_names", real_list)
+        runs[0].join(timeout=60)
+        assert net.lease is not None and net.table_installed
+        with Nft() as nft:
+            assert nft.table_exists("inet", network.table_name(name)), \
+                "gc deleted the table of a run that holds its lease"
+    finally:
+        if runs:
+            runs[0].join(timeout=60)
+        net.teardown()
+
+
+def test_gc_of_another_state_dir_never_touches_this_installations_tables(
+        tmp_path, nothing_left_behind):
+    from lxcbind import netrules, network
+    from lxcbind.nft import Nft
+
+    name = new_name("i14-")
+    nothing_left_behind.append(name)
+    live = network.ContainerNetwork(name, _open_egress())
+    other = {**os.environ, "LXCBIND_STATE_DIR": str(tmp_path / "other")}
+    theirs = subprocess.run(
+        [sys.executable, "-c", "from lxcbind import network; print(network.table_name('x'))"],
+        capture_output=True, text=True, env=other, cwd=ROOT, check=True).stdout.strip()
+    assert theirs != network.table_name("x")
+    try:
+        live.prepare()
+        with Nft() as nft:
+            nft.apply(f"add table inet {theirs}\n")   # a table the other installation kept
+        g = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
+                           timeout=120, env=other, cwd=ROOT)
+        assert g.returncode == 0, g.stderr
+        with Nft() as nft:
+            assert nft.table_exists("inet", live.table), "another installation's gc took it"
+            assert not nft.table_exists("inet", theirs), "gc skipped its own leftover"
+    finally:
+        live.teardown()
+        with Nft() as nft:
+            nft.apply(netrules.teardown_script(theirs))
+
+
+def test_preserved_table_does_not_match_the_address_the_next_container_gets(
+        remote, nothing_left_behind):
+    """preservePolicy keeps the table for inspection, without the lease's address: a later
+    container given that address is filtered by its own policy only."""
+    from lxcbind import netrules, network
+    from lxcbind.nft import Nft
+
+    a, b = remote.addr(2), remote.addr(3)
+    remote.serve([("tcp", a, 80), ("tcp", b, 80)])
+    kept = doc("ip -4 -o addr show eth0", nothing_left_behind,
+               network={"egress": {"allow": [allow(f"{a}/32")]}},
+               lifecycle={"preservePolicy": True})
+    table = network.table_name(kept["containerId"])
+    try:
+        out = result(run(kept, "--json"))
+        address = out["stdout"].split()[3].split("/")[0]
+        with Nft() as nft:
+            assert nft.table_exists("inet", table)
+            listing = nft.run(f"list table inet {table}")
+        assert "198.18." in listing            # the policy is still there to inspect
+        assert address not in listing          # but nothing in it matches the old address
+        # the next container, given an address the kept table once named, reaches b
+        connect = ("import socket\nfor h in ({a!r}, {b!r}):\n try:\n  socket.create_connection("
+                   "(h, 80), timeout=1.5).close(); print('ok')\n except OSError: print('blocked')")
+        code = connect.format(a=a, b=b)
+        nxt = doc(f"ip -4 -o addr show eth0; python3 -c {shlex.quote(code)}",
+                  nothing_left_behind, network={"egress": {"default": "allow"}})
+        lines = result(run(nxt, "--json"))["stdout"].splitlines()
+        assert lines[1:] == ["ok", "ok"]
+        if lines[0].split()[3].split("/")[0] != address:
+            pytest.skip("another run took the address meanwhile; the listing check above "
+                        "still holds")
+    finally:
+        with Nft() as nft:
+            nft.apply(netrules.teardown_script(table))

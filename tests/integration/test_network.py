@@ -168,7 +168,7 @@ def nothing_left_behind() -> Iterator[list[str]]:
         tables = {t for _, t in nft.list_table_names("lxcbind")}
     leases = network.leases()
     for name in names:
-        assert netrules.table_name(name) not in tables, f"table of {name} left"
+        assert network.table_name(name) not in tables, f"table of {name} left"
         assert not network.link_exists(network.veth_name(name)), f"veth of {name} left"
         assert name not in leases, f"lease of {name} left"
     if not leases:  # nobody else is running: the anchor and its NAT table went too
@@ -406,8 +406,8 @@ def test_no_traffic_after_destroy(remote, nothing_left_behind):
     address = json.loads(r.stdout)["stdout"].split()[3].split("/")[0]
     name = doc["containerId"]
     with Nft() as nft:
-        assert not nft.table_exists("inet", netrules.table_name(name))
-        assert not nft.table_exists("bridge", netrules.table_name(name))
+        assert not nft.table_exists("inet", network.table_name(name))
+        assert not nft.table_exists("bridge", network.table_name(name))
     assert not network.link_exists(network.veth_name(name))
     assert address not in sh("ip -4 route show table all").stdout
     assert remote.run(f"busybox ping -c1 -W1 {address}").returncode != 0
@@ -513,13 +513,13 @@ def test_matrix_refusals_name_the_field(nothing_left_behind):
 # -- signals and gc ----------------------------------------------------------------------------
 
 def _wait_table(name: str, proc: subprocess.Popen) -> None:
-    from lxcbind import netrules
+    from lxcbind import netrules, network
     from lxcbind.nft import Nft
 
     _wait_lease(name, proc)
     with Nft() as nft:
         deadline = time.monotonic() + 30
-        while not nft.table_exists("inet", netrules.table_name(name)):
+        while not nft.table_exists("inet", network.table_name(name)):
             assert time.monotonic() < deadline
             time.sleep(0.05)
 
@@ -568,14 +568,14 @@ def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
 
 
 def test_preserve_policy_keeps_the_table(nothing_left_behind):
-    from lxcbind import netrules
+    from lxcbind import netrules, network
     from lxcbind.nft import Nft
 
     doc = policy("true", nothing_left_behind, network={"egress": {"default": "allow"}},
                  lifecycle={"preservePolicy": True})
     r = cli(doc)
     assert r.returncode == 0, r.stderr
-    table = netrules.table_name(doc["containerId"])
+    table = network.table_name(doc["containerId"])
     with Nft() as nft:
         try:
             assert nft.table_exists("inet", table)
