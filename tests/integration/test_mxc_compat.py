@@ -256,3 +256,273 @@ def test_preserved_table_does_not_match_the_address_the_next_container_gets(
     finally:
         with Nft() as nft:
             nft.apply(netrules.teardown_script(table))
+
+
+# -- mxc's scenarios through lxcbind-exec, checked the way mxc's e2e scripts check them --------
+
+def lxc_exec(policy: dict | None, tmp_path: Path, *flags: str, timeout: float = 90,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """``lxcbind-exec [flags] <policy file>``, as mxc's scripts call ``lxc-exec``."""
+    argv = [sys.executable, "-c", "from lxcbind.cli import exec_entry; exec_entry()", *flags]
+    if policy is not None:
+        path = tmp_path / f"{policy.get('containerId', 'policy')}.json"
+        path.write_text(json.dumps(policy))
+        argv.append(str(path))
+    return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, **(env or {})})
+
+
+def fs_tree(tmp_path: Path) -> dict[str, Path]:
+    """The host directories mxc's filesystem scripts prepare, under ``tmp_path``."""
+    t = {k: tmp_path / k for k in ("ro", "rw", "objdata", "msp", "mask")}
+    for d in t.values():
+        d.mkdir()
+    (t["ro"] / "test.txt").write_text("READONLY_CONTENT\n")
+    (t["objdata"] / "secret.txt").write_text("OBJECT_SECRET\n")
+    t["objlink"] = tmp_path / "objlink"
+    t["objlink"].symlink_to(t["objdata"])
+    (t["msp"] / "secret_child").mkdir()
+    (t["msp"] / "secret_child" / "keep.txt").write_text("CHILD_KEPT\n")
+    (t["msp"] / "sibling.txt").write_text("PARENT_SECRET\n")
+    (t["mask"] / "visible.txt").write_text("VISIBLE_SECRET\n")
+    (t["mask"] / "secret_file.txt").write_text("FILE_SECRET\n")
+    (t["mask"] / "secret_dir").mkdir()
+    (t["mask"] / "secret_dir" / "inner.txt").write_text("DIR_SECRET\n")
+    return t
+
+
+def _hello(t):
+    return {"version": "0.6.0-alpha",
+            "process": {"commandLine": "echo 'Hello from LXC' && uname -s"}}
+
+
+def _filesystem(t):
+    return {"version": "0.6.0-alpha",
+            "process": {"commandLine": f"cat {t['ro']}/test.txt && echo 'write test' > "
+                                       f"{t['rw']}/output.txt && (echo x > {t['ro']}/new) "
+                                       "2>/dev/null || echo RO_REFUSED"},
+            "filesystem": {"readonlyPaths": [str(t["ro"])], "readwritePaths": [str(t["rw"])]}}
+
+
+def _object_alias(t):
+    return {"version": "0.8.0-alpha",
+            "process": {"commandLine": f"if cat {t['objdata']}/secret.txt 2>/dev/null; then "
+                                       "echo OBJECT_LEAK; else echo OBJECT_MASKED_OK; fi"},
+            "filesystem": {"readwritePaths": [str(t["objdata"])],
+                           "deniedPaths": [str(t["objlink"])]}}
+
+
+def _most_specific(t):
+    d = t["msp"]
+    return {"version": "0.8.0-alpha",
+            "process": {"commandLine":
+                        f"D={d}; if grep -q CHILD_KEPT $D/secret_child/keep.txt 2>/dev/null; "
+                        "then echo CHILD_OK; else echo CHILD_MISSING; fi; "
+                        "if echo w > $D/secret_child/written.txt 2>/dev/null; then "
+                        "echo CHILD_WRITE_OK; else echo CHILD_WRITE_FAIL; fi; "
+                        "if grep -q PARENT_SECRET $D/sibling.txt 2>/dev/null; then "
+                        "echo PARENT_LEAK; else echo PARENT_MASKED_OK; fi"},
+            "filesystem": {"readwritePaths": [f"{d}/secret_child"], "deniedPaths": [str(d)]}}
+
+
+def _denied_masking(t):
+    b = t["mask"]
+    return {"version": "0.8.0-alpha",
+            "process": {"commandLine":
+                        f"B={b}; if grep -q VISIBLE_SECRET $B/visible.txt 2>/dev/null; then "
+                        "echo VISIBLE_OK; else echo VISIBLE_MISSING; fi; "
+                        "if grep -q FILE_SECRET $B/secret_file.txt 2>/dev/null; then "
+                        "echo FILE_LEAK; else echo FILE_MASKED_OK; fi; "
+                        "if ls $B/secret_dir 2>/dev/null | grep -q .; then echo DIR_LEAK; "
+                        "else echo DIR_MASKED_OK; fi"},
+            "filesystem": {"readwritePaths": [str(b)],
+                           "deniedPaths": [f"{b}/secret_file.txt", f"{b}/secret_dir"]}}
+
+
+def _env_cwd(t):
+    return {"version": "0.6.0-alpha",
+            "process": {"commandLine":
+                        "set -e; [ \"$(pwd)\" = /etc ] || exit 11; "
+                        "[ \"${MXC_TEST_FOO:-}\" = 'bar baz' ] || exit 12; "
+                        "[ \"${MXC_TEST_EQ:-}\" = 'a=b=c' ] || exit 13; "
+                        "[ -z \"${I14_HOST_ONLY:-}\" ] || exit 14; "   # replace semantics
+                        "echo \"OK cwd=$(pwd) MXC_TEST_FOO=$MXC_TEST_FOO MXC_TEST_EQ=$MXC_TEST_EQ\"",
+                        "cwd": "/etc", "env": ["MXC_TEST_FOO=bar baz", "MXC_TEST_EQ=a=b=c"]}}
+
+
+def _v07_capabilities(t):
+    return {"version": "0.7.0-alpha", "process": {"commandLine": "echo MXC_WORKLOAD_RAN"},
+            "network": {"defaultPolicy": "block", "blockedHosts": ["example.com"]}}
+
+
+def _v07_firewall(t):
+    return {"version": "0.7.0-alpha", "process": {"commandLine": "echo inbound-default-deny-ok"},
+            "network": {"defaultPolicy": "allow", "enforcementMode": "firewall"}}
+
+
+def _own_status(t):
+    return {"version": "0.8.0", "process": {"commandLine": "echo partial; exit 7"}}
+
+
+def _permissive_07(t):
+    return {"version": "0.7.0-alpha", "process": {"commandLine": "echo this-should-never-run"},
+            "network": {"defaultPolicy": "allow", "enforcementMode": "firewall",
+                        "allowLocalNetwork": True}}
+
+
+def _permissive_08(t):
+    return {"version": "0.8.0-alpha", "process": {"commandLine": "echo this-should-never-run"},
+            "network": {"ingress": {"default": "allow", "hostLoopback": "deny"}}}
+
+
+def _credentials(t):
+    return {"version": "0.7.0-alpha", "process": {"commandLine": "echo THIS_MUST_NEVER_RUN"},
+            "network": {"defaultPolicy": "block", "enforcementMode": "firewall",
+                        "proxy": {"url": "http://alice:hunter2@10.0.3.1:3128"}}}
+
+
+def _invalid_cidr(t):
+    return {"version": "0.8.0", "process": {"commandLine": "echo THIS_MUST_NEVER_RUN"},
+            "network": {"egress": {"allow": [{"to": [{"cidr": "198.18.0.0/33"}]}]}}}
+
+
+# (id, policy, exit code, in stdout, not in stdout or stderr, in stderr)
+SCENARIOS = [
+    ("hello", _hello, 0, ["Hello from LXC", "Linux"], [], ["not enforced"]),
+    ("filesystem-ro-rw", _filesystem, 0, ["READONLY_CONTENT", "RO_REFUSED"], [], []),
+    ("object-alias", _object_alias, 0, ["OBJECT_MASKED_OK"], ["OBJECT_LEAK", "OBJECT_SECRET"], []),
+    ("most-specific", _most_specific, 0, ["CHILD_OK", "CHILD_WRITE_OK", "PARENT_MASKED_OK"],
+     ["CHILD_MISSING", "CHILD_WRITE_FAIL", "PARENT_LEAK"], []),
+    ("denied-masking", _denied_masking, 0, ["VISIBLE_OK", "FILE_MASKED_OK", "DIR_MASKED_OK"],
+     ["LEAK", "VISIBLE_MISSING"], []),
+    ("env-cwd-replace", _env_cwd, 0, ["OK cwd=/etc MXC_TEST_FOO=bar baz MXC_TEST_EQ=a=b=c"], [],
+     []),
+    ("v07-capabilities", _v07_capabilities, 0, ["MXC_WORKLOAD_RAN"], [],
+     ["requests no firewall", "network.enforcementMode"]),
+    ("v07-firewall-inbound-deny", _v07_firewall, 0, ["inbound-default-deny-ok"],
+     ["not enforced"], []),
+    ("own-exit-status", _own_status, 7, ["partial"], ["backend_error"], []),
+    ("permissive-07-refused", _permissive_07, 255, [], ["this-should-never-run"],
+     ["network.allowLocalNetwork", "backend_error"]),
+    ("permissive-08-refused", _permissive_08, 255, [], ["this-should-never-run"],
+     ["network.ingress.default", "backend_error"]),
+    ("proxy-credentials-refused", _credentials, 1, [],
+     ["THIS_MUST_NEVER_RUN", "hunter2", "alice"], ["credentials", "10.0.3.1:3128"]),
+    ("invalid-cidr-refused", _invalid_cidr, 1, [], ["THIS_MUST_NEVER_RUN"],
+     ["network.egress.allow[0].to[0].cidr"]),
+]
+
+
+@pytest.mark.parametrize("sid,make,code,out_has,never,err_has", SCENARIOS,
+                         ids=[s[0] for s in SCENARIOS])
+def test_mxc_scenario_through_lxcbind_exec(sid, make, code, out_has, never, err_has, tmp_path,
+                                           nothing_left_behind):
+    t = fs_tree(tmp_path)
+    policy = {**doc("", nothing_left_behind, version=None), **make(t)}
+    r = lxc_exec(policy, tmp_path, env={"I14_HOST_ONLY": "leak"})
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == code, (out, err)
+    for text in out_has:
+        assert text in out, (text, out, err)
+    for text in never:
+        assert text not in out and text not in err, (text, out, err)
+    for text in err_has:
+        assert text in err, (text, err)
+    if code == 255:   # mxc's envelope: the last stderr line, one JSON object
+        envelope = json.loads(err.strip().splitlines()[-1])
+        assert envelope["error"]["code"] == "backend_error" and envelope["error"]["message"]
+    if sid == "filesystem-ro-rw":
+        assert (t["rw"] / "output.txt").read_text() == "write test\n"
+        assert not (t["ro"] / "new").exists()
+    if sid == "most-specific":
+        assert (t["msp"] / "secret_child" / "written.txt").read_text() == "w\n"
+
+
+def test_timeout_is_a_runner_error_saying_timed_out(tmp_path, nothing_left_behind):
+    import time
+
+    policy = doc("echo 'Starting long task'; sleep 120; echo 'Should not reach here'",
+                 nothing_left_behind, version="0.6.0-alpha")
+    policy["process"]["timeout"] = 2000
+    started = time.monotonic()
+    r = lxc_exec(policy, tmp_path)
+    assert time.monotonic() - started < 60
+    out, err = r.stdout.decode(), r.stderr.decode()
+    assert r.returncode == 255 and "timed out" in err
+    assert "Starting long task" in out and "Should not reach here" not in out
+    assert "timed out" in json.loads(err.strip().splitlines()[-1])["error"]["message"]
+
+
+def test_preserve_policy_then_delete_by_name(tmp_path, nothing_left_behind):
+    """mxc's preserve-policy shape keeps the container and its rules; ``--delete
+    --containername`` removes the container, and with it the table lxcbind kept."""
+    from lxcbind import list_containers, network
+    from lxcbind.nft import Nft
+    from tests.conftest import destroy_quietly
+
+    policy = doc("sh -c \"echo MXC_PRESERVE_RAN\"", nothing_left_behind, version="0.7.0-alpha",
+                 lifecycle={"destroyOnExit": False, "preservePolicy": True},
+                 network={"defaultPolicy": "block", "enforcementMode": "firewall",
+                          "allowedHosts": [], "blockedHosts": []})
+    name = policy["containerId"]
+    try:
+        r = lxc_exec(policy, tmp_path)
+        assert r.returncode == 0 and b"MXC_PRESERVE_RAN" in r.stdout, r.stderr
+        assert name in list_containers()
+        with Nft() as nft:
+            assert nft.table_exists("inet", network.table_name(name))
+        d = lxc_exec(None, tmp_path, "--delete", "--containername", name)
+        assert d.returncode == 0, d.stderr
+        assert name not in list_containers()
+        with Nft() as nft:
+            assert not nft.table_exists("inet", network.table_name(name))
+    finally:
+        destroy_quietly(name)
+        with Nft() as nft:
+            from lxcbind import netrules
+            nft.apply(netrules.teardown_script(network.table_name(name)))
+
+
+def test_command_line_contract(tmp_path, nothing_left_behind):
+    hello = doc("echo from-$SOURCE", nothing_left_behind, version="0.8.0")
+    b64 = __import__("base64").b64encode(json.dumps(
+        {**hello, "process": {"commandLine": "echo from-base64"}}).encode()).decode()
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**hello, "process": {"commandLine": "echo from-config"}}))
+    # precedence: --config-base64 > --config > positional
+    r = lxc_exec(hello, tmp_path, "--config-base64", b64, "--config", str(cfg))
+    assert (r.returncode, r.stdout) == (0, b"from-base64\n"), r.stderr
+    r = lxc_exec(hello, tmp_path, "--config", str(cfg), "--experimental",
+                 "--allow-testing-features")
+    assert (r.returncode, r.stdout) == (0, b"from-config\n"), r.stderr
+    # --dry-run validates and runs nothing
+    r = lxc_exec(hello, tmp_path, "--dry-run")
+    assert r.returncode == 0 and r.stdout == b"Dry run completed. Result: validation passed\n"
+    # --log-file appends the progress lines; --debug shows them on stderr, never on stdout
+    log = tmp_path / "log.txt"
+    r = lxc_exec(hello, tmp_path, "--debug", "--log-file", str(log))
+    assert r.returncode == 0 and r.stdout == b"from-\n"
+    assert b"starting" in r.stderr and "starting" in log.read_text()
+    # usage and policy errors: 1, one line, no traceback, no envelope
+    for args, policy, needle in [((), None, "no config"), (("--bogus",), hello, "--bogus"),
+                                 (("--delete",), None, "--containername"),
+                                 (("/nonexistent/p.json",), None, "not found"),
+                                 ((), {**hello, "extra": 1}, "extra")]:
+        r = lxc_exec(policy, tmp_path, *args)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (args, err)
+        assert needle in err and "Traceback" not in err and "backend_error" not in err
+    # a sandbox failure: 255 and the envelope
+    broken = {**hello, "lxc": {"rootfs": f"dir:{tmp_path}/missing"}}
+    r = lxc_exec(broken, tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 255 and "Traceback" not in err
+    assert json.loads(err.strip().splitlines()[-1])["error"]["code"] == "backend_error"
+
+
+def test_lxcbind_exec_is_a_console_script():
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["lxcbind-exec"] == "lxcbind.cli:exec_entry"
+    from lxcbind.cli import exec_entry   # noqa: F401  (the target exists)
