@@ -56,6 +56,37 @@ def result(r: subprocess.CompletedProcess) -> dict:
     return out
 
 
+# mxc scenarios whose real-packet or end-to-end check lives in another file (not repeated
+# here); ``test_already_covered_scenarios_exist`` keeps this map from going stale.
+ALREADY_COVERED = {
+    "0.7 capabilities (open egress, open inbound)":
+        "test_network.py::test_matrix_07_without_enforcement_mode_is_open",
+    "0.7 firewall and DNS exemption": "test_network.py::test_matrix_07_firewall_block_allows_only_dns",
+    "0.7 firewall allow + blocked host": "test_network.py::test_matrix_07_firewall_allow_with_blocked_host",
+    "0.8 egress allow": "test_network.py::test_allow_by_cidr_reachable_everything_else_refused",
+    "0.8 egress deny rule": "test_network.py::test_matrix_08_default_allow_plus_deny",
+    "0.8 egress ports": "test_network.py::test_ports_and_ranges_tcp_and_udp",
+    "0.8 egress except": "test_network.py::test_except_holes",
+    "0.8 egress DNS allowed/denied": "test_network.py::test_dns_allowed_vs_denied_resolver",
+    "deny precedence": "test_network.py::test_deny_wins_over_overlapping_allow_including_everything",
+    "0.8 no network block": "test_network.py::test_matrix_08_no_network_block_has_no_device",
+    "inbound default deny (0.8)": "test_network.py::test_ingress_unreachable_even_after_the_workload_flushes_nft",
+    "proxy by address": "test_network.py::test_proxy_mode_only_the_proxy",
+    "preserve policy + gc": "test_network.py::test_preserve_policy_keeps_the_table",
+    "env replace": "test_cli.py::test_env_has_replace_semantics_and_cwd_applies",
+    "timeout through run (124)": "test_cli.py::test_timeout_from_policy_and_flag_gives_124_and_kills_children",
+}
+
+
+def test_already_covered_scenarios_exist():
+    import ast
+
+    for where in ALREADY_COVERED.values():
+        file, func = where.split("::")
+        tree = ast.parse((ROOT / "tests" / "integration" / file).read_text())
+        assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, where
+
+
 # -- loopback ----------------------------------------------------------------------------------
 
 LOOPBACK = r'''
@@ -526,3 +557,38 @@ def test_lxcbind_exec_is_a_console_script():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["lxcbind-exec"] == "lxcbind.cli:exec_entry"
     from lxcbind.cli import exec_entry   # noqa: F401  (the target exists)
+
+
+def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
+                                                             nothing_left_behind):
+    """mxc's lxc_inbound_default_deny shape (0.7, firewall, defaultPolicy allow): egress
+    open, a server in the container unreachable from another host."""
+    from tests.integration.test_network import _wait_file, _wait_lease, spawn
+
+    a = remote.addr(2)
+    remote.serve([("tcp", a, 80)])
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    server = ("import socket,time; s=socket.socket(); s.bind(('0.0.0.0',7000)); s.listen(8); "
+              "time.sleep(30)")
+    out_check = (f"import socket; socket.create_connection(({a!r},80),timeout=2).close(); "
+                 "print('egress-ok')")
+    policy = doc(f"python3 -c {shlex.quote(out_check)}; python3 -c {shlex.quote(server)} & "
+                 f"sleep 0.5; touch {ready}; while [ ! -e {go} ]; do sleep 0.05; done",
+                 nothing_left_behind, version="0.7.0-alpha",
+                 network={"defaultPolicy": "allow", "enforcementMode": "firewall"},
+                 filesystem={"readwritePaths": [str(tmp_path)]})
+    proc = spawn(policy)
+    try:
+        address = _wait_lease(policy["containerId"], proc)
+        _wait_file(ready, proc)
+        assert not remote.connect(address, 7000)
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    res = json.loads(out)
+    assert res["exit_code"] == 0 and "egress-ok" in res["stdout"], err
+    assert res["network_enforced"] is True
