@@ -592,3 +592,15 @@ def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
     res = json.loads(out)
     assert res["exit_code"] == 0 and "egress-ok" in res["stdout"], err
     assert res["network_enforced"] is True
+
+
+def test_dry_run_plan_says_capabilities_mode_is_runnable_and_not_enforced(tmp_path):
+    policy = {"version": "0.7.0", "process": {"commandLine": "true"},
+              "network": {"defaultPolicy": "block", "allowedHosts": ["198.18.0.1"]}}
+    r = run(policy, "--dry-run", "--json")
+    plan = json.loads(r.stdout)["plan"]
+    assert r.returncode == 0 and plan["runnable"] is True
+    assert plan["networkEnforced"] is False and "enforcementMode" in plan["networkNotice"]
+    policy["network"]["enforcementMode"] = "firewall"
+    plan = json.loads(run(policy, "--dry-run", "--json").stdout)["plan"]
+    assert plan["networkEnforced"] is True and plan["networkNotice"] is None
