@@ -781,6 +781,13 @@ class ContainerNetwork:
             self.lease = None
 
 
+def has_table(container: str) -> bool:
+    """Whether this installation has an nft table for ``container`` (a preserved one, or one
+    a dead runner left)."""
+    with _nft() as nft:
+        return nft.table_exists("inet", table_name(container))
+
+
 def teardown_orphan(container: str) -> None:
     """Network state of a run whose runner died (``lxcbind gc``): table, veth, lease.  The
     container must be stopped or gone."""

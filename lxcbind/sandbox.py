@@ -409,10 +409,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
             if existed:
                 log(f"destroying container {name!r}")
                 rootfs.remove_container(c)
-        leftover = name in network.leases()
-        if not leftover:
-            with network._nft() as nft:
-                leftover = nft.table_exists("inet", network.table_name(name))
+        leftover = name in network.leases() or network.has_table(name)
         if leftover:
             log(f"removing the network state left for {name!r}")
             network.teardown_orphan(name)
