@@ -604,3 +604,55 @@ def test_dry_run_plan_says_capabilities_mode_is_runnable_and_not_enforced(tmp_pa
     policy["network"]["enforcementMode"] = "firewall"
     plan = json.loads(run(policy, "--dry-run", "--json").stdout)["plan"]
     assert plan["networkEnforced"] is True and plan["networkNotice"] is None
+
+
+# -- attack: a kept container's root plants symlinks for the host's /etc writes --------------
+
+@pytest.mark.parametrize("plant", ["tmp-symlink", "etc-symlink", "fifo-hosts"])
+def test_reused_container_cannot_make_the_host_write_or_block_through_its_etc(
+        plant, tmp_path, nothing_left_behind):
+    """A kept container's root leaves traps in its /etc for the next run's writes of
+    /etc/resolv.conf and /etc/hosts (pin removal): a symlink at the temporary name, /etc
+    itself replaced by a symlink to a host directory, a FIFO as /etc/hosts.  The host files
+    the symlinks name stay unchanged (content and mode); the next run neither writes through
+    them nor blocks."""
+    import stat as st
+    from tests.conftest import destroy_quietly
+
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir()
+    victims = {n: victim_dir / n for n in ("hosts", "resolv.conf", "resolv.conf.lxcbind-tmp",
+                                           "hosts.lxcbind-tmp")}
+    for n, p in victims.items():
+        p.write_text(f"198.18.0.9 x.test #mxc-proxy-pin\nHOST-{n}\n")
+        p.chmod(0o600)
+    before = {n: (p.read_text(), st.S_IMODE(p.stat().st_mode)) for n, p in victims.items()}
+    traps = {
+        "tmp-symlink": (f"echo '198.18.0.9 y.test #mxc-proxy-pin' >> /etc/hosts && "
+                        f"ln -s {victims['resolv.conf']} /etc/resolv.conf.lxcbind-tmp && "
+                        f"ln -s {victims['hosts']} /etc/hosts.lxcbind-tmp"),
+        # busybox root: its /etc has no bind mounts, so root can replace it
+        "etc-symlink": f"rm -rf /etc && ln -s {victim_dir} /etc",
+        "fifo-hosts": "rm -f /etc/hosts && mkfifo /etc/hosts",
+    }
+    keep = doc(traps[plant], nothing_left_behind, lifecycle={"destroyOnExit": False})
+    if plant == "etc-symlink":
+        keep["lxc"] = {"rootfs": "busybox"}
+    name = keep["containerId"]
+    try:
+        r = run(keep, "--json")
+        assert r.returncode == 0, r.stderr + r.stdout
+        upper_etc = Path(f"/var/lib/lxc/{name}/delta0/etc")
+        if plant == "etc-symlink":   # the trap is really in place
+            assert upper_etc.is_symlink()
+        again = dict(keep, process={"commandLine": "echo reused"},
+                     lifecycle={"destroyOnExit": True})
+        r = run(again, "--json", timeout=60)    # never blocks on the FIFO
+        out = json.loads(r.stdout)
+        # either it runs, or it refuses naming /etc; never a traceback
+        assert out.get("stdout") == "reused\n" or "/etc" in out["error"]["message"], out
+        after = {n: (p.read_text(), st.S_IMODE(p.stat().st_mode)) for n, p in victims.items()}
+        assert after == before
+        assert sorted(os.listdir(victim_dir)) == sorted(victims)
+    finally:
+        destroy_quietly(name)
