@@ -109,16 +109,18 @@ _MLD_REPORTS = "{ mld-listener-report, mld-listener-done, mld2-listener-report }
 
 
 def table_name(container_name: str, installation: str = "") -> str:
-    """The nftables table name for a container: ``lxcbind_`` + (``<installation>_``) + 16
-    base32 characters of SHA-256(name) (80 bits).  Stable across runs, never truncated from the
-    name itself, so two containers cannot share (and tear down) one table.  ``installation``
-    (``network.installation_id()``) keeps the tables of two lxcbind state directories on one
-    host apart, so one's ``gc`` never takes the other's live tables for leftovers."""
+    """The nftables table name for a container: ``lxcbind_`` + 16 base32 characters of
+    SHA-256(name) (80 bits), or with an ``installation`` id ``lxcbind<installation>_`` + the
+    same.  Stable across runs, never truncated from the name itself, so two containers cannot
+    share (and tear down) one table.  ``installation`` (``network.installation_id()``) keeps
+    the tables of two lxcbind state directories on one host apart, so one's ``gc`` never takes
+    the other's live tables for leftovers; the tagged names also do not start with
+    ``lxcbind_``, which older lxcbind versions' ``gc`` deleted wholesale."""
     if installation and not re.fullmatch(r"[a-z0-9]{1,16}", installation):
         raise ValueError(f"invalid installation id {installation!r}")
     digest = hashlib.sha256(container_name.encode("utf-8", "surrogateescape")).digest()
-    tag = f"{installation}_" if installation else ""
-    return TABLE_PREFIX + tag + base64.b32encode(digest).decode("ascii").lower()[:16]
+    prefix = f"lxcbind{installation}_" if installation else TABLE_PREFIX
+    return prefix + base64.b32encode(digest).decode("ascii").lower()[:16]
 
 
 def teardown_script(table: str) -> str:

@@ -863,9 +863,9 @@ def prune_tables(log: Any = lambda message: None) -> list[str]:
     lease under that lock before its table exists, and drops it only after the table is gone,
     so a live run's table is never taken for a leftover.  Another installation's tables (another
     ``LXCBIND_STATE_DIR``) carry another tag and are never touched."""
-    from .netrules import TABLE_PREFIX, teardown_script
+    from .netrules import teardown_script
 
-    prefix = f"{TABLE_PREFIX}{installation_id()}_"
+    prefix = table_name("")[:-16]   # "lxcbind<installation>_"
     removed: list[str] = []
     with _NetLock():
         owned = {table_name(name) for name in _load_state()["leases"]}
