@@ -409,6 +409,8 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
             if existed:
                 log(f"destroying container {name!r}")
                 rootfs.remove_container(c)
+        if not os.path.isdir(os.path.join(lxcpath, name)):
+            idmap.release(name, lxcpath)   # its user-namespace id range, if it had one
         leftover = name in network.leases() or network.has_table(name)
         if leftover:
             log(f"removing the network state left for {name!r}")
