@@ -13,7 +13,8 @@ bypass the inet hooks unless ``br_netfilter`` is loaded.  Routed veths need neit
 ``br_netfilter`` nor port isolation: two containers share no layer-2 segment at all, so
 container-to-container traffic is routed through the host and filtered by both tables.
 
-The *anchor* (``ANCHOR``, default ``lxcbind0``, env ``LXCBIND_BRIDGE``) is a bridge with no
+The *anchor* (``ANCHOR``, default ``lxcbind0``, ``lxcb<installation id>0`` for another
+``LXCBIND_STATE_DIR``, env ``LXCBIND_BRIDGE``) is a bridge with no
 ports (a ``bridge`` because it is always built into kernels that run LXC; ``dummy`` often is
 not), holding the gateway address (first address of the pool, e.g. 10.213.0.1/16): the host answers
 the containers' ARP for it, delivers packets to it locally (input hook, where the container's
@@ -63,7 +64,24 @@ from . import cleanup
 from .errors import LxcbindError, SandboxError
 from .policy import EffectiveNetwork, EgressRule
 
-ANCHOR = os.environ.get("LXCBIND_BRIDGE", "lxcbind0")
+def installation_id() -> str:
+    """6 base32 characters of SHA-256 of the state directory's real path: the tag in this
+    installation's table names (another ``LXCBIND_STATE_DIR`` on the host has another one)."""
+    path = os.path.realpath(cleanup.STATE_DIR)
+    digest = hashlib.sha256(os.fsencode(path)).digest()
+    return base64.b32encode(digest).decode().lower()[:6]
+
+
+def _default_anchor() -> str:
+    # Another state directory is another installation: its own anchor (and so its own pool
+    # and NAT table), never the one whose leases it cannot see (it would delete it as stale).
+    if os.path.realpath(cleanup.STATE_DIR) == os.path.realpath(DEFAULT_STATE_DIR):
+        return "lxcbind0"
+    return f"lxcb{installation_id()}0"
+
+
+DEFAULT_STATE_DIR = "/var/lib/lxcbind"
+ANCHOR = os.environ.get("LXCBIND_BRIDGE") or _default_anchor()
 VETH_PREFIX = "lxcb"
 POOL_CANDIDATES = ("10.213.0.0/16", "10.214.0.0/16", "10.215.0.0/16", "172.29.0.0/16",
                    "192.168.213.0/24")
@@ -230,7 +248,9 @@ def host_routes_v4(exclude_devices: Sequence[str] = ()) -> list[tuple[ipaddress.
                 dev = socket.if_indextoname(oif) if oif else ""
             except OSError:
                 dev = ""
-            if dev in exclude_devices or dev.startswith(VETH_PREFIX):
+            # A veth's /32 lies inside its anchor's pool; another installation's anchor
+            # ("lxcbind0", "lxcb<id>0": shorter than a veth name) is a real clash.
+            if dev in exclude_devices or (dev.startswith(VETH_PREFIX) and len(dev) == 15):
                 continue
             out.append((ipaddress.IPv4Network((dst, dst_len), strict=False), dev))
     return out
@@ -704,14 +724,6 @@ def _nft() -> Any:
     except Exception as exc:  # ImportError (no libnftables in the module), NftError, OSError
         raise SandboxError(f"network: nftables is unavailable ({exc}); the network policy "
                            "cannot be enforced, so the run is refused") from None
-
-
-def installation_id() -> str:
-    """6 base32 characters of SHA-256 of the state directory's real path: the tag in this
-    installation's table names (another ``LXCBIND_STATE_DIR`` on the host has another one)."""
-    path = os.path.realpath(cleanup.STATE_DIR)
-    digest = hashlib.sha256(os.fsencode(path)).digest()
-    return base64.b32encode(digest).decode().lower()[:6]
 
 
 def table_name(container: str) -> str:

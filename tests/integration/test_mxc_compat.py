@@ -87,6 +87,18 @@ def test_already_covered_scenarios_exist():
         assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, where
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """End a spawned run that is still going through its SIGTERM path (it cleans up), so a
+    failing assertion does not also leave its container and network state behind."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 # -- loopback ----------------------------------------------------------------------------------
 
 LOOPBACK = r'''
@@ -250,6 +262,47 @@ def test_gc_of_another_state_dir_never_touches_this_installations_tables(
         live.teardown()
         with Nft() as nft:
             nft.apply(netrules.teardown_script(theirs))
+
+
+def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
+                                                             nothing_left_behind):
+    """A second installation (another LXCBIND_STATE_DIR) has its own anchor, pool and NAT
+    table: its runs neither delete this installation's anchor (whose leases it cannot see)
+    nor its live table, and this installation's container keeps its network throughout."""
+    from lxcbind import network
+    from lxcbind.nft import Nft
+    from tests.integration.test_network import _wait_file, _wait_lease, spawn
+
+    a = remote.addr(2)
+    remote.serve([("tcp", a, 80)], ttl=60)
+    step, go = tmp_path / "step", tmp_path / "go"
+    reach = (f"import socket; socket.create_connection(({a!r},80),timeout=2).close(); "
+             "print('reached')")
+    ours = doc(f"python3 -c {shlex.quote(reach)}; touch {step}; "
+               f"while [ ! -e {go} ]; do sleep 0.05; done; python3 -c {shlex.quote(reach)}",
+               nothing_left_behind, network={"egress": {"default": "allow"}},
+               filesystem={"readwritePaths": [str(tmp_path)]})
+    other_dir = tmp_path / "other-state"
+    other = {"LXCBIND_STATE_DIR": str(other_dir)}
+    proc = spawn(ours)
+    try:
+        _wait_lease(ours["containerId"], proc)
+        _wait_file(step, proc)
+        for _ in range(2):   # the other's first run creates its anchor, its last deletes it
+            theirs = doc(f"python3 -c {shlex.quote(reach)}", [],
+                         network={"egress": {"default": "allow"}})
+            r = run(theirs, "--json", env=other)
+            assert result(r)["stdout"] == "reached\n", r.stderr
+        assert network.link_exists(network.ANCHOR)
+        with Nft() as nft:
+            assert nft.table_exists("inet", network.table_name(ours["containerId"]))
+        go.touch()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        go.touch()
+        stop(proc)
+    res = json.loads(out)
+    assert res["exit_code"] == 0 and res["stdout"] == "reached\nreached\n", err
 
 
 def test_preserved_table_does_not_match_the_address_the_next_container_gets(
@@ -586,9 +639,7 @@ def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
         out, err = proc.communicate(timeout=60)
     finally:
         go.touch()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
     res = json.loads(out)
     assert res["exit_code"] == 0 and "egress-ok" in res["stdout"], err
     assert res["network_enforced"] is True

@@ -462,8 +462,8 @@ def test_matrix_07_without_enforcement_mode_is_open(remote, tmp_path, nothing_le
     finally:
         go.touch()
         if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+            proc.terminate()   # its SIGTERM path cleans up
+            proc.communicate(timeout=60)
     result = json.loads(out)
     assert result["exit_code"] == 0, err
     assert json.loads(result["stdout"].splitlines()[0]) == ["ok", "ok"]
