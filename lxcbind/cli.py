@@ -283,6 +283,7 @@ def _exec_logging(args: argparse.Namespace) -> None:
 
 
 def _exec_delete(args: argparse.Namespace) -> int:
+    from .errors import LxcbindError
     from .policy import _CONTAINER_ID
     from .sandbox import delete_container
 
@@ -291,7 +292,11 @@ def _exec_delete(args: argparse.Namespace) -> int:
         raise _UsageError("--containername is required with --delete")
     if not _CONTAINER_ID.fullmatch(name):
         raise _UsageError(f"--containername: invalid container name {name!r}")
-    existed = delete_container(name, log=lambda m: log.info("%s", m))
+    try:
+        existed = delete_container(name, log=lambda m: log.info("%s", m))
+    except (LxcbindError, OSError) as exc:   # as lxc-exec --delete: 1 when it failed
+        sys.stderr.write(f"lxcbind-exec: --delete {name}: {exc}\n")
+        return EXEC_PARSE
     log.info("%s", f"deleted {name!r}" if existed else f"no container {name!r}")
     return 0
 
