@@ -61,20 +61,25 @@ def result(r: subprocess.CompletedProcess) -> dict:
 ALREADY_COVERED = {
     "0.7 capabilities (open egress, open inbound)":
         "test_network.py::test_matrix_07_without_enforcement_mode_is_open",
-    "0.7 firewall and DNS exemption": "test_network.py::test_matrix_07_firewall_block_allows_only_dns",
-    "0.7 firewall allow + blocked host": "test_network.py::test_matrix_07_firewall_allow_with_blocked_host",
+    "0.7 firewall and DNS exemption":
+        "test_network.py::test_matrix_07_firewall_block_allows_only_dns",
+    "0.7 firewall allow + blocked host":
+        "test_network.py::test_matrix_07_firewall_allow_with_blocked_host",
     "0.8 egress allow": "test_network.py::test_allow_by_cidr_reachable_everything_else_refused",
     "0.8 egress deny rule": "test_network.py::test_matrix_08_default_allow_plus_deny",
     "0.8 egress ports": "test_network.py::test_ports_and_ranges_tcp_and_udp",
     "0.8 egress except": "test_network.py::test_except_holes",
     "0.8 egress DNS allowed/denied": "test_network.py::test_dns_allowed_vs_denied_resolver",
-    "deny precedence": "test_network.py::test_deny_wins_over_overlapping_allow_including_everything",
+    "deny precedence":
+        "test_network.py::test_deny_wins_over_overlapping_allow_including_everything",
     "0.8 no network block": "test_network.py::test_matrix_08_no_network_block_has_no_device",
-    "inbound default deny (0.8)": "test_network.py::test_ingress_unreachable_even_after_the_workload_flushes_nft",
+    "inbound default deny (0.8)":
+        "test_network.py::test_ingress_unreachable_even_after_the_workload_flushes_nft",
     "proxy by address": "test_network.py::test_proxy_mode_only_the_proxy",
     "preserve policy + gc": "test_network.py::test_preserve_policy_keeps_the_table",
     "env replace": "test_cli.py::test_env_has_replace_semantics_and_cwd_applies",
-    "timeout through run (124)": "test_cli.py::test_timeout_from_policy_and_flag_gives_124_and_kills_children",
+    "timeout through run (124)":
+        "test_cli.py::test_timeout_from_policy_and_flag_gives_124_and_kills_children",
 }
 
 
@@ -144,8 +149,8 @@ def run_with_hosts(policy: dict, hosts_line: str, tmp_path: Path) -> subprocess.
     the proxy's name resolves on the "host" without touching the machine's /etc/hosts."""
     hosts = tmp_path / "hosts"
     hosts.write_text(Path("/etc/hosts").read_text() + hosts_line + "\n")
-    script = (f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && exec {shlex.quote(sys.executable)}"
-              " -m lxcbind run --json -")
+    script = (f"mount --bind {shlex.quote(str(hosts))} /etc/hosts && "
+              f"exec {shlex.quote(sys.executable)} -m lxcbind run --json -")
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           input=json.dumps(policy).encode(), capture_output=True, timeout=90,
                           cwd=ROOT)
@@ -430,7 +435,8 @@ def _env_cwd(t):
                         "[ \"${MXC_TEST_FOO:-}\" = 'bar baz' ] || exit 12; "
                         "[ \"${MXC_TEST_EQ:-}\" = 'a=b=c' ] || exit 13; "
                         "[ -z \"${I14_HOST_ONLY:-}\" ] || exit 14; "   # replace semantics
-                        "echo \"OK cwd=$(pwd) MXC_TEST_FOO=$MXC_TEST_FOO MXC_TEST_EQ=$MXC_TEST_EQ\"",
+                        "echo \"OK cwd=$(pwd) MXC_TEST_FOO=$MXC_TEST_FOO "
+                        "MXC_TEST_EQ=$MXC_TEST_EQ\"",
                         "cwd": "/etc", "env": ["MXC_TEST_FOO=bar baz", "MXC_TEST_EQ=a=b=c"]}}
 
 
