@@ -713,3 +713,30 @@ def test_reused_container_cannot_make_the_host_write_or_block_through_its_etc(
         assert sorted(os.listdir(victim_dir)) == sorted(victims)
     finally:
         destroy_quietly(name)
+
+
+def test_sigterm_to_lxcbind_exec_cleans_up_and_exits_143(tmp_path, nothing_left_behind):
+    import signal
+
+    from lxcbind import list_containers
+    from tests.integration.test_network import _wait_file
+
+    ready = tmp_path / "ready"
+    policy = doc(f"touch {ready}; sleep 60", nothing_left_behind,
+                 network={"egress": {"default": "allow"}},
+                 filesystem={"readwritePaths": [str(tmp_path)]})
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(policy))
+    proc = subprocess.Popen([sys.executable, "-c",
+                             "from lxcbind.cli import exec_entry; exec_entry()", str(path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    try:
+        _wait_file(ready, proc)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        stop(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert b"Traceback" not in err
+    assert policy["containerId"] not in list_containers()
