@@ -7,7 +7,8 @@ above the ranges ``useradd`` hands out), recorded in ``<STATE_DIR>/idmap/ranges.
 changed only under its lock.  A slot is held while its container's directory exists (a kept
 container keeps its range) or while the runner that took it is alive; everything else is free
 and is reaped lazily by the next ``acquire`` (and by ``lxcbind gc``), so a SIGKILLed runner
-cannot leak a range.
+cannot leak a range.  The pool is host-wide (``/var/lib/lxcbind/idmap`` whatever
+``LXCBIND_STATE_DIR`` says): ids are a host resource, shared by every installation.
 
 The host is prepared idempotently on first use: ``/etc/subuid`` and ``/etc/subgid`` get a
 ``root:FIRST_ID:SLOTS*RANGE`` line (liblxc goes through ``newuidmap`` when it is installed,
@@ -36,7 +37,9 @@ from .errors import SandboxError
 FIRST_ID = 1 << 30          # 1,073,741,824
 RANGE = 65536
 SLOTS = 4096                # up to FIRST_ID + 2**28: well below 2**32 - 1
-_DIR = state.STATE_DIR / "idmap"
+# Host uids are a host-wide resource: every installation (every LXCBIND_STATE_DIR) shares one
+# pool, so two of them never hand out the same range.
+_DIR = Path("/var/lib/lxcbind/idmap")
 _SUBID_FILES = ("/etc/subuid", "/etc/subgid")
 
 

@@ -48,7 +48,8 @@ def test_baseline_environment_is_documented_set():
 
     assert set(baseline_env()) == {"PATH", "HOME", "TERM", "container"}
     assert baseline_env()["HOME"] == "/root"
-    assert baseline_env(1000)["HOME"] == "/"
+    assert baseline_env(1000)["HOME"] == "/home/sandbox"  # the host rootfs's sandbox user
+    assert baseline_env(1001)["HOME"] == "/"
 
 
 def test_build_attach_never_hands_fd_0_to_liblxc_and_starts_from_defaults():
