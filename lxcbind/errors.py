@@ -12,6 +12,11 @@
     └── CommandTimeout (subprocess.TimeoutExpired) with the partial result
 
 Nothing in lxcbind reports failure by returning False.
+
+Every exception survives ``pickle`` (results and errors cross process boundaries: Ray, Dask,
+multiprocessing).  The default ``BaseException.__reduce__`` calls ``cls(*self.args)``, and for
+the ``OSError`` subclasses ``args`` is ``(errno, strerror)``, not what ``__init__`` takes, so the
+classes whose constructor differs from ``args`` say how to rebuild themselves (``_Rebuilt``).
 """
 
 from __future__ import annotations
@@ -26,10 +31,20 @@ class LxcbindError(Exception):
     """Superclass of every lxcbind exception.  Never raised directly."""
 
 
-class PolicyError(LxcbindError, ValueError):
+class _Rebuilt:
+    """Pickle as ``cls(*self._init_args)`` plus the instance's attributes."""
+
+    _init_args: tuple[Any, ...] = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self._init_args, dict(self.__dict__))
+
+
+class PolicyError(_Rebuilt, LxcbindError, ValueError):
     """A policy is invalid.  ``path`` is the JSON path of the offending field."""
 
     def __init__(self, path: str, message: str) -> None:
+        self._init_args = (path, message)
         self.path = path
         self.message = message
         super().__init__(f"{path}: {message}" if path else message)
@@ -59,7 +74,7 @@ class ShellDied(SessionError):
         self.returncode = returncode
 
 
-class LxcError(LxcbindError, OSError):
+class LxcError(_Rebuilt, LxcbindError, OSError):
     """A liblxc call failed.
 
     ``errno`` is the best errno known (liblxc rarely sets one; ``EIO`` then), ``operation`` the
@@ -69,6 +84,7 @@ class LxcError(LxcbindError, OSError):
 
     def __init__(self, operation: str, container: str, err: int | None = None,
                  detail: str = "", log_tail: str = "") -> None:
+        self._init_args = (operation, container, err, detail, log_tail)
         code = err if err else _errno.EIO
         text = f"{operation} failed for container {container!r}"
         if detail:
@@ -86,21 +102,23 @@ class LxcError(LxcbindError, OSError):
         return str(self.strerror)
 
 
-class ExecError(LxcbindError, OSError):
+class ExecError(_Rebuilt, LxcbindError, OSError):
     """The command never ran: its cwd, controlling terminal or program could not be set up.
 
     ``stage`` is ``"chdir"``, ``"ctty"`` or ``"exec"``; ``filename`` is the cwd or program.
     """
 
     def __init__(self, stage: str, err: int, filename: str) -> None:
+        self._init_args = (stage, err, filename)
         super().__init__(err, f"{stage}: {os.strerror(err)}", filename)
         self.stage = stage
 
 
-class CommandTimeout(LxcbindError, subprocess.TimeoutExpired):
+class CommandTimeout(_Rebuilt, LxcbindError, subprocess.TimeoutExpired):
     """Raised by ``check=True`` runs that timed out; ``result`` holds what was captured."""
 
     def __init__(self, result: Any) -> None:
+        self._init_args = (result,)
         subprocess.TimeoutExpired.__init__(self, result.args, result.timeout or 0.0,
                                            result.stdout, result.stderr)
         self.result = result
