@@ -1,0 +1,208 @@
+"""lxcbind.ray on a real local Ray cluster (head + 2 nodes on loopback) with real containers.
+
+One cluster for the whole module (starting one costs ~8 s).  Every container the pools make is
+named ``lxcbind-test-i13-*`` and each test checks that none is left after ``close``.  Every
+wait on Ray has a deadline, so a hang fails the test instead of CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ..conftest import requires_lxc, requires_root
+
+try:
+    import ray
+    import lxcbind.ray as lray
+except ImportError as exc:  # the optional extra is not installed
+    pytest.skip(f"ray is not importable ({exc}); install the extra: pip install -e '.[ray]'",
+                allow_module_level=True)
+
+from lxcbind import PolicyError, gc, list_containers
+
+pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+PREFIX = "lxcbind-test-i13-"
+POLICY = {"version": "0.8.0", "process": {"commandLine": "true"}}
+DEADLINE = 60.0  # seconds for any one map: generous, only there so nothing can hang
+
+
+def _ours() -> list[str]:
+    return [n for n in list_containers() if n.startswith(PREFIX)]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Ray's workers must import this checkout's lxcbind, not an installed one.
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), old]))
+    c = lray.local_cluster(2, per_node_resource=4, num_cpus=1)
+    try:
+        ray.init(address=c.address, log_to_driver=False)
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture
+def prefix():
+    """A per-test container-name prefix; the test fails if anything with it is left."""
+    p = f"{PREFIX}{uuid.uuid4().hex[:4]}-"
+    yield p
+    left = [n for n in list_containers() if n.startswith(p)]
+    if left:
+        gc()
+    assert not left, f"containers left behind: {left}"
+
+
+@pytest.fixture
+def pool(cluster, prefix):
+    with lray.SessionPool(POLICY, per_node=1, name_prefix=prefix, start_timeout=60) as p:
+        yield p
+
+
+def test_map_keeps_input_order_over_1000_commands_on_both_nodes(pool):
+    results = pool.map([f"echo {i}" for i in range(1000)], deadline=DEADLINE)
+    assert [r.stdout for r in results] == [f"{i}\n".encode() for i in range(1000)]
+    assert [r.index for r in results] == list(range(1000))
+    assert all(r.returncode == 0 and r.attempt == 1 and not r.lost for r in results)
+    assert len({r.node for r in results}) == 2  # both nodes took batches
+    assert pool.stats["batches"] > 4  # batched: neither one call per command nor one call
+
+
+def test_results_are_completed_runs_with_exec_errors(pool):
+    from lxcbind import CompletedRun
+
+    ok, missing, code = pool.map([["echo", "a b"], ["/no/such/program"], "exit 3"],
+                                 deadline=DEADLINE)
+    assert isinstance(ok, CompletedRun) and ok.stdout == b"a b\n"
+    assert missing.returncode == 127 and missing.exec_error is not None
+    assert missing.exec_error.stage == "exec" and missing.exec_error.filename == "/no/such/program"
+    assert code.returncode == 3 and code.exec_error is None
+
+
+def test_streaming_yields_results_before_the_slowest_command_ends(cluster, prefix, tmp_path):
+    # Command 0 waits for a file that the test creates only after it has *received* five
+    # other results: without streaming this deadlocks and the deadline fails the test.
+    gate = tmp_path / "gate"
+    policy = dict(POLICY, filesystem={"readwritePaths": [str(tmp_path)]})
+    commands = [f"while [ ! -e {gate} ]; do sleep 0.02; done; echo slow"]
+    commands += [f"echo {i}" for i in range(1, 20)]
+    seen = []
+    with lray.SessionPool(policy, name_prefix=prefix, start_timeout=60) as p:
+        for run in p.imap_unordered(commands, batch_size=1, deadline=DEADLINE):
+            seen.append(run.index)
+            if len(seen) == 5:
+                assert 0 not in seen
+                gate.touch()
+    assert sorted(seen) == list(range(20))
+
+
+def test_timeouts_come_back_as_results(pool):
+    results = pool.map(["sleep 30", "echo fine"], timeout=0.5, deadline=DEADLINE, batch_size=1)
+    slow, fine = results
+    assert slow.timed_out and slow.returncode == -signal.SIGTERM and slow.timeout == 0.5
+    assert not fine.timed_out and fine.stdout == b"fine\n"
+
+
+def test_policy_error_is_raised_on_the_driver_with_its_path(cluster, prefix):
+    bad = {"version": "0.8.0", "process": {"commandLine": "true", "env": ["NOEQUALS"]}}
+    with pytest.raises(PolicyError) as info:
+        lray.SessionPool(bad, name_prefix=prefix)
+    assert info.value.path == "process.env[0]"
+    assert "NOEQUALS" in str(info.value) or "KEY=VALUE" in str(info.value)
+
+
+def test_each_node_reports_its_own_setup_failure(cluster, prefix, tmp_path):
+    missing = str(tmp_path / "not-on-any-node")
+    policy = dict(POLICY, filesystem={"readonlyPaths": [missing]})
+    with pytest.raises(lray.NodeSetupError) as info:
+        lray.SessionPool(policy, name_prefix=prefix, start_timeout=60)
+    failures = info.value.failures
+    assert len(failures) == 2  # one line per node, each from that node's own setup
+    assert all("filesystem.readonlyPaths" in why and missing in why for why in failures.values())
+
+
+def test_killed_actor_restarts_reaps_its_predecessor_and_every_batch_completes(cluster, prefix):
+    with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=2) as p:
+        victim = p.info[0]
+        commands = [f"sleep 0.01; echo {i}" for i in range(400)]
+        stream = p.imap_unordered(commands, batch_size=20, deadline=DEADLINE)
+        seen = [next(stream)]
+        os.kill(victim["pid"], signal.SIGKILL)  # mid-run: it has batches in flight
+        seen += list(stream)
+        assert sorted(r.index for r in seen) == list(range(400))
+        assert all(r.stdout == f"{r.index}\n".encode() and not r.lost for r in seen)
+        assert p.stats["resubmitted"] >= 1
+        assert any(r.attempt == 2 for r in seen)
+        # The restarted actor reaped the container its SIGKILLed predecessor left.
+        actor = p.actors[0]
+        info = ray.get(actor.ready.remote(), timeout=30)
+        assert info["restarted"] and info["pid"] != victim["pid"]
+        assert victim["container"] in info["reaped"]
+        assert victim["container"] not in list_containers()
+        assert p.map(["echo again"] * 8, deadline=DEADLINE)[0].stdout == b"again\n"
+
+
+def test_without_retries_a_lost_batch_is_reported_not_rerun(cluster, prefix):
+    with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=0) as p:
+        stream = p.imap_unordered(["sleep 0.5; echo x"] * 8, batch_size=1, deadline=DEADLINE)
+        first = next(stream)
+        for info in p.info:
+            os.kill(info["pid"], signal.SIGKILL)
+        rest = [first] + list(stream)
+    lost = [r for r in rest if r.lost]
+    assert sorted(r.index for r in rest) == list(range(8))
+    assert lost and all(r.returncode == 125 and b"batch lost" in r.stderr for r in lost)
+    assert all(r.attempt == 1 for r in rest)
+
+
+def test_lxcbind_gc_removes_what_a_sigkilled_actor_left(cluster, prefix):
+    # No restart: nothing but gc may clean up after it.
+    with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60,
+                          actor_options={"max_restarts": 0}) as p:
+        victim = p.info[0]
+        assert p.run("echo up", deadline=DEADLINE).stdout == b"up\n"
+        os.kill(victim["pid"], signal.SIGKILL)
+        for _ in range(100):  # the pid is reaped by its raylet
+            if not Path(f"/proc/{victim['pid']}").exists():
+                break
+            time.sleep(0.05)
+        assert victim["container"] in list_containers()  # left behind
+        assert victim["container"] in gc()
+        assert victim["container"] not in list_containers()
+
+
+def test_node_killed_mid_batch_every_result_still_arrives(cluster, prefix):
+    node = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1",
+                            resources={lray.RESOURCE: 4})
+    try:
+        with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=2) as p:
+            assert len(p.actors) == 3
+            node_id = node.node_id
+            commands = [f"sleep 0.01; echo {i}" for i in range(300)]
+            stream = p.imap_unordered(commands, batch_size=10, deadline=DEADLINE)
+            seen = [next(stream)]
+            cluster.remove_node(node, allow_graceful=False)
+            node = None
+            seen += list(stream)
+            assert sorted(r.index for r in seen) == list(range(300))
+            assert all(r.stdout == f"{r.index}\n".encode() and not r.lost for r in seen)
+            assert any(r.attempt == 2 for r in seen) and p.stats["resubmitted"] >= 1
+            assert not any(r.node == node_id and r.attempt == 2 for r in seen)
+    finally:
+        if node is not None:
+            cluster.remove_node(node, allow_graceful=False)
+        gc()  # the killed node's actor could not close its session: gc reaps it here

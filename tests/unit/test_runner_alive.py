@@ -1,0 +1,32 @@
+"""Ownership records: a runner is alive only while its process can still act."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from lxcbind.cleanup import OwnershipRecord, _process_start_time
+
+
+def test_a_zombie_runner_counts_as_dead():
+    # A SIGKILLed runner not yet reaped by its parent (Ray restarts an actor before its raylet
+    # reaps the old worker) must not protect what it left from gc.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    try:
+        for _ in range(200):
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        record = OwnershipRecord("c", "/x", pid, 1, "", True)
+        assert _process_start_time(pid) is None
+        assert not record.runner_alive()
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_a_live_runner_counts_as_alive():
+    record = OwnershipRecord.for_this_process("c", "/x", True)
+    assert record.runner_alive()
