@@ -206,3 +206,75 @@ def test_node_killed_mid_batch_every_result_still_arrives(cluster, prefix):
         if node is not None:
             cluster.remove_node(node, allow_graceful=False)
         gc()  # the killed node's actor could not close its session: gc reaps it here
+
+
+# -- the ray.experimental.sandbox backend ---------------------------------------------------
+
+try:
+    import ray.experimental.sandbox as sbx
+except ImportError:
+    sbx = None
+requires_sandbox_api = pytest.mark.skipif(sbx is None, reason="this Ray has no "
+                                          "ray.experimental.sandbox (added in 2.60)")
+
+
+@requires_sandbox_api
+def test_sandbox_backend_create_exec_write_read_status_delete(prefix):
+    from lxcbind.ray.sandbox import LxcbindSandboxRuntime
+
+    rt = LxcbindSandboxRuntime(name_prefix=prefix)
+    box = rt.create(image="host", env={"GREETING": "hi"}, workdir="/work", readonly=False)
+    try:
+        assert box.startswith(prefix) and box in list_containers()
+        assert rt.get_status(box) == sbx.SandboxStatus.RUNNING
+        r = rt.exec(box, "echo $GREETING from $(pwd); echo err >&2; exit 3")
+        assert (r.exit_code, r.stdout, r.stderr) == (3, "hi from /work\n", "err\n")
+        assert rt.exec(box, ["/no/such/program"]).exit_code == 127
+        rt.write_file(box, "/work/sub/a.txt", "line1\n")
+        rt.write_file(box, "/work/sub/a.txt", b"\x00line2\n", append=True)
+        assert rt.read_file(box, "/work/sub/a.txt") == b"line1\n\x00line2\n"
+        with pytest.raises(sbx.SandboxError, match="cannot read"):
+            rt.read_file(box, "/work/missing")
+        with pytest.raises(sbx.SandboxTimeoutError):
+            rt.exec(box, "sleep 30", timeout=0.3)
+        with pytest.raises(sbx.SandboxExecError, match="per-command user"):
+            rt.exec(box, "id", user="1000")
+    finally:
+        rt.delete(box)
+    assert rt.get_status(box) == sbx.SandboxStatus.TERMINATED
+    assert box not in list_containers()
+    with pytest.raises(sbx.SandboxNotFoundError):
+        rt.exec(box, "true")
+
+
+@requires_sandbox_api
+@pytest.mark.parametrize("kwargs, words", [
+    ({"image": "python:3.12"}, "not OCI images"),
+    ({"readonly": True}, "readonly=True"),
+    ({"network": "public", "readonly": False}, "network='public'"),
+    ({"memory": "1Gi", "readonly": False}, "cpu/memory"),
+])
+def test_sandbox_backend_refuses_what_it_cannot_enforce(prefix, kwargs, words):
+    from lxcbind.ray.sandbox import LxcbindSandboxRuntime
+
+    rt = LxcbindSandboxRuntime(name_prefix=prefix)
+    with pytest.raises(sbx.SandboxCreationError, match=words.replace("(", r"\(")):
+        rt.create(**{"image": "host", **kwargs})
+
+
+@requires_sandbox_api
+def test_sandbox_actor_on_the_cluster(cluster, prefix):
+    from lxcbind.ray.sandbox import create
+
+    box = create("host", workdir="/w", name_prefix=prefix)
+    try:
+        name = ray.get(box.get_instance_id.remote(), timeout=60)
+        assert name in list_containers()
+        ray.get(box.write_file.remote("/w/x.sh", "echo from-file"), timeout=30)
+        r = ray.get(box.exec.remote("sh x.sh"), timeout=30)
+        assert (r.exit_code, r.stdout) == (0, "from-file\n")
+        assert ray.get(box.get_status.remote(), timeout=30) == sbx.SandboxStatus.RUNNING
+    finally:
+        ray.get(box.delete.remote(), timeout=30)
+        ray.kill(box)
+    assert name not in list_containers()

@@ -60,10 +60,10 @@ from typing import Any, Iterable, Iterator, Mapping  # noqa: E402
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from .errors import LxcbindError, PolicyError, SandboxError  # noqa: E402
-from .fanout import (Batch, Command, Dispatch, Record, RemoteRun,  # noqa: E402
+from ..errors import LxcbindError, PolicyError, SandboxError  # noqa: E402
+from ..fanout import (Batch, Command, Dispatch, Record, RemoteRun,  # noqa: E402
                      auto_batch_size, make_batches, to_record)
-from .policy import load_policy  # noqa: E402
+from ..policy import load_policy  # noqa: E402
 
 __all__ = ["SessionPool", "NodeSetupError", "RemoteRun", "policy_json", "local_cluster",
            "RESOURCE"]
@@ -112,8 +112,8 @@ class _SessionActor:
     """One Session on one node (a Ray actor; threaded: ``inflight`` batches at once)."""
 
     def __init__(self, policy_text: str, name: str) -> None:
-        from . import sandbox
-        from .session import Session
+        from .. import sandbox
+        from ..session import Session
 
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
