@@ -82,6 +82,28 @@ def test_map_keeps_input_order_over_1000_commands_on_both_nodes(pool):
     assert pool.stats["batches"] > 4  # batched: neither one call per command nor one call
 
 
+def test_per_node_places_that_many_sessions_on_every_node(cluster, prefix):
+    with lray.SessionPool(POLICY, per_node=2, name_prefix=prefix, start_timeout=60) as p:
+        nodes = [info["node"] for info in p.info]
+        assert len(nodes) == 4 and all(nodes.count(n) == 2 for n in nodes)
+        assert len({info["container"] for info in p.info}) == 4
+        # Each command sees its own session's container: four distinct hostnames.
+        names = {r.stdout for r in p.map(["hostname"] * 64, batch_size=1, deadline=DEADLINE)}
+        assert names == {f"{info['container']}\n".encode() for info in p.info}
+
+
+def test_fresh_mode_runs_each_command_in_its_own_container(cluster, prefix):
+    with lray.SessionPool(POLICY, fresh=True, name_prefix=prefix, start_timeout=60) as p:
+        results = p.map(["hostname; touch /tmp/mark; ls /tmp"] * 6 + ["sleep 30"],
+                        timeout=1, deadline=DEADLINE, batch_size=2)
+        with pytest.raises(TypeError, match="fresh mode"):
+            p.map(["true"], tty=True)
+    names = {r.stdout.split()[0] for r in results[:6]}
+    assert len(names) == 6  # six containers
+    assert all(r.stdout.split()[1:] == [b"mark"] for r in results[:6])  # nothing shared
+    assert results[6].timed_out
+
+
 def test_results_are_completed_runs_with_exec_errors(pool):
     from lxcbind import CompletedRun
 
