@@ -197,6 +197,7 @@ class SessionPool:
     ``fresh``: one container per command (set up, run, destroyed: ~25 ms each instead of
     ~0.5 ms) for workloads that must not share a container; run keywords are then ``timeout``,
     ``input``, ``max_output``, ``env`` and ``cwd``.
+    ``nodes``: only these node ids (default: every alive node offering ``resource``).
     ``actor_options``: extra ``.options()`` for the actors (``runtime_env`` ...).
 
     Raises ``PolicyError`` (on the driver, before any actor exists), ``NodeSetupError``, or
@@ -207,6 +208,7 @@ class SessionPool:
                  batch_size: int | None = None, retries: int = 1, resource: str = RESOURCE,
                  start_timeout: float = 120.0, name_prefix: str = "lxcbind-ray-",
                  allow_partial: bool = False, fresh: bool = False,
+                 nodes: Iterable[str] | None = None,
                  actor_options: Mapping[str, Any] | None = None) -> None:
         if per_node < 1 or inflight < 1 or retries < 0:
             raise ValueError("per_node and inflight must be >= 1, retries >= 0")
@@ -219,13 +221,15 @@ class SessionPool:
         self.actors: list[Any] = []
         self.info: list[dict[str, Any]] = []
         self.failures: dict[str, str] = {}
-        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(resource, 0) > 0]
-        if not nodes:
+        wanted = None if nodes is None else set(nodes)
+        alive = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(resource, 0) > 0
+                 and (wanted is None or n["NodeID"] in wanted)]
+        if not alive:
             raise SandboxError(f"no alive Ray node offers the custom resource {resource!r} "
                                f"(start nodes with --resources='{{\"{resource}\": 4}}')")
         remote = ray.remote(_SessionActor)
         try:
-            for node in nodes:
+            for node in alive:
                 for _ in range(per_node):
                     opts = dict(num_cpus=0, resources={resource: 1}, max_restarts=-1,
                                 max_task_retries=0, max_concurrency=inflight + 2,
