@@ -61,8 +61,8 @@ from typing import Any, Iterable, Iterator, Mapping  # noqa: E402
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from ..errors import LxcbindError, PolicyError, SandboxError  # noqa: E402
-from ..fanout import (Batch, Command, Dispatch, Record, RemoteRun,  # noqa: E402
+from ..errors import LxcbindError, SandboxError, SessionError  # noqa: E402
+from ..fanout import (Command, Dispatch, Record, RemoteRun,  # noqa: E402
                      auto_batch_size, make_batches, to_record)
 from ..policy import load_policy  # noqa: E402
 
@@ -281,6 +281,8 @@ class SessionPool:
             extra = set(run_kwargs) - {"timeout", "input", "max_output", "env", "cwd"}
             if extra:
                 raise TypeError(f"not supported in fresh mode: {', '.join(sorted(extra))}")
+        if not self.actors:
+            raise SessionError("the pool is closed (or none of its actors started)")
         items = list(commands)
         size = batch_size or self.batch_size or auto_batch_size(len(items), len(self.actors),
                                                                 self.inflight)

@@ -157,6 +157,27 @@ def test_each_node_reports_its_own_setup_failure(cluster, prefix, tmp_path):
     assert all("filesystem.readonlyPaths" in why and missing in why for why in failures.values())
 
 
+def test_node_setup_error_and_remote_runs_survive_pickle():
+    import pickle
+
+    from lxcbind.fanout import RemoteRun
+
+    err = pickle.loads(pickle.dumps(lray.NodeSetupError({"n1": "SandboxError: x"})))
+    assert err.failures == {"n1": "SandboxError: x"} and "n1" in str(err)
+    run = RemoteRun(["true"], 0, index=3, node="n", attempt=2)
+    assert pickle.loads(pickle.dumps(run)) == run
+
+
+def test_a_closed_pool_says_so(cluster, prefix):
+    from lxcbind import SessionError
+
+    p = lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60)
+    p.close()
+    p.close()  # idempotent
+    with pytest.raises(SessionError, match="closed"):
+        p.map(["true"])
+
+
 def test_killed_actor_restarts_reaps_its_predecessor_and_every_batch_completes(cluster, prefix):
     with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=2) as p:
         victim = p.info[0]
