@@ -132,6 +132,8 @@ class _SessionActor:
         self.fresh = fresh
         self._policy = json.loads(policy_text)
         self._count = 0
+        self.container = self.name
+        self.renewed = 0
         self.reaped = sandbox.gc()  # what a SIGKILLed predecessor on this node left
         try:
             if fresh:  # one probe run: this node's setup failures show now, not per command
@@ -144,16 +146,39 @@ class _SessionActor:
 
     def ready(self) -> dict[str, Any]:
         return {"node": self.node, "host": socket.gethostname(), "error": self.error,
-                "container": self.name, "pid": os.getpid(), "restarted": self.restarted,
-                "reaped": self.reaped}
+                "container": self.container, "pid": os.getpid(), "restarted": self.restarted,
+                "reaped": self.reaped, "renewed": self.renewed}
 
     def run_batch(self, items: list[tuple[int, Command]],
                   run_kwargs: dict[str, Any]) -> tuple[str, list[Record]]:
-        if self.session is None:
+        session = self.session
+        if session is None:
             raise SandboxError(f"no session on node {self.node}: {self.error or 'closed'}")
         # One command at a time per call: the calls in flight are the concurrency.
-        run = self._fresh_run if self.fresh else self.session.run
-        return self.node, [to_record(run(cmd, **run_kwargs), i) for i, cmd in items]
+        run = self._fresh_run if self.fresh else session.run
+        try:
+            return self.node, [to_record(run(cmd, **run_kwargs), i) for i, cmd in items]
+        except SessionError:
+            # The spawner is gone: a command killed it (it runs in the same container), or the
+            # container stopped.  This batch is lost; later ones get a new session.
+            self._renew(session)
+            raise
+
+    def _renew(self, dead: Any) -> None:
+        from ..session import Session
+
+        with self._lock:
+            if self.session is not dead:
+                return  # another call renewed it already (or the actor is closing)
+            self.session = None
+            dead.close()
+            self.renewed += 1
+            self.container = f"{self.name}-r{self.renewed}"
+            try:
+                self.session = Session.from_policy(
+                    _with_container_id(json.dumps(self._policy), self.container))
+            except (LxcbindError, OSError) as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
 
     def _fresh_run(self, command: Command, *, env: Mapping[str, str] | None = None,
                    cwd: str | None = None, **kwargs: Any) -> Any:

@@ -157,6 +157,24 @@ def test_each_node_reports_its_own_setup_failure(cluster, prefix, tmp_path):
     assert all("filesystem.readonlyPaths" in why and missing in why for why in failures.values())
 
 
+def test_a_command_killing_its_spawner_loses_only_its_batch(cluster, prefix):
+    # Hostile: the spawner runs in the command's container, as its parent; root there can
+    # kill it.  The batch is lost (not silently rerun: retries=0), the actor starts a new
+    # session, and every other command, then and later, still gets its result.
+    with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=0,
+                          inflight=1) as p:
+        results = p.map(["echo a"] * 10 + ["kill -9 $PPID; sleep 1"] + ["echo b"] * 10,
+                        batch_size=1, deadline=DEADLINE)
+        lost = [r for r in results if r.lost]
+        assert [r.index for r in lost] == [10] and b"SpawnerDied" in lost[0].stderr
+        assert all(r.returncode == 0 for r in results if not r.lost)
+        infos = [ray.get(a.ready.remote(), timeout=30) for a in p.actors]
+        assert sum(i["renewed"] for i in infos) == 1
+        again = p.map(["echo ok"] * 20, batch_size=1, deadline=DEADLINE)
+        assert all(r.stdout == b"ok\n" and not r.lost for r in again)
+        assert len({r.node for r in again}) == 2  # both actors serve again
+
+
 def test_node_setup_error_and_remote_runs_survive_pickle():
     import pickle
 
