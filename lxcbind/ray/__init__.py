@@ -36,9 +36,14 @@ What each part is for:
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps loopback.  It is set only there: on a real
   multi-machine cluster it would make every node advertise 127.0.0.1.
 
+* **A hostile command** shares its session's container with the spawner and can kill it: the
+  batch it was in is lost (resubmitted, or reported lost), and the actor starts a new session
+  for the next batches.  Workloads that must not share a container use ``fresh=True``: one
+  container per command.
+
 Results are ``fanout.RemoteRun``: a ``CompletedRun`` plus ``index``, ``node``, ``attempt`` and
 ``lost``.  ``close()`` stops every actor's session (its container is destroyed) and then kills
-the actors.
+the actors.  ``lxcbind.ray.sandbox`` puts lxcbind behind Ray's own sandbox API.
 """
 
 from __future__ import annotations

@@ -118,3 +118,15 @@ def test_records_are_builtins_and_rebuild_the_result():
     assert (back.index, back.node, back.attempt, back.lost) == (7, "n1", 2, False)
     assert back.exec_error.errno == errno.ENOENT and back.exec_error.stage == "exec"
     assert back.returncode == 127 and back.timeout == 3.0 and back.args == ["/nope"]
+
+
+def test_the_core_package_never_imports_ray():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, lxcbind, lxcbind.fanout; lxcbind.Session; lxcbind.run; lxcbind.gc; "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    assert out.stdout.strip() == "False", out.stderr
