@@ -3,12 +3,22 @@
 One cluster for the whole module (starting one costs ~8 s).  Every container the pools make is
 named ``lxcbind-test-i13-*`` and each test checks that none is left after ``close``.  Every
 wait on Ray has a deadline, so a hang fails the test instead of CI.
+
+The cluster's workers keep their ownership records in a state directory of their own
+(``LXCBIND_STATE_DIR``), and the tests reap with the real ``python -m lxcbind gc`` pointed at
+it: every lxcbind run on a machine reaps what dead runners left, so on a shared machine another
+run could otherwise reap a SIGKILLed actor's container before the assertion that the restarted
+actor (or ``gc``) does.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +34,7 @@ except ImportError as exc:  # the optional extra is not installed
     pytest.skip(f"ray is not importable ({exc}); install the extra: pip install -e '.[ray]'",
                 allow_module_level=True)
 
-from lxcbind import PolicyError, gc, list_containers
+from lxcbind import PolicyError, list_containers
 
 pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(120)]
 
@@ -34,15 +44,25 @@ POLICY = {"version": "0.8.0", "process": {"commandLine": "true"}}
 DEADLINE = 60.0  # seconds for any one map: generous, only there so nothing can hang
 
 
-def _ours() -> list[str]:
-    return [n for n in list_containers() if n.startswith(PREFIX)]
+_STATE: dict[str, str] = {}
+
+
+def gc() -> list[str]:
+    """``python -m lxcbind gc`` over the cluster's state directory; the names it removed."""
+    env = dict(os.environ, LXCBIND_STATE_DIR=_STATE["dir"])
+    out = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [line.split()[1] for line in out.stdout.splitlines() if line.startswith("removed ")]
 
 
 @pytest.fixture(scope="module")
 def cluster():
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "LXCBIND_STATE_DIR")}
+    _STATE["dir"] = tempfile.mkdtemp(prefix="lxcbind-test-i13-state-")
     # Ray's workers must import this checkout's lxcbind, not an installed one.
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), old]))
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), saved["PYTHONPATH"]]))
+    os.environ["LXCBIND_STATE_DIR"] = _STATE["dir"]  # read by the node processes at start
     c = lray.local_cluster(2, per_node_resource=4, num_cpus=1)
     try:
         ray.init(address=c.address, log_to_driver=False)
@@ -50,14 +70,17 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
+        gc()
+        shutil.rmtree(_STATE["dir"], ignore_errors=True)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture
-def prefix():
+def prefix(cluster):
     """A per-test container-name prefix; the test fails if anything with it is left."""
     p = f"{PREFIX}{uuid.uuid4().hex[:4]}-"
     yield p
@@ -256,6 +279,11 @@ def test_node_killed_mid_batch_every_result_still_arrives(cluster, prefix):
             commands = [f"sleep 0.01; echo {i}" for i in range(300)]
             stream = p.imap_unordered(commands, batch_size=10, deadline=DEADLINE)
             seen = [next(stream)]
+            # A machine dies at once: its actor goes with the raylet (alone, an actor
+            # outlives its raylet for a moment and may finish what it holds).
+            for info in p.info:
+                if info["node"] == node_id:
+                    os.kill(info["pid"], signal.SIGKILL)
             cluster.remove_node(node, allow_graceful=False)
             node = None
             seen += list(stream)
