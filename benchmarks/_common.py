@@ -1,8 +1,10 @@
-"""What the benchmarks share with the tests: one recipe for a throwaway busybox container."""
+"""What the benchmarks share: one recipe for a throwaway busybox container (the tests'), and
+the lxc-* program sequence that clones a cached base, the reference for one-shot runs."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 
@@ -16,3 +18,21 @@ def bench_container(name: str | None = None) -> Container:
     """Create and start ``lxcbind-bench-<random>`` (busybox, loopback only, 64 ptys); the
     caller destroys it in a ``finally``.  Nothing is left if setup fails."""
     return make_busybox(name or f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
+
+
+def quiet(*argv: str) -> None:
+    """Run a program, output discarded; raises if it fails."""
+    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def lxc_clone_sequence(base: str) -> None:
+    """lxc-copy -s (overlay snapshot of ``base``), lxc-start, lxc-attach /bin/true,
+    lxc-destroy: the LXC tools' fastest fresh container."""
+    name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        quiet("lxc-copy", "-n", base, "-N", name, "-s", "-B", "overlay")
+        quiet("lxc-start", "-n", name)
+        quiet("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
+    finally:
+        subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)

@@ -26,6 +26,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import lxcbind  # noqa: E402
+from _common import lxc_clone_sequence, quiet  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 
@@ -38,11 +39,6 @@ def timed(fn, n: int) -> list[float]:
         fn()
         samples.append((time.perf_counter() - t) * 1000)
     return samples
-
-
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
 
 
 def with_rootfs(kind: str) -> dict:
@@ -61,19 +57,9 @@ NET_CONF = "/tmp/lxcbind-bench-net.conf"  # no network device (lxcbr0 may not ex
 def lxc_template_sequence() -> None:
     name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
     try:
-        sh("lxc-create", "-n", name, "-t", "busybox", "-f", NET_CONF)
-        sh("lxc-start", "-n", name)
-        sh("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
-    finally:
-        subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)
-
-
-def lxc_clone_sequence(base: str) -> None:
-    name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
-    try:
-        sh("lxc-copy", "-n", base, "-N", name, "-s", "-B", "overlay")
-        sh("lxc-start", "-n", name)
-        sh("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
+        quiet("lxc-create", "-n", name, "-t", "busybox", "-f", NET_CONF)
+        quiet("lxc-start", "-n", name)
+        quiet("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
     finally:
         subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)
 
@@ -86,7 +72,7 @@ def main() -> None:
     with open(NET_CONF, "w") as f:
         f.write("lxc.net.0.type = empty\n")
     try:
-        sh("lxc-create", "-n", base, "-t", "busybox", "-f", NET_CONF)
+        quiet("lxc-create", "-n", base, "-t", "busybox", "-f", NET_CONF)
         rows = {
             "lxc-create/start/attach/destroy (template)": timed(lxc_template_sequence, n),
             "lxc-copy -s/start/attach/destroy (cached base)": timed(lambda: lxc_clone_sequence(base), n),

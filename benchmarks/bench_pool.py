@@ -13,6 +13,7 @@ Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_pool.p
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -21,11 +22,10 @@ import time
 import uuid
 from typing import Callable
 
-import os
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import lxcbind  # noqa: E402
+from _common import lxc_clone_sequence, quiet  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 
@@ -38,21 +38,6 @@ def median_ms(fn: Callable[[], object], n: int) -> float:
         fn()
         samples.append((time.perf_counter() - t) * 1000)
     return statistics.median(samples)
-
-
-def quiet(*argv: str) -> None:
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-
-
-def lxc_copy_sequence(base: str) -> None:
-    name = f"lxcbind-bench-{uuid.uuid4().hex[:8]}"
-    try:
-        quiet("lxc-copy", "-n", base, "-N", name, "-s", "-B", "overlay")
-        quiet("lxc-start", "-n", name)
-        quiet("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
-    finally:
-        subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)
 
 
 def main() -> None:
@@ -93,7 +78,7 @@ def main() -> None:
         try:
             quiet("lxc-create", "-n", base, "-t", "busybox", "-f", conf)
             rows["lxc-copy -s/start/attach/destroy"] = median_ms(
-                lambda: lxc_copy_sequence(base), max(5, n // 4))
+                lambda: lxc_clone_sequence(base), max(5, n // 4))
         finally:
             subprocess.run(["lxc-destroy", "-f", "-n", base], capture_output=True)
     pool_ms = rows["Pool.run, steady state (fresh container)"]

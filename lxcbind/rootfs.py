@@ -38,8 +38,9 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from . import security
 from .container import Container, default_lxcpath
@@ -52,6 +53,7 @@ BASES_ROOT = "/var/lib/lxcbind/bases"
 KINDS = ("host", "busybox", "download", "dir")
 DOWNLOAD_CACHE = "/var/cache/lxc/download"
 UPPER = "delta0"          # overlay upper layer, inside the container's directory
+_PRUNE_GRACE = 600        # seconds a shifted copy stays after its last use, unused
 _SCHEMA = "2"             # bump when a base's layout or content changes
 _SAFE_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -172,8 +174,11 @@ def base_dir(spec: RootfsSpec | str) -> str:
 def prune_bases(lxcpath: str | None = None) -> list[str]:
     """Remove cached bases that no run would pick any more (the host layout or the busybox
     binary changed, so their key did) and that no container under ``lxcpath`` still uses as
-    its overlay's lower layer.  Returns the removed directories.  Download bases are kept:
-    their key never goes stale, and rebuilding one needs the network."""
+    its overlay's lower layer, with their shifted copies, and the shifted copies of ``dir:``
+    root filesystems that no container uses (rebuilt on demand).  A shifted copy used in the
+    last ``_PRUNE_GRACE`` seconds is kept: a run may be between picking it and saving the
+    config that names it.  Returns the removed directories.  Download bases are kept: their
+    key never goes stale, and rebuilding one needs the network."""
     current = {os.path.basename(base_dir(kind)) for kind in ("host", "busybox")}
     root = lxcpath or default_lxcpath()
     in_use = ""
@@ -183,18 +188,22 @@ def prune_bases(lxcpath: str | None = None) -> list[str]:
                 in_use += f.read()
     removed = []
     with contextlib.suppress(FileNotFoundError):
-        for key in sorted(os.listdir(BASES_ROOT)):
-            if not key.startswith(("host-", "busybox-")) or key in current:
-                continue
-            base = os.path.join(BASES_ROOT, key)
+        for entry in sorted(os.listdir(BASES_ROOT)):
+            key = entry.split("@")[0]  # a shifted copy belongs to its base's key and lock
+            stale = key.startswith(("host-", "busybox-")) and key not in current
+            if entry.startswith(".") or not (stale or key.startswith("dir-")):
+                continue  # current bases and their copies stay; dir: copies are rebuildable
+            path = os.path.join(BASES_ROOT, entry)
             with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
-                if f"{base}/" in in_use or not os.path.isdir(base):
+                if f"{path}/" in in_use or not os.path.isdir(path) or \
+                        ("@" in entry and time.time() - os.stat(path).st_mtime < _PRUNE_GRACE):
                     continue
-                shutil.rmtree(base, ignore_errors=True)
-                removed.append(base)
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(BASES_ROOT, f".{key}.lock"))
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            if not any(e.split("@")[0] == key for e in os.listdir(BASES_ROOT)):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(BASES_ROOT, f".{key}.lock"))
     return removed
 
 
@@ -216,29 +225,41 @@ def ensure_base(spec: RootfsSpec) -> str:
         return base
     # Refuse an uncached download before taking a lock (which would leave a lock file).
     args = _download_args(spec) if spec.kind == "download" else []
-    _prepare_bases_root()
     key = os.path.basename(base)
+
+    def build(tmp: str) -> None:
+        os.chmod(tmp, 0o700)  # only host root (privileged containers) uses it as it is
+        if spec.kind == "host":
+            _build_host(tmp)
+        else:
+            _build_from_template(tmp, spec, args)
+
+    _build_once(key, base, build)
+    return base
+
+
+def _build_once(key: str, final: str, build: Callable[[str], None]) -> None:
+    """Make ``final`` (a directory in ``BASES_ROOT``) with ``build(tmp)`` unless it exists:
+    under the base's lock (``key``: concurrent callers wait and reuse), in a temporary
+    directory renamed into place, so a directory that exists is complete."""
+    _prepare_bases_root()
     with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(base):
-            return base
+        if os.path.isdir(final):
+            return
         # Whatever a builder that died left half-done: nobody else can be building (we hold
         # the lock), so it is garbage.
+        prefix = f".build-{os.path.basename(final)}-"
         for stale in os.listdir(BASES_ROOT):
-            if stale.startswith(f".build-{key}-"):
+            if stale.startswith(prefix):
                 shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
-        tmp = tempfile.mkdtemp(prefix=f".build-{key}-", dir=BASES_ROOT)
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=BASES_ROOT)
         try:
-            os.chmod(tmp, 0o700)  # only host root (privileged containers) uses it as it is
-            if spec.kind == "host":
-                _build_host(tmp)
-            else:
-                _build_from_template(tmp, spec, args)
-            os.rename(tmp, base)
+            build(tmp)
+            os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    return base
 
 
 def _prepare_bases_root() -> None:
@@ -280,24 +301,16 @@ def shifted_lower(spec: RootfsSpec, ids: IdRange) -> str:
     top = os.path.join(BASES_ROOT, f"{key}@{ids.start}")
     lower = os.path.join(top, "rootfs")
     if os.path.isdir(lower):
+        with contextlib.suppress(OSError):
+            os.utime(top)  # "in use": gc keeps copies used lately (see prune_bases)
         return lower
-    _prepare_bases_root()
-    with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(lower):
-            return lower
-        for stale in os.listdir(BASES_ROOT):
-            if stale.startswith(f".build-{key}@{ids.start}-"):
-                shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
-        tmp = tempfile.mkdtemp(prefix=f".build-{key}@{ids.start}-", dir=BASES_ROOT)
-        try:
-            _copy_shifted(source, os.path.join(tmp, "rootfs"), ids.start)
-            os.chown(tmp, ids.start, ids.start)
-            os.chmod(tmp, 0o700)
-            os.rename(tmp, top)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+    def build(tmp: str) -> None:
+        _copy_shifted(source, os.path.join(tmp, "rootfs"), ids.start)
+        os.chown(tmp, ids.start, ids.start)
+        os.chmod(tmp, 0o700)
+
+    _build_once(key, top, build)
     return lower
 
 

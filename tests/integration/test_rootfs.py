@@ -241,3 +241,35 @@ def test_gc_prunes_stale_unused_bases_only(tmp_path):
         shutil.rmtree(cdir, ignore_errors=True)
         for d in (stale, used):
             shutil.rmtree(d, ignore_errors=True)
+
+
+def test_gc_prunes_shifted_copies_of_stale_bases_and_keeps_current_ones(tmp_path):
+    """Shifted copies (``<key>@<start>``) go with their base: a stale base's copy is pruned
+    once unused for the grace period; a current base's copy stays."""
+    import time
+    import uuid
+
+    from lxcbind import rootfs
+    from lxcbind.idmap import FIRST_ID
+    from lxcbind.sandbox import gc
+
+    current = os.path.basename(rootfs.ensure_base(rootfs.RootfsSpec("busybox")))
+    stale_key = f"busybox-stale{uuid.uuid4().hex[:6]}"
+    made = {
+        "stale copy, old": os.path.join(rootfs.BASES_ROOT, f"{stale_key}@{FIRST_ID}"),
+        "stale copy, just used": os.path.join(rootfs.BASES_ROOT, f"{stale_key}@{FIRST_ID * 2}"),
+        "current copy, old": os.path.join(rootfs.BASES_ROOT, f"{current}@{FIRST_ID + 7}"),
+    }
+    try:
+        for path in made.values():
+            os.makedirs(os.path.join(path, "rootfs"))
+        long_ago = time.time() - 2 * rootfs._PRUNE_GRACE
+        for label in ("stale copy, old", "current copy, old"):
+            os.utime(made[label], (long_ago, long_ago))
+        gc()
+        assert not os.path.exists(made["stale copy, old"])
+        assert os.path.isdir(made["stale copy, just used"])
+        assert os.path.isdir(made["current copy, old"])
+    finally:
+        for path in made.values():
+            shutil.rmtree(path, ignore_errors=True)
