@@ -1,7 +1,7 @@
 """A fresh container per command: ``Pool`` against the other ways, side by side in one run.
 
-  * ``Pool.run("/bin/true")`` steady state (a ready container is taken, the command runs, the
-    container is handed to the reaper): latency per run, medians;
+  * ``Pool.run("/bin/true")`` steady state (the pool is full and quiet; a ready container is
+    taken, the command runs, the container is handed to the reaper): latency per run, medians;
   * sustained fresh-container throughput: ``Pool.map`` over many commands (runs/s), where the
     setup and teardown of replacements is the bottleneck;
   * ``lxcbind.run()`` (set up, run, tear down inline), a Session command (a warm container,
@@ -52,10 +52,12 @@ def main() -> None:
         time.sleep(1.0)  # let the pool fill
         samples = []
         for _ in range(n):
+            deadline = time.monotonic() + 10
+            while not pool.idle and time.monotonic() < deadline:
+                time.sleep(0.005)  # steady state: the replacement is up, the reaper done
             t = time.perf_counter()
             pool.run("/bin/true")
             samples.append((time.perf_counter() - t) * 1000)
-            time.sleep(0.05)  # steady state: replacements keep up
         rows["Pool.run, steady state (fresh container)"] = statistics.median(samples)
         count = n * 3
         t = time.perf_counter()

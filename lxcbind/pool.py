@@ -125,6 +125,17 @@ class Pool:
                 continue
             return session
 
+    @property
+    def ready(self) -> int:
+        """Containers started and waiting for a command (approximate: other threads move it)."""
+        return self._ready.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Full and quiet: every container is ready, none is being set up or torn down."""
+        return self._ready.qsize() >= self.size and self._used.qsize() == 0 and \
+            self._wanted == self._ready.qsize()
+
     # -- commands ----------------------------------------------------------------------------
 
     def run(self, command: Command, *, input: bytes | str | None = None,
