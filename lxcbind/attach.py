@@ -170,6 +170,7 @@ def build_attach(
             payload.cwd = ffi.NULL
         payload.ctty_fd = -1 if ctty is None else ctty
         payload.status_fd = status_write
+        payload.exe_fd = -1
 
         options = ffi.new("lxc_attach_options_t *")
         lib.lxcbind_attach_options_init(options)

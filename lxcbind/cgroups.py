@@ -1,4 +1,5 @@
-"""The few cgroup facts the container layer needs: where this process is, how to go back.
+"""The few cgroup facts the container layer needs: where this process is, how to go back,
+and a container-wide kill that spares init (a Session's last resort).
 
 liblxc 5.0's daemonized ``start()`` moves the *calling* process into the container's monitor
 cgroup (``lxc.monitor.<name>``), where it would stay, and which then cannot be removed when
@@ -7,8 +8,11 @@ the container stops.  ``Container.start`` saves ``current()`` and calls ``return
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import signal
+import time
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -124,3 +128,80 @@ def process_dir(pid: int, controller: str) -> str | None:
         if mountpoint:
             return os.path.join(mountpoint, path.lstrip("/"))
     return None
+
+def kill_all_but(init_pid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL every process in the cgroup of ``init_pid`` (a container's init) and below,
+    except ``init_pid`` itself; True once only init is left (within ``timeout``).
+
+    The cgroup is frozen meanwhile (v1 freezer, else cgroup2 ``cgroup.freeze``), so nothing
+    can fork its way out of the kill.  Only processes inside the container's cgroup are
+    touched: the container's own limits and tree are what bound it.  Session.close() uses it
+    as a last resort, when the spawner (which normally kills its commands and their orphans)
+    stopped answering or died, so a command that left its group may be anywhere in there.
+    """
+    mounts = _mountpoints()
+    groups = _process_cgroups(init_pid)
+    if mounts.get("freezer") and "freezer" in groups:
+        base = os.path.join(mounts["freezer"], groups["freezer"].lstrip("/"))
+        state, frozen, thawed = os.path.join(base, "freezer.state"), "FROZEN", "THAWED"
+        is_frozen = lambda: _read(state) == "FROZEN"  # noqa: E731
+    elif mounts.get("") and "" in groups:
+        base = os.path.join(mounts[""], groups[""].lstrip("/"))
+        state, frozen, thawed = os.path.join(base, "cgroup.freeze"), "1", "0"
+        events = os.path.join(base, "cgroup.events")
+        is_frozen = lambda: "frozen 1" in _read(events)  # noqa: E731
+    else:
+        raise OSError(errno.ENOTSUP, "no freezer for the container's cgroup")
+    deadline = time.monotonic() + timeout
+    _write(state, frozen)
+    try:
+        while not is_frozen() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        for pid in _tree_pids(base):
+            if pid != init_pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    finally:
+        _write(state, thawed)
+    while any(pid != init_pid for pid in _tree_pids(base)):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _tree_pids(base: str) -> list[int]:
+    """Every pid in the cgroup ``base`` and its descendants (zombies are not listed)."""
+    pids = []
+    for directory, _, files in os.walk(base):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids += [int(line) for line in f if line.strip()]
+            except FileNotFoundError:
+                pass
+    return pids
+
+def _process_cgroups(pid: int) -> dict[str, str]:
+    """Like ``current()`` for another process, keyed like ``_mountpoints()``."""
+    result = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            result[_key(controllers)] = path
+    return result
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import secrets
 import select
@@ -61,8 +62,10 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, Any, Iterable, Mapping, Sequence, Union
 
+from . import cgroups as _cgroups
 from . import pty as _pty
 from ._native import ffi, lib
 from .attach import Process, baseline_env, build_attach, decode_wait_status
@@ -94,8 +97,72 @@ _STAGES = {
     lib.LXCBIND_STAGE_EXEC: "exec",
     lib.LXCBIND_STAGE_SPAWN: "spawn",
 }
+_MAX_EXTRA_FDS = lib.LXCBIND_SPAWN_MAX_EXTRA_FDS
 _CHUNK = 65536
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+# How long the spawner may take to report a command's exit once the host has seen the
+# command die (its pidfd), and to answer a spawn request when no timeout bounds the call.
+_EXIT_GRACE = 2.0
+_START_BOUND = 10.0
+
+_SPAWNER_PROGRAM = Path(__file__).with_name("lxcbind-spawner")
+_MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
+_image_lock = threading.Lock()
+_image_fd = -1
+
+
+def _spawner_image() -> int:
+    """A sealed memfd holding the spawner program (one per process, shared by sessions).
+
+    The spawner is exec'd from it inside the container: no file the workload controls is
+    trusted, and the seals (no write, shrink or grow) keep anyone from changing it."""
+    global _image_fd
+    with _image_lock:
+        if _image_fd >= 0:
+            return _image_fd
+        try:
+            program = _SPAWNER_PROGRAM.read_bytes()
+        except FileNotFoundError:
+            raise SessionError(f"the session spawner program {str(_SPAWNER_PROGRAM)!r} is "
+                               "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        try:
+            fd = os.memfd_create("lxcbind-spawner", flags | _MFD_EXEC)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fd = os.memfd_create("lxcbind-spawner", flags)
+        try:
+            view = memoryview(program)
+            while view:
+                view = view[os.write(fd, view):]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK |
+                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            # execve refuses a file open for writing (ETXTBSY): keep a read-only open of it.
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(fd)
+        _image_fd = ro
+        return ro
+
+
+def _pidfd_pids(fd: int) -> tuple[int, list[int]] | None:
+    """``(host pid, [pid in each pid namespace])`` of a pidfd, None for any other fd.  The
+    host pid is -1 once the process has been reaped."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            info = f.read()
+    except OSError:
+        return None
+    pid = nspids = None
+    for line in info.splitlines():
+        if line.startswith("Pid:"):
+            pid = int(line.split()[1])
+        elif line.startswith("NSpid:"):
+            nspids = [int(x) for x in line.split()[1:]]
+    if pid is None or (pid > 0 and not nspids) or pid == 0:
+        return None
+    return pid, nspids or []
 
 
 
@@ -132,40 +199,57 @@ def _pipe() -> tuple[int, int]:
 class SessionProcess:
     """A command started by a Session's spawner (the spawner's child, not ours).
 
-    ``pid`` is the pid *inside the container*.  ``stdin``/``stdout``/``stderr`` are our ends of
-    the pipes asked for with ``PIPE`` (raw fds, owned by this object and closed by ``close``),
-    else None; ``master`` is the pty master in tty mode.  ``returncode``/``exit_status``/
-    ``exec_error`` mean what they mean on ``attach.Process``.  ``fileno()`` is the report
-    socket: readable when a status record arrives.  Closing the handle before the command has
-    exited kills its process group (the spawner sees the report socket close).
+    ``pid`` is the pid *inside the container*, ``host_pid`` the same process seen from the
+    host.  ``stdin``/``stdout``/``stderr`` are our ends of the pipes asked for with ``PIPE``
+    (raw fds, owned by this object and closed by ``close``), else None; ``master`` is the pty
+    master in tty mode.  ``returncode``/``exit_status``/``exec_error`` mean what they mean on
+    ``attach.Process``.  ``fileno()`` is the report socket: readable when a status record
+    arrives.
+
+    The host does not depend on the spawner to stop a command: the START record carries a
+    pidfd of the command (checked to be a process of the container's pid namespace with the
+    pid the spawner announced), and signals, timeouts and ``close`` go through it and the
+    command's process group directly.  Only the exit status comes from the spawner (it is the
+    parent); if it has not reported it ``_EXIT_GRACE`` s after the host saw the command die,
+    the spawner is declared dead (``SpawnerDied``).  Closing the handle before the command has
+    exited kills its process group.
+
+    Thread-safety: ``poll``/``wait``/``send_signal``/``close`` may be called from several
+    threads; a ``wait`` interrupted by ``close`` raises ``SessionError``.
     """
 
-    def __init__(self, session: "Session", report: int, args: list[str], program: str,
-                 cwd: str | None) -> None:
+    def __init__(self, session: "Session", report: socket.socket, args: list[str],
+                 program: str, cwd: str | None) -> None:
         self.session = session
         self.args = args
         self.pid: int | None = None
+        self.host_pid: int | None = None
         self.returncode: int | None = None
         self.exec_error: ExecError | None = None
         self.stdin: int | None = None
         self.stdout: int | None = None
         self.stderr: int | None = None
         self.master: int | None = None
-        self._report = report
+        self._sock: socket.socket | None = report
+        self._report = report.fileno()
+        self._pidfd = -1
+        self._starttime: str | None = None
+        self._exited_at: float | None = None  # when the host saw it die (pidfd readable)
         self._program = program
         self._cwd = cwd
-        self._lock = threading.Lock()
-        self._owned: list[int] = [report]
-        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned)
+        self._lock = threading.RLock()
+        self._owned: list[int] = []
+        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned, report)
 
     @staticmethod
-    def _close_fds(fds: list[int]) -> None:
+    def _close_fds(fds: list[int], sock: socket.socket) -> None:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         fds.clear()
+        sock.close()
 
     def _own(self, fd: int) -> int:
         self._owned.append(fd)
@@ -181,69 +265,190 @@ class SessionProcess:
 
     # -- records --------------------------------------------------------------------------
 
-    def _handle(self, data: bytes) -> None:
+    def _spawner_gone(self, why: str) -> SpawnerDied:
+        """The spawner stopped answering for this command: kill the command ourselves (we
+        have its pidfd once it started) and fail the whole session."""
+        self._host_signal(signal.SIGKILL, group=True)
+        return self.session._fail(f"{why} (while {self.args[0]!r} ran)")
+
+    def _handle(self, data: bytes, fds: list[int]) -> None:
         if len(data) != _RECORD.size:
-            raise SpawnerDied(f"{self.session._dead()} (while {self.args[0]!r} ran)")
+            for fd in fds:
+                os.close(fd)
+            raise self._spawner_gone("the spawner hung up")
         kind, pid, a, b = _RECORD.unpack(data)
-        if kind == _REC_START:
+        if kind == _REC_START and self.pid is None:
             if pid < 0:
                 raise ExecError("spawn", b, self._program)
+            self._adopt_pidfd(pid, fds)
             self.pid = pid
             if a:
                 name = _STAGES.get(a, "exec")
                 self.exec_error = ExecError(name, b, (self._cwd if name == "chdir" else
                                                       self._program) or "")
-        elif kind == _REC_EXIT:
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == _REC_EXIT and self.pid is not None:
             self.returncode = decode_wait_status(a)
-        elif kind == _REC_REFUSED:
+        elif kind == _REC_REFUSED and self.pid is None:
             raise SessionError(f"spawner refused the command: {os.strerror(a)}")
+        else:
+            raise self._spawner_gone(f"the spawner sent an unexpected record {kind!r}")
+
+    def _adopt_pidfd(self, pid: int, fds: list[int]) -> None:
+        """Keep the command's pidfd after checking it is what the spawner says: a pidfd of a
+        child of the spawner (hence in the container), whose pid there is ``pid``.  A fast
+        command may already be reaped (fdinfo then says Pid -1): nothing left to signal, and
+        the spawner must report its status within the exit grace as usual."""
+        info = _pidfd_pids(fds[0]) if len(fds) == 1 else None
+        ok = info is not None
+        host_pid: int | None = None
+        if info is not None and info[0] > 0:
+            host_pid, nspids = info
+            ok = nspids[-1] == pid and len(nspids) == self.session._nsdepth
+            try:
+                with open(f"/proc/{host_pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if fields[0] == "X":  # being reaped right now
+                    host_pid = None
+                else:
+                    ok = ok and int(fields[1]) == self.session._spawner_host_pid
+                    self._starttime = fields[19]
+            except (FileNotFoundError, ProcessLookupError):
+                host_pid = None  # reaped meanwhile
+        if not ok:
+            for fd in fds:
+                os.close(fd)
+            raise self.session._fail(f"the spawner sent no valid pidfd for {self.args[0]!r}")
+        self._pidfd = self._own(fds[0])
+        self.host_pid = host_pid
+
+    def _recv(self) -> tuple[bytes, list[int]] | None:
+        """One record and the descriptors that came with it; None when there is none yet."""
+        assert self._sock is not None
+        try:
+            data, ancdata, flags, _ = self._sock.recvmsg(
+                64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
+        except ConnectionResetError:
+            return b"", []
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            return b"?", []  # not a record: refused as a lying spawner
+        return data, fds
 
     def _read_records(self) -> None:
         """Read what is there (non-blocking); raises SpawnerDied on EOF before EXIT."""
         while self.returncode is None:
-            try:
-                data = os.read(self._report, 64)
-            except BlockingIOError:
+            got = self._recv()
+            if got is None:
                 return
-            except ConnectionResetError:
-                data = b""
-            self._handle(data)
+            self._handle(*got)
 
-    def _wait_start(self) -> None:
-        os.set_blocking(self._report, True)
-        try:
-            self._handle(os.read(self._report, 64))
-        finally:
-            os.set_blocking(self._report, False)
+    def _check(self) -> None:
+        """Records, then the host's own view: once the pidfd says the command is gone, the
+        spawner has ``_EXIT_GRACE`` s to report its status."""
+        self._read_records()
+        if self.returncode is not None or self._pidfd < 0:
+            return
+        if self._exited_at is None:
+            if not select.select([self._pidfd], [], [], 0)[0]:
+                return
+            self._exited_at = time.monotonic()
+            self._read_records()  # it may have been reported meanwhile
+        elif time.monotonic() - self._exited_at > _EXIT_GRACE:
+            raise self._spawner_gone(f"the spawner did not report an exit within "
+                                     f"{_EXIT_GRACE}s")
+
+    def _wait_start(self, bound: float) -> None:
+        """Read START, at most ``bound`` s: a spawner that does not answer is dead to us."""
+        deadline = time.monotonic() + bound
+        with self._lock:
+            while self.pid is None:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self._report], [], [], left)[0]:
+                    raise self.session._fail(
+                        f"the spawner did not answer within {bound:g}s (stopped?)")
+                got = self._recv()
+                if got is not None:
+                    self._handle(*got)
 
     def poll(self) -> int | None:
         with self._lock:
-            if self.returncode is None and self._report >= 0:
-                self._read_records()
+            if self.returncode is None and self._sock is not None:
+                self._check()
             return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the EXIT record; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
+        """Wait for the exit status; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._report, _POLLIN)
         while self.poll() is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-            poller.poll(None if left is None else max(1, int(left * 1000)))
+            with self._lock:
+                if self._sock is None:
+                    raise SessionError(f"the handle of {self.args[0]!r} was closed")
+                watch = [self._report]
+                if self._pidfd >= 0 and self._exited_at is None:
+                    watch.append(self._pidfd)
+                # dup'd under the lock: a concurrent close() cannot pull them from under us
+                watch = [os.dup(fd) for fd in watch]
+            try:
+                now = time.monotonic()
+                waits = [d - now for d in (deadline, self._exited_at and
+                                           self._exited_at + _EXIT_GRACE + 0.01) if d]
+                if deadline is not None and deadline <= now:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+                select.select(watch, [], [], max(0.001, min(waits)) if waits else None)
+            finally:
+                for fd in watch:
+                    os.close(fd)
         assert self.returncode is not None
         return self.returncode
 
-    def send_signal(self, sig: int, *, group: bool = False) -> None:
-        """Signal the command (or its whole process group) through the spawner.  The spawner
-        has not reaped it yet when it gets the request, so the pid cannot have been reused."""
-        if self.returncode is not None or self._report < 0:
-            return
+    def _alive_leader(self) -> bool:
+        """Whether ``host_pid`` still names our command (running or a zombie not reaped yet):
+        only then is the process group ``host_pid`` certainly ours to signal."""
+        if self.host_pid is None or self._starttime is None:
+            return False
         try:
-            os.write(self._report, _RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
-        except (BrokenPipeError, ConnectionResetError):
+            with open(f"/proc/{self.host_pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[19] == self._starttime
+        except OSError:
+            return False
+
+    def _host_signal(self, sig: int, *, group: bool) -> bool:
+        """Signal the command (and its group) from the host; False when we have no pidfd."""
+        if self._pidfd < 0:
+            return False
+        if group and self._alive_leader():
+            try:
+                os.killpg(self.host_pid, sig)  # type: ignore[arg-type]
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
             pass
+        return True
+
+    def send_signal(self, sig: int, *, group: bool = False) -> None:
+        """Signal the command (or its whole process group), from the host through its pidfd
+        (no pid-reuse race); before START, through the spawner."""
+        with self._lock:
+            if self.returncode is not None or self._sock is None:
+                return
+            if self._host_signal(int(sig), group=group):
+                return
+            try:
+                self._sock.send(_RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
+            except (BrokenPipeError, ConnectionResetError, BlockingIOError):
+                pass
 
     def signal_group(self, sig: int) -> None:
         self.send_signal(sig, group=True)
@@ -257,11 +462,15 @@ class SessionProcess:
     def close(self) -> None:
         """Kill the group if still running, close every descriptor.  Idempotent; does not wait
         (the spawner reaps)."""
-        if self.returncode is None and self._report >= 0:
-            self.send_signal(signal.SIGKILL, group=True)
-        self._finalizer()
-        self._report = -1
-        self.stdin = self.stdout = self.stderr = self.master = None
+        with self._lock:
+            if self._sock is None:
+                return
+            if self.returncode is None:
+                self._host_signal(signal.SIGKILL, group=True)
+            self._finalizer()  # closing the report socket also makes the spawner kill it
+            self._sock = None
+            self._pidfd = -1
+            self.stdin = self.stdout = self.stderr = self.master = None
 
     def __enter__(self) -> "SessionProcess":
         return self
@@ -303,6 +512,9 @@ class Session:
         self._ctrl: socket.socket | None = None
         self._spawner: Process | None = None
         self.spawner_pid: int | None = None  # inside the container
+        self._spawner_host_pid = 0  # a command's pidfd must name a child of this process
+        self._nsdepth = 0  # ... at the same pid-namespace depth
+        self._broken: SpawnerDied | None = None  # set once the spawner failed us
         try:
             self._start(start_timeout)
         except BaseException:
@@ -333,6 +545,7 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------------
 
     def _start(self, start_timeout: float) -> None:
+        image = _spawner_image()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours
         try:
@@ -340,6 +553,7 @@ class Session:
                                    uid=self.uid, gid=self.gid, stdin=theirs.fileno(),
                                    stdout=self._devnull, stderr=self._devnull,
                                    namespaces=None, flags=None, ctty=None)
+            request.payload.exe_fd = image
             self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
                                                           lib.LXCBIND_EXEC_SPAWNER)
         finally:
@@ -351,16 +565,26 @@ class Session:
             if data is None:
                 raise SessionError(f"spawner in {self.container.name!r} did not start within "
                                    f"{start_timeout}s")
+            error = self._spawner.exec_error
             raise SessionError(f"spawner in {self.container.name!r} failed to start "
-                               f"(status {status}){self.container.log_tail()}")
+                               f"(status {status}{f': {error}' if error else ''})"
+                               f"{self.container.log_tail()}")
         kind, pid, version, _ = _RECORD.unpack(data)
         if kind != _REC_HELLO or version != lib.LXCBIND_SPAWN_VERSION:
             raise SessionError("spawner spoke an unknown protocol")
         self.spawner_pid = pid
+        self._spawner_host_pid = self._spawner.pid
+        with open(f"/proc/{self._spawner.pid}/status") as f:
+            self._nsdepth = len(next(line for line in f if line.startswith("NSpid:")).split()) - 1
 
     def close(self) -> None:
-        """Stop the spawner (its commands are killed) and, with ``own=True``, destroy the
-        container.  Idempotent; safe after the spawner died."""
+        """Stop the spawner and every process of the session, and, with ``own=True``, destroy
+        the container.  Idempotent; safe after the spawner died, from any thread.
+
+        The spawner kills its commands and everything they left behind (it is their
+        subreaper).  If it cannot (it was stopped, killed, or exits abnormally), the host
+        kills every process in the container's cgroup but its init: a command that escaped
+        its group may be anywhere in the container by then."""
         with self._lock:
             if self._closed:
                 return
@@ -369,15 +593,19 @@ class Session:
 
     def _teardown(self) -> None:
         try:
+            clean = False
             if self._ctrl is not None:
                 self._ctrl.close()  # EOF: the spawner kills and reaps its children, then exits
                 self._ctrl = None
-            if self._spawner is not None:
+            spawner = self._spawner
+            if spawner is not None:
                 try:
-                    self._spawner.wait(timeout=5)
+                    clean = spawner.wait(timeout=5) == 0 and self._broken is None
                 except subprocess.TimeoutExpired:
                     pass
-                self._spawner.close()  # SIGKILL if it hung, and reap
+                if not clean and not self.own and self._sandbox is None:
+                    self._kill_everything()
+                spawner.close()  # SIGKILL if it hung, and reap
                 self._spawner = None
         finally:
             for fd in (self._devnull, self._devpts):
@@ -392,6 +620,15 @@ class Session:
                 box, self._sandbox = self._sandbox, None
                 box.close()
 
+    def _kill_everything(self) -> None:
+        """Last resort (see ``close``): freeze the container's cgroup, SIGKILL all but init."""
+        init = self.container.init_pid
+        if init:
+            try:
+                _cgroups.kill_all_but(init)
+            except OSError:
+                pass  # no freezer: what the spawner's own cleanup got is all we can do
+
     def __enter__(self) -> "Session":
         return self
 
@@ -401,19 +638,31 @@ class Session:
     @property
     def alive(self) -> bool:
         """Whether the spawner still runs (cheap check; a dead one is also noticed on use)."""
-        return self._spawner is not None and self._spawner.poll() is None
+        spawner = self._spawner
+        return self._broken is None and spawner is not None and spawner.poll() is None
+
+    def _fail(self, why: str) -> SpawnerDied:
+        """Declare the spawner dead (once); every later call raises the same error."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = SpawnerDied(
+                    f"the spawner of session {self.container.name!r} failed: {why}; "
+                    "close the session and start a new one")
+            return self._broken
 
     def _dead(self) -> SpawnerDied:
+        if self._broken is not None:
+            return self._broken
+        spawner = self._spawner  # close() may clear it meanwhile
         status = None
-        if self._spawner is not None:
+        if spawner is not None:
             try:
-                self._spawner.wait(timeout=0.2)  # it is going: give it time to be reaped
+                spawner.wait(timeout=0.2)  # it is going: give it time to be reaped
             except subprocess.TimeoutExpired:
                 pass
-            status = self._spawner.returncode
+            status = spawner.returncode
         how = f" (status {status})" if status is not None else ""
-        return SpawnerDied(f"the spawner of session {self.container.name!r} is gone{how}; "
-                           "close the session and start a new one")
+        return self._fail(f"it is gone{how}")
 
     # -- spawning -------------------------------------------------------------------------
 
@@ -434,6 +683,10 @@ class Session:
         ctrl = self._ctrl
         if self._closed or ctrl is None:
             raise SessionError("session is closed")
+        if self._broken is not None:
+            raise self._broken
+        if len(fds) - 3 > _MAX_EXTRA_FDS:
+            raise ValueError(f"pass_fds: at most {_MAX_EXTRA_FDS} descriptors per command")
         strings = _encode(argv, "argv") + _encode(self._environment(env), "env")
         flags = 0
         if cwd is not None:
@@ -448,7 +701,6 @@ class Session:
             flags |= lib.LXCBIND_SPAWN_MEMFD
             memfd = os.memfd_create("lxcbind-spawn", os.MFD_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        report = mine.detach()
         try:
             header = _HEADER.pack(_MAGIC, flags, len(argv), envc, len(fds) - 3, len(data), 0, 0)
             passed = [theirs.fileno(), *fds]
@@ -470,14 +722,14 @@ class Session:
                     raise SessionError("session is closed") from None
                 raise
         except BaseException:
-            os.close(report)
+            mine.close()
             raise
         finally:
             theirs.close()
             if memfd >= 0:
                 os.close(memfd)
-        os.set_blocking(report, False)
-        return SessionProcess(self, report, argv, argv[0], cwd)
+        mine.setblocking(False)
+        return SessionProcess(self, mine, argv, argv[0], cwd)
 
     def _pty(self) -> _pty.PtyPair:
         if self._devpts == -2:
@@ -496,7 +748,8 @@ class Session:
     def spawn(self, command: Command, *, stdin: StreamArg = PIPE, stdout: StreamArg = PIPE,
               stderr: StreamArg = PIPE, env: Mapping[str, str] | None = None,
               cwd: str | None = None, tty: bool = False,
-              pass_fds: Sequence[int] = ()) -> SessionProcess:
+              pass_fds: Sequence[int] = (),
+              start_timeout: float = _START_BOUND) -> SessionProcess:
         """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle.
 
         Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object; stdin
@@ -505,7 +758,9 @@ class Session:
         controlling terminal of the command; its master is ``handle.master``.  ``pass_fds``:
         descriptors that become 3, 4, ... in the command.  ``cwd`` None: the container's /.
         A missing program or cwd is not an exception: ``wait()`` gives 127/126 and
-        ``exec_error`` says why.  Raises ``SpawnerDied`` if the spawner is gone.
+        ``exec_error`` says why.  At most ``LXCBIND_SPAWN_MAX_EXTRA_FDS`` (8) ``pass_fds``.
+        Raises ``SpawnerDied`` if the spawner is gone or does not answer within
+        ``start_timeout`` s.
         """
         argv = _argv(command)
         child_fds: list[int] = []  # our copies of the child's ends: closed once sent
@@ -540,7 +795,7 @@ class Session:
                 pair.close_slave()
                 proc.master = proc._own(pair.master)
                 pair = None
-            proc._wait_start()
+            proc._wait_start(start_timeout)
             return proc
         except BaseException:
             if proc is not None:
@@ -570,7 +825,9 @@ class Session:
         if isinstance(input, str):
             input = input.encode()
         start = time.monotonic()
-        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty)
+        bound = _START_BOUND if timeout is None else min(timeout + _EXIT_GRACE, _START_BOUND)
+        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty,
+                          start_timeout=bound)
         try:
             out = OutputBuffer(max_output)
             err = OutputBuffer(max_output)
@@ -613,8 +870,10 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
                  drain_grace: float = 2.0) -> bool:
     """Feed ``input``, capture output until EXIT and EOF.  Returns whether it timed out.
 
-    Output after the exit is drained until EOF, or for ``drain_grace`` s at most (a background
-    process may hold the pipe forever)."""
+    Every deadline is the host's: the timeout signals the command's group through its pidfd,
+    and the wait for the exit status is bounded (``SessionProcess._check``), so a stopped or
+    killed spawner cannot make this hang.  Output after the exit is drained until EOF, or for
+    ``drain_grace`` s at most (a background process may hold the pipe forever)."""
     poller = select.poll()
     sinks: dict[int, OutputBuffer] = {}
     master = proc.master
@@ -628,6 +887,9 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
         os.set_blocking(fd, False)
         poller.register(fd, _POLLIN)
     poller.register(proc.fileno(), _POLLIN)
+    pidfd = proc._pidfd
+    if pidfd >= 0:
+        poller.register(pidfd, select.POLLIN)
     pending = memoryview(input or b"")
     to_child = master if master is not None else proc.stdin
     if to_child is not None:
@@ -637,6 +899,8 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
         elif to_child == proc.stdin:
             _close_stdin(proc)
             to_child = None
+        else:  # a pty and nothing to send: end its input now, as the pipe case does
+            _send_pty_eof(master, None)
     now = time.monotonic()
     timeout_at = now + timeout if timeout is not None else None
     kill_at: float | None = None
@@ -649,7 +913,12 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
                 break
             if drain_until is None:
                 drain_until = time.monotonic() + drain_grace
-        deadlines = [d for d in (timeout_at, kill_at, drain_until) if d is not None]
+        # Only deadlines still ahead: one already acted on would make poll() return at once
+        # for ever (a busy loop).
+        deadlines = [d for d in (None if timed_out else timeout_at, kill_at, drain_until)
+                     if d is not None]
+        if proc._exited_at is not None and proc.returncode is None:
+            deadlines.append(proc._exited_at + _EXIT_GRACE + 0.01)
         wait_ms = None
         if deadlines:
             wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
@@ -669,6 +938,9 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
                 else:
                     poller.unregister(fd)
                     del sinks[fd]
+            elif fd == pidfd:
+                poller.unregister(fd)  # stays readable once the command is gone
+                pidfd = -1
             elif fd == to_child and pending:
                 if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
                     pending = pending[:0]
@@ -684,12 +956,7 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
                     if fd == proc.stdin:
                         _close_stdin(proc)
                     elif master is not None:
-                        eof = _pty.eof_bytes(master, input[-1] if input else None)
-                        if eof:
-                            try:
-                                os.write(master, eof)
-                            except OSError:
-                                pass
+                        _send_pty_eof(master, input[-1] if input else None)
         now = time.monotonic()
         if proc.returncode is None:
             if timeout_at is not None and now >= timeout_at and not timed_out:
@@ -705,6 +972,15 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
         # Whatever the group started and left behind goes too.
         proc.send_signal(signal.SIGKILL, group=True)
     return timed_out
+
+
+def _send_pty_eof(master: int, last_byte: int | None) -> None:
+    eof = _pty.eof_bytes(master, last_byte)
+    if eof:
+        try:
+            os.write(master, eof)
+        except OSError:
+            pass
 
 
 def _close_stdin(proc: SessionProcess) -> None:
