@@ -6,6 +6,7 @@
  * lxcbind_ so no symbol can collide with liblxc's. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,9 +41,19 @@ static const int LXCBIND_HAS_DEVPTS_FD = 0;
 static int lxcbind_devpts_fd(struct lxc_container *c) { (void)c; return -ENOSYS; }
 #endif
 
+/* Held around every liblxc call that can put a pidfd of a container's init into this
+ * process: see lxcbind_attach. */
+static pthread_mutex_t lxcbind_pidfd_mutex = PTHREAD_MUTEX_INITIALIZER;
+
 #if LXCBIND_VERSION_AT_LEAST(4, 0, 0)
 static const int LXCBIND_HAS_INIT_PIDFD = 1;
-static int lxcbind_init_pidfd(struct lxc_container *c) { return c->init_pidfd(c); }
+static int lxcbind_init_pidfd(struct lxc_container *c)
+{
+    pthread_mutex_lock(&lxcbind_pidfd_mutex);
+    int fd = c->init_pidfd(c);
+    pthread_mutex_unlock(&lxcbind_pidfd_mutex);
+    return fd;
+}
 #else
 static const int LXCBIND_HAS_INIT_PIDFD = 0;
 static int lxcbind_init_pidfd(struct lxc_container *c) { (void)c; return -ENOSYS; }
@@ -169,9 +180,14 @@ static pid_t lxcbind_pidfd_pid(int fd)
 /* c->attach() with lxcbind_exec (or, for a Session, the spawner) as the exec function.
  *
  * liblxc 5.0 leaks, in the caller, the pidfd of the container's init that it fetches for every
- * attach (a thousand attaches, a thousand fds).  When init_pid > 0, the descriptors that appear
- * during the call and are pidfds of exactly that init are closed here.  The caller holds the
- * handle's lock, so liblxc is the only one creating fds through this handle meanwhile. */
+ * attach (get_attach_context asks the monitor for it; only the forked child closes it): a
+ * thousand attaches, a thousand fds.  What leaks is exactly a new descriptor of the monitor's
+ * own pidfd file, so that is what is closed: the fds that appear during the call and are the
+ * same open file (kcmp KCMP_FILE) as a reference descriptor fetched the same way just before.
+ * A pidfd another thread opens with pidfd_open() is another file and is never touched.  The
+ * only other ways to get that file (another attach, which is using its copy until it forks,
+ * and lxcbind_init_pidfd) hold the same mutex, so none can be mistaken for this call's leak.
+ * When init_pid is 0 (unknown) or no reference can be had, nothing is closed. */
 #define LXCBIND_EXEC_COMMAND 0 /* lxcbind_exec: run one program */
 #define LXCBIND_EXEC_SPAWNER 1 /* lxcbind_spawner_exec (spawner.c): a Session's spawner */
 
@@ -199,14 +215,31 @@ static int lxcbind_spawner_exec(void *payload)
     return lxcbind_fail(x->status_fd, LXCBIND_STAGE_EXEC, errno, 126);
 }
 
+static int lxcbind_same_file(int a, int b)
+{
+    pid_t self = getpid();
+    return syscall(SYS_kcmp, self, self, 0 /* KCMP_FILE */, a, b) == 0;
+}
+
 static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
                           lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid, int mode)
 {
     lxc_attach_exec_t exec_function = mode == LXCBIND_EXEC_SPAWNER ? lxcbind_spawner_exec
                                                                     : lxcbind_exec;
-    static __thread unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
-    int scanned = 0;
+    static unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
+    pthread_mutex_lock(&lxcbind_pidfd_mutex);
+    int ref = -1;
+#if LXCBIND_VERSION_AT_LEAST(4, 0, 0)
     if (init_pid > 0) {
+        ref = c->init_pidfd(c);
+        if (ref >= 0 && (lxcbind_pidfd_pid(ref) != init_pid || !lxcbind_same_file(ref, ref))) {
+            close(ref); /* not the init we know, or no kcmp: do not guess */
+            ref = -1;
+        }
+    }
+#endif
+    int scanned = 0;
+    if (ref >= 0) {
         memset(before, 0, sizeof(before));
         scanned = lxcbind_open_fds(before) == 0;
     }
@@ -217,10 +250,13 @@ static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
             for (int i = 0; i < LXCBIND_FD_BITS / 8; i++) {
                 unsigned char fresh = after[i] & (unsigned char)~before[i];
                 for (int b = 0; fresh && b < 8; b++, fresh >>= 1)
-                    if ((fresh & 1) && lxcbind_pidfd_pid(i * 8 + b) == init_pid)
+                    if ((fresh & 1) && lxcbind_same_file(i * 8 + b, ref))
                         close(i * 8 + b);
             }
         }
     }
+    if (ref >= 0)
+        close(ref);
+    pthread_mutex_unlock(&lxcbind_pidfd_mutex);
     return ret;
 }

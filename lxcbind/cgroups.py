@@ -1,5 +1,5 @@
 """The few cgroup facts the container layer needs: where this process is, how to go back,
-and a container-wide kill that spares init (a Session's last resort).
+and a kill of what a container started since a snapshot (a Session's last resort).
 
 liblxc 5.0's daemonized ``start()`` moves the *calling* process into the container's monitor
 cgroup (``lxc.monitor.<name>``), where it would stay, and which then cannot be removed when
@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import time
+from typing import Any
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -129,48 +130,70 @@ def process_dir(pid: int, controller: str) -> str | None:
             return os.path.join(mountpoint, path.lstrip("/"))
     return None
 
-def kill_all_but(init_pid: int, timeout: float = 5.0) -> bool:
-    """SIGKILL every process in the cgroup of ``init_pid`` (a container's init) and below,
-    except ``init_pid`` itself; True once only init is left (within ``timeout``).
-
-    The cgroup is frozen meanwhile (v1 freezer, else cgroup2 ``cgroup.freeze``), so nothing
-    can fork its way out of the kill.  Only processes inside the container's cgroup are
-    touched: the container's own limits and tree are what bound it.  Session.close() uses it
-    as a last resort, when the spawner (which normally kills its commands and their orphans)
-    stopped answering or died, so a command that left its group may be anywhere in there.
-    """
+def _freezer(init_pid: int) -> tuple[str, str, str, str, Any]:
+    """The container's cgroup directory and how to freeze it: v1 freezer, else cgroup2."""
     mounts = _mountpoints()
     groups = _process_cgroups(init_pid)
     if mounts.get("freezer") and "freezer" in groups:
         base = os.path.join(mounts["freezer"], groups["freezer"].lstrip("/"))
-        state, frozen, thawed = os.path.join(base, "freezer.state"), "FROZEN", "THAWED"
-        is_frozen = lambda: _read(state) == "FROZEN"  # noqa: E731
-    elif mounts.get("") and "" in groups:
+        state = os.path.join(base, "freezer.state")
+        return base, state, "FROZEN", "THAWED", lambda: _read(state) == "FROZEN"
+    if mounts.get("") and "" in groups:
         base = os.path.join(mounts[""], groups[""].lstrip("/"))
-        state, frozen, thawed = os.path.join(base, "cgroup.freeze"), "1", "0"
         events = os.path.join(base, "cgroup.events")
-        is_frozen = lambda: "frozen 1" in _read(events)  # noqa: E731
-    else:
-        raise OSError(errno.ENOTSUP, "no freezer for the container's cgroup")
+        return (base, os.path.join(base, "cgroup.freeze"), "1", "0",
+                lambda: "frozen 1" in _read(events))
+    raise OSError(errno.ENOTSUP, "no freezer for the container's cgroup")
+
+
+def processes(init_pid: int) -> set[tuple[int, str]]:
+    """Every process in the cgroup tree of ``init_pid`` (a container's init), as
+    ``(pid, start time)``: an identity that pid reuse cannot fake."""
+    base = _freezer(init_pid)[0]
+    return {(pid, start) for pid in _tree_pids(base) if (start := _starttime(pid))}
+
+
+def kill_newcomers(init_pid: int, spare: set[tuple[int, str]], timeout: float = 5.0) -> bool:
+    """SIGKILL every process in the container's cgroup tree (that of ``init_pid``) that is not
+    in ``spare`` (a ``processes()`` snapshot) nor init itself; True once none is left.
+
+    The cgroup is frozen meanwhile (v1 freezer, else cgroup2 ``cgroup.freeze``), so nothing
+    can fork its way out of the kill.  Only processes inside the container are touched, and
+    only those started after the snapshot.  Session.close() uses it as a last resort, when
+    the spawner (which normally kills its commands and their orphans) stopped answering or
+    died: a command that left its group may then be anywhere in the container.
+    """
+    base, state, frozen, thawed, is_frozen = _freezer(init_pid)
     deadline = time.monotonic() + timeout
+
+    def newcomers() -> list[int]:
+        return [pid for pid in _tree_pids(base)
+                if pid != init_pid and (pid, _starttime(pid)) not in spare]
+
     _write(state, frozen)
     try:
         while not is_frozen() and time.monotonic() < deadline:
             time.sleep(0.002)
-        for pid in _tree_pids(base):
-            if pid != init_pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for pid in newcomers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     finally:
         _write(state, thawed)
-    while any(pid != init_pid for pid in _tree_pids(base)):
+    while newcomers():
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.002)
     return True
 
+
+def _starttime(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 def _tree_pids(base: str) -> list[int]:
     """Every pid in the cgroup ``base`` and its descendants (zombies are not listed)."""

@@ -515,6 +515,8 @@ class Session:
         self._spawner_host_pid = 0  # a command's pidfd must name a child of this process
         self._nsdepth = 0  # ... at the same pid-namespace depth
         self._broken: SpawnerDied | None = None  # set once the spawner failed us
+        # (container init, its processes before we started): what a last resort spares
+        self._before: tuple[int, set[tuple[int, str]]] | None = None
         try:
             self._start(start_timeout)
         except BaseException:
@@ -546,6 +548,11 @@ class Session:
 
     def _start(self, start_timeout: float) -> None:
         image = _spawner_image()
+        init = self.container.init_pid
+        try:
+            self._before = (init, _cgroups.processes(init)) if init else None
+        except OSError:
+            self._before = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours
         try:
@@ -583,8 +590,10 @@ class Session:
 
         The spawner kills its commands and everything they left behind (it is their
         subreaper).  If it cannot (it was stopped, killed, or exits abnormally), the host
-        kills every process in the container's cgroup but its init: a command that escaped
-        its group may be anywhere in the container by then."""
+        freezes the container's cgroup and kills every process in it that was not there when
+        the session started: a command that escaped its group may be anywhere in the
+        container by then (processes another user started in a shared container meanwhile go
+        too; the container's init and older processes stay)."""
         with self._lock:
             if self._closed:
                 return
@@ -621,11 +630,11 @@ class Session:
                 box.close()
 
     def _kill_everything(self) -> None:
-        """Last resort (see ``close``): freeze the container's cgroup, SIGKILL all but init."""
-        init = self.container.init_pid
-        if init:
+        """Last resort (see ``close``): freeze the container's cgroup and SIGKILL every
+        process that was not there when the session started."""
+        if self._before is not None and self._before[0] == self.container.init_pid:
             try:
-                _cgroups.kill_all_but(init)
+                _cgroups.kill_newcomers(*self._before)
             except OSError:
                 pass  # no freezer: what the spawner's own cleanup got is all we can do
 
