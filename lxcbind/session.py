@@ -68,7 +68,8 @@ from typing import IO, Any, Iterable, Mapping, Sequence, Union
 from . import cgroups as _cgroups
 from . import pty as _pty
 from ._native import ffi, lib
-from .attach import Process, baseline_env, build_attach, decode_wait_status
+from .attach import (Process, baseline_env, build_attach, decode_wait_status,
+                     refuse_host_terminal)
 from .container import Container
 from .errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
 from .result import CompletedRun, OutputBuffer
@@ -761,9 +762,9 @@ class Session:
               start_timeout: float = _START_BOUND) -> SessionProcess:
         """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle.
 
-        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object; stdin
-        ``None`` is /dev/null (never the caller's stdin), stdout/stderr ``None`` the caller's
-        own.  ``tty=True``: one pty (from the container's devpts when possible) for all three,
+        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object;
+        ``None`` is /dev/null (never the caller's own fds 0-2), and one of the caller's
+        terminals is refused (``ValueError``: the command could type into it).  ``tty=True``: one pty (from the container's devpts when possible) for all three,
         controlling terminal of the command; its master is ``handle.master``.  ``pass_fds``:
         descriptors that become 3, 4, ... in the command.  ``cwd`` None: the container's /.
         A missing program or cwd is not an exception: ``wait()`` gives 127/126 and
@@ -789,13 +790,14 @@ class Session:
                         child_fds.append(child)
                         ours.append((("stdin", "stdout", "stderr")[index], mine))
                         fds.append(child)
-                    elif value == DEVNULL or (value is None and index == 0):
+                    elif value == DEVNULL or value is None:
                         fds.append(self._devnull)
-                    elif value is None:
-                        fds.append(index)
                     else:
                         fds.append(_fileno(value))
             fds += list(pass_fds)
+            for index, fd in enumerate(fds if not tty else ()):
+                name = ("stdin", "stdout", "stderr")[index] if index < 3 else "pass_fds"
+                refuse_host_terminal(fd, name)
             proc = self._send(argv, env, cwd, fds, ctty=tty)
             for name, fd in ours:
                 setattr(proc, name, proc._own(fd))
@@ -920,8 +922,13 @@ def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
         if proc.returncode is not None:
             if not sinks:
                 break
+            kill_at = None  # nothing left to escalate against
             if drain_until is None:
                 drain_until = time.monotonic() + drain_grace
+                poller.unregister(proc.fileno())  # hung up for good: would wake us for ever
+                if pidfd >= 0:
+                    poller.unregister(pidfd)
+                    pidfd = -1
         # Only deadlines still ahead: one already acted on would make poll() return at once
         # for ever (a busy loop).
         deadlines = [d for d in (None if timed_out else timeout_at, kill_at, drain_until)

@@ -68,7 +68,7 @@ def test_attach_leak_cleanup_never_closes_another_threads_pidfds(shared_busybox)
 def test_process_wait_races_close(shared_busybox):
     """``Process.wait(timeout)`` in one thread while another closes (kills and reaps) it."""
     failures = []
-    for _ in range(60):
+    for i in range(60):
         proc = shared_busybox.attach(["sleep", "100"])
         box: list[BaseException] = []
 
@@ -80,6 +80,7 @@ def test_process_wait_races_close(shared_busybox):
 
         t = threading.Thread(target=waiter)
         t.start()
+        time.sleep(0.002 * (i % 4))  # vary who gets there first
         proc.close()
         t.join(30)
         assert not t.is_alive()

@@ -15,6 +15,7 @@ import secrets
 import socket
 import struct
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -358,3 +359,92 @@ def test_closed_session_refuses_cleanly(host_container):
     s.close()
     with pytest.raises(SessionError):
         s.run(["true"])
+
+
+# -- the caller's terminal never reaches a container (issue #9 item 5) ---------------------
+
+TIOCSTI_ATTACK = r"""
+    import fcntl, json, os, sys, termios
+    out = {}
+    for fd in (0, 1, 2):
+        out[f"fd{fd}"] = os.readlink(f"/proc/self/fd/{fd}")
+        try:
+            fcntl.ioctl(fd, termios.TIOCSTI, b"X")
+            out[f"sti{fd}"] = "injected"
+        except OSError as exc:
+            out[f"sti{fd}"] = exc.errno
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR))
+        out["devtty"] = "opened"
+    except OSError as exc:
+        out["devtty"] = exc.errno
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+"""
+
+TERMINAL_DRIVER = r"""
+    import fcntl, json, os, pty, sys, termios, textwrap
+    sys.path.insert(0, {root!r})
+    master, slave = pty.openpty()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            # A caller sitting at a terminal: its session, controlling terminal and stdio.
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            from lxcbind import Container
+            from lxcbind.session import Session
+            attack = textwrap.dedent({attack!r})
+            result = {{}}
+            c = Container({name!r})
+            c.attach([{py!r}, "-c", attack, "/tmp/sti-attach.json"]).wait(timeout=60)
+            for label, call in (("attach", lambda: c.attach(["true"], stdout=1)),
+                                ("attach_stdin", lambda: c.attach(["true"], stdin=0))):
+                try:
+                    call().wait(timeout=60)
+                    result[label] = "accepted"
+                except ValueError:
+                    result[label] = "refused"
+            with Session(c) as s:
+                s.spawn([{py!r}, "-c", attack, "/tmp/sti-session.json"], stdin=None,
+                        stdout=None, stderr=None).wait(timeout=60)
+                try:
+                    s.spawn(["true"], stdout=2).wait(timeout=60)
+                    result["spawn"] = "accepted"
+                except ValueError:
+                    result["spawn"] = "refused"
+                result["tty_run"] = s.run(["tty"], tty=True).stdout.decode().strip()
+            # Anything typed into our terminal would wait in its input queue now.
+            queued = fcntl.ioctl(0, termios.FIONREAD, b"\0\0\0\0")
+            result["queued"] = int.from_bytes(queued, "little")
+            with open({result_path!r}, "w") as f:
+                json.dump(result, f)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(slave)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_callers_terminal_never_reaches_a_container(host_container, tmp_path):
+    result_path = tmp_path / "result.json"
+    driver = textwrap.dedent(TERMINAL_DRIVER).format(
+        root=os.getcwd(), attack=TIOCSTI_ATTACK, name=host_container.name, py=PY,
+        result_path=str(result_path))
+    done = subprocess.run([sys.executable, "-c", driver], capture_output=True, timeout=150)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    result = json.loads(result_path.read_text())
+    assert result["attach"] == result["attach_stdin"] == result["spawn"] == "refused"
+    assert result["queued"] == 0, "something was typed into the caller's terminal"
+    assert result["tty_run"].startswith("/dev/pts/")  # a terminal of its own still works
+    with Session(host_container) as s:
+        for where in ("attach", "session"):
+            seen = json.loads(s.run(["cat", f"/tmp/sti-{where}.json"]).stdout)
+            assert seen["fd0"] == seen["fd1"] == seen["fd2"] == "/dev/null", (where, seen)
+            assert "injected" not in seen.values(), (where, seen)
+            assert seen["devtty"] != "opened", (where, seen)  # no controlling terminal
