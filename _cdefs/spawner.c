@@ -374,8 +374,11 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
 refuse:
     if (data && memfd >= 0)
         munmap(data, (size_t)datalen);
+    /* Everything of the request is closed before the answer: whoever reads it finds
+     * nothing of it left open here. */
+    lxcbind_close_fds(fds + 1, nfds - 1);
     lxcbind_record_send(report, LXCBIND_REC_REFUSED, 0, bad, 0, -1);
-    lxcbind_close_fds(fds, nfds);
+    close(report);
 }
 
 static void lxcbind_spawner_reap(struct lxcbind_spawner *s)

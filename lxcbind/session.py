@@ -2,15 +2,28 @@
 
 Why a resident spawner.  liblxc's ``attach()`` fork()s the whole caller for every command, so a
 command costs ~2 ms plus time proportional to the caller's memory (page tables are copied:
-~56 ms at 1 GiB resident).  A Session pays that once: it attaches a tiny C *spawner*
-(``_cdefs/spawner.c``, compiled into ``lxcbind._lxc``) as the exec function of a single attach,
-so it has every part of liblxc's setup (namespaces, cgroup, capability bounding set,
-no_new_privs, seccomp, personality, LSM exec label, uid/gid).  It stays resident inside the
-container and starts each later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is
-copied, so a spawn costs the same whatever the size of the caller, and whatever liblxc arranges
-"on exec" (capabilities from the bounding set, the LSM label) is applied by the kernel at each
-command's own ``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
+~56 ms at 1 GiB resident).  A Session pays that once: a single attach execs the *spawner*
+(``_cdefs/spawner.c``, a small static program shipped in the package as ``lxcbind-spawner``,
+exec'd from a sealed memfd so no file of the container is trusted), so it has every part of
+liblxc's setup (namespaces, cgroup, capability bounding set, no_new_privs, seccomp,
+personality, LSM exec label, uid/gid).  It stays resident inside the container and starts each
+later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is copied, so a spawn costs
+the same whatever the size of the caller, and whatever liblxc arranges "on exec" (capabilities
+from the bounding set, the LSM label) is applied by the kernel at each command's own
+``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
 ``/proc/self/ns/*`` and ``/proc/self/cgroup`` of both paths.
+
+The commands are hostile (tests/security/test_session_security.py attacks each point):
+nothing of the caller is in the spawner (it is a fresh program: empty environment, argv
+``lxcbind-spawner``, only the control socket and /dev/null); it is not dumpable and no workload
+gets CAP_SYS_PTRACE, so a command (container root included) can neither read its memory nor
+ptrace it nor ``pidfd_getfd`` its sockets to forge replies; requests are bounds-checked in
+64-bit arithmetic and a malformed one is refused alone.  What a command *can* do to it is stop
+or kill it, so no deadline depends on it: each START record carries a pidfd of the command
+(checked on the host: a child of the spawner, at the pid announced), through which the host
+signals the command and its process group itself and sees it die; every wait for the spawner
+is bounded, and one that does not answer (``_START_BOUND``, or ``_EXIT_GRACE`` after the
+command died) fails the session with ``SpawnerDied``.
 
 Protocol (see the top of ``spawner.c``).  The control socket is a ``SOCK_SEQPACKET`` pair whose
 far end is the spawner's fd 0.  Each command is one datagram: a header, argv/env/cwd strings
@@ -34,16 +47,23 @@ Thread-safety: ``run``/``spawn``/``map`` may be called from many threads at once
 control socket are atomic datagrams; every command has its own descriptors).  A ``Shell`` is
 driven by one thread at a time (it has a lock).
 
-Failure model: the spawner dying (killed from inside the container, container stopped) makes
-the next call raise ``SpawnerDied``; ``close()`` still works.  A persistent shell that exits
-raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
+Failure model: the spawner dying, stopping or lying (killed from inside the container,
+container stopped) makes the call in progress and every later one raise ``SpawnerDied``; the
+commands the host holds a pidfd of are killed at once; ``close()`` still works.  A persistent
+shell that exits raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
+
+Nothing outlives ``close()``: the spawner is the subreaper of everything its commands start,
+and kills all of it (a daemon that ``setsid``'d and double-forked included) before it exits;
+when it cannot (stopped, killed), the host freezes the container's cgroup and kills every
+process that appeared since the session started (see ``close``).
 
 Limits: per-command uid/gid is not offered (the whole session runs as the ``uid``/``gid`` given
-to ``Session``: liblxc's own setuid path, so equivalence holds by construction); processes that
-leave the command's process group (``setsid``, daemons) are not killed on timeout (a cgroup kill
-is the sandbox layer's job).  The spawner is a fork of the caller; at start it unmaps the large
-anonymous mappings it inherited (x86-64 only), so it does not pin the caller's memory (a 1 GiB
-caller leaves a ~24 MiB spawner); the caller's fds are all closed in it.
+to ``Session``: liblxc's own setuid path, so equivalence holds by construction); a timeout
+kills the command's process group, not what left it (that goes at ``close()``).  Protection of
+the spawner against a command relies on the command lacking CAP_SYS_PTRACE, which lxcbind
+drops from every workload's bounding set itself; a session with a non-root ``uid`` has no
+capability to drop, but a setuid-root program inside could regain it unless no_new_privs is set
+(liblxc's default here).
 """
 
 from __future__ import annotations
@@ -147,13 +167,32 @@ def _spawner_image() -> int:
         return ro
 
 
+def _read_proc(path: str) -> str | None:
+    """A small /proc file in one read (raw: this is on every command's path)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096).decode()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (state is [0], ppid [1], start time
+    [19]), None when the process is gone."""
+    text = _read_proc(f"/proc/{pid}/stat")
+    return text.rsplit(")", 1)[1].split() if text else None
+
+
 def _pidfd_pids(fd: int) -> tuple[int, list[int]] | None:
     """``(host pid, [pid in each pid namespace])`` of a pidfd, None for any other fd.  The
     host pid is -1 once the process has been reaped."""
-    try:
-        with open(f"/proc/self/fdinfo/{fd}") as f:
-            info = f.read()
-    except OSError:
+    info = _read_proc(f"/proc/self/fdinfo/{fd}")
+    if info is None:
         return None
     pid = nspids = None
     for line in info.splitlines():
@@ -308,16 +347,12 @@ class SessionProcess:
         if info is not None and info[0] > 0:
             host_pid, nspids = info
             ok = nspids[-1] == pid and len(nspids) == self.session._nsdepth
-            try:
-                with open(f"/proc/{host_pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                if fields[0] == "X":  # being reaped right now
-                    host_pid = None
-                else:
-                    ok = ok and int(fields[1]) == self.session._spawner_host_pid
-                    self._starttime = fields[19]
-            except (FileNotFoundError, ProcessLookupError):
-                host_pid = None  # reaped meanwhile
+            fields = _stat_fields(host_pid)
+            if fields is None or fields[0] == "X":  # reaped, or being reaped right now
+                host_pid = None
+            else:
+                ok = ok and int(fields[1]) == self.session._spawner_host_pid
+                self._starttime = fields[19]
         if not ok:
             for fd in fds:
                 os.close(fd)
@@ -417,11 +452,8 @@ class SessionProcess:
         only then is the process group ``host_pid`` certainly ours to signal."""
         if self.host_pid is None or self._starttime is None:
             return False
-        try:
-            with open(f"/proc/{self.host_pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[19] == self._starttime
-        except OSError:
-            return False
+        fields = _stat_fields(self.host_pid)
+        return fields is not None and fields[19] == self._starttime
 
     def _host_signal(self, sig: int, *, group: bool) -> bool:
         """Signal the command (and its group) from the host; False when we have no pidfd."""
