@@ -352,6 +352,23 @@ def test_too_many_fds_are_refused_and_none_leaks(session, count):
             os.close(w)
 
 
+def test_string_count_wrap_with_enough_data_is_refused(session):
+    """The crash of issue #10: counts whose 32-bit sum wraps past the string-table check, with
+    enough strings in a memfd that the parser really walks them (the old spawner wrote past
+    its table, then crashed or corrupted itself)."""
+    argc = 300_000  # more than the table holds
+    memfd = os.memfd_create("wrap", os.MFD_CLOEXEC)
+    try:
+        os.write(memfd, b"\0" * argc)
+        header = (_MAGIC, 4, argc, (1 << 32) - argc - 3, 0, argc, 0, 0)
+        kind, *_ = _raw_request(session, header, b"", extra=[memfd])
+        assert kind == ord("E")
+    finally:
+        os.close(memfd)
+    assert session.alive
+    assert session.run(["echo", "intact"]).stdout == b"intact\n"
+
+
 def test_memfd_request_with_a_lying_size_is_refused(session):
     memfd = os.memfd_create("lie", os.MFD_CLOEXEC)
     try:
