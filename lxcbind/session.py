@@ -87,6 +87,7 @@ from typing import IO, Any, Iterable, Mapping, Sequence, Union
 
 from . import cgroups as _cgroups
 from . import pty as _pty
+from .bridge import Bridge
 from ._native import ffi, lib
 from .attach import (Process, baseline_env, build_attach, decode_wait_status,
                      refuse_host_terminal)
@@ -856,9 +857,10 @@ class Session:
             timeout: float | None = None, tty: bool = False,
             env: Mapping[str, str] | None = None, cwd: str | None = None,
             max_output: int | None = None, check: bool = False,
-            kill_grace: float = 1.0) -> CompletedRun:
+            kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
+        The I/O is the bridge's (``lxcbind.bridge``), exactly as for ``Container.run``.
         ``input`` is written to stdin, then EOF (None: empty stdin).  ``timeout``: SIGTERM to
         the command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
         ``max_output``: per stream, keep head and tail of this many bytes.  ``tty``: a pty,
@@ -874,7 +876,8 @@ class Session:
         try:
             out = OutputBuffer(max_output)
             err = OutputBuffer(max_output)
-            timed_out = _communicate(proc, input, out, err, timeout, kill_grace)
+            timed_out = _bridge(proc, input, out, err, timeout, kill_grace)
+            proc.wait()  # bounded: the command is gone, the spawner has _EXIT_GRACE to say how
         finally:
             proc.close()
         assert proc.returncode is not None
@@ -908,135 +911,34 @@ class Session:
                 f"{'closed' if self._closed else 'open'}>")
 
 
-def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
-                 err: OutputBuffer, timeout: float | None, kill_grace: float,
-                 drain_grace: float = 2.0) -> bool:
-    """Feed ``input``, capture output until EXIT and EOF.  Returns whether it timed out.
-
-    Every deadline is the host's: the timeout signals the command's group through its pidfd,
-    and the wait for the exit status is bounded (``SessionProcess._check``), so a stopped or
-    killed spawner cannot make this hang.  Output after the exit is drained until EOF, or for
-    ``drain_grace`` s at most (a background process may hold the pipe forever)."""
-    poller = select.poll()
-    sinks: dict[int, OutputBuffer] = {}
+def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: OutputBuffer,
+            timeout: float | None, kill_grace: float) -> bool:
+    """Drive a session command with the bridge, the one I/O loop of every run (the same
+    input, EOF, drain, readiness, timeout and kill rules as ``Container.run``).  The bridge
+    watches the host's pidfd of the command and signals its process group from the host, so
+    the spawner is needed for nothing but the exit status.  Returns whether it timed out."""
     master = proc.master
     if master is not None:
-        sinks[master] = out
+        outputs = [(master, out)]
+        to_child: int | None = master
+        input = input if input is not None else b""
     else:
-        for fd, sink in ((proc.stdout, out), (proc.stderr, err)):
-            if fd is not None:
-                sinks[fd] = sink
-    for fd in sinks:
-        os.set_blocking(fd, False)
-        poller.register(fd, _POLLIN)
-    poller.register(proc.fileno(), _POLLIN)
-    pidfd = proc._pidfd
-    if pidfd >= 0:
-        poller.register(pidfd, select.POLLIN)
-    pending = memoryview(input or b"")
-    to_child = master if master is not None else proc.stdin
-    if to_child is not None:
-        os.set_blocking(to_child, False)
-        if pending:
-            poller.register(to_child, select.POLLOUT)
-        elif to_child == proc.stdin:
-            _close_stdin(proc)
-            to_child = None
-        else:  # a pty and nothing to send: end its input now, as the pipe case does
-            _send_pty_eof(master, None)
-    now = time.monotonic()
-    timeout_at = now + timeout if timeout is not None else None
-    kill_at: float | None = None
-    drain_until: float | None = None
-    timed_out = False
-    while True:
-        proc.poll()
-        if proc.returncode is not None:
-            if not sinks:
-                break
-            kill_at = None  # nothing left to escalate against
-            if drain_until is None:
-                drain_until = time.monotonic() + drain_grace
-                poller.unregister(proc.fileno())  # hung up for good: would wake us for ever
-                if pidfd >= 0:
-                    poller.unregister(pidfd)
-                    pidfd = -1
-        # Only deadlines still ahead: one already acted on would make poll() return at once
-        # for ever (a busy loop).
-        deadlines = [d for d in (None if timed_out else timeout_at, kill_at, drain_until)
-                     if d is not None]
-        if proc._exited_at is not None and proc.returncode is None:
-            deadlines.append(proc._exited_at + _EXIT_GRACE + 0.01)
-        wait_ms = None
-        if deadlines:
-            wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
-        events = poller.poll(wait_ms)
-        for fd, event in events:
-            if fd in sinks:
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:  # EIO: pty master after the last slave closed
-                    if exc.errno != errno.EIO:
-                        raise
-                    data = b""
-                if data:
-                    sinks[fd].write(data)
-                else:
-                    poller.unregister(fd)
-                    del sinks[fd]
-            elif fd == pidfd:
-                poller.unregister(fd)  # stays readable once the command is gone
-                pidfd = -1
-            elif fd == to_child and pending:
-                if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                    pending = pending[:0]
-                else:
-                    try:
-                        pending = pending[os.write(fd, pending[:_CHUNK]):]
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:
-                        pending = pending[:0]
-                if not pending:
-                    poller.unregister(fd)
-                    if fd == proc.stdin:
-                        _close_stdin(proc)
-                    elif master is not None:
-                        _send_pty_eof(master, input[-1] if input else None)
-        now = time.monotonic()
-        if proc.returncode is None:
-            if timeout_at is not None and now >= timeout_at and not timed_out:
-                timed_out = True
-                proc.send_signal(signal.SIGTERM, group=True)
-                kill_at = now + kill_grace
-            elif kill_at is not None and now >= kill_at:
-                proc.send_signal(signal.SIGKILL, group=True)
-                kill_at = None
-        elif drain_until is not None and now >= drain_until:
-            break
-    if timed_out:
-        # Whatever the group started and left behind goes too.
-        proc.send_signal(signal.SIGKILL, group=True)
-    return timed_out
-
-
-def _send_pty_eof(master: int, last_byte: int | None) -> None:
-    eof = _pty.eof_bytes(master, last_byte)
-    if eof:
-        try:
-            os.write(master, eof)
-        except OSError:
-            pass
-
-
-def _close_stdin(proc: SessionProcess) -> None:
-    fd = proc.stdin
-    if fd is not None:
-        proc.stdin = None
-        proc._owned.remove(fd)
-        os.close(fd)
+        outputs = [(fd, sink) for fd, sink in ((proc.stdout, out), (proc.stderr, err))
+                   if fd is not None]
+        to_child = proc.stdin
+        if to_child is not None:
+            proc._owned.remove(to_child)  # the bridge closes a stdin pipe at input EOF
+            proc.stdin = None
+    pgid = proc.host_pid if proc._alive_leader() else None
+    bridge = Bridge(proc._pidfd, pgid=pgid, to_child=to_child, input=input,
+                    outputs=outputs, pty_master=master, timeout=timeout,
+                    kill_grace=kill_grace, handle_signals=False)
+    try:
+        bridge.run()
+    finally:
+        if master is None and bridge.to_child is not None:
+            os.close(bridge.to_child)
+    return bridge.timed_out
 
 
 class Shell:

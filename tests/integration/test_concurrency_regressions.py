@@ -142,16 +142,16 @@ def test_tty_run_without_input_ends_input(shared_busybox):
 
 
 def test_no_busy_loop_after_a_deadline(shared_busybox):
-    """After the timeout fired, waiting for the drain must sleep, not spin: a background
-    process that left the group keeps stdout open for the whole drain grace."""
+    """After the timeout fired, waiting out the kill grace must sleep, not spin (the old loop
+    kept the passed deadline and polled with a zero timeout until the end)."""
     with Session(shared_busybox) as s:
         cpu = time.process_time()
         wall = time.monotonic()
-        r = s.run("setsid sleep 30 & sleep 100", timeout=0.5)
+        r = s.run("trap '' TERM; while :; do sleep 1; done", timeout=0.3, kill_grace=2.0)
         cpu = time.process_time() - cpu
         wall = time.monotonic() - wall
-    assert r.timed_out
-    assert wall >= 2.0  # the drain grace was waited for
+    assert r.timed_out and r.returncode == -9
+    assert wall >= 2.0  # the kill grace was waited for
     assert cpu < 0.5 * wall, (cpu, wall)  # a spin burns about one CPU for all of it
 
 
