@@ -342,6 +342,11 @@ class SessionProcess:
         child of the spawner (hence in the container), whose pid there is ``pid``.  A fast
         command may already be reaped (fdinfo then says Pid -1): nothing left to signal, and
         the spawner must report its status within the exit grace as usual."""
+        if not fds:  # the spawner could not make one (a seccomp policy may deny pidfd_open)
+            fds = self.session._pidfd_of_child(pid)
+            if not fds:  # no such child any more: reaped, so its EXIT record is due now
+                self._exited_at = time.monotonic()
+                return
         info = _pidfd_pids(fds[0]) if len(fds) == 1 else None
         ok = info is not None
         host_pid: int | None = None
@@ -393,10 +398,10 @@ class SessionProcess:
         """Records, then the host's own view: once the pidfd says the command is gone, the
         spawner has ``_EXIT_GRACE`` s to report its status."""
         self._read_records()
-        if self.returncode is not None or self._pidfd < 0:
+        if self.returncode is not None:
             return
         if self._exited_at is None:
-            if not select.select([self._pidfd], [], [], 0)[0]:
+            if self._pidfd < 0 or not select.select([self._pidfd], [], [], 0)[0]:
                 return
             self._exited_at = time.monotonic()
             self._read_records()  # it may have been reported meanwhile
@@ -684,6 +689,22 @@ class Session:
         spawner = self._spawner
         return self._broken is None and spawner is not None and spawner.poll() is None
 
+    def _pidfd_of_child(self, pid: int) -> list[int]:
+        """``[pidfd]`` of the spawner's child whose pid in the container is ``pid``, opened by
+        the host itself; ``[]`` when there is none (any more)."""
+        for tid in os.listdir(f"/proc/{self._spawner_host_pid}/task"):
+            children = _read_proc(f"/proc/{self._spawner_host_pid}/task/{tid}/children") or ""
+            for child in children.split():
+                status = _read_proc(f"/proc/{child}/status") or ""
+                nspid = next((line.split()[1:] for line in status.splitlines()
+                              if line.startswith("NSpid:")), [])
+                if nspid and nspid[-1] == str(pid):
+                    try:
+                        return [os.pidfd_open(int(child))]
+                    except ProcessLookupError:
+                        return []
+        return []
+
     def _fail(self, why: str) -> SpawnerDied:
         """Declare the spawner dead (once); every later call raises the same error."""
         with self._lock:
@@ -930,14 +951,21 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: O
             proc._owned.remove(to_child)  # the bridge closes a stdin pipe at input EOF
             proc.stdin = None
     pgid = proc.host_pid if proc._alive_leader() else None
-    bridge = Bridge(proc._pidfd, pgid=pgid, to_child=to_child, input=input,
-                    outputs=outputs, pty_master=master, timeout=timeout,
-                    kill_grace=kill_grace, handle_signals=False)
+    # No pidfd only when the command was reaped before we could open one: an always-readable
+    # eventfd tells the bridge it has exited.
+    exited = os.eventfd(1, os.EFD_CLOEXEC) if proc._pidfd < 0 else -1
     try:
-        bridge.run()
+        bridge = Bridge(proc._pidfd if exited < 0 else exited, pgid=pgid, to_child=to_child,
+                        input=input, outputs=outputs, pty_master=master, timeout=timeout,
+                        kill_grace=kill_grace, handle_signals=False)
+        try:
+            bridge.run()
+        finally:
+            if master is None and bridge.to_child is not None:
+                os.close(bridge.to_child)
     finally:
-        if master is None and bridge.to_child is not None:
-            os.close(bridge.to_child)
+        if exited >= 0:
+            os.close(exited)
     return bridge.timed_out
 
 

@@ -217,6 +217,24 @@ def test_background_process_cannot_forge_a_reply(session):
 # -- deadlines and kills from the host ------------------------------------------------------
 
 
+def test_host_finds_a_commands_pidfd_itself(session):
+    """The fallback when the spawner sends no pidfd (a seccomp policy denying pidfd_open):
+    the host derives it from the spawner's children, and it is the same process."""
+    proc = session.spawn(["sleep", "100"])
+    try:
+        assert proc.host_pid is not None
+        fds = session._pidfd_of_child(proc.pid)
+        assert len(fds) == 1
+        try:
+            with open(f"/proc/self/fdinfo/{fds[0]}") as f:
+                assert f"Pid:\t{proc.host_pid}\n" in f.read()
+        finally:
+            os.close(fds[0])
+        assert session._pidfd_of_child(999_999) == []
+    finally:
+        proc.close()
+
+
 @pytest.mark.parametrize("how", ["STOP", "KILL"])
 def test_stopped_or_killed_spawner_cannot_hang_a_run_or_keep_the_command(session,
                                                                        host_container, how):
