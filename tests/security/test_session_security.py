@@ -37,16 +37,31 @@ os.environ["LXCBIND_TEST_SECRET"] = SECRET
 _HEAP_SECRET = bytearray(SECRET.encode() * 64)
 
 
-@pytest.fixture(scope="module")
-def host_container():
-    """A running container on the host root filesystem (python3 inside), shared here."""
-    c = define_container(new_name("i10-sec-"), RootfsSpec("host"))
+@pytest.fixture(scope="module", params=["default", "privileged"])
+def host_container(request):
+    """A running container on the host root filesystem (python3 inside), shared here: under
+    the default isolation (unprivileged, capability keep-list, seccomp), and bare privileged
+    (root inside is root outside, CAP_SYS_PTRACE and all): the protections must hold on
+    their own, not because the workload lacks a capability."""
+    if request.param == "privileged":
+        c = define_container(new_name("i10-sec-"), RootfsSpec("host"))
+        try:
+            c.start()
+            yield c
+        finally:
+            remove_container(c)
+            c.close()
+        return
+    from lxcbind.sandbox import Sandbox
+
+    box = Sandbox({"version": "0.8.0", "containerId": new_name("i10-sec-"),
+                   "process": {"commandLine": "true"}})
+    box.__enter__()
     try:
-        c.start()
-        yield c
+        assert box.container is not None
+        yield box.container
     finally:
-        remove_container(c)
-        c.close()
+        box.close()
 
 
 @pytest.fixture
