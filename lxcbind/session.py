@@ -849,9 +849,10 @@ class Session:
                     else:
                         fds.append(_fileno(value))
             fds += list(pass_fds)
-            for index, fd in enumerate(fds if not tty else ()):
-                name = ("stdin", "stdout", "stderr")[index] if index < 3 else "pass_fds"
-                refuse_host_terminal(fd, name)
+            for index, fd in enumerate(fds):
+                if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
+                    refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
+                                         if index < 3 else "pass_fds")
             proc = self._send(argv, env, cwd, fds, ctty=tty)
             for name, fd in ours:
                 setattr(proc, name, proc._own(fd))

@@ -3,10 +3,8 @@ without its fix (real containers, many threads)."""
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
-import subprocess
 import threading
 import time
 
