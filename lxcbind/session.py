@@ -903,11 +903,9 @@ class Session:
         finally:
             proc.close()
         assert proc.returncode is not None
-        result = CompletedRun(
-            args=proc.args, returncode=proc.returncode, stdout=out.getvalue(),
-            stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
-            truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
-            stderr_omitted=err.omitted, exec_error=proc.exec_error, timeout=timeout)
+        result = CompletedRun.captured(proc.args, proc.returncode, out, err,
+                                       timed_out=timed_out, started=start,
+                                       exec_error=proc.exec_error, timeout=timeout)
         if check:
             result.check_returncode()
         return result
@@ -1044,11 +1042,8 @@ class Shell:
             script = (f"{{ eval {quoted}\n}} </dev/null 3>&-\n"
                       f"printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
             status, timed_out = self._exchange(script, nonce, out, err, timeout, kill_grace)
-            return CompletedRun(
-                args=[command], returncode=status, stdout=out.getvalue(),
-                stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
-                truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
-                stderr_omitted=err.omitted, timeout=timeout)
+            return CompletedRun.captured([command], status, out, err, timed_out=timed_out,
+                                         started=start, timeout=timeout)
 
     def _exchange(self, script: bytes, nonce: str, out: OutputBuffer, err: OutputBuffer,
                   timeout: float | None, kill_grace: float) -> tuple[int, bool]:
