@@ -594,6 +594,7 @@ class Session:
             self._before = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours
+        ours.settimeout(_START_BOUND)  # bounds sendmsg too: a stopped spawner stops reading
         try:
             request = build_attach(["lxcbind-spawner"], env=None, clear_env=True, cwd="/",
                                    uid=self.uid, gid=self.gid, stdin=theirs.fileno(),
@@ -781,6 +782,9 @@ class Session:
                                         array.array("i", passed))])
             except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
                 raise self._dead() from None
+            except TimeoutError:  # its queue is full and it does not read: stopped or hung
+                raise self._fail(f"the spawner took no request for {_START_BOUND:g}s "
+                                 "(stopped?)") from None
             except OSError as exc:
                 if exc.errno in (errno.EBADF, errno.ENOTCONN):
                     raise SessionError("session is closed") from None

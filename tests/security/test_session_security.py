@@ -269,6 +269,38 @@ def test_stopped_or_killed_spawner_cannot_hang_a_run_or_keep_the_command(session
     assert host_container.init_pid == init and host_container.running
 
 
+def test_requests_to_a_stopped_spawner_are_bounded(host_container):
+    """Many threads sending big requests to a stopped spawner: its socket queue fills, and
+    every call still returns (``SpawnerDied``) instead of blocking in sendmsg for ever."""
+    import signal
+    import threading
+
+    s = Session(host_container)
+    outcomes: list[BaseException | None] = []
+    try:
+        assert s._spawner is not None
+        os.kill(s._spawner.pid, signal.SIGSTOP)  # what a command can do with kill -STOP
+        big = {"FILLER": "x" * 90_000}  # ~90 KB per request: a few fill the queue
+
+        def call() -> None:
+            try:
+                s.spawn(["true"], env=big).close()
+                outcomes.append(None)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+                outcomes.append(exc)
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), "a call blocked on the spawner"
+        assert len(outcomes) == 8 and all(isinstance(o, SpawnerDied) for o in outcomes), outcomes
+    finally:
+        s.close()
+    assert not s.alive
+
+
 def test_setsid_escapee_does_not_outlive_close(host_container):
     marker = _marker()
     with Session(host_container) as s:
