@@ -1,4 +1,27 @@
-# All metadata is in pyproject.toml; this file only names the cffi builder.
-from setuptools import setup
+# All metadata is in pyproject.toml; this file names the cffi builder and adds one step to
+# build_ext: the session spawner, a static executable shipped inside the package.
+import importlib.util
+from pathlib import Path
 
-setup(cffi_modules=["lxcbind/_build.py:ffibuilder"], zip_safe=False)
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location(
+        "_lxcbind_build", Path(__file__).resolve().parent / "lxcbind" / "_build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildExt(build_ext):
+    def run(self):
+        super().run()
+        builder = _builder()
+        root = Path(__file__).resolve().parent if self.inplace else Path(self.build_lib)
+        builder.build_spawner(root / "lxcbind" / builder.SPAWNER_NAME)
+
+
+setup(cffi_modules=["lxcbind/_build.py:ffibuilder"], zip_safe=False,
+      cmdclass={"build_ext": BuildExt})

@@ -6,6 +6,7 @@
  * lxcbind_ so no symbol can collide with liblxc's. */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,15 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <linux/capability.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <lxc/lxccontainer.h>
 #include <lxc/version.h>
+
+#include "execvpe.h"
+#include "spawner_proto.h"
 
 #define LXCBIND_VERSION_AT_LEAST(maj, min, mic)                                    \
     (LXC_VERSION_MAJOR > (maj) ||                                                  \
@@ -35,9 +41,19 @@ static const int LXCBIND_HAS_DEVPTS_FD = 0;
 static int lxcbind_devpts_fd(struct lxc_container *c) { (void)c; return -ENOSYS; }
 #endif
 
+/* Held around every liblxc call that can put a pidfd of a container's init into this
+ * process: see lxcbind_attach. */
+static pthread_mutex_t lxcbind_pidfd_mutex = PTHREAD_MUTEX_INITIALIZER;
+
 #if LXCBIND_VERSION_AT_LEAST(4, 0, 0)
 static const int LXCBIND_HAS_INIT_PIDFD = 1;
-static int lxcbind_init_pidfd(struct lxc_container *c) { return c->init_pidfd(c); }
+static int lxcbind_init_pidfd(struct lxc_container *c)
+{
+    pthread_mutex_lock(&lxcbind_pidfd_mutex);
+    int fd = c->init_pidfd(c);
+    pthread_mutex_unlock(&lxcbind_pidfd_mutex);
+    return fd;
+}
 #else
 static const int LXCBIND_HAS_INIT_PIDFD = 0;
 static int lxcbind_init_pidfd(struct lxc_container *c) { (void)c; return -ENOSYS; }
@@ -64,9 +80,8 @@ struct lxcbind_exec {
     const char *cwd;
     int ctty_fd;
     int status_fd;
+    int exe_fd;      /* LXCBIND_EXEC_SPAWNER: a sealed memfd holding the spawner program */
 };
-
-#define LXCBIND_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 /* Report a failure as {stage, errno} on the status pipe; the parent reads it after the child
  * is gone, which is how "could not execute" is told apart from the program's own exit 126/127. */
@@ -76,51 +91,6 @@ static int lxcbind_fail(int status_fd, int32_t stage, int32_t err, int code)
     ssize_t unused = write(status_fd, record, sizeof(record));
     (void)unused;
     return code;
-}
-
-static const char *lxcbind_env_path(char *const *envp)
-{
-    for (; envp && *envp; envp++)
-        if (strncmp(*envp, "PATH=", 5) == 0)
-            return *envp + 5;
-    return LXCBIND_DEFAULT_PATH;
-}
-
-/* execvpe(), but searching the PATH of the *new* environment (glibc searches the caller's)
- * and without glibc's silent /bin/sh retry on ENOEXEC.  Returns the errno that decides the
- * exit status: ENOENT means "not found", anything else "found but not executable". */
-static int lxcbind_execvpe(const char *file, char *const argv[], char *const envp[])
-{
-    if (strchr(file, '/')) {
-        execve(file, argv, envp);
-        return errno;
-    }
-    const char *path = lxcbind_env_path(envp);
-    size_t flen = strlen(file);
-    int saw_eacces = 0;
-    char buf[4096];
-    for (const char *p = path;; ) {
-        const char *end = strchrnul(p, ':');
-        size_t dlen = (size_t)(end - p);
-        const char *dir = dlen ? p : "."; /* an empty PATH entry means the cwd */
-        if (dlen == 0)
-            dlen = 1;
-        if (dlen + flen + 2 <= sizeof(buf)) {
-            memcpy(buf, dir, dlen);
-            buf[dlen] = '/';
-            memcpy(buf + dlen + 1, file, flen + 1);
-            execve(buf, argv, envp);
-            switch (errno) {
-            case EACCES: saw_eacces = 1; break;
-            case ENOENT: case ENOTDIR: case ESTALE: case ENODEV: case ETIMEDOUT: break;
-            default: return errno;
-            }
-        }
-        if (*end == '\0')
-            break;
-        p = end + 1;
-    }
-    return saw_eacces ? EACCES : ENOENT;
 }
 
 /* The function liblxc runs in the attached child, after it has joined the container's
@@ -142,6 +112,12 @@ static int lxcbind_exec(void *payload)
     dfl.sa_handler = SIG_DFL;
     for (int sig = 1; sig < _NSIG; sig++)
         sigaction(sig, &dfl, NULL);
+
+    /* Never CAP_SYS_PTRACE in a workload: it overrides PR_SET_DUMPABLE 0, which is what keeps
+     * a Session's spawner (and its sockets) out of its commands' reach; dropped here too so
+     * that a one-shot command and a session command are confined alike.  Without CAP_SETPCAP
+     * (a non-root uid) there is nothing to drop: such a process has no capabilities. */
+    prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0);
 
     /* liblxc already made us a session leader when stdin is a tty; otherwise do it here. */
     if (getsid(0) != getpid())
@@ -204,22 +180,66 @@ static pid_t lxcbind_pidfd_pid(int fd)
 /* c->attach() with lxcbind_exec (or, for a Session, the spawner) as the exec function.
  *
  * liblxc 5.0 leaks, in the caller, the pidfd of the container's init that it fetches for every
- * attach (a thousand attaches, a thousand fds).  When init_pid > 0, the descriptors that appear
- * during the call and are pidfds of exactly that init are closed here.  The caller holds the
- * handle's lock, so liblxc is the only one creating fds through this handle meanwhile. */
+ * attach (get_attach_context asks the monitor for it; only the forked child closes it): a
+ * thousand attaches, a thousand fds.  What leaks is exactly a new descriptor of the monitor's
+ * own pidfd file, so that is what is closed: the fds that appear during the call and are the
+ * same open file (kcmp KCMP_FILE) as a reference descriptor fetched the same way just before.
+ * A pidfd another thread opens with pidfd_open() is another file and is never touched.  The
+ * only other ways to get that file (another attach, which is using its copy until it forks,
+ * and lxcbind_init_pidfd) hold the same mutex, so none can be mistaken for this call's leak.
+ * When init_pid is 0 (unknown) or no reference can be had, nothing is closed. */
 #define LXCBIND_EXEC_COMMAND 0 /* lxcbind_exec: run one program */
 #define LXCBIND_EXEC_SPAWNER 1 /* lxcbind_spawner_exec (spawner.c): a Session's spawner */
 
-static int lxcbind_spawner_exec(void *payload); /* spawner.c, same translation unit */
+/* The exec function of a Session's one attach: exec the spawner program (spawner.c) from the
+ * sealed memfd in exe_fd, with nothing of the caller: argv is just its name, the environment
+ * is empty, and every descriptor but the control socket (0) and /dev/null (1, 2) is gone at
+ * the exec.  liblxc has joined the namespaces and cgroup, dropped the bounding set, set
+ * no_new_privs and loaded seccomp; the kernel finishes the rest at this execve, as for any
+ * command.  Until the exec this process is a copy of the caller: not dumpable meanwhile. */
+static int lxcbind_spawner_exec(void *payload)
+{
+    struct lxcbind_exec *x = payload;
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    ssize_t unused = write(x->status_fd, "R", 1);
+    (void)unused;
+    if (syscall(SYS_close_range, 3U, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0) {
+        for (int fd = 3; fd < 65536; fd++)
+            if (fd != x->exe_fd && fd != x->status_fd)
+                close(fd);
+    }
+    char *const argv[] = {(char *)"lxcbind-spawner", NULL};
+    char *const envp[] = {NULL};
+    /* A CLOEXEC memfd is fine here: the kernel holds the file; only scripts need the fd. */
+    syscall(SYS_execveat, x->exe_fd, "", argv, envp, AT_EMPTY_PATH);
+    return lxcbind_fail(x->status_fd, LXCBIND_STAGE_EXEC, errno, 126);
+}
+
+static int lxcbind_same_file(int a, int b)
+{
+    pid_t self = getpid();
+    return syscall(SYS_kcmp, self, self, 0 /* KCMP_FILE */, a, b) == 0;
+}
 
 static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
                           lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid, int mode)
 {
     lxc_attach_exec_t exec_function = mode == LXCBIND_EXEC_SPAWNER ? lxcbind_spawner_exec
                                                                     : lxcbind_exec;
-    static __thread unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
-    int scanned = 0;
+    static unsigned char before[LXCBIND_FD_BITS / 8], after[LXCBIND_FD_BITS / 8];
+    pthread_mutex_lock(&lxcbind_pidfd_mutex);
+    int ref = -1;
+#if LXCBIND_VERSION_AT_LEAST(4, 0, 0)
     if (init_pid > 0) {
+        ref = c->init_pidfd(c);
+        if (ref >= 0 && (lxcbind_pidfd_pid(ref) != init_pid || !lxcbind_same_file(ref, ref))) {
+            close(ref); /* not the init we know, or no kcmp: do not guess */
+            ref = -1;
+        }
+    }
+#endif
+    int scanned = 0;
+    if (ref >= 0) {
         memset(before, 0, sizeof(before));
         scanned = lxcbind_open_fds(before) == 0;
     }
@@ -230,10 +250,13 @@ static int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
             for (int i = 0; i < LXCBIND_FD_BITS / 8; i++) {
                 unsigned char fresh = after[i] & (unsigned char)~before[i];
                 for (int b = 0; fresh && b < 8; b++, fresh >>= 1)
-                    if ((fresh & 1) && lxcbind_pidfd_pid(i * 8 + b) == init_pid)
+                    if ((fresh & 1) && lxcbind_same_file(i * 8 + b, ref))
                         close(i * 8 + b);
             }
         }
     }
+    if (ref >= 0)
+        close(ref);
+    pthread_mutex_unlock(&lxcbind_pidfd_mutex);
     return ret;
 }

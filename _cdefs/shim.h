@@ -22,6 +22,7 @@ struct lxcbind_exec {
     const char *cwd;         /* NULL: stay where liblxc put us */
     int ctty_fd;             /* >= 0: make this tty our controlling terminal */
     int status_fd;           /* write end of a CLOEXEC pipe: "reached" byte, then failures */
+    int exe_fd;              /* LXCBIND_EXEC_SPAWNER: sealed memfd of the spawner program */
     ...;
 };
 

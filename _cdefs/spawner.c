@@ -1,15 +1,28 @@
-/* lxcbind's resident spawner: the C half of lxcbind.Session (see lxcbind/session.py).
+/* lxcbind-spawner: the program a Session runs inside its container (see lxcbind/session.py).
  *
- * Why: liblxc's attach() fork()s the whole caller for every command, so its cost grows with
- * the caller's memory.  A Session pays that once: one attach runs lxcbind_spawner_exec (below)
- * as its exec function, and the attached process, which already has every bit of liblxc's
- * setup (namespaces, cgroup, capability bounding set, no_new_privs, seccomp, LSM exec label,
- * uid/gid), stays resident and starts each later command with clone(CLONE_VM|CLONE_VFORK):
- * no page tables are copied, so a spawn costs the same whatever the caller's size.  Commands
- * are its children and inherit exactly that setup; the caps and LSM label that liblxc
- * arranges "on exec" are applied by the kernel at each command's execve, as for an attach.
+ * Why a program of its own.  liblxc's attach() fork()s the whole caller for every command, so
+ * its cost grows with the caller's memory.  A Session pays that once: one attach whose exec
+ * function (lxcbind_spawner_exec in shim.c) execs *this* program, a static executable shipped
+ * in the package and handed over as a sealed memfd (execveat(AT_EMPTY_PATH)): no file inside
+ * the container is trusted, and nothing of the caller (its heap, argv, environment, fds)
+ * survives the exec.  The process already has every bit of liblxc's setup (namespaces, cgroup,
+ * capability bounding set, no_new_privs, seccomp, LSM exec label, uid/gid); it stays resident
+ * and starts each later command with clone(CLONE_VM|CLONE_VFORK): no page tables are copied,
+ * so a spawn costs the same whatever the size of the caller.
  *
- * Wire format (native endianness; the caller runs on the same host):
+ * What the commands it starts cannot do to it (they are hostile, possibly container root):
+ *  - read its memory, environment or fds, ptrace it, or pidfd_getfd its sockets: it is not
+ *    dumpable (PR_SET_DUMPABLE 0), and its commands never get CAP_SYS_PTRACE (dropped from
+ *    the bounding set here when we may), which is the one capability that overrides that;
+ *  - inherit its sockets: every descriptor of the spawner is close-on-exec, a command gets
+ *    exactly its stdio and the fds the caller passed;
+ *  - crash it with a request: every length is checked in 64-bit arithmetic, a bad request is
+ *    refused alone and its descriptors are closed.
+ * What they can do: signal it (SIGSTOP, SIGKILL: same uid).  The host never depends on it for
+ * a deadline: each START record carries a pidfd of the command, with which the host signals
+ * and watches the command itself, and Session.close() kills what is left through the cgroup.
+ *
+ * Wire format (native endianness; both ends run on the same host; numbers in spawner_proto.h):
  *   control socket = fd 0 of the spawner, SOCK_SEQPACKET.
  *   spawner -> caller, once:  record {HELLO, pid-in-container, VERSION, 0}.
  *   caller -> spawner, per command: one datagram
@@ -18,7 +31,8 @@
  *               memfd passed last when the MEMFD flag is set and the data is large)
  *       SCM_RIGHTS: report socket, stdin, stdout, stderr, extra fds (become 3, 4, ...), [memfd]
  *   report socket (one SOCK_SEQPACKET pair per command), records of 4 x i32:
- *       spawner -> caller  {START, pid, stage, errno}   stage 0: running; else it never ran
+ *       spawner -> caller  {START, pid, stage, errno} + SCM_RIGHTS [pidfd of the command]
+ *                                                   stage 0: running; else it never ran
  *                          {EXIT, pid, wait status, 0}  then the spawner closes its end
  *                          {REFUSED, 0, errno, 0}       malformed request / too many children
  *       caller -> spawner  {KILL, signal, to_group, 0}  signal the command (or its group)
@@ -26,44 +40,42 @@
  * The control socket closing (Session.close, or the caller dying) makes the spawner SIGKILL
  * every command's process group, reap them and exit.
  *
- * Rules: the spawner is single-threaded C, never returns into liblxc, never calls malloc (its
- * buffers are mmap()ed at start), holds no descriptor a command could inherit (all CLOEXEC and
- * the child marks everything above its own stdio close-on-exec), and reaps its children via a
- * signalfd, so nothing accumulates however many commands run.  Helpers are static, lxcbind_. */
+ * Rules: single-threaded, no malloc (buffers are mmap()ed at start), children reaped through
+ * a signalfd so nothing accumulates however many commands run. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <linux/capability.h>
 
-#define LXCBIND_SPAWN_MAGIC 0x4c584253u /* "SBXL" */
-#define LXCBIND_SPAWN_VERSION 1
-#define LXCBIND_SPAWN_HEADER_SIZE 32
-#define LXCBIND_SPAWN_RECORD_SIZE 16
-#define LXCBIND_SPAWN_MAX_INLINE (96 * 1024)
-#define LXCBIND_SPAWN_MAX_EXTRA_FDS 8
-#define LXCBIND_SPAWN_MAX_STRINGS 262144
-#define LXCBIND_SPAWN_MAX_CHILDREN 4096
-#define LXCBIND_SPAWN_MAX_DATA (64 * 1024 * 1024)
+#include "execvpe.h"
+#include "spawner_proto.h"
 
-#define LXCBIND_SPAWN_CWD 1
-#define LXCBIND_SPAWN_CTTY 2
-#define LXCBIND_SPAWN_MEMFD 4
-
-#define LXCBIND_REC_HELLO 'H'
-#define LXCBIND_REC_START 'S'
-#define LXCBIND_REC_EXIT 'X'
-#define LXCBIND_REC_REFUSED 'E'
-#define LXCBIND_REC_KILL 'K'
-
-#define LXCBIND_STAGE_SPAWN 4
+/* exec-failure stages, as in shim.c (the host decodes both the same way) */
+#define LXCBIND_STAGE_CHDIR 1
+#define LXCBIND_STAGE_CTTY 2
+#define LXCBIND_STAGE_EXEC 3
 
 #define LXCBIND_SPAWN_STACK (256 * 1024)
+/* report socket + stdio + extra + memfd: the most a well-formed request carries */
 #define LXCBIND_SPAWN_NFDS_MAX (4 + LXCBIND_SPAWN_MAX_EXTRA_FDS + 1)
+/* room for more than that, so a request with too many fds is seen (and its fds closed) */
+#define LXCBIND_SPAWN_NFDS_ROOM 64
 #define LXCBIND_TAG_CONTROL 0
 #define LXCBIND_TAG_SIGNAL 1
 #define LXCBIND_TAG_SLOT 2
@@ -98,10 +110,30 @@ struct lxcbind_spawner {
     int live;
 };
 
-static void lxcbind_record_send(int fd, int32_t type, int32_t pid, int32_t a, int32_t b)
+/* One record, with at most one descriptor attached (the START record's pidfd). */
+static void lxcbind_record_send(int fd, int32_t type, int32_t pid, int32_t a, int32_t b,
+                                int pass_fd)
 {
     int32_t rec[4] = {type, pid, a, b};
-    ssize_t unused = send(fd, rec, sizeof(rec), MSG_DONTWAIT | MSG_NOSIGNAL);
+    struct iovec iov = {rec, sizeof(rec)};
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {0};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    if (pass_fd >= 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+    }
+    ssize_t unused = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     (void)unused;
 }
 
@@ -134,6 +166,7 @@ static int lxcbind_spawn_child_main(void *arg)
             _exit(126);
         }
     }
+    /* Everything of the spawner is close-on-exec already; this is the belt to those braces. */
     if (syscall(SYS_close_range, (unsigned)k->nfds, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) < 0) {
         for (int fd = k->nfds; fd < 65536; fd++)
             fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -179,12 +212,33 @@ static void lxcbind_slot_hangup(struct lxcbind_spawner *s, int i)
     }
 }
 
+/* Every descriptor of one datagram, however many cmsgs carry them; returns how many were
+ * received (all of them are open in fds[0, n)).  MSG_CTRUNC means the kernel dropped some. */
+static int lxcbind_collect_fds(struct msghdr *msg, int *fds, int room)
+{
+    int nfds = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        uint64_t count = ((uint64_t)c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (uint64_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+            if (nfds < room)
+                fds[nfds++] = fd;
+            else
+                close(fd); /* cannot happen with our buffer size; never leak one anyway */
+        }
+    }
+    return nfds;
+}
+
 /* One control datagram: validate, spawn, report START.  Never fails the spawner itself. */
 static void lxcbind_spawner_request(struct lxcbind_spawner *s)
 {
     struct iovec iov = {s->buf, LXCBIND_SPAWN_HEADER_SIZE + LXCBIND_SPAWN_MAX_INLINE};
     union {
-        char buf[CMSG_SPACE(sizeof(int) * LXCBIND_SPAWN_NFDS_MAX)];
+        char buf[CMSG_SPACE(sizeof(int) * LXCBIND_SPAWN_NFDS_ROOM)];
         struct cmsghdr align;
     } control;
     struct msghdr msg = {0};
@@ -196,15 +250,8 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     if (n < 0)
         return; /* EAGAIN/EINTR: the loop comes back; a real error shows up as EPOLLHUP */
 
-    int fds[LXCBIND_SPAWN_NFDS_MAX];
-    int nfds = 0;
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-            continue;
-        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-        for (int i = 0; i < count && nfds < LXCBIND_SPAWN_NFDS_MAX; i++)
-            memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-    }
+    int fds[LXCBIND_SPAWN_NFDS_ROOM];
+    int nfds = lxcbind_collect_fds(&msg, fds, LXCBIND_SPAWN_NFDS_ROOM);
     if (nfds < 1)
         return; /* no report socket: nobody to answer */
     int report = fds[0];
@@ -212,32 +259,36 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     uint32_t h[8];
     int bad = EINVAL;
     char *data = NULL;
-    size_t datalen = 0;
+    uint64_t datalen = 0;
     int memfd = -1;
-    if (n < LXCBIND_SPAWN_HEADER_SIZE || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
+    if ((uint64_t)n < LXCBIND_SPAWN_HEADER_SIZE || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
         goto refuse;
     memcpy(h, s->buf, sizeof(h));
-    uint32_t flags = h[1], argc = h[2], envc = h[3], nextra = h[4];
+    uint32_t flags = h[1];
+    uint64_t argc = h[2], envc = h[3], nextra = h[4];
     datalen = h[5];
+    /* All sums in 64 bits: no u32 wrap can make a huge count look small. */
     if (h[0] != LXCBIND_SPAWN_MAGIC || argc < 1 || nextra > LXCBIND_SPAWN_MAX_EXTRA_FDS ||
-        argc + envc + 3 > LXCBIND_SPAWN_MAX_STRINGS || datalen > LXCBIND_SPAWN_MAX_DATA)
+        argc + envc + 3 > LXCBIND_SPAWN_MAX_STRINGS || datalen > LXCBIND_SPAWN_MAX_DATA ||
+        (flags & ~(uint32_t)(LXCBIND_SPAWN_CWD | LXCBIND_SPAWN_CTTY | LXCBIND_SPAWN_MEMFD)))
         goto refuse;
-    int want = 4 + (int)nextra + ((flags & LXCBIND_SPAWN_MEMFD) ? 1 : 0);
-    if (nfds != want)
+    uint64_t want = 4 + nextra + ((flags & LXCBIND_SPAWN_MEMFD) ? 1 : 0);
+    if ((uint64_t)nfds != want || want > LXCBIND_SPAWN_NFDS_MAX)
         goto refuse;
     if (flags & LXCBIND_SPAWN_MEMFD) {
         memfd = fds[nfds - 1];
         struct stat st;
-        if (fstat(memfd, &st) < 0 || (size_t)st.st_size != datalen || datalen == 0)
+        if (fstat(memfd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
+            (uint64_t)st.st_size != datalen || datalen == 0)
             goto refuse;
-        data = mmap(NULL, datalen, PROT_READ | PROT_WRITE, MAP_PRIVATE, memfd, 0);
+        data = mmap(NULL, (size_t)datalen, PROT_READ, MAP_PRIVATE, memfd, 0);
         if (data == MAP_FAILED) {
             bad = errno;
             data = NULL;
             goto refuse;
         }
     } else {
-        if ((size_t)n != LXCBIND_SPAWN_HEADER_SIZE + datalen)
+        if ((uint64_t)n != LXCBIND_SPAWN_HEADER_SIZE + datalen)
             goto refuse;
         data = s->buf + LXCBIND_SPAWN_HEADER_SIZE;
     }
@@ -245,18 +296,19 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     char **argv = s->strings;
     char **envp = s->strings + argc + 1;
     char *cwd_ptr[1] = {NULL};
-    /* argv, NULL, envp, NULL lie one after the other in s->strings. */
+    /* argv, NULL, envp, NULL lie one after the other in s->strings (bounded above). */
     {
-        size_t pos = 0;
+        uint64_t pos = 0;
         char **targets[3] = {argv, envp, cwd_ptr};
-        unsigned counts[3] = {argc, envc, has_cwd ? 1u : 0u};
+        uint64_t counts[3] = {argc, envc, has_cwd ? 1u : 0u};
         for (int t = 0; t < 3; t++) {
-            for (unsigned i = 0; i < counts[t]; i++) {
-                char *end = pos < datalen ? memchr(data + pos, '\0', datalen - pos) : NULL;
+            for (uint64_t i = 0; i < counts[t]; i++) {
+                char *end = pos < datalen ? memchr(data + pos, '\0', (size_t)(datalen - pos))
+                                          : NULL;
                 if (!end)
                     goto refuse;
                 targets[t][i] = data + pos;
-                pos = (size_t)(end - data) + 1;
+                pos = (uint64_t)(end - data) + 1;
             }
         }
         if (pos != datalen)
@@ -295,9 +347,9 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     /* The command holds its own copies now: ours must go, or pipes never see EOF. */
     lxcbind_close_fds(fds + 1, nfds - 1);
     if (data && memfd >= 0)
-        munmap(data, datalen);
+        munmap(data, (size_t)datalen);
     if (pid < 0) {
-        lxcbind_record_send(report, LXCBIND_REC_START, -1, LXCBIND_STAGE_SPAWN, clone_err);
+        lxcbind_record_send(report, LXCBIND_REC_START, -1, LXCBIND_STAGE_SPAWN, clone_err, -1);
         close(report);
         return;
     }
@@ -305,7 +357,12 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     s->slots[slot].report = report;
     s->slots[slot].gen++;
     s->live++;
-    lxcbind_record_send(report, LXCBIND_REC_START, pid, k.stage, k.err);
+    /* Not reaped before we say so (we reap only in lxcbind_spawner_reap), so the pidfd is
+     * certainly this child's, zombie or not. */
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    lxcbind_record_send(report, LXCBIND_REC_START, pid, k.stage, k.err, pidfd);
+    if (pidfd >= 0)
+        close(pidfd);
     struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP,
                              .data.u64 = ((uint64_t)s->slots[slot].gen << 32) |
                                          (uint64_t)(LXCBIND_TAG_SLOT + slot)};
@@ -316,9 +373,12 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
 
 refuse:
     if (data && memfd >= 0)
-        munmap(data, datalen);
-    lxcbind_record_send(report, LXCBIND_REC_REFUSED, 0, bad, 0);
-    lxcbind_close_fds(fds, nfds);
+        munmap(data, (size_t)datalen);
+    /* Everything of the request is closed before the answer: whoever reads it finds
+     * nothing of it left open here. */
+    lxcbind_close_fds(fds + 1, nfds - 1);
+    lxcbind_record_send(report, LXCBIND_REC_REFUSED, 0, bad, 0, -1);
+    close(report);
 }
 
 static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
@@ -335,7 +395,7 @@ static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
         if (i < 0)
             continue;
         if (s->slots[i].report >= 0)
-            lxcbind_record_send(s->slots[i].report, LXCBIND_REC_EXIT, pid, status, 0);
+            lxcbind_record_send(s->slots[i].report, LXCBIND_REC_EXIT, pid, status, 0, -1);
         lxcbind_slot_hangup(s, i);
         s->slots[i].pid = 0;
         s->live--;
@@ -376,10 +436,13 @@ static void lxcbind_spawner_slot_event(struct lxcbind_spawner *s, uint64_t tag, 
     }
 }
 
-/* Mark as "not needed" what only the caller needs: the capabilities beyond the bounding set
- * liblxc left us (a command gets at most the bounding set at its execve anyway). */
+/* Keep only what the bounding set allows (liblxc dropped the bounding set; a command gets at
+ * most that at its execve anyway), and take CAP_SYS_PTRACE out of the bounding set for good:
+ * with it a command could read or steer the spawner despite PR_SET_DUMPABLE 0.  Needs
+ * CAP_SETPCAP; a session running as a non-root uid has no capabilities to lose. */
 static void lxcbind_clamp_caps(void)
 {
+    prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0);
     struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     if (syscall(SYS_capget, &head, data) < 0)
@@ -395,89 +458,35 @@ static void lxcbind_clamp_caps(void)
     syscall(SYS_capset, &head, data);
 }
 
-#if defined(__x86_64__)
-#define LXCBIND_SHED_MIN (1024 * 1024)
-#define LXCBIND_SHED_MAX_RANGES 65536
-
-/* Give back the copy of the caller's memory that fork() gave us.  The spawner is a fork of the
- * caller and never execs, so without this it pins (copy-on-write) every page the caller had at
- * session start: a caller that later frees 1 GiB would still cost 1 GiB, and every later write
- * by the caller would pay a page copy.  Unmapped: every private anonymous mapping of 1 MiB or
- * more (Python arenas, big objects, other threads' stacks and malloc arenas), except the ones
- * this thread runs on (its stack, its TLS block and DTV) and the .bss continuation of a mapped
- * file.  The spawner itself never calls malloc, so nothing it uses lives there.  Best effort:
- * without /proc, nothing is shed. */
-static void lxcbind_shed_caller_memory(void)
+/* SIGKILL every child of ours and its process group.  As the subreaper, our children are the
+ * commands and whatever they orphaned (a daemon that setsid'd and double-forked included). */
+static void lxcbind_kill_children(void)
 {
-    uintptr_t keep[3];
-    uintptr_t tp;
-    __asm__("mov %%fs:0, %0" : "=r"(tp));
-    keep[0] = (uintptr_t)&tp;                 /* our stack */
-    keep[1] = tp;                             /* TCB + static TLS (errno) */
-    keep[2] = tp ? ((uintptr_t *)tp)[1] : 0;  /* the DTV (tcbhead_t.dtv) */
-
-    uintptr_t (*ranges)[2] = mmap(NULL, sizeof(*ranges) * LXCBIND_SHED_MAX_RANGES,
-                                  PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (ranges == MAP_FAILED)
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
         return;
-    int count = 0;
-    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        char buf[8192];
-        size_t have = 0;
-        uintptr_t prev_end = 0;
-        int prev_file = 0;
-        for (;;) {
-            ssize_t n = read(fd, buf + have, sizeof(buf) - have);
-            if (n <= 0)
-                break;
-            have += (size_t)n;
-            char *line = buf, *nl;
-            while ((nl = memchr(line, '\n', (size_t)(buf + have - line)))) {
-                *nl = '\0';
-                /* start-end perms offset dev inode [path] */
-                char *p = line;
-                uintptr_t start = strtoul(p, &p, 16);
-                uintptr_t end = strtoul(p + 1, &p, 16);
-                char perms[5] = {0};
-                memcpy(perms, p + 1, 4);
-                p += 5;
-                strtoul(p, &p, 16);              /* offset */
-                while (*p == ' ') p++;
-                while (*p && *p != ' ') p++;     /* dev */
-                unsigned long inode = strtoul(p, &p, 10);
-                while (*p == ' ') p++;
-                int named = *p != '\0';
-                int anon = !named && inode == 0;
-                int file = inode != 0;
-                int pinned = 0;
-                for (int k = 0; k < 3; k++)
-                    if (keep[k] >= start && keep[k] < end)
-                        pinned = 1;
-                if (anon && perms[3] == 'p' && end - start >= LXCBIND_SHED_MIN && !pinned &&
-                    !(prev_file && prev_end == start) &&
-                    !((uintptr_t)ranges >= start && (uintptr_t)ranges < end) &&
-                    count < LXCBIND_SHED_MAX_RANGES) {
-                    ranges[count][0] = start;
-                    ranges[count][1] = end;
-                    count++;
-                }
-                prev_end = end;
-                prev_file = file;
-                line = nl + 1;
-            }
-            have = (size_t)(buf + have - line);
-            memmove(buf, line, have);
-            if (have == sizeof(buf))
-                have = 0; /* an absurd line: drop it */
+    char buf[4096];
+    size_t have = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        buf[have] = '\0';
+        char *p = buf, *space;
+        while ((space = strchr(p, ' '))) { /* the list is "pid pid ... " */
+            pid_t pid = (pid_t)strtol(p, NULL, 10);
+            if (pid > 0)
+                lxcbind_kill_command(pid, SIGKILL, 1);
+            p = space + 1;
         }
-        close(fd);
+        have = strlen(p);
+        memmove(buf, p, have);
     }
-    for (int i = 0; i < count; i++)
-        munmap((void *)ranges[i][0], ranges[i][1] - ranges[i][0]);
-    munmap(ranges, sizeof(*ranges) * LXCBIND_SHED_MAX_RANGES);
+    close(fd);
 }
-#endif
 
 static void *lxcbind_map(size_t size)
 {
@@ -508,7 +517,7 @@ static int lxcbind_spawner_loop(void)
     if (epoll_ctl(s.epfd, EPOLL_CTL_ADD, s.sigfd, &ev) < 0)
         return 125;
 
-    lxcbind_record_send(0, LXCBIND_REC_HELLO, getpid(), LXCBIND_SPAWN_VERSION, 0);
+    lxcbind_record_send(0, LXCBIND_REC_HELLO, getpid(), LXCBIND_SPAWN_VERSION, 0, -1);
 
     int running = 1;
     while (running) {
@@ -538,11 +547,13 @@ static int lxcbind_spawner_loop(void)
         }
     }
 
-    /* The caller is gone or closed the session: no command may outlive it. */
+    /* The caller is gone or closed the session: no command may outlive it, nor anything a
+     * command left behind (we are the subreaper of all of it: see main). */
     for (int i = 0; i < s.used; i++)
         if (s.slots[i].pid > 0)
             lxcbind_kill_command(s.slots[i].pid, SIGKILL, 1);
     for (;;) {
+        lxcbind_kill_children();
         int status;
         pid_t pid = waitpid(-1, &status, 0);
         if (pid < 0 && errno == EINTR)
@@ -552,7 +563,7 @@ static int lxcbind_spawner_loop(void)
         int i = lxcbind_slot_find(&s, pid);
         if (i >= 0) {
             if (s.slots[i].report >= 0)
-                lxcbind_record_send(s.slots[i].report, LXCBIND_REC_EXIT, pid, status, 0);
+                lxcbind_record_send(s.slots[i].report, LXCBIND_REC_EXIT, pid, status, 0, -1);
             lxcbind_slot_hangup(&s, i);
             s.slots[i].pid = 0;
         }
@@ -560,16 +571,19 @@ static int lxcbind_spawner_loop(void)
     return 0;
 }
 
-/* The exec function of the session's one attach.  liblxc has joined the namespaces and
- * cgroup, set personality, dropped the bounding set, set no_new_privs, dup'd stdio (fd 0 is
- * the control socket) and loaded seccomp; what it leaves "for the exec" is finished per
- * command by the kernel.  Start from the same clean state lxcbind_exec gives a program. */
-static int lxcbind_spawner_exec(void *payload)
+int main(void)
 {
-    struct lxcbind_exec *x = payload;
-    ssize_t unused = write(x->status_fd, "R", 1);
-    (void)unused;
-
+    /* First, before anything a command could want: nobody without CAP_SYS_PTRACE may ptrace
+     * us, read /proc/<us>/mem|environ|fd, or pidfd_getfd our sockets.  (The exec cleared the
+     * flag the exec function had set: a plain exec makes a process dumpable again.) */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    prctl(PR_SET_NAME, "lxcbind-spawn", 0, 0, 0);
+    /* What a command orphans (a daemon that setsid'd out of its group) comes to us rather than
+     * to the container's init, so that close() can still find and kill it. */
+    prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* Our own session: a Ctrl-C on the caller's terminal must not reach us or our commands. */
+    if (getsid(0) != getpid())
+        setsid();
     struct sigaction dfl;
     memset(&dfl, 0, sizeof(dfl));
     dfl.sa_handler = SIG_DFL;
@@ -578,26 +592,17 @@ static int lxcbind_spawner_exec(void *payload)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    /* Out of the caller's process group and terminal: a Ctrl-C there must not kill it. */
-    if (getsid(0) != getpid())
-        setsid();
-    /* Container processes must not ptrace or read the memory of a copy of the caller. */
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    /* A fork of the caller looks like the caller in ps; say what it is. */
-    prctl(PR_SET_NAME, "lxcbind-spawn", 0, 0, 0);
     lxcbind_clamp_caps();
-    /* Every descriptor of the caller is ours too (fork, no exec): drop them all, or a
-     * pipe the caller closes would never see EOF.  The status pipe goes with them. */
+    /* fd 0 is the control socket, 1 and 2 /dev/null; nothing else may exist, and ours are
+     * close-on-exec so that no command inherits one. */
     if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {
         for (int fd = 3; fd < 65536; fd++)
             close(fd);
     }
-    if (x->cwd && chdir(x->cwd) < 0) {
+    for (int fd = 0; fd < 3; fd++)
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (chdir("/") < 0) {
         /* stay where liblxc put us; commands chdir for themselves */
     }
-#if defined(__x86_64__)
-    lxcbind_shed_caller_memory(); /* x (the payload) lives in the caller's heap: not after */
-#endif
-    _exit(lxcbind_spawner_loop());
+    return lxcbind_spawner_loop();
 }
-

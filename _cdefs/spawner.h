@@ -1,4 +1,5 @@
-/* cdef of the resident spawner (spawner.c): one process per Session, placed inside the
+/* cdef of the wire format of the resident spawner (spawner_proto.h; the program itself,
+ * spawner.c, is a separate static executable): one process per Session, placed inside the
  * container by a single liblxc attach, that starts every later command with a vfork-style
  * clone.  The wire format is described at the top of spawner.c and in lxcbind/session.py. */
 

@@ -15,7 +15,8 @@ Measured in one run on one busybox container (``lxcbind-bench-<uuid8>``, destroy
 * ``host``           ``subprocess.run`` on the host (the fork+exec floor for Python)
 
 then again with the caller holding ``--big-mib`` MiB of touched memory (with a Session started
-*after* the allocation, so its spawner is a fork of the big caller: the hard case), then
+*after* the allocation: its one attach forks the big caller before the spawner program is
+exec'd), then
 commands per second through ``Session.map`` with 1 and 2 workers.  Prints medians, p95 and
 ratios; writes the figures to ``benchmarks/results/bench_session-<time>.json``.
 """

@@ -18,7 +18,10 @@ CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
 
 # Order matters: lxc.h defines the types shim.h uses.
 DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h", "nft.h", "userns.h"]
-C_SOURCES = ["shim.c", "spawner.c", "nft.c", "userns.c"]
+C_SOURCES = ["shim.c", "nft.c", "userns.c"]
+# The spawner is a program of its own, not part of the module (see build_spawner).
+SPAWNER_SOURCE = "spawner.c"
+SPAWNER_NAME = "lxcbind-spawner"
 
 MISSING_LXC = (
     "lxcbind: liblxc and its headers were not found ({why}).\n"
@@ -65,13 +68,32 @@ def _source(name: str) -> str:
     return (CDEFS / name).read_text()
 
 
+def build_spawner(target: Path) -> None:
+    """Compile the session spawner (``_cdefs/spawner.c``) into a static executable at
+    ``target``.  Static: it is exec'd inside containers whose root filesystem (and libc) may
+    be anything, from a memfd, so it must need no file there.  Called by setup.py's
+    build_ext."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        sys.exit("lxcbind: a C compiler (gcc) is needed to build the session spawner")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    command = [cc, "-static", "-O2", "-s", "-Wall", "-Werror=implicit-function-declaration",
+               "-I", str(CDEFS), "-o", str(target), str(CDEFS / SPAWNER_SOURCE)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        hint = ("\nA static libc is needed (Debian/Ubuntu: apt-get install libc6-dev)"
+                if "cannot find -lc" in done.stderr else "")
+        sys.exit(f"lxcbind: building the session spawner failed:\n{done.stderr}{hint}")
+
+
 ffibuilder = FFI()
 ffibuilder.cdef("\n".join(_source(name) for name in DECLARATIONS))
 ffibuilder.set_source(
     "lxcbind._lxc",
     "\n".join(_source(name) for name in C_SOURCES),
     extra_compile_args=["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"],
-    **_lib_flags(),
+    **{key: value + ([str(CDEFS)] if key == "include_dirs" else [])
+       for key, value in _lib_flags().items()},
 )
 
 if __name__ == "__main__":

@@ -78,6 +78,43 @@ def decode_status_record(data: bytes, program: str, cwd: str | None) -> tuple[bo
     return reached, ExecError(name, err, filename or "")
 
 
+def host_terminals() -> set[int]:
+    """Device numbers of the caller's terminals: its controlling terminal and any of its
+    fds 0-2 that is a terminal."""
+    devices = set()
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                devices.add(os.fstat(fd).st_rdev)
+        except OSError:
+            pass
+    try:
+        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        pass  # no controlling terminal
+    else:
+        try:
+            devices.add(os.fstat(tty).st_rdev)
+        finally:
+            os.close(tty)
+    return devices
+
+
+def refuse_host_terminal(fd: int, field: str) -> None:
+    """Raise ``ValueError`` if ``fd`` is one of the caller's terminals (``host_terminals``).
+
+    A container process holding the host's terminal can type into it (TIOCSTI: the injected
+    bytes are read by the user's shell once the command ends) and read what the user types.
+    A pty created for the command (``tty=True``, the CLI's bridge) is not the caller's and
+    is accepted."""
+    if fd < 0 or not os.isatty(fd):
+        return
+    if os.fstat(fd).st_rdev in host_terminals():
+        raise ValueError(f"{field}: fd {fd} is the caller's terminal, which a container "
+                         "process must never get (it could type into it); use tty=True "
+                         "for a terminal of its own, or pipes")
+
+
 def _cstrings(items: Sequence[str | bytes]) -> tuple[Any, list[Any]]:
     """A NULL-terminated ``char *[]`` and the buffers it points into (keep both alive)."""
     keep = [ffi.new("char[]", os.fsencode(item)) for item in items]
@@ -138,8 +175,17 @@ def build_attach(
         elif in_fd == 0:
             in_fd = os.dup(0)
             owned.append(in_fd)
-        out_fd = _fileno(stdout, 1)
-        err_fd = _fileno(stderr, 2)
+        # Never the caller's own stdout/stderr by default: they may be the host's terminal.
+        out_fd = _fileno(stdout, -1)
+        err_fd = _fileno(stderr, -1)
+        if out_fd < 0 or err_fd < 0:
+            null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            owned.append(null)
+            out_fd = null if out_fd < 0 else out_fd
+            err_fd = null if err_fd < 0 else err_fd
+        for field, fd in (("stdin", in_fd), ("stdout", out_fd), ("stderr", err_fd),
+                          ("ctty", -1 if ctty is None else ctty)):
+            refuse_host_terminal(fd, field)
 
         if clear_env:
             environment = baseline_env(uid)
@@ -170,6 +216,7 @@ def build_attach(
             payload.cwd = ffi.NULL
         payload.ctty_fd = -1 if ctty is None else ctty
         payload.status_fd = status_write
+        payload.exe_fd = -1
 
         options = ffi.new("lxc_attach_options_t *")
         lib.lxcbind_attach_options_init(options)
@@ -286,25 +333,31 @@ class Process:
             return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for exit and reap; ``subprocess.TimeoutExpired`` after ``timeout`` seconds."""
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is not None and self.pidfd >= 0:
-            deadline = time.monotonic() + timeout
-            with select.epoll() as ep:
-                ep.register(self.pidfd, select.EPOLLIN)
-                while self.poll() is None:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise subprocess.TimeoutExpired(list(self.args), timeout)
-                    ep.poll(left)
-            assert self.returncode is not None
-            return self.returncode
-        with self._lock:
-            if self.returncode is None:
-                self._finish(_reap(self.pid))
-            assert self.returncode is not None
-            return self.returncode
+        """Wait for exit and reap; ``subprocess.TimeoutExpired`` after ``timeout`` seconds.
+        Safe against a concurrent ``close``/``wait`` (which may reap and close the pidfd)."""
+        if timeout is None:
+            with self._lock:
+                if self.returncode is None:
+                    self._finish(_reap(self.pid))
+                assert self.returncode is not None
+                return self.returncode
+        deadline = time.monotonic() + timeout
+        while self.poll() is None:
+            with self._lock:  # our own copy: another thread may close the pidfd meanwhile
+                watch = os.dup(self.pidfd) if self.pidfd >= 0 else -1
+            try:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise subprocess.TimeoutExpired(list(self.args), timeout)
+                if watch >= 0:
+                    select.select([watch], [], [], left)
+                else:
+                    time.sleep(min(left, 0.01))
+            finally:
+                if watch >= 0:
+                    os.close(watch)
+        assert self.returncode is not None
+        return self.returncode
 
     def send_signal(self, sig: int) -> None:
         """Signal the process (through its pidfd: no pid-reuse race).  No-op once reaped."""

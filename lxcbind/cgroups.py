@@ -1,4 +1,5 @@
-"""The few cgroup facts the container layer needs: where this process is, how to go back.
+"""The few cgroup facts the container layer needs: where this process is, how to go back,
+and a kill of what a container started since a snapshot (a Session's last resort).
 
 liblxc 5.0's daemonized ``start()`` moves the *calling* process into the container's monitor
 cgroup (``lxc.monitor.<name>``), where it would stay, and which then cannot be removed when
@@ -7,8 +8,12 @@ the container stops.  ``Container.start`` saves ``current()`` and calls ``return
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import signal
+import time
+from typing import Any
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -124,3 +129,102 @@ def process_dir(pid: int, controller: str) -> str | None:
         if mountpoint:
             return os.path.join(mountpoint, path.lstrip("/"))
     return None
+
+def _freezer(init_pid: int) -> tuple[str, str, str, str, Any]:
+    """The container's cgroup directory and how to freeze it: v1 freezer, else cgroup2."""
+    mounts = _mountpoints()
+    groups = _process_cgroups(init_pid)
+    if mounts.get("freezer") and "freezer" in groups:
+        base = os.path.join(mounts["freezer"], groups["freezer"].lstrip("/"))
+        state = os.path.join(base, "freezer.state")
+        return base, state, "FROZEN", "THAWED", lambda: _read(state) == "FROZEN"
+    if mounts.get("") and "" in groups:
+        base = os.path.join(mounts[""], groups[""].lstrip("/"))
+        events = os.path.join(base, "cgroup.events")
+        return (base, os.path.join(base, "cgroup.freeze"), "1", "0",
+                lambda: "frozen 1" in _read(events))
+    raise OSError(errno.ENOTSUP, "no freezer for the container's cgroup")
+
+
+def processes(init_pid: int) -> set[tuple[int, str]]:
+    """Every process in the cgroup tree of ``init_pid`` (a container's init), as
+    ``(pid, start time)``: an identity that pid reuse cannot fake."""
+    base = _freezer(init_pid)[0]
+    return {(pid, start) for pid in _tree_pids(base) if (start := _starttime(pid))}
+
+
+def kill_newcomers(init_pid: int, spare: set[tuple[int, str]], timeout: float = 5.0) -> bool:
+    """SIGKILL every process in the container's cgroup tree (that of ``init_pid``) that is not
+    in ``spare`` (a ``processes()`` snapshot) nor init itself; True once none is left.
+
+    The cgroup is frozen meanwhile (v1 freezer, else cgroup2 ``cgroup.freeze``), so nothing
+    can fork its way out of the kill.  Only processes inside the container are touched, and
+    only those started after the snapshot.  Session.close() uses it as a last resort, when
+    the spawner (which normally kills its commands and their orphans) stopped answering or
+    died: a command that left its group may then be anywhere in the container.
+    """
+    base, state, frozen, thawed, is_frozen = _freezer(init_pid)
+    deadline = time.monotonic() + timeout
+
+    def newcomers() -> list[int]:
+        return [pid for pid in _tree_pids(base)
+                if pid != init_pid and (pid, _starttime(pid)) not in spare]
+
+    _write(state, frozen)
+    try:
+        while not is_frozen() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        for pid in newcomers():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        _write(state, thawed)
+    while newcomers():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def _starttime(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+def _tree_pids(base: str) -> list[int]:
+    """Every pid in the cgroup ``base`` and its descendants (zombies are not listed)."""
+    pids = []
+    for directory, _, files in os.walk(base):
+        if "cgroup.procs" in files:
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as f:
+                    pids += [int(line) for line in f if line.strip()]
+            except FileNotFoundError:
+                pass
+    return pids
+
+def _process_cgroups(pid: int) -> dict[str, str]:
+    """Like ``current()`` for another process, keyed like ``_mountpoints()``."""
+    result = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            result[_key(controllers)] = path
+    return result
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()

@@ -341,8 +341,9 @@ class Container:
         ``env`` is exact under ``clear_env`` (on top of ``attach.baseline_env``: PATH, HOME,
         TERM, container); values are handed to execve, never put on a command line.  ``cwd``
         is strict: a missing directory makes the process fail with ``exec_error`` set and
-        status 126.  ``stdin`` defaults to /dev/null (never the caller's fd 0), ``stdout`` and
-        ``stderr`` to the caller's.  ``ctty`` makes a tty fd the controlling terminal when
+        status 126.  ``stdin``, ``stdout`` and ``stderr`` default to /dev/null (never the
+        caller's own fds 0-2), and one of the caller's terminals is refused (``ValueError``):
+        a container process could type into it.  ``ctty`` makes a tty fd the controlling terminal when
         stdin is not that tty.  ``flags``/``namespaces`` override LXC_ATTACH_DEFAULT / "all".
 
         Raises ``LxcError`` when liblxc cannot attach (e.g. the container is not running).

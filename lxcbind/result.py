@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,6 +46,19 @@ class CompletedRun:
     def exit_status(self) -> int:
         """Shell-style status: the exit code, or 128+N for death by signal N."""
         return 128 - self.returncode if self.returncode < 0 else self.returncode
+
+    @classmethod
+    def captured(cls, args: Sequence[str], returncode: int, out: "OutputBuffer",
+                 err: "OutputBuffer", *, timed_out: bool, started: float,
+                 exec_error: ExecError | None = None,
+                 timeout: float | None = None) -> "CompletedRun":
+        """The result of a run whose streams were captured in ``out``/``err``; ``started``
+        is its ``time.monotonic()`` start.  Every way of running a command builds it here."""
+        return cls(args=list(args), returncode=returncode, stdout=out.getvalue(),
+                   stderr=err.getvalue(), timed_out=timed_out,
+                   duration=time.monotonic() - started,
+                   truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
+                   stderr_omitted=err.omitted, exec_error=exec_error, timeout=timeout)
 
     def check_returncode(self) -> None:
         """Raise ``CommandTimeout`` or ``subprocess.CalledProcessError`` unless it succeeded."""

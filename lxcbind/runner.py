@@ -231,12 +231,8 @@ def run(
         size=size or _pty.DEFAULT_SIZE, tty_raw=tty_raw, raw_host=None, winsize_from=None,
         timeout=timeout, kill_grace=kill_grace, ready_wait=ready_wait,
         attach_kw=_attach_kw(env, cwd, attach_kw))
-    result = CompletedRun(
-        args=list(argv), returncode=proc.returncode, stdout=out.getvalue(),
-        stderr=err.getvalue(), timed_out=bridge.timed_out,
-        duration=time.monotonic() - start, truncated=out.truncated or err.truncated,
-        stdout_omitted=out.omitted, stderr_omitted=err.omitted, exec_error=proc.exec_error,
-        timeout=timeout)
+    result = CompletedRun.captured(argv, proc.returncode, out, err, timed_out=bridge.timed_out,
+                                   started=start, exec_error=proc.exec_error, timeout=timeout)
     _reraise(bridge.signal_received)
     if check:
         result.check_returncode()

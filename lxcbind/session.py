@@ -2,15 +2,28 @@
 
 Why a resident spawner.  liblxc's ``attach()`` fork()s the whole caller for every command, so a
 command costs ~2 ms plus time proportional to the caller's memory (page tables are copied:
-~56 ms at 1 GiB resident).  A Session pays that once: it attaches a tiny C *spawner*
-(``_cdefs/spawner.c``, compiled into ``lxcbind._lxc``) as the exec function of a single attach,
-so it has every part of liblxc's setup (namespaces, cgroup, capability bounding set,
-no_new_privs, seccomp, personality, LSM exec label, uid/gid).  It stays resident inside the
-container and starts each later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is
-copied, so a spawn costs the same whatever the size of the caller, and whatever liblxc arranges
-"on exec" (capabilities from the bounding set, the LSM label) is applied by the kernel at each
-command's own ``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
+~56 ms at 1 GiB resident).  A Session pays that once: a single attach execs the *spawner*
+(``_cdefs/spawner.c``, a small static program shipped in the package as ``lxcbind-spawner``,
+exec'd from a sealed memfd so no file of the container is trusted), so it has every part of
+liblxc's setup (namespaces, cgroup, capability bounding set, no_new_privs, seccomp,
+personality, LSM exec label, uid/gid).  It stays resident inside the container and starts each
+later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is copied, so a spawn costs
+the same whatever the size of the caller, and whatever liblxc arranges "on exec" (capabilities
+from the bounding set, the LSM label) is applied by the kernel at each command's own
+``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
 ``/proc/self/ns/*`` and ``/proc/self/cgroup`` of both paths.
+
+The commands are hostile (tests/security/test_session_security.py attacks each point):
+nothing of the caller is in the spawner (it is a fresh program: empty environment, argv
+``lxcbind-spawner``, only the control socket and /dev/null); it is not dumpable and no workload
+gets CAP_SYS_PTRACE, so a command (container root included) can neither read its memory nor
+ptrace it nor ``pidfd_getfd`` its sockets to forge replies; requests are bounds-checked in
+64-bit arithmetic and a malformed one is refused alone.  What a command *can* do to it is stop
+or kill it, so no deadline depends on it: each START record carries a pidfd of the command
+(checked on the host: a child of the spawner, at the pid announced), through which the host
+signals the command and its process group itself and sees it die; every wait for the spawner
+is bounded, and one that does not answer (``_START_BOUND``, or ``_EXIT_GRACE`` after the
+command died) fails the session with ``SpawnerDied``.
 
 Protocol (see the top of ``spawner.c``).  The control socket is a ``SOCK_SEQPACKET`` pair whose
 far end is the spawner's fd 0.  Each command is one datagram: a header, argv/env/cwd strings
@@ -34,22 +47,30 @@ Thread-safety: ``run``/``spawn``/``map`` may be called from many threads at once
 control socket are atomic datagrams; every command has its own descriptors).  A ``Shell`` is
 driven by one thread at a time (it has a lock).
 
-Failure model: the spawner dying (killed from inside the container, container stopped) makes
-the next call raise ``SpawnerDied``; ``close()`` still works.  A persistent shell that exits
-raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
+Failure model: the spawner dying, stopping or lying (killed from inside the container,
+container stopped) makes the call in progress and every later one raise ``SpawnerDied``; the
+commands the host holds a pidfd of are killed at once; ``close()`` still works.  A persistent
+shell that exits raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
+
+Nothing outlives ``close()``: the spawner is the subreaper of everything its commands start,
+and kills all of it (a daemon that ``setsid``'d and double-forked included) before it exits;
+when it cannot (stopped, killed), the host freezes the container's cgroup and kills every
+process that appeared since the session started (see ``close``).
 
 Limits: per-command uid/gid is not offered (the whole session runs as the ``uid``/``gid`` given
-to ``Session``: liblxc's own setuid path, so equivalence holds by construction); processes that
-leave the command's process group (``setsid``, daemons) are not killed on timeout (a cgroup kill
-is the sandbox layer's job).  The spawner is a fork of the caller; at start it unmaps the large
-anonymous mappings it inherited (x86-64 only), so it does not pin the caller's memory (a 1 GiB
-caller leaves a ~24 MiB spawner); the caller's fds are all closed in it.
+to ``Session``: liblxc's own setuid path, so equivalence holds by construction); a timeout
+kills the command's process group, not what left it (that goes at ``close()``).  Protection of
+the spawner against a command relies on the command lacking CAP_SYS_PTRACE, which lxcbind
+drops from every workload's bounding set itself; a session with a non-root ``uid`` has no
+capability to drop, but a setuid-root program inside could regain it unless no_new_privs is set
+(liblxc's default here).
 """
 
 from __future__ import annotations
 
 import array
 import errno
+import fcntl
 import os
 import secrets
 import select
@@ -61,11 +82,15 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO, Any, Iterable, Mapping, Sequence, Union
 
+from . import cgroups as _cgroups
 from . import pty as _pty
+from .bridge import Bridge
 from ._native import ffi, lib
-from .attach import Process, baseline_env, build_attach, decode_wait_status
+from .attach import (Process, baseline_env, build_attach, decode_wait_status,
+                     refuse_host_terminal)
 from .container import Container
 from .errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
 from .result import CompletedRun, OutputBuffer
@@ -94,8 +119,91 @@ _STAGES = {
     lib.LXCBIND_STAGE_EXEC: "exec",
     lib.LXCBIND_STAGE_SPAWN: "spawn",
 }
+_MAX_EXTRA_FDS = lib.LXCBIND_SPAWN_MAX_EXTRA_FDS
 _CHUNK = 65536
 _POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
+# How long the spawner may take to report a command's exit once the host has seen the
+# command die (its pidfd), and to answer a spawn request when no timeout bounds the call.
+_EXIT_GRACE = 2.0
+_START_BOUND = 10.0
+
+_SPAWNER_PROGRAM = Path(__file__).with_name("lxcbind-spawner")
+_MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
+_image_lock = threading.Lock()
+_image_fd = -1
+
+
+def _spawner_image() -> int:
+    """A sealed memfd holding the spawner program (one per process, shared by sessions).
+
+    The spawner is exec'd from it inside the container: no file the workload controls is
+    trusted, and the seals (no write, shrink or grow) keep anyone from changing it."""
+    global _image_fd
+    with _image_lock:
+        if _image_fd >= 0:
+            return _image_fd
+        try:
+            program = _SPAWNER_PROGRAM.read_bytes()
+        except FileNotFoundError:
+            raise SessionError(f"the session spawner program {str(_SPAWNER_PROGRAM)!r} is "
+                               "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
+        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
+        try:
+            fd = os.memfd_create("lxcbind-spawner", flags | _MFD_EXEC)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            fd = os.memfd_create("lxcbind-spawner", flags)
+        try:
+            view = memoryview(program)
+            while view:
+                view = view[os.write(fd, view):]
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK |
+                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+            # execve refuses a file open for writing (ETXTBSY): keep a read-only open of it.
+            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(fd)
+        _image_fd = ro
+        return ro
+
+
+def _read_proc(path: str) -> str | None:
+    """A small /proc file in one read (raw: this is on every command's path)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096).decode()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (state is [0], ppid [1], start time
+    [19]), None when the process is gone."""
+    text = _read_proc(f"/proc/{pid}/stat")
+    return text.rsplit(")", 1)[1].split() if text else None
+
+
+def _pidfd_pids(fd: int) -> tuple[int, list[int]] | None:
+    """``(host pid, [pid in each pid namespace])`` of a pidfd, None for any other fd.  The
+    host pid is -1 once the process has been reaped."""
+    info = _read_proc(f"/proc/self/fdinfo/{fd}")
+    if info is None:
+        return None
+    pid = nspids = None
+    for line in info.splitlines():
+        if line.startswith("Pid:"):
+            pid = int(line.split()[1])
+        elif line.startswith("NSpid:"):
+            nspids = [int(x) for x in line.split()[1:]]
+    if pid is None or (pid > 0 and not nspids) or pid == 0:
+        return None
+    return pid, nspids or []
 
 
 
@@ -132,40 +240,57 @@ def _pipe() -> tuple[int, int]:
 class SessionProcess:
     """A command started by a Session's spawner (the spawner's child, not ours).
 
-    ``pid`` is the pid *inside the container*.  ``stdin``/``stdout``/``stderr`` are our ends of
-    the pipes asked for with ``PIPE`` (raw fds, owned by this object and closed by ``close``),
-    else None; ``master`` is the pty master in tty mode.  ``returncode``/``exit_status``/
-    ``exec_error`` mean what they mean on ``attach.Process``.  ``fileno()`` is the report
-    socket: readable when a status record arrives.  Closing the handle before the command has
-    exited kills its process group (the spawner sees the report socket close).
+    ``pid`` is the pid *inside the container*, ``host_pid`` the same process seen from the
+    host.  ``stdin``/``stdout``/``stderr`` are our ends of the pipes asked for with ``PIPE``
+    (raw fds, owned by this object and closed by ``close``), else None; ``master`` is the pty
+    master in tty mode.  ``returncode``/``exit_status``/``exec_error`` mean what they mean on
+    ``attach.Process``.  ``fileno()`` is the report socket: readable when a status record
+    arrives.
+
+    The host does not depend on the spawner to stop a command: the START record carries a
+    pidfd of the command (checked to be a process of the container's pid namespace with the
+    pid the spawner announced), and signals, timeouts and ``close`` go through it and the
+    command's process group directly.  Only the exit status comes from the spawner (it is the
+    parent); if it has not reported it ``_EXIT_GRACE`` s after the host saw the command die,
+    the spawner is declared dead (``SpawnerDied``).  Closing the handle before the command has
+    exited kills its process group.
+
+    Thread-safety: ``poll``/``wait``/``send_signal``/``close`` may be called from several
+    threads; a ``wait`` interrupted by ``close`` raises ``SessionError``.
     """
 
-    def __init__(self, session: "Session", report: int, args: list[str], program: str,
-                 cwd: str | None) -> None:
+    def __init__(self, session: "Session", report: socket.socket, args: list[str],
+                 program: str, cwd: str | None) -> None:
         self.session = session
         self.args = args
         self.pid: int | None = None
+        self.host_pid: int | None = None
         self.returncode: int | None = None
         self.exec_error: ExecError | None = None
         self.stdin: int | None = None
         self.stdout: int | None = None
         self.stderr: int | None = None
         self.master: int | None = None
-        self._report = report
+        self._sock: socket.socket | None = report
+        self._report = report.fileno()
+        self._pidfd = -1
+        self._starttime: str | None = None
+        self._exited_at: float | None = None  # when the host saw it die (pidfd readable)
         self._program = program
         self._cwd = cwd
-        self._lock = threading.Lock()
-        self._owned: list[int] = [report]
-        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned)
+        self._lock = threading.RLock()
+        self._owned: list[int] = []
+        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned, report)
 
     @staticmethod
-    def _close_fds(fds: list[int]) -> None:
+    def _close_fds(fds: list[int], sock: socket.socket) -> None:
         for fd in fds:
             try:
                 os.close(fd)
             except OSError:
                 pass
         fds.clear()
+        sock.close()
 
     def _own(self, fd: int) -> int:
         self._owned.append(fd)
@@ -181,69 +306,188 @@ class SessionProcess:
 
     # -- records --------------------------------------------------------------------------
 
-    def _handle(self, data: bytes) -> None:
+    def _spawner_gone(self, why: str) -> SpawnerDied:
+        """The spawner stopped answering for this command: kill the command ourselves (we
+        have its pidfd once it started) and fail the whole session."""
+        self._host_signal(signal.SIGKILL, group=True)
+        return self.session._fail(f"{why} (while {self.args[0]!r} ran)")
+
+    def _handle(self, data: bytes, fds: list[int]) -> None:
         if len(data) != _RECORD.size:
-            raise SpawnerDied(f"{self.session._dead()} (while {self.args[0]!r} ran)")
+            for fd in fds:
+                os.close(fd)
+            raise self._spawner_gone("the spawner hung up")
         kind, pid, a, b = _RECORD.unpack(data)
-        if kind == _REC_START:
+        if kind == _REC_START and self.pid is None:
             if pid < 0:
                 raise ExecError("spawn", b, self._program)
+            self._adopt_pidfd(pid, fds)
             self.pid = pid
             if a:
                 name = _STAGES.get(a, "exec")
                 self.exec_error = ExecError(name, b, (self._cwd if name == "chdir" else
                                                       self._program) or "")
-        elif kind == _REC_EXIT:
+            return
+        for fd in fds:
+            os.close(fd)
+        if kind == _REC_EXIT and self.pid is not None:
             self.returncode = decode_wait_status(a)
-        elif kind == _REC_REFUSED:
+        elif kind == _REC_REFUSED and self.pid is None:
             raise SessionError(f"spawner refused the command: {os.strerror(a)}")
+        else:
+            raise self._spawner_gone(f"the spawner sent an unexpected record {kind!r}")
+
+    def _adopt_pidfd(self, pid: int, fds: list[int]) -> None:
+        """Keep the command's pidfd after checking it is what the spawner says: a pidfd of a
+        child of the spawner (hence in the container), whose pid there is ``pid``.  A fast
+        command may already be reaped (fdinfo then says Pid -1): nothing left to signal, and
+        the spawner must report its status within the exit grace as usual."""
+        if not fds:  # the spawner could not make one (a seccomp policy may deny pidfd_open)
+            fds = self.session._pidfd_of_child(pid)
+            if not fds:  # no such child any more: reaped, so its EXIT record is due now
+                self._exited_at = time.monotonic()
+                return
+        info = _pidfd_pids(fds[0]) if len(fds) == 1 else None
+        ok = info is not None
+        host_pid: int | None = None
+        if info is not None and info[0] > 0:
+            host_pid, nspids = info
+            ok = nspids[-1] == pid and len(nspids) == self.session._nsdepth
+            fields = _stat_fields(host_pid)
+            if fields is None or fields[0] == "X":  # reaped, or being reaped right now
+                host_pid = None
+            else:
+                ok = ok and int(fields[1]) == self.session._spawner_host_pid
+                self._starttime = fields[19]
+        if not ok:
+            for fd in fds:
+                os.close(fd)
+            raise self.session._fail(f"the spawner sent no valid pidfd for {self.args[0]!r}")
+        self._pidfd = self._own(fds[0])
+        self.host_pid = host_pid
+
+    def _recv(self) -> tuple[bytes, list[int]] | None:
+        """One record and the descriptors that came with it; None when there is none yet."""
+        assert self._sock is not None
+        try:
+            data, ancdata, flags, _ = self._sock.recvmsg(
+                64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
+        except BlockingIOError:
+            return None
+        except ConnectionResetError:
+            return b"", []
+        fds: list[int] = []
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                os.close(fd)
+            return b"?", []  # not a record: refused as a lying spawner
+        return data, fds
 
     def _read_records(self) -> None:
         """Read what is there (non-blocking); raises SpawnerDied on EOF before EXIT."""
         while self.returncode is None:
-            try:
-                data = os.read(self._report, 64)
-            except BlockingIOError:
+            got = self._recv()
+            if got is None:
                 return
-            except ConnectionResetError:
-                data = b""
-            self._handle(data)
+            self._handle(*got)
 
-    def _wait_start(self) -> None:
-        os.set_blocking(self._report, True)
-        try:
-            self._handle(os.read(self._report, 64))
-        finally:
-            os.set_blocking(self._report, False)
+    def _check(self) -> None:
+        """Records, then the host's own view: once the pidfd says the command is gone, the
+        spawner has ``_EXIT_GRACE`` s to report its status."""
+        self._read_records()
+        if self.returncode is not None:
+            return
+        if self._exited_at is None:
+            if self._pidfd < 0 or not select.select([self._pidfd], [], [], 0)[0]:
+                return
+            self._exited_at = time.monotonic()
+            self._read_records()  # it may have been reported meanwhile
+        elif time.monotonic() - self._exited_at > _EXIT_GRACE:
+            raise self._spawner_gone(f"the spawner did not report an exit within "
+                                     f"{_EXIT_GRACE}s")
+
+    def _wait_start(self, bound: float) -> None:
+        """Read START, at most ``bound`` s: a spawner that does not answer is dead to us."""
+        deadline = time.monotonic() + bound
+        with self._lock:
+            while self.pid is None:
+                left = max(0.0, deadline - time.monotonic())
+                if not select.select([self._report], [], [], left)[0]:
+                    raise self.session._fail(
+                        f"the spawner did not answer within {bound:g}s (stopped?)")
+                got = self._recv()
+                if got is not None:
+                    self._handle(*got)
 
     def poll(self) -> int | None:
         with self._lock:
-            if self.returncode is None and self._report >= 0:
-                self._read_records()
+            if self.returncode is None and self._sock is not None:
+                self._check()
             return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        """Wait for the EXIT record; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
+        """Wait for the exit status; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = select.poll()
-        poller.register(self._report, _POLLIN)
         while self.poll() is None:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-            poller.poll(None if left is None else max(1, int(left * 1000)))
+            with self._lock:
+                if self._sock is None:
+                    raise SessionError(f"the handle of {self.args[0]!r} was closed")
+                watch = [self._report]
+                if self._pidfd >= 0 and self._exited_at is None:
+                    watch.append(self._pidfd)
+                # dup'd under the lock: a concurrent close() cannot pull them from under us
+                watch = [os.dup(fd) for fd in watch]
+            try:
+                now = time.monotonic()
+                waits = [d - now for d in (deadline, self._exited_at and
+                                           self._exited_at + _EXIT_GRACE + 0.01) if d]
+                if deadline is not None and deadline <= now:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+                select.select(watch, [], [], max(0.001, min(waits)) if waits else None)
+            finally:
+                for fd in watch:
+                    os.close(fd)
         assert self.returncode is not None
         return self.returncode
 
-    def send_signal(self, sig: int, *, group: bool = False) -> None:
-        """Signal the command (or its whole process group) through the spawner.  The spawner
-        has not reaped it yet when it gets the request, so the pid cannot have been reused."""
-        if self.returncode is not None or self._report < 0:
-            return
+    def _alive_leader(self) -> bool:
+        """Whether ``host_pid`` still names our command (running or a zombie not reaped yet):
+        only then is the process group ``host_pid`` certainly ours to signal."""
+        if self.host_pid is None or self._starttime is None:
+            return False
+        fields = _stat_fields(self.host_pid)
+        return fields is not None and fields[19] == self._starttime
+
+    def _host_signal(self, sig: int, *, group: bool) -> bool:
+        """Signal the command (and its group) from the host; False when we have no pidfd."""
+        if self._pidfd < 0:
+            return False
+        if group and self._alive_leader():
+            try:
+                os.killpg(self.host_pid, sig)  # type: ignore[arg-type]
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
-            os.write(self._report, _RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
-        except (BrokenPipeError, ConnectionResetError):
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
             pass
+        return True
+
+    def send_signal(self, sig: int, *, group: bool = False) -> None:
+        """Signal the command (or its whole process group), from the host through its pidfd
+        (no pid-reuse race); before START, through the spawner."""
+        with self._lock:
+            if self.returncode is not None or self._sock is None:
+                return
+            if self._host_signal(int(sig), group=group):
+                return
+            try:
+                self._sock.send(_RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
+            except (BrokenPipeError, ConnectionResetError, BlockingIOError):
+                pass
 
     def signal_group(self, sig: int) -> None:
         self.send_signal(sig, group=True)
@@ -257,11 +501,15 @@ class SessionProcess:
     def close(self) -> None:
         """Kill the group if still running, close every descriptor.  Idempotent; does not wait
         (the spawner reaps)."""
-        if self.returncode is None and self._report >= 0:
-            self.send_signal(signal.SIGKILL, group=True)
-        self._finalizer()
-        self._report = -1
-        self.stdin = self.stdout = self.stderr = self.master = None
+        with self._lock:
+            if self._sock is None:
+                return
+            if self.returncode is None:
+                self._host_signal(signal.SIGKILL, group=True)
+            self._finalizer()  # closing the report socket also makes the spawner kill it
+            self._sock = None
+            self._pidfd = -1
+            self.stdin = self.stdout = self.stderr = self.master = None
 
     def __enter__(self) -> "SessionProcess":
         return self
@@ -303,6 +551,11 @@ class Session:
         self._ctrl: socket.socket | None = None
         self._spawner: Process | None = None
         self.spawner_pid: int | None = None  # inside the container
+        self._spawner_host_pid = 0  # a command's pidfd must name a child of this process
+        self._nsdepth = 0  # ... at the same pid-namespace depth
+        self._broken: SpawnerDied | None = None  # set once the spawner failed us
+        # (container init, its processes before we started): what a last resort spares
+        self._before: tuple[int, set[tuple[int, str]]] | None = None
         try:
             self._start(start_timeout)
         except BaseException:
@@ -333,13 +586,21 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------------
 
     def _start(self, start_timeout: float) -> None:
+        image = _spawner_image()
+        init = self.container.init_pid
+        try:
+            self._before = (init, _cgroups.processes(init)) if init else None
+        except OSError:
+            self._before = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._ctrl = ours
+        ours.settimeout(_START_BOUND)  # bounds sendmsg too: a stopped spawner stops reading
         try:
             request = build_attach(["lxcbind-spawner"], env=None, clear_env=True, cwd="/",
                                    uid=self.uid, gid=self.gid, stdin=theirs.fileno(),
                                    stdout=self._devnull, stderr=self._devnull,
                                    namespaces=None, flags=None, ctty=None)
+            request.payload.exe_fd = image
             self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
                                                           lib.LXCBIND_EXEC_SPAWNER)
         finally:
@@ -351,16 +612,28 @@ class Session:
             if data is None:
                 raise SessionError(f"spawner in {self.container.name!r} did not start within "
                                    f"{start_timeout}s")
+            error = self._spawner.exec_error
             raise SessionError(f"spawner in {self.container.name!r} failed to start "
-                               f"(status {status}){self.container.log_tail()}")
+                               f"(status {status}{f': {error}' if error else ''})"
+                               f"{self.container.log_tail()}")
         kind, pid, version, _ = _RECORD.unpack(data)
         if kind != _REC_HELLO or version != lib.LXCBIND_SPAWN_VERSION:
             raise SessionError("spawner spoke an unknown protocol")
         self.spawner_pid = pid
+        self._spawner_host_pid = self._spawner.pid
+        with open(f"/proc/{self._spawner.pid}/status") as f:
+            self._nsdepth = len(next(line for line in f if line.startswith("NSpid:")).split()) - 1
 
     def close(self) -> None:
-        """Stop the spawner (its commands are killed) and, with ``own=True``, destroy the
-        container.  Idempotent; safe after the spawner died."""
+        """Stop the spawner and every process of the session, and, with ``own=True``, destroy
+        the container.  Idempotent; safe after the spawner died, from any thread.
+
+        The spawner kills its commands and everything they left behind (it is their
+        subreaper).  If it cannot (it was stopped, killed, or exits abnormally), the host
+        freezes the container's cgroup and kills every process in it that was not there when
+        the session started: a command that escaped its group may be anywhere in the
+        container by then (processes another user started in a shared container meanwhile go
+        too; the container's init and older processes stay)."""
         with self._lock:
             if self._closed:
                 return
@@ -369,15 +642,19 @@ class Session:
 
     def _teardown(self) -> None:
         try:
+            clean = False
             if self._ctrl is not None:
                 self._ctrl.close()  # EOF: the spawner kills and reaps its children, then exits
                 self._ctrl = None
-            if self._spawner is not None:
+            spawner = self._spawner
+            if spawner is not None:
                 try:
-                    self._spawner.wait(timeout=5)
+                    clean = spawner.wait(timeout=5) == 0 and self._broken is None
                 except subprocess.TimeoutExpired:
                     pass
-                self._spawner.close()  # SIGKILL if it hung, and reap
+                if not clean and not self.own and self._sandbox is None:
+                    self._kill_everything()
+                spawner.close()  # SIGKILL if it hung, and reap
                 self._spawner = None
         finally:
             for fd in (self._devnull, self._devpts):
@@ -392,6 +669,15 @@ class Session:
                 box, self._sandbox = self._sandbox, None
                 box.close()
 
+    def _kill_everything(self) -> None:
+        """Last resort (see ``close``): freeze the container's cgroup and SIGKILL every
+        process that was not there when the session started."""
+        if self._before is not None and self._before[0] == self.container.init_pid:
+            try:
+                _cgroups.kill_newcomers(*self._before)
+            except OSError:
+                pass  # no freezer: what the spawner's own cleanup got is all we can do
+
     def __enter__(self) -> "Session":
         return self
 
@@ -401,19 +687,47 @@ class Session:
     @property
     def alive(self) -> bool:
         """Whether the spawner still runs (cheap check; a dead one is also noticed on use)."""
-        return self._spawner is not None and self._spawner.poll() is None
+        spawner = self._spawner
+        return self._broken is None and spawner is not None and spawner.poll() is None
+
+    def _pidfd_of_child(self, pid: int) -> list[int]:
+        """``[pidfd]`` of the spawner's child whose pid in the container is ``pid``, opened by
+        the host itself; ``[]`` when there is none (any more)."""
+        for tid in os.listdir(f"/proc/{self._spawner_host_pid}/task"):
+            children = _read_proc(f"/proc/{self._spawner_host_pid}/task/{tid}/children") or ""
+            for child in children.split():
+                status = _read_proc(f"/proc/{child}/status") or ""
+                nspid = next((line.split()[1:] for line in status.splitlines()
+                              if line.startswith("NSpid:")), [])
+                if nspid and nspid[-1] == str(pid):
+                    try:
+                        return [os.pidfd_open(int(child))]
+                    except ProcessLookupError:
+                        return []
+        return []
+
+    def _fail(self, why: str) -> SpawnerDied:
+        """Declare the spawner dead (once); every later call raises the same error."""
+        with self._lock:
+            if self._broken is None:
+                self._broken = SpawnerDied(
+                    f"the spawner of session {self.container.name!r} failed: {why}; "
+                    "close the session and start a new one")
+            return self._broken
 
     def _dead(self) -> SpawnerDied:
+        if self._broken is not None:
+            return self._broken
+        spawner = self._spawner  # close() may clear it meanwhile
         status = None
-        if self._spawner is not None:
+        if spawner is not None:
             try:
-                self._spawner.wait(timeout=0.2)  # it is going: give it time to be reaped
+                spawner.wait(timeout=0.2)  # it is going: give it time to be reaped
             except subprocess.TimeoutExpired:
                 pass
-            status = self._spawner.returncode
+            status = spawner.returncode
         how = f" (status {status})" if status is not None else ""
-        return SpawnerDied(f"the spawner of session {self.container.name!r} is gone{how}; "
-                           "close the session and start a new one")
+        return self._fail(f"it is gone{how}")
 
     # -- spawning -------------------------------------------------------------------------
 
@@ -434,6 +748,10 @@ class Session:
         ctrl = self._ctrl
         if self._closed or ctrl is None:
             raise SessionError("session is closed")
+        if self._broken is not None:
+            raise self._broken
+        if len(fds) - 3 > _MAX_EXTRA_FDS:
+            raise ValueError(f"pass_fds: at most {_MAX_EXTRA_FDS} descriptors per command")
         strings = _encode(argv, "argv") + _encode(self._environment(env), "env")
         flags = 0
         if cwd is not None:
@@ -448,7 +766,6 @@ class Session:
             flags |= lib.LXCBIND_SPAWN_MEMFD
             memfd = os.memfd_create("lxcbind-spawn", os.MFD_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        report = mine.detach()
         try:
             header = _HEADER.pack(_MAGIC, flags, len(argv), envc, len(fds) - 3, len(data), 0, 0)
             passed = [theirs.fileno(), *fds]
@@ -465,19 +782,22 @@ class Session:
                                         array.array("i", passed))])
             except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError):
                 raise self._dead() from None
+            except TimeoutError:  # its queue is full and it does not read: stopped or hung
+                raise self._fail(f"the spawner took no request for {_START_BOUND:g}s "
+                                 "(stopped?)") from None
             except OSError as exc:
                 if exc.errno in (errno.EBADF, errno.ENOTCONN):
                     raise SessionError("session is closed") from None
                 raise
         except BaseException:
-            os.close(report)
+            mine.close()
             raise
         finally:
             theirs.close()
             if memfd >= 0:
                 os.close(memfd)
-        os.set_blocking(report, False)
-        return SessionProcess(self, report, argv, argv[0], cwd)
+        mine.setblocking(False)
+        return SessionProcess(self, mine, argv, argv[0], cwd)
 
     def _pty(self) -> _pty.PtyPair:
         if self._devpts == -2:
@@ -496,16 +816,19 @@ class Session:
     def spawn(self, command: Command, *, stdin: StreamArg = PIPE, stdout: StreamArg = PIPE,
               stderr: StreamArg = PIPE, env: Mapping[str, str] | None = None,
               cwd: str | None = None, tty: bool = False,
-              pass_fds: Sequence[int] = ()) -> SessionProcess:
+              pass_fds: Sequence[int] = (),
+              start_timeout: float = _START_BOUND) -> SessionProcess:
         """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle.
 
-        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object; stdin
-        ``None`` is /dev/null (never the caller's stdin), stdout/stderr ``None`` the caller's
-        own.  ``tty=True``: one pty (from the container's devpts when possible) for all three,
+        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object;
+        ``None`` is /dev/null (never the caller's own fds 0-2), and one of the caller's
+        terminals is refused (``ValueError``: the command could type into it).  ``tty=True``: one pty (from the container's devpts when possible) for all three,
         controlling terminal of the command; its master is ``handle.master``.  ``pass_fds``:
         descriptors that become 3, 4, ... in the command.  ``cwd`` None: the container's /.
         A missing program or cwd is not an exception: ``wait()`` gives 127/126 and
-        ``exec_error`` says why.  Raises ``SpawnerDied`` if the spawner is gone.
+        ``exec_error`` says why.  At most ``LXCBIND_SPAWN_MAX_EXTRA_FDS`` (8) ``pass_fds``.
+        Raises ``SpawnerDied`` if the spawner is gone or does not answer within
+        ``start_timeout`` s.
         """
         argv = _argv(command)
         child_fds: list[int] = []  # our copies of the child's ends: closed once sent
@@ -525,13 +848,15 @@ class Session:
                         child_fds.append(child)
                         ours.append((("stdin", "stdout", "stderr")[index], mine))
                         fds.append(child)
-                    elif value == DEVNULL or (value is None and index == 0):
+                    elif value == DEVNULL or value is None:
                         fds.append(self._devnull)
-                    elif value is None:
-                        fds.append(index)
                     else:
                         fds.append(_fileno(value))
             fds += list(pass_fds)
+            for index, fd in enumerate(fds):
+                if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
+                    refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
+                                         if index < 3 else "pass_fds")
             proc = self._send(argv, env, cwd, fds, ctty=tty)
             for name, fd in ours:
                 setattr(proc, name, proc._own(fd))
@@ -540,7 +865,7 @@ class Session:
                 pair.close_slave()
                 proc.master = proc._own(pair.master)
                 pair = None
-            proc._wait_start()
+            proc._wait_start(start_timeout)
             return proc
         except BaseException:
             if proc is not None:
@@ -558,9 +883,10 @@ class Session:
             timeout: float | None = None, tty: bool = False,
             env: Mapping[str, str] | None = None, cwd: str | None = None,
             max_output: int | None = None, check: bool = False,
-            kill_grace: float = 1.0) -> CompletedRun:
+            kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
+        The I/O is the bridge's (``lxcbind.bridge``), exactly as for ``Container.run``.
         ``input`` is written to stdin, then EOF (None: empty stdin).  ``timeout``: SIGTERM to
         the command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
         ``max_output``: per stream, keep head and tail of this many bytes.  ``tty``: a pty,
@@ -570,19 +896,20 @@ class Session:
         if isinstance(input, str):
             input = input.encode()
         start = time.monotonic()
-        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty)
+        bound = _START_BOUND if timeout is None else min(timeout + _EXIT_GRACE, _START_BOUND)
+        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty,
+                          start_timeout=bound)
         try:
             out = OutputBuffer(max_output)
             err = OutputBuffer(max_output)
-            timed_out = _communicate(proc, input, out, err, timeout, kill_grace)
+            timed_out = _bridge(proc, input, out, err, timeout, kill_grace)
+            proc.wait()  # bounded: the command is gone, the spawner has _EXIT_GRACE to say how
         finally:
             proc.close()
         assert proc.returncode is not None
-        result = CompletedRun(
-            args=proc.args, returncode=proc.returncode, stdout=out.getvalue(),
-            stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
-            truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
-            stderr_omitted=err.omitted, exec_error=proc.exec_error, timeout=timeout)
+        result = CompletedRun.captured(proc.args, proc.returncode, out, err,
+                                       timed_out=timed_out, started=start,
+                                       exec_error=proc.exec_error, timeout=timeout)
         if check:
             result.check_returncode()
         return result
@@ -608,111 +935,41 @@ class Session:
                 f"{'closed' if self._closed else 'open'}>")
 
 
-def _communicate(proc: SessionProcess, input: bytes | None, out: OutputBuffer,
-                 err: OutputBuffer, timeout: float | None, kill_grace: float,
-                 drain_grace: float = 2.0) -> bool:
-    """Feed ``input``, capture output until EXIT and EOF.  Returns whether it timed out.
-
-    Output after the exit is drained until EOF, or for ``drain_grace`` s at most (a background
-    process may hold the pipe forever)."""
-    poller = select.poll()
-    sinks: dict[int, OutputBuffer] = {}
+def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: OutputBuffer,
+            timeout: float | None, kill_grace: float) -> bool:
+    """Drive a session command with the bridge, the one I/O loop of every run (the same
+    input, EOF, drain, readiness, timeout and kill rules as ``Container.run``).  The bridge
+    watches the host's pidfd of the command and signals its process group from the host, so
+    the spawner is needed for nothing but the exit status.  Returns whether it timed out."""
     master = proc.master
     if master is not None:
-        sinks[master] = out
+        outputs = [(master, out)]
+        to_child: int | None = master
+        input = input if input is not None else b""
     else:
-        for fd, sink in ((proc.stdout, out), (proc.stderr, err)):
-            if fd is not None:
-                sinks[fd] = sink
-    for fd in sinks:
-        os.set_blocking(fd, False)
-        poller.register(fd, _POLLIN)
-    poller.register(proc.fileno(), _POLLIN)
-    pending = memoryview(input or b"")
-    to_child = master if master is not None else proc.stdin
-    if to_child is not None:
-        os.set_blocking(to_child, False)
-        if pending:
-            poller.register(to_child, select.POLLOUT)
-        elif to_child == proc.stdin:
-            _close_stdin(proc)
-            to_child = None
-    now = time.monotonic()
-    timeout_at = now + timeout if timeout is not None else None
-    kill_at: float | None = None
-    drain_until: float | None = None
-    timed_out = False
-    while True:
-        proc.poll()
-        if proc.returncode is not None:
-            if not sinks:
-                break
-            if drain_until is None:
-                drain_until = time.monotonic() + drain_grace
-        deadlines = [d for d in (timeout_at, kill_at, drain_until) if d is not None]
-        wait_ms = None
-        if deadlines:
-            wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
-        events = poller.poll(wait_ms)
-        for fd, event in events:
-            if fd in sinks:
-                try:
-                    data = os.read(fd, _CHUNK)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:  # EIO: pty master after the last slave closed
-                    if exc.errno != errno.EIO:
-                        raise
-                    data = b""
-                if data:
-                    sinks[fd].write(data)
-                else:
-                    poller.unregister(fd)
-                    del sinks[fd]
-            elif fd == to_child and pending:
-                if event & (select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                    pending = pending[:0]
-                else:
-                    try:
-                        pending = pending[os.write(fd, pending[:_CHUNK]):]
-                    except BlockingIOError:
-                        pass
-                    except BrokenPipeError:
-                        pending = pending[:0]
-                if not pending:
-                    poller.unregister(fd)
-                    if fd == proc.stdin:
-                        _close_stdin(proc)
-                    elif master is not None:
-                        eof = _pty.eof_bytes(master, input[-1] if input else None)
-                        if eof:
-                            try:
-                                os.write(master, eof)
-                            except OSError:
-                                pass
-        now = time.monotonic()
-        if proc.returncode is None:
-            if timeout_at is not None and now >= timeout_at and not timed_out:
-                timed_out = True
-                proc.send_signal(signal.SIGTERM, group=True)
-                kill_at = now + kill_grace
-            elif kill_at is not None and now >= kill_at:
-                proc.send_signal(signal.SIGKILL, group=True)
-                kill_at = None
-        elif drain_until is not None and now >= drain_until:
-            break
-    if timed_out:
-        # Whatever the group started and left behind goes too.
-        proc.send_signal(signal.SIGKILL, group=True)
-    return timed_out
-
-
-def _close_stdin(proc: SessionProcess) -> None:
-    fd = proc.stdin
-    if fd is not None:
-        proc.stdin = None
-        proc._owned.remove(fd)
-        os.close(fd)
+        outputs = [(fd, sink) for fd, sink in ((proc.stdout, out), (proc.stderr, err))
+                   if fd is not None]
+        to_child = proc.stdin
+        if to_child is not None:
+            proc._owned.remove(to_child)  # the bridge closes a stdin pipe at input EOF
+            proc.stdin = None
+    pgid = proc.host_pid if proc._alive_leader() else None
+    # No pidfd only when the command was reaped before we could open one: an always-readable
+    # eventfd tells the bridge it has exited.
+    exited = os.eventfd(1, os.EFD_CLOEXEC) if proc._pidfd < 0 else -1
+    try:
+        bridge = Bridge(proc._pidfd if exited < 0 else exited, pgid=pgid, to_child=to_child,
+                        input=input, outputs=outputs, pty_master=master, timeout=timeout,
+                        kill_grace=kill_grace, handle_signals=False)
+        try:
+            bridge.run()
+        finally:
+            if master is None and bridge.to_child is not None:
+                os.close(bridge.to_child)
+    finally:
+        if exited >= 0:
+            os.close(exited)
+    return bridge.timed_out
 
 
 class Shell:
@@ -789,11 +1046,8 @@ class Shell:
             script = (f"{{ eval {quoted}\n}} </dev/null 3>&-\n"
                       f"printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
             status, timed_out = self._exchange(script, nonce, out, err, timeout, kill_grace)
-            return CompletedRun(
-                args=[command], returncode=status, stdout=out.getvalue(),
-                stderr=err.getvalue(), timed_out=timed_out, duration=time.monotonic() - start,
-                truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
-                stderr_omitted=err.omitted, timeout=timeout)
+            return CompletedRun.captured([command], status, out, err, timed_out=timed_out,
+                                         started=start, timeout=timeout)
 
     def _exchange(self, script: bytes, nonce: str, out: OutputBuffer, err: OutputBuffer,
                   timeout: float | None, kill_grace: float) -> tuple[int, bool]:
