@@ -257,6 +257,7 @@ def tmux():
 
 def start_session(tmux: Tmux, container_name: str, workdir: str) -> None:
     tmux("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "sh")
+    tmux.wait_for(r"^[#$] ?$")  # typed before the first prompt, keys would mix with it
     tmux("send-keys", "-t", "t", f"cd {workdir} && PS1='host$ ' && stty -a > before", "Enter")
     tmux.wait_for(r"^host\$\s*$")
     tmux("send-keys", "-t", "t",
