@@ -56,12 +56,12 @@ def main() -> None:
             while not pool.idle and time.monotonic() < deadline:
                 time.sleep(0.005)  # steady state: the replacement is up, the reaper done
             t = time.perf_counter()
-            pool.run("/bin/true")
+            pool.run(["/bin/true"])
             samples.append((time.perf_counter() - t) * 1000)
         rows["Pool.run, steady state (fresh container)"] = statistics.median(samples)
         count = n * 3
         t = time.perf_counter()
-        pool.map(["/bin/true"] * count, workers=args.size)
+        pool.map([["/bin/true"]] * count, workers=args.size)
         throughput = count / (time.perf_counter() - t)
     rows["lxcbind.run() (fresh container, inline)"] = median_ms(lambda: lxcbind.run(POLICY),
                                                                  max(5, n // 4))

@@ -3,8 +3,8 @@
 A pool keeps ``size`` containers of one policy started, each with its session spawner ready
 (``Session.from_policy``: the same sandbox as a one-shot run of that policy: isolation,
 limits, filesystem and network policy, ownership record).  ``run`` takes a ready container,
-runs one command in it, and hands the container to a reaper thread that destroys it; a
-starter thread has already begun its replacement.  No container is ever used twice, so a
+runs one command in it, and hands the container to a reaper thread that destroys it while a
+starter thread sets up its replacement.  No container is ever used twice, so a
 file written or a process left running by one command is gone for the next.
 
 Threads: one reaper, and ``starters`` threads that keep the ready queue full (liblxc's calls
@@ -82,6 +82,12 @@ class Pool:
                 self._error = exc
             self._ready.put_nowait(None)  # wakes a waiting run()
             return
+        try:
+            # The first command of a spawner pays for first touches (~1 ms): pay it here, in
+            # the background, with a command that leaves nothing behind.
+            session.run(["/bin/true"], timeout=10)
+        except Exception:  # noqa: BLE001 - a broken session is not handed out
+            pass
         with self._lock:
             self._error = None
             closed = self._closed
@@ -145,12 +151,14 @@ class Pool:
         """Run ``command`` (a str runs as ``/bin/sh -c``) in a fresh container and return its
         result; the container is destroyed afterwards.  Keywords as ``Session.run``."""
         session = self._take()
-        self._order_one()  # its replacement starts now, while the command runs
         try:
             return session.run(command, input=input, timeout=timeout, env=env, cwd=cwd,
                                max_output=max_output, check=check)
         finally:
             self._used.put(session)
+            # The replacement is ordered after the command, not during it: its set-up is
+            # CPU-bound Python and would compete for the interpreter with this command.
+            self._order_one()
 
     def map(self, commands: Iterable[Command], *, workers: int | None = None,
             **kwargs: Any) -> list[CompletedRun]:
