@@ -6,6 +6,7 @@ Public API:
 * ``Sandbox(policy)``: a policy's container kept up while you use it;
 * ``Session``: many commands in one warm container at the lowest latency;
 * ``Pool``: each command in a fresh, pre-started container;
+* ``AsyncSession`` / ``AsyncPool``: the same for asyncio, on the loop's own readers;
 * ``Container`` / ``Process``: the liblxc binding itself; ``list_containers``;
 * ``load_policy`` / ``load_policy_file`` / ``Policy``;
 * the error tree (``LxcbindError`` and its subclasses).
@@ -29,7 +30,7 @@ _WHERE = {
     "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
     "SpawnerDied": "errors",
     "Policy": "policy", "load_policy": "policy", "load_policy_file": "policy",
-    "Pool": "pool", "PoolClosed": "pool",
+    "Pool": "pool", "PoolClosed": "pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "CompletedRun": "result",
     "Sandbox": "sandbox", "gc": "sandbox", "run": "sandbox",
     "Session": "session",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
                          PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
     from .policy import Policy, load_policy, load_policy_file
+    from .aio import AsyncPool, AsyncSession
     from .pool import Pool, PoolClosed
     from .result import CompletedRun
     from .sandbox import Sandbox, gc, run

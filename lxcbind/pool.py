@@ -155,10 +155,14 @@ class Pool:
             return session.run(command, input=input, timeout=timeout, env=env, cwd=cwd,
                                max_output=max_output, check=check)
         finally:
-            self._used.put(session)
-            # The replacement is ordered after the command, not during it: its set-up is
-            # CPU-bound Python and would compete for the interpreter with this command.
-            self._order_one()
+            self._give_back(session)
+
+    def _give_back(self, session: Session) -> None:
+        """A used container goes to the reaper, and its replacement is ordered: after the
+        command, not during it (the set-up is CPU-bound Python and would compete for the
+        interpreter with the command)."""
+        self._used.put(session)
+        self._order_one()
 
     def map(self, commands: Iterable[Command], *, workers: int | None = None,
             **kwargs: Any) -> list[CompletedRun]:

@@ -1,0 +1,93 @@
+"""asyncio API: runs on the loop's readers, cancellation kills the command, nothing leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import lxcbind
+from tests.conftest import IS_ROOT, NATIVE_ERROR
+
+pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
+              pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
+
+POLICY = {"version": "0.8.0", "process": {"commandLine": "true"}}
+
+
+def host_pids_of(pattern: bytes) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().replace(b"\0", b" ").startswith(pattern):
+                        found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def test_run_captures_like_session_run() -> None:
+    async def main() -> lxcbind.CompletedRun:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            return await s.run("echo out; echo err >&2; cat; exit 3", input=b"in\n")
+    r = asyncio.run(main())
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out\nin\n", b"err\n")
+
+
+def test_many_commands_run_concurrently_on_one_loop() -> None:
+    async def main() -> tuple[list[lxcbind.CompletedRun], float]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            t = time.monotonic()
+            runs = await asyncio.gather(*(s.run(f"sleep 0.5; echo {i}") for i in range(6)))
+            return runs, time.monotonic() - t
+    runs, elapsed = asyncio.run(main())
+    assert [r.stdout for r in runs] == [f"{i}\n".encode() for i in range(6)]
+    assert elapsed < 6 * 0.5  # they overlapped: no thread per command, no serialization
+
+
+def test_cancelling_the_task_kills_the_command() -> None:
+    marker = b"sleep 987"
+
+    async def main() -> None:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            task = asyncio.ensure_future(s.run("sleep 987"))
+            await asyncio.sleep(0.5)
+            assert host_pids_of(marker)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            deadline = time.monotonic() + 5
+            while host_pids_of(marker) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert not host_pids_of(marker)  # killed at cancellation, session still open
+            r = await s.run("echo still-here")
+            assert r.stdout == b"still-here\n"
+    asyncio.run(main())
+
+
+def test_timeout_and_streaming() -> None:
+    async def main() -> tuple[lxcbind.CompletedRun, list[tuple[str, bytes]]]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            r = await s.run("echo begun; sleep 30", timeout=0.5)
+            chunks = [c async for c in s.stream("for i in 1 2 3; do echo $i; sleep 0.1; done; "
+                                                "echo e >&2")]
+            return r, chunks
+    r, chunks = asyncio.run(main())
+    assert r.timed_out and r.stdout == b"begun\n"
+    out = b"".join(data for name, data in chunks if name == "stdout")
+    assert out == b"1\n2\n3\n" and ("stderr", b"e\n") in chunks
+    assert len([c for c in chunks if c[0] == "stdout"]) >= 2  # it streamed, not one blob
+
+
+def test_async_pool_fresh_container_each() -> None:
+    async def main() -> list[lxcbind.CompletedRun]:
+        async with lxcbind.AsyncPool(POLICY, size=2) as pool:
+            return await asyncio.gather(*(pool.run("hostname") for _ in range(4)))
+    runs = asyncio.run(main())
+    names = {r.stdout.strip() for r in runs}
+    assert len(names) == 4
+    assert not {n.decode() for n in names} & set(lxcbind.list_containers())
