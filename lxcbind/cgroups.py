@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import threading
 import signal
 import time
 from typing import Any
@@ -228,3 +229,34 @@ def _write(path: str, text: str) -> None:
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read().strip()
+
+
+class _Home:
+    """Where this process belongs while containers start around it.
+
+    liblxc 5.0's daemonized ``start()`` moves the *whole calling process* into the new
+    container's ``lxc.monitor.<name>`` cgroup.  With starts in several threads at once, a
+    start that saved ``current()`` while another start had moved the process would "return"
+    into that other container's monitor cgroup, and the process would stay there (and the
+    cgroup could never be removed).  So the home is captured only when no start is in flight,
+    and every start that ends moves the process back to it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inflight = 0
+        self._home: dict[str, str] = {}
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._inflight == 0:
+                self._home = current()
+            self._inflight += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._inflight -= 1
+            return_to(self._home)
+
+
+starting = _Home()

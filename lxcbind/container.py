@@ -263,13 +263,10 @@ class Container:
             self._ensure_log()
             c.want_daemonize(c, True)
             self._init_pid = None
-            home = cgroups.current()
-            try:
+            # liblxc 5.0 records the *caller* as the monitor and moves it into the
+            # container's lxc.monitor.<name> cgroup; ``starting`` moves it back home.
+            with cgroups.starting:
                 ok = c.start(c, 1 if useinit else 0, cargv)
-            finally:
-                # liblxc 5.0 records the *caller* as the monitor and moves it into the
-                # container's lxc.monitor.<name> cgroup; move back where we were.
-                cgroups.return_to(home)
             del keep
             if not ok:
                 raise self._error("start")

@@ -342,3 +342,28 @@ def test_a_signal_handler_raising_mid_attach_never_orphans_a_child(container_nam
                     os.waitpid(pid, 0)
         c.destroy()
         c.close()
+
+
+def test_concurrent_starts_leave_the_caller_in_its_own_cgroups():
+    """Starts in several threads at once (a Pool's starters): the process must end up where
+    it was, not in one of the containers' monitor cgroups."""
+    import threading
+
+    before = open("/proc/self/cgroup").read()
+    made = [make_busybox(new_name(), start=False) for _ in range(6)]
+    barrier = threading.Barrier(len(made))
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        made[n].start()
+
+    try:
+        for _ in range(3):
+            assert not run_threads(worker, len(made))
+            assert open("/proc/self/cgroup").read() == before
+            for c in made:
+                c.stop()
+    finally:
+        for c in made:
+            c.destroy()
+            c.close()
