@@ -17,15 +17,15 @@ shows progress (and, for an internal error, the traceback).
 from __future__ import annotations
 
 import argparse
-import base64
 import errno
 import json
 import logging
 import os
 import sys
 import time
-import traceback
 from typing import Any, Sequence
+
+from ._entry import install_early_signals
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -34,6 +34,12 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 log = logging.getLogger("lxcbind")
+
+
+def _traceback() -> str:
+    import traceback
+
+    return traceback.format_exc()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,9 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.command == "gc":
+            from .cleanup import FatalSignals
             from .sandbox import gc
 
-            removed = gc(log=lambda m: log.info("%s", m))
+            with FatalSignals():   # a signal lets gc finish the container it is removing
+                removed = gc(log=lambda m: log.info("%s", m))
             sys.stdout.write("".join(f"removed {name}\n" for name in removed))
             return 0
         return _run(args)
@@ -208,10 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _emit({"error": {"code": "signal", "message": str(exc)}, "exit_code": code})
         return code
     except (SandboxError, LxcbindError, OSError) as exc:
-        log.debug("%s", traceback.format_exc())
+        log.debug("%s", _traceback())
         return _error("sandbox", str(exc).replace("\n", " | "), EXIT_SANDBOX, as_json)
     except Exception as exc:  # an internal error: one line, never a traceback by default
-        log.debug("%s", traceback.format_exc())
+        log.debug("%s", _traceback())
         return _error("internal", f"internal error: {type(exc).__name__}: {exc} "
                       "(rerun with -v for details)", EXIT_SANDBOX, as_json)
     finally:
@@ -219,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_entry() -> None:
-    """Console-script entry point."""
+    """Entry point (``_entry.main`` installs the signal handling before importing this)."""
+    install_early_signals()
     try:
         code = main()
     except BrokenPipeError:
@@ -292,8 +301,11 @@ def _exec_delete(args: argparse.Namespace) -> int:
         raise _UsageError("--containername is required with --delete")
     if not _CONTAINER_ID.fullmatch(name):
         raise _UsageError(f"--containername: invalid container name {name!r}")
+    from .cleanup import FatalSignals
+
     try:
-        existed = delete_container(name, log=lambda m: log.info("%s", m))
+        with FatalSignals():   # a signal waits for the lock's release and the record's removal
+            existed = delete_container(name, log=lambda m: log.info("%s", m))
     except (LxcbindError, OSError) as exc:   # as lxc-exec --delete: 1 when it failed
         sys.stderr.write(f"lxcbind-exec: --delete {name}: {exc}\n")
         return EXEC_PARSE
@@ -344,16 +356,17 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
     except _RunnerFailure as exc:
         return _envelope(str(exc))
     except (SandboxError, LxcbindError, OSError) as exc:
-        log.debug("%s", traceback.format_exc())
+        log.debug("%s", _traceback())
         return _envelope(str(exc).replace("\n", " | "))
     except Exception as exc:  # an internal error: one line, never a traceback by default
-        log.debug("%s", traceback.format_exc())
+        log.debug("%s", _traceback())
         return _envelope(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug "
                          "for details)")
 
 
 def exec_entry() -> None:
-    """Console-script entry point of ``lxcbind-exec``."""
+    """Entry point of ``lxcbind-exec`` (through ``_entry.exec_main``)."""
+    install_early_signals()
     try:
         code = exec_main()
     except BrokenPipeError:

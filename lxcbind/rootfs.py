@@ -33,7 +33,6 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
 import shutil
 import stat
 import tempfile
@@ -105,7 +104,7 @@ class RootfsSpec:
 
 
 def _host_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine   # platform.machine(), without importing platform
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
             "ppc64le": "ppc64el"}.get(machine, machine)
 
