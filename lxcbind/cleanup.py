@@ -164,9 +164,15 @@ class OwnershipRecord:
 
 def _load_records() -> list[OwnershipRecord]:
     records = []
-    for path in sorted((STATE_DIR / "owners").glob("*.json")):
+    try:   # os.scandir, not Path.glob: no pattern to compile on every run
+        names = sorted(e.name for e in os.scandir(STATE_DIR / "owners")
+                       if e.name.endswith(".json") and not e.name.startswith("."))
+    except FileNotFoundError:
+        return records
+    for name in names:
         try:
-            records.append(OwnershipRecord(**json.loads(path.read_text())))
+            with open(STATE_DIR / "owners" / name, "rb") as f:
+                records.append(OwnershipRecord(**json.loads(f.read())))
         except (OSError, ValueError, TypeError):
             continue  # being written, or not ours: leave it
     return records

@@ -135,27 +135,30 @@ def _release_orphan(record: cleanup.OwnershipRecord) -> None:
     network.teardown_orphan(record.container)
 
 
-def _any_lease() -> bool:
-    """Whether ``network``'s lease file (``<STATE_DIR>/net/leases.json``) names any container.
-    Read without its lock and without importing ``network``: the file is replaced atomically,
-    so this sees a whole snapshot, as ``network.leases()`` would; a lease made after the read
-    belongs to a run that is starting now, which ``network.leases()`` would not have seen
-    either.  When in doubt (unreadable, malformed), True: the full check decides."""
+def _any_unowned_lease() -> bool:
+    """Whether ``network``'s lease file (``<STATE_DIR>/net/leases.json``) names a container
+    that has no ownership record: the only leases ``_reap_stale_leases`` may release.  Read
+    without its lock and without importing ``network``: the file is replaced atomically, so
+    this sees a whole snapshot, as ``network.leases()`` would; a lease made after the read
+    belongs to a run starting now, which ``network.leases()`` would not have seen either.
+    When in doubt (unreadable, malformed), True: the full check decides."""
     try:
         with open(cleanup.STATE_DIR / "net" / "leases.json", "rb") as f:
-            data = json.loads(f.read())
+            leases = json.loads(f.read())["leases"]
+        names = list(leases)
     except FileNotFoundError:
         return False
-    except (OSError, ValueError):
+    except (OSError, ValueError, KeyError, TypeError):
         return True
-    return not (isinstance(data, dict) and data.get("leases") == {})
+    owners = cleanup.STATE_DIR / "owners"
+    return any(not isinstance(n, str) or not (owners / f"{n}.json").exists() for n in names)
 
 
 def _reap_stale_leases(log: Log) -> None:
     """Leases whose runner is dead and whose ownership record is gone (a runner killed after
     removing its record, or a record removed by an older gc): stop the container if it still
     runs, then remove the table, veth and lease.  Under the container's lock, like gc."""
-    if not _any_lease():
+    if not _any_unowned_lease():
         return
     from . import network
 
