@@ -106,18 +106,25 @@ def record(cls: type[T] | None = None, *, frozen: bool = True,
     ``==`` and ``hash`` (``field(compare=False)``)."""
 
     def build(cls: type[T]) -> type[T]:
-        fields = tuple(cls.__dict__.get("__annotations__", {}))
+        own = tuple(cls.__dict__.get("__annotations__", {}))
+        # A record subclassing a record adds its fields after the parent's (as dataclasses).
+        parent = issubclass(cls, _Record)
+        inherited: tuple[str, ...] = cls._fields if parent else ()  # type: ignore[attr-defined]
+        fields = inherited + own
         ns = {k: v for k, v in cls.__dict__.items()
-              if k not in fields and k not in ("__dict__", "__weakref__")}
-        ns.update(__slots__=fields, _fields=fields, _frozen=frozen,
-                  _defaults={k: cls.__dict__[k] for k in fields if k in cls.__dict__},
-                  _compared=tuple(k for k in fields if k not in uncompared))
+              if k not in own and k not in ("__dict__", "__weakref__")}
+        defaults = dict(cls._defaults) if parent else {}  # type: ignore[attr-defined]
+        defaults.update({k: cls.__dict__[k] for k in own if k in cls.__dict__})
+        compared = cls._compared if parent else ()  # type: ignore[attr-defined]
+        ns.update(__slots__=own, _fields=fields, _frozen=frozen, _defaults=defaults,
+                  _compared=compared + tuple(k for k in own if k not in uncompared))
         if frozen:
             ns.update(__setattr__=_frozen_setattr, __delattr__=_frozen_delattr,
                       __hash__=_frozen_hash)
         else:
             ns["__hash__"] = None     # mutable and comparable: unhashable, as a dataclass
-        bases = tuple(b for b in cls.__bases__ if b is not object) + (_Record,)
+        bases = cls.__bases__ if parent else \
+            tuple(b for b in cls.__bases__ if b is not object) + (_Record,)
         return type(cls.__name__, bases, ns)  # type: ignore[return-value]
 
     return build if cls is None else build(cls)

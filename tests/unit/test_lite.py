@@ -61,6 +61,20 @@ def test_mutable_factory_uncompared() -> None:
         hash(a)                                         # mutable: unhashable
 
 
+@record
+class Point3(Point):
+    z: int = 0
+
+
+def test_subclass_adds_fields_after_the_parents() -> None:
+    p = Point3(1, 2, (), 3)
+    assert (p.x, p.y, p.z, p.norm1()) == (1, 2, 3, 3) and Point3(1, z=5).y == 0
+    assert p == Point3(1, 2, (), 3) and p != Point3(1, 2, (), 4) and isinstance(p, Point)
+    assert repr(p) == "Point3(x=1, y=2, tags=(), z=3)" and pickle.loads(pickle.dumps(p)) == p
+    with pytest.raises(AttributeError):
+        p.z = 1  # type: ignore[misc]
+
+
 def test_lazy_re_compiles_on_first_use() -> None:
     pat = lazy_re(r"[a-z]+")
     assert pat._compiled is None
