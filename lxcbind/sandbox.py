@@ -347,7 +347,7 @@ class Sandbox:
         ``before`` (read while the container still runs: the counters go with it)."""
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
-                                   pids_limited=after.pids_max > before.pids_max)
+                       pids_limited=after.pids_max > before.pids_max)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
