@@ -19,13 +19,14 @@ import signal
 import sys
 
 _FATAL = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+json_written = False   # set by the CLI once its one ``--json`` object is out
 
 
 def _early_signal(signum: int, frame: object) -> None:
     """Nothing of a run exists: end as the signal itself would.  Under ``--json`` a tool still
     gets its one JSON object, and exit status 128+N; otherwise the process dies of the signal
     (so a shell sees it, as with any program that has nothing to clean up)."""
-    if "--json" in sys.argv[1:]:
+    if "--json" in sys.argv[1:] and not json_written:
         name = signal.Signals(signum).name
         os.write(1, b'{"error": {"code": "signal", "message": "terminated by %s"}, '
                     b'"exit_code": %d}\n' % (name.encode(), 128 + signum))

@@ -96,6 +96,9 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _emit(obj: dict[str, Any]) -> None:
+    from . import _entry
+
+    _entry.json_written = True   # a late signal must not add a second object
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 

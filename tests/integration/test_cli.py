@@ -365,6 +365,38 @@ def test_signals_at_random_moments_of_startup(entry, tmp_path, clean_machine):
         assert name not in held_ranges(), what
 
 
+def test_json_gets_one_object_whenever_the_signal_comes(tmp_path, clean_machine):
+    """--json: a SIGTERM at any moment after lxcbind's first instruction (import, setup, the
+    command running) still gives exactly one JSON object and exit status 143."""
+    import random
+    from lxcbind import list_containers
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    path = tmp_path / "p.json"
+    for trial in range(10):
+        name = new_name("i15-")
+        path.write_text(json.dumps(policy("sleep 100", containerId=name)))
+        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", "--json", str(path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            assert _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30)
+            delay = rng.uniform(0, 0.3)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        what = f"trial {trial}: SIGTERM after {delay * 1000:.0f} ms"
+        objects = [json.loads(line) for line in out.decode().splitlines()]
+        assert len(objects) == 1 and objects[0]["exit_code"] == 143, (what, out)
+        assert objects[0]["error"]["code"] == "signal", what
+        assert proc.returncode == 143 and b"Traceback" not in err, (what, err)
+        assert name not in list_containers(), what
+
+
 def test_sigkill_of_the_runner_then_gc_leaves_nothing(clean_machine):
     from lxcbind import list_containers
 
