@@ -398,7 +398,11 @@ class Sandbox:
                         self._log(f"destroying container {self.name!r}")
                         rootfs.remove_container(c)
                     c.close()
-                if self._ids is not None and not os.path.isdir(
+                # Under the name's lock, also when a signal cut ``idmap.acquire`` short after
+                # it recorded the range but before ``_ids`` was set (no other run of this name
+                # can hold a range meanwhile: it would need the lock).
+                acquiring = self._locked and not self.policy.lxc.privileged
+                if (self._ids is not None or acquiring) and not os.path.isdir(
                         os.path.join(self.lxcpath, self.name)):
                     idmap.release(self.name, self.lxcpath)
                     self._ids = None
