@@ -1,3 +1,3 @@
-from lxcbind.cli import main_entry
+from lxcbind._entry import main
 
-main_entry()
+main()

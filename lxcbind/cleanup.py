@@ -28,10 +28,10 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ._lite import as_dict, factory, record
 from .errors import LxcbindError, SandboxError
 
 STATE_DIR = Path(os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind"))
@@ -120,7 +120,7 @@ def _boot_id() -> str:
         return ""
 
 
-@dataclass
+@record(frozen=False)
 class OwnershipRecord:
     """What one run created, written before it creates anything."""
 
@@ -130,7 +130,7 @@ class OwnershipRecord:
     runner_start: int
     boot_id: str
     destroy: bool
-    created: list[str] = field(default_factory=list)
+    created: list[str] = factory(list)
 
     @property
     def path(self) -> Path:
@@ -139,7 +139,7 @@ class OwnershipRecord:
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(self)))
+        tmp.write_text(json.dumps(as_dict(self)))
         os.replace(tmp, self.path)
 
     def note(self, what: str) -> None:
@@ -164,9 +164,15 @@ class OwnershipRecord:
 
 def _load_records() -> list[OwnershipRecord]:
     records = []
-    for path in sorted((STATE_DIR / "owners").glob("*.json")):
+    try:   # os.scandir, not Path.glob: no pattern to compile on every run
+        names = sorted(e.name for e in os.scandir(STATE_DIR / "owners")
+                       if e.name.endswith(".json") and not e.name.startswith("."))
+    except FileNotFoundError:
+        return records
+    for name in names:
         try:
-            records.append(OwnershipRecord(**json.loads(path.read_text())))
+            with open(STATE_DIR / "owners" / name, "rb") as f:
+                records.append(OwnershipRecord(**json.loads(f.read())))
         except (OSError, ValueError, TypeError):
             continue  # being written, or not ours: leave it
     return records

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar, Union
 
 from .errors import ExecError
+from ._lite import record
 from .result import CompletedRun
 
 Command = Union[str, Sequence[str]]
@@ -39,7 +40,7 @@ S = TypeVar("S")
 LOST_RETURNCODE = 125  # the CLI's "the sandbox failed" code
 
 
-@dataclass(frozen=True)
+@record
 class RemoteRun(CompletedRun):
     """A ``CompletedRun`` that ran elsewhere.
 

@@ -27,10 +27,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._lite import record
 from . import mountinfo, state
 from .errors import SandboxError
 
@@ -43,7 +43,7 @@ _DIR = Path("/var/lib/lxcbind/idmap")
 _SUBID_FILES = ("/etc/subuid", "/etc/subgid")
 
 
-@dataclass(frozen=True)
+@record
 class IdRange:
     """Host ids ``start`` .. ``start + size - 1`` are the container's ids 0 .. size - 1."""
 

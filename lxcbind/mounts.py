@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from ._lite import record
 from . import mountinfo as _mountinfo
 from .errors import PolicyError, SandboxError
 from .state import STATE_DIR
@@ -53,7 +53,7 @@ _PSEUDO_FS = frozenset({
 _MASK_DIR_OPTS = "nosuid,nodev,noexec,mode=0755"
 
 
-@dataclass(frozen=True)
+@record
 class MountEntry:
     """One ``lxc.mount.entry``: ``target`` is relative to the rootfs (no leading ``/``).
 
@@ -86,7 +86,7 @@ def _escape(text: str) -> str:
     return text.replace("\\", "\\134").replace(" ", "\\040")
 
 
-@dataclass
+@record(frozen=False)
 class _Item:
     """One policy path after resolution."""
 

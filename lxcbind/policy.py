@@ -1,4 +1,4 @@
-"""Policies: JSON → frozen dataclasses.  Every error is a ``PolicyError`` naming its JSON path.
+"""Policies: JSON → frozen records.  Every error is a ``PolicyError`` naming its JSON path.
 
 lxcbind reads the sandbox policy format of the public mxc project's LXC backend, schema
 versions 0.6–0.9 (see ``notes/policy-format.md`` in the design notes).  This module only
@@ -76,16 +76,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import difflib
-import ipaddress
 import json
 import os
-import re
-import urllib.parse
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Union
 
+from ._lite import lazy_re, record
 from .errors import PolicyError
+
+if TYPE_CHECKING:
+    import ipaddress
 
 __all__ = [
     "EffectiveNetwork", "Egress", "EgressRule", "Filesystem", "Ingress", "LegacyNetwork",
@@ -94,7 +93,7 @@ __all__ = [
     "load_policy_file",
 ]
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
 
 SUPPORTED_VERSIONS = ((0, 6), (0, 9))  # inclusive, on (major, minor)
 MAX_TIMEOUT_MS = 2**32 - 1
@@ -115,21 +114,22 @@ _STATE_AWARE = ("phase", "sandboxId", "correlationVector")
 _EXPERIMENTAL_BACKENDS = ("wslc", "windows_sandbox", "isolation_session", "seatbelt")
 
 _PRE_ID = r"(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)"   # semver 2.0 pre-release identifier
-_SEMVER = re.compile(
+_SEMVER = lazy_re(
     r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?"
     r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?")
-_CONTAINER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_DIST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-_IDENT = re.compile(r"[A-Za-z_$][A-Za-z0-9_$]*")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTAINER_ID = lazy_re(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")
+_DIST_NAME = lazy_re(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DNS_LABEL = lazy_re(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_IDENT = lazy_re(r"[A-Za-z_$][A-Za-z0-9_$]*")
+_CONTROL = lazy_re(r"[\x00-\x1f\x7f]")
 
 
-# --------------------------------------------------------------------------- dataclasses
+# --------------------------------------------------------------------------- the model
+# Records, not dataclasses: see _lite (import time is part of every one-shot run).
 
-@dataclass(frozen=True)
+@record
 class Process:
     """What to run: ``/bin/sh -c command_line`` in ``cwd`` with exactly ``env``."""
 
@@ -151,20 +151,20 @@ class Process:
         return dict(self.env)
 
 
-@dataclass(frozen=True)
+@record
 class Lifecycle:
     destroy_on_exit: bool = True
     preserve_policy: bool = False
 
 
-@dataclass(frozen=True)
+@record
 class Filesystem:
     readwrite_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()
     denied_paths: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Rootfs:
     """Where the root filesystem comes from (lxcbind extension ``lxc.rootfs``)."""
 
@@ -172,7 +172,7 @@ class Rootfs:
     path: str | None = None   # only for ``dir``
 
 
-@dataclass(frozen=True)
+@record
 class Limits:
     """Resource limits (lxcbind extension ``lxc.limits``); None = lxcbind's default, and
     ``UNLIMITED`` (from ``"max"``) = no limit at all."""
@@ -186,7 +186,7 @@ UNLIMITED = -1
 OPT_INS = ("nesting", "perf")    # lxc.allow: protections a policy may give up, by name
 
 
-@dataclass(frozen=True)
+@record
 class Lxc:
     distribution: str | None = None
     release: str | None = None
@@ -198,7 +198,7 @@ class Lxc:
     gid: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class NetworkHost:
     """A legacy ``allowedHosts``/``blockedHosts`` entry: an IP/CIDR, or a hostname to resolve."""
 
@@ -206,7 +206,7 @@ class NetworkHost:
     network: IPNetwork | None   # None for a hostname
 
 
-@dataclass(frozen=True)
+@record
 class Proxy:
     """An HTTP(S) proxy endpoint.  ``source`` is the JSON path it came from."""
 
@@ -217,7 +217,7 @@ class Proxy:
     source: str
 
 
-@dataclass(frozen=True)
+@record
 class LegacyNetwork:
     default_policy: Literal["allow", "block"] = "block"
     enforcement_mode: Literal["capabilities", "firewall", "both"] = "capabilities"
@@ -231,33 +231,33 @@ class LegacyNetwork:
         return self.enforcement_mode in ("firewall", "both")
 
 
-@dataclass(frozen=True)
+@record
 class Peer:
     cidr: IPNetwork
     excepts: tuple[IPNetwork, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class PortSelector:
     protocol: Literal["tcp", "udp", "icmp", "any"] = "any"
     port: int | None = None
     end_port: int | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Rule:
     to: tuple[Peer, ...] = ()                # empty = any destination
     ports: tuple[PortSelector, ...] = ()     # empty = any protocol and port
 
 
-@dataclass(frozen=True)
+@record
 class Egress:
     default: Literal["allow", "deny"] = "deny"
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Ingress:
     default: Literal["allow", "deny"] = "deny"
     host_loopback: Literal["allow", "deny"] = "deny"
@@ -280,7 +280,7 @@ class EgressRule(NamedTuple):
                 "portMin": self.port_min, "portMax": self.port_max}
 
 
-@dataclass(frozen=True)
+@record
 class EffectiveNetwork:
     """What the network policy means for an LXC run (note §2.1 and the §4.4 matrix).
 
@@ -327,11 +327,9 @@ class EffectiveNetwork:
         }
 
 
-_ANY_V4 = ipaddress.ip_network("0.0.0.0/0")
-_ANY_V6 = ipaddress.ip_network("::/0")
 
 
-@dataclass(frozen=True)
+@record
 class Network:
     """The network section as written (``shape``) plus the declared-version switch.
 
@@ -383,10 +381,16 @@ class Network:
         return self.effective().is_deny_all()
 
 
+def _ANY_PEERS() -> tuple[Peer, Peer]:  # noqa: N802 - a constant, built on first use
+    import ipaddress
+
+    return (Peer(ipaddress.ip_network("0.0.0.0/0")), Peer(ipaddress.ip_network("::/0")))
+
+
 def _lower_rules(rules: Iterable[Rule]) -> tuple[EgressRule, ...]:
     out: list[EgressRule] = []
     for rule in rules:
-        peers = rule.to or (Peer(_ANY_V4), Peer(_ANY_V6))
+        peers = rule.to or _ANY_PEERS()
         ports = rule.ports or (PortSelector(),)
         for peer in peers:
             for sel in ports:
@@ -406,7 +410,7 @@ def _lower_hosts(hosts: Iterable[NetworkHost]) -> tuple[tuple[EgressRule, ...], 
     return tuple(rules), tuple(names)
 
 
-@dataclass(frozen=True)
+@record(uncompared=("origin",))
 class Policy:
     """A validated policy.  ``warnings`` are harmless oddities worth showing in ``--dry-run``."""
 
@@ -421,7 +425,7 @@ class Policy:
     network: Network = Network("legacy", False, legacy=LegacyNetwork())
     ignored_sections: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
-    origin: str = field(default="<policy>", compare=False)
+    origin: str = "<policy>"   # not compared
 
     def to_plan(self) -> dict[str, Any]:
         """A JSON-able summary of the effective settings, for ``--dry-run``.
@@ -585,6 +589,8 @@ def _obj(value: Any, path: str, allowed: Iterable[str]) -> dict[str, Any]:
         if not isinstance(key, str):
             raise PolicyError(path, f"object keys must be strings, got {key!r}")
         if key not in allowed:
+            import difflib
+
             hint = difflib.get_close_matches(key, allowed, n=1)
             more = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise PolicyError(_join(path, key), f"unknown field{more}")
@@ -673,6 +679,9 @@ def _abs_path(value: Any, path: str) -> str:
 
 def _parse_cidr(text: str, path: str, *, what: str = "CIDR") -> IPNetwork:
     """IPv4/IPv6 address or CIDR; host bits are masked, IPv4-mapped IPv6 becomes IPv4."""
+    import ipaddress  # only network sections need it (keeps a run's imports small)
+    import re
+
     addr, slash, prefix = text.partition("/")
     # ipaddress accepts "/ 24", "/+24" or a scope id ("%eth0"); none of them is a CIDR.
     if (slash and not re.fullmatch(r"0|[1-9]\d{0,2}", prefix)) or "%" in addr or not addr:
@@ -689,6 +698,8 @@ def _parse_cidr(text: str, path: str, *, what: str = "CIDR") -> IPNetwork:
 
 
 def _looks_like_address(text: str) -> bool:
+    import re
+
     return ":" in text or "/" in text or re.fullmatch(r"[0-9.]+", text) is not None
 
 
@@ -703,6 +714,8 @@ def _hostname(text: str, path: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     if host.lower().rstrip(".") == "localhost" or host.lower().endswith(".localhost"):
         return True
     try:
@@ -715,6 +728,8 @@ def _is_loopback(host: str) -> bool:
 
 def _proxy_url(value: Any, path: str) -> Proxy:
     """``http(s)://host:port`` with the mxc shape checks.  Never echoes credentials."""
+    import urllib.parse
+
     text = _str(value, path)
     if not text:
         raise PolicyError(path, "proxy URL must not be empty")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import Sequence
 
+from ._lite import record
 from .errors import CommandTimeout, ExecError
 
 
-@dataclass(frozen=True)
+@record(uncompared=("exec_error",))
 class CompletedRun:
     """What a command did.
 
@@ -32,7 +32,7 @@ class CompletedRun:
     truncated: bool = False
     stdout_omitted: int = 0
     stderr_omitted: int = 0
-    exec_error: ExecError | None = field(default=None, compare=False)
+    exec_error: ExecError | None = None   # not compared
     timeout: float | None = None
     oom_killed: bool = False        # the container's memory limit killed a process meanwhile
     pids_limited: bool = False      # a fork was refused at the container's process limit

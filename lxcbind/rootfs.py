@@ -33,15 +33,13 @@ import fcntl
 import hashlib
 import json
 import os
-import platform
-import re
 import shutil
 import stat
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from ._lite import lazy_re, record
 from . import security
 from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
@@ -55,7 +53,7 @@ DOWNLOAD_CACHE = "/var/cache/lxc/download"
 UPPER = "delta0"          # overlay upper layer, inside the container's directory
 _PRUNE_GRACE = 600        # seconds a shifted copy stays after its last use, unused
 _SCHEMA = "2"             # bump when a base's layout or content changes
-_SAFE_WORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_WORD = lazy_re(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # System directories a ``host`` container gets from the host, read-only.
 _HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -81,7 +79,7 @@ _DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 
             "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:229 rwm")
 
 
-@dataclass(frozen=True)
+@record
 class RootfsSpec:
     """What the root filesystem is made from; see the module docstring for each ``kind``."""
 
@@ -106,7 +104,7 @@ class RootfsSpec:
 
 
 def _host_arch() -> str:
-    machine = platform.machine()
+    machine = os.uname().machine   # platform.machine(), without importing platform
     return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "armhf", "i686": "i386",
             "ppc64le": "ppc64el"}.get(machine, machine)
 

@@ -17,16 +17,22 @@ container can still run; if that cannot be guaranteed the record stays for ``gc`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import json
 import os
-import uuid
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from . import cleanup, idmap, mounts, network, rootfs, security
+from . import cleanup, idmap, mounts, rootfs, security
+from ._lite import replace
 from .container import Container, default_lxcpath
 from .errors import LxcbindError, SandboxError
 from .policy import Policy, load_policy, load_policy_file
 from .result import CompletedRun
+
+if TYPE_CHECKING:
+    from . import network
+
+# ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
+# paths that need it, so a run with no network device never loads it.
 
 Log = Callable[[str], None]
 
@@ -121,16 +127,41 @@ def _release_orphan(record: cleanup.OwnershipRecord) -> None:
     is destroyed — or, for a kept one, stopped: rules never go while its processes can run."""
     if "network" not in record.created:
         return
+    from . import network
+
     with Container(record.container, record.lxcpath) as c:
         if c.defined:
             c.stop()
     network.teardown_orphan(record.container)
 
 
+def _any_unowned_lease() -> bool:
+    """Whether ``network``'s lease file (``<STATE_DIR>/net/leases.json``) names a container
+    that has no ownership record: the only leases ``_reap_stale_leases`` may release.  Read
+    without its lock and without importing ``network``: the file is replaced atomically, so
+    this sees a whole snapshot, as ``network.leases()`` would; a lease made after the read
+    belongs to a run starting now, which ``network.leases()`` would not have seen either.
+    When in doubt (unreadable, malformed), True: the full check decides."""
+    try:
+        with open(cleanup.STATE_DIR / "net" / "leases.json", "rb") as f:
+            leases = json.loads(f.read())["leases"]
+        names = list(leases)
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    owners = cleanup.STATE_DIR / "owners"
+    return any(not isinstance(n, str) or not (owners / f"{n}.json").exists() for n in names)
+
+
 def _reap_stale_leases(log: Log) -> None:
     """Leases whose runner is dead and whose ownership record is gone (a runner killed after
     removing its record, or a record removed by an older gc): stop the container if it still
     runs, then remove the table, veth and lease.  Under the container's lock, like gc."""
+    if not _any_unowned_lease():
+        return
+    from . import network
+
     for name, lease in network.leases().items():
         if lease.runner_alive() or (cleanup.STATE_DIR / "owners" / f"{name}.json").exists():
             continue
@@ -162,7 +193,7 @@ class Sandbox:
                  signals: cleanup.FatalSignals | None = None, lock_timeout: float = 60.0) -> None:
         self.policy = as_policy(policy)
         self.lxcpath = lxcpath or default_lxcpath()
-        self.name = self.policy.container_id or f"lxcbind-{uuid.uuid4().hex[:8]}"
+        self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self.container: Container | None = None
         self.reused = False
         self._log = log or (lambda message: None)
@@ -222,6 +253,8 @@ class Sandbox:
         effective = self.policy.network.effective()
         net_config: list[tuple[str, str]] = []
         if not effective.is_deny_all():
+            from . import network
+
             # Lease and rules exist before the container does: its veth is filtered from the
             # first packet.  Noted first, so gc finds them if this runner is killed midway.
             self._net = network.ContainerNetwork(self.name, effective, log=self._log,
@@ -235,6 +268,8 @@ class Sandbox:
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
+            from . import network
+
             network.configure_existing(probe, net_config)
         else:
             probe.close()
@@ -244,13 +279,19 @@ class Sandbox:
                                                      mounts=planned, config=net_config,
                                                      isolation=isolation)
         rootfs_path = self._rootfs_path = self.container.get_config_item("lxc.rootfs.path")
-        if network.unpin_hosts(rootfs_path):
-            # A pin an earlier run (or mxc) left names an address this policy never allowed.
-            self._log("removed a stale proxy pin from /etc/hosts")
-        if self._net is not None:
-            self._net.write_files(rootfs_path)
-        elif self.reused:
-            network.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
+        # A fresh container on one of lxcbind's own bases starts from an empty upper layer over
+        # a base nothing writes to, so only a kept container or a caller's directory (which mxc
+        # may have used) can hold a pin.
+        if self._net is not None or self.reused or spec.kind == "dir":
+            from . import network
+
+            if network.unpin_hosts(rootfs_path):
+                # A pin an earlier run (or mxc) left names an address this policy never allowed.
+                self._log("removed a stale proxy pin from /etc/hosts")
+            if self._net is not None:
+                self._net.write_files(rootfs_path)
+            elif self.reused:
+                network.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
         cdir = os.path.join(self.lxcpath, self.name)
         if self._ids is not None:
             for owner in sorted({e.owner for e in planned if e.owner is not None}):
@@ -305,8 +346,8 @@ class Sandbox:
         """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
         ``before`` (read while the container still runs: the counters go with it)."""
         after = self.limit_events()
-        return dataclasses.replace(result, oom_killed=after.oom_kills > before.oom_kills,
-                                   pids_limited=after.pids_max > before.pids_max)
+        return replace(result, oom_killed=after.oom_kills > before.oom_kills,
+                       pids_limited=after.pids_max > before.pids_max)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -325,6 +366,8 @@ class Sandbox:
     def _unpin(self) -> None:
         """A kept container keeps no proxy pin once its run is over (as under mxc); failing
         to remove it is only a warning: the next run removes it before anything starts."""
+        from . import network
+
         try:
             network.unpin_hosts(self._rootfs_path)
         except (OSError, SandboxError) as exc:
@@ -355,7 +398,11 @@ class Sandbox:
                         self._log(f"destroying container {self.name!r}")
                         rootfs.remove_container(c)
                     c.close()
-                if self._ids is not None and not os.path.isdir(
+                # Under the name's lock, also when a signal cut ``idmap.acquire`` short after
+                # it recorded the range but before ``_ids`` was set (no other run of this name
+                # can hold a range meanwhile: it would need the lock).
+                acquiring = self._locked and not self.policy.lxc.privileged
+                if (self._ids is not None or acquiring) and not os.path.isdir(
                         os.path.join(self.lxcpath, self.name)):
                     idmap.release(self.name, self.lxcpath)
                     self._ids = None
@@ -400,6 +447,8 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
     (``SandboxError`` when one holds it past ``lock_timeout``).  mxc's ``lxc-exec --delete``.
     Returns whether there was anything to remove."""
     log = log or (lambda message: None)
+    from . import network
+
     lock = cleanup.ContainerLock(name, lock_timeout)
     lock.acquire()   # SandboxError when a live run keeps it
     try:
@@ -425,6 +474,8 @@ def gc(*, log: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
     stale and unused; returns the names of the containers destroyed."""
+    from . import network
+
     log = log or (lambda message: None)
     removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
     _reap_stale_leases(log)

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 
+from ._lite import record
 from . import cgroups
 from .errors import SandboxError
 from .idmap import IdRange
@@ -114,7 +114,7 @@ def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False
 
 # -- limits -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class ResolvedLimits:
     """Limits with defaults applied; None = unlimited."""
 
@@ -205,7 +205,7 @@ def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
                                f"container, not {value!r}; refusing to run unlimited")
 
 
-@dataclass(frozen=True)
+@record
 class Events:
     """Counters of limit events in a container's cgroups, compared before/after a command."""
 
@@ -239,7 +239,7 @@ def events(init_pid: int | None) -> Events:
     return Events(oom, _counter(os.path.join(pids, "pids.events"), "max") if pids else 0)
 
 
-@dataclass(frozen=True)
+@record
 class Isolation:
     """Everything that confines one container's workload, as config items."""
 

@@ -306,6 +306,97 @@ def test_signal_during_setup_leaves_nothing(delay, clean_machine):
     assert name not in list_containers()
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt`` in /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except FileNotFoundError:
+        pass
+    return False
+
+
+@pytest.mark.parametrize("entry", ["python -m lxcbind", "lxcbind-exec"])
+def test_signals_at_random_moments_of_startup(entry, tmp_path, clean_machine):
+    """30 fatal signals at random moments from the start of the CLI's process to its command
+    running: each ends the run quietly (128+N after cleanup, or death by the signal while
+    nothing exists yet), never with a traceback, and leaves nothing behind.  SIGTERM/SIGHUP are
+    sent from the very first moment.  SIGINT is sent once lxcbind's first instruction has run
+    (its handler shows in SigCgt): before that, the interpreter is still in its own start-up
+    (``site`` and the ``.pth`` files) and Python itself turns SIGINT into KeyboardInterrupt."""
+    import random
+    from lxcbind import list_containers
+    from lxcbind.idmap import held_ranges
+
+    seed = int.from_bytes(os.urandom(4), "big")
+    rng = random.Random(seed)
+    main = ["-m", "lxcbind", "run", "--no-tty"] if entry.startswith("python") else \
+        ["-c", "from lxcbind._entry import exec_main; exec_main()"]
+    # The range of delays: how long a whole run of `true` takes here (start-up, setup, command).
+    path = tmp_path / "true.json"
+    path.write_text(json.dumps(policy("true", containerId=new_name("i15-"))))
+    started = time.monotonic()
+    subprocess.run([sys.executable, *main, str(path)], capture_output=True, timeout=60,
+                   cwd=ROOT, check=True)
+    span = time.monotonic() - started
+    for trial in range(30):
+        sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+        delay = rng.uniform(0, span)
+        name = new_name("i15-")
+        path.write_text(json.dumps(policy("sleep 100", containerId=name)))
+        proc = subprocess.Popen([sys.executable, *main, str(path)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            if sig == signal.SIGINT:
+                assert _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30)
+            time.sleep(delay)
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        what = f"trial {trial} (seed {seed}): {sig.name} after {delay * 1000:.0f} ms"
+        assert b"Traceback" not in err, f"{what}: {err.decode(errors='replace')}"
+        assert proc.returncode in (-sig, 128 + sig), f"{what}: exit {proc.returncode}"
+        assert name not in list_containers(), what
+        assert name not in held_ranges(), what
+
+
+def test_json_gets_one_object_whenever_the_signal_comes(tmp_path, clean_machine):
+    """--json: a SIGTERM at any moment after lxcbind's first instruction (import, setup, the
+    command running) still gives exactly one JSON object and exit status 143."""
+    import random
+    from lxcbind import list_containers
+
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    path = tmp_path / "p.json"
+    for trial in range(10):
+        name = new_name("i15-")
+        path.write_text(json.dumps(policy("sleep 100", containerId=name)))
+        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", "--json", str(path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=ROOT)
+        try:
+            assert _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30)
+            delay = rng.uniform(0, 0.3)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        what = f"trial {trial}: SIGTERM after {delay * 1000:.0f} ms"
+        objects = [json.loads(line) for line in out.decode().splitlines()]
+        assert len(objects) == 1 and objects[0]["exit_code"] == 143, (what, out)
+        assert objects[0]["error"]["code"] == "signal", what
+        assert proc.returncode == 143 and b"Traceback" not in err, (what, err)
+        assert name not in list_containers(), what
+
+
 def test_sigkill_of_the_runner_then_gc_leaves_nothing(clean_machine):
     from lxcbind import list_containers
 

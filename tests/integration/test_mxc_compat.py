@@ -614,8 +614,8 @@ def test_lxcbind_exec_is_a_console_script():
     import tomllib
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["lxcbind-exec"] == "lxcbind.cli:exec_entry"
-    from lxcbind.cli import exec_entry   # noqa: F401  (the target exists)
+    assert scripts["lxcbind-exec"] == "lxcbind._entry:exec_main"
+    from lxcbind._entry import exec_main   # noqa: F401  (the target exists)
 
 
 def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
