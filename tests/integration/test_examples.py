@@ -37,3 +37,12 @@ def test_example_runs_offline(name):
     out = json.loads(r.stdout)
     assert r.returncode == code and out["exit_code"] == code, r.stderr
     assert text in out["stdout"]
+
+
+def test_async_agent_example_runs():
+    r = subprocess.run([sys.executable, "examples/async_agent.py"], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = r.stdout.decode()
+    assert "'uname -s' -> 0 'Linux'" in out and "runaway: timed_out=True" in out
+    assert "sleep processes left: 0" in out

@@ -1,0 +1,54 @@
+"""An asyncio agent loop: several tool calls at once in one sandbox, a long command streamed,
+a runaway command cut off by its timeout, and a cancelled call that leaves nothing running.
+
+    python3 examples/async_agent.py        (as root; prints what each step saw)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import lxcbind  # noqa: E402
+
+POLICY = {"version": "0.8.0", "process": {"commandLine": "true"},
+          "lxc": {"limits": {"memory": "512M", "pids": 256}}}
+
+
+async def main() -> int:
+    async with lxcbind.AsyncSession.from_policy(POLICY) as sandbox:
+        # Tool calls the model asked for in one turn run concurrently.
+        calls = ["uname -s", "python3 -c 'print(sum(range(10)))'", "ls / | wc -l"]
+        for call, result in zip(calls, await asyncio.gather(*(sandbox.run(c, timeout=10)
+                                                              for c in calls))):
+            print(f"{call!r} -> {result.returncode} {result.stdout.decode().strip()!r}")
+
+        # A long command, streamed as it prints.
+        lines = 0
+        async for stream, chunk in sandbox.stream("for i in 1 2 3; do echo step $i; "
+                                                  "sleep 0.1; done", timeout=10):
+            lines += chunk.count(b"\n")
+            print(f"  [{stream}] {chunk.decode().rstrip()}")
+
+        # A runaway command: the timeout kills it, the sandbox stays usable.
+        runaway = await sandbox.run("while :; do :; done", timeout=0.5)
+        print(f"runaway: timed_out={runaway.timed_out}")
+
+        # The user interrupts a call: cancelling the task kills the command.
+        task = asyncio.ensure_future(sandbox.run("sleep 600"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            print("cancelled: the command is gone")
+        after = await sandbox.run("ps -eo args | grep -c '^sleep 600' || true")
+        print(f"sleep processes left: {after.stdout.decode().strip()}")
+        return 0 if lines == 3 and runaway.timed_out and after.stdout.strip() == b"0" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
