@@ -19,10 +19,10 @@ import subprocess
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import IO, Any, Mapping, Sequence, Union
 
 from ._native import ffi, lib
+from ._lite import record
 from .errors import ExecError
 
 FileArg = Union[int, IO[Any], None]
@@ -130,7 +130,7 @@ def _fileno(value: FileArg, default: int) -> int:
     return value.fileno()
 
 
-@dataclass
+@record(frozen=False)
 class AttachRequest:
     """Everything one attach call needs, already marshalled for C (kept alive by this object)."""
 

@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import time
 from typing import Callable, Sequence
 
@@ -251,6 +250,8 @@ def _build_once(key: str, final: str, build: Callable[[str], None]) -> None:
         for stale in os.listdir(BASES_ROOT):
             if stale.startswith(prefix):
                 shutil.rmtree(os.path.join(BASES_ROOT, stale), ignore_errors=True)
+        import tempfile  # only when building: not on a run's import path
+
         tmp = tempfile.mkdtemp(prefix=prefix, dir=BASES_ROOT)
         try:
             build(tmp)
