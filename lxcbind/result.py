@@ -21,6 +21,8 @@ class CompletedRun:
     tail.  ``exec_error`` is set when the command never started (missing cwd or program).
     ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
+    ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
+    cwd, variables and functions are lost; ``Session.shell(restart=True)``).
     """
 
     args: Sequence[str]
@@ -36,6 +38,7 @@ class CompletedRun:
     timeout: float | None = None
     oom_killed: bool = False        # the container's memory limit killed a process meanwhile
     pids_limited: bool = False      # a fork was refused at the container's process limit
+    shell_restarted: bool = False   # a persistent shell died in this call and was restarted
 
     @property
     def signal(self) -> int | None:
