@@ -42,7 +42,7 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 from . import pty as _pty
 
@@ -94,8 +94,24 @@ class Bridge:
     ``raw_mode`` (``pty.RawMode``) is re-applied on SIGCONT; ``winsize_from`` is the host
     terminal fd whose size SIGWINCH copies to the master.
 
+    Hooks for a child that outlives its command (the persistent shell):
+
+    * ``done=(fd, parse)``: ``fd`` is read while the child runs and every chunk (``b""`` at EOF)
+      is given to ``parse``; when it returns True the command is over although the child lives
+      on (``done`` is then True).  The outputs are drained as after an exit (already-written
+      bytes first, then the same ``drain_quiet``/``drain_grace`` rule), side outputs get one
+      last read, the child is not signalled and its input is left open.  Pending input is
+      dropped (whole small writes only, see ``send``).
+    * ``keep_input=True``: never deliver EOF and never close ``to_child`` (the caller owns it:
+      the child reads further commands from it later).
+    * ``on_deadline(stage)`` replaces what a timeout does: it is called with ``"timeout"`` at
+      the timeout (instead of SIGTERM), ``"kill"`` at ``kill_grace`` s later and then every
+      ``kill_again`` s while the command is not over (instead of SIGKILL), and ``"tick"``
+      whenever a previous call returned a delay (seconds) for it; it may ``send`` input.
+
     After ``run()``: ``timed_out``, ``escalated`` (SIGKILL was needed), ``signal_received`` (a
-    forwarded SIGINT/SIGTERM/SIGHUP), ``exited``, ``bytes_in``, ``bytes_out``, ``duration``.
+    forwarded SIGINT/SIGTERM/SIGHUP), ``exited``, ``done``, ``bytes_in``, ``bytes_out``,
+    ``duration``.
     One ``run()`` per instance; not thread-safe (one thread drives it).
     """
 
@@ -119,6 +135,10 @@ class Bridge:
         winsize_from: int | None = None,
         handle_signals: bool = True,
         buffer_size: int = 256 * 1024,
+        done: tuple[int, Callable[[bytes], bool]] | None = None,
+        keep_input: bool = False,
+        on_deadline: Callable[[str], float | None] | None = None,
+        kill_again: float = 1.0,
     ) -> None:
         self.pidfd = child if isinstance(child, int) else child.fileno()
         if self.pidfd < 0:
@@ -141,7 +161,11 @@ class Bridge:
         self.buffer_size = buffer_size
         self._inbuf = bytearray(input or b"")
         self._in_eof = input_fd is None
-        self._eof_queued = False
+        self.keep_input = keep_input
+        self._eof_queued = keep_input  # (never queued: the child reads on after this run)
+        self._done_fd, self._parse = done if done is not None else (-1, None)
+        self.on_deadline = on_deadline
+        self.kill_again = kill_again
         self._last_byte: int | None = None
         self._side = [fd for fd, _ in side_outputs]
         every = self.outputs + list(side_outputs)
@@ -160,6 +184,7 @@ class Bridge:
         self.escalated = False
         self.signal_received: int | None = None
         self.exited = False
+        self.done = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.duration = 0.0
@@ -177,8 +202,8 @@ class Bridge:
         old_wakeup: int | None = None
         wake_w: socket.socket | None = None
         try:
-            fds = [fd for fd in {self.to_child, self.input_fd, *self._sink_of, *self._pending}
-                   if fd is not None]
+            fds = [fd for fd in {self.to_child, self.input_fd, *self._sink_of, *self._pending,
+                                 self._done_fd} if fd is not None and fd >= 0]
             # Read every flag before changing any: host stdin and stdout are often one open
             # file description (the terminal), so setting O_NONBLOCK through one fd changes
             # what the other reports.
@@ -233,26 +258,31 @@ class Bridge:
         kill_at: float | None = None
         ready = self.pty_master is None or self.ready_wait <= 0
         ready_at = start + self.ready_wait
+        tick_at: float | None = None
         exit_at = 0.0
         quiet_at = 0.0
         while True:
             now = time.monotonic()
+            ended = self.exited or self.done
             if not ready and now >= ready_at:
                 ready = True
-            if not self.exited:
+            if not ended:
                 if timeout_at is not None and now >= timeout_at and not self.timed_out:
                     self.timed_out = True
-                    self._signal_child(signal.SIGTERM)
                     kill_at = now + self.kill_grace if kill_at is None else kill_at
+                    tick_at = self._deadline("timeout", signal.SIGTERM)
                 if kill_at is not None and now >= kill_at:
-                    self._signal_child(signal.SIGKILL)
                     self.escalated = True
-                    kill_at = now + 1.0  # again later if something still runs (should not)
+                    kill_at = now + self.kill_again  # again later if something still runs
+                    tick_at = self._deadline("kill", signal.SIGKILL) or tick_at
+                if tick_at is not None and now >= tick_at:
+                    tick_at = self._deadline("tick", 0)
+                ended = self.exited or self.done  # (a hook may have sent the last input)
             if ready and self._in_eof and not self._inbuf and not self._eof_queued:
                 self._queue_eof()
 
-            draining = self.exited and bool(self._open_sources)
-            if self.exited:
+            draining = ended and bool(self._open_sources)
+            if ended:
                 if not self._open_sources and not self._has_pending():
                     break
                 if now >= exit_at + self.drain_grace + 5.0:
@@ -263,10 +293,12 @@ class Bridge:
 
             self._sync_interest(ready)
             wait = -1.0
-            if timeout_at is not None or kill_at is not None or not ready or self.exited:
+            if timeout_at is not None or kill_at is not None or not ready or ended:
                 deadlines = [d for d in (timeout_at if not self.timed_out else None, kill_at,
                                          None if ready else ready_at) if d is not None]
-                if self.exited:
+                if tick_at is not None and not ended:
+                    deadlines.append(tick_at)
+                if ended:
                     deadlines.append(exit_at + self.drain_grace + 5.0)
                     if draining:
                         deadlines += [quiet_at, exit_at + self.drain_grace]
@@ -285,10 +317,17 @@ class Bridge:
                     continue
                 if fd == self.pidfd:
                     if not self.exited:
+                        if not self.done:
+                            exit_at = quiet_at = time.monotonic()
+                            quiet_at += self.drain_quiet
                         self.exited = True
+                        self._child_gone()
+                    continue
+                if fd == self._done_fd:
+                    if self._read_done() and not self.exited:
                         exit_at = quiet_at = time.monotonic()
                         quiet_at += self.drain_quiet
-                        self._child_gone()
+                        self._command_over()
                     continue
                 if ev & (_IN | _BAD):
                     if fd in self._open_sources:
@@ -306,9 +345,9 @@ class Bridge:
                     ready = True  # the input-ready rule: first output
                     if self._inbuf:
                         self._write_input()
-                if self.exited:
+                if self.exited or self.done:
                     quiet_at = time.monotonic() + self.drain_quiet
-            elif self.exited and not self._sources_wanted():
+            elif (self.exited or self.done) and not self._sources_wanted():
                 # Reading is paused by a full host sink: that is not silence.
                 quiet_at = time.monotonic() + self.drain_quiet
 
@@ -328,13 +367,15 @@ class Bridge:
         wanted: dict[int, int] = {}
         if self._wake_r is not None:
             wanted[self._wake_fd] = _IN
-        if not self.exited:
+        if not self.exited and not self.done:
             wanted[self.pidfd] = _IN
+            if self._done_fd >= 0:
+                wanted[self._done_fd] = _IN
         for fd in self._open_sources:
             if self._room_for(fd):
                 wanted[fd] = _IN
         if (self.input_fd is not None and not self._in_eof and not self.exited
-                and len(self._inbuf) < self.buffer_size):
+                and not self.done and len(self._inbuf) < self.buffer_size):
             wanted[self.input_fd] = wanted.get(self.input_fd, 0) | _IN
         if self.to_child is not None and ready and self._inbuf:
             wanted[self.to_child] = wanted.get(self.to_child, 0) | _OUT
@@ -431,7 +472,7 @@ class Bridge:
             self._write_input()
 
     def _write_input(self) -> None:
-        if self.to_child is None or self.exited:
+        if self.to_child is None or self.exited or self.done:
             self._inbuf.clear()
             return
         while self._inbuf:
@@ -445,7 +486,8 @@ class Bridge:
                 # The program closed its stdin (or the pty is gone): the rest is undeliverable.
                 self._inbuf.clear()
                 self._in_eof = self._eof_queued = True
-                self._close_input_pipe()
+                if not self.keep_input:
+                    self._close_input_pipe()
                 return
             if n:
                 self._last_byte = self._inbuf[n - 1]
@@ -467,6 +509,8 @@ class Bridge:
             self._close_input_pipe()
 
     def _close_input_pipe(self) -> None:
+        if self.keep_input:
+            return
         if self.to_child is not None and self.to_child != self.pty_master:
             if self.to_child in self._registered:
                 self._ep.unregister(self.to_child)
@@ -475,7 +519,55 @@ class Bridge:
             os.close(self.to_child)
             self.to_child = None
 
+    def send(self, data: bytes) -> None:
+        """Queue more input for the child (from an ``on_deadline`` hook).  Writes of at most
+        PIPE_BUF bytes to a pipe are atomic: such a chunk is delivered whole or not at all."""
+        if self.exited or self.done or self.to_child is None:
+            return
+        self._inbuf += data
+        self._write_input()
+
+    def _deadline(self, stage: str, sig: int) -> float | None:
+        """What a deadline does: the hook's action, or signal ``sig`` (none for a tick)."""
+        if self.on_deadline is None:
+            if sig:
+                self._signal_child(sig)
+            return None
+        delay = self.on_deadline(stage)
+        return None if delay is None else time.monotonic() + delay
+
+    def _read_done(self) -> bool:
+        """Feed what the done fd has to the parser; True when it says the command is over."""
+        assert self._parse is not None
+        while not self.done:
+            try:
+                data = os.read(self._done_fd, _CHUNK)
+            except BlockingIOError:
+                break
+            if self._parse(data):
+                self.done = True
+            if not data:
+                if self._done_fd in self._registered:
+                    self._ep.unregister(self._done_fd)
+                    del self._registered[self._done_fd]
+                self._done_fd = -1  # EOF: the child is going away; its exit will follow
+                break
+        return self.done
+
+    def _command_over(self) -> None:
+        """The child said its command is over: everything it wrote is already in the output
+        fds (written before the status), so read them dry now, then drain as after an exit."""
+        self._inbuf.clear()
+        for fd in list(self._open_sources):
+            while fd in self._open_sources and self._room_for(fd) and self._read_source(fd):
+                pass
+        for fd in self._side:
+            if fd in self._open_sources:
+                self._open_sources.remove(fd)
+
     def _child_gone(self) -> None:
+        if self._done_fd >= 0 and not self.done:
+            self._read_done()  # a status written just before the exit still counts
         for fd in self._side:
             if fd in self._open_sources:
                 self._read_source(fd)
@@ -501,7 +593,7 @@ class Bridge:
                 if self.raw_mode is not None:
                     self.raw_mode.reapply()
                 self._copy_winsize()
-            elif sig in _FORWARDED and not self.exited:
+            elif sig in _FORWARDED and not self.exited and not self.done:
                 if self.signal_received is None:
                     self.signal_received = sig
                 self._signal_child(sig)

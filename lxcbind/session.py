@@ -69,6 +69,7 @@ capability to drop, but a setuid-root program inside could regain it unless no_n
 from __future__ import annotations
 
 import array
+import dataclasses
 import errno
 import fcntl
 import os
@@ -926,9 +927,12 @@ class Session:
             return list(pool.map(lambda c: self.run(c, **run_kwargs), items))
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-              cwd: str | None = None) -> "Shell":
-        """A persistent shell whose state (cwd, variables, functions) carries across calls."""
-        return Shell(self, program=program, env=env, cwd=cwd)
+              cwd: str | None = None, restart: bool = False) -> "Shell":
+        """A persistent shell whose state (cwd, variables, functions) carries across calls
+        (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
+        once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
+        calls raise ``ShellDied`` until ``Shell.restart()``."""
+        return Shell(self, program=program, env=env, cwd=cwd, restart=restart)
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "
@@ -972,188 +976,247 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: O
     return bridge.timed_out
 
 
+class _Tail:
+    """The last ``limit`` bytes written (the shell's own chatter, for error messages)."""
+
+    def __init__(self, limit: int = 2048) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.data += data
+        del self.data[:-self.limit]
+        return len(data)
+
+
 class Shell:
     """A persistent shell in a Session: ``run("cd /tmp && export X=1")`` then
-    ``run("pwd; echo $X")`` sees ``/tmp`` and ``1``.
+    ``run("pwd; echo $X")`` sees ``/tmp`` and ``1``.  Works with bash, dash, busybox ash (and is
+    meant to with zsh, which this machine lacks).
 
-    Framing.  Each call writes to the shell's stdin
-    ``{ eval '<command>'\\n} </dev/null 3>&-\\nprintf '<nonce> %d\\n' "$?" >&3`` where the
-    command is single-quoted (the one quoting with no special characters but ``'``), and the
-    nonce is 128 random bits new for every call.  Fd 3 is a separate status pipe that the
-    command itself does not have (``3>&-``); the status line is read there, never from stdout,
-    so nothing a command prints (random bytes, fake markers) can end or forge a frame.  Once the
-    status line arrives every byte the command wrote is already in the stdout/stderr pipes (it
-    wrote before the shell could print the status), so the pipes are drained without waiting.
-    The command's stdin is /dev/null: it cannot eat the next frame.
+    Descriptors.  The shell's own stdout and stderr (prompts, banners, "no job control" and
+    job notices, the newline it prints on SIGINT) go to a pipe of their own, read and dropped
+    (the last bytes are kept for error messages).  Each command gets fresh redirections from
+    three pipes the shell holds: 4 (the command's stdout), 5 (its stderr) and 3 (status).
+    So what a call returns is exactly what its command wrote, on every shell.
 
-    The shell runs interactive (``-i``) on pipes: a syntax error does not end it, and SIGINT
-    aborts the running command list and returns to reading input.  That is the timeout: SIGINT
-    to the shell's process group (the command and its children), then a recovery frame is sent
-    until its status arrives (an interactive shell discards input it had buffered when it is
-    interrupted, so it is repeated).  If that does not happen within ``kill_grace`` s (a
-    command that ignores SIGINT), the shell's group is killed and the shell is dead.
+    Framing.  Each call writes to the shell's stdin::
 
-    ``ShellDied`` is raised by the call during which (or before which) the shell exited, and by
-    every call after it.  Background processes that keep writing after their call returned
-    show up in a later call's output.  One call at a time (a lock serializes them).
+        { command . /proc/self/fd/6
+        } 6<<'LXCBIND_<nonce>' </dev/null >&4 2>&5 3>&- 4>&- 5>&-
+        <command>
+        LXCBIND_<nonce>
+        command printf '<nonce> %d\n' "$?" >&3
+
+    The command is a quoted here-document (no expansion, no quoting to get wrong) that the
+    shell sources: sourcing, unlike ``eval``, runs it as non-interactive input (bash then
+    prints no ``[1] 123`` job notice), and ``command`` keeps a syntax error from aborting the
+    rest of the frame.  The nonce (128 random bits, new each call) ends the here-document and
+    tags the status line; a command cannot predict it.  The status is read on fd 3, which the
+    command does not have: nothing it prints can end or forge a frame.  Once the status arrives
+    every byte the command wrote is already in pipes 4 and 5, so they are read dry and the call
+    returns (the bridge's ``done`` hook: the same loop, drain and cap as ``Session.run``).  The
+    command's stdin is /dev/null: it cannot eat the next frame.  (A command can of course
+    redefine the shell itself, e.g. shadow ``command``; it then only spoils its own calls, and
+    deadlines, enforced from the host, still hold.)
+
+    Timeout.  The shell runs interactive (``-i``, job control off: every command is in the
+    shell's process group) because only an interactive shell aborts the running command list on
+    SIGINT and goes back to reading input with its state intact.  At the timeout the group gets
+    SIGINT (background jobs of a non-job-control shell ignore it) and a recovery status line is
+    sent (resent every 0.2 s: ash drops buffered input when interrupted); ``returncode`` is 130.
+    If no status has come ``kill_grace`` s later (the command ignores SIGINT), every process of
+    the group except the shell is SIGKILLed (``returncode`` 137): an external command dies and
+    the shell, alive, reports.  If the shell itself is what runs (``trap '' INT`` and a builtin
+    loop), it is killed ``kill_again`` (0.5) s later: then the state is lost.
+
+    Death.  A shell that exits (``exit``, killed) loses its state.  Without ``restart``, the
+    call during which it died raises ``ShellDied`` (after a timeout the call returns its result
+    and the next call raises), as does every later call until ``restart()`` starts a new shell
+    (same program, env and starting cwd).  With ``restart=True`` that happens at once and the
+    result says ``shell_restarted=True``.  Processes that left the shell's process group are not
+    killed by a timeout (they go at ``Session.close``).  Background jobs' output written after
+    their call returned shows up in a later call.  One call at a time (a lock serializes them).
     """
 
     def __init__(self, session: Session, *, program: str = "/bin/sh",
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 start_timeout: float = 10.0) -> None:
+                 start_timeout: float = 10.0, restart: bool = False) -> None:
         self.session = session
+        self.program = program
+        self.restart_on_death = restart
+        self._env = {"PS1": "", "PS2": "", "PS4": "+ ", "ENV": "", **(env or {})}
+        self._cwd = cwd
+        self._start_timeout = start_timeout
         self._lock = threading.Lock()
-        self._buf = b""
+        self._chatter = _Tail()
         self.dead: ShellDied | None = None
-        shell_env = {"PS1": "", "PS2": "", "PS4": "+ ", "ENV": ""}
-        shell_env.update(env or {})
-        status_r, status_w = _pipe()
+        self._start()
+
+    def _argv(self) -> tuple[list[str], str]:
+        """How to start ``program`` interactive without rc files or line editing, and the
+        prefix that runs a builtin past functions and special-builtin error exits."""
+        name = os.path.basename(self.program)
+        if "bash" in name:
+            return [self.program, "--noediting", "--norc", "--noprofile", "-i"], "command"
+        if "zsh" in name:  # zsh's ``command`` runs external programs only
+            return [self.program, "-f", "-i"], "builtin"
+        return [self.program, "-i"], "command"
+
+    def _start(self) -> None:
+        argv, self._prefix = self._argv()
+        pipes = [_pipe() for _ in range(4)]  # chatter, status, stdout, stderr
         try:
-            self.proc = session.spawn([program, "-i"], env=shell_env, cwd=cwd,
-                                      pass_fds=[status_w])
-        finally:
-            os.close(status_w)
-        self._status = self.proc._own(status_r)
-        for fd in (self._status, self.proc.stdout, self.proc.stderr, self.proc.stdin):
-            os.set_blocking(fd, False)  # type: ignore[arg-type]
-        if self.proc.exec_error is not None:
-            self.proc.wait()
-            raise ShellDied(f"shell {program!r} could not start: {self.proc.exec_error}",
-                            self.proc.returncode)
-        # Swallow the start-up chatter (job-control warnings, a first prompt).
-        self.run("true", timeout=start_timeout)
+            proc = self.session.spawn(argv, stdout=pipes[0][1], stderr=pipes[0][1],
+                                      env=self._env, cwd=self._cwd,
+                                      pass_fds=[w for _, w in pipes[1:]])
+        except BaseException:
+            for fd in (fd for pair in pipes for fd in pair):
+                os.close(fd)
+            raise
+        for _, w in pipes:
+            os.close(w)
+        self.proc = proc
+        self._chat, self._status, self._out, self._err = (proc._own(r) for r, _ in pipes)
+        self._buf = b""
+        self.dead = None
+        if proc.exec_error is not None:
+            proc.wait()
+            raise self._died(f"could not start: {proc.exec_error}", proc.returncode)
+        # No job control (commands stay in the shell's group, no notices), no history kept.
+        script = b"set +m; unset HISTFILE; HISTSIZE=0\n"
+        result = self._call("true", script, self._start_timeout, None, 2.0, restart=False)
+        if result is None or result.timed_out:
+            self.proc.close()
+            raise self._died("did not start (no status within "
+                             f"{self._start_timeout:g}s)", None)
+
+    def _died(self, why: str, returncode: int | None) -> ShellDied:
+        chatter = bytes(self._chatter.data).decode(errors="replace").strip()
+        self.dead = ShellDied(
+            f"the persistent shell {self.program!r} {why}; its state (cwd, variables, "
+            f"functions, background jobs) is lost: call restart() for a new one"
+            + (f" (it said: {chatter[-300:]!r})" if chatter else ""), returncode)
+        return self.dead
 
     @property
     def alive(self) -> bool:
         return self.dead is None and self.proc.poll() is None
 
+    def restart(self) -> None:
+        """Kill this shell (if still running) and start a new one with the same program,
+        environment and starting cwd.  Everything the old one held is lost."""
+        with self._lock:
+            self.proc.close()
+            self._start()
+
     def run(self, command: str, *, timeout: float | None = None,
             max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
-        """Run ``command`` in the shell; the result's ``returncode`` is its ``$?``
-        (130 after a timeout interrupted it, ``timed_out=True``)."""
+        """Run ``command`` in the shell; the result's ``returncode`` is its ``$?`` (130 when
+        a timeout interrupted it, 137 when it had to be killed; ``timed_out=True``).
+
+        Raises ``ShellDied`` when the shell is dead (and ``restart`` is off)."""
         if "\0" in command:
             raise ValueError("command contains a NUL byte")
         with self._lock:
             if self.dead is not None:
                 raise self.dead
-            start = time.monotonic()
-            out = OutputBuffer(max_output)
-            err = OutputBuffer(max_output)
-            nonce = secrets.token_hex(16)
-            quoted = "'" + command.replace("'", "'\\''") + "'"
-            # The status printf is a line of its own: an error that aborts the command's
-            # line (a syntax error in an interactive shell) still lets it run.
-            script = (f"{{ eval {quoted}\n}} </dev/null 3>&-\n"
-                      f"printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
-            status, timed_out = self._exchange(script, nonce, out, err, timeout, kill_grace)
-            return CompletedRun.captured([command], status, out, err, timed_out=timed_out,
-                                         started=start, timeout=timeout)
+            result = self._call(command, b"", timeout, max_output, kill_grace,
+                                restart=self.restart_on_death)
+            if result is None:
+                assert self.dead is not None
+                raise self.dead
+            return result
 
-    def _exchange(self, script: bytes, nonce: str, out: OutputBuffer, err: OutputBuffer,
-                  timeout: float | None, kill_grace: float) -> tuple[int, bool]:
+    def _call(self, command: str, prefix: bytes, timeout: float | None,
+              max_output: int | None, kill_grace: float, *,
+              restart: bool) -> CompletedRun | None:
+        """One framed exchange on the bridge.  When the shell dies meanwhile (``dead`` is then
+        set): with ``restart`` a new shell is started and the result says so; else None,
+        except after a timeout (the call's result; the next call raises)."""
         proc = self.proc
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        sinks = {proc.stdout: out, proc.stderr: err}
-        poller = select.poll()
-        for fd in (*sinks, self._status, proc.fileno()):
-            poller.register(fd, _POLLIN)
-        pending = memoryview(script)
-        poller.register(proc.stdin, select.POLLOUT)
-        writing = True
-        timeout_at = None if timeout is None else time.monotonic() + timeout
-        want = nonce
-        recovery_at: float | None = None
-        kill_at: float | None = None
-        timed_out = False
-        while True:
-            if writing and not pending:
-                poller.unregister(proc.stdin)
-                writing = False
-            deadlines = [d for d in (timeout_at, recovery_at, kill_at) if d is not None]
-            wait_ms = None
-            if deadlines:
-                wait_ms = max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
-            for fd, event in poller.poll(wait_ms):
-                if fd in sinks:
-                    self._drain(fd, sinks[fd])
-                elif fd == proc.stdin and pending:
-                    try:
-                        pending = pending[os.write(fd, pending[:_CHUNK]):]
-                    except BlockingIOError:
-                        pass
-                    except (BrokenPipeError, ConnectionResetError):
-                        pending = pending[:0]
-                elif fd == self._status:
-                    status, eof = self._read_status(want)
-                    if eof:
-                        poller.unregister(fd)  # the shell is exiting: its EXIT record follows
-                    if status is not None:
-                        for sink_fd, sink in sinks.items():
-                            self._drain(sink_fd, sink)
-                        return (130 if timed_out else status), timed_out
-                elif fd == proc.fileno():
-                    try:
-                        proc.poll()
-                    except SpawnerDied as exc:
-                        self.dead = ShellDied(str(exc))
-                        raise self.dead from exc
-                    if proc.returncode is not None:
-                        for sink_fd, sink in sinks.items():
-                            self._drain(sink_fd, sink)
-                        self.dead = ShellDied(
-                            f"the persistent shell exited (status {proc.exit_status})",
-                            proc.returncode)
-                        if timed_out:
-                            return 128 + signal.SIGKILL, True
-                        raise self.dead
+        start = time.monotonic()
+        out = OutputBuffer(max_output)
+        err = OutputBuffer(max_output)
+        nonce = secrets.token_hex(16)
+        cmd = self._prefix
+        script = prefix + (
+            f"{{ {cmd} . /proc/self/fd/6\n}} 6<<'LXCBIND_{nonce}' </dev/null >&4 2>&5 "
+            f"3>&- 4>&- 5>&-\n{command}\nLXCBIND_{nonce}\n"
+            f"{cmd} printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
+        recovery = f"{cmd} printf '{nonce} 130\\n' >&3\n".encode()
+        status: list[int] = []
+        killed = [False]
 
-            now = time.monotonic()
-            if timeout_at is not None and now >= timeout_at and not timed_out:
-                timed_out = True
-                proc.send_signal(signal.SIGINT, group=True)
-                want = secrets.token_hex(16)
-                recovery_at = now + 0.05
-                kill_at = now + kill_grace
-            if recovery_at is not None and now >= recovery_at:
-                # Resent until it gets through: the interrupted shell drops buffered input.
-                if not pending:
-                    pending = memoryview(f"printf '{want} 130\\n' >&3\n".encode())
-                    if not writing:
-                        poller.register(proc.stdin, select.POLLOUT)
-                        writing = True
-                recovery_at = now + 0.2
-            if kill_at is not None and now >= kill_at:
-                proc.send_signal(signal.SIGKILL, group=True)
-                kill_at = recovery_at = None
-
-    def _drain(self, fd: int, sink: OutputBuffer) -> None:
-        while True:
-            try:
-                data = os.read(fd, _CHUNK)
-            except BlockingIOError:
-                return
-            if not data:
-                return
-            sink.write(data)
-
-    def _read_status(self, nonce: str) -> tuple[int | None, bool]:
-        """Consume status lines: ``(status of the line carrying nonce or None, EOF seen)``.
-        Lines with other nonces are stale recovery frames and are dropped."""
-        found = None
-        while True:
-            try:
-                data = os.read(self._status, 4096)
-            except BlockingIOError:
-                return found, False
-            if not data:
-                return found, True
+        def parse(data: bytes) -> bool:
             self._buf += data
             lines = self._buf.split(b"\n")
             self._buf = lines.pop()
-            for line in lines:
+            for line in lines:  # lines with other nonces: stale recovery frames
                 parts = line.split()
                 if len(parts) == 2 and parts[0] == nonce.encode() and parts[1].isdigit():
-                    found = int(parts[1])
+                    status.append(int(parts[1]))
+            return bool(status)
+
+        def on_deadline(stage: str) -> float | None:
+            if stage == "timeout":
+                proc.send_signal(signal.SIGINT, group=True)
+                bridge.send(recovery)
+                return 0.2
+            if stage == "tick":
+                if not bridge._inbuf:
+                    bridge.send(recovery)
+                return 0.2
+            # "kill": first the command's processes, then (kill_again later) the shell.
+            if not killed[0]:
+                killed[0] = True
+                _kill_group_but(proc, proc.host_pid)
+            else:
+                proc.send_signal(signal.SIGKILL, group=True)
+            return None
+
+        if proc._pidfd < 0 or proc.stdin is None:
+            proc.poll()
+            self._died("is gone", proc.returncode)
+            return None
+        bridge = Bridge(proc._pidfd, pgid=proc.host_pid if proc._alive_leader() else None,
+                        to_child=proc.stdin, input=script, keep_input=True,
+                        outputs=[(self._out, out), (self._err, err)],
+                        side_outputs=[(self._chat, self._chatter)],
+                        done=(self._status, parse), timeout=timeout, kill_grace=kill_grace,
+                        kill_again=0.5, on_deadline=on_deadline, drain_quiet=0.0,
+                        handle_signals=False)
+        bridge.run()
+        if not bridge.done:
+            try:
+                proc.wait(_EXIT_GRACE + 1.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            except SpawnerDied as exc:
+                self._died(f"is gone with its spawner ({exc})", None)
+                return None
+            if proc.exit_status is None:
+                self._died("is gone (no exit status)", None)
+                returncode = 255
+            else:
+                self._died(f"exited (status {proc.exit_status})", proc.returncode)
+                returncode = proc.exit_status
+            if bridge.timed_out:
+                returncode = 128 + signal.SIGKILL
+            elif not restart:
+                return None
+        else:
+            returncode = status[0]
+            if bridge.timed_out:
+                returncode = 128 + signal.SIGKILL if killed[0] else 130
+        result = CompletedRun.captured([command], returncode, out, err,
+                                       timed_out=bridge.timed_out, started=start,
+                                       timeout=timeout)
+        if self.dead is not None and restart:
+            self.proc.close()
+            self._start()
+            result = dataclasses.replace(result, shell_restarted=True)
+        return result
 
     def close(self) -> None:
         """Kill the shell (and its group).  Idempotent."""
@@ -1166,3 +1229,29 @@ class Shell:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _kill_group_but(proc: SessionProcess, keep: int | None) -> None:
+    """SIGKILL every process of ``proc``'s process group except ``keep`` (the shell): seen
+    from the host, through pidfds, each checked to be in the group after it was opened."""
+    pgid = proc.host_pid
+    if pgid is None or not proc._alive_leader():
+        return
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == keep:
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None or int(fields[2]) != pgid:
+            continue
+        try:
+            pidfd = os.pidfd_open(int(entry))
+        except OSError:
+            continue
+        try:
+            fields = _stat_fields(int(entry))  # still that process, still in the group
+            if fields is not None and int(fields[2]) == pgid:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
