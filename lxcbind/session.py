@@ -1080,16 +1080,19 @@ class Shell:
         self._chat, self._status, self._out, self._err = (proc._own(r) for r, _ in pipes)
         self._buf = b""
         self.dead = None
-        if proc.exec_error is not None:
-            proc.wait()
-            raise self._died(f"could not start: {proc.exec_error}", proc.returncode)
-        # No job control (commands stay in the shell's group, no notices), no history kept.
-        script = b"set +m; unset HISTFILE; HISTSIZE=0\n"
-        result = self._call("true", script, self._start_timeout, None, 2.0, restart=False)
-        if result is None or result.timed_out:
-            self.proc.close()
-            raise self._died("did not start (no status within "
-                             f"{self._start_timeout:g}s)", None)
+        try:
+            if proc.exec_error is not None:
+                proc.wait()
+                raise self._died(f"could not start: {proc.exec_error}", proc.returncode)
+            # No job control (commands stay in the shell's group, no notices), no history.
+            script = b"set +m; unset HISTFILE; HISTSIZE=0\n"
+            result = self._call("true", script, self._start_timeout, None, 2.0, restart=False)
+            if result is None or result.timed_out:
+                raise self.dead or self._died(
+                    f"did not start (no status within {self._start_timeout:g}s)", None)
+        except BaseException:
+            proc.close()
+            raise
 
     def _died(self, why: str, returncode: int | None) -> ShellDied:
         chatter = bytes(self._chatter.data).decode(errors="replace").strip()

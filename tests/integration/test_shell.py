@@ -176,3 +176,62 @@ def test_large_command_text(sh):
     body = "".join(f": {'x' * 100} {i}\n" for i in range(2000))  # ~210 kB, above a pipe
     r = sh.run(body + "echo end")
     assert (r.stdout, r.stderr, r.returncode) == (b"end\n", b"", 0)
+
+
+def test_bridge_hooks_on_a_host_shell():
+    """The bridge's hooks for a child that outlives its command, on a host bash: ``done``
+    ends a run with the child alive and its input open (a second run uses it), and
+    ``on_deadline`` replaces the timeout's signals stage by stage."""
+    import os
+    import signal
+    import subprocess
+
+    from lxcbind.bridge import Bridge
+    from lxcbind.result import OutputBuffer
+
+    st_r, st_w = os.pipe()
+    out_r, out_w = os.pipe()
+    in_r, in_w = os.pipe()
+    child = subprocess.Popen(["/bin/bash", "--norc", "--noprofile"], stdin=in_r, stdout=out_w, stderr=subprocess.DEVNULL,
+                             pass_fds=[st_w], start_new_session=True)
+    for fd in (st_w, out_w, in_r):
+        os.close(fd)
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        for i in range(2):
+            out = OutputBuffer()
+            seen = bytearray()
+            bridge = Bridge(pidfd, to_child=in_w, keep_input=True, outputs=[(out_r, out)],
+                            input=f"echo hi{i}; head -c 100000 /dev/zero; echo s >&{st_w}\n"
+                            .encode(),
+                            done=(st_r, lambda d: bool(seen.extend(d)) or b"s\n" in seen),
+                            drain_quiet=0.0, handle_signals=False)
+            bridge.run()
+            assert bridge.done and not bridge.exited and not bridge.timed_out
+            assert out.getvalue() == f"hi{i}\n".encode() + bytes(100000)
+            assert child.poll() is None
+        stages: list[str] = []
+
+        def on_deadline(stage: str) -> float | None:
+            stages.append(stage)
+            if stage == "kill":
+                os.killpg(child.pid, signal.SIGKILL)
+            return 0.05 if stage == "timeout" else None
+
+        out = OutputBuffer()
+        bridge = Bridge(pidfd, pgid=child.pid, to_child=in_w, keep_input=True,
+                        outputs=[(out_r, out)], input=b"trap '' INT TERM; sleep 30\n",
+                        done=(st_r, lambda d: False), timeout=0.2, kill_grace=0.3,
+                        on_deadline=on_deadline, handle_signals=False)
+        bridge.run()
+        assert bridge.exited and bridge.timed_out and bridge.escalated and not bridge.done
+        assert stages[:2] == ["timeout", "tick"] and stages[-1] == "kill", stages
+        assert child.wait(5) == -signal.SIGKILL
+        os.fstat(in_w)  # still ours: keep_input never closes it
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(pidfd)
+        for fd in (st_r, out_r, in_w):
+            os.close(fd)
