@@ -1002,11 +1002,11 @@ class Shell:
 
     Framing.  Each call writes to the shell's stdin::
 
-        { command . /proc/self/fd/6
-        } 6<<'LXCBIND_<nonce>' </dev/null >&4 2>&5 3>&- 4>&- 5>&-
+        { command printf '<nonce> R\\n' >&3; command . /proc/self/fd/6 3>&- 4>&- 5>&-
+        } 6<<'LXCBIND_<nonce>' </dev/null >&4 2>&5
         <command>
         LXCBIND_<nonce>
-        command printf '<nonce> %d\n' "$?" >&3
+        command printf '<nonce> %d\\n' "$?" >&3
 
     The command is a quoted here-document (no expansion, no quoting to get wrong) that the
     shell sources: sourcing, unlike ``eval``, runs it as non-interactive input (bash then
@@ -1016,6 +1016,8 @@ class Shell:
     command does not have: nothing it prints can end or forge a frame.  Once the status arrives
     every byte the command wrote is already in pipes 4 and 5, so they are read dry and the call
     returns (the bridge's ``done`` hook: the same loop, drain and cap as ``Session.run``).  The
+    ``R`` line says the shell has read the whole frame; a timeout waits for it before sending
+    SIGINT, which would otherwise abort the parse and run the rest as top-level input.  The
     command's stdin is /dev/null: it cannot eat the next frame.  (A command can of course
     redefine the shell itself, e.g. shadow ``command``; it then only spoils its own calls, and
     deadlines, enforced from the host, still hold.)
@@ -1144,11 +1146,13 @@ class Shell:
         nonce = secrets.token_hex(16)
         cmd = self._prefix
         script = prefix + (
-            f"{{ {cmd} . /proc/self/fd/6\n}} 6<<'LXCBIND_{nonce}' </dev/null >&4 2>&5 "
-            f"3>&- 4>&- 5>&-\n{command}\nLXCBIND_{nonce}\n"
+            f"{{ {cmd} printf '{nonce} R\\n' >&3; {cmd} . /proc/self/fd/6 3>&- 4>&- 5>&-\n"
+            f"}} 6<<'LXCBIND_{nonce}' </dev/null >&4 2>&5\n{command}\nLXCBIND_{nonce}\n"
             f"{cmd} printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
         recovery = f"{cmd} printf '{nonce} 130\\n' >&3\n".encode()
         status: list[int] = []
+        started = [False]  # the "R" line: the shell has read the whole frame and runs it
+        interrupted = [False]
         killed = [False]
 
         def parse(data: bytes) -> bool:
@@ -1157,18 +1161,25 @@ class Shell:
             self._buf = lines.pop()
             for line in lines:  # lines with other nonces: stale recovery frames
                 parts = line.split()
-                if len(parts) == 2 and parts[0] == nonce.encode() and parts[1].isdigit():
-                    status.append(int(parts[1]))
+                if len(parts) == 2 and parts[0] == nonce.encode():
+                    if parts[1].isdigit():
+                        status.append(int(parts[1]))
+                    elif parts[1] == b"R":
+                        started[0] = True
             return bool(status)
 
         def on_deadline(stage: str) -> float | None:
-            if stage == "timeout":
-                proc.send_signal(signal.SIGINT, group=True)
-                bridge.send(recovery)
-                return 0.2
-            if stage == "tick":
-                if not bridge._inbuf:
+            if stage != "kill":
+                if not started[0]:
+                    # Still reading the frame: SIGINT now would abort the parse and leave the
+                    # rest of the command to run as top-level input.  Wait for "R".
+                    return 0.02
+                if not interrupted[0]:
+                    interrupted[0] = True
+                    proc.send_signal(signal.SIGINT, group=True)
                     bridge.send(recovery)
+                elif not bridge._inbuf:
+                    bridge.send(recovery)  # again: an interrupted ash drops buffered input
                 return 0.2
             # "kill": first the command's processes, then (kill_again later) the shell.
             if not killed[0]:
@@ -1209,9 +1220,11 @@ class Shell:
             elif not restart:
                 return None
         else:
-            returncode = status[0]
-            if bridge.timed_out:
-                returncode = 128 + signal.SIGKILL if killed[0] else 130
+            returncode = status[0]  # (after an interrupt: 130 from the shell or recovery)
+            if killed[0]:
+                returncode = 128 + signal.SIGKILL
+            elif interrupted[0]:
+                returncode = 130
         result = CompletedRun.captured([command], returncode, out, err,
                                        timed_out=bridge.timed_out, started=start,
                                        timeout=timeout)

@@ -235,3 +235,16 @@ def test_bridge_hooks_on_a_host_shell():
         os.close(pidfd)
         for fd in (st_r, out_r, in_w):
             os.close(fd)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.001])
+def test_timeout_while_the_shell_reads_a_large_command(sh, timeout):
+    # SIGINT waits until the shell has read the whole frame: an interrupted parse would run
+    # the rest of the command as top-level input, reading the framing pipe.
+    sh.run("export KEEP=yes")
+    body = "".join(f": {'x' * 100} {i}\n" for i in range(2000))
+    r = sh.run(body + "cat; echo ran; sleep 30", timeout=timeout, kill_grace=1.0)
+    assert r.timed_out and r.returncode == 130, r
+    r = sh.run("echo $KEEP")
+    assert (r.stdout, r.stderr) == (b"yes\n", b"")
+    assert sh.alive
