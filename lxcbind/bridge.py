@@ -163,7 +163,8 @@ class Bridge:
         self._in_eof = input_fd is None
         self.keep_input = keep_input
         self._eof_queued = keep_input  # (never queued: the child reads on after this run)
-        self._done_fd, self._parse = done if done is not None else (-1, None)
+        self._done_fd = done[0] if done is not None else -1
+        self._parse: Callable[[bytes], bool] | None = done[1] if done is not None else None
         self.on_deadline = on_deadline
         self.kill_again = kill_again
         self._last_byte: int | None = None

@@ -121,8 +121,6 @@ _STAGES = {
     lib.LXCBIND_STAGE_SPAWN: "spawn",
 }
 _MAX_EXTRA_FDS = lib.LXCBIND_SPAWN_MAX_EXTRA_FDS
-_CHUNK = 65536
-_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 # How long the spawner may take to report a command's exit once the host has seen the
 # command die (its pidfd), and to answer a spawn request when no timeout bounds the call.
 _EXIT_GRACE = 2.0
