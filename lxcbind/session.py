@@ -1199,7 +1199,8 @@ class Shell:
                         kill_again=0.5, on_deadline=on_deadline, drain_quiet=0.0,
                         handle_signals=False)
         bridge.run()
-        if not bridge.done:
+        shell_status: int | None = None
+        if bridge.exited or not bridge.done:  # the shell is gone (maybe just after its status)
             try:
                 proc.wait(_EXIT_GRACE + 1.0)
             except subprocess.TimeoutExpired:
@@ -1207,22 +1208,21 @@ class Shell:
             except SpawnerDied as exc:
                 self._died(f"is gone with its spawner ({exc})", None)
                 return None
-            if proc.exit_status is None:
-                self._died("is gone (no exit status)", None)
-                returncode = 255
-            else:
-                self._died(f"exited (status {proc.exit_status})", proc.returncode)
-                returncode = proc.exit_status
-            if bridge.timed_out:
-                returncode = 128 + signal.SIGKILL
-            elif not restart:
-                return None
-        else:
+            shell_status = proc.exit_status
+            self._died("is gone (no exit status)" if shell_status is None else
+                       f"exited (status {shell_status})", proc.returncode)
+        if bridge.done:
             returncode = status[0]  # (after an interrupt: 130 from the shell or recovery)
             if killed[0]:
                 returncode = 128 + signal.SIGKILL
             elif interrupted[0]:
                 returncode = 130
+        elif bridge.timed_out:
+            returncode = 128 + signal.SIGKILL
+        elif restart:
+            returncode = 255 if shell_status is None else shell_status
+        else:
+            return None
         result = CompletedRun.captured([command], returncode, out, err,
                                        timed_out=bridge.timed_out, started=start,
                                        timeout=timeout)
