@@ -69,7 +69,6 @@ capability to drop, but a setuid-root program inside could regain it unless no_n
 from __future__ import annotations
 
 import array
-import dataclasses
 import errno
 import fcntl
 import os
@@ -88,6 +87,7 @@ from typing import IO, Any, Iterable, Mapping, Sequence, Union
 
 from . import cgroups as _cgroups
 from . import pty as _pty
+from ._lite import replace as _replace
 from .bridge import Bridge
 from ._native import ffi, lib
 from .attach import (Process, baseline_env, build_attach, decode_wait_status,
@@ -1229,7 +1229,7 @@ class Shell:
         if self.dead is not None and restart:
             self.proc.close()
             self._start()
-            result = dataclasses.replace(result, shell_restarted=True)
+            result = _replace(result, shell_restarted=True)
         return result
 
     def close(self) -> None:
