@@ -358,10 +358,18 @@ class SessionProcess:
             else:
                 ok = ok and int(fields[1]) == self.session._spawner_host_pid
                 self._starttime = fields[19]
+        if not ok and info is not None and info[0] > 0:
+            again = _pidfd_pids(fds[0])
+            if again is not None and again[0] == -1:
+                # Reaped between the two reads (its pid may already name another process):
+                # nothing left to signal; its EXIT record is due within the grace.
+                ok, host_pid = True, None
         if not ok:
             for fd in fds:
                 os.close(fd)
-            raise self.session._fail(f"the spawner sent no valid pidfd for {self.args[0]!r}")
+            raise self.session._fail(f"the spawner sent no valid pidfd for {self.args[0]!r} "
+                                     f"(fds {len(fds)}, pidfd says {info}, expected pid {pid} "
+                                     f"at depth {self.session._nsdepth})")
         self._pidfd = self._own(fds[0])
         self.host_pid = host_pid
 
