@@ -273,9 +273,10 @@ def interact_run(
         winsize_from=host_tty if tty else None,
         timeout=timeout, kill_grace=kill_grace, ready_wait=ready_wait,
         attach_kw=_attach_kw(env_map or None, cwd, attach_kw))
-    result = CompletedRun(args=list(argv), returncode=proc.returncode,
-                          timed_out=bridge.timed_out, duration=time.monotonic() - start,
-                          exec_error=proc.exec_error, timeout=timeout)
+    # The streams went to the caller's fds: nothing captured, hence empty buffers.
+    result = CompletedRun.captured(argv, proc.returncode, OutputBuffer(0), OutputBuffer(0),
+                                   timed_out=bridge.timed_out, started=start,
+                                   exec_error=proc.exec_error, timeout=timeout)
     _reraise(bridge.signal_received)
     return result
 
