@@ -1006,7 +1006,7 @@ class _Parser:
         if new_paths and not version_08:
             declared = doc.get("version") or "absent"
             raise PolicyError(new_paths[0], "requires schema version 0.8 or later (version is "
-                                            f"{declared})")
+                                            f"{declared}): set \"version\": \"0.8.0\"")
         if legacy_keys or not version_08:
             return Network("legacy", version_08, specified, legacy=self.legacy(net))
 
