@@ -33,6 +33,9 @@ EXIT_SANDBOX = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
+JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
+JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
+
 log = logging.getLogger("lxcbind")
 
 
@@ -74,12 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
                      help="overrides process.timeout")
     run.add_argument("--json", action="store_true",
                      help="print exactly one JSON object (result or error) on stdout")
+    run.add_argument("--max-output", type=_byte_count, metavar="BYTES", default=None,
+                     help=f"--json: bytes kept per stream, head and tail (default "
+                          f"{JSON_MAX_OUTPUT >> 20} MiB; 0: no cap)")
+    run.add_argument("--base64", action="store_true",
+                     help="--json: stdout/stderr as base64 (for binary output)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the effective plan; create nothing")
     run.add_argument("-v", "--verbose", action="store_true", dest="run_verbose",
                      help=argparse.SUPPRESS)
     sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
     return parser
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _json_output(result: Any, as_base64: bool) -> dict[str, Any]:
+    """The captured streams of a --json result: text (UTF-8, invalid bytes replaced) or
+    base64, with what the cap cut from each."""
+    if as_base64:
+        import base64
+
+        out = {"encoding": "base64", "stdout": base64.b64encode(result.stdout).decode("ascii"),
+               "stderr": base64.b64encode(result.stderr).decode("ascii")}
+    else:
+        out = {"encoding": "utf-8", "stdout": result.stdout.decode(errors="replace"),
+               "stderr": result.stderr.decode(errors="replace")}
+    out.update(truncated=result.truncated, stdout_truncated=result.stdout_truncated,
+               stderr_truncated=result.stderr_truncated, stdout_omitted=result.stdout_omitted,
+               stderr_omitted=result.stderr_omitted)
+    return out
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -96,10 +131,11 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _emit(obj: dict[str, Any]) -> None:
+    """One JSON object on stdout; every one carries the schema ``version`` of --json."""
     from . import _entry
 
     _entry.json_written = True   # a late signal must not add a second object
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(json.dumps({"version": JSON_VERSION, **obj}) + "\n")
     sys.stdout.flush()
 
 
@@ -127,6 +163,9 @@ def _run(args: argparse.Namespace) -> int:
     from .cleanup import FatalSignals
     from .sandbox import Sandbox, network_notice, network_refusal
 
+    if (getattr(args, "max_output", None) is not None or getattr(args, "base64", False)) \
+            and not args.json:
+        raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy = _load(args)
     for warning in policy.warnings:
         log.warning("%s", warning)
@@ -150,7 +189,8 @@ def _run(args: argparse.Namespace) -> int:
     with FatalSignals() as signals:
         with Sandbox(policy, log=lambda m: log.info("%s", m), signals=signals) as box:
             if args.json:
-                result = box.run(timeout=timeout, tty=bool(args.tty))
+                cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
+                result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)
             name = box.name
@@ -177,9 +217,7 @@ def _run(args: argparse.Namespace) -> int:
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
                "container": name, "network_enforced": notice is None,
-               "network_notice": notice,
-               "stdout": result.stdout.decode(errors="replace"),
-               "stderr": result.stderr.decode(errors="replace")})
+               "network_notice": notice, **_json_output(result, args.base64)})
     return code
 
 
