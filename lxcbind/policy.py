@@ -497,6 +497,12 @@ def load_policy_file(path: str | bytes | os.PathLike[str], *,
     Raises:
         PolicyError: the file is missing, unreadable, too large, or an invalid policy.
     """
+    data = read_policy_file(path)
+    return load_policy(data, origin=os.fsdecode(path), command_required=command_required)
+
+
+def read_policy_file(path: str | bytes | os.PathLike[str]) -> bytes:
+    """The bytes of a policy file, size-checked; ``PolicyError`` when it cannot be read."""
     name = os.fsdecode(path)
     try:
         with open(path, "rb") as f:
@@ -507,7 +513,22 @@ def load_policy_file(path: str | bytes | os.PathLike[str], *,
         raise PolicyError("", f"cannot read policy file {name}: {exc.strerror or exc}") from None
     if len(data) > MAX_POLICY_BYTES:
         raise PolicyError("", f"policy file {name} is larger than {MAX_POLICY_BYTES} bytes")
-    return load_policy(data, origin=name, command_required=command_required)
+    return data
+
+
+def policy_document(source: str | bytes) -> dict[str, Any]:
+    """The JSON object of a policy's text, parsed as strictly as ``load_policy`` parses it
+    (duplicate keys, NaN refused) but not validated: for callers that edit a policy (the CLI's
+    ``--env``/``--rw``/... options) before ``load_policy``.  ``PolicyError`` if not an object."""
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            source = bytes(source).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+    data = _parse_json(source)
+    if not isinstance(data, dict):
+        raise PolicyError("", f"a policy must be a JSON object, got {_jtype(data)}")
+    return data
 
 
 # The embedded default: schema 0.8 with no network section (deny-all: no network device but
@@ -529,11 +550,15 @@ def decode_base64_policy(b64: str | bytes) -> Policy:
     Raises:
         PolicyError: not valid base64, not UTF-8, or an invalid policy.
     """
+    return load_policy(base64_policy_bytes(b64), origin="<base64>")
+
+
+def base64_policy_bytes(b64: str | bytes) -> bytes:
+    """The bytes of a policy passed as base64; ``PolicyError`` when it is not valid base64."""
     try:
-        raw = base64.b64decode(b64.strip(), validate=True)
+        return base64.b64decode(b64.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise PolicyError("", f"policy is not valid base64: {exc}") from None
-    return load_policy(raw, origin="<base64>")
 
 
 class _DupKeyDict(dict):  # type: ignore[type-arg]

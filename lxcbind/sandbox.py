@@ -268,7 +268,15 @@ class Sandbox:
         cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
-        self._lock.acquire()
+        if not self._lock.acquire(blocking=False):
+            # Two runs with one containerId run one after the other: say so once, or four
+            # parallel runs silently take four times as long.
+            import logging
+
+            logging.getLogger("lxcbind").warning(
+                "containerId %r is in use by another run; waiting for it (up to %gs)",
+                self.name, self._lock.timeout)
+            self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem
         spec = self._rootfs_spec()
