@@ -84,7 +84,7 @@ def _add_command_options(p: argparse.ArgumentParser) -> None:
     tty.add_argument("--tty", dest="tty", action="store_true", default=None,
                      help="use a pty (default when stdin is a terminal)")
     tty.add_argument("--no-tty", dest="tty", action="store_false", help="use pipes")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="overrides process.timeout")
     p.add_argument("--cwd", metavar="DIR", help="overrides process.cwd")
     p.add_argument("--env", action="append", default=[], metavar="K=V",
@@ -151,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="remove kept containers and everything they own")
     rm.add_argument("ids", nargs="+", metavar="ID", help="container names")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
 
 
 def _byte_count(text: str) -> int:
