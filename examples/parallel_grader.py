@@ -74,10 +74,12 @@ def grade(count: int, workers: int, timeout: float, max_output: int) -> dict:
     wall = time.monotonic() - started
     graded = [{"kind": kind, "verdict": verdict(r), "returncode": r.returncode,
                "duration": round(r.duration, 3), "truncated": r.truncated,
-               "stdout_bytes": len(r.stdout), "stderr_tail": r.stderr[-200:].decode(errors="replace")}
+               "stdout_bytes": len(r.stdout),
+               "stderr_tail": r.stderr[-200:].decode(errors="replace")}
               for (kind, _), r in zip(items, results)]
     return {"count": count, "workers": workers, "timeout": timeout, "max_output": max_output,
-            "wall_seconds": round(wall, 2), "verdicts": dict(Counter(g["verdict"] for g in graded)),
+            "wall_seconds": round(wall, 2),
+            "verdicts": dict(Counter(g["verdict"] for g in graded)),
             "results": graded}
 
 

@@ -372,7 +372,7 @@ class Sandbox:
     def _running(self, call: str) -> Container:
         if self.container is None or self.container.closed:
             raise SandboxError(f"Sandbox.{call}(): the sandbox is not running; use "
-                               "`with lxcbind.Sandbox(policy) as box: box.{call}(...)`")
+                               f"`with lxcbind.Sandbox(policy) as box: box.{call}(...)`")
         return self.container
 
     def policy_argv(self, call: str = "run") -> list[str]:
@@ -480,16 +480,20 @@ class Sandbox:
             max_size: int = 256 << 20) -> bytes:
         """The contents of the file ``path`` in the running sandbox, read as the policy's user
         through a command in the container: a denied file is refused (``EPERM``: it is not a
-        regular file there), a denied directory has no files (the policy's masks).  At most ``max_size`` bytes (``FileTransferError``
-        ``EFBIG`` beyond: a hostile container can link ``path`` to an endless file); a FIFO
-        that never ends is cut by ``timeout``.
+        regular file there), a denied directory has no files (the policy's masks).  At most
+        ``max_size`` bytes (``FileTransferError`` ``EFBIG`` beyond: a workload can leave a
+        huge file where the caller expects a small one); a FIFO swapped in after the check is
+        cut by ``timeout``.
 
         Raises ``FileTransferError`` (``ENOENT``, ``EACCES``, ``EISDIR`` ...)."""
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
-            raise TypeError(f"Sandbox.get(): max_size must be an int >= 0, got {max_size!r}")
+        if isinstance(max_size, bool) or not isinstance(max_size, int):
+            raise TypeError(f"Sandbox.get(): max_size must be an int, got {max_size!r}")
+        if max_size < 0:
+            raise ValueError(f"Sandbox.get(): max_size must be >= 0, got {max_size}")
         # head stops reading one byte past the limit, so an endless file costs nothing more.
-        result = self._file_command("get", _REGULAR + f'exec head -c {max_size + 1} -- "$1"', path,
-                                    input=None, timeout=timeout, max_output=max_size + 1)
+        script = _REGULAR + f'exec head -c {max_size + 1} -- "$1"'
+        result = self._file_command("get", script, path, input=None, timeout=timeout,
+                                    max_output=max_size + 1)
         if len(result.stdout) > max_size:
             raise FileTransferError("get", path, f"{os.strerror(errno.EFBIG)}: larger than "
                                     f"max_size={max_size} bytes")

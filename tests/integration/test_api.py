@@ -157,7 +157,8 @@ def test_sandbox_run_applies_the_policy_to_every_command(left_behind):
         assert box.run("cat", input="fed in", text=True).stdout == "fed in"
         with pytest.raises(lxcbind.PolicyError, match="process.commandLine"):
             box.run()
-    with pytest.raises(lxcbind.SandboxError, match="not running"):
+    with pytest.raises(lxcbind.SandboxError, match=r"not running; use `with lxcbind.Sandbox"
+                                                   r"\(policy\) as box: box.run\(...\)`"):
         box.run("true")
 
 
