@@ -86,11 +86,18 @@ def listing(lxcpath: str | None = None) -> list[Kept]:
             state = "IN USE"
         record = load(name)
         out.append(Kept(name, state, record.get("origin") if record else None))
-    # records whose container is gone
-    kept_dir = cleanup.STATE_DIR / "kept"
-    if kept_dir.is_dir():
-        names = {k.name for k in out}
-        for entry in kept_dir.glob("*.json"):
-            if entry.stem not in names and not os.path.isdir(os.path.join(lxcpath, entry.stem)):
-                remove(entry.stem)
+    prune(lxcpath)
     return out
+
+
+def prune(lxcpath: str | None = None) -> list[str]:
+    """Drop the records whose container is gone (``ls`` and ``gc`` call it); their names."""
+    lxcpath = lxcpath or default_lxcpath()
+    kept_dir = cleanup.STATE_DIR / "kept"
+    gone = []
+    if kept_dir.is_dir():
+        for entry in kept_dir.glob("*.json"):
+            if not os.path.isdir(os.path.join(lxcpath, entry.stem)):
+                remove(entry.stem)
+                gone.append(entry.stem)
+    return gone

@@ -670,6 +670,10 @@ def gc(*, log: Log | None = None) -> list[str]:
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
     network.prune_tables(log)
+    from . import kept
+
+    for name in kept.prune():
+        log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
     return removed

@@ -170,3 +170,15 @@ def test_a_run_waiting_on_another_runs_container_id_says_so_once():
         first.communicate(timeout=60)
         destroy_quietly(name)
     assert first.returncode == 0
+
+
+def test_gc_drops_records_of_kept_containers_that_are_gone():
+    from lxcbind import kept
+    from lxcbind.cleanup import STATE_DIR
+
+    name = new_name("i12-")   # never created: its record is stale from the start
+    kept.save(name, {"version": "0.8.0"}, "<test>")
+    record = STATE_DIR / "kept" / f"{name}.json"
+    assert kept.load(name)["policy"]["containerId"] == name
+    assert lx("gc").returncode == 0
+    assert not record.exists()
