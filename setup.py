@@ -23,5 +23,8 @@ class BuildExt(build_ext):
         builder.build_spawner(root / "lxcbind" / builder.SPAWNER_NAME)
 
 
+# The module is built against the stable ABI (cffi's abi3, ``_lxc.abi3.so``) and the spawner
+# is a static executable: tag the wheel so, for every CPython from 3.11 (requires-python) on.
 setup(cffi_modules=["lxcbind/_build.py:ffibuilder"], zip_safe=False,
-      cmdclass={"build_ext": BuildExt})
+      cmdclass={"build_ext": BuildExt},
+      options={"bdist_wheel": {"py_limited_api": "cp311"}})

@@ -2,8 +2,9 @@
 
 Public API:
 
-* ``run(policy, ...)`` → ``CompletedRun``: one command in a fresh sandbox, torn down after;
-* ``Sandbox(policy)``: a policy's container kept up while you use it;
+* ``run(cmd, policy=None, ...)`` → ``CompletedRun``: one command in a fresh sandbox, torn down
+  after (``run(policy)``, the old form, runs the policy's own command);
+* ``Sandbox(policy)``: a policy's container kept up while you use it (``run``, ``put``, ``get``);
 * ``Session``: many commands in one warm container at the lowest latency;
 * ``Pool``: each command in a fresh, pre-started container;
 * ``AsyncSession`` / ``AsyncPool``: the same for asyncio, on the loop's own readers;
@@ -28,8 +29,10 @@ _WHERE = {
     "CommandTimeout": "errors", "ContainerNotFound": "errors", "ExecError": "errors",
     "LxcbindError": "errors", "LxcError": "errors", "PolicyError": "errors",
     "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
-    "SpawnerDied": "errors",
+    "SpawnerDied": "errors", "CalledProcessError": "errors", "TimeoutExpired": "errors",
+    "FileTransferError": "errors",
     "Policy": "policy", "load_policy": "policy", "load_policy_file": "policy",
+    "DEFAULT_POLICY": "policy", "default_policy": "policy",
     "Pool": "pool", "PoolClosed": "pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "CompletedRun": "result",
     "Sandbox": "sandbox", "gc": "sandbox", "run": "sandbox",
@@ -55,9 +58,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from .attach import Process, exit_status
     from .container import Container, default_lxcpath, list_containers
-    from .errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
-                         PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
-    from .policy import Policy, load_policy, load_policy_file
+    from .errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
+                         FileTransferError, LxcbindError, LxcError, PolicyError, SandboxError,
+                         SessionError, ShellDied, SpawnerDied, TimeoutExpired)
+    from .policy import DEFAULT_POLICY, Policy, default_policy, load_policy, load_policy_file
     from .aio import AsyncPool, AsyncSession
     from .pool import Pool, PoolClosed
     from .result import CompletedRun

@@ -28,8 +28,9 @@ def _early_signal(signum: int, frame: object) -> None:
     (so a shell sees it, as with any program that has nothing to clean up)."""
     if "--json" in sys.argv[1:] and not json_written:
         name = signal.Signals(signum).name
-        os.write(1, b'{"error": {"code": "signal", "message": "terminated by %s"}, '
-                    b'"exit_code": %d}\n' % (name.encode(), 128 + signum))
+        # "version": cli.JSON_VERSION (not imported: nothing heavy before the handler is set)
+        os.write(1, b'{"version": 1, "error": {"code": "signal", "message": "terminated by '
+                    b'%s"}, "exit_code": %d}\n' % (name.encode(), 128 + signum))
         os._exit(128 + signum)
     signal.signal(signum, signal.SIG_DFL)
     signal.raise_signal(signum)

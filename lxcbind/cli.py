@@ -1,4 +1,6 @@
-"""``python -m lxcbind`` / ``lxcbind``: run one command under a JSON policy, or collect garbage.
+"""``python -m lxcbind`` / ``lxcbind``: run one command under a JSON policy (or the embedded
+default, with options that build or override one), manage kept containers (``ls``, ``exec``,
+``rm``), or collect garbage.
 
 Exit codes (the contract the README documents):
 
@@ -33,6 +35,9 @@ EXIT_SANDBOX = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
+JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
+JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
+
 log = logging.getLogger("lxcbind")
 
 
@@ -55,51 +60,225 @@ class _RunnerFailure(Exception):
     """lxcbind-exec only: the run ended in what mxc calls a runner error (exit 255)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m lxcbind",
-                     description="Run commands in LXC containers through liblxc.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        default=None, help="log level on stderr (default: warning; -v: debug)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="run a policy's command in a fresh container")
-    run.add_argument("policy", nargs="?", help="policy JSON file, or - for stdin")
-    run.add_argument("--config", metavar="PATH", help="policy JSON file (as in mxc)")
-    run.add_argument("--config-base64", metavar="B64", help="policy as base64 (as in mxc)")
-    tty = run.add_mutually_exclusive_group()
+HELP_EPILOG = """\
+exit codes:
+  the command's own  the command ran and exited
+  128+N              the command died of signal N, or lxcbind got fatal signal N (after cleanup)
+  124                timeout: the command and what it started were killed
+  125                the sandbox could not be set up or failed (or an internal error)
+  126 / 127          the command could not be executed / was not found in the container
+  2                  usage or policy error (one line on stderr naming the field)
+
+examples:
+  lxcbind run -- uname -a              # default policy: no network, host /usr read-only
+  lxcbind run --rw "$PWD" --cwd "$PWD" --net --timeout 600 -- sh -c 'make && make test'
+  lxcbind run policy.json --json       # a policy's own command; one JSON object on stdout
+"""
+
+_LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _add_command_options(p: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``exec`` share: how the command runs and what comes back."""
+    tty = p.add_mutually_exclusive_group()
     tty.add_argument("--tty", dest="tty", action="store_true", default=None,
                      help="use a pty (default when stdin is a terminal)")
     tty.add_argument("--no-tty", dest="tty", action="store_false", help="use pipes")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
-                     help="overrides process.timeout")
-    run.add_argument("--json", action="store_true",
-                     help="print exactly one JSON object (result or error) on stdout")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="overrides process.timeout")
+    p.add_argument("--cwd", metavar="DIR", help="overrides process.cwd")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="adds to process.env (repeatable; last wins)")
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object (result or error) on stdout")
+    p.add_argument("--max-output", type=_byte_count, metavar="BYTES", default=None,
+                   help=f"--json: bytes kept per stream, head and tail (default "
+                        f"{JSON_MAX_OUTPUT >> 20} MiB; 0: no cap)")
+    p.add_argument("--base64", action="store_true",
+                   help="--json: stdout/stderr as base64 (for binary output)")
+    p.add_argument("-v", "--verbose", action="store_true", dest="run_verbose",
+                   help="progress on stderr")
+    p.add_argument("--log-level", choices=_LOG_LEVELS, dest="run_log_level",
+                   help="log level on stderr (default: warning; -v: debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="python -m lxcbind", epilog=HELP_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="Run commands in LXC containers through liblxc.")
+    parser.add_argument("--version", action="version", version=f"lxcbind {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
+    parser.add_argument("--log-level", choices=_LOG_LEVELS,
+                        default=None, help="log level on stderr (default: warning; -v: debug)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser(
+        "run", help="run a command (or a policy's own) in a fresh container",
+        usage="%(prog)s [POLICY] [options] [-- CMD [ARG ...]]", epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run CMD (an argv: use sh -c '...' for a shell line) or, without one, the "
+                    "policy's process.commandLine, in a fresh container; without POLICY, under "
+                    "the embedded default policy (schema 0.8, no network, the host's root "
+                    "filesystem).  The options build on or override the policy.")
+    run.add_argument("policy", nargs="?", help="policy JSON file, or - for stdin")
+    run.add_argument("--config", metavar="PATH", help="policy JSON file (as in mxc)")
+    run.add_argument("--config-base64", metavar="B64", help="policy as base64 (as in mxc)")
+    _add_command_options(run)
+    run.add_argument("--rw", action="append", default=[], metavar="PATH",
+                     help="adds to filesystem.readwritePaths (repeatable)")
+    run.add_argument("--ro", action="append", default=[], metavar="PATH",
+                     help="adds to filesystem.readonlyPaths (repeatable)")
+    run.add_argument("--deny", action="append", default=[], metavar="PATH",
+                     help="adds to filesystem.deniedPaths (repeatable)")
+    run.add_argument("--net", action="store_true",
+                     help="open egress (replaces the network section: schema 0.8 "
+                          "egress.default allow, NAT; inbound stays denied)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the effective plan; create nothing")
-    run.add_argument("-v", "--verbose", action="store_true", dest="run_verbose",
-                     help=argparse.SUPPRESS)
     sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
+    ls = sub.add_parser("ls", help="list lxcbind's kept containers (and those in use)")
+    ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    ex = sub.add_parser(
+        "exec", help="run a command in a kept container, under the policy it was kept with",
+        usage="%(prog)s ID [options] -- CMD [ARG ...]", epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run CMD in the kept container ID (see `ls`) under the policy it was kept "
+                    "with: the same mounts, isolation and network rules, applied again (the "
+                    "container restarts, as for any run that reuses a kept container).")
+    ex.add_argument("id", metavar="ID", help="the container's name (its containerId)")
+    _add_command_options(ex)
+    rm = sub.add_parser("rm", help="remove kept containers and everything they own")
+    rm.add_argument("ids", nargs="+", metavar="ID", help="container names")
     return parser
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from .policy import decode_base64_policy, load_policy, load_policy_file
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
 
-    if args.config_base64 is not None:
-        return decode_base64_policy(args.config_base64)
-    source = args.config or args.policy
-    if source is None:
-        raise _UsageError("no policy given: pass a path, -, --config PATH or --config-base64 B64")
-    if source == "-":
-        return load_policy(sys.stdin.buffer.read(), origin="<stdin>")
-    return load_policy_file(source)
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _json_output(result: Any, as_base64: bool) -> dict[str, Any]:
+    """The captured streams of a --json result: text (UTF-8, invalid bytes replaced) or
+    base64, with what the cap cut from each."""
+    if as_base64:
+        import base64
+
+        out = {"encoding": "base64", "stdout": base64.b64encode(result.stdout).decode("ascii"),
+               "stderr": base64.b64encode(result.stderr).decode("ascii")}
+    else:
+        out = {"encoding": "utf-8", "stdout": result.stdout.decode(errors="replace"),
+               "stderr": result.stderr.decode(errors="replace")}
+    out.update(truncated=result.truncated, stdout_truncated=result.stdout_truncated,
+               stderr_truncated=result.stderr_truncated, stdout_omitted=result.stdout_omitted,
+               stderr_omitted=result.stderr_omitted)
+    return out
+
+
+def _load(args: argparse.Namespace) -> Any:
+    return _load_document(args)[0]
+
+
+def _load_document(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
+    """The policy to run, the JSON document it was parsed from (after the command-line
+    overrides) and its origin.  Without a policy source: the embedded default, which needs
+    a command (``-- CMD``)."""
+    from .policy import (DEFAULT_POLICY, base64_policy_bytes, load_policy, policy_document,
+                         read_policy_file)
+
+    source = getattr(args, "config", None) or getattr(args, "policy", None)
+    if getattr(args, "document", None) is not None:       # exec: the kept container's policy
+        doc, origin = args.document
+    elif args.config_base64 is not None:
+        doc, origin = policy_document(base64_policy_bytes(args.config_base64)), "<base64>"
+    elif source == "-":
+        doc, origin = policy_document(sys.stdin.buffer.read()), "<stdin>"
+    elif source is not None:
+        doc, origin = policy_document(read_policy_file(source)), source
+    elif getattr(args, "cmd", None):
+        doc, origin = json.loads(json.dumps(DEFAULT_POLICY)), "<default>"
+    else:
+        raise _UsageError("no policy and no command: pass a policy (a path, -, --config PATH "
+                          "or --config-base64 B64) or a command after -- (e.g. lxcbind run -- "
+                          "uname -a)")
+    _override(doc, args)
+    return load_policy(doc, origin=origin), doc, origin
+
+
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    """``doc[key]`` to edit, created if absent; a section of the wrong type is left alone
+    (and reported by ``load_policy``, naming it)."""
+    if doc.get(key) is None:
+        doc[key] = {}
+    value = doc[key]
+    return value if isinstance(value, dict) else {}
+
+
+def _append(section: dict[str, Any], key: str, items: list[str]) -> None:
+    if items:
+        have = section.get(key)
+        section[key] = (have if isinstance(have, list) else []) + list(items)
+
+
+def _override(doc: dict[str, Any], args: argparse.Namespace) -> None:
+    """Apply ``-- CMD``, ``--cwd``, ``--env``, ``--rw``/``--ro``/``--deny`` and ``--net`` to a
+    policy document; ``load_policy`` then validates the result like any policy (a bad path
+    is reported at its JSON path, e.g. ``filesystem.readwritePaths[0]``)."""
+    import shlex
+
+    cmd = getattr(args, "cmd", None)
+    env = getattr(args, "env", None) or []
+    for entry in env:
+        if "=" not in entry or entry.startswith("="):
+            raise _UsageError(f"--env: expected K=V, got {entry!r}")
+    if cmd or getattr(args, "cwd", None) is not None or env:
+        process = _section(doc, "process")
+        if cmd:
+            # The policy format's command is a shell line: quote the argv so it runs as given.
+            process["commandLine"] = shlex.join(cmd)
+        if getattr(args, "cwd", None) is not None:
+            process["cwd"] = args.cwd
+        _append(process, "env", env)
+    lists = [("readwritePaths", getattr(args, "rw", None)),
+             ("readonlyPaths", getattr(args, "ro", None)),
+             ("deniedPaths", getattr(args, "deny", None))]
+    if any(items for _, items in lists):
+        fs = _section(doc, "filesystem")
+        for key, items in lists:
+            _append(fs, key, items or [])
+    if getattr(args, "net", False):
+        # Open egress, enforced: under schema 0.8 an egress default of allow (NAT, inbound
+        # denied); under 0.6/0.7 the same in legacy firewall mode.
+        import re
+
+        m = re.match(r"(\d+)\.(\d+)\.", doc.get("version") or "") \
+            if isinstance(doc.get("version"), str) else None
+        modern = m is not None and (int(m[1]), int(m[2])) >= (0, 8)
+        doc["network"] = {"egress": {"default": "allow"}} if modern else \
+            {"enforcementMode": "firewall", "defaultPolicy": "allow"}
 
 
 def _emit(obj: dict[str, Any]) -> None:
+    """One JSON object on stdout; every one carries the schema ``version`` of --json."""
     from . import _entry
 
     _entry.json_written = True   # a late signal must not add a second object
-    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.write(json.dumps({"version": JSON_VERSION, **obj}) + "\n")
     sys.stdout.flush()
 
 
@@ -127,11 +306,14 @@ def _run(args: argparse.Namespace) -> int:
     from .cleanup import FatalSignals
     from .sandbox import Sandbox, network_notice, network_refusal
 
-    policy = _load(args)
+    if (getattr(args, "max_output", None) is not None or getattr(args, "base64", False)) \
+            and not args.json:
+        raise _UsageError("--max-output and --base64 apply to --json (captured output)")
+    policy, document, origin = _load_document(args)
     for warning in policy.warnings:
         log.warning("%s", warning)
     notice = network_notice(policy)   # capabilities mode: say what is not enforced
-    if args.dry_run:
+    if getattr(args, "dry_run", False):
         plan = policy.to_plan()
         refusal = network_refusal(policy)
         plan["runnable"] = refusal is None
@@ -150,10 +332,15 @@ def _run(args: argparse.Namespace) -> int:
     with FatalSignals() as signals:
         with Sandbox(policy, log=lambda m: log.info("%s", m), signals=signals) as box:
             if args.json:
-                result = box.run(timeout=timeout, tty=bool(args.tty))
+                cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
+                result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)
             name = box.name
+    if not policy.lifecycle.destroy_on_exit:
+        from . import kept
+
+        kept.save(name, document, origin)   # for `lxcbind exec NAME -- CMD` and `ls`
     failure = None
     if result.exec_error is not None:
         what = "process.cwd" if result.exec_error.stage == "chdir" else "process.commandLine"
@@ -177,10 +364,78 @@ def _run(args: argparse.Namespace) -> int:
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
                "container": name, "network_enforced": notice is None,
-               "network_notice": notice,
-               "stdout": result.stdout.decode(errors="replace"),
-               "stderr": result.stderr.decode(errors="replace")})
+               "network_notice": notice, **_json_output(result, args.base64)})
     return code
+
+
+def _container_id(name: str) -> str:
+    from .policy import _CONTAINER_ID
+
+    if not _CONTAINER_ID.fullmatch(name):
+        raise _UsageError(f"invalid container name {name!r}")
+    return name
+
+
+def _ls(args: argparse.Namespace) -> int:
+    """``lxcbind ls``: lxcbind's containers that outlived their run (or are in use by one)."""
+    from . import kept
+
+    rows = kept.listing()
+    if args.json:
+        _emit({"containers": [{"name": k.name, "state": k.state, "policy": k.origin}
+                              for k in rows], "exit_code": 0})
+        return 0
+    width = max([len(k.name) for k in rows] + [4])
+    lines = [f"{'NAME':<{width}}  {'STATE':<8}  POLICY"]
+    lines += [f"{k.name:<{width}}  {k.state:<8}  {k.origin or '-'}" for k in rows]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+def _ours(name: str) -> bool:
+    from . import kept
+    from .container import Container
+
+    with Container(name) as c:
+        return c.defined and kept.is_ours(c)
+
+
+def _rm(args: argparse.Namespace) -> int:
+    """``lxcbind rm ID ...``: destroy each kept container and what it owns (network state,
+    id range, records), under its lock.  Exit 1 if one was not there; containers lxcbind did
+    not make are refused."""
+    from . import kept
+    from .sandbox import delete_container
+
+    code = 0
+    for name in map(_container_id, args.ids):
+        if not _ours(name):
+            sys.stderr.write(f"lxcbind: rm: no container {name!r} made by lxcbind\n")
+            code = 1
+            continue
+        delete_container(name, log=lambda m: log.info("%s", m))
+        kept.remove(name)
+        sys.stdout.write(f"removed {name}\n")
+    return code
+
+
+def _exec_kept(args: argparse.Namespace) -> int:
+    """``lxcbind exec ID -- CMD``: ``run`` under the policy the container was kept with."""
+    from . import kept
+
+    name = _container_id(args.id)
+    if not args.cmd:
+        raise _UsageError("exec needs a command: lxcbind exec ID -- CMD [ARG ...]")
+    if not _ours(name):
+        raise _UsageError(f"no kept container {name!r} (see lxcbind ls)")
+    record = kept.load(name)
+    if record is None:
+        raise _UsageError(f"container {name!r} has no recorded policy (kept by the Python API "
+                          f"or an older lxcbind); run it with its policy: lxcbind run POLICY "
+                          f"-- CMD, with containerId {name!r}")
+    args.document = (record["policy"], str(record.get("origin") or "<kept>"))
+    args.policy = args.config = args.config_base64 = None
+    return _run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,13 +443,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .cleanup import Terminated
     from .errors import LxcbindError, PolicyError, SandboxError
 
-    as_json = "--json" in (sys.argv[1:] if argv is None else argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in words:   # everything after the first "--" is the command (run, exec)
+        command = words[words.index("--") + 1:]
+        words = words[:words.index("--")]
+    as_json = "--json" in words
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(words)
+        args.cmd = command
+        if command is not None and args.command not in ("run", "exec"):
+            raise _UsageError(f"{args.command} takes no command (nothing after --)")
+        if command is not None and not command:
+            raise _UsageError("no command after --")
     except _UsageError as exc:
         return _error("usage", str(exc), EXIT_USAGE, as_json)
+    except SystemExit as exc:   # --help, --version: printed, done
+        return exc.code if isinstance(exc.code, int) else 0
     verbose = args.verbose or getattr(args, "run_verbose", False)
-    level = args.log_level or ("debug" if verbose else "warning")
+    level = args.log_level or getattr(args, "run_log_level", None) or \
+        ("debug" if verbose else "warning")
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="lxcbind: %(message)s")
     as_json = getattr(args, "json", False)
     started = time.monotonic()
@@ -207,6 +475,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 removed = gc(log=lambda m: log.info("%s", m))
             sys.stdout.write("".join(f"removed {name}\n" for name in removed))
             return 0
+        if args.command == "ls":
+            return _ls(args)
+        if args.command == "rm":
+            return _rm(args)
+        if args.command == "exec":
+            return _exec_kept(args)
         return _run(args)
     except _UsageError as exc:
         return _error("usage", str(exc), EXIT_USAGE, as_json)

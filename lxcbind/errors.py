@@ -9,7 +9,10 @@
     ├── SessionError              a Session cannot run commands any more
     │   ├── SpawnerDied           its resident spawner is gone
     │   └── ShellDied             its persistent shell exited (``returncode``)
-    └── CommandTimeout (subprocess.TimeoutExpired) with the partial result
+    ├── CommandTimeout (subprocess.TimeoutExpired) with the partial result
+    │   └── TimeoutExpired        what ``check=True`` raises on a timeout (``.result``)
+    ├── CalledProcessError (subprocess.CalledProcessError)  check=True, non-zero exit
+    └── FileTransferError (OSError)  ``Sandbox.put``/``get`` failed (``filename``, ``errno``)
 
 Nothing in lxcbind reports failure by returning False.
 
@@ -122,3 +125,41 @@ class CommandTimeout(_Rebuilt, LxcbindError, subprocess.TimeoutExpired):
         subprocess.TimeoutExpired.__init__(self, result.args, result.timeout or 0.0,
                                            result.stdout, result.stderr)
         self.result = result
+
+
+class TimeoutExpired(CommandTimeout):
+    """``check=True`` and the command timed out (``result.timed_out``).  Also a
+    ``subprocess.TimeoutExpired`` (``cmd``, ``timeout``, ``output``, ``stderr``)."""
+
+
+class CalledProcessError(_Rebuilt, LxcbindError, subprocess.CalledProcessError):
+    """``check=True`` and the command exited non-zero (or died of a signal: ``returncode``
+    -N).  Also a ``subprocess.CalledProcessError``; ``result`` is the whole ``CompletedRun``."""
+
+    def __init__(self, returncode: int, cmd: Any, output: Any = None, stderr: Any = None,
+                 result: Any = None) -> None:
+        self._init_args = (returncode, cmd, output, stderr, result)
+        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
+        self.result = result
+
+
+# What a failed ``cat`` says, mapped back to the errno it reported (busybox and coreutils agree).
+_STRERRORS = {os.strerror(e): e for e in (
+    _errno.ENOENT, _errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.EISDIR, _errno.ENOTDIR,
+    _errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.ELOOP, _errno.ENAMETOOLONG, _errno.ETXTBSY)}
+
+
+_STRERRORS["Directory nonexistent"] = _errno.ENOENT   # dash's word for a missing parent
+_STRERRORS["is not a regular file"] = _errno.EPERM   # Sandbox.put/get's own refusal
+
+
+class FileTransferError(_Rebuilt, LxcbindError, OSError):
+    """``Sandbox.put``/``get`` could not write/read ``path`` inside the container: the
+    filesystem policy or the container's own permissions refused it (``errno`` as reported
+    there: ``EROFS`` for a read-only or denied path, ``ENOENT``, ``EACCES`` ...)."""
+
+    def __init__(self, operation: str, path: str, detail: str) -> None:
+        self._init_args = (operation, path, detail)
+        code = next((e for text, e in _STRERRORS.items() if text in detail), _errno.EIO)
+        super().__init__(code, f"{operation} {path}: {detail or os.strerror(code)}", path)
+        self.operation = operation

@@ -29,7 +29,8 @@ Contract and the choices made where the format is silent (or where mxc has a gap
   state-aware fields (``phase``, ``sandboxId``, ``correlationVector``) are errors.
 * **containerId**: 1–64 characters of ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (so never ``.``/``..``,
   never ``/``); it names a directory under the lxcpath.  Absent means the runtime picks one.
-* **process.commandLine**: required, not blank, no NUL; run as ``/bin/sh -c``.
+* **process.commandLine**: required, not blank, no NUL; run as ``/bin/sh -c``.  Optional (and
+  so is ``process``) with ``command_required=False``, for callers that bring their own commands.
   **process.cwd**: absolute, no NUL or control characters; ``""`` means "container default",
   as in mxc.  **process.env**: ``KEY=VALUE`` strings, the key ``[A-Za-z_][A-Za-z0-9_]*``, no NUL
   anywhere; ``=`` inside the value is kept.  Duplicate keys: **last wins** (like ``env(1)`` and a
@@ -90,7 +91,7 @@ __all__ = [
     "EffectiveNetwork", "Egress", "EgressRule", "Filesystem", "Ingress", "LegacyNetwork",
     "Lifecycle", "Lxc", "Network", "NetworkHost", "Peer", "Policy", "PortSelector", "Process",
     "Proxy", "Rootfs", "Rule", "SUPPORTED_VERSIONS", "decode_base64_policy", "load_policy",
-    "load_policy_file",
+    "load_policy_file", "DEFAULT_POLICY", "default_policy",
 ]
 
 IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
@@ -464,8 +465,13 @@ class Policy:
 
 # --------------------------------------------------------------------------- entry points
 
-def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>") -> Policy:
+def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>",
+                command_required: bool = True) -> Policy:
     """Parse and validate a policy given as JSON text, UTF-8 bytes, or an already-parsed dict.
+
+    ``command_required=False``: the caller brings its own commands (``Sandbox.run(cmd)``,
+    ``Session.from_policy``, ``Pool``), so ``process.commandLine`` (and even the whole
+    ``process`` section) may be missing; ``Policy.process.command_line`` is then ``""``.
 
     Raises:
         PolicyError: invalid JSON (path ``""``) or an invalid field (``.path`` names it).
@@ -481,15 +487,22 @@ def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>
         data = source
     else:
         raise TypeError(f"load_policy() expects str, bytes or dict, not {type(source).__name__}")
-    return _Parser(origin).policy(data)
+    return _Parser(origin, command_required).policy(data)
 
 
-def load_policy_file(path: str | bytes | os.PathLike[str]) -> Policy:
+def load_policy_file(path: str | bytes | os.PathLike[str], *,
+                     command_required: bool = True) -> Policy:
     """Read and parse a policy file (``/dev/stdin`` works).
 
     Raises:
         PolicyError: the file is missing, unreadable, too large, or an invalid policy.
     """
+    data = read_policy_file(path)
+    return load_policy(data, origin=os.fsdecode(path), command_required=command_required)
+
+
+def read_policy_file(path: str | bytes | os.PathLike[str]) -> bytes:
+    """The bytes of a policy file, size-checked; ``PolicyError`` when it cannot be read."""
     name = os.fsdecode(path)
     try:
         with open(path, "rb") as f:
@@ -500,7 +513,35 @@ def load_policy_file(path: str | bytes | os.PathLike[str]) -> Policy:
         raise PolicyError("", f"cannot read policy file {name}: {exc.strerror or exc}") from None
     if len(data) > MAX_POLICY_BYTES:
         raise PolicyError("", f"policy file {name} is larger than {MAX_POLICY_BYTES} bytes")
-    return load_policy(data, origin=name)
+    return data
+
+
+def policy_document(source: str | bytes) -> dict[str, Any]:
+    """The JSON object of a policy's text, parsed as strictly as ``load_policy`` parses it
+    (duplicate keys, NaN refused) but not validated: for callers that edit a policy (the CLI's
+    ``--env``/``--rw``/... options) before ``load_policy``.  ``PolicyError`` if not an object."""
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            source = bytes(source).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+    data = _parse_json(source)
+    if not isinstance(data, dict):
+        raise PolicyError("", f"a policy must be a JSON object, got {_jtype(data)}")
+    return data
+
+
+# The embedded default: schema 0.8 with no network section (deny-all: no network device but
+# loopback), the host root filesystem, default isolation; the command comes from the caller.
+DEFAULT_POLICY: dict[str, Any] = {"version": "0.8.0", "containment": "lxc"}
+
+
+def default_policy(command_line: str | None = None) -> Policy:
+    """The embedded default policy (``DEFAULT_POLICY``), running ``command_line`` if given."""
+    doc: dict[str, Any] = dict(DEFAULT_POLICY)
+    if command_line is not None:
+        doc["process"] = {"commandLine": command_line}
+    return load_policy(doc, origin="<default>", command_required=command_line is not None)
 
 
 def decode_base64_policy(b64: str | bytes) -> Policy:
@@ -509,11 +550,15 @@ def decode_base64_policy(b64: str | bytes) -> Policy:
     Raises:
         PolicyError: not valid base64, not UTF-8, or an invalid policy.
     """
+    return load_policy(base64_policy_bytes(b64), origin="<base64>")
+
+
+def base64_policy_bytes(b64: str | bytes) -> bytes:
+    """The bytes of a policy passed as base64; ``PolicyError`` when it is not valid base64."""
     try:
-        raw = base64.b64decode(b64.strip(), validate=True)
+        return base64.b64decode(b64.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise PolicyError("", f"policy is not valid base64: {exc}") from None
-    return load_policy(raw, origin="<base64>")
 
 
 class _DupKeyDict(dict):  # type: ignore[type-arg]
@@ -763,8 +808,9 @@ def _proxy_url(value: Any, path: str) -> Proxy:
 # --------------------------------------------------------------------------- the parser
 
 class _Parser:
-    def __init__(self, origin: str) -> None:
+    def __init__(self, origin: str, command_required: bool = True) -> None:
         self.origin = origin
+        self.command_required = command_required
         self.warnings: list[str] = []
 
     def policy(self, data: Any) -> Policy:
@@ -787,9 +833,9 @@ class _Parser:
             raise PolicyError("containment", f"only \"lxc\" is supported by lxcbind (or omit "
                                              f"the field), got {shown}")
         container_id = self.container_id(doc["containerId"]) if "containerId" in doc else None
-        if "process" not in doc:
+        if "process" not in doc and self.command_required:
             raise PolicyError("process", "the 'process' section is required")
-        process = self.process(doc["process"])
+        process = self.process(doc.get("process", {}))
         lifecycle = self.lifecycle(doc.get("lifecycle", {}))
         filesystem = self.filesystem(doc.get("filesystem", {}))
         lxc = self.lxc(doc.get("lxc", {}))
@@ -844,10 +890,10 @@ class _Parser:
 
     def process(self, value: Any) -> Process:
         sec = _obj(value, "process", ("commandLine", "cwd", "env", "timeout"))
-        if "commandLine" not in sec:
+        if "commandLine" not in sec and self.command_required:
             raise PolicyError("process.commandLine", "missing required field")
-        cmd = _str(sec["commandLine"], "process.commandLine")
-        if not cmd.strip():
+        cmd = _str(sec.get("commandLine", ""), "process.commandLine")
+        if not cmd.strip() and ("commandLine" in sec or self.command_required):
             raise PolicyError("process.commandLine", "must not be empty")
         if "\0" in cmd:
             raise PolicyError("process.commandLine", "must not contain NUL bytes")
@@ -985,7 +1031,7 @@ class _Parser:
         if new_paths and not version_08:
             declared = doc.get("version") or "absent"
             raise PolicyError(new_paths[0], "requires schema version 0.8 or later (version is "
-                                            f"{declared})")
+                                            f"{declared}): set \"version\": \"0.8.0\"")
         if legacy_keys or not version_08:
             return Network("legacy", version_08, specified, legacy=self.legacy(net))
 

@@ -45,7 +45,7 @@ class Pool:
                  start_timeout: float = 60.0) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"Pool size must be a positive int, got {size!r}")
-        self.policy = as_policy(policy)
+        self.policy = as_policy(policy, command_required=False)  # commands come from run()
         self.size = size
         self._start_timeout = start_timeout
         self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed

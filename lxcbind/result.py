@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Sequence
 
-from ._lite import record
-from .errors import CommandTimeout, ExecError
+from ._lite import record, replace
+from .errors import CalledProcessError, ExecError, TimeoutExpired
 
 
 @record(uncompared=("exec_error",))
@@ -16,9 +15,10 @@ class CompletedRun:
 
     ``returncode`` follows ``subprocess``: the exit code, or ``-N`` when signal N killed it;
     ``exit_status`` is the shell form (128+N).  ``stdout``/``stderr`` are bytes (``stderr`` is
-    empty in tty mode, where both streams share the terminal).  With an output cap,
-    ``truncated`` is True and ``*_omitted`` count the bytes dropped between the kept head and
-    tail.  ``exec_error`` is set when the command never started (missing cwd or program).
+    empty in tty mode, where both streams share the terminal; ``str`` after ``text=True``).
+    With an output cap, ``truncated`` is True when either stream was cut,
+    ``stdout_truncated``/``stderr_truncated`` say which, ``*_omitted`` count the bytes dropped
+    between the kept head and tail, and the stream holds ``omitted_marker(n)`` where it was cut.  ``exec_error`` is set when the command never started (missing cwd or program).
     ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
     ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
@@ -63,13 +63,37 @@ class CompletedRun:
                    truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
                    stderr_omitted=err.omitted, exec_error=exec_error, timeout=timeout)
 
+    @property
+    def stdout_truncated(self) -> bool:
+        """``stdout`` was cut by the output cap (``stdout_omitted`` bytes dropped)."""
+        return self.stdout_omitted > 0
+
+    @property
+    def stderr_truncated(self) -> bool:
+        """``stderr`` was cut by the output cap (``stderr_omitted`` bytes dropped)."""
+        return self.stderr_omitted > 0
+
     def check_returncode(self) -> None:
-        """Raise ``CommandTimeout`` or ``subprocess.CalledProcessError`` unless it succeeded."""
+        """Raise ``lxcbind.TimeoutExpired`` or ``lxcbind.CalledProcessError`` (subclasses of
+        ``LxcbindError`` and of their ``subprocess`` namesakes) unless it succeeded."""
         if self.timed_out:
-            raise CommandTimeout(self)
+            raise TimeoutExpired(self)
         if self.returncode:
-            raise subprocess.CalledProcessError(self.returncode, list(self.args), self.stdout,
-                                                self.stderr)
+            raise CalledProcessError(self.returncode, list(self.args), self.stdout,
+                                     self.stderr, self)
+
+    def decoded(self, encoding: str = "utf-8", errors: str = "replace") -> "CompletedRun":
+        """This result with ``stdout``/``stderr`` decoded to ``str`` (``text=True``).  The
+        default ``errors="replace"``: a hostile command's invalid bytes never raise."""
+        return replace(self, **{name: bytes(value).decode(encoding, errors)
+                                 for name in ("stdout", "stderr")
+                                 if isinstance(value := getattr(self, name), (bytes, bytearray))})
+
+
+def omitted_marker(count: int) -> bytes:
+    """What a capped stream holds where ``count`` bytes were dropped: on a line of its own,
+    so a reader (a person, a model) cannot mistake the join for the command's own output."""
+    return b"\n[... lxcbind: %d bytes omitted ...]\n" % count
 
 
 class OutputBuffer:
@@ -77,8 +101,9 @@ class OutputBuffer:
 
     Without a cap everything is kept.  With ``limit`` bytes, at most ``limit`` bytes are ever
     held: the first ``limit - limit // 2`` (the head) and the last ``limit // 2`` (the tail);
-    ``omitted`` counts the bytes dropped between them.  The cap is enforced in ``write``, so a
-    command printing gigabytes costs no more memory than the cap.
+    ``omitted`` counts the bytes dropped between them, and ``getvalue`` puts
+    ``omitted_marker(omitted)`` there.  The cap is enforced in ``write``, so a command printing
+    gigabytes costs no more memory than the cap.
     """
 
     def __init__(self, limit: int | None = None) -> None:
@@ -122,5 +147,6 @@ class OutputBuffer:
         return n
 
     def getvalue(self) -> bytes:
-        """Head + tail (everything, when nothing was omitted)."""
-        return b"".join(self._head) + bytes(self._tail)
+        """Head + marker + tail (everything, when nothing was omitted)."""
+        marker = omitted_marker(self.omitted) if self.omitted else b""
+        return b"".join(self._head) + marker + bytes(self._tail)

@@ -11,21 +11,25 @@ networked container is stopped) → delete the table (unless ``preservePolicy``)
 lease → remove the record → release the lock.  Network rules never go while a process of the
 container can still run; if that cannot be guaranteed the record stays for ``gc``.
 
-``run(policy, ...)`` is the one-call API: a fresh sandbox, one command captured, torn down.
+``run(cmd, policy=..., ...)`` is the one-call API: a fresh sandbox, one command captured, torn
+down.  ``Sandbox.run(cmd, ...)`` runs commands in a kept-up one with the same keywords, and
+``Sandbox.put``/``get`` copy files in and out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import cleanup, idmap, mounts, rootfs, security
 from ._lite import replace
+from .command import CallOptions, Command, check_call, check_timeout
 from .container import Container, default_lxcpath
-from .errors import LxcbindError, SandboxError
-from .policy import Policy, load_policy, load_policy_file
+from .errors import FileTransferError, LxcbindError, PolicyError, SandboxError
+from .policy import Policy, default_policy, load_policy, load_policy_file
 from .result import CompletedRun
 
 if TYPE_CHECKING:
@@ -39,15 +43,40 @@ Log = Callable[[str], None]
 PolicyLike = Policy | Mapping[str, Any] | str | bytes | os.PathLike[str]
 
 
-def as_policy(policy: PolicyLike) -> Policy:
-    """A ``Policy`` from a Policy, a parsed dict, JSON text, or a path to a JSON file."""
+def as_policy(policy: PolicyLike, *, command_required: bool = True) -> Policy:
+    """A ``Policy`` from a Policy, a parsed dict, JSON text, or a path to a JSON file.
+    ``command_required=False``: ``process.commandLine`` may be missing (see ``load_policy``)."""
     if isinstance(policy, Policy):
         return policy
     if isinstance(policy, Mapping):
-        return load_policy(dict(policy))
+        return load_policy(dict(policy), command_required=command_required)
     if isinstance(policy, (str, bytes)) and policy.lstrip()[:1] in ("{", b"{"):
-        return load_policy(policy)
-    return load_policy_file(policy)
+        return load_policy(policy, command_required=command_required)
+    if not isinstance(policy, (str, bytes, os.PathLike)):
+        raise TypeError("a policy is a Policy, a dict, JSON text or a path to a JSON file, not "
+                        f"{type(policy).__name__}")
+    return load_policy_file(policy, command_required=command_required)
+
+
+def is_policy_like(obj: object) -> bool:
+    """Whether ``run``'s first argument is a policy (the old ``run(policy)`` form) rather than
+    a command.  A policy is a ``Policy``, a mapping, ``bytes``, an ``os.PathLike``, or a
+    ``str`` that is a JSON object (``{...}`` that parses as one) or a path ending in ``.json``
+    that names an existing file.  Any other ``str``, and any list or tuple, is a command: a
+    JSON object is never a useful shell command, and a command that is the bare name of an
+    existing ``*.json`` file would not run anyway (a JSON file is not a program)."""
+    if isinstance(obj, (Policy, Mapping, bytes, bytearray, os.PathLike)):
+        return True
+    if not isinstance(obj, str):
+        return False
+    text = obj.strip()
+    if text.startswith("{"):
+        try:
+            return isinstance(json.loads(text), dict)
+        except ValueError:
+            return False
+    return text == obj and obj.endswith(".json") and not any(c.isspace() for c in obj) \
+        and os.path.isfile(obj)
 
 
 def network_refusal(policy: Policy) -> str | None:
@@ -181,6 +210,11 @@ def _reap_stale_leases(log: Log) -> None:
             lock.release()
 
 
+# The prelude of put/get's scripts: refuse an existing path that is not a regular file.
+_REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular file (a denied '
+            'path, a device or a FIFO)" >&2; exit 1; fi; ')
+
+
 class Sandbox:
     """One container set up for a policy (context manager).
 
@@ -189,9 +223,12 @@ class Sandbox:
     Not thread-safe: one thread sets up and tears down; commands may come from any thread.
     """
 
-    def __init__(self, policy: PolicyLike, *, lxcpath: str | None = None, log: Log | None = None,
-                 signals: cleanup.FatalSignals | None = None, lock_timeout: float = 60.0) -> None:
-        self.policy = as_policy(policy)
+    def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
+                 log: Log | None = None, signals: cleanup.FatalSignals | None = None,
+                 lock_timeout: float = 60.0) -> None:
+        # The commands come from run(cmd): process.commandLine is optional here.
+        self.policy = default_policy() if policy is None else \
+            as_policy(policy, command_required=False)
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self.container: Container | None = None
@@ -231,7 +268,15 @@ class Sandbox:
         cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
-        self._lock.acquire()
+        if not self._lock.acquire(blocking=False):
+            # Two runs with one containerId run one after the other: say so once, or four
+            # parallel runs silently take four times as long.
+            import logging
+
+            logging.getLogger("lxcbind").warning(
+                "containerId %r is in use by another run; waiting for it (up to %gs)",
+                self.name, self._lock.timeout)
+            self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem
         spec = self._rootfs_spec()
@@ -324,19 +369,135 @@ class Sandbox:
             kw.update(uid=self.policy.lxc.uid, gid=self.policy.lxc.gid)
         return kw
 
-    def run(self, *, timeout: float | None = None, input: bytes | str | None = None,
-            tty: bool = False, max_output: int | None = None) -> CompletedRun:
-        """Run the policy's command, captured (see ``runner.run``)."""
+    def _running(self, call: str) -> Container:
+        if self.container is None or self.container.closed:
+            raise SandboxError(f"Sandbox.{call}(): the sandbox is not running; use "
+                               f"`with lxcbind.Sandbox(policy) as box: box.{call}(...)`")
+        return self.container
+
+    def policy_argv(self, call: str = "run") -> list[str]:
+        """The policy's own command (``process.commandLine``) as an argv."""
+        if not self.policy.process.command_line:
+            raise PolicyError("process.commandLine", f"the policy has no command; pass one: "
+                              f"{call}(\"echo hi\") or {call}([\"ls\", \"/\"])")
+        return list(self.policy.process.argv)
+
+    def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
+            cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
+            encoding: str | None = None, errors: str | None = None,
+            timeout: float | None = None, check: bool = False, max_output: int | None = None,
+            tty: bool = False) -> CompletedRun:
+        """Run ``cmd`` (a str for ``/bin/sh -c``, or an argv list; None: the policy's own
+        command) in this sandbox, captured, under the policy's ``process`` settings: ``env``
+        is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
+        (seconds) replaces ``process.timeout``.  ``input`` goes to stdin, then EOF; ``text``
+        (or ``encoding``/``errors``) decodes stdout/stderr (UTF-8, invalid bytes replaced);
+        ``max_output`` caps each stream (head and tail kept, a marker where it was cut);
+        ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
+        ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
+
+        Raises ``TypeError``/``ValueError`` on bad keywords, ``PolicyError`` when ``cmd`` is
+        None and the policy has no command, ``SandboxError`` when the sandbox is not running.
+        """
+        opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
+                          max_output=max_output, text=text, encoding=encoding, errors=errors,
+                          call="Sandbox.run")
+        return self._run(opts, check=check, tty=tty)
+
+    def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
+             call: str = "run") -> CompletedRun:
         from .runner import run as run_captured
 
+        container = self._running(call)
+        argv = opts.argv if opts.argv is not None else self.policy_argv(call)
         kw = self.command_kwargs()
-        if timeout is not None:
-            kw["timeout"] = timeout
-        assert self.container is not None
+        kw["env"].update(opts.env)
+        if opts.cwd is not None:
+            kw["cwd"] = opts.cwd
+        if opts.timeout is not None:
+            kw["timeout"] = opts.timeout
         before = self.limit_events()
-        result = run_captured(self.container, self.policy.process.argv, input=input, tty=tty,
-                              max_output=max_output, **kw)
-        return self.with_limit_events(result, before)
+        result = run_captured(container, argv, input=opts.input, tty=tty,
+                              max_output=opts.max_output, **kw)
+        result = self.with_limit_events(result, before)
+        if opts.encoding is not None:
+            result = result.decoded(opts.encoding, opts.errors)
+        if check:
+            result.check_returncode()
+        return result
+
+    # -- files -------------------------------------------------------------------------------
+    # put/get touch regular files only: a denied file is masked by /dev/null (writes would
+    # vanish, reads come back empty) and a device or FIFO would never end.
+
+    def _file_command(self, operation: str, script: str, path: Any, *, input: bytes | None,
+                      timeout: float | None, max_output: int | None) -> CompletedRun:
+        """``script`` run by /bin/sh with ``path`` as $1, as the policy's user, in the
+        container: the filesystem policy and the container's ownership apply, as to any
+        command.  Raises ``FileTransferError`` with what the command reported."""
+        if isinstance(path, os.PathLike):
+            path = os.fspath(path)
+        if not isinstance(path, str):
+            raise TypeError(f"Sandbox.{operation}(): path must be a str, not "
+                            f"{type(path).__name__}")
+        if not path.startswith("/") or "\0" in path:
+            raise ValueError(f"Sandbox.{operation}(): path must be an absolute path inside "
+                             f"the container, got {path!r}")
+        from .runner import run as run_captured
+
+        container = self._running(operation)
+        kw = self.command_kwargs()
+        kw.update(cwd="/", timeout=check_timeout(timeout, f"Sandbox.{operation}"))
+        result = run_captured(container, ["/bin/sh", "-c", script, f"lxcbind-{operation}", path],
+                              input=input, max_output=max_output, **kw)
+        if result.timed_out:
+            raise FileTransferError(operation, path, f"timed out after {timeout:g}s")
+        if result.returncode != 0:
+            detail = result.stderr.decode(errors="replace").strip().splitlines()
+            raise FileTransferError(operation, path, detail[-1] if detail else
+                                    f"exit status {result.exit_status}")
+        return result
+
+    def put(self, path: str, data: bytes | str, *, timeout: float | None = 60.0) -> None:
+        """Write ``data`` (bytes; str is UTF-8 encoded) to the file ``path`` in the running
+        sandbox, created or truncated, as the policy's user (``lxc.uid``, else container root),
+        through a command in the container (``cat``): read-only and denied paths refuse it.
+        The parent directory must exist; an existing ``path`` must be a regular file (a
+        denied file, a device or a FIFO is refused: ``EPERM``).
+
+        Raises ``FileTransferError`` (an ``OSError``: ``errno`` ``EROFS``, ``ENOENT``,
+        ``EACCES`` ... as the container reported it), ``TypeError``/``ValueError`` on bad
+        arguments."""
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Sandbox.put(): data must be bytes or str, not "
+                            f"{type(data).__name__}")
+        self._file_command("put", _REGULAR + 'exec cat > "$1"', path, input=bytes(data),
+                           timeout=timeout, max_output=4096)
+
+    def get(self, path: str, *, timeout: float | None = 60.0,
+            max_size: int = 256 << 20) -> bytes:
+        """The contents of the file ``path`` in the running sandbox, read as the policy's user
+        through a command in the container: a denied file is refused (``EPERM``: it is not a
+        regular file there), a denied directory has no files (the policy's masks).  At most
+        ``max_size`` bytes (``FileTransferError`` ``EFBIG`` beyond: a workload can leave a
+        huge file where the caller expects a small one); a FIFO swapped in after the check is
+        cut by ``timeout``.
+
+        Raises ``FileTransferError`` (``ENOENT``, ``EACCES``, ``EISDIR`` ...)."""
+        if isinstance(max_size, bool) or not isinstance(max_size, int):
+            raise TypeError(f"Sandbox.get(): max_size must be an int, got {max_size!r}")
+        if max_size < 0:
+            raise ValueError(f"Sandbox.get(): max_size must be >= 0, got {max_size}")
+        # head stops reading one byte past the limit, so an endless file costs nothing more.
+        script = _REGULAR + f'exec head -c {max_size + 1} -- "$1"'
+        result = self._file_command("get", script, path, input=None, timeout=timeout,
+                                    max_output=max_size + 1)
+        if len(result.stdout) > max_size:
+            raise FileTransferError("get", path, f"{os.strerror(errno.EFBIG)}: larger than "
+                                    f"max_size={max_size} bytes")
+        return result.stdout
 
     def limit_events(self) -> security.Events:
         """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
@@ -423,18 +584,45 @@ class Sandbox:
             self._signals.check()
 
 
-def run(policy: PolicyLike, *, input: bytes | str | None = None, timeout: float | None = None,
-        tty: bool = False, check: bool = False, max_output: int | None = None,
+def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = None,
+        env: Mapping[str, str] | None = None, cwd: str | None = None,
+        input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
+        errors: str | None = None, timeout: float | None = None, check: bool = False,
+        max_output: int | None = None, tty: bool = False,
         lxcpath: str | None = None) -> CompletedRun:
-    """Run a policy's command in a fresh sandbox and return what it did.
+    """Run one command in a fresh sandbox and return what it did; the container is gone on
+    return, whatever happened.
 
-    ``timeout`` (seconds) overrides ``process.timeout``.  A non-zero exit is a result, not an
-    error, unless ``check`` (then ``CalledProcessError`` / ``CommandTimeout``).  Raises
-    ``PolicyError`` for an invalid policy and ``SandboxError`` / ``LxcError`` when the sandbox
-    cannot be set up; the container is gone on return, whatever happened.
+    ``cmd``: a str (``/bin/sh -c CMD``) or an argv list; None runs the policy's own
+    ``process.commandLine``.  ``policy``: a ``Policy``, dict, JSON text or path; None is the
+    embedded default (``policy.DEFAULT_POLICY``: schema 0.8, no network device, the host's
+    root filesystem, default isolation).  The other keywords are ``Sandbox.run``'s: ``env``
+    merged over ``process.env``, ``cwd`` and ``timeout`` (seconds) replacing ``process.cwd``
+    and ``process.timeout``, ``input``, ``text``/``encoding``/``errors``, ``max_output``,
+    ``tty``.  A non-zero exit is a result, not an error, unless ``check`` (then
+    ``lxcbind.CalledProcessError`` / ``lxcbind.TimeoutExpired``).
+
+    The old form ``run(policy_like, ...)`` still works: a first argument that
+    ``is_policy_like`` (a Policy, a mapping, bytes, a path object, JSON object text, or an
+    existing ``*.json`` file's path) is the policy, and its own command runs.
+
+    Raises ``TypeError``/``ValueError`` on bad keywords (before anything is set up),
+    ``PolicyError`` for an invalid policy (or no command at all), ``SandboxError`` /
+    ``LxcError`` when the sandbox cannot be set up.
     """
-    with Sandbox(policy, lxcpath=lxcpath) as box:
-        result = box.run(timeout=timeout, input=input, tty=tty, max_output=max_output)
+    if cmd is not None and is_policy_like(cmd):
+        if policy is not None:
+            raise TypeError("run() got a policy both as its first argument and as policy=; "
+                            "use run(cmd, policy=policy)")
+        policy, cmd = cmd, None   # type: ignore[assignment]
+    opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
+                      max_output=max_output, text=text, encoding=encoding, errors=errors)
+    resolved = default_policy() if policy is None else as_policy(policy, command_required=False)
+    if opts.argv is None and not resolved.process.command_line:
+        raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
+                          "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
+    with Sandbox(resolved, lxcpath=lxcpath) as box:
+        result = box._run(opts, tty=tty)
     if check:
         result.check_returncode()
     return result
@@ -482,6 +670,10 @@ def gc(*, log: Log | None = None) -> list[str]:
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
     network.prune_tables(log)
+    from . import kept
+
+    for name in kept.prune():
+        log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
     return removed

@@ -543,6 +543,9 @@ class Session:
     def __init__(self, container: Container, *, own: bool = False, uid: int | None = None,
                  gid: int | None = None, env: Mapping[str, str] | None = None,
                  start_timeout: float = 10.0) -> None:
+        if not isinstance(container, Container):
+            raise TypeError(f"Session() takes a running Container, not {type(container).__name__}"
+                            "; for a policy use Session.from_policy(policy)")
         self.container = container
         self.own = own
         self._sandbox: Any = None  # set by from_policy: it owns the container's teardown

@@ -133,7 +133,8 @@ def test_max_output_keeps_head_and_tail(shared_busybox):
         ["sh", "-c", "printf HEAD; head -c 100000 /dev/zero | tr '\\0' x; printf TAIL; "
                      "printf E >&2"], max_output=8)
     assert r.truncated
-    assert r.stdout == b"HEADTAIL"
+    assert r.stdout == b"HEAD\n[... lxcbind: 100000 bytes omitted ...]\nTAIL"
+    assert r.stdout_truncated and not r.stderr_truncated
     assert r.stdout_omitted == 100000
     assert r.stderr == b"E" and r.stderr_omitted == 0
 

@@ -46,3 +46,41 @@ def test_async_agent_example_runs():
     out = r.stdout.decode()
     assert "'uname -s' -> 0 'Linux'" in out and "runaway: timed_out=True" in out
     assert "sleep processes left: 0" in out
+
+
+PY_EXAMPLES = {"async_agent.py", "parallel_grader.py"}
+
+
+def test_every_python_example_is_covered():
+    assert {p.name for p in (ROOT / "examples").glob("*.py")} == PY_EXAMPLES
+
+
+def test_parallel_grader_grades_200_hostile_snippets():
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}   # this checkout's lxcbind
+    r = subprocess.run([sys.executable, "examples/parallel_grader.py", "--json", "--count",
+                        "200", "--timeout", "2", "--max-output", "4096"], cwd=ROOT, env=env,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from parallel_grader import VERDICTS
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    assert len(report["results"]) == 200
+    for g in report["results"]:
+        assert g["verdict"] == VERDICTS[g["kind"]], g
+    kinds = {g["kind"] for g in report["results"]}
+    assert kinds == set(VERDICTS)
+    marker = len(b"\n[... lxcbind:  bytes omitted ...]\n") + 20   # up to 20 digits
+    for g in report["results"]:
+        assert g["stdout_bytes"] <= 4096 + marker
+        if g["kind"] == "flood":
+            assert g["truncated"] and g["duration"] < 30
+        if g["kind"] == "escape":
+            assert "Read-only file system" in g["stderr_tail"], g
+        if g["kind"] == "network":
+            assert "Network is unreachable" in g["stderr_tail"], g
+    assert not os.path.exists("/usr/lxcbind-grader-was-here")

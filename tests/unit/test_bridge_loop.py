@@ -156,7 +156,7 @@ def test_max_output_head_and_tail():
     b, rc, out, err = bridge_pipes(
         ["python3", "-c", "import sys; sys.stdout.write('H' * 100 + 'M' * 10000 + 'T' * 100)"],
         max_output=200)
-    assert out.getvalue() == b"H" * 100 + b"T" * 100
+    assert out.getvalue() == b"H" * 100 + b"\n[... lxcbind: 10000 bytes omitted ...]\n" + b"T" * 100
     assert out.omitted == 10000 and out.truncated
 
 
@@ -211,5 +211,5 @@ def test_output_buffer_cap_enforced_while_writing():
     buf = OutputBuffer(10)
     for _ in range(1000):
         buf.write(b"abc")
-    assert len(buf.getvalue()) == 10 and buf.omitted == 2990
-    assert buf.getvalue() == b"abcab" + b"bcabc"
+    assert buf.omitted == 2990 and buf.total == 3000
+    assert buf.getvalue() == b"abcab" + b"\n[... lxcbind: 2990 bytes omitted ...]\n" + b"bcabc"

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
-from lxcbind.errors import (CommandTimeout, ContainerNotFound, ExecError, LxcbindError, LxcError,
-                            PolicyError, SandboxError, SessionError, ShellDied, SpawnerDied)
+from lxcbind.errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
+                            FileTransferError, LxcbindError, LxcError, PolicyError, SandboxError,
+                            SessionError, ShellDied, SpawnerDied, TimeoutExpired)
 from lxcbind.result import CompletedRun
 
 
@@ -34,7 +35,7 @@ def test_timed_out_result_and_its_exception_survive_pickle():
     with pytest.raises(CommandTimeout) as info:
         run.check_returncode()
     back = _roundtrip(info.value)
-    assert isinstance(back, subprocess.TimeoutExpired)
+    assert type(back) is TimeoutExpired and isinstance(back, subprocess.TimeoutExpired)
     assert back.result == run
     assert (back.timeout, back.output, back.cmd) == (1.5, b"partial", ["sleep", "9"])
 
@@ -50,6 +51,10 @@ def test_timed_out_result_and_its_exception_survive_pickle():
     (SessionError("closed"), ()),
     (SandboxError("no rootfs"), ()),
     (ContainerNotFound("x"), ()),
+    (FileTransferError("put", "/usr/x", "sh: cannot create /usr/x: Read-only file system"),
+     ("errno", "strerror", "filename", "operation")),
+    (CalledProcessError(3, ["sh", "-c", "exit 3"], b"out", b"err"),
+     ("returncode", "cmd", "output", "stderr")),
 ])
 def test_every_error_survives_pickle(exc, attrs):
     back = _roundtrip(exc)
@@ -58,3 +63,15 @@ def test_every_error_survives_pickle(exc, attrs):
     assert str(back) == str(exc)
     for name in attrs:
         assert getattr(back, name) == getattr(exc, name), name
+
+
+def test_failed_run_raises_a_called_process_error_that_survives_pickle():
+    run = CompletedRun(args=["sh", "-c", "exit 3"], returncode=3, stdout=b"o", stderr=b"e")
+    with pytest.raises(CalledProcessError) as info:
+        run.check_returncode()
+    assert isinstance(info.value, subprocess.CalledProcessError)
+    back = _roundtrip(info.value)
+    assert (back.returncode, back.cmd, back.output, back.stderr) == (3, ["sh", "-c", "exit 3"],
+                                                                     b"o", b"e")
+    assert back.result == run
+    assert FileTransferError("get", "/x", "cat: /x: No such file or directory").errno == 2

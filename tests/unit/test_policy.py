@@ -122,7 +122,8 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "net_mixed_legacy_and_08": ("network.egress", "cannot mix"),
     "net_mixed_runtime_config": ("runtimeConfig", "cannot mix"),
     "net_08_fields_under_07": ("network.egress", "requires schema version 0.8 or later"),
-    "net_08_fields_without_version": ("network.ingress", "requires schema version 0.8"),
+    "net_08_fields_without_version": ("network.ingress", "requires schema version 0.8 or later "
+                                      "(version is absent): set \"version\": \"0.8.0\""),
     "runtime_config_under_07": ("runtimeConfig", "requires schema version 0.8"),
     "runtime_proxy_not_loopback": ("runtimeConfig.networkProxy", "localhost, 127.0.0.1"),
     "runtime_proxy_with_rules": ("runtimeConfig.networkProxy", "no allow or deny rules"),

@@ -1,0 +1,147 @@
+"""The command model shared by every way of running something: checks and normalisation of
+the keywords ``cmd``, ``env``, ``cwd``, ``input``, ``timeout``, ``max_output`` and ``text``.
+
+A command is a ``str`` (run as ``/bin/sh -c CMD``) or a sequence of ``str`` (an argv, run as
+is).  ``env`` is a mapping merged over the policy's ``process.env``; ``cwd`` an absolute path
+inside the container; ``timeout`` seconds (an int or float > 0; None for none); ``max_output``
+bytes kept per stream (an int >= 0; None for no cap).  Misuse is a ``TypeError`` or
+``ValueError`` raised here, before anything is set up, naming the keyword and the call.
+
+Nothing here touches liblxc or the host: the CLI and the unit tests import it freely.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, NamedTuple, Sequence
+
+from ._lite import lazy_re
+
+Command = str | Sequence[str]
+
+_ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class CallOptions(NamedTuple):
+    """Validated keywords of one call."""
+
+    argv: list[str] | None          # None: the policy's own command
+    env: dict[str, str]
+    cwd: str | None
+    input: bytes | None
+    timeout: float | None
+    max_output: int | None
+    encoding: str | None            # None: bytes results (text=False)
+    errors: str
+
+
+def argv_of(cmd: Any, call: str = "run") -> list[str]:
+    """``cmd`` as an argv: a str becomes ``/bin/sh -c CMD``; a list/tuple is copied."""
+    if isinstance(cmd, str):
+        if "\0" in cmd:
+            raise ValueError(f"{call}(): the command must not contain NUL bytes")
+        if not cmd.strip():
+            raise ValueError(f"{call}(): the command is empty")
+        return ["/bin/sh", "-c", cmd]
+    if isinstance(cmd, (bytes, bytearray)):
+        raise TypeError(f"{call}(): the command must be a str or a list of str, not bytes "
+                        "(decode it first)")
+    if not isinstance(cmd, Sequence):
+        raise TypeError(f"{call}(): the command must be a str (run by /bin/sh -c) or a list "
+                        f"of str (an argv), not {type(cmd).__name__}")
+    argv = []
+    for i, item in enumerate(cmd):
+        if isinstance(item, os.PathLike):
+            item = os.fspath(item)
+        if not isinstance(item, str):
+            raise TypeError(f"{call}(): argv[{i}] must be a str, not {type(item).__name__}")
+        if "\0" in item:
+            raise ValueError(f"{call}(): argv[{i}] must not contain NUL bytes")
+        argv.append(item)
+    if not argv:
+        raise ValueError(f"{call}(): the argv is empty")
+    return argv
+
+
+def check_timeout(timeout: Any, call: str = "run") -> float | None:
+    """Seconds as a float (> 0), or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{call}(): timeout must be a number of seconds (int or float) or "
+                        f"None, not {type(timeout).__name__} {timeout!r}")
+    if not timeout > 0 or timeout != timeout or timeout == float("inf"):
+        raise ValueError(f"{call}(): timeout must be > 0 seconds (None for no timeout), "
+                         f"got {timeout!r}")
+    return float(timeout)
+
+
+def check_max_output(max_output: Any, call: str = "run") -> int | None:
+    if max_output is None:
+        return None
+    if isinstance(max_output, bool) or not isinstance(max_output, int):
+        raise TypeError(f"{call}(): max_output must be an int (bytes per stream) or None, not "
+                        f"{type(max_output).__name__}")
+    if max_output < 0:
+        raise ValueError(f"{call}(): max_output must be >= 0, got {max_output}")
+    return max_output
+
+
+def check_env(env: Any, call: str = "run") -> dict[str, str]:
+    if env is None:
+        return {}
+    if not isinstance(env, Mapping):
+        raise TypeError(f"{call}(): env must be a mapping of str to str (e.g. {{'A': '1'}}), "
+                        f"not {type(env).__name__}")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError(f"{call}(): env keys and values must be str, got {key!r}: "
+                            f"{type(value).__name__}")
+        if not _ENV_KEY.fullmatch(key):
+            raise ValueError(f"{call}(): env: invalid variable name {key!r}")
+        if "\0" in value:
+            raise ValueError(f"{call}(): env[{key!r}] must not contain NUL bytes")
+        out[key] = value
+    return out
+
+
+def check_cwd(cwd: Any, call: str = "run") -> str | None:
+    if cwd is None:
+        return None
+    if isinstance(cwd, os.PathLike):
+        cwd = os.fspath(cwd)
+    if not isinstance(cwd, str):
+        raise TypeError(f"{call}(): cwd must be a str (a path inside the container), not "
+                        f"{type(cwd).__name__}")
+    if not cwd.startswith("/") or "\0" in cwd:
+        raise ValueError(f"{call}(): cwd must be an absolute path inside the container, "
+                         f"got {cwd!r}")
+    return cwd
+
+
+def check_input(data: Any, encoding: str | None, call: str = "run") -> bytes | None:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return data.encode(encoding or "utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{call}(): input must be bytes or str, not {type(data).__name__}")
+
+
+def check_call(cmd: Any, *, env: Any = None, cwd: Any = None, input: Any = None,
+               timeout: Any = None, max_output: Any = None, text: Any = False,
+               encoding: Any = None, errors: Any = None, call: str = "run") -> CallOptions:
+    """All keywords of one call checked at once (see the module docstring)."""
+    if encoding is not None and not isinstance(encoding, str):
+        raise TypeError(f"{call}(): encoding must be a str, not {type(encoding).__name__}")
+    if errors is not None and not isinstance(errors, str):
+        raise TypeError(f"{call}(): errors must be a str, not {type(errors).__name__}")
+    decode = bool(text) or encoding is not None or errors is not None
+    return CallOptions(
+        argv=None if cmd is None else argv_of(cmd, call),
+        env=check_env(env, call), cwd=check_cwd(cwd, call),
+        input=check_input(input, encoding, call), timeout=check_timeout(timeout, call),
+        max_output=check_max_output(max_output, call),
+        encoding=(encoding or "utf-8") if decode else None, errors=errors or "replace")

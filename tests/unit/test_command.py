@@ -1,0 +1,69 @@
+"""The keyword checks shared by every way of running a command (no root, no liblxc)."""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+import pytest
+
+from lxcbind.command import argv_of, check_call, check_env, check_timeout
+from lxcbind.policy import default_policy, load_policy
+from lxcbind.errors import PolicyError
+
+
+def test_a_str_is_a_shell_command_and_a_list_an_argv():
+    assert argv_of("echo $A") == ["/bin/sh", "-c", "echo $A"]
+    assert argv_of(["ls", PurePosixPath("/tmp")]) == ["ls", "/tmp"]
+    assert argv_of(("a b",)) == ["a b"]
+
+
+@pytest.mark.parametrize("cmd, exc, words", [
+    ("", ValueError, "empty"), ([], ValueError, "empty"), (b"ls", TypeError, "not bytes"),
+    (["ls", 3], TypeError, r"argv\[1\]"), (42, TypeError, "not int"),
+    ("a\0b", ValueError, "NUL"),
+])
+def test_bad_commands_name_the_problem(cmd, exc, words):
+    with pytest.raises(exc, match=words):
+        argv_of(cmd, "Sandbox.run")
+
+
+@pytest.mark.parametrize("value, expected", [(None, None), (3, 3.0), (0.25, 0.25)])
+def test_timeouts_are_seconds(value, expected):
+    assert check_timeout(value) == expected
+
+
+@pytest.mark.parametrize("value, exc", [("3", TypeError), (True, TypeError), (0, ValueError),
+                                        (-1, ValueError), (float("nan"), ValueError),
+                                        (float("inf"), ValueError)])
+def test_bad_timeouts(value, exc):
+    with pytest.raises(exc, match=r"^run\(\): timeout must be"):
+        check_timeout(value)
+
+
+def test_env_is_a_mapping_of_names_to_strings():
+    assert check_env({"A": "1", "_b": "x=y"}) == {"A": "1", "_b": "x=y"}
+    for bad, exc in [(["A=1"], TypeError), ({"A": 1}, TypeError), ({"A-B": "1"}, ValueError),
+                     ({"A": "\0"}, ValueError)]:
+        with pytest.raises(exc, match="env"):
+            check_env(bad)
+
+
+def test_text_mode_and_input_encoding():
+    opts = check_call("cat", input="é", text=True)
+    assert (opts.input, opts.encoding, opts.errors) == ("é".encode(), "utf-8", "replace")
+    opts = check_call(None, input="é", encoding="latin-1")
+    assert (opts.argv, opts.input, opts.encoding) == (None, b"\xe9", "latin-1")
+    assert check_call("true").encoding is None
+
+
+def test_a_policy_may_leave_the_command_to_the_caller():
+    with pytest.raises(PolicyError, match="process"):
+        load_policy({"version": "0.8.0"})
+    p = load_policy({"version": "0.8.0", "process": {"cwd": "/tmp"}}, command_required=False)
+    assert (p.process.command_line, p.process.cwd) == ("", "/tmp")
+    with pytest.raises(PolicyError, match="process.commandLine: must not be empty"):
+        load_policy({"version": "0.8.0", "process": {"commandLine": " "}}, command_required=False)
+    d = default_policy()
+    assert d.version == "0.8.0" and d.network.effective().is_deny_all()
+    assert d.lxc.rootfs.kind == "host" and d.process.command_line == ""
+    assert default_policy("echo").process.argv == ("/bin/sh", "-c", "echo")
