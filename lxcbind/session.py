@@ -542,6 +542,7 @@ class Session:
 
     def __init__(self, container: Container, *, own: bool = False, uid: int | None = None,
                  gid: int | None = None, env: Mapping[str, str] | None = None,
+                 cwd: str | None = None, timeout: float | None = None,
                  start_timeout: float = 10.0) -> None:
         if not isinstance(container, Container):
             raise TypeError(f"Session() takes a running Container, not {type(container).__name__}"
@@ -551,6 +552,8 @@ class Session:
         self._sandbox: Any = None  # set by from_policy: it owns the container's teardown
         self.uid = uid
         self.gid = gid
+        self.cwd = cwd          # a command's cwd when a call names none (None: the container's /)
+        self.timeout = timeout  # run()'s timeout when a call gives none (None: no deadline)
         self._closed = False
         self._lock = threading.Lock()
         self._env = baseline_env(uid)
@@ -577,15 +580,18 @@ class Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy and network rules apply to every
         command; the policy's ``process.env`` (plus, in proxy mode, the proxy variables) is each
-        command's base environment.  Closing
+        command's base environment, ``process.cwd`` and ``process.timeout`` are the defaults of
+        every call that names none, and ``lxc.uid``/``lxc.gid`` the commands' user.  Closing
         the session tears the container down like a one-shot run (``destroyOnExit``)."""
         from .sandbox import Sandbox
 
         box = Sandbox(policy)
-        box.__enter__()
         try:
+            box.open()
             assert box.container is not None
-            session = cls(box.container, env=box.command_kwargs()["env"] or None,
+            kw = box.command_kwargs()
+            session = cls(box.container, env=kw["env"] or None, cwd=kw.get("cwd"),
+                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
                           start_timeout=start_timeout)
         except BaseException:
             box.close(failed=True)
@@ -867,7 +873,7 @@ class Session:
                 if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
                     refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
                                          if index < 3 else "pass_fds")
-            proc = self._send(argv, env, cwd, fds, ctty=tty)
+            proc = self._send(argv, env, cwd if cwd is not None else self.cwd, fds, ctty=tty)
             for name, fd in ours:
                 setattr(proc, name, proc._own(fd))
             ours.clear()
@@ -905,6 +911,8 @@ class Session:
         """
         if isinstance(input, str):
             input = input.encode()
+        if timeout is None:
+            timeout = self.timeout
         start = time.monotonic()
         bound = _START_BOUND if timeout is None else min(timeout + _EXIT_GRACE, _START_BOUND)
         proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty,
@@ -941,7 +949,8 @@ class Session:
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
         calls raise ``ShellDied`` until ``Shell.restart()``."""
-        return Shell(self, program=program, env=env, cwd=cwd, restart=restart)
+        return Shell(self, program=program, env=env, cwd=cwd if cwd is not None else self.cwd,
+                     restart=restart)
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "

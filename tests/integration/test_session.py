@@ -403,3 +403,17 @@ def test_session_from_policy_applies_the_policy_and_cleans_up(tmp_path):
         assert not (ro / "new").exists()
         assert session.run(["ls", "/sys/class/net"]).stdout.split() == [b"lo"]
     assert name not in list_containers()
+
+
+def test_from_policy_applies_cwd_timeout_and_user():
+    """The policy's process.cwd and process.timeout are every call's defaults, lxc.uid the
+    commands' user; a call's own keywords still win."""
+    policy = {"version": "0.8.0", "process": {"cwd": "/tmp", "timeout": 700},
+              "lxc": {"uid": 1000}}
+    with Session.from_policy(policy) as s:
+        r = s.run("pwd; id -u")
+        assert r.stdout == b"/tmp\n1000\n"
+        assert s.run("pwd", cwd="/").stdout == b"/\n"
+        slow = s.run("sleep 5")
+        assert slow.timed_out and slow.timeout == 0.7
+        assert not s.run("sleep 1", timeout=3).timed_out
