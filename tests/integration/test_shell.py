@@ -166,8 +166,12 @@ def test_background_job_output_goes_to_a_later_call(sh):
 
 
 def test_huge_output_is_capped_while_reading(sh):
+    from lxcbind.result import omitted_marker
+
     r = sh.run("head -c 20000000 /dev/zero; echo tail", max_output=1000)
-    assert r.truncated and len(r.stdout) == 1000 and r.stdout.endswith(b"tail\n")
+    marker = omitted_marker(20000005 - 1000)
+    assert r.truncated and marker in r.stdout and r.stdout.endswith(b"tail\n")
+    assert len(r.stdout) == 1000 + len(marker)  # the cap, plus the marker saying where
     assert r.stdout_omitted == 20000005 - 1000
     assert sh.run("echo ok").stdout == b"ok\n"
 
