@@ -106,18 +106,22 @@ def check_env(env: Any, call: str = "run") -> dict[str, str]:
     return out
 
 
+def check_container_path(value: Any, call: str, what: str) -> str:
+    """An absolute path inside the container (str or path-like), or ``TypeError`` /
+    ``ValueError`` naming ``call`` and the argument ``what``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{call}(): {what} must be a str (a path inside the container), not "
+                        f"{type(value).__name__}")
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{call}(): {what} must be an absolute path inside the container, "
+                         f"got {value!r}")
+    return value
+
+
 def check_cwd(cwd: Any, call: str = "run") -> str | None:
-    if cwd is None:
-        return None
-    if isinstance(cwd, os.PathLike):
-        cwd = os.fspath(cwd)
-    if not isinstance(cwd, str):
-        raise TypeError(f"{call}(): cwd must be a str (a path inside the container), not "
-                        f"{type(cwd).__name__}")
-    if not cwd.startswith("/") or "\0" in cwd:
-        raise ValueError(f"{call}(): cwd must be an absolute path inside the container, "
-                         f"got {cwd!r}")
-    return cwd
+    return None if cwd is None else check_container_path(cwd, call, "cwd")
 
 
 def check_input(data: Any, encoding: str | None, call: str = "run") -> bytes | None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from . import cleanup, idmap, mounts, rootfs, security
 from ._lite import replace
-from .command import CallOptions, Command, check_call, check_timeout
+from .command import CallOptions, Command, check_call, check_container_path, check_timeout
 from .container import Container, default_lxcpath
 from .errors import FileTransferError, LxcbindError, PolicyError, SandboxError
 from .policy import Policy, default_policy, load_policy, load_policy_file
@@ -435,14 +435,7 @@ class Sandbox:
         """``script`` run by /bin/sh with ``path`` as $1, as the policy's user, in the
         container: the filesystem policy and the container's ownership apply, as to any
         command.  Raises ``FileTransferError`` with what the command reported."""
-        if isinstance(path, os.PathLike):
-            path = os.fspath(path)
-        if not isinstance(path, str):
-            raise TypeError(f"Sandbox.{operation}(): path must be a str, not "
-                            f"{type(path).__name__}")
-        if not path.startswith("/") or "\0" in path:
-            raise ValueError(f"Sandbox.{operation}(): path must be an absolute path inside "
-                             f"the container, got {path!r}")
+        path = check_container_path(path, f"Sandbox.{operation}", "path")
         from .runner import run as run_captured
 
         container = self._running(operation)
