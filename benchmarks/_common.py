@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -36,3 +38,15 @@ def lxc_clone_sequence(base: str) -> None:
         quiet("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
     finally:
         subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)
+
+
+def samples_ms(fn: Callable[[], object], n: int, warm: int = 1) -> list[float]:
+    """``n`` timings of ``fn()`` in milliseconds, after ``warm`` untimed calls."""
+    for _ in range(warm):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out

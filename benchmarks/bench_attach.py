@@ -11,22 +11,14 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from _common import bench_container  # noqa: E402
+from _common import bench_container, samples_ms  # noqa: E402
 
 
 def timed(fn, n: int) -> list[float]:
-    for _ in range(5):  # warm-up
-        fn()
-    samples = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
+    return samples_ms(fn, n, warm=5)
 
 
 def p95(xs: list[float]) -> float:

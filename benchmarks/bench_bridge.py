@@ -22,7 +22,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
@@ -39,17 +38,6 @@ from lxcbind import container as _container  # noqa: E402
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
 TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def samples_ms(fn: Callable[[], object], n: int, warm: int = 1) -> list[float]:
-    for _ in range(warm):
-        fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return out
 
 
 def med(xs: list[float]) -> float:

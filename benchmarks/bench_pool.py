@@ -25,19 +25,13 @@ from typing import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import lxcbind  # noqa: E402
-from _common import lxc_clone_sequence, quiet  # noqa: E402
+from _common import lxc_clone_sequence, quiet, samples_ms  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 
 
 def median_ms(fn: Callable[[], object], n: int) -> float:
-    fn()
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
+    return statistics.median(samples_ms(fn, n))
 
 
 def main() -> None:
