@@ -84,3 +84,19 @@ def test_parallel_grader_grades_200_hostile_snippets():
         if g["kind"] == "network":
             assert "Network is unreachable" in g["stderr_tail"], g
     assert not os.path.exists("/usr/lxcbind-grader-was-here")
+
+
+def test_agent_bash_tool_example_runs(tmp_path):
+    import os
+
+    work = tmp_path / "project"
+    work.mkdir()
+    os.chown(work, 1000, 1000)
+    r = subprocess.run([sys.executable, "examples/agent_bash_tool.py", str(work)], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    out = r.stdout.decode()
+    assert "\n42\n" in out and "hi from /tmp" in out and "still hi" in out
+    assert "[stderr]\nto-stderr\n[exit status 1]" in out
+    assert "bytes omitted" in out and "[timed out after 1s" in out
+    assert os.stat(work / "answer.py").st_uid == 1000  # written by the workload, owned by 1000
