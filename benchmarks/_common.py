@@ -12,7 +12,7 @@ from typing import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lxcbind import Container  # noqa: E402
+from lxcbind import Container
 from tests.conftest import make_busybox  # noqa: E402
 
 

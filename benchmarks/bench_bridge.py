@@ -26,9 +26,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from _common import bench_container  # noqa: E402
-from lxcbind import Container  # noqa: E402
-from lxcbind import pty as lpty  # noqa: E402
-from lxcbind.bridge import Bridge  # noqa: E402
+from lxcbind import Container
+from lxcbind.proc import pty as lpty
+from lxcbind.proc.bridge import Bridge  # noqa: E402
 
 
 def make_container() -> Container:

@@ -33,7 +33,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import lxcbind  # noqa: E402
-from lxcbind import container as _container  # noqa: E402
+from lxcbind.lxc import container as _container
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
 TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0}

@@ -27,7 +27,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import lxcbind  # noqa: E402
-from lxcbind import container as container_module  # noqa: E402
+from lxcbind.lxc import container as container_module
 
 UNPRIVILEGED = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 PRIVILEGED = {**UNPRIVILEGED, "lxc": {"privileged": True}}

@@ -5,7 +5,7 @@ rules are never touched).
 
 Compared in one run:
   * compile (``netrules.compile_ruleset`` on an already parsed policy, pure Python);
-  * apply through ``lxcbind.nft.Nft`` (libnftables in-process, one transaction);
+  * apply through ``lxcbind.lxc.nftables.Nft`` (libnftables in-process, one transaction);
   * the same script through ``ip netns exec NS nft -f -`` (two fork+execs, a namespace
     switch and the same library: what a spawning implementation would pay);
   * a naive ruleset with one rule per CIDR instead of a set (in-process), to show what the
@@ -25,9 +25,9 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from lxcbind.netrules import compile_ruleset, resolve_destinations, table_name  # noqa: E402
-from lxcbind.nft import Nft  # noqa: E402
-from lxcbind.policy import load_policy  # noqa: E402
+from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name  # noqa: E402
+from lxcbind.lxc.nftables import Nft  # noqa: E402
+from lxcbind.policy.parse import load_policy  # noqa: E402
 
 
 def cidrs(count: int) -> list[str]:

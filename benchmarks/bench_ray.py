@@ -40,7 +40,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.g
 import lxcbind.ray as lray  # noqa: E402
 import ray  # noqa: E402
 
-from lxcbind import Session, gc  # noqa: E402
+from lxcbind import Session, gc
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "lxcbind-bench-ray-"

@@ -39,8 +39,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_container  # noqa: E402
-from lxcbind import Container  # noqa: E402
-from lxcbind.session import Session  # noqa: E402
+from lxcbind import Container
+from lxcbind.sandbox.core import Session  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20

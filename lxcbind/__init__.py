@@ -24,19 +24,21 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Process": "attach", "exit_status": "attach",
-    "Container": "container", "default_lxcpath": "container", "list_containers": "container",
+    "Process": "lxc.attach", "exit_status": "lxc.attach",
+    "Container": "proc.runner", "default_lxcpath": "lxc.container",
+    "list_containers": "lxc.container",
     "CommandTimeout": "errors", "ContainerNotFound": "errors", "ExecError": "errors",
     "LxcbindError": "errors", "LxcError": "errors", "PolicyError": "errors",
     "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
     "SpawnerDied": "errors", "CalledProcessError": "errors", "TimeoutExpired": "errors",
     "FileTransferError": "errors",
-    "Policy": "policy", "load_policy": "policy", "load_policy_file": "policy",
-    "DEFAULT_POLICY": "policy", "default_policy": "policy",
-    "Pool": "pool", "PoolClosed": "pool", "AsyncPool": "aio", "AsyncSession": "aio",
+    "Policy": "policy.parse", "load_policy": "policy.parse",
+    "load_policy_file": "policy.parse",
+    "DEFAULT_POLICY": "policy.parse", "default_policy": "policy.parse",
+    "Pool": "sandbox.pool", "PoolClosed": "sandbox.pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "CompletedRun": "result",
-    "Sandbox": "sandbox", "gc": "sandbox", "run": "sandbox",
-    "Session": "session",
+    "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
+    "Session": "sandbox.core",
 }
 
 __all__ = sorted(_WHERE) + ["__version__"]
@@ -56,14 +58,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from .attach import Process, exit_status
-    from .container import Container, default_lxcpath, list_containers
-    from .errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
+    from lxcbind.lxc.attach import Process, exit_status
+    from lxcbind.lxc.container import default_lxcpath, list_containers
+    from lxcbind.proc.runner import Container
+    from lxcbind.errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
                          FileTransferError, LxcbindError, LxcError, PolicyError, SandboxError,
                          SessionError, ShellDied, SpawnerDied, TimeoutExpired)
-    from .policy import DEFAULT_POLICY, Policy, default_policy, load_policy, load_policy_file
-    from .aio import AsyncPool, AsyncSession
-    from .pool import Pool, PoolClosed
-    from .result import CompletedRun
-    from .sandbox import Sandbox, gc, run
-    from .session import Session
+    from lxcbind.policy.parse import DEFAULT_POLICY, Policy, default_policy, load_policy, load_policy_file
+    from lxcbind.aio import AsyncPool, AsyncSession
+    from lxcbind.sandbox.pool import Pool, PoolClosed
+    from lxcbind.result import CompletedRun
+    from lxcbind.sandbox.core import Sandbox, gc, run
+    from lxcbind.sandbox.core import Session

@@ -3,7 +3,7 @@
 A command's pipes, its report socket and its pidfd are watched with ``loop.add_reader``: no
 thread waits for a command, so cancelling the task that awaits ``run()`` (``asyncio.wait_for``,
 ``TaskGroup``, Ctrl-C in ``asyncio.run``) kills the command's process group from the host at
-once, and nothing of it survives.  Output rules are the bridge's (``lxcbind.bridge``): input
+once, and nothing of it survives.  Output rules are the bridge's (``lxcbind.proc.bridge``): input
 then EOF, output drained after exit until it stays quiet for 0.1 s (2 s at most: a background
 process holding the pipe), timeout = SIGTERM to the group then SIGKILL after ``kill_grace``.
 
@@ -27,9 +27,10 @@ import signal
 import time
 from typing import Any, AsyncIterator, Mapping, Sequence
 
-from .result import CompletedRun, OutputBuffer
-from .sandbox import PolicyLike
-from .session import PIPE, Session, SessionProcess
+from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.sandbox.core import PolicyLike
+from lxcbind.proc.session import PIPE, SessionProcess
+from lxcbind.sandbox.core import Session
 
 Command = str | Sequence[str]
 
@@ -280,7 +281,7 @@ class AsyncPool:
     loop's executor."""
 
     def __init__(self, policy: PolicyLike, size: int = 4, **kwargs: Any) -> None:
-        from .pool import Pool
+        from lxcbind.sandbox.pool import Pool
 
         self.pool = Pool(policy, size, **kwargs)
 

@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from ._entry import install_early_signals
+from lxcbind._early import install_early_signals
 
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 124
@@ -103,7 +103,7 @@ def _add_command_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from lxcbind import __version__
 
     parser = _Parser(prog="python -m lxcbind", epilog=HELP_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -198,7 +198,7 @@ def _load_document(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
     """The policy to run, the JSON document it was parsed from (after the command-line
     overrides) and its origin.  Without a policy source: the embedded default, which needs
     a command (``-- CMD``)."""
-    from .policy import (DEFAULT_POLICY, base64_policy_bytes, load_policy, policy_document,
+    from lxcbind.policy.parse import (DEFAULT_POLICY, base64_policy_bytes, load_policy, policy_document,
                          read_policy_file)
 
     source = getattr(args, "config", None) or getattr(args, "policy", None)
@@ -275,9 +275,9 @@ def _override(doc: dict[str, Any], args: argparse.Namespace) -> None:
 
 def _emit(obj: dict[str, Any]) -> None:
     """One JSON object on stdout; every one carries the schema ``version`` of --json."""
-    from . import _entry
+    from lxcbind import _early
 
-    _entry.json_written = True   # a late signal must not add a second object
+    _early.json_written = True   # a late signal must not add a second object
     sys.stdout.write(json.dumps({"version": JSON_VERSION, **obj}) + "\n")
     sys.stdout.flush()
 
@@ -303,8 +303,8 @@ def _exit_code(result: Any) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .cleanup import FatalSignals
-    from .sandbox import Sandbox, network_notice, network_refusal
+    from lxcbind.sandbox.cleanup import FatalSignals
+    from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
 
     if (getattr(args, "max_output", None) is not None or getattr(args, "base64", False)) \
             and not args.json:
@@ -338,7 +338,7 @@ def _run(args: argparse.Namespace) -> int:
                 result = box.interact(timeout=timeout, tty=args.tty)
             name = box.name
     if not policy.lifecycle.destroy_on_exit:
-        from . import kept
+        from lxcbind.sandbox import kept
 
         kept.save(name, document, origin)   # for `lxcbind exec NAME -- CMD` and `ls`
     failure = None
@@ -369,7 +369,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _container_id(name: str) -> str:
-    from .policy import _CONTAINER_ID
+    from lxcbind.policy.parse import _CONTAINER_ID
 
     if not _CONTAINER_ID.fullmatch(name):
         raise _UsageError(f"invalid container name {name!r}")
@@ -378,7 +378,7 @@ def _container_id(name: str) -> str:
 
 def _ls(args: argparse.Namespace) -> int:
     """``lxcbind ls``: lxcbind's containers that outlived their run (or are in use by one)."""
-    from . import kept
+    from lxcbind.sandbox import kept
 
     rows = kept.listing()
     if args.json:
@@ -393,8 +393,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _ours(name: str) -> bool:
-    from . import kept
-    from .container import Container
+    from lxcbind.sandbox import kept
+    from lxcbind.lxc.container import Container
 
     with Container(name) as c:
         return c.defined and kept.is_ours(c)
@@ -404,8 +404,8 @@ def _rm(args: argparse.Namespace) -> int:
     """``lxcbind rm ID ...``: destroy each kept container and what it owns (network state,
     id range, records), under its lock.  Exit 1 if one was not there; containers lxcbind did
     not make are refused."""
-    from . import kept
-    from .sandbox import delete_container
+    from lxcbind.sandbox import kept
+    from lxcbind.sandbox.core import delete_container
 
     code = 0
     for name in map(_container_id, args.ids):
@@ -421,7 +421,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _exec_kept(args: argparse.Namespace) -> int:
     """``lxcbind exec ID -- CMD``: ``run`` under the policy the container was kept with."""
-    from . import kept
+    from lxcbind.sandbox import kept
 
     name = _container_id(args.id)
     if not args.cmd:
@@ -440,8 +440,8 @@ def _exec_kept(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (see the module docstring)."""
-    from .cleanup import Terminated
-    from .errors import LxcbindError, PolicyError, SandboxError
+    from lxcbind.sandbox.cleanup import Terminated
+    from lxcbind.errors import LxcbindError, PolicyError, SandboxError
 
     words = list(sys.argv[1:] if argv is None else argv)
     command = None
@@ -468,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.command == "gc":
-            from .cleanup import FatalSignals
-            from .sandbox import gc
+            from lxcbind.sandbox.cleanup import FatalSignals
+            from lxcbind.sandbox.core import gc
 
             with FatalSignals():   # a signal lets gc finish the container it is removing
                 removed = gc(log=lambda m: log.info("%s", m))
@@ -594,16 +594,16 @@ def _exec_logging(args: argparse.Namespace) -> None:
 
 
 def _exec_delete(args: argparse.Namespace) -> int:
-    from .errors import LxcbindError
-    from .policy import _CONTAINER_ID
-    from .sandbox import delete_container
+    from lxcbind.errors import LxcbindError
+    from lxcbind.policy.parse import _CONTAINER_ID
+    from lxcbind.sandbox.core import delete_container
 
     name = args.containername
     if not name:
         raise _UsageError("--containername is required with --delete")
     if not _CONTAINER_ID.fullmatch(name):
         raise _UsageError(f"--containername: invalid container name {name!r}")
-    from .cleanup import FatalSignals
+    from lxcbind.sandbox.cleanup import FatalSignals
 
     try:
         with FatalSignals():   # a signal waits for the lock's release and the record's removal
@@ -621,8 +621,8 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
     policy cannot be used (one line on stderr); 255 when the runner fails (including a
     timeout), with ``{"error": {"code": "backend_error", "message": ...}}`` on stderr; 128+N
     when lxcbind itself got fatal signal N (after cleanup)."""
-    from .cleanup import Terminated
-    from .errors import LxcbindError, PolicyError, SandboxError
+    from lxcbind.sandbox.cleanup import Terminated
+    from lxcbind.errors import LxcbindError, PolicyError, SandboxError
 
     try:
         args = build_exec_parser().parse_args(argv)
@@ -640,7 +640,7 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
                                       config_base64=args.config_base64, tty=None, timeout=None,
                                       json=False, dry_run=False, mxc=True)
         if args.dry_run:
-            from .sandbox import network_refusal
+            from lxcbind.sandbox.core import network_refusal
 
             refusal = network_refusal(_load(run_args))
             if refusal:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from ._lite import lazy_re
+from lxcbind._lite import lazy_re
 
 Command = str | Sequence[str]
 

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar, Union
 
-from .errors import ExecError
-from ._lite import record
-from .result import CompletedRun
+from lxcbind.errors import ExecError
+from lxcbind._lite import record
+from lxcbind.result import CompletedRun
 
 Command = Union[str, Sequence[str]]
 Record = dict[str, Any]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from ._lite import record, replace
-from .errors import CalledProcessError, ExecError, TimeoutExpired
+from lxcbind._lite import record, replace
+from lxcbind.errors import CalledProcessError, ExecError, TimeoutExpired
 
 
 @record(uncompared=("exec_error",))

@@ -48,13 +48,20 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks since boot): with the pid, names one process."""
+    """Field 22 of /proc/PID/stat (clock ticks since boot): with the pid, names one process.
+
+    None for a process that is gone, a zombie included: a SIGKILLed runner whose parent has not
+    reaped it yet (a Ray raylet restarts the actor before it reaps the old worker) holds no
+    lock and can do nothing, so what it left is already garbage."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
-    return int(data.rsplit(b")", 1)[1].split()[19])
+    fields = data.rsplit(b")", 1)[1].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
 
 
 def boot_id() -> str:

@@ -19,7 +19,7 @@ TEST_PREFIX = "lxcbind-test-"
 
 def _native_available() -> str:
     try:
-        import lxcbind._native  # noqa: F401
+        import lxcbind.lxc._native  # noqa: F401
     except ImportError as exc:
         return str(exc)
     return ""

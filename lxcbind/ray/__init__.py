@@ -66,10 +66,10 @@ from typing import Any, Iterable, Iterator, Mapping  # noqa: E402
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
-from ..errors import LxcbindError, SandboxError, SessionError  # noqa: E402
-from ..fanout import (Command, Dispatch, Record, RemoteRun,  # noqa: E402
+from lxcbind.errors import LxcbindError, SandboxError, SessionError  # noqa: E402
+from lxcbind.fanout import (Command, Dispatch, Record, RemoteRun,  # noqa: E402
                      auto_batch_size, make_batches, to_record)
-from ..policy import load_policy  # noqa: E402
+from lxcbind.policy.parse import load_policy  # noqa: E402
 
 __all__ = ["SessionPool", "NodeSetupError", "RemoteRun", "policy_json", "local_cluster",
            "RESOURCE"]
@@ -122,8 +122,8 @@ class _SessionActor:
     fresh mode, a fresh container per command (``lxcbind.run``)."""
 
     def __init__(self, policy_text: str, name: str, fresh: bool = False) -> None:
-        from .. import sandbox
-        from ..session import Session
+        from lxcbind.sandbox import core as sandbox
+        from lxcbind.sandbox.core import Session
 
         ctx = ray.get_runtime_context()
         self.node = ctx.get_node_id()
@@ -170,7 +170,7 @@ class _SessionActor:
             raise
 
     def _renew(self, dead: Any) -> None:
-        from ..session import Session
+        from lxcbind.sandbox.core import Session
 
         with self._lock:
             if self.session is not dead:
@@ -188,7 +188,7 @@ class _SessionActor:
     def _fresh_run(self, command: Command, *, env: Mapping[str, str] | None = None,
                    cwd: str | None = None, **kwargs: Any) -> Any:
         """One command in its own container (set up, run, destroyed) under the policy."""
-        from .. import sandbox
+        from lxcbind.sandbox import core as sandbox
 
         with self._lock:
             self._count += 1

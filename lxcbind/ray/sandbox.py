@@ -46,7 +46,7 @@ from ray.experimental.sandbox import (BaseSandboxBackend, ExecResult, SandboxCre
                                       SandboxRuntime, SandboxStatus, SandboxTimeoutError)
 from ray.experimental.sandbox.config import SandboxConfig
 
-from ..errors import LxcbindError
+from lxcbind.errors import LxcbindError
 from . import RESOURCE, policy_json
 
 __all__ = ["LxcbindSandboxBackend", "LxcbindSandboxRuntime", "LxcbindSandbox", "create"]
@@ -109,7 +109,7 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
         self._boxes: dict[str, tuple[Any, SandboxConfig, str]] = {}
 
     def create_sandbox(self, config: SandboxConfig) -> str:
-        from ..session import Session
+        from lxcbind.sandbox.core import Session
 
         rootfs = _rootfs(config.image)
         _refuse(config)
@@ -210,7 +210,7 @@ class LxcbindSandbox:
                  workdir: str | None = None, ttl_seconds: int | None = None,
                  timeout_seconds: float = 30.0, network: str = "none", readonly: bool = False,
                  policy: Any = None, name_prefix: str = "lxcbind-sbx-", **kwargs: Any) -> None:
-        from .. import sandbox
+        from lxcbind.sandbox import core as sandbox
 
         sandbox.gc()  # what a SIGKILLed predecessor on this node left
         self.runtime = LxcbindSandboxRuntime(policy=policy, name_prefix=name_prefix)

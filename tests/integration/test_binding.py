@@ -140,7 +140,7 @@ def test_missing_cwd_is_an_error_not_a_silent_run_in_root(shared_busybox):
 
 
 def test_environment_is_exactly_env_plus_baseline(shared_busybox):
-    from lxcbind.attach import baseline_env
+    from lxcbind.lxc.attach import baseline_env
 
     proc, out = capture(shared_busybox, ["env"], env={"A": "1", "WITH_EQ": "x=y", "TERM": "vt100"})
     assert proc.returncode == 0

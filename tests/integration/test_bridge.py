@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from lxcbind import pty as lpty
+from lxcbind.proc import pty as lpty
 from tests.conftest import requires_lxc, requires_root
 
 pytestmark = [requires_root, requires_lxc]

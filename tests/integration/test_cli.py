@@ -86,7 +86,7 @@ def spawn(doc: dict, *args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_every_bad_policy_exits_2_naming_the_field_and_creates_nothing(path, capsys, clean_machine):
     from lxcbind.cli import main
-    from lxcbind.policy import load_policy_file
+    from lxcbind.policy.parse import load_policy_file
     from lxcbind.errors import PolicyError
 
     with pytest.raises(PolicyError) as expected:
@@ -328,7 +328,7 @@ def test_signals_at_random_moments_of_startup(entry, tmp_path, clean_machine):
     (``site`` and the ``.pth`` files) and Python itself turns SIGINT into KeyboardInterrupt."""
     import random
     from lxcbind import list_containers
-    from lxcbind.idmap import held_ranges
+    from lxcbind.sandbox.idmap import held_ranges
 
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)

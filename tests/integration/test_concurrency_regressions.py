@@ -11,7 +11,8 @@ import time
 import pytest
 
 from lxcbind import Container
-from lxcbind.session import Session, SpawnerDied
+from lxcbind.sandbox.core import Session
+from lxcbind.proc.session import SpawnerDied
 
 from ..conftest import requires_lxc, requires_root, run_threads
 

@@ -48,7 +48,7 @@ def test_async_agent_example_runs():
     assert "sleep processes left: 0" in out
 
 
-PY_EXAMPLES = {"async_agent.py", "parallel_grader.py"}
+PY_EXAMPLES = {"agent_bash_tool.py", "async_agent.py", "parallel_grader.py"}
 
 
 def test_every_python_example_is_covered():

@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from lxcbind.errors import PolicyError
-from lxcbind.mounts import plan_mounts
-from lxcbind.rootfs import RootfsSpec, define_container, remove_container
+from lxcbind.sandbox.mounts import plan_mounts
+from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
 from tests.conftest import requires_lxc, requires_root
 
 pytestmark = [requires_root, requires_lxc]

@@ -198,7 +198,7 @@ def test_proxy_by_hostname_pin_is_mxcs_and_gone_after_each_run_and_stale_pins_go
 # -- network state that cannot fail open (preservePolicy and gc, as mxc users use them) -------
 
 def _open_egress() -> object:
-    from lxcbind.policy import load_policy
+    from lxcbind.policy.parse import load_policy
 
     return load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
                         "network": {"egress": {"default": "allow"}}}).network.effective()
@@ -209,8 +209,8 @@ def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeyp
     its table: gc reads the leases, lists and deletes under the network lock."""
     import threading
 
-    from lxcbind import network
-    from lxcbind.nft import Nft
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     name = new_name("i14-")
     nothing_left_behind.append(name)
@@ -242,15 +242,16 @@ def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeyp
 
 def test_gc_of_another_state_dir_never_touches_this_installations_tables(
         tmp_path, nothing_left_behind):
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     name = new_name("i14-")
     nothing_left_behind.append(name)
     live = network.ContainerNetwork(name, _open_egress())
     other = {**os.environ, "LXCBIND_STATE_DIR": str(tmp_path / "other")}
     theirs = subprocess.run(
-        [sys.executable, "-c", "from lxcbind import network; print(network.table_name('x'))"],
+        [sys.executable, "-c", "from lxcbind.net import network; print(network.table_name('x'))"],
         capture_output=True, text=True, env=other, cwd=ROOT, check=True).stdout.strip()
     assert theirs != network.table_name("x")
     try:
@@ -274,8 +275,8 @@ def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
     """A second installation (another LXCBIND_STATE_DIR) has its own anchor, pool and NAT
     table: its runs neither delete this installation's anchor (whose leases it cannot see)
     nor its live table, and this installation's container keeps its network throughout."""
-    from lxcbind import network
-    from lxcbind.nft import Nft
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
     from tests.integration.test_network import _wait_file, _wait_lease, spawn
 
     a = remote.addr(2)
@@ -314,8 +315,9 @@ def test_preserved_table_does_not_match_the_address_the_next_container_gets(
         remote, nothing_left_behind):
     """preservePolicy keeps the table for inspection, without the lease's address: a later
     container given that address is filtered by its own policy only."""
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     a, b = remote.addr(2), remote.addr(3)
     remote.serve([("tcp", a, 80), ("tcp", b, 80)])
@@ -546,8 +548,9 @@ def test_timeout_is_a_runner_error_saying_timed_out(tmp_path, nothing_left_behin
 def test_preserve_policy_then_delete_by_name(tmp_path, nothing_left_behind):
     """mxc's preserve-policy shape keeps the container and its rules; ``--delete
     --containername`` removes the container, and with it the table lxcbind kept."""
-    from lxcbind import list_containers, network
-    from lxcbind.nft import Nft
+    from lxcbind import list_containers
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
     from tests.conftest import destroy_quietly
 
     policy = doc("sh -c \"echo MXC_PRESERVE_RAN\"", nothing_left_behind, version="0.7.0-alpha",
@@ -569,7 +572,7 @@ def test_preserve_policy_then_delete_by_name(tmp_path, nothing_left_behind):
     finally:
         destroy_quietly(name)
         with Nft() as nft:
-            from lxcbind import netrules
+            from lxcbind.net import ruleset as netrules
             nft.apply(netrules.teardown_script(network.table_name(name)))
 
 

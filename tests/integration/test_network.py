@@ -161,8 +161,9 @@ def nothing_left_behind() -> Iterator[list[str]]:
     """Containers named through ``names`` must leave no table, veth or lease."""
     names: list[str] = []
     yield names
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     with Nft() as nft:
         tables = {t for _, t in nft.list_table_names("lxcbind")}
@@ -299,7 +300,7 @@ def test_dns_allowed_vs_denied_resolver(remote, tmp_path, nothing_left_behind):
 # -- ingress -----------------------------------------------------------------------------------
 
 def _wait_lease(name: str, proc: subprocess.Popen, timeout: float = 30) -> str:
-    from lxcbind import network
+    from lxcbind.net import network
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -396,8 +397,9 @@ def test_first_packet_is_already_filtered(remote, tmp_path, nothing_left_behind)
 
 
 def test_no_traffic_after_destroy(remote, nothing_left_behind):
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     doc = policy("ip -4 -o addr show eth0", nothing_left_behind,
                  network={"egress": {"default": "allow"}})
@@ -513,8 +515,9 @@ def test_matrix_refusals_name_the_field(nothing_left_behind):
 # -- signals and gc ----------------------------------------------------------------------------
 
 def _wait_table(name: str, proc: subprocess.Popen) -> None:
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     _wait_lease(name, proc)
     with Nft() as nft:
@@ -541,14 +544,14 @@ def test_sigterm_during_networked_run_leaves_nothing(tmp_path, nothing_left_behi
 
 
 def network_veths_of(name: str) -> list[str]:
-    from lxcbind import network
+    from lxcbind.net import network
 
     return [line for line in sh("ip -o link").stdout.splitlines()
             if network.veth_name(name) in line]
 
 
 def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
-    from lxcbind import network
+    from lxcbind.net import network
 
     ready = tmp_path / "ready"
     doc = policy(f"touch {ready}; sleep 60", nothing_left_behind,
@@ -568,8 +571,9 @@ def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
 
 
 def test_preserve_policy_keeps_the_table(nothing_left_behind):
-    from lxcbind import netrules, network
-    from lxcbind.nft import Nft
+    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network
+    from lxcbind.lxc.nftables import Nft
 
     doc = policy("true", nothing_left_behind, network={"egress": {"default": "allow"}},
                  lifecycle={"preservePolicy": True})

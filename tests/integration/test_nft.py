@@ -1,4 +1,4 @@
-"""lxcbind.nft + lxcbind.netrules against the kernel, in throwaway network namespaces (root).
+"""lxcbind.lxc.nftables + lxcbind.net.ruleset against the kernel, in throwaway network namespaces (root).
 
 Every packet stays inside namespaces this module creates (``lxcbind-test-<uuid8>-{c,r,x}``,
 removed in teardown even when a test fails); addresses come from 198.18.0.0/15 and the ULA
@@ -55,7 +55,7 @@ TABLES_MADE: set[str] = set()   # every table name this module applied (in its n
 
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a fresh thread that entered network namespace ``ns``; return its result."""
-    from lxcbind._native import ffi, lib
+    from lxcbind.lxc._native import ffi, lib
 
     box: dict[str, Any] = {}
 
@@ -225,7 +225,7 @@ class Topology:
             for key in ("all", "default"):
                 self.sysctl(ns, f"net.ipv6.conf.{key}.accept_dad", "0")
             ip("-n", ns, "link", "set", "lo", "up")
-        from lxcbind.nft import Nft
+        from lxcbind.lxc.nftables import Nft
 
         self.nft = Nft(f"/run/netns/{self.r}")
 
@@ -263,8 +263,8 @@ class Topology:
         self.servers.append(Servers(c, (7000,)))
 
     def apply(self, network: dict[str, Any] | None, version: str = "0.8.0") -> str:
-        from lxcbind.netrules import compile_ruleset, resolve_destinations, table_name
-        from lxcbind.policy import load_policy
+        from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name
+        from lxcbind.policy.parse import load_policy
 
         doc: dict[str, Any] = {"version": version, "process": {"commandLine": "true"}}
         if network is not None:
@@ -278,7 +278,7 @@ class Topology:
 
     @property
     def table(self) -> str:
-        from lxcbind.netrules import table_name
+        from lxcbind.net.ruleset import table_name
 
         TABLES_MADE.add(table_name(self.c))
         return table_name(self.c)
@@ -318,7 +318,7 @@ def topo(bare: Topology) -> Topology:
 # --------------------------------------------------------------------------- the binding
 
 def test_nft_errors_carry_libnftables_text(bare: Topology) -> None:
-    from lxcbind.nft import NftError
+    from lxcbind.lxc.nftables import NftError
 
     with pytest.raises(NftError, match="No such file or directory|does not exist"):
         bare.nft.run("list table inet lxcbind_doesnotexist")
@@ -468,7 +468,7 @@ def test_first_packet_is_filtered_rules_before_interfaces(bare: Topology) -> Non
 
 
 def test_after_delete_nothing_is_left(topo: Topology) -> None:
-    from lxcbind.netrules import teardown_script
+    from lxcbind.net.ruleset import teardown_script
 
     topo.apply(None)
     assert not tcp_ok(topo.c, X4[0], 80) and not tcp_ok(topo.x, C4, 7000)
@@ -493,7 +493,7 @@ def test_many_cidrs_apply_and_match(topo: Topology) -> None:
 def test_root_namespace_untouched() -> None:
     """No table this module made reached the root namespace (other lxcbind runs on the
     machine may have their own there: only ours are checked)."""
-    from lxcbind.nft import Nft
+    from lxcbind.lxc.nftables import Nft
 
     assert TABLES_MADE
     with Nft() as nft:

@@ -92,7 +92,7 @@ def test_sigkilled_owner_leaves_nothing_after_gc() -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-    from lxcbind import cleanup
+    from lxcbind.sandbox import cleanup
 
     owned = {r.container for r in cleanup._load_records() if r.runner_pid == proc.pid}
     assert owned  # the pool's containers have ownership records like any other run

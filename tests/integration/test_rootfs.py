@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from lxcbind.container import default_lxcpath
+from lxcbind.lxc.container import default_lxcpath
 from lxcbind.errors import SandboxError
-from lxcbind.rootfs import RootfsSpec, base_dir, define_container, ensure_base, remove_container
+from lxcbind.sandbox.rootfs import RootfsSpec, base_dir, define_container, ensure_base, remove_container
 from tests.conftest import new_name, requires_lxc, requires_root
 from tests.integration.test_mounts import sh
 
@@ -164,7 +164,7 @@ def test_existing_container_refused(define, container_name):
 def test_concurrent_base_builds_share_one(monkeypatch, tmp_path):
     import threading
 
-    import lxcbind.rootfs as rootfs
+    import lxcbind.sandbox.rootfs as rootfs
 
     monkeypatch.setattr(rootfs, "BASES_ROOT", str(tmp_path / "bases"))
     results, errors = [], []
@@ -220,8 +220,8 @@ def test_gc_prunes_stale_unused_bases_only(tmp_path):
     """A base whose key went stale is removed by gc unless a container's overlay uses it."""
     import uuid
 
-    from lxcbind import rootfs
-    from lxcbind.sandbox import gc
+    from lxcbind.sandbox import rootfs
+    from lxcbind.sandbox.core import gc
 
     current = rootfs.ensure_base(rootfs.RootfsSpec("busybox"))
     stale = os.path.join(rootfs.BASES_ROOT, f"busybox-stale{uuid.uuid4().hex[:6]}")
@@ -249,9 +249,9 @@ def test_gc_prunes_shifted_copies_of_stale_bases_and_keeps_current_ones(tmp_path
     import time
     import uuid
 
-    from lxcbind import rootfs
-    from lxcbind.idmap import FIRST_ID
-    from lxcbind.sandbox import gc
+    from lxcbind.sandbox import rootfs
+    from lxcbind.sandbox.idmap import FIRST_ID
+    from lxcbind.sandbox.core import gc
 
     current = os.path.basename(rootfs.ensure_base(rootfs.RootfsSpec("busybox")))
     stale_key = f"busybox-stale{uuid.uuid4().hex[:6]}"

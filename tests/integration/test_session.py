@@ -13,7 +13,8 @@ import time
 import pytest
 
 from lxcbind import LxcbindError
-from lxcbind.session import Session, SessionError, ShellDied, SpawnerDied
+from lxcbind.sandbox.core import Session
+from lxcbind.proc.session import SessionError, ShellDied, SpawnerDied
 
 from ..conftest import make_busybox, requires_lxc, requires_root
 
@@ -342,7 +343,7 @@ def test_caller_death_stops_the_spawner(busybox):
         import os, signal, sys
         sys.path.insert(0, {os.getcwd()!r})
         from lxcbind import Container
-        from lxcbind.session import Session
+        from lxcbind.sandbox.core import Session
         s = Session(Container({busybox.name!r}))
         s.spawn(["sleep", "1000"], stdout=None, stderr=None)
         print(s.spawner_pid, flush=True)

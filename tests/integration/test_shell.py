@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lxcbind import LxcbindError, Session
-from lxcbind.session import ShellDied
+from lxcbind.proc.session import ShellDied
 
 from ..conftest import new_name, requires_lxc, requires_root
 
@@ -190,7 +190,7 @@ def test_bridge_hooks_on_a_host_shell():
     import signal
     import subprocess
 
-    from lxcbind.bridge import Bridge
+    from lxcbind.proc.bridge import Bridge
     from lxcbind.result import OutputBuffer
 
     st_r, st_w = os.pipe()

@@ -148,7 +148,7 @@ def test_cgroup_limits_cannot_be_lifted() -> None:
                                "/sys/fs/cgroup/memory/memory.limit_in_bytes; do "
                                "[ -e $f ] && { echo max > $f && echo LIFTED $f; }; done; true"])
         assert b"LIFTED" not in r.stdout
-        from lxcbind import cgroups
+        from lxcbind.lxc import cgroups
         pid = box.container.init_pid
         assert pid
         pids_dir = cgroups.process_dir(pid, "pids")
@@ -220,7 +220,7 @@ def test_two_sandboxes_never_share_an_id_range() -> None:
         maps = [box.container.run(["cat", "/proc/self/uid_map"]).stdout.split()[1]
                 for box in (a, b)]
         assert maps[0] != maps[1]
-        from lxcbind import idmap
+        from lxcbind.sandbox import idmap
         held = idmap.held_ranges()
         assert a.name in held and b.name in held
     held = idmap.held_ranges()
@@ -278,7 +278,7 @@ def test_privileged_is_explicit_and_warned(tmp_path) -> None:
 
 
 def test_nothing_left_behind_after_runs() -> None:
-    from lxcbind import idmap
+    from lxcbind.sandbox import idmap
     names = set()
     for _ in range(2):
         with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"}}) as box:

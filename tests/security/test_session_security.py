@@ -21,8 +21,9 @@ import time
 
 import pytest
 
-from lxcbind.rootfs import RootfsSpec, define_container, remove_container
-from lxcbind.session import Session, SessionError, SpawnerDied
+from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
+from lxcbind.sandbox.core import Session
+from lxcbind.proc.session import SessionError, SpawnerDied
 
 from ..conftest import new_name, requires_lxc, requires_root
 
@@ -52,7 +53,7 @@ def host_container(request):
             remove_container(c)
             c.close()
         return
-    from lxcbind.sandbox import Sandbox
+    from lxcbind.sandbox.core import Sandbox
 
     box = Sandbox({"version": "0.8.0", "containerId": new_name("i10-sec-"),
                    "process": {"commandLine": "true"}})
@@ -488,7 +489,7 @@ TERMINAL_DRIVER = r"""
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
             from lxcbind import Container
-            from lxcbind.session import Session
+            from lxcbind.sandbox.core import Session
             attack = textwrap.dedent({attack!r})
             result = {{}}
             c = Container({name!r})

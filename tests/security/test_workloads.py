@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 import lxcbind
-from lxcbind import idmap, mountinfo, security
+from lxcbind.sandbox import idmap
+from lxcbind.lxc import mountinfo
+from lxcbind.sandbox import security
 from lxcbind.errors import SandboxError
 from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from lxcbind import pty as lpty
-from lxcbind.bridge import Bridge
+from lxcbind.proc import pty as lpty
+from lxcbind.proc.bridge import Bridge
 from lxcbind.result import OutputBuffer
 
 

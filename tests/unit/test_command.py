@@ -7,7 +7,7 @@ from pathlib import PurePosixPath
 import pytest
 
 from lxcbind.command import argv_of, check_call, check_env, check_timeout
-from lxcbind.policy import default_policy, load_policy
+from lxcbind.policy.parse import default_policy, load_policy
 from lxcbind.errors import PolicyError
 
 

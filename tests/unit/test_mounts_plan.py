@@ -7,7 +7,7 @@ import os
 import pytest
 
 from lxcbind.errors import PolicyError, SandboxError
-from lxcbind.mounts import MountEntry, plan_mounts
+from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
 
 def rel(path) -> str:

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from lxcbind.errors import SandboxError
-from lxcbind.netrules import (Resolved, compile_ruleset, resolve_destinations, table_name,
+from lxcbind.net.ruleset import (Resolved, compile_ruleset, resolve_destinations, table_name,
                               teardown_script)
-from lxcbind.policy import EffectiveNetwork, load_policy
+from lxcbind.policy.parse import EffectiveNetwork, load_policy
 
 VETH = "vethlxb0"
 C4, C6 = "198.18.0.2", "fd00:198:18:1::2"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from lxcbind.cleanup import OwnershipRecord, _process_start_time
+from lxcbind.sandbox.cleanup import OwnershipRecord
+from lxcbind.state import process_start_time as _process_start_time
 
 
 def test_a_zombie_runner_counts_as_dead():

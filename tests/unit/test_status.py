@@ -15,7 +15,7 @@ pytestmark = requires_lxc
 
 
 def test_exit_status_is_code_or_128_plus_signal():
-    from lxcbind.attach import exit_status
+    from lxcbind.lxc.attach import exit_status
 
     assert exit_status(0) == 0
     assert exit_status(42) == 42
@@ -24,7 +24,7 @@ def test_exit_status_is_code_or_128_plus_signal():
 
 
 def test_wait_status_decoding_matches_subprocess_convention():
-    from lxcbind.attach import decode_wait_status
+    from lxcbind.lxc.attach import decode_wait_status
 
     assert decode_wait_status(3 << 8) == 3
     assert decode_wait_status(9) == -9
@@ -32,8 +32,8 @@ def test_wait_status_decoding_matches_subprocess_convention():
 
 
 def test_status_record_distinguishes_liblxc_failure_success_and_exec_errors():
-    from lxcbind.attach import decode_status_record
-    from lxcbind._native import lib
+    from lxcbind.lxc.attach import decode_status_record
+    from lxcbind.lxc._native import lib
 
     assert decode_status_record(b"", "x", "/") == (False, None)
     assert decode_status_record(b"R", "x", "/") == (True, None)
@@ -44,7 +44,7 @@ def test_status_record_distinguishes_liblxc_failure_success_and_exec_errors():
 
 
 def test_baseline_environment_is_documented_set():
-    from lxcbind.attach import baseline_env
+    from lxcbind.lxc.attach import baseline_env
 
     assert set(baseline_env()) == {"PATH", "HOME", "TERM", "container"}
     assert baseline_env()["HOME"] == "/root"
@@ -53,8 +53,8 @@ def test_baseline_environment_is_documented_set():
 
 
 def test_build_attach_never_hands_fd_0_to_liblxc_and_starts_from_defaults():
-    from lxcbind.attach import build_attach
-    from lxcbind._native import lib
+    from lxcbind.lxc.attach import build_attach
+    from lxcbind.lxc._native import lib
 
     req = build_attach(["true"], env=None, clear_env=True, cwd="/", uid=None, gid=None, stdin=0,
                        stdout=None, stderr=None, namespaces=None, flags=None, ctty=None)
@@ -69,7 +69,7 @@ def test_build_attach_never_hands_fd_0_to_liblxc_and_starts_from_defaults():
 
 
 def test_build_attach_rejects_bad_env_and_argv():
-    from lxcbind.attach import build_attach
+    from lxcbind.lxc.attach import build_attach
 
     common = dict(clear_env=True, cwd="/", uid=None, gid=None, stdin=None, stdout=None,
                   stderr=None, namespaces=None, flags=None, ctty=None)

@@ -36,15 +36,14 @@ import fcntl
 import os
 import signal
 import time
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from . import pty as _pty
-from .bridge import Bridge
-from .errors import LxcError
-from .result import CompletedRun, OutputBuffer
+from lxcbind.proc import pty as _pty
+from lxcbind.proc.bridge import Bridge
+from lxcbind.errors import LxcError
+from lxcbind.result import CompletedRun, OutputBuffer
 
-if TYPE_CHECKING:
-    from .container import Container
+from lxcbind.lxc.container import Container as _BareContainer
 
 __all__ = ["run", "interact", "interact_run"]
 
@@ -60,7 +59,7 @@ def _pipe() -> tuple[int, int]:
     return r, w
 
 
-def _open_pty(container: "Container", rows_cols: tuple[int, int]) -> _pty.PtyPair:
+def _open_pty(container: _BareContainer, rows_cols: tuple[int, int]) -> _pty.PtyPair:
     devpts = -1
     try:
         devpts = container.devpts_fd()
@@ -88,7 +87,7 @@ def _reraise(sig: int | None) -> None:
 
 
 def _execute(
-    container: "Container",
+    container: _BareContainer,
     argv: Sequence[str],
     *,
     tty: bool,
@@ -187,7 +186,7 @@ def _attach_kw(env: Mapping[str, str] | None, cwd: str | None, extra: dict[str, 
 
 
 def run(
-    container: "Container",
+    container: _BareContainer,
     argv: Sequence[str],
     *,
     input: bytes | str | None = None,
@@ -240,7 +239,7 @@ def run(
 
 
 def interact_run(
-    container: "Container",
+    container: _BareContainer,
     argv: Sequence[str],
     *,
     tty: bool | None = None,
@@ -281,7 +280,7 @@ def interact_run(
     return result
 
 
-def interact(container: "Container", argv: Sequence[str], **kwargs: Any) -> int:
+def interact(container: _BareContainer, argv: Sequence[str], **kwargs: Any) -> int:
     """Run ``argv`` bridged to the caller's own stdio (fds 0/1/2, or ``stdin=``/``stdout=``/
     ``stderr=``) and return the shell-style status: the exit code, 128+N after signal N, 124
     after a timeout.
@@ -296,3 +295,16 @@ def interact(container: "Container", argv: Sequence[str], **kwargs: Any) -> int:
     """
     result = interact_run(container, argv, **kwargs)
     return 124 if result.timed_out else result.exit_status
+
+
+class Container(_BareContainer):
+    """The liblxc handle (``lxcbind.lxc.container.Container``) plus ways to run commands in
+    it: the process layer supervises the handle, the handle knows nothing of it."""
+
+    def run(self, argv: Sequence[str], **kwargs: Any) -> CompletedRun:
+        """Run ``argv`` to completion and capture it; see ``lxcbind.proc.runner.run``."""
+        return run(self, argv, **kwargs)
+
+    def interact(self, argv: Sequence[str], **kwargs: Any) -> int:
+        """Run ``argv`` bridged to this process's own stdio; see ``runner.interact``."""
+        return interact(self, argv, **kwargs)

@@ -2,7 +2,7 @@
 
 ``resolve_destinations`` turns the hostnames of an ``EffectiveNetwork`` into addresses (once),
 failing closed where mxc does; ``compile_ruleset`` turns the policy plus those addresses into
-one nft script that ``lxcbind.nft.Nft.apply`` installs in a single transaction.  ``table_name``
+one nft script that ``lxcbind.lxc.nftables.Nft.apply`` installs in a single transaction.  ``table_name``
 names the tables, ``teardown_script`` removes them.
 
 What the script builds, and why (behaviour reference: ``notes/policy-format.md`` §4):
@@ -84,8 +84,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, Union
 
-from .errors import SandboxError
-from .policy import EffectiveNetwork, EgressRule
+from lxcbind.errors import SandboxError
+from lxcbind.policy.parse import EffectiveNetwork, EgressRule
 
 __all__ = ["MAX_PROXY_ADDRESSES", "TABLE_FAMILIES", "TABLE_PREFIX", "Resolved", "compile_ruleset",
            "resolve_destinations", "table_name", "teardown_script"]

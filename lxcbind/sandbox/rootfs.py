@@ -38,13 +38,14 @@ import stat
 import time
 from typing import Callable, Sequence
 
-from ._lite import lazy_re, record
-from . import security
-from .container import Container, default_lxcpath
-from .errors import LxcbindError, SandboxError
-from . import idmap
-from .idmap import RANGE, IdRange
-from .mounts import MountEntry, plan_mounts
+from lxcbind._lite import lazy_re, record
+from lxcbind.sandbox import security
+from lxcbind.lxc.container import default_lxcpath
+from lxcbind.proc.runner import Container
+from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.sandbox import idmap
+from lxcbind.sandbox.idmap import RANGE, IdRange
+from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
 BASES_ROOT = "/var/lib/lxcbind/bases"
 KINDS = ("host", "busybox", "download", "dir")

@@ -76,25 +76,24 @@ import secrets
 import select
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping, Sequence, Union
+from typing import IO, Any, Iterable, Mapping, Protocol, Sequence, Union
 
-from . import cgroups as _cgroups
-from . import pty as _pty
-from ._lite import replace as _replace
-from .bridge import Bridge
-from ._native import ffi, lib
-from .attach import (Process, baseline_env, build_attach, decode_wait_status,
+from lxcbind.lxc import cgroups as _cgroups
+from lxcbind.proc import pty as _pty
+from lxcbind._lite import replace as _replace
+from lxcbind.proc.bridge import Bridge
+from lxcbind.lxc import spawner_wire as wire
+from lxcbind.lxc.attach import (Process, baseline_env, build_attach, decode_wait_status,
                      refuse_host_terminal)
-from .container import Container
-from .errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
-from .result import CompletedRun, OutputBuffer
+from lxcbind.lxc.container import Container
+from lxcbind.errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
+from lxcbind.result import CompletedRun, OutputBuffer
 
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied"]
 
@@ -103,30 +102,21 @@ DEVNULL = subprocess.DEVNULL
 Command = Union[str, Sequence[str]]
 StreamArg = Union[int, IO[Any], None]
 
-_HEADER = struct.Struct("=8I")
-_RECORD = struct.Struct("=4i")
-assert _HEADER.size == lib.LXCBIND_SPAWN_HEADER_SIZE
-assert _RECORD.size == lib.LXCBIND_SPAWN_RECORD_SIZE
-_MAGIC = lib.LXCBIND_SPAWN_MAGIC
-_MAX_INLINE = lib.LXCBIND_SPAWN_MAX_INLINE
-_REC_HELLO = lib.LXCBIND_REC_HELLO
-_REC_START = lib.LXCBIND_REC_START
-_REC_EXIT = lib.LXCBIND_REC_EXIT
-_REC_REFUSED = lib.LXCBIND_REC_REFUSED
-_REC_KILL = lib.LXCBIND_REC_KILL
-_STAGES = {
-    lib.LXCBIND_STAGE_CHDIR: "chdir",
-    lib.LXCBIND_STAGE_CTTY: "ctty",
-    lib.LXCBIND_STAGE_EXEC: "exec",
-    lib.LXCBIND_STAGE_SPAWN: "spawn",
-}
-_MAX_EXTRA_FDS = lib.LXCBIND_SPAWN_MAX_EXTRA_FDS
+_HEADER, _RECORD = wire.HEADER, wire.RECORD
+_MAGIC = wire.MAGIC
+_MAX_INLINE = wire.MAX_INLINE
+_REC_HELLO, _REC_START, _REC_EXIT = wire.REC_HELLO, wire.REC_START, wire.REC_EXIT
+_REC_REFUSED, _REC_KILL = wire.REC_REFUSED, wire.REC_KILL
+_STAGES = wire.STAGES
+_MAX_EXTRA_FDS = wire.MAX_EXTRA_FDS
+_CHUNK = 65536
+_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
 # How long the spawner may take to report a command's exit once the host has seen the
 # command die (its pidfd), and to answer a spawn request when no timeout bounds the call.
 _EXIT_GRACE = 2.0
 _START_BOUND = 10.0
 
-_SPAWNER_PROGRAM = Path(__file__).with_name("lxcbind-spawner")
+_SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
 _MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
 _image_lock = threading.Lock()
 _image_fd = -1
@@ -234,6 +224,10 @@ def _encode(items: Iterable[str], what: str) -> list[bytes]:
 
 def _pipe() -> tuple[int, int]:
     return os.pipe2(os.O_CLOEXEC)
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
 
 
 class SessionProcess:
@@ -549,7 +543,9 @@ class Session:
                             "; for a policy use Session.from_policy(policy)")
         self.container = container
         self.own = own
-        self._sandbox: Any = None  # set by from_policy: it owns the container's teardown
+        # Whoever set the container up for us (a sandbox): closed after the spawner, it
+        # tears the container down (set by lxcbind.sandbox's Session.from_policy).
+        self._owner: Closeable | None = None
         self.uid = uid
         self.gid = gid
         self.cwd = cwd          # a command's cwd when a call names none (None: the container's /)
@@ -575,30 +571,6 @@ class Session:
             self._teardown()
             raise
 
-    @classmethod
-    def from_policy(cls, policy: Any, *, start_timeout: float = 10.0) -> "Session":
-        """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
-        or path), whose root filesystem, filesystem policy and network rules apply to every
-        command; the policy's ``process.env`` (plus, in proxy mode, the proxy variables) is each
-        command's base environment, ``process.cwd`` and ``process.timeout`` are the defaults of
-        every call that names none, and ``lxc.uid``/``lxc.gid`` the commands' user.  Closing
-        the session tears the container down like a one-shot run (``destroyOnExit``)."""
-        from .sandbox import Sandbox
-
-        box = Sandbox(policy)
-        try:
-            box.open()
-            assert box.container is not None
-            kw = box.command_kwargs()
-            session = cls(box.container, env=kw["env"] or None, cwd=kw.get("cwd"),
-                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
-                          start_timeout=start_timeout)
-        except BaseException:
-            box.close(failed=True)
-            raise
-        session._sandbox = box
-        return session
-
     # -- lifecycle ------------------------------------------------------------------------
 
     def _start(self, start_timeout: float) -> None:
@@ -618,7 +590,7 @@ class Session:
                                    namespaces=None, flags=None, ctty=None)
             request.payload.exe_fd = image
             self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
-                                                          lib.LXCBIND_EXEC_SPAWNER)
+                                                          wire.EXEC_SPAWNER)
         finally:
             theirs.close()
         ready, _, _ = select.select([ours], [], [], start_timeout)
@@ -633,7 +605,7 @@ class Session:
                                f"(status {status}{f': {error}' if error else ''})"
                                f"{self.container.log_tail()}")
         kind, pid, version, _ = _RECORD.unpack(data)
-        if kind != _REC_HELLO or version != lib.LXCBIND_SPAWN_VERSION:
+        if kind != _REC_HELLO or version != wire.VERSION:
             raise SessionError("spawner spoke an unknown protocol")
         self.spawner_pid = pid
         self._spawner_host_pid = self._spawner.pid
@@ -668,7 +640,7 @@ class Session:
                     clean = spawner.wait(timeout=5) == 0 and self._broken is None
                 except subprocess.TimeoutExpired:
                     pass
-                if not clean and not self.own and self._sandbox is None:
+                if not clean and not self.own and self._owner is None:
                     self._kill_everything()
                 spawner.close()  # SIGKILL if it hung, and reap
                 self._spawner = None
@@ -681,8 +653,8 @@ class Session:
                 self.own = False
                 if self.container.defined:
                     self.container.destroy()
-            if self._sandbox is not None:
-                box, self._sandbox = self._sandbox, None
+            if self._owner is not None:
+                box, self._owner = self._owner, None
                 box.close()
 
     def _kill_everything(self) -> None:
@@ -772,14 +744,14 @@ class Session:
         flags = 0
         if cwd is not None:
             strings += _encode([cwd], "cwd")
-            flags |= lib.LXCBIND_SPAWN_CWD
+            flags |= wire.FLAG_CWD
         if ctty:
-            flags |= lib.LXCBIND_SPAWN_CTTY
+            flags |= wire.FLAG_CTTY
         data = b"\0".join(strings) + b"\0"
         envc = len(strings) - len(argv) - (1 if cwd is not None else 0)
         memfd = -1
         if len(data) > _MAX_INLINE:
-            flags |= lib.LXCBIND_SPAWN_MEMFD
+            flags |= wire.FLAG_MEMFD
             memfd = os.memfd_create("lxcbind-spawn", os.MFD_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -902,7 +874,7 @@ class Session:
             kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
-        The I/O is the bridge's (``lxcbind.bridge``), exactly as for ``Container.run``.
+        The I/O is the bridge's (``lxcbind.proc.bridge``), exactly as for ``Container.run``.
         ``input`` is written to stdin, then EOF (None: empty stdin).  ``timeout``: SIGTERM to
         the command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
         ``max_output``: per stream, keep head and tail of this many bytes.  ``tty``: a pty,

@@ -20,15 +20,13 @@ import os
 import signal
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from . import cgroups
-from ._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
-from .attach import AttachRequest, FileArg, Process, build_attach
-from .errors import ContainerNotFound, LxcError
+from lxcbind.lxc import cgroups
+from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
+from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach
+from lxcbind.errors import ContainerNotFound, LxcError
 
-if TYPE_CHECKING:
-    from .result import CompletedRun
 
 LOG_NAME = "lxcbind.log"
 
@@ -385,18 +383,6 @@ class Container:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return proc
-
-    def run(self, argv: Sequence[str], **kwargs: Any) -> "CompletedRun":
-        """Run ``argv`` to completion and capture it; see ``lxcbind.runner.run``."""
-        from .runner import run
-
-        return run(self, argv, **kwargs)
-
-    def interact(self, argv: Sequence[str], **kwargs: Any) -> int:
-        """Run ``argv`` bridged to this process's own stdio; see ``lxcbind.runner.interact``."""
-        from .runner import interact
-
-        return interact(self, argv, **kwargs)
 
     def __repr__(self) -> str:
         return f"<lxcbind.Container {self.name!r} lxcpath={getattr(self, 'lxcpath', '?')!r}>"

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ._lite import as_dict, factory, record
-from .errors import LxcbindError, SandboxError
+from lxcbind._lite import as_dict, factory, record
+from lxcbind.state import STATE_DIR, boot_id, process_start_time
+from lxcbind.errors import LxcbindError, SandboxError
 
-STATE_DIR = Path(os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind"))
 FATAL_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -96,30 +96,6 @@ class FatalSignals:
             raise Terminated(self.received)
 
 
-def _process_start_time(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (clock ticks since boot): with the pid, identifies a process.
-
-    None for a process that is gone, a zombie included: a SIGKILLed runner whose parent has not
-    reaped it yet (a Ray raylet restarts the actor before it reaps the old worker) holds no
-    lock and can do nothing, so what it left is already garbage."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data.rsplit(b")", 1)[1].split()
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return int(fields[19])
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 @record(frozen=False)
 class OwnershipRecord:
     """What one run created, written before it creates anything."""
@@ -154,12 +130,12 @@ class OwnershipRecord:
     @classmethod
     def for_this_process(cls, container: str, lxcpath: str, destroy: bool) -> "OwnershipRecord":
         pid = os.getpid()
-        return cls(container, lxcpath, pid, _process_start_time(pid) or 0, _boot_id(), destroy)
+        return cls(container, lxcpath, pid, process_start_time(pid) or 0, boot_id(), destroy)
 
     def runner_alive(self) -> bool:
-        if self.boot_id != _boot_id():
+        if self.boot_id != boot_id():
             return False
-        return _process_start_time(self.runner_pid) == self.runner_start
+        return process_start_time(self.runner_pid) == self.runner_start
 
 
 def _load_records() -> list[OwnershipRecord]:

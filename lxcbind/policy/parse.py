@@ -81,8 +81,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Union
 
-from ._lite import lazy_re, record
-from .errors import PolicyError
+from lxcbind._lite import lazy_re, record
+from lxcbind.errors import PolicyError
 
 if TYPE_CHECKING:
     import ipaddress

@@ -44,7 +44,7 @@ import threading
 import time
 from typing import Any, Callable, Protocol, Sequence, Union
 
-from . import pty as _pty
+from lxcbind.proc import pty as _pty
 
 __all__ = ["Bridge", "Writable"]
 

@@ -8,7 +8,7 @@ members past their end, so an older runtime is refused here with a rebuild hint.
 from __future__ import annotations
 
 try:
-    from ._lxc import ffi, lib
+    from lxcbind._lxc import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise ImportError(
         "lxcbind's compiled module lxcbind._lxc is missing or cannot load "

@@ -31,10 +31,10 @@ import os
 import stat
 from typing import Iterable, Sequence
 
-from ._lite import record
-from . import mountinfo as _mountinfo
-from .errors import PolicyError, SandboxError
-from .state import STATE_DIR
+from lxcbind._lite import record
+from lxcbind.lxc import mountinfo as _mountinfo
+from lxcbind.errors import PolicyError, SandboxError
+from lxcbind.state import STATE_DIR
 
 RW, RO, DENIED = "rw", "ro", "denied"
 # Higher rank wins a tie at the same depth (it is mounted later).
@@ -71,7 +71,7 @@ class MountEntry:
         """The entry as liblxc parses it (fstab syntax: whitespace and ``\\`` escaped).  An
         idmapped entry names the user-namespace file, and a staged one its staged source,
         that ``idmap.stage`` makes in the container's directory before each start."""
-        from .idmap import staged_path, userns_path
+        from lxcbind.sandbox.idmap import staged_path, userns_path
 
         options, source = self.options, self.source
         if self.owner is not None:

@@ -30,9 +30,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._lite import record
-from . import mountinfo, state
-from .errors import SandboxError
+from lxcbind._lite import record
+from lxcbind import state
+from lxcbind.lxc import hostmount, mountinfo
+from lxcbind.errors import SandboxError
 
 FIRST_ID = 1 << 30          # 1,073,741,824
 RANGE = 65536
@@ -182,27 +183,24 @@ def _is_mountpoint(path: str) -> bool:
 def bind_userns(cdir: str, owner: tuple[int, int], root: IdRange) -> str:
     """A user namespace mapping the host ``owner`` to the container's root, as a file, so that
     files the container's root creates on an idmapped bind land owned by ``owner``."""
-    from ._native import lib
-
     _staging(cdir)
     path = userns_path(cdir, owner)
     if _is_mountpoint(path):
         return path
     with open(path, "a"):
         pass
-    err = lib.lxcbind_userns_bind(os.fsencode(path), f"{owner[0]} {root.start} 1\n".encode(),
-                                  f"{owner[1]} {root.start} 1\n".encode())
-    if err < 0:
+    try:
+        hostmount.bind_userns(path, f"{owner[0]} {root.start} 1\n",
+                              f"{owner[1]} {root.start} 1\n")
+    except OSError as exc:
         raise SandboxError(f"could not create the user namespace for an idmapped mount "
-                           f"({os.strerror(-err)})")
+                           f"({exc.strerror})") from None
     return path
 
 
 def stage_bind(cdir: str, source: str) -> str:
     """Bind ``source`` (a host path the container's mapped root may not be able to traverse
     to, e.g. below a 0700 directory) at its staged path, privately."""
-    from ._native import lib
-
     _staging(cdir)
     path = staged_path(cdir, source)
     if _is_mountpoint(path):
@@ -212,20 +210,19 @@ def stage_bind(cdir: str, source: str) -> str:
     else:
         with open(path, "a"):
             pass
-    err = lib.lxcbind_bind_private(os.fsencode(source), os.fsencode(path))
-    if err < 0:
+    try:
+        hostmount.bind_private(source, path)
+    except OSError as exc:
         raise SandboxError(f"could not stage {source!r} for the container "
-                           f"({os.strerror(-err)})")
+                           f"({exc.strerror})") from None
     return path
 
 
 def unbind_all(cdir: str) -> None:
     """Unmount and remove everything staged in ``cdir`` (idempotent, never raises)."""
-    from ._native import lib
-
     folder = os.path.join(cdir, STAGING)
     if not os.path.isdir(folder):
         return
     for mount in reversed(mountinfo.below(folder)):  # deepest first
-        lib.umount2(os.fsencode(mount.point), lib.MNT_DETACH)
+        hostmount.detach(mount.point)
     shutil.rmtree(folder, ignore_errors=True)

@@ -60,14 +60,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from . import cleanup
-from .errors import LxcbindError, SandboxError
-from .policy import EffectiveNetwork, EgressRule
+from lxcbind import state as _hoststate  # ("state" is a local name here: the lease file)
+from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.policy.parse import EffectiveNetwork, EgressRule
 
 def installation_id() -> str:
     """6 base32 characters of SHA-256 of the state directory's real path: the tag in this
     installation's table names (another ``LXCBIND_STATE_DIR`` on the host has another one)."""
-    path = os.path.realpath(cleanup.STATE_DIR)
+    path = os.path.realpath(_hoststate.STATE_DIR)
     digest = hashlib.sha256(os.fsencode(path)).digest()
     return base64.b32encode(digest).decode().lower()[:6]
 
@@ -75,7 +75,7 @@ def installation_id() -> str:
 def _default_anchor() -> str:
     # Another state directory is another installation: its own anchor (and so its own pool
     # and NAT table), never the one whose leases it cannot see (it would delete it as stale).
-    if os.path.realpath(cleanup.STATE_DIR) == os.path.realpath(DEFAULT_STATE_DIR):
+    if os.path.realpath(_hoststate.STATE_DIR) == os.path.realpath(DEFAULT_STATE_DIR):
         return "lxcbind0"
     return f"lxcb{installation_id()}0"
 
@@ -96,7 +96,7 @@ def resolv_conf_path() -> str:
 
 
 def net_dir() -> Path:
-    return cleanup.STATE_DIR / "net"
+    return _hoststate.STATE_DIR / "net"
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ class Lease:
     lxcpath: str = ""
 
     def runner_alive(self) -> bool:
-        return cleanup._process_start_time(self.runner_pid) == self.runner_start
+        return _hoststate.process_start_time(self.runner_pid) == self.runner_start
 
     @property
     def config(self) -> list[tuple[str, str]]:
@@ -396,7 +396,7 @@ def allocate(container: str, lxcpath: str = "") -> Lease:
                                f"({len(used)} leases)")
         pid = os.getpid()
         lease = Lease(container, str(address), str(gateway), pool.prefixlen,
-                      veth_name(container), pid, cleanup._process_start_time(pid) or 0, lxcpath)
+                      veth_name(container), pid, _hoststate.process_start_time(pid) or 0, lxcpath)
         state["leases"][container] = lease.__dict__.copy()
         _save_state(state)
     try:
@@ -719,7 +719,7 @@ def _nft() -> Any:
     """The nftables handle (libnftables in-process).  Raises ``SandboxError`` (fail closed)
     when libnftables cannot be used."""
     try:
-        from .nft import Nft
+        from lxcbind.lxc.nftables import Nft
         return Nft()
     except Exception as exc:  # ImportError (no libnftables in the module), NftError, OSError
         raise SandboxError(f"network: nftables is unavailable ({exc}); the network policy "
@@ -728,7 +728,7 @@ def _nft() -> Any:
 
 def table_name(container: str) -> str:
     """This installation's nft table name for ``container``."""
-    from .netrules import table_name as name
+    from lxcbind.net.ruleset import table_name as name
     return name(container, installation_id())
 
 
@@ -754,7 +754,7 @@ class ContainerNetwork:
     table_installed: bool = False
 
     def prepare(self) -> None:
-        from . import netrules
+        from lxcbind.net import ruleset as netrules
 
         with _nft() as nft:
             self.resolved = netrules.resolve_destinations(self.eff)   # fail-closed DNS rules
@@ -812,7 +812,7 @@ class ContainerNetwork:
         rules matched the lease's address, and the next container may be given that address:
         the kept copy must not filter (or open) its traffic.  Only the veth name, unique to this
         container name, still matches, and a new run of this name replaces the table."""
-        from . import netrules
+        from lxcbind.net import ruleset as netrules
 
         assert self.lease is not None
         script = netrules.compile_ruleset(
@@ -839,7 +839,7 @@ class ContainerNetwork:
             if preserve:
                 self._keep_for_inspection()
             else:
-                from . import netrules
+                from lxcbind.net import ruleset as netrules
                 with _nft() as nft:
                     nft.apply(netrules.teardown_script(self.table))
             self.table_installed = False
@@ -861,7 +861,7 @@ def has_table(container: str) -> bool:
 def teardown_orphan(container: str) -> None:
     """Network state of a run whose runner died (``lxcbind gc``): table, veth, lease.  The
     container must be stopped or gone."""
-    from . import netrules
+    from lxcbind.net import ruleset as netrules
     with _nft() as nft:
         nft.apply(netrules.teardown_script(table_name(container)))
     delete_link(veth_name(container))
@@ -875,7 +875,7 @@ def prune_tables(log: Any = lambda message: None) -> list[str]:
     lease under that lock before its table exists, and drops it only after the table is gone,
     so a live run's table is never taken for a leftover.  Another installation's tables (another
     ``LXCBIND_STATE_DIR``) carry another tag and are never touched."""
-    from .netrules import teardown_script
+    from lxcbind.net.ruleset import teardown_script
 
     prefix = table_name("")[:-16]   # "lxcbind<installation>_"
     removed: list[str] = []

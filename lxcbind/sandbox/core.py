@@ -24,16 +24,23 @@ import json
 import os
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from . import cleanup, idmap, mounts, rootfs, security
-from ._lite import replace
-from .command import CallOptions, Command, check_call, check_container_path, check_timeout
-from .container import Container, default_lxcpath
-from .errors import FileTransferError, LxcbindError, PolicyError, SandboxError
-from .policy import Policy, default_policy, load_policy, load_policy_file
-from .result import CompletedRun
+from lxcbind.sandbox import cleanup
+from lxcbind.sandbox import idmap
+from lxcbind.sandbox import mounts
+from lxcbind.sandbox import rootfs
+from lxcbind.sandbox import security
+from lxcbind._lite import replace
+from lxcbind.command import CallOptions, Command, check_call, check_container_path, check_timeout
+from lxcbind.lxc.container import default_lxcpath
+from lxcbind.proc import runner as _runner
+from lxcbind.proc import session as _session
+from lxcbind.proc.runner import Container
+from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
+from lxcbind.policy.parse import Policy, default_policy, load_policy, load_policy_file
+from lxcbind.result import CompletedRun
 
 if TYPE_CHECKING:
-    from . import network
+    from lxcbind.net import network
 
 # ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
 # paths that need it, so a run with no network device never loads it.
@@ -156,7 +163,7 @@ def _release_orphan(record: cleanup.OwnershipRecord) -> None:
     is destroyed — or, for a kept one, stopped: rules never go while its processes can run."""
     if "network" not in record.created:
         return
-    from . import network
+    from lxcbind.net import network
 
     with Container(record.container, record.lxcpath) as c:
         if c.defined:
@@ -189,7 +196,7 @@ def _reap_stale_leases(log: Log) -> None:
     runs, then remove the table, veth and lease.  Under the container's lock, like gc."""
     if not _any_unowned_lease():
         return
-    from . import network
+    from lxcbind.net import network
 
     for name, lease in network.leases().items():
         if lease.runner_alive() or (cleanup.STATE_DIR / "owners" / f"{name}.json").exists():
@@ -298,7 +305,7 @@ class Sandbox:
         effective = self.policy.network.effective()
         net_config: list[tuple[str, str]] = []
         if not effective.is_deny_all():
-            from . import network
+            from lxcbind.net import network
 
             # Lease and rules exist before the container does: its veth is filtered from the
             # first packet.  Noted first, so gc finds them if this runner is killed midway.
@@ -313,7 +320,7 @@ class Sandbox:
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
-            from . import network
+            from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
         else:
@@ -328,7 +335,7 @@ class Sandbox:
         # a base nothing writes to, so only a kept container or a caller's directory (which mxc
         # may have used) can hold a pin.
         if self._net is not None or self.reused or spec.kind == "dir":
-            from . import network
+            from lxcbind.net import network
 
             if network.unpin_hosts(rootfs_path):
                 # A pin an earlier run (or mxc) left names an address this policy never allowed.
@@ -406,7 +413,7 @@ class Sandbox:
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
              call: str = "run") -> CompletedRun:
-        from .runner import run as run_captured
+        from lxcbind.proc.runner import run as run_captured
 
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
@@ -436,7 +443,7 @@ class Sandbox:
         container: the filesystem policy and the container's ownership apply, as to any
         command.  Raises ``FileTransferError`` with what the command reported."""
         path = check_container_path(path, f"Sandbox.{operation}", "path")
-        from .runner import run as run_captured
+        from lxcbind.proc.runner import run as run_captured
 
         container = self._running(operation)
         kw = self.command_kwargs()
@@ -505,14 +512,12 @@ class Sandbox:
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
-        from .runner import interact_run
-
         kw = self.command_kwargs()
         if timeout is not None:
             kw["timeout"] = timeout
         assert self.container is not None
         before = self.limit_events()
-        result = interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
+        result = _runner.interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
         return self.with_limit_events(result, before)
 
     # -- teardown ----------------------------------------------------------------------------
@@ -520,7 +525,7 @@ class Sandbox:
     def _unpin(self) -> None:
         """A kept container keeps no proxy pin once its run is over (as under mxc); failing
         to remove it is only a warning: the next run removes it before anything starts."""
-        from . import network
+        from lxcbind.net import network
 
         try:
             network.unpin_hosts(self._rootfs_path)
@@ -628,7 +633,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
     (``SandboxError`` when one holds it past ``lock_timeout``).  mxc's ``lxc-exec --delete``.
     Returns whether there was anything to remove."""
     log = log or (lambda message: None)
-    from . import network
+    from lxcbind.net import network
 
     lock = cleanup.ContainerLock(name, lock_timeout)
     lock.acquire()   # SandboxError when a live run keeps it
@@ -655,7 +660,7 @@ def gc(*, log: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
     stale and unused; returns the names of the containers destroyed."""
-    from . import network
+    from lxcbind.net import network
 
     log = log or (lambda message: None)
     removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
@@ -663,10 +668,38 @@ def gc(*, log: Log | None = None) -> list[str]:
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
     network.prune_tables(log)
-    from . import kept
+    from lxcbind.sandbox import kept
 
     for name in kept.prune():
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
     return removed
+
+
+class Session(_session.Session):
+    """``lxcbind.proc.session.Session`` (many commands in one warm container), plus
+    ``from_policy``: a session in a fresh sandbox of its own."""
+
+    @classmethod
+    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> "Session":
+        """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
+        or path), whose root filesystem, filesystem policy, isolation, limits and network rules
+        apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy
+        variables) is each command's base environment, ``process.cwd`` and ``process.timeout``
+        are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
+        commands' user.  Closing the session tears the container down like a one-shot run
+        (``destroyOnExit``)."""
+        box = Sandbox(policy)
+        try:
+            box.open()
+            assert box.container is not None
+            kw = box.command_kwargs()
+            session = cls(box.container, env=kw["env"] or None, cwd=kw.get("cwd"),
+                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
+                          start_timeout=start_timeout)
+        except BaseException:
+            box.close(failed=True)
+            raise
+        session._owner = box
+        return session

@@ -21,9 +21,9 @@ import time
 import weakref
 from typing import IO, Any, Mapping, Sequence, Union
 
-from ._native import ffi, lib
-from ._lite import record
-from .errors import ExecError
+from lxcbind.lxc._native import ffi, lib
+from lxcbind._lite import record
+from lxcbind.errors import ExecError
 
 FileArg = Union[int, IO[Any], None]
 

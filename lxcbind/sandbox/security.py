@@ -35,12 +35,12 @@ from __future__ import annotations
 import hashlib
 import os
 
-from ._lite import record
-from . import cgroups
-from .errors import SandboxError
-from .idmap import IdRange
-from .policy import UNLIMITED, Limits
-from .state import STATE_DIR
+from lxcbind._lite import record
+from lxcbind.lxc import cgroups
+from lxcbind.errors import SandboxError
+from lxcbind.sandbox.idmap import IdRange
+from lxcbind.policy.parse import UNLIMITED, Limits
+from lxcbind.state import STATE_DIR
 
 KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
              "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write")

@@ -33,7 +33,7 @@ import re
 import threading
 from typing import Any, Callable, TypeVar
 
-from .errors import LxcbindError
+from lxcbind.errors import LxcbindError
 
 __all__ = ["FAMILIES", "Nft", "NftError"]
 
@@ -54,7 +54,7 @@ class NftError(LxcbindError):
 
 
 def _lib() -> tuple[Any, Any]:
-    from ._native import ffi, lib
+    from lxcbind.lxc._native import ffi, lib
 
     return ffi, lib
 

@@ -17,8 +17,9 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from . import cleanup, rootfs
-from .container import Container, default_lxcpath, list_containers
+from lxcbind.sandbox import cleanup
+from lxcbind.sandbox import rootfs
+from lxcbind.lxc.container import Container, default_lxcpath, list_containers
 
 
 class Kept(NamedTuple):

@@ -21,10 +21,10 @@ import queue
 import threading
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import LxcbindError
-from .result import CompletedRun
-from .sandbox import PolicyLike, as_policy
-from .session import Session
+from lxcbind.errors import LxcbindError
+from lxcbind.result import CompletedRun
+from lxcbind.sandbox.core import PolicyLike, as_policy
+from lxcbind.sandbox.core import Session
 
 Command = str | Sequence[str]
 

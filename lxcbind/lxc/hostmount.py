@@ -1,0 +1,31 @@
+"""Host-side mounts that only C can make: a user namespace as a file (for ``idmap=``), a
+private bind, a lazy unmount.  Each returns 0 or raises ``OSError``."""
+
+from __future__ import annotations
+
+import os
+
+from lxcbind.lxc._native import lib
+
+
+def _check(err: int, what: str, path: str) -> None:
+    if err < 0:
+        raise OSError(-err, f"{what}: {os.strerror(-err)}", path)
+
+
+def bind_userns(target: str, uid_map: str, gid_map: str) -> None:
+    """Make a user namespace with these maps (``"1000 1073741824 1\\n"``) and bind its nsfs
+    file onto ``target`` (an existing empty file)."""
+    _check(lib.lxcbind_userns_bind(os.fsencode(target), uid_map.encode(), gid_map.encode()),
+           "cannot create a user namespace file", target)
+
+
+def bind_private(source: str, target: str) -> None:
+    """Bind ``source`` onto ``target`` and make the new mount private (no propagation)."""
+    _check(lib.lxcbind_bind_private(os.fsencode(source), os.fsencode(target)),
+           "cannot bind", source)
+
+
+def detach(path: str) -> bool:
+    """Lazily unmount ``path``; False if that failed (not a mount point, gone)."""
+    return lib.umount2(os.fsencode(path), lib.MNT_DETACH) == 0

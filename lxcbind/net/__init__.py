@@ -1,0 +1,1 @@
+"""Container networks: routed veths, address leases, the nftables ruleset, resolv.conf."""
