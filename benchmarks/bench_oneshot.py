@@ -19,26 +19,19 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 
 import lxcbind  # noqa: E402
-from _common import lxc_clone_sequence, quiet  # noqa: E402
+from _common import lxc_clone_sequence, quiet, samples_ms  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 
 
 def timed(fn, n: int) -> list[float]:
-    fn()  # warm-up (builds cached bases)
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return samples
+    return samples_ms(fn, n)  # one warm-up call builds the cached bases
 
 
 def with_rootfs(kind: str) -> dict:

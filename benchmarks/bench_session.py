@@ -38,7 +38,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import bench_container  # noqa: E402
+from _common import bench_container, samples_ms  # noqa: E402
 from lxcbind import Container
 from lxcbind.sandbox.core import Session  # noqa: E402
 
@@ -51,20 +51,13 @@ def make_container(name: str) -> Container:
 
 
 def measure(fn: Callable[[], object], n: int, warmup: int = WARMUP) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
+    times = sorted(samples_ms(fn, n, warm=warmup))
     return {
         "n": n,
-        "median_ms": statistics.median(times) * 1e3,
-        "p95_ms": times[min(n - 1, int(n * 0.95))] * 1e3,
-        "mean_ms": statistics.fmean(times) * 1e3,
-        "min_ms": times[0] * 1e3,
+        "median_ms": statistics.median(times),
+        "p95_ms": times[min(n - 1, int(n * 0.95))],
+        "mean_ms": statistics.fmean(times),
+        "min_ms": times[0],
     }
 
 
