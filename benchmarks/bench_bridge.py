@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from _common import bench_container  # noqa: E402
+
 from lxcbind import Container
 from lxcbind.proc import pty as lpty
 from lxcbind.proc.bridge import Bridge  # noqa: E402

@@ -20,12 +20,13 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import lxcbind  # noqa: E402
 from _common import lxc_clone_sequence, quiet, samples_ms  # noqa: E402
+
+import lxcbind  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 

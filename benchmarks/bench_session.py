@@ -33,12 +33,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _common import bench_container, samples_ms  # noqa: E402
+
 from lxcbind import Container
 from lxcbind.sandbox.core import Session  # noqa: E402
 

@@ -41,7 +41,43 @@ _WHERE = {
     "Session": "sandbox.core",
 }
 
-__all__ = sorted(_WHERE) + ["__version__"]
+# Written out (not computed) so that type checkers see the public names.
+__all__ = [
+    "AsyncPool",
+    "AsyncSession",
+    "CalledProcessError",
+    "CommandTimeout",
+    "CompletedRun",
+    "Container",
+    "ContainerNotFound",
+    "DEFAULT_POLICY",
+    "ExecError",
+    "FileTransferError",
+    "LxcError",
+    "LxcbindError",
+    "Policy",
+    "PolicyError",
+    "Pool",
+    "PoolClosed",
+    "Process",
+    "Sandbox",
+    "SandboxError",
+    "Session",
+    "SessionError",
+    "ShellDied",
+    "SpawnerDied",
+    "TimeoutExpired",
+    "default_lxcpath",
+    "default_policy",
+    "exit_status",
+    "gc",
+    "list_containers",
+    "load_policy",
+    "load_policy_file",
+    "run",
+    "__version__",
+]
+
 
 
 def __getattr__(name: str) -> Any:
@@ -58,15 +94,36 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from lxcbind.lxc.attach import Process, exit_status
-    from lxcbind.lxc.container import default_lxcpath, list_containers
-    from lxcbind.proc.runner import Container
-    from lxcbind.errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
-                         FileTransferError, LxcbindError, LxcError, PolicyError, SandboxError,
-                         SessionError, ShellDied, SpawnerDied, TimeoutExpired)
-    from lxcbind.policy.parse import DEFAULT_POLICY, Policy, default_policy, load_policy, load_policy_file
+    # "X": an explicit re-export for type checkers (mypy --strict, pyright)
     from lxcbind.aio import AsyncPool, AsyncSession
-    from lxcbind.sandbox.pool import Pool, PoolClosed
+    from lxcbind.errors import (
+        CalledProcessError,
+        CommandTimeout,
+        ContainerNotFound,
+        ExecError,
+        FileTransferError,
+        LxcbindError,
+        LxcError,
+        PolicyError,
+        SandboxError,
+        SessionError,
+        ShellDied,
+        SpawnerDied,
+        TimeoutExpired,
+    )
+    from lxcbind.lxc.attach import Process, exit_status
+    from lxcbind.lxc.container import (
+        default_lxcpath,
+        list_containers,
+    )
+    from lxcbind.policy.parse import (
+        DEFAULT_POLICY,
+        Policy,
+        default_policy,
+        load_policy,
+        load_policy_file,
+    )
+    from lxcbind.proc.runner import Container
     from lxcbind.result import CompletedRun
-    from lxcbind.sandbox.core import Sandbox, gc, run
-    from lxcbind.sandbox.core import Session
+    from lxcbind.sandbox.core import Sandbox, Session, gc, run
+    from lxcbind.sandbox.pool import Pool, PoolClosed

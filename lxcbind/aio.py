@@ -25,12 +25,12 @@ import contextlib
 import os
 import signal
 import time
-from typing import Any, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
-from lxcbind.result import CompletedRun, OutputBuffer
-from lxcbind.sandbox.core import PolicyLike
 from lxcbind.proc.session import PIPE, SessionProcess
-from lxcbind.sandbox.core import Session
+from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.sandbox.core import PolicyLike, Session
 
 Command = str | Sequence[str]
 
@@ -141,12 +141,12 @@ class _Watch:
         timed_out = False
         try:
             await asyncio.wait_for(self.exited.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             self.proc.send_signal(signal.SIGTERM, group=True)
             try:
                 await asyncio.wait_for(self.exited.wait(), kill_grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.proc.send_signal(signal.SIGKILL, group=True)
                 await self.exited.wait()
         if timed_out:
@@ -156,7 +156,7 @@ class _Watch:
             self.output_event.clear()
             try:
                 await asyncio.wait_for(self.output_event.wait(), _DRAIN_QUIET)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break  # quiet: a background process holds the pipe
         return timed_out
 
@@ -179,10 +179,10 @@ class AsyncSession:
         self._owned = session is None
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike) -> "AsyncSession":
+    def from_policy(cls, policy: PolicyLike) -> AsyncSession:
         return cls(policy=policy)
 
-    async def start(self) -> "AsyncSession":
+    async def start(self) -> AsyncSession:
         if self.session is None:
             loop = asyncio.get_running_loop()
             task = loop.run_in_executor(None, Session.from_policy, self._policy)
@@ -199,7 +199,7 @@ class AsyncSession:
         if session is not None and self._owned:
             await asyncio.get_running_loop().run_in_executor(None, session.close)
 
-    async def __aenter__(self) -> "AsyncSession":
+    async def __aenter__(self) -> AsyncSession:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
@@ -304,7 +304,7 @@ class AsyncPool:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.pool.close)
 
-    async def __aenter__(self) -> "AsyncPool":
+    async def __aenter__(self) -> AsyncPool:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

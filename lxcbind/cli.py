@@ -25,7 +25,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lxcbind._early import install_early_signals
 
@@ -198,8 +199,13 @@ def _load_document(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
     """The policy to run, the JSON document it was parsed from (after the command-line
     overrides) and its origin.  Without a policy source: the embedded default, which needs
     a command (``-- CMD``)."""
-    from lxcbind.policy.parse import (DEFAULT_POLICY, base64_policy_bytes, load_policy, policy_document,
-                         read_policy_file)
+    from lxcbind.policy.parse import (
+        DEFAULT_POLICY,
+        base64_policy_bytes,
+        load_policy,
+        policy_document,
+        read_policy_file,
+    )
 
     source = getattr(args, "config", None) or getattr(args, "policy", None)
     if getattr(args, "document", None) is not None:       # exec: the kept container's policy
@@ -393,8 +399,8 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _ours(name: str) -> bool:
-    from lxcbind.sandbox import kept
     from lxcbind.lxc.container import Container
+    from lxcbind.sandbox import kept
 
     with Container(name) as c:
         return c.defined and kept.is_ours(c)
@@ -440,8 +446,8 @@ def _exec_kept(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (see the module docstring)."""
-    from lxcbind.sandbox.cleanup import Terminated
     from lxcbind.errors import LxcbindError, PolicyError, SandboxError
+    from lxcbind.sandbox.cleanup import Terminated
 
     words = list(sys.argv[1:] if argv is None else argv)
     command = None
@@ -621,8 +627,8 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
     policy cannot be used (one line on stderr); 255 when the runner fails (including a
     timeout), with ``{"error": {"code": "backend_error", "message": ...}}`` on stderr; 128+N
     when lxcbind itself got fatal signal N (after cleanup)."""
-    from lxcbind.sandbox.cleanup import Terminated
     from lxcbind.errors import LxcbindError, PolicyError, SandboxError
+    from lxcbind.sandbox.cleanup import Terminated
 
     try:
         args = build_exec_parser().parse_args(argv)

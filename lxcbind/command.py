@@ -13,7 +13,8 @@ Nothing here touches liblxc or the host: the CLI and the unit tests import it fr
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 from lxcbind._lite import lazy_re
 

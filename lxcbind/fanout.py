@@ -26,11 +26,12 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, Iterator, Sequence, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union
 
-from lxcbind.errors import ExecError
 from lxcbind._lite import record
+from lxcbind.errors import ExecError
 from lxcbind.result import CompletedRun
 
 Command = Union[str, Sequence[str]]
@@ -147,7 +148,7 @@ class Dispatch(Generic[S]):
     """
 
     slots: Sequence[S]
-    submit: Callable[[S, Batch], "cf.Future[tuple[str, list[Record]]]"]
+    submit: Callable[[S, Batch], cf.Future[tuple[str, list[Record]]]]
     inflight: int = 2
     retries: int = 1
     deadline: float | None = None
@@ -201,7 +202,7 @@ class Dispatch(Generic[S]):
             self.batches += 1
             running[self.submit(state.slot, batch)] = (batch, state)
 
-    def _settle(self, future: "cf.Future[Any]", batch: Batch, state: _SlotState[S],
+    def _settle(self, future: cf.Future[Any], batch: Batch, state: _SlotState[S],
                 queue: list[Batch]) -> Iterator[RemoteRun]:
         exc = future.exception()
         if exc is None:

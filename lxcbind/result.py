@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from lxcbind._lite import record, replace
 from lxcbind.errors import CalledProcessError, ExecError, TimeoutExpired
@@ -51,10 +51,10 @@ class CompletedRun:
         return 128 - self.returncode if self.returncode < 0 else self.returncode
 
     @classmethod
-    def captured(cls, args: Sequence[str], returncode: int, out: "OutputBuffer",
-                 err: "OutputBuffer", *, timed_out: bool, started: float,
+    def captured(cls, args: Sequence[str], returncode: int, out: OutputBuffer,
+                 err: OutputBuffer, *, timed_out: bool, started: float,
                  exec_error: ExecError | None = None,
-                 timeout: float | None = None) -> "CompletedRun":
+                 timeout: float | None = None) -> CompletedRun:
         """The result of a run whose streams were captured in ``out``/``err``; ``started``
         is its ``time.monotonic()`` start.  Every way of running a command builds it here."""
         return cls(args=list(args), returncode=returncode, stdout=out.getvalue(),
@@ -82,7 +82,7 @@ class CompletedRun:
             raise CalledProcessError(self.returncode, list(self.args), self.stdout,
                                      self.stderr, self)
 
-    def decoded(self, encoding: str = "utf-8", errors: str = "replace") -> "CompletedRun":
+    def decoded(self, encoding: str = "utf-8", errors: str = "replace") -> CompletedRun:
         """This result with ``stdout``/``stderr`` decoded to ``str`` (``text=True``).  The
         default ``errors="replace"``: a hostile command's invalid bytes never raise."""
         return replace(self, **{name: bytes(value).decode(encoding, errors)

@@ -12,8 +12,9 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATE_DIR = Path(os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind"))
 

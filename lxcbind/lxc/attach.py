@@ -10,7 +10,6 @@ and, as a last resort, its finalizer).
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import signal
@@ -19,11 +18,12 @@ import subprocess
 import threading
 import time
 import weakref
-from typing import IO, Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import IO, Any, Union
 
-from lxcbind.lxc._native import ffi, lib
 from lxcbind._lite import record
 from lxcbind.errors import ExecError
+from lxcbind.lxc._native import ffi, lib
 
 FileArg = Union[int, IO[Any], None]
 
@@ -395,7 +395,7 @@ class Process:
             self.kill()
             self.wait()
 
-    def __enter__(self) -> "Process":
+    def __enter__(self) -> Process:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import threading
 import signal
+import threading
 import time
 from typing import Any
 

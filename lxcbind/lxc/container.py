@@ -20,13 +20,13 @@ import os
 import signal
 import threading
 import weakref
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+from lxcbind.errors import ContainerNotFound, LxcError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
 from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach
-from lxcbind.errors import ContainerNotFound, LxcError
-
 
 LOG_NAME = "lxcbind.log"
 
@@ -71,7 +71,7 @@ class Container:
             raise ValueError(f"invalid container name {name!r}")
         self.name = name
         self._lock = threading.RLock()
-        self._attached: "weakref.WeakSet[Process]" = weakref.WeakSet()
+        self._attached: weakref.WeakSet[Process] = weakref.WeakSet()
         self._init_pid: int | None = None  # cached: liblxc's leaked init pidfd is matched on it
         ptr = lib.lxc_container_new(name.encode(), _cstr(lxcpath))
         if ptr == ffi.NULL:
@@ -91,7 +91,7 @@ class Container:
             ffi.gc(c, None)
             lib.lxc_container_put(c)
 
-    def __enter__(self) -> "Container":
+    def __enter__(self) -> Container:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -348,7 +348,7 @@ class Container:
                                namespaces=namespaces, flags=flags, ctty=ctty)
         return self.attach_request(request, list(argv))
 
-    def attach_request(self, request: "AttachRequest", args: Sequence[str],
+    def attach_request(self, request: AttachRequest, args: Sequence[str],
                        mode: int = lib.LXCBIND_EXEC_COMMAND) -> Process:
         """Attach a prepared ``attach.build_attach`` request (``mode``: the C exec function,
         ``LXCBIND_EXEC_COMMAND`` or, for ``Session``, ``LXCBIND_EXEC_SPAWNER``).  The request's

@@ -31,7 +31,8 @@ import concurrent.futures
 import os
 import re
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lxcbind.errors import LxcbindError
 

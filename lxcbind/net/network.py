@@ -56,13 +56,15 @@ import re
 import socket
 import stat
 import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from lxcbind import state as _hoststate  # ("state" is a local name here: the lease file)
 from lxcbind.errors import LxcbindError, SandboxError
 from lxcbind.policy.parse import EffectiveNetwork, EgressRule
+
 
 def installation_id() -> str:
     """6 base32 characters of SHA-256 of the state directory's real path: the tag in this
@@ -154,7 +156,7 @@ class _Netlink:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "_Netlink":
+    def __enter__(self) -> _Netlink:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -337,7 +339,7 @@ class Lease:
 class _NetLock:
     """flock of ``<STATE_DIR>/net/lock``: leases, the pool and the anchor change only under it."""
 
-    def __enter__(self) -> "_NetLock":
+    def __enter__(self) -> _NetLock:
         d = net_dir()
         d.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(d / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -81,8 +81,9 @@ import hashlib
 import ipaddress
 import re
 import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Union
 
 from lxcbind.errors import SandboxError
 from lxcbind.policy.parse import EffectiveNetwork, EgressRule

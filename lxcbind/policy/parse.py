@@ -79,7 +79,8 @@ import base64
 import binascii
 import json
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Union
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
 
 from lxcbind._lite import lazy_re, record
 from lxcbind.errors import PolicyError

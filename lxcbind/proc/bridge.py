@@ -42,7 +42,8 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Protocol, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, Union
 
 from lxcbind.proc import pty as _pty
 

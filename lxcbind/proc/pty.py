@@ -56,7 +56,7 @@ class PtyPair:
             os.close(self.master)
             self.master = -1
 
-    def __enter__(self) -> "PtyPair":
+    def __enter__(self) -> PtyPair:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -214,7 +214,7 @@ class RawMode:
             # driver handed us) - nobody else's job, so it is ours to change.
             return exc.errno == errno.ENOTTY
 
-    def __enter__(self) -> "RawMode":
+    def __enter__(self) -> RawMode:
         if self.fd < 0 or not os.isatty(self.fd) or not self._in_foreground():
             return self
         saved = termios.tcgetattr(self.fd)

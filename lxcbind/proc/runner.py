@@ -36,14 +36,14 @@ import fcntl
 import os
 import signal
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from lxcbind.errors import LxcError
+from lxcbind.lxc.container import Container as _BareContainer
 from lxcbind.proc import pty as _pty
 from lxcbind.proc.bridge import Bridge
-from lxcbind.errors import LxcError
 from lxcbind.result import CompletedRun, OutputBuffer
-
-from lxcbind.lxc.container import Container as _BareContainer
 
 __all__ = ["run", "interact", "interact_run"]
 

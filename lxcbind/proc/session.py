@@ -80,19 +80,25 @@ import subprocess
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Iterable, Mapping, Protocol, Sequence, Union
+from typing import IO, Any, Protocol, Union
 
-from lxcbind.lxc import cgroups as _cgroups
-from lxcbind.proc import pty as _pty
 from lxcbind._lite import replace as _replace
-from lxcbind.proc.bridge import Bridge
+from lxcbind.errors import ExecError, LxcError, SessionError, ShellDied, SpawnerDied
+from lxcbind.lxc import cgroups as _cgroups
 from lxcbind.lxc import spawner_wire as wire
-from lxcbind.lxc.attach import (Process, baseline_env, build_attach, decode_wait_status,
-                     refuse_host_terminal)
+from lxcbind.lxc.attach import (
+    Process,
+    baseline_env,
+    build_attach,
+    decode_wait_status,
+    refuse_host_terminal,
+)
 from lxcbind.lxc.container import Container
-from lxcbind.errors import ExecError, LxcError, LxcbindError, SessionError, ShellDied, SpawnerDied
+from lxcbind.proc import pty as _pty
+from lxcbind.proc.bridge import Bridge
 from lxcbind.result import CompletedRun, OutputBuffer
 
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied"]
@@ -252,7 +258,7 @@ class SessionProcess:
     threads; a ``wait`` interrupted by ``close`` raises ``SessionError``.
     """
 
-    def __init__(self, session: "Session", report: socket.socket, args: list[str],
+    def __init__(self, session: Session, report: socket.socket, args: list[str],
                  program: str, cwd: str | None) -> None:
         self.session = session
         self.args = args
@@ -512,7 +518,7 @@ class SessionProcess:
             self._pidfd = -1
             self.stdin = self.stdout = self.stderr = self.master = None
 
-    def __enter__(self) -> "SessionProcess":
+    def __enter__(self) -> SessionProcess:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -666,7 +672,7 @@ class Session:
             except OSError:
                 pass  # no freezer: what the spawner's own cleanup got is all we can do
 
-    def __enter__(self) -> "Session":
+    def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -916,7 +922,7 @@ class Session:
             return list(pool.map(lambda c: self.run(c, **run_kwargs), items))
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-              cwd: str | None = None, restart: bool = False) -> "Shell":
+              cwd: str | None = None, restart: bool = False) -> Shell:
         """A persistent shell whose state (cwd, variables, functions) carries across calls
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
@@ -1230,7 +1236,7 @@ class Shell:
             self.dead = ShellDied("the persistent shell was closed")
         self.proc.close()
 
-    def __enter__(self) -> "Shell":
+    def __enter__(self) -> Shell:
         return self
 
     def __exit__(self, *exc: object) -> None:

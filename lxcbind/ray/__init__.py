@@ -60,15 +60,23 @@ import threading  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 import warnings  # noqa: E402
+from collections.abc import Iterable, Iterator, Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any, Iterable, Iterator, Mapping  # noqa: E402
+from typing import Any
 
 import ray  # noqa: E402
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # noqa: E402
 
 from lxcbind.errors import LxcbindError, SandboxError, SessionError  # noqa: E402
-from lxcbind.fanout import (Command, Dispatch, Record, RemoteRun,  # noqa: E402
-                     auto_batch_size, make_batches, to_record)
+from lxcbind.fanout import (  # noqa: E402
+    Command,
+    Dispatch,
+    Record,
+    RemoteRun,
+    auto_batch_size,
+    make_batches,
+    to_record,
+)
 from lxcbind.policy.parse import load_policy  # noqa: E402
 
 __all__ = ["SessionPool", "NodeSetupError", "RemoteRun", "policy_json", "local_cluster",
@@ -369,7 +377,7 @@ class SessionPool:
         for actor in actors:
             ray.kill(actor, no_restart=True)
 
-    def __enter__(self) -> "SessionPool":
+    def __enter__(self) -> SessionPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -38,15 +38,25 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ray
-from ray.experimental.sandbox import (BaseSandboxBackend, ExecResult, SandboxCreationError,
-                                      SandboxError, SandboxExecError, SandboxNotFoundError,
-                                      SandboxRuntime, SandboxStatus, SandboxTimeoutError)
+from ray.experimental.sandbox import (
+    BaseSandboxBackend,
+    ExecResult,
+    SandboxCreationError,
+    SandboxError,
+    SandboxExecError,
+    SandboxNotFoundError,
+    SandboxRuntime,
+    SandboxStatus,
+    SandboxTimeoutError,
+)
 from ray.experimental.sandbox.config import SandboxConfig
 
 from lxcbind.errors import LxcbindError
+
 from . import RESOURCE, policy_json
 
 __all__ = ["LxcbindSandboxBackend", "LxcbindSandboxRuntime", "LxcbindSandbox", "create"]

@@ -21,19 +21,18 @@ other's container: the second waits for the first.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from lxcbind._lite import as_dict, factory, record
+from lxcbind.errors import SandboxError
 from lxcbind.state import STATE_DIR, boot_id, process_start_time
-from lxcbind.errors import LxcbindError, SandboxError
 
 FATAL_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -69,7 +68,7 @@ class FatalSignals:
             self._raised = True
             raise Terminated(signum)
 
-    def __enter__(self) -> "FatalSignals":
+    def __enter__(self) -> FatalSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in FATAL_SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handler)
@@ -128,7 +127,7 @@ class OwnershipRecord:
             self.path.unlink()
 
     @classmethod
-    def for_this_process(cls, container: str, lxcpath: str, destroy: bool) -> "OwnershipRecord":
+    def for_this_process(cls, container: str, lxcpath: str, destroy: bool) -> OwnershipRecord:
         pid = os.getpid()
         return cls(container, lxcpath, pid, process_start_time(pid) or 0, boot_id(), destroy)
 
@@ -163,7 +162,7 @@ class ContainerLock:
         self.timeout = timeout
         self._fd = -1
 
-    def __enter__(self) -> "ContainerLock":
+    def __enter__(self) -> ContainerLock:
         self.acquire()
         return self
 
@@ -199,7 +198,7 @@ class ContainerLock:
 
 
 def collect_garbage(destroy: Callable[[str, str], None], *,
-                    release: Callable[["OwnershipRecord"], None] | None = None,
+                    release: Callable[[OwnershipRecord], None] | None = None,
                     log: Callable[[str], None] = lambda m: None) -> list[str]:
     """Remove what runners that died without cleaning up (SIGKILL) left behind.
 

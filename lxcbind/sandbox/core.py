@@ -22,22 +22,19 @@ import contextlib
 import errno
 import json
 import os
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from lxcbind.sandbox import cleanup
-from lxcbind.sandbox import idmap
-from lxcbind.sandbox import mounts
-from lxcbind.sandbox import rootfs
-from lxcbind.sandbox import security
 from lxcbind._lite import replace
 from lxcbind.command import CallOptions, Command, check_call, check_container_path, check_timeout
+from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
 from lxcbind.lxc.container import default_lxcpath
+from lxcbind.policy.parse import Policy, default_policy, load_policy, load_policy_file
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
-from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
-from lxcbind.policy.parse import Policy, default_policy, load_policy, load_policy_file
 from lxcbind.result import CompletedRun
+from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
 
 if TYPE_CHECKING:
     from lxcbind.net import network
@@ -252,7 +249,7 @@ class Sandbox:
 
     # -- setup -------------------------------------------------------------------------------
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         try:
             self.open()
         except BaseException:
@@ -682,7 +679,7 @@ class Session(_session.Session):
     ``from_policy``: a session in a fresh sandbox of its own."""
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> "Session":
+    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy, isolation, limits and network rules
         apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy

@@ -30,10 +30,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from lxcbind._lite import record
 from lxcbind import state
-from lxcbind.lxc import hostmount, mountinfo
+from lxcbind._lite import record
 from lxcbind.errors import SandboxError
+from lxcbind.lxc import hostmount, mountinfo
 
 FIRST_ID = 1 << 30          # 1,073,741,824
 RANGE = 65536

@@ -17,9 +17,8 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from lxcbind.sandbox import cleanup
-from lxcbind.sandbox import rootfs
 from lxcbind.lxc.container import Container, default_lxcpath, list_containers
+from lxcbind.sandbox import cleanup, rootfs
 
 
 class Kept(NamedTuple):

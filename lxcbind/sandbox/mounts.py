@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from lxcbind._lite import record
-from lxcbind.lxc import mountinfo as _mountinfo
 from lxcbind.errors import PolicyError, SandboxError
+from lxcbind.lxc import mountinfo as _mountinfo
 from lxcbind.state import STATE_DIR
 
 RW, RO, DENIED = "rw", "ro", "denied"

@@ -19,12 +19,12 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from lxcbind.errors import LxcbindError
 from lxcbind.result import CompletedRun
-from lxcbind.sandbox.core import PolicyLike, as_policy
-from lxcbind.sandbox.core import Session
+from lxcbind.sandbox.core import PolicyLike, Session, as_policy
 
 Command = str | Sequence[str]
 
@@ -192,7 +192,7 @@ class Pool:
         self._used.put(None)
         self._reaper.join()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,14 +36,13 @@ import os
 import shutil
 import stat
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from lxcbind._lite import lazy_re, record
-from lxcbind.sandbox import security
+from lxcbind.errors import LxcbindError, SandboxError
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.proc.runner import Container
-from lxcbind.errors import LxcbindError, SandboxError
-from lxcbind.sandbox import idmap
+from lxcbind.sandbox import idmap, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 

@@ -36,10 +36,10 @@ import hashlib
 import os
 
 from lxcbind._lite import record
-from lxcbind.lxc import cgroups
 from lxcbind.errors import SandboxError
-from lxcbind.sandbox.idmap import IdRange
+from lxcbind.lxc import cgroups
 from lxcbind.policy.parse import UNLIMITED, Limits
+from lxcbind.sandbox.idmap import IdRange
 from lxcbind.state import STATE_DIR
 
 KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",

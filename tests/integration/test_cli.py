@@ -86,8 +86,8 @@ def spawn(doc: dict, *args: str) -> subprocess.Popen:
 @pytest.mark.parametrize("path", INVALID, ids=[p.stem for p in INVALID])
 def test_every_bad_policy_exits_2_naming_the_field_and_creates_nothing(path, capsys, clean_machine):
     from lxcbind.cli import main
-    from lxcbind.policy.parse import load_policy_file
     from lxcbind.errors import PolicyError
+    from lxcbind.policy.parse import load_policy_file
 
     with pytest.raises(PolicyError) as expected:
         load_policy_file(path)
@@ -327,6 +327,7 @@ def test_signals_at_random_moments_of_startup(entry, tmp_path, clean_machine):
     (its handler shows in SigCgt): before that, the interpreter is still in its own start-up
     (``site`` and the ``.pth`` files) and Python itself turns SIGINT into KeyboardInterrupt."""
     import random
+
     from lxcbind import list_containers
     from lxcbind.sandbox.idmap import held_ranges
 
@@ -369,6 +370,7 @@ def test_json_gets_one_object_whenever_the_signal_comes(tmp_path, clean_machine)
     """--json: a SIGTERM at any moment after lxcbind's first instruction (import, setup, the
     command running) still gives exactly one JSON object and exit status 143."""
     import random
+
     from lxcbind import list_containers
 
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from lxcbind import Container
-from lxcbind.sandbox.core import Session
 from lxcbind.proc.session import SpawnerDied
+from lxcbind.sandbox.core import Session
 
 from ..conftest import requires_lxc, requires_root, run_threads
 

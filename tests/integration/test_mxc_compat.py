@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import new_name, requires_lxc, requires_root
-from tests.integration.test_network import (PROBE, allow, nothing_left_behind,  # noqa: F401
-                                            remote)
+from tests.integration.test_network import PROBE, allow, nothing_left_behind, remote  # noqa: F401
 
 pytestmark = [requires_root, requires_lxc]
 
@@ -209,8 +208,8 @@ def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeyp
     its table: gc reads the leases, lists and deletes under the network lock."""
     import threading
 
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
 
     name = new_name("i14-")
     nothing_left_behind.append(name)
@@ -242,9 +241,9 @@ def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeyp
 
 def test_gc_of_another_state_dir_never_touches_this_installations_tables(
         tmp_path, nothing_left_behind):
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
+    from lxcbind.net import ruleset as netrules
 
     name = new_name("i14-")
     nothing_left_behind.append(name)
@@ -275,8 +274,8 @@ def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
     """A second installation (another LXCBIND_STATE_DIR) has its own anchor, pool and NAT
     table: its runs neither delete this installation's anchor (whose leases it cannot see)
     nor its live table, and this installation's container keeps its network throughout."""
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
     from tests.integration.test_network import _wait_file, _wait_lease, spawn
 
     a = remote.addr(2)
@@ -315,9 +314,9 @@ def test_preserved_table_does_not_match_the_address_the_next_container_gets(
         remote, nothing_left_behind):
     """preservePolicy keeps the table for inspection, without the lease's address: a later
     container given that address is filtered by its own policy only."""
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
+    from lxcbind.net import ruleset as netrules
 
     a, b = remote.addr(2), remote.addr(3)
     remote.serve([("tcp", a, 80), ("tcp", b, 80)])
@@ -549,8 +548,8 @@ def test_preserve_policy_then_delete_by_name(tmp_path, nothing_left_behind):
     """mxc's preserve-policy shape keeps the container and its rules; ``--delete
     --containername`` removes the container, and with it the table lxcbind kept."""
     from lxcbind import list_containers
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
     from tests.conftest import destroy_quietly
 
     policy = doc("sh -c \"echo MXC_PRESERVE_RAN\"", nothing_left_behind, version="0.7.0-alpha",
@@ -618,7 +617,7 @@ def test_lxcbind_exec_is_a_console_script():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["lxcbind-exec"] == "lxcbind._entry:exec_main"
-    from lxcbind._entry import exec_main   # noqa: F401  (the target exists)
+    from lxcbind._entry import exec_main  # noqa: F401  (the target exists)
 
 
 def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
@@ -677,6 +676,7 @@ def test_reused_container_cannot_make_the_host_write_or_block_through_its_etc(
     the symlinks name stay unchanged (content and mode); the next run neither writes through
     them nor blocks."""
     import stat as st
+
     from tests.conftest import destroy_quietly
 
     victim_dir = tmp_path / "victim"

@@ -20,9 +20,9 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -161,9 +161,8 @@ def nothing_left_behind() -> Iterator[list[str]]:
     """Containers named through ``names`` must leave no table, veth or lease."""
     names: list[str] = []
     yield names
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
 
     with Nft() as nft:
         tables = {t for _, t in nft.list_table_names("lxcbind")}
@@ -397,9 +396,8 @@ def test_first_packet_is_already_filtered(remote, tmp_path, nothing_left_behind)
 
 
 def test_no_traffic_after_destroy(remote, nothing_left_behind):
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
 
     doc = policy("ip -4 -o addr show eth0", nothing_left_behind,
                  network={"egress": {"default": "allow"}})
@@ -515,9 +513,8 @@ def test_matrix_refusals_name_the_field(nothing_left_behind):
 # -- signals and gc ----------------------------------------------------------------------------
 
 def _wait_table(name: str, proc: subprocess.Popen) -> None:
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
 
     _wait_lease(name, proc)
     with Nft() as nft:
@@ -571,9 +568,9 @@ def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
 
 
 def test_preserve_policy_keeps_the_table(nothing_left_behind):
-    from lxcbind.net import ruleset as netrules
-    from lxcbind.net import network
     from lxcbind.lxc.nftables import Nft
+    from lxcbind.net import network
+    from lxcbind.net import ruleset as netrules
 
     doc = policy("true", nothing_left_behind, network={"egress": {"default": "allow"}},
                  lifecycle={"preservePolicy": True})

@@ -29,7 +29,8 @@ import subprocess
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 
@@ -149,7 +150,7 @@ def tcp_ok(ns: str, addr: str, port: int, source: str | None = None) -> bool:
             s.bind((source, 0))
         try:
             s.connect((addr, port))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except OSError as exc:
             if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED):
@@ -168,7 +169,7 @@ def udp_ok(ns: str, addr: str, port: int) -> bool:
         s.sendto(payload, (addr, port))
         try:
             return s.recv(64) == payload
-        except (socket.timeout, TimeoutError, ConnectionRefusedError):
+        except (TimeoutError, ConnectionRefusedError):
             return False
     finally:
         s.close()
@@ -201,7 +202,7 @@ def ping_ok(ns: str, addr: str) -> bool:
             s.settimeout(left)
             try:
                 data, peer = s.recvfrom(2048)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return False
             icmp = data if v6 else data[(data[0] & 0x0F) * 4:]
             if (ipaddress.ip_address(peer[0].split("%")[0]) == ipaddress.ip_address(addr)
@@ -263,7 +264,7 @@ class Topology:
         self.servers.append(Servers(c, (7000,)))
 
     def apply(self, network: dict[str, Any] | None, version: str = "0.8.0") -> str:
-        from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name
+        from lxcbind.net.ruleset import compile_ruleset, resolve_destinations
         from lxcbind.policy.parse import load_policy
 
         doc: dict[str, Any] = {"version": version, "process": {"commandLine": "true"}}

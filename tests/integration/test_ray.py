@@ -29,6 +29,7 @@ from ..conftest import requires_lxc, requires_root
 
 try:
     import ray
+
     import lxcbind.ray as lray
 except ImportError as exc:  # the optional extra is not installed
     pytest.skip(f"ray is not importable ({exc}); install the extra: pip install -e '.[ray]'",

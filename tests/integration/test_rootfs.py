@@ -8,9 +8,15 @@ import time
 
 import pytest
 
-from lxcbind.lxc.container import default_lxcpath
 from lxcbind.errors import SandboxError
-from lxcbind.sandbox.rootfs import RootfsSpec, base_dir, define_container, ensure_base, remove_container
+from lxcbind.lxc.container import default_lxcpath
+from lxcbind.sandbox.rootfs import (
+    RootfsSpec,
+    base_dir,
+    define_container,
+    ensure_base,
+    remove_container,
+)
 from tests.conftest import new_name, requires_lxc, requires_root
 from tests.integration.test_mounts import sh
 
@@ -250,8 +256,8 @@ def test_gc_prunes_shifted_copies_of_stale_bases_and_keeps_current_ones(tmp_path
     import uuid
 
     from lxcbind.sandbox import rootfs
-    from lxcbind.sandbox.idmap import FIRST_ID
     from lxcbind.sandbox.core import gc
+    from lxcbind.sandbox.idmap import FIRST_ID
 
     current = os.path.basename(rootfs.ensure_base(rootfs.RootfsSpec("busybox")))
     stale_key = f"busybox-stale{uuid.uuid4().hex[:6]}"

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from lxcbind import LxcbindError
-from lxcbind.sandbox.core import Session
 from lxcbind.proc.session import SessionError, ShellDied, SpawnerDied
+from lxcbind.sandbox.core import Session
 
 from ..conftest import make_busybox, requires_lxc, requires_root
 

@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
-from lxcbind.sandbox.core import Session
 from lxcbind.proc.session import SessionError, SpawnerDied
+from lxcbind.sandbox.core import Session
+from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
 
 from ..conftest import new_name, requires_lxc, requires_root
 

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 
 import lxcbind
-from lxcbind.sandbox import idmap
-from lxcbind.lxc import mountinfo
-from lxcbind.sandbox import security
 from lxcbind.errors import SandboxError
+from lxcbind.lxc import mountinfo
+from lxcbind.sandbox import idmap, security
 from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),

@@ -11,8 +11,15 @@ import time
 import pytest
 
 from lxcbind.errors import ExecError
-from lxcbind.fanout import (LOST_RETURNCODE, Dispatch, RemoteRun, auto_batch_size, from_record,
-                            make_batches, to_record)
+from lxcbind.fanout import (
+    LOST_RETURNCODE,
+    Dispatch,
+    RemoteRun,
+    auto_batch_size,
+    from_record,
+    make_batches,
+    to_record,
+)
 from lxcbind.result import CompletedRun
 
 

@@ -109,3 +109,25 @@ def test_no_import_cycles_between_modules() -> None:
     for node in graph:
         if node not in state:
             visit(node)
+
+
+def test_public_names_are_written_out_for_type_checkers() -> None:
+    """``__all__`` is a literal (mypy --strict counts its names as re-exported), it matches the
+    lazy-import map, and the ``TYPE_CHECKING`` block imports each name from where it lives."""
+    import lxcbind
+
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    static_all: list[str] | None = None
+    checked: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "__all__":
+            static_all = ast.literal_eval(node.value)
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            for imp in node.body:
+                assert isinstance(imp, ast.ImportFrom) and imp.module
+                for alias in imp.names:
+                    checked[alias.name] = imp.module.removeprefix("lxcbind.")
+    assert static_all == sorted(lxcbind._WHERE) + ["__version__"]
+    assert checked == lxcbind._WHERE
+    for name in lxcbind._WHERE:
+        assert getattr(lxcbind, name) is not None

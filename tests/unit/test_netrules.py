@@ -11,8 +11,13 @@ from typing import Any
 import pytest
 
 from lxcbind.errors import SandboxError
-from lxcbind.net.ruleset import (Resolved, compile_ruleset, resolve_destinations, table_name,
-                              teardown_script)
+from lxcbind.net.ruleset import (
+    Resolved,
+    compile_ruleset,
+    resolve_destinations,
+    table_name,
+    teardown_script,
+)
 from lxcbind.policy.parse import EffectiveNetwork, load_policy
 
 VETH = "vethlxb0"

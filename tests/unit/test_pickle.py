@@ -8,9 +8,21 @@ import subprocess
 
 import pytest
 
-from lxcbind.errors import (CalledProcessError, CommandTimeout, ContainerNotFound, ExecError,
-                            FileTransferError, LxcbindError, LxcError, PolicyError, SandboxError,
-                            SessionError, ShellDied, SpawnerDied, TimeoutExpired)
+from lxcbind.errors import (
+    CalledProcessError,
+    CommandTimeout,
+    ContainerNotFound,
+    ExecError,
+    FileTransferError,
+    LxcbindError,
+    LxcError,
+    PolicyError,
+    SandboxError,
+    SessionError,
+    ShellDied,
+    SpawnerDied,
+    TimeoutExpired,
+)
 from lxcbind.result import CompletedRun
 
 

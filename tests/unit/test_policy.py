@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 
 from lxcbind.errors import LxcbindError, PolicyError
-from lxcbind.policy.parse import (EffectiveNetwork, EgressRule, Policy, decode_base64_policy,
-                            load_policy, load_policy_file)
+from lxcbind.policy.parse import (
+    EffectiveNetwork,
+    EgressRule,
+    Policy,
+    decode_base64_policy,
+    load_policy,
+    load_policy_file,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "policies"
 INVALID = DATA / "invalid"

@@ -32,8 +32,8 @@ def test_wait_status_decoding_matches_subprocess_convention():
 
 
 def test_status_record_distinguishes_liblxc_failure_success_and_exec_errors():
-    from lxcbind.lxc.attach import decode_status_record
     from lxcbind.lxc._native import lib
+    from lxcbind.lxc.attach import decode_status_record
 
     assert decode_status_record(b"", "x", "/") == (False, None)
     assert decode_status_record(b"R", "x", "/") == (True, None)
@@ -53,8 +53,8 @@ def test_baseline_environment_is_documented_set():
 
 
 def test_build_attach_never_hands_fd_0_to_liblxc_and_starts_from_defaults():
-    from lxcbind.lxc.attach import build_attach
     from lxcbind.lxc._native import lib
+    from lxcbind.lxc.attach import build_attach
 
     req = build_attach(["true"], env=None, clear_env=True, cwd="/", uid=None, gid=None, stdin=0,
                        stdout=None, stderr=None, namespaces=None, flags=None, ctty=None)
