@@ -91,7 +91,8 @@ ffibuilder.cdef("\n".join(_source(name) for name in DECLARATIONS))
 ffibuilder.set_source(
     "lxcbind._lxc",
     "\n".join(_source(name) for name in C_SOURCES),
-    extra_compile_args=["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"],
+    extra_compile_args=["-Werror=incompatible-pointer-types",
+                        "-Werror=implicit-function-declaration"],
     **{key: value + ([str(CDEFS)] if key == "include_dirs" else [])
        for key, value in _lib_flags().items()},
 )

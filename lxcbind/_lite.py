@@ -16,18 +16,23 @@ no work at import that it can do later or not at all:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, dataclass_transform, overload
 
 T = TypeVar("T")
 
 
-class factory:  # noqa: N801 - reads as a default: ``created: list[str] = factory(list)``
-    """A default made fresh for each instance (``dataclasses.field(default_factory=...)``)."""
-
+class _Factory:
     __slots__ = ("make",)
 
     def __init__(self, make: Callable[[], Any]) -> None:
         self.make = make
+
+
+def factory(default_factory: Callable[[], T]) -> T:
+    """A default made fresh for each instance (``dataclasses.field(default_factory=...)``):
+    ``created: list[str] = factory(default_factory=list)``.  Typed as the value it stands for,
+    and its parameter named as dataclasses', so that type checkers (PEP 681) see a default."""
+    return _Factory(default_factory)  # type: ignore[return-value]
 
 
 class _Record:
@@ -43,7 +48,7 @@ class _Record:
             raise TypeError(f"{type(self).__name__}() takes {len(fields)} arguments, "
                             f"got {len(args)}")
         put = object.__setattr__
-        for name, value in zip(fields, args):
+        for name, value in zip(fields, args, strict=False):  # the rest: keywords, defaults
             if name in kwargs:
                 raise TypeError(f"{type(self).__name__}() got multiple values for {name!r}")
             put(self, name, value)
@@ -56,7 +61,7 @@ class _Record:
                 except KeyError:
                     raise TypeError(f"{type(self).__name__}() missing argument {name!r}") \
                         from None
-                if type(value) is factory:
+                if type(value) is _Factory:
                     value = value.make()
             put(self, name, value)
         if len(kwargs) > len(fields) - len(args) or any(k not in fields for k in kwargs):
@@ -76,7 +81,7 @@ class _Record:
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return self._key() == other._key()  # type: ignore[attr-defined, no-any-return]
+        return self._key() == other._key()
 
     def __reduce__(self) -> tuple[Any, ...]:   # pickle/copy without going through setattr
         return (_rebuild, (type(self), tuple(getattr(self, n) for n in self._fields)))
@@ -84,7 +89,7 @@ class _Record:
 
 def _rebuild(cls: type[T], values: tuple[Any, ...]) -> T:
     obj = cls.__new__(cls)
-    for name, value in zip(cls._fields, values):  # type: ignore[attr-defined]
+    for name, value in zip(cls._fields, values, strict=True):  # type: ignore[attr-defined]
         object.__setattr__(obj, name, value)
     return obj
 
@@ -101,6 +106,15 @@ def _frozen_hash(self: Any) -> int:
     return hash(self._key())
 
 
+@overload
+def record(cls: type[T], /) -> type[T]: ...
+@overload
+def record(*, frozen: bool = True,
+           uncompared: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]: ...
+
+
+# PEP 681: type checkers treat a @record class as a dataclass (its __init__, frozenness).
+@dataclass_transform(frozen_default=True, field_specifiers=(factory,))
 def record(cls: type[T] | None = None, *, frozen: bool = True,
            uncompared: tuple[str, ...] = ()) -> Any:
     """Class decorator: see the module docstring.  ``uncompared`` names fields left out of
@@ -126,7 +140,7 @@ def record(cls: type[T] | None = None, *, frozen: bool = True,
             ns["__hash__"] = None     # mutable and comparable: unhashable, as a dataclass
         bases = cls.__bases__ if parent else \
             tuple(b for b in cls.__bases__ if b is not object) + (_Record,)
-        return type(cls.__name__, bases, ns)  # type: ignore[return-value]
+        return type(cls.__name__, bases, ns)
 
     return build if cls is None else build(cls)
 

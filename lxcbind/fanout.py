@@ -28,13 +28,13 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 from lxcbind._lite import record
 from lxcbind.errors import ExecError
 from lxcbind.result import CompletedRun
 
-Command = Union[str, Sequence[str]]
+Command = str | Sequence[str]
 Record = dict[str, Any]
 S = TypeVar("S")
 

@@ -28,8 +28,24 @@ def _native_available() -> str:
 IS_ROOT = os.geteuid() == 0
 NATIVE_ERROR = _native_available()
 
-requires_root = pytest.mark.skipif(not IS_ROOT, reason="needs root")
-requires_lxc = pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"liblxc binding unavailable: {NATIVE_ERROR}")
+# Real markers (registered in pyproject.toml), so that ``pytest -m "not requires_root"`` selects
+# the tests an unprivileged machine can run.  Everything under tests/integration and
+# tests/security starts containers and carries both; ``pytest_collection_modifyitems`` turns a
+# marker into a skip where the machine lacks what it names.
+requires_root = pytest.mark.requires_root
+requires_lxc = pytest.mark.requires_lxc
+_CONTAINER_DIRS = {"integration", "security"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _CONTAINER_DIRS & set(item.path.parts):
+            item.add_marker(requires_root)
+            item.add_marker(requires_lxc)
+        if not IS_ROOT and item.get_closest_marker("requires_root"):
+            item.add_marker(pytest.mark.skip(reason="needs root"))
+        if NATIVE_ERROR and item.get_closest_marker("requires_lxc"):
+            item.add_marker(pytest.mark.skip(reason=f"liblxc binding unavailable: {NATIVE_ERROR}"))
 
 
 _NAMES_MADE: set[str] = set()

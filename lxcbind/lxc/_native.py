@@ -16,7 +16,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
         "pip install -e ."
     ) from exc
 
-__all__ = ["ffi", "lib", "BUILT_LXC_VERSION", "RUNTIME_LXC_VERSION", "HAS_DEVPTS_FD", "HAS_INIT_PIDFD"]
+__all__ = ["ffi", "lib", "BUILT_LXC_VERSION", "RUNTIME_LXC_VERSION", "HAS_DEVPTS_FD",
+           "HAS_INIT_PIDFD"]
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:

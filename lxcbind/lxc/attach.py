@@ -19,13 +19,13 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from typing import IO, Any, Union
+from typing import IO, Any
 
 from lxcbind._lite import record
 from lxcbind.errors import ExecError
 from lxcbind.lxc._native import ffi, lib
 
-FileArg = Union[int, IO[Any], None]
+FileArg = int | IO[Any] | None
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -59,7 +59,8 @@ def decode_wait_status(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def decode_status_record(data: bytes, program: str, cwd: str | None) -> tuple[bool, ExecError | None]:
+def decode_status_record(data: bytes, program: str,
+                         cwd: str | None) -> tuple[bool, ExecError | None]:
     """Decode what the C exec function wrote on the status pipe.
 
     Returns ``(reached, error)``: ``reached`` is False when liblxc failed before our exec

@@ -28,4 +28,4 @@ def bind_private(source: str, target: str) -> None:
 
 def detach(path: str) -> bool:
     """Lazily unmount ``path``; False if that failed (not a mount point, gone)."""
-    return lib.umount2(os.fsencode(path), lib.MNT_DETACH) == 0
+    return int(lib.umount2(os.fsencode(path), lib.MNT_DETACH)) == 0

@@ -117,7 +117,7 @@ def policy_json(policy: Any) -> str:
 
 
 def _with_container_id(text: str, name: str) -> dict[str, Any]:
-    data = json.loads(text)
+    data: dict[str, Any] = json.loads(text)
     data["containerId"] = name
     return data
 
@@ -260,7 +260,8 @@ class SessionPool:
         self.info: list[dict[str, Any]] = []
         self.failures: dict[str, str] = {}
         wanted = None if nodes is None else set(nodes)
-        alive = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get(resource, 0) > 0
+        nodes_seen: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
+        alive = [n for n in nodes_seen if n.get("Alive") and n["Resources"].get(resource, 0) > 0
                  and (wanted is None or n["NodeID"] in wanted)]
         if not alive:
             raise SandboxError(f"no alive Ray node offers the custom resource {resource!r} "
@@ -285,7 +286,7 @@ class SessionPool:
         refs = [a.ready.remote() for a in self.actors]
         done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         good = []
-        for actor, ref in zip(self.actors, refs):
+        for actor, ref in zip(self.actors, refs, strict=True):
             if ref in pending:
                 self.failures[f"actor-{len(self.failures)}"] = f"not ready within {timeout}s"
                 continue

@@ -39,7 +39,7 @@ import json
 import threading
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.experimental.sandbox import (
@@ -58,6 +58,9 @@ from ray.experimental.sandbox.config import SandboxConfig
 from lxcbind.errors import LxcbindError
 
 from . import RESOURCE, policy_json
+
+if TYPE_CHECKING:
+    from lxcbind.sandbox.core import Session
 
 __all__ = ["LxcbindSandboxBackend", "LxcbindSandboxRuntime", "LxcbindSandbox", "create"]
 
@@ -116,7 +119,7 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
         self._base = json.loads(policy_json(policy)) if policy is not None else base
         self._prefix = name_prefix
         self._lock = threading.Lock()
-        self._boxes: dict[str, tuple[Any, SandboxConfig, str]] = {}
+        self._boxes: dict[str, tuple[Session, SandboxConfig, str]] = {}
 
     def create_sandbox(self, config: SandboxConfig) -> str:
         from lxcbind.sandbox.core import Session
@@ -138,12 +141,13 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
             made = session.run(["mkdir", "-p", "--", cwd])
             if made.returncode:
                 session.close()
-                raise SandboxCreationError(f"workdir {cwd!r}: {made.stderr.decode(errors='replace')}")
+                why = made.stderr.decode(errors="replace")
+                raise SandboxCreationError(f"workdir {cwd!r}: {why}")
         with self._lock:
             self._boxes[name] = (session, config, cwd)
         return name
 
-    def _get(self, sandbox_id: str) -> tuple[Any, SandboxConfig, str]:
+    def _get(self, sandbox_id: str) -> tuple[Session, SandboxConfig, str]:
         with self._lock:
             box = self._boxes.get(sandbox_id)
         if box is None:
@@ -206,10 +210,11 @@ class LxcbindSandboxRuntime(SandboxRuntime):
     """Ray's ``SandboxRuntime`` (TTL timers, upload/download) over ``LxcbindSandboxBackend``."""
 
     def __init__(self, *, policy: Any = None, name_prefix: str = "lxcbind-sbx-") -> None:
-        # Not super().__init__(): it would build the gVisor backend.
-        self._image_manager = _RootfsImages()
-        self._backend = LxcbindSandboxBackend(self._image_manager, policy=policy,
-                                              name_prefix=name_prefix)
+        # Not super().__init__(): it would build the gVisor backend.  Ray annotates these two
+        # attributes with its gVisor classes; ours have the same methods (duck-typed).
+        self._image_manager = _RootfsImages()  # type: ignore[assignment]
+        self._backend = LxcbindSandboxBackend(  # type: ignore[assignment]
+            self._image_manager, policy=policy, name_prefix=name_prefix)
         self._ttl_timers: dict[str, threading.Timer] = {}
 
 

@@ -105,7 +105,7 @@ class OwnershipRecord:
     runner_start: int
     boot_id: str
     destroy: bool
-    created: list[str] = factory(list)
+    created: list[str] = factory(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -138,7 +138,7 @@ class OwnershipRecord:
 
 
 def _load_records() -> list[OwnershipRecord]:
-    records = []
+    records: list[OwnershipRecord] = []
     try:   # os.scandir, not Path.glob: no pattern to compile on every run
         names = sorted(e.name for e in os.scandir(STATE_DIR / "owners")
                        if e.name.endswith(".json") and not e.name.startswith("."))

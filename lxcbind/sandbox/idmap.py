@@ -115,13 +115,13 @@ def acquire(container: str, lxcpath: str) -> IdRange:
                 return IdRange(FIRST_ID + int(slot) * RANGE)
         ranges = {slot: r for slot, r in ranges.items() if _held(r)}
         foreign = _foreign_ranges()
-        for slot in range(SLOTS):
-            start = FIRST_ID + slot * RANGE
-            if str(slot) in ranges:
+        for index in range(SLOTS):
+            start = FIRST_ID + index * RANGE
+            if str(index) in ranges:
                 continue
             if any(start < end and lo < start + RANGE for lo, end in foreign):
                 continue  # delegated to someone else on this host: never share ids with it
-            ranges[str(slot)] = {"container": container, "lxcpath": lxcpath,
+            ranges[str(index)] = {"container": container, "lxcpath": lxcpath,
                                  **state.runner_identity()}
             state.write_json(_DIR / "ranges.json", ranges)
             return IdRange(start)

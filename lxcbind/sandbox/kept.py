@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from lxcbind.lxc.container import Container, default_lxcpath, list_containers
 from lxcbind.sandbox import cleanup, rootfs
+from lxcbind.state import STATE_DIR
 
 
 class Kept(NamedTuple):
@@ -28,7 +29,7 @@ class Kept(NamedTuple):
 
 
 def _path(name: str) -> str:
-    return str(cleanup.STATE_DIR / "kept" / f"{name}.json")
+    return str(STATE_DIR / "kept" / f"{name}.json")
 
 
 def save(name: str, document: dict[str, Any], origin: str) -> None:
@@ -93,7 +94,7 @@ def listing(lxcpath: str | None = None) -> list[Kept]:
 def prune(lxcpath: str | None = None) -> list[str]:
     """Drop the records whose container is gone (``ls`` and ``gc`` call it); their names."""
     lxcpath = lxcpath or default_lxcpath()
-    kept_dir = cleanup.STATE_DIR / "kept"
+    kept_dir = STATE_DIR / "kept"
     gone = []
     if kept_dir.is_dir():
         for entry in kept_dir.glob("*.json"):

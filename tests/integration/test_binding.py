@@ -186,7 +186,8 @@ def test_attached_process_is_its_own_session_with_default_signals(shared_busybox
     pgrp, session = int(fields[2]), int(fields[3])
     assert pgrp == pid_in_ns and session == pid_in_ns
     _, status = capture(shared_busybox, ["cat", "/proc/self/status"])
-    masks = dict(line.split(":\t") for line in status.decode().splitlines() if line.startswith("Sig"))
+    masks = dict(line.split(":\t") for line in status.decode().splitlines()
+                 if line.startswith("Sig"))
     assert int(masks["SigBlk"], 16) == 0
     assert int(masks["SigIgn"], 16) == 0  # Python's ignored SIGPIPE is not inherited
 
@@ -206,7 +207,7 @@ def test_caller_keeps_sigint_after_attach(shared_busybox):
     before = signal.getsignal(signal.SIGINT)
     capture(shared_busybox, ["true"], stdin=0)
     with open("/proc/self/status") as f:
-        ign = int(next(l for l in f if l.startswith("SigIgn")).split()[1], 16)
+        ign = int(next(line for line in f if line.startswith("SigIgn")).split()[1], 16)
     assert not ign & (1 << (signal.SIGINT - 1)) and not ign & (1 << (signal.SIGQUIT - 1))
     assert signal.getsignal(signal.SIGINT) is before
 
@@ -296,7 +297,7 @@ def test_closed_handle_refuses_calls(container_name):
     c.close()
     c.close()
     with pytest.raises(ValueError):
-        c.defined
+        _ = c.defined
 
 
 class _Interrupt(Exception):

@@ -98,7 +98,8 @@ def test_eof_ends_wc_and_cat(shared_busybox, tty, data):
 
 @pytest.fixture(scope="module")
 def blob(shared_busybox):
-    r = shared_busybox.run(["sh", "-c", f"head -c {MB10} /dev/urandom > /tmp/blob && md5sum /tmp/blob"])
+    r = shared_busybox.run(
+        ["sh", "-c", f"head -c {MB10} /dev/urandom > /tmp/blob && md5sum /tmp/blob"])
     assert r.returncode == 0
     return r.stdout.split()[0].decode()
 

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -71,13 +72,13 @@ def test_process_wait_races_close(shared_busybox):
         proc = shared_busybox.attach(["sleep", "100"])
         box: list[BaseException] = []
 
-        def waiter() -> None:
+        def waiter(proc: Any, box: list[BaseException]) -> None:
             try:
                 proc.wait(timeout=30)
             except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
                 box.append(exc)
 
-        t = threading.Thread(target=waiter)
+        t = threading.Thread(target=waiter, args=(proc, box))
         t.start()
         time.sleep(0.002 * (i % 4))  # vary who gets there first
         proc.close()
@@ -94,7 +95,7 @@ def test_session_process_wait_poll_close_from_many_threads(shared_busybox):
             proc = s.spawn(["sleep", "100"])
             results: list[object] = []
 
-            def poller() -> None:
+            def poller(proc: Any, results: list[object]) -> None:
                 try:
                     for _ in range(200):
                         proc.poll()
@@ -103,7 +104,7 @@ def test_session_process_wait_poll_close_from_many_threads(shared_busybox):
                 except Exception as exc:  # noqa: BLE001 - recorded for the assertion
                     results.append(exc)
 
-            threads = [threading.Thread(target=poller) for _ in range(3)]
+            threads = [threading.Thread(target=poller, args=(proc, results)) for _ in range(3)]
             for t in threads:
                 t.start()
             proc.kill()
@@ -119,14 +120,14 @@ def test_session_dead_check_races_close(shared_busybox):
         s = Session(shared_busybox)
         errors: list[BaseException] = []
 
-        def explain() -> None:
+        def explain(s: Session, errors: list[BaseException]) -> None:
             try:
                 for _ in range(50):
                     assert isinstance(s._dead(), SpawnerDied)
             except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
                 errors.append(exc)
 
-        t = threading.Thread(target=explain)
+        t = threading.Thread(target=explain, args=(s, errors))
         t.start()
         s.close()
         t.join(30)

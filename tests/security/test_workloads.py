@@ -140,8 +140,9 @@ def test_sigkilled_runner_leaves_nothing_after_gc(tmp_path: Path) -> None:
 
 
 def test_optional_non_root_workload_user() -> None:
-    r = run("id; echo home=$HOME; touch ~/f && echo wrote; touch /etc/x 2>/dev/null || echo no-etc; "
-            "grep CapEff /proc/self/status", lxc={"uid": 1000})
+    r = run("id; echo home=$HOME; touch ~/f && echo wrote; "
+            "touch /etc/x 2>/dev/null || echo no-etc; grep CapEff /proc/self/status",
+            lxc={"uid": 1000})
     out = r.stdout.decode()
     assert "uid=1000(sandbox) gid=1000(sandbox)" in out
     assert "home=/home/sandbox" in out and "wrote" in out and "no-etc" in out

@@ -1,4 +1,5 @@
-"""Results and errors survive pickle round trips (they cross processes: Ray, Dask, multiprocessing)."""
+"""Results and errors survive pickle round trips (they cross processes: Ray, Dask,
+multiprocessing)."""
 
 from __future__ import annotations
 

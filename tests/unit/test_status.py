@@ -37,9 +37,11 @@ def test_status_record_distinguishes_liblxc_failure_success_and_exec_errors():
 
     assert decode_status_record(b"", "x", "/") == (False, None)
     assert decode_status_record(b"R", "x", "/") == (True, None)
-    reached, err = decode_status_record(b"R" + struct.pack("=ii", lib.LXCBIND_STAGE_EXEC, errno.ENOENT), "nope", "/")
+    record = b"R" + struct.pack("=ii", lib.LXCBIND_STAGE_EXEC, errno.ENOENT)
+    reached, err = decode_status_record(record, "nope", "/")
     assert reached and err.stage == "exec" and err.errno == errno.ENOENT and err.filename == "nope"
-    _, err = decode_status_record(b"R" + struct.pack("=ii", lib.LXCBIND_STAGE_CHDIR, errno.ENOTDIR), "sh", "/etc/passwd")
+    record = b"R" + struct.pack("=ii", lib.LXCBIND_STAGE_CHDIR, errno.ENOTDIR)
+    _, err = decode_status_record(record, "sh", "/etc/passwd")
     assert err.stage == "chdir" and err.filename == "/etc/passwd"
 
 
@@ -108,4 +110,4 @@ def test_public_api_names_all_resolve():
     for name in lxcbind.__all__:
         assert getattr(lxcbind, name) is not None
     with pytest.raises(AttributeError):
-        lxcbind.no_such_name
+        _ = lxcbind.no_such_name
