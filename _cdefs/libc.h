@@ -1,13 +1,5 @@
-/* cdef of the few libc calls Python's standard library does not expose: opening a pty
- * master inside a container's devpts, and freeing what liblxc malloc()s for us. */
+/* cdef of the one libc call Python needs beside liblxc: freeing what liblxc malloc()s for us
+ * (list_all_containers' names, config_file_name).  The C helpers include the system headers
+ * themselves, and the pty code uses Python's fcntl/os. */
 
-#define TIOCGPTPEER ...
-#define TIOCSCTTY ...
-#define O_RDWR ...
-#define O_NOCTTY ...
-#define O_CLOEXEC ...
-
-int openat(int dirfd, const char *pathname, int flags, ...);
-int unlockpt(int fd);
-int ioctl(int fd, unsigned long request, ...);
 void free(void *ptr);

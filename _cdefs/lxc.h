@@ -1,5 +1,6 @@
-/* cdef shape of <lxc/lxccontainer.h> and <lxc/attach_options.h>, trimmed to what lxcbind
- * calls.  Build input only: read by lxcbind/_build.py, never imported at run time.
+/* cdef shape of <lxc/lxccontainer.h> and <lxc/attach_options.h>, declaring only what
+ * lxcbind's Python code uses (tests/unit/test_cdefs.py checks each name).  Build input only:
+ * read by lxcbind/_build.py, never imported at run time.
  *
  * Structs are partial (`...;`): liblxc says "changing the order of struct members is an API
  * change" and has appended members in minor releases, so the C compiler fills in offsets and
@@ -13,34 +14,23 @@ typedef int... gid_t;
 struct bdev_specs;
 
 typedef enum lxc_attach_env_policy_t {
-    LXC_ATTACH_KEEP_ENV,
     LXC_ATTACH_CLEAR_ENV,
     ...
 } lxc_attach_env_policy_t;
 
-#define LXC_ATTACH_MOVE_TO_CGROUP ...
-#define LXC_ATTACH_DROP_CAPABILITIES ...
-#define LXC_ATTACH_SET_PERSONALITY ...
-#define LXC_ATTACH_LSM_EXEC ...
-#define LXC_ATTACH_REMOUNT_PROC_SYS ...
-#define LXC_ATTACH_NO_NEW_PRIVS ...
 #define LXC_ATTACH_DEFAULT ...
 #define LXC_CREATE_QUIET ...
 
 typedef struct lxc_attach_options_t {
     int attach_flags;
     int namespaces;
-    long personality;
     char *initial_cwd;
     uid_t uid;
     gid_t gid;
     lxc_attach_env_policy_t env_policy;
-    char **extra_env_vars;
-    char **extra_keep_env;
     int stdin_fd;
     int stdout_fd;
     int stderr_fd;
-    int log_fd;
     ...;
 } lxc_attach_options_t;
 
@@ -48,7 +38,6 @@ struct lxc_container {
     char *name;
     char *error_string;
     int error_num;
-    bool daemonize;
     char *config_path;
 
     bool (*is_defined)(struct lxc_container *c);
@@ -68,8 +57,6 @@ struct lxc_container {
                    struct bdev_specs *specs, int flags, char *const argv[]);
     bool (*clear_config_item)(struct lxc_container *c, const char *key);
     int (*get_config_item)(struct lxc_container *c, const char *key, char *retv, int inlen);
-    char *(*get_running_config_item)(struct lxc_container *c, const char *key);
-    const char *(*get_config_path)(struct lxc_container *c);
     ...;
 };
 
@@ -78,5 +65,3 @@ int lxc_container_put(struct lxc_container *c);
 const char *lxc_get_version(void);
 const char *lxc_get_global_config_item(const char *key);
 int list_all_containers(const char *lxcpath, char ***names, struct lxc_container ***cret);
-bool lxc_config_item_is_supported(const char *key);
-bool lxc_has_api_extension(const char *extension);

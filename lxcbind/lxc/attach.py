@@ -69,7 +69,7 @@ def decode_status_record(data: bytes, program: str,
     """
     if not data:
         return False, None
-    reached = data[:1] == b"R"
+    reached = data[:1] == bytes((lib.LXCBIND_STAGE_REACHED,))
     record = data[1:9]
     if len(record) < 8:
         return reached, None
