@@ -246,6 +246,7 @@ class Sandbox:
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
         self._rootfs_path = ""
+        self._sessions: list[Session] = []   # closed first, before the container goes
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -372,6 +373,17 @@ class Sandbox:
         if self.policy.lxc.uid is not None:
             kw.update(uid=self.policy.lxc.uid, gid=self.policy.lxc.gid)
         return kw
+
+    def session(self, *, start_timeout: float = 10.0) -> Session:
+        """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
+        cwd, timeout and user are its defaults, as for ``run``.  The sandbox owns it: closing
+        the sandbox closes its sessions first.  Closing a session leaves the sandbox up."""
+        kw = self.command_kwargs()
+        session = Session(self._running("session"), env=kw["env"] or None, cwd=kw.get("cwd"),
+                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
+                          start_timeout=start_timeout)
+        self._sessions.append(session)
+        return session
 
     def _running(self, call: str) -> Container:
         if self.container is None or self.container.closed:
@@ -536,6 +548,8 @@ class Sandbox:
         asked to keep it (a half-set-up container is not worth keeping)."""
         shield = self._signals.shielded() if self._signals else contextlib.nullcontext()
         with shield:
+            while self._sessions:   # their spawners run in the container: they go first
+                self._sessions.pop().close()
             settled = self._net is None  # True once nothing of the network is left to undo
             try:
                 c = self.container

@@ -162,6 +162,21 @@ def test_sandbox_run_applies_the_policy_to_every_command(left_behind):
         box.run("true")
 
 
+def test_sandbox_sessions_get_the_policy_and_close_before_the_container(left_behind):
+    doc = pol(process={"env": ["P=policy"], "cwd": "/tmp"})
+    with lxcbind.Sandbox(doc) as box:
+        first, second = box.session(), box.session()
+        assert first.run("pwd; echo $P").stdout == b"/tmp\npolicy\n"
+        first.close()                      # one session closing leaves the sandbox up
+        assert second.run("echo still").stdout == b"still\n"
+        assert box.run("echo box").stdout == b"box\n"
+    assert "closed" in repr(second)       # the sandbox closed the session it owned
+    with pytest.raises(lxcbind.SessionError, match="session is closed"):
+        second.run("true")
+    with pytest.raises(lxcbind.SandboxError, match="box.session"):
+        box.session()
+
+
 def test_put_and_get_copy_bytes_as_the_policys_user(left_behind):
     blob = bytes(range(256)) * 1000
     doc = pol(lxc={"uid": 1000, "gid": 1000})
