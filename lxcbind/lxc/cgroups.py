@@ -16,6 +16,8 @@ import threading
 import time
 from typing import Any
 
+from lxcbind.lxc import mountinfo
+
 _ROOT = "/sys/fs/cgroup"
 
 
@@ -39,19 +41,13 @@ def _cached_mountpoints() -> tuple[tuple[str, str], ...]:
     # The cgroup hierarchies are mounted at boot and never move while we run; reading
     # mountinfo costs ~0.1 ms, and a run asks a few dozen times.
     mounts: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = right.split()
-            if len(fields) < 3 or fields[0] not in ("cgroup", "cgroup2"):
-                continue
-            mountpoint = left.split()[4]
-            if fields[0] == "cgroup2":
-                mounts.setdefault("", mountpoint)
-                continue
-            options = [o for o in fields[2].split(",") if o not in ("rw", "ro") and "=" not in o
+    for m in mountinfo.mounts():
+        if m.fstype == "cgroup2":
+            mounts.setdefault("", m.point)
+        elif m.fstype == "cgroup":
+            options = [o for o in m.options.split(",") if o not in ("rw", "ro") and "=" not in o
                        or o.startswith("name=")]
-            mounts.setdefault(",".join(sorted(options)), mountpoint)
+            mounts.setdefault(",".join(sorted(options)), m.point)
     return tuple(mounts.items())
 
 
