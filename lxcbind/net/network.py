@@ -499,6 +499,9 @@ def _warn(message: str) -> None:
 # -- what the policy permits (for resolv.conf) ------------------------------------------------
 
 def _rule_matches(rule: EgressRule, ip: ipaddress._BaseAddress, proto: str, port: int) -> bool:
+    net = ipaddress.ip_network(rule.cidr, strict=False)
+    if net.version != ip.version or ip not in net:
+        return False
     if rule.protocol not in ("any", proto):
         return False
     if rule.port_min is not None and not (rule.port_min <= port <= (rule.port_max or port)):
@@ -523,9 +526,6 @@ def permits(eff: EffectiveNetwork, ip: str, proto: str, port: int,
     sequence += [(r, "allow") for r in eff.egress_allow]
     sequence += [(r, "allow") for r in extra_allow]
     for rule, verdict in sequence:
-        net = ipaddress.ip_network(rule.cidr, strict=False)
-        if net.version != addr.version or addr not in net:
-            continue
         if not _rule_matches(rule, addr, proto, port):
             continue
         holes = [ipaddress.ip_network(e, strict=False) for e in rule.excepts]
