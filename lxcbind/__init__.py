@@ -32,9 +32,9 @@ _WHERE = {
     "SandboxError": "errors", "SessionError": "errors", "ShellDied": "errors",
     "SpawnerDied": "errors", "CalledProcessError": "errors", "TimeoutExpired": "errors",
     "FileTransferError": "errors",
-    "Policy": "policy.parse", "load_policy": "policy.parse",
+    "Policy": "policy.model", "load_policy": "policy.parse",
     "load_policy_file": "policy.parse",
-    "DEFAULT_POLICY": "policy.parse", "default_policy": "policy.parse",
+    "DEFAULT_POLICY": "policy.defaults", "default_policy": "policy.defaults",
     "Pool": "sandbox.pool", "PoolClosed": "sandbox.pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "CompletedRun": "result",
     "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
@@ -116,13 +116,9 @@ if TYPE_CHECKING:
         default_lxcpath,
         list_containers,
     )
-    from lxcbind.policy.parse import (
-        DEFAULT_POLICY,
-        Policy,
-        default_policy,
-        load_policy,
-        load_policy_file,
-    )
+    from lxcbind.policy.defaults import DEFAULT_POLICY, default_policy
+    from lxcbind.policy.model import Policy
+    from lxcbind.policy.parse import load_policy, load_policy_file
     from lxcbind.proc.runner import Container
     from lxcbind.result import CompletedRun
     from lxcbind.sandbox.core import Sandbox, Session, gc, run

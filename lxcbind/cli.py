@@ -199,8 +199,8 @@ def _load_document(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
     """The policy to run, the JSON document it was parsed from (after the command-line
     overrides) and its origin.  Without a policy source: the embedded default, which needs
     a command (``-- CMD``)."""
+    from lxcbind.policy.defaults import DEFAULT_POLICY
     from lxcbind.policy.parse import (
-        DEFAULT_POLICY,
         base64_policy_bytes,
         load_policy,
         policy_document,

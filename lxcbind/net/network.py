@@ -63,7 +63,7 @@ from typing import Any
 
 from lxcbind import state as _hoststate  # ("state" is a local name here: the lease file)
 from lxcbind.errors import LxcbindError, SandboxError
-from lxcbind.policy.parse import EffectiveNetwork, EgressRule
+from lxcbind.policy.network import EffectiveNetwork, EgressRule
 
 
 def installation_id() -> str:

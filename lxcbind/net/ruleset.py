@@ -86,7 +86,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from lxcbind.errors import SandboxError
-from lxcbind.policy.parse import EffectiveNetwork, EgressRule
+from lxcbind.policy.network import EffectiveNetwork, EgressRule
 
 __all__ = ["MAX_PROXY_ADDRESSES", "TABLE_FAMILIES", "TABLE_PREFIX", "Resolved", "compile_ruleset",
            "resolve_destinations", "table_name", "teardown_script"]

@@ -29,7 +29,9 @@ from lxcbind._lite import replace
 from lxcbind.command import CallOptions, Command, check_call, check_container_path, check_timeout
 from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
 from lxcbind.lxc.container import default_lxcpath
-from lxcbind.policy.parse import Policy, default_policy, load_policy, load_policy_file
+from lxcbind.policy.defaults import default_policy
+from lxcbind.policy.model import Policy
+from lxcbind.policy.parse import load_policy, load_policy_file
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container

@@ -38,7 +38,7 @@ import os
 from lxcbind._lite import record
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
-from lxcbind.policy.parse import UNLIMITED, Limits
+from lxcbind.policy.model import UNLIMITED, Limits
 from lxcbind.sandbox.idmap import IdRange
 from lxcbind.state import STATE_DIR
 

@@ -8,7 +8,8 @@ import pytest
 
 from lxcbind.command import argv_of, check_call, check_env, check_timeout
 from lxcbind.errors import PolicyError
-from lxcbind.policy.parse import default_policy, load_policy
+from lxcbind.policy.defaults import default_policy
+from lxcbind.policy.parse import load_policy
 
 
 def test_a_str_is_a_shell_command_and_a_list_an_argv():

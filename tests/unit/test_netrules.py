@@ -18,7 +18,8 @@ from lxcbind.net.ruleset import (
     table_name,
     teardown_script,
 )
-from lxcbind.policy.parse import EffectiveNetwork, load_policy
+from lxcbind.policy.network import EffectiveNetwork
+from lxcbind.policy.parse import load_policy
 
 VETH = "vethlxb0"
 C4, C6 = "198.18.0.2", "fd00:198:18:1::2"

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 
 from lxcbind.errors import LxcbindError, PolicyError
-from lxcbind.policy.parse import (
-    EffectiveNetwork,
-    EgressRule,
-    Policy,
-    decode_base64_policy,
-    load_policy,
-    load_policy_file,
-)
+from lxcbind.policy.model import Policy
+from lxcbind.policy.network import EffectiveNetwork, EgressRule
+from lxcbind.policy.parse import decode_base64_policy, load_policy, load_policy_file
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "policies"
 INVALID = DATA / "invalid"
@@ -159,7 +154,7 @@ EXPECTED: dict[str, tuple[str, str]] = {
 
 
 def test_limits_and_isolation_fields_parse() -> None:
-    from lxcbind.policy.parse import UNLIMITED
+    from lxcbind.policy.model import UNLIMITED
 
     p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
                      "lxc": {"limits": {"memory": "512M", "pids": 256, "cpu": 1.5},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from lxcbind.net.network import _rule_matches
-from lxcbind.policy.parse import EgressRule
+from lxcbind.policy.network import EgressRule
 
 
 def test_rule_match_checks_the_destination() -> None:
