@@ -63,7 +63,8 @@ from typing import Any
 
 from lxcbind import state as _hoststate  # ("state" is a local name here: the lease file)
 from lxcbind.errors import LxcbindError, SandboxError
-from lxcbind.policy.network import EffectiveNetwork, EgressRule
+from lxcbind.net.ruleset import Resolved
+from lxcbind.policy.network import EffectiveNetwork, EgressPlan, egress_plan
 
 
 def installation_id() -> str:
@@ -485,57 +486,24 @@ def nat_remove(nft: Any, address: str) -> None:
                   f"{{ {ipaddress.IPv4Address(address)} }}\n")
 
 
-def off_host(eff: EffectiveNetwork, resolved: Any) -> bool:
+def off_host(eff: EffectiveNetwork, resolved: Resolved | None) -> bool:
     """Whether the policy lets the container reach anything beyond this host (then its
     address is masqueraded: the pool is private to the host)."""
-    return bool(eff.proxy is not None or eff.dns_exemption or eff.egress_default == "allow"
-                or eff.egress_allow or (resolved is not None and resolved.allow))
+    return _plan(eff, resolved).lets_anything_out()
+
+
+def _plan(eff: EffectiveNetwork, resolved: Resolved | None) -> EgressPlan:
+    if resolved is None:
+        return egress_plan(eff)
+    return egress_plan(eff, extra_deny=resolved.deny, extra_allow=resolved.allow,
+                       proxy_addresses=resolved.proxy_addresses)
 
 
 def _warn(message: str) -> None:
     logging.getLogger("lxcbind").warning("%s", message)
 
 
-# -- what the policy permits (for resolv.conf) ------------------------------------------------
-
-def _rule_matches(rule: EgressRule, ip: ipaddress._BaseAddress, proto: str, port: int) -> bool:
-    net = ipaddress.ip_network(rule.cidr, strict=False)
-    if net.version != ip.version or ip not in net:
-        return False
-    if rule.protocol not in ("any", proto):
-        return False
-    if rule.port_min is not None and not (rule.port_min <= port <= (rule.port_max or port)):
-        return False
-    return True
-
-
-def permits(eff: EffectiveNetwork, ip: str, proto: str, port: int,
-            extra_allow: Sequence[EgressRule] = (),
-            extra_deny: Sequence[EgressRule] = ()) -> bool:
-    """Whether egress ``proto``/``port`` to ``ip`` is let through, evaluated like the rule set:
-    first match wins in the order deny rules (each one's ``except`` holes first, with the
-    default's verdict when that differs), allow rules (likewise), then the default.
-    ``extra_allow``/``extra_deny`` are the rules of resolved hostnames (``netrules.Resolved``)."""
-    addr = ipaddress.ip_address(ip)
-    if eff.proxy is not None:
-        return False
-    if eff.dns_exemption and port == 53 and proto in ("udp", "tcp"):
-        return True
-    sequence: list[tuple[EgressRule, str]] = [(r, "deny") for r in eff.egress_deny]
-    sequence += [(r, "deny") for r in extra_deny]
-    sequence += [(r, "allow") for r in eff.egress_allow]
-    sequence += [(r, "allow") for r in extra_allow]
-    for rule, verdict in sequence:
-        if not _rule_matches(rule, addr, proto, port):
-            continue
-        holes = [ipaddress.ip_network(e, strict=False) for e in rule.excepts]
-        if any(addr in h for h in holes):
-            if eff.egress_default != verdict:
-                return eff.egress_default == "allow"
-            continue
-        return verdict == "allow"
-    return eff.egress_default == "allow"
-
+# -- the container's resolv.conf and proxy variables ------------------------------------------
 
 def host_nameservers(path: str) -> list[str]:
     """IPv4 ``nameserver`` entries of ``path`` a container could reach (not loopback)."""
@@ -553,13 +521,14 @@ def host_nameservers(path: str) -> list[str]:
     return out
 
 
-def resolv_conf(eff: EffectiveNetwork, extra_allow: Sequence[EgressRule] = (),
-                extra_deny: Sequence[EgressRule] = (), path: str | None = None) -> str:
+def resolv_conf(eff: EffectiveNetwork, resolved: Resolved | None = None,
+                path: str | None = None) -> str:
     """The container's /etc/resolv.conf: the host's resolvers the policy lets the container
     query (UDP or TCP port 53), none when it lets none."""
+    plan = _plan(eff, resolved)
     allowed = [ns for ns in host_nameservers(path or resolv_conf_path())
-               if permits(eff, ns, "udp", 53, extra_allow, extra_deny)
-               or permits(eff, ns, "tcp", 53, extra_allow, extra_deny)]
+               if any(plan.verdict(ipaddress.ip_address(ns), proto, 53) == "accept"
+                      for proto in ("udp", "tcp"))]
     if not allowed:
         return "# lxcbind: the network policy allows no DNS resolver\n"
     return "# lxcbind: the host's resolvers the network policy allows\n" + "".join(
@@ -791,8 +760,7 @@ class ContainerNetwork:
         return proxy_env(self.eff)
 
     def write_files(self, rootfs_path: str) -> None:
-        write_etc_file(rootfs_path, "resolv.conf",
-                       resolv_conf(self.eff, self.resolved.allow, self.resolved.deny))
+        write_etc_file(rootfs_path, "resolv.conf", resolv_conf(self.eff, self.resolved))
         proxy = self.eff.proxy
         if proxy is not None:
             try:

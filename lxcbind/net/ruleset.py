@@ -83,10 +83,18 @@ import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from lxcbind.errors import SandboxError
-from lxcbind.policy.network import EffectiveNetwork, EgressRule
+from lxcbind.policy.network import (
+    Decision,
+    EffectiveNetwork,
+    EgressRule,
+    IPAddress,
+    IPNetwork,
+    Ports,
+    egress_plan,
+)
 
 __all__ = ["MAX_PROXY_ADDRESSES", "TABLE_FAMILIES", "TABLE_PREFIX", "Resolved", "compile_ruleset",
            "resolve_destinations", "table_name", "teardown_script"]
@@ -95,8 +103,6 @@ TABLE_PREFIX = "lxcbind_"
 TABLE_FAMILIES = ("inet", "bridge")
 MAX_PROXY_ADDRESSES = 16
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 Resolver = Callable[..., Sequence[Any]]
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")   # IFNAMSIZ - 1; nothing nft would need to quote
@@ -266,42 +272,25 @@ def _resolve_proxy(eff: EffectiveNetwork, lookup: Callable[[str], tuple[IPAddres
 
 # --------------------------------------------------------------------------- compilation
 
-# A protocol/port selector: ("all",), ("icmp",), or (proto, lo, hi) with proto tcp/udp/tcpudp
-# and lo/hi None for "every port".
-Selector = tuple[Any, ...]
+def _ports_name(ports: Ports) -> str:
+    if ports.low is None:
+        return ports.protocol
+    lo, hi = ports.low, ports.high
+    return f"{ports.protocol}_{lo}" if lo == hi else f"{ports.protocol}_{lo}_{hi}"
 
 
-def _selector(rule: EgressRule) -> Selector:
-    if rule.protocol == "icmp":
-        return ("icmp",)
-    if rule.protocol == "any":
-        if rule.port_min is None:
-            return ("all",)
-        return ("tcpudp", rule.port_min, rule.port_max)
-    return (rule.protocol, rule.port_min, rule.port_max)
-
-
-def _selector_name(sel: Selector) -> str:
-    if len(sel) == 1:
-        return str(sel[0])
-    proto, lo, hi = sel
-    if lo is None:
-        return str(proto)
-    return f"{proto}_{lo}" if lo == hi else f"{proto}_{lo}_{hi}"
-
-
-def _selector_match(sel: Selector, version: int) -> str:
-    if sel == ("all",):
+def _ports_match(ports: Ports, version: int) -> str:
+    if ports.protocol == "all":
         return ""
-    if sel == ("icmp",):
+    if ports.protocol == "icmp":
         return "meta l4proto icmp" if version == 4 else "meta l4proto ipv6-icmp"
-    proto, lo, hi = sel
-    if lo is None:
-        return f"meta l4proto {proto}"
-    ports = str(lo) if lo == hi else f"{lo}-{hi}"
-    if proto == "tcpudp":
-        return f"meta l4proto {{ tcp, udp }} th dport {ports}"
-    return f"{proto} dport {ports}"
+    if ports.low is None:
+        return f"meta l4proto {ports.protocol}"
+    lo, hi = ports.low, ports.high
+    span = str(lo) if lo == hi else f"{lo}-{hi}"
+    if ports.protocol == "tcpudp":
+        return f"meta l4proto {{ tcp, udp }} th dport {span}"
+    return f"{ports.protocol} dport {span}"
 
 
 def _element(net: IPNetwork) -> str:
@@ -323,29 +312,18 @@ def _set_block(name: str, version: int, nets: Sequence[IPNetwork], indent: str) 
 @dataclass
 class _Run:
     verdict: str
-    groups: dict[tuple[int, Selector], list[IPNetwork]]
+    groups: dict[tuple[int, Ports], list[IPNetwork]]
 
 
-def _runs(entries: Iterable[tuple[str, Selector, IPNetwork]]) -> list[_Run]:
-    """Group first-match entries into maximal runs of one verdict (order inside a run is
-    irrelevant), each run keyed by (IP version, selector)."""
+def _runs(decisions: Iterable[Decision]) -> list[_Run]:
+    """Group first-match decisions into maximal runs of one verdict (order inside a run is
+    irrelevant), each run keyed by (IP version, ports)."""
     runs: list[_Run] = []
-    for verdict, sel, net in entries:
+    for verdict, ports, net in decisions:
         if not runs or runs[-1].verdict != verdict:
             runs.append(_Run(verdict, {}))
-        runs[-1].groups.setdefault((net.version, sel), []).append(net)
+        runs[-1].groups.setdefault((net.version, ports), []).append(net)
     return runs
-
-
-def _entries(rules: Iterable[EgressRule], action: str,
-             default: str) -> list[tuple[str, Selector, IPNetwork]]:
-    out = []
-    for rule in rules:
-        sel = _selector(rule)
-        if default != action:   # the except hole gets the default's verdict, first
-            out += [(default, sel, ipaddress.ip_network(e)) for e in rule.excepts]
-        out.append((action, sel, ipaddress.ip_network(rule.cidr)))
-    return out
 
 
 def _check_table(table: str) -> None:
@@ -390,38 +368,30 @@ def compile_ruleset(*, table: str, veth: str,
                            "addresses (call resolve_destinations first)")
 
     i1, i2 = "    ", "        "
+    plan = egress_plan(eff, extra_deny=resolved.deny, extra_allow=resolved.allow,
+                       proxy_addresses=resolved.proxy_addresses)
     sets: list[str] = []
     egress: list[str] = []
-    if not eff.firewall:
-        egress.append(f"{i2}accept   # no firewall requested (0.6/0.7 capabilities mode)")
-    elif eff.proxy is not None:
-        sets += _set_block("proxy_v4", 4, [ipaddress.ip_network(a) for a in
-                                           resolved.proxy_addresses], i1)
-        egress += [f"{i2}# proxy mode: only the proxy endpoint ({eff.proxy.source})",
-                   f"{i2}ip daddr @proxy_v4 tcp dport {eff.proxy.port} accept",
-                   f"{i2}drop"]
-    else:
+    if plan.stateful:
         egress.append(f"{i2}ct state established,related accept")
-        if eff.dns_exemption:
-            egress.append(f"{i2}meta l4proto {{ tcp, udp }} th dport 53 accept   "
-                          "# legacy (< 0.8) DNS exemption")
-        default = "accept" if eff.egress_default == "allow" else "drop"
-        entries = (_entries(eff.egress_deny + resolved.deny, "drop", default)
-                   + _entries(eff.egress_allow + resolved.allow, "accept", default))
-        for n, run in enumerate(_runs(entries)):
-            egress.append(f"{i2}# run {n}: {run.verdict}")
-            for (version, sel), nets in run.groups.items():
-                nets = list(ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
-                match = _selector_match(sel, version)
-                match = f" {match}" if match else ""
-                if nets[0].prefixlen == 0:
-                    dest = f"meta nfproto ipv{version}"
-                else:
-                    name = f"{run.verdict}{n}_v{version}_{_selector_name(sel)}"
-                    sets += _set_block(name, version, nets, i1)
-                    dest = f"{'ip' if version == 4 else 'ip6'} daddr @{name}"
-                egress.append(f"{i2}{dest}{match} {run.verdict}")
-        egress.append(f"{i2}{default}   # egress default: {eff.egress_default}")
+    if eff.firewall and eff.proxy is not None:
+        egress.append(f"{i2}# proxy mode: only the proxy endpoint ({eff.proxy.source})")
+    for n, run in enumerate(_runs(plan.decisions)):
+        egress.append(f"{i2}# run {n}: {run.verdict}")
+        for (version, ports), nets in run.groups.items():
+            nets = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
+            match = _ports_match(ports, version)
+            match = f" {match}" if match else ""
+            if nets[0].prefixlen == 0:
+                dest = f"meta nfproto ipv{version}"
+            else:
+                name = f"{run.verdict}{n}_v{version}_{_ports_name(ports)}"
+                sets += _set_block(name, version, nets, i1)
+                dest = f"{'ip' if version == 4 else 'ip6'} daddr @{name}"
+            egress.append(f"{i2}{dest}{match} {run.verdict}")
+    why = f"egress default: {eff.egress_default}" if eff.firewall else \
+        "no firewall requested (0.6/0.7 capabilities mode)"
+    egress.append(f"{i2}{plan.default}   # {why}")
 
     ingress_verdict = "drop" if (eff.firewall and eff.ingress_deny) else "accept"
     host_verdict = "drop" if (eff.firewall and eff.host_loopback_deny) else "accept"

@@ -5,6 +5,24 @@ mxc's policy format has two network shapes (the legacy 0.6/0.7 host lists and th
 ``EffectiveNetwork``, the only thing the runtime decides from.  Hostnames are not resolved
 here (that is the network layer's job, ``lxcbind.net.ruleset.resolve_destinations``).
 
+**Egress semantics, written once** (``egress_plan``): "deny first, then allow, with except
+holes", as mxc's ``network_iptables.rs`` lowers them.  First match wins, in this order:
+
+1. replies of established connections (``stateful``; not in proxy mode);
+2. the legacy DNS exemption (schema < 0.8 with a firewall): TCP/UDP port 53 anywhere;
+3. deny rules, then allow rules, in policy order (resolved hostnames after the literal ones).
+   A rule's ``except`` ranges come just before it, with the **default's** verdict, and only
+   when that differs from the rule's own (deny+except under default allow: the hole is
+   accepted; allow+except under default deny: the hole is dropped; otherwise the except has
+   no effect, and the rule matches the hole too).  An early verdict: a hole in a deny rule
+   also skips later deny rules that cover it, as in mxc;
+4. the default.
+
+Proxy mode has one decision (TCP to the proxy's addresses on its port) before a drop, and no
+firewall has nothing before an accept.  ``lxcbind.net.ruleset`` compiles an ``EgressPlan`` to
+nftables; ``EgressPlan.verdict`` evaluates it in Python (the container's ``resolv.conf`` lists
+only the resolvers it lets through): one plan, two readers.
+
 The records and the lowering sit together because ``Network.effective()`` (and so
 ``Policy.to_plan()``) needs the lowering: in two modules they would import each other.
 """
@@ -19,10 +37,13 @@ from lxcbind._lite import record
 if TYPE_CHECKING:
     import ipaddress
 
-__all__ = ["EffectiveNetwork", "Egress", "EgressRule", "IPNetwork", "Ingress", "LegacyNetwork",
-           "Network", "NetworkHost", "Peer", "PortSelector", "Proxy", "Rule"]
+__all__ = ["Decision", "EffectiveNetwork", "Egress", "EgressPlan", "EgressRule", "IPAddress",
+           "IPNetwork", "Ingress", "LegacyNetwork", "Network", "NetworkHost", "Peer", "Ports",
+           "PortSelector", "Proxy", "Rule", "Verdict", "egress_plan"]
 
 IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
+IPAddress = Union["ipaddress.IPv4Address", "ipaddress.IPv6Address"]
+Verdict = Literal["accept", "drop"]
 
 
 @record
@@ -109,7 +130,8 @@ class EgressRule(NamedTuple):
 
 @record
 class EffectiveNetwork:
-    """What the network policy means for an LXC run (note §2.1 and the §4.4 matrix).
+    """What the network policy means for an LXC run (mxc's LXC runner: ``lxc_runner.rs``
+    picks the firewall by version and shape, ``network_iptables.rs`` the egress rules).
 
     ``firewall`` False means the policy asks for no filtering at all (0.6/0.7 without
     ``enforcementMode`` firewall/both): open network, the other fields then carry no rules.
@@ -152,8 +174,6 @@ class EffectiveNetwork:
             {"url": self.proxy.url, "host": self.proxy.host, "port": self.proxy.port,
              "source": self.proxy.source},
         }
-
-
 
 
 @record
@@ -235,3 +255,95 @@ def _lower_hosts(hosts: Iterable[NetworkHost]) -> tuple[tuple[EgressRule, ...], 
         else:
             rules.append(EgressRule(str(host.network), (), "any", None, None))
     return tuple(rules), tuple(names)
+
+
+# --------------------------------------------------------------------------- egress semantics
+
+class Ports(NamedTuple):
+    """What a decision matches besides the destination.  ``protocol``: ``all`` (anything),
+    ``icmp`` (ICMP towards IPv4 destinations, ICMPv6 towards IPv6 ones), ``tcp``, ``udp`` or
+    ``tcpudp`` (either); ``low``/``high``: the destination port range, None for every port."""
+
+    protocol: str
+    low: int | None = None
+    high: int | None = None
+
+    @classmethod
+    def of(cls, rule: EgressRule) -> Ports:
+        if rule.protocol == "icmp":
+            return cls("icmp")
+        if rule.protocol == "any":
+            return cls("all") if rule.port_min is None else \
+                cls("tcpudp", rule.port_min, rule.port_max)
+        return cls(rule.protocol, rule.port_min, rule.port_max)
+
+    def matches(self, protocol: str, port: int | None) -> bool:
+        """``protocol`` is ``tcp``, ``udp``, ``icmp`` (either family) or another name."""
+        if self.protocol in ("all", "icmp"):
+            return self.protocol == "all" or protocol == "icmp"
+        if protocol not in (("tcp", "udp") if self.protocol == "tcpudp" else (self.protocol,)):
+            return False
+        return self.low is None or (port is not None and self.low <= port <= (self.high or port))
+
+
+class Decision(NamedTuple):
+    """One first-match step: traffic to ``network`` matching ``ports`` gets ``verdict``."""
+
+    verdict: Verdict
+    ports: Ports
+    network: IPNetwork
+
+    def matches(self, address: IPAddress, protocol: str, port: int | None) -> bool:
+        return (address.version == self.network.version and address in self.network
+                and self.ports.matches(protocol, port))
+
+
+class EgressPlan(NamedTuple):
+    """A container's egress policy as an ordered list: see the module docstring."""
+
+    stateful: bool                       # replies of established connections pass first
+    decisions: tuple[Decision, ...]      # first match wins
+    default: Verdict
+
+    def verdict(self, address: IPAddress, protocol: str, port: int | None = None) -> Verdict:
+        """The verdict for a new connection (or datagram) to ``address``."""
+        for decision in self.decisions:
+            if decision.matches(address, protocol, port):
+                return decision.verdict
+        return self.default
+
+    def lets_anything_out(self) -> bool:
+        """Whether any traffic at all may leave (then the container's address needs NAT)."""
+        return self.default == "accept" or any(d.verdict == "accept" for d in self.decisions)
+
+
+def egress_plan(eff: EffectiveNetwork, *, extra_deny: Iterable[EgressRule] = (),
+                extra_allow: Iterable[EgressRule] = (),
+                proxy_addresses: Iterable[str] = ()) -> EgressPlan:
+    """``eff``'s egress policy as an ``EgressPlan``.  ``extra_deny``/``extra_allow``: the rules
+    of its resolved hostnames; ``proxy_addresses``: its proxy's resolved addresses (both from
+    ``lxcbind.net.ruleset.Resolved``)."""
+    import ipaddress
+
+    if not eff.firewall:
+        return EgressPlan(False, (), "accept")
+    if eff.proxy is not None:
+        tcp = Ports("tcp", eff.proxy.port, eff.proxy.port)
+        return EgressPlan(False, tuple(Decision("accept", tcp, ipaddress.ip_network(a))
+                                       for a in proxy_addresses), "drop")
+    default: Verdict = "accept" if eff.egress_default == "allow" else "drop"
+    decisions: list[Decision] = []
+    if eff.dns_exemption:
+        dns = Ports("tcpudp", 53, 53)
+        decisions += [Decision("accept", dns, ipaddress.ip_network(n))
+                      for n in ("0.0.0.0/0", "::/0")]
+    ordered: tuple[tuple[Verdict, tuple[EgressRule, ...]], ...] = (
+        ("drop", (*eff.egress_deny, *extra_deny)), ("accept", (*eff.egress_allow, *extra_allow)))
+    for verdict, rules in ordered:
+        for rule in rules:
+            ports = Ports.of(rule)
+            if default != verdict:   # the except hole gets the default's verdict, first
+                decisions += [Decision(default, ports, ipaddress.ip_network(e))
+                              for e in rule.excepts]
+            decisions.append(Decision(verdict, ports, ipaddress.ip_network(rule.cidr)))
+    return EgressPlan(True, tuple(decisions), default)

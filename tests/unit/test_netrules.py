@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -182,8 +183,10 @@ def test_matrix_legacy_no_enforcement_mode_is_open() -> None:
 def test_matrix_legacy_firewall_block_without_hosts_leaves_dns() -> None:
     text = script(eff_of({"enforcementMode": "firewall", "defaultPolicy": "block"},
                          version="0.7.0"))
+    dns = "meta l4proto { tcp, udp } th dport 53 accept"
     assert chain(text, "egress") == ["ct state established,related accept",
-                                     "meta l4proto { tcp, udp } th dport 53 accept", "drop"]
+                                     f"meta nfproto ipv4 {dns}", f"meta nfproto ipv6 {dns}",
+                                     "drop"]
     assert chain(text, "ingress") == ["ct state established,related accept", "drop"]
 
 
@@ -192,8 +195,8 @@ def test_matrix_legacy_firewall_allow_with_blocked_host() -> None:
                           "blockedHosts": ["203.0.113.0/24"]}, version="0.7.0"))
     egress = chain(text, "egress")
     assert egress[-1] == "accept"
-    assert egress.index("ip daddr @drop0_v4_all drop") < len(egress) - 1
-    assert set_elements(text, "drop0_v4_all") == ["203.0.113.0/24"]
+    assert egress.index("ip daddr @drop1_v4_all drop") < len(egress) - 1   # after DNS (run 0)
+    assert set_elements(text, "drop1_v4_all") == ["203.0.113.0/24"]
     assert chain(text, "ingress")[-1] == "drop"
 
 
@@ -216,8 +219,9 @@ def test_matrix_proxy_only_endpoint() -> None:
     eff = eff_of({"enforcementMode": "firewall", "proxy": {"url": "http://proxy.test:3128"}},
                  version="0.7.0")
     text = script(eff, FakeResolver({"proxy.test": ["203.0.113.5", "2001:db8::5"]}))
-    assert chain(text, "egress") == ["ip daddr @proxy_v4 tcp dport 3128 accept", "drop"]
-    assert set_elements(text, "proxy_v4") == ["203.0.113.5"]
+    assert chain(text, "egress") == ["ip daddr @accept0_v4_tcp_3128 tcp dport 3128 accept",
+                                     "drop"]
+    assert set_elements(text, "accept0_v4_tcp_3128") == ["203.0.113.5"]
     assert chain(text, "ingress")[-1] == "drop"
 
 
@@ -342,16 +346,19 @@ def test_legacy_hostnames_are_resolved_into_the_sets() -> None:
     eff = eff_of({"enforcementMode": "firewall", "allowedHosts": ["a.test", "192.0.2.0/24"],
                   "blockedHosts": ["b.test"]}, version="0.7.0")
     text = script(eff, resolver)
-    assert set_elements(text, "accept1_v4_all") == ["192.0.2.0/24", "203.0.113.1"]
-    assert set_elements(text, "accept1_v6_all") == ["2001:db8::1"]
-    assert set_elements(text, "drop0_v4_all") == ["198.51.100.9"]
+    # run 0 is the legacy DNS exemption
+    assert set_elements(text, "accept2_v4_all") == ["192.0.2.0/24", "203.0.113.1"]
+    assert set_elements(text, "accept2_v6_all") == ["2001:db8::1"]
+    assert set_elements(text, "drop1_v4_all") == ["198.51.100.9"]
 
 
 # --------------------------------------------------------------------------- resolution
 
-def legacy(default: str, allowed: list[str] = [], blocked: list[str] = []) -> EffectiveNetwork:
+def legacy(default: str, allowed: Sequence[str] = (),
+           blocked: Sequence[str] = ()) -> EffectiveNetwork:
     return eff_of({"enforcementMode": "firewall", "defaultPolicy": default,
-                   "allowedHosts": allowed, "blockedHosts": blocked}, version="0.7.0")
+                   "allowedHosts": list(allowed), "blockedHosts": list(blocked)},
+                  version="0.7.0")
 
 
 def test_unresolvable_blocked_host_under_default_allow_is_fatal() -> None:
