@@ -79,12 +79,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-import re
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from lxcbind._lite import lazy_re, record
 from lxcbind.errors import SandboxError
 from lxcbind.policy.network import (
     Decision,
@@ -105,9 +104,9 @@ MAX_PROXY_ADDRESSES = 16
 
 Resolver = Callable[..., Sequence[Any]]
 
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")   # IFNAMSIZ - 1; nothing nft would need to quote
-_ANY4 = ipaddress.ip_network("0.0.0.0/0")
-_ANY6 = ipaddress.ip_network("::/0")
+_IFNAME = lazy_re(r"[A-Za-z0-9_.-]{1,15}")   # IFNAMSIZ - 1; nothing nft would need to quote
+_INSTALLATION = lazy_re(r"[a-z0-9]{1,16}")
+_TABLE = lazy_re(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Neighbour discovery a node needs to talk to its neighbour at all (hop limit 255 proves it
 # was not forwarded), and the MLD reports the bridge's multicast snooping learns from.
 _ND_OUT = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }"
@@ -123,7 +122,7 @@ def table_name(container_name: str, installation: str = "") -> str:
     the tables of two lxcbind state directories on one host apart, so one's ``gc`` never takes
     the other's live tables for leftovers; the tagged names also do not start with
     ``lxcbind_``, which older lxcbind versions' ``gc`` deleted wholesale."""
-    if installation and not re.fullmatch(r"[a-z0-9]{1,16}", installation):
+    if installation and not _INSTALLATION.fullmatch(installation):
         raise ValueError(f"invalid installation id {installation!r}")
     digest = hashlib.sha256(container_name.encode("utf-8", "surrogateescape")).digest()
     prefix = f"lxcbind{installation}_" if installation else TABLE_PREFIX
@@ -140,7 +139,7 @@ def teardown_script(table: str) -> str:
 
 # --------------------------------------------------------------------------- resolution
 
-@dataclass(frozen=True)
+@record
 class Resolved:
     """Hostnames of an ``EffectiveNetwork`` turned into addresses, once.
 
@@ -309,7 +308,7 @@ def _set_block(name: str, version: int, nets: Sequence[IPNetwork], indent: str) 
     return lines
 
 
-@dataclass
+@record(frozen=False)
 class _Run:
     verdict: str
     groups: dict[tuple[int, Ports], list[IPNetwork]]
@@ -327,7 +326,7 @@ def _runs(decisions: Iterable[Decision]) -> list[_Run]:
 
 
 def _check_table(table: str) -> None:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", table):
+    if not _TABLE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
 
 

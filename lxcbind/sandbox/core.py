@@ -174,8 +174,8 @@ def _any_unowned_lease() -> bool:
     """Whether ``network``'s lease file (``<STATE_DIR>/net/leases.json``) names a container
     that has no ownership record: the only leases ``_reap_stale_leases`` may release.  Read
     without its lock and without importing ``network``: the file is replaced atomically, so
-    this sees a whole snapshot, as ``network.leases()`` would; a lease made after the read
-    belongs to a run starting now, which ``network.leases()`` would not have seen either.
+    this sees a whole snapshot, as ``leases.leases()`` would; a lease made after the read
+    belongs to a run starting now, which ``leases.leases()`` would not have seen either.
     When in doubt (unreadable, malformed), True: the full check decides."""
     try:
         with open(cleanup.STATE_DIR / "net" / "leases.json", "rb") as f:
@@ -195,16 +195,16 @@ def _reap_stale_leases(log: Log) -> None:
     runs, then remove the table, veth and lease.  Under the container's lock, like gc."""
     if not _any_unowned_lease():
         return
-    from lxcbind.net import network
+    from lxcbind.net import leases, network
 
-    for name, lease in network.leases().items():
+    for name, lease in leases.leases().items():
         if lease.runner_alive() or (cleanup.STATE_DIR / "owners" / f"{name}.json").exists():
             continue
         lock = cleanup.ContainerLock(name)
         if not lock.acquire(blocking=False):
             continue
         try:
-            lease = network.leases().get(name)  # re-read under the lock
+            lease = leases.leases().get(name)  # re-read under the lock
             if lease is None or lease.runner_alive():
                 continue
             log(f"gc: releasing the network of {name!r} left by dead runner {lease.runner_pid}")
@@ -335,15 +335,15 @@ class Sandbox:
         # a base nothing writes to, so only a kept container or a caller's directory (which mxc
         # may have used) can hold a pin.
         if self._net is not None or self.reused or spec.kind == "dir":
-            from lxcbind.net import network
+            from lxcbind.net import dns, etcfiles
 
-            if network.unpin_hosts(rootfs_path):
+            if dns.unpin_hosts(rootfs_path):
                 # A pin an earlier run (or mxc) left names an address this policy never allowed.
                 self._log("removed a stale proxy pin from /etc/hosts")
             if self._net is not None:
                 self._net.write_files(rootfs_path)
             elif self.reused:
-                network.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
+                etcfiles.write_etc_file(rootfs_path, "resolv.conf", "")  # no stale resolver
         cdir = os.path.join(self.lxcpath, self.name)
         if self._ids is not None:
             for owner in sorted({e.owner for e in planned if e.owner is not None}):
@@ -536,10 +536,10 @@ class Sandbox:
     def _unpin(self) -> None:
         """A kept container keeps no proxy pin once its run is over (as under mxc); failing
         to remove it is only a warning: the next run removes it before anything starts."""
-        from lxcbind.net import network
+        from lxcbind.net import dns
 
         try:
-            network.unpin_hosts(self._rootfs_path)
+            dns.unpin_hosts(self._rootfs_path)
         except (OSError, SandboxError) as exc:
             self._log(f"could not remove the proxy pin from /etc/hosts: {exc}")
 
@@ -646,7 +646,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
     (``SandboxError`` when one holds it past ``lock_timeout``).  mxc's ``lxc-exec --delete``.
     Returns whether there was anything to remove."""
     log = log or (lambda message: None)
-    from lxcbind.net import network
+    from lxcbind.net import leases, network
 
     lock = cleanup.ContainerLock(name, lock_timeout)
     lock.acquire()   # SandboxError when a live run keeps it
@@ -659,7 +659,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
                 rootfs.remove_container(c)
         if not os.path.isdir(os.path.join(lxcpath, name)):
             idmap.release(name, lxcpath)   # its user-namespace id range, if it had one
-        leftover = name in network.leases() or network.has_table(name)
+        leftover = name in leases.leases() or network.has_table(name)
         if leftover:
             log(f"removing the network state left for {name!r}")
             network.teardown_orphan(name)

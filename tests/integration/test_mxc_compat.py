@@ -275,7 +275,7 @@ def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
     table: its runs neither delete this installation's anchor (whose leases it cannot see)
     nor its live table, and this installation's container keeps its network throughout."""
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
+    from lxcbind.net import leases, links, network
     from tests.integration.test_network import _wait_file, _wait_lease, spawn
 
     a = remote.addr(2)
@@ -298,7 +298,7 @@ def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
                          network={"egress": {"default": "allow"}})
             r = run(theirs, "--json", env=other)
             assert result(r)["stdout"] == "reached\n", r.stderr
-        assert network.link_exists(network.ANCHOR)
+        assert links.link_exists(leases.ANCHOR)
         with Nft() as nft:
             assert nft.table_exists("inet", network.table_name(ours["containerId"]))
         go.touch()

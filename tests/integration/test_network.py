@@ -162,18 +162,18 @@ def nothing_left_behind() -> Iterator[list[str]]:
     names: list[str] = []
     yield names
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
+    from lxcbind.net import leases, links, network
 
     with Nft() as nft:
         tables = {t for _, t in nft.list_table_names("lxcbind")}
-    leases = network.leases()
+    held = leases.leases()
     for name in names:
         assert network.table_name(name) not in tables, f"table of {name} left"
-        assert not network.link_exists(network.veth_name(name)), f"veth of {name} left"
-        assert name not in leases, f"lease of {name} left"
-    if not leases:  # nobody else is running: the anchor and its NAT table went too
-        assert not network.link_exists(network.ANCHOR)
-        assert network.nat_table() not in tables
+        assert not links.link_exists(links.veth_name(name)), f"veth of {name} left"
+        assert name not in held, f"lease of {name} left"
+    if not held:  # nobody else is running: the anchor and its NAT table went too
+        assert not links.link_exists(leases.ANCHOR)
+        assert leases.nat_table() not in tables
 
 
 def policy(command: str, names: list[str], **extra) -> dict:
@@ -299,11 +299,11 @@ def test_dns_allowed_vs_denied_resolver(remote, tmp_path, nothing_left_behind):
 # -- ingress -----------------------------------------------------------------------------------
 
 def _wait_lease(name: str, proc: subprocess.Popen, timeout: float = 30) -> str:
-    from lxcbind.net import network
+    from lxcbind.net import leases
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lease = network.leases().get(name)
+        lease = leases.leases().get(name)
         if lease is not None:
             return lease.address
         assert proc.poll() is None, proc.communicate()
@@ -397,7 +397,7 @@ def test_first_packet_is_already_filtered(remote, tmp_path, nothing_left_behind)
 
 def test_no_traffic_after_destroy(remote, nothing_left_behind):
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
+    from lxcbind.net import links, network
 
     doc = policy("ip -4 -o addr show eth0", nothing_left_behind,
                  network={"egress": {"default": "allow"}})
@@ -408,7 +408,7 @@ def test_no_traffic_after_destroy(remote, nothing_left_behind):
     with Nft() as nft:
         assert not nft.table_exists("inet", network.table_name(name))
         assert not nft.table_exists("bridge", network.table_name(name))
-    assert not network.link_exists(network.veth_name(name))
+    assert not links.link_exists(links.veth_name(name))
     assert address not in sh("ip -4 route show table all").stdout
     assert remote.run(f"busybox ping -c1 -W1 {address}").returncode != 0
 
@@ -541,14 +541,14 @@ def test_sigterm_during_networked_run_leaves_nothing(tmp_path, nothing_left_behi
 
 
 def network_veths_of(name: str) -> list[str]:
-    from lxcbind.net import network
+    from lxcbind.net import links
 
     return [line for line in sh("ip -o link").stdout.splitlines()
-            if network.veth_name(name) in line]
+            if links.veth_name(name) in line]
 
 
 def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
-    from lxcbind.net import network
+    from lxcbind.net import leases
 
     ready = tmp_path / "ready"
     doc = policy(f"touch {ready}; sleep 60", nothing_left_behind,
@@ -560,7 +560,7 @@ def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
     _wait_file(ready, proc)
     proc.kill()
     proc.communicate(timeout=30)
-    assert name in network.leases()
+    assert name in leases.leases()
     r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
                        timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr

@@ -63,7 +63,7 @@ def test_permissive_ingress_asked_of_a_firewall_stays_refused(version, network, 
 
 
 def test_pin_uses_mxcs_marker_and_drops_stale_pins_of_either_marker():
-    from lxcbind.net.network import pin_hosts
+    from lxcbind.net.dns import pin_hosts
 
     text = ("127.0.0.1 localhost\n198.18.0.9 proxy.test #mxc-proxy-pin\n"
             "198.18.0.8\tproxy.test\t# lxcbind-proxy-pin\n198.18.0.7 other.test\n")

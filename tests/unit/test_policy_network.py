@@ -9,7 +9,8 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from lxcbind.net.network import off_host, resolv_conf
+from lxcbind.net.dns import resolv_conf
+from lxcbind.net.network import off_host
 from lxcbind.net.ruleset import Resolved
 from lxcbind.policy.network import (
     Decision,
@@ -117,11 +118,11 @@ def test_resolv_conf_lists_only_the_resolvers_the_plan_lets_through(tmp_path: Pa
                                                "except": ["198.18.0.0/24"]}]}],
                              "allow": [{"to": [{"cidr": "198.18.0.0/15"}],
                                         "ports": [{"protocol": "udp", "port": 53}]}]}})
-    assert resolv_conf(eff, Resolved(), str(host)).splitlines()[1:] == []
+    assert resolv_conf(egress_plan(eff), str(host)).splitlines()[1:] == []
     eff = eff_of({"egress": {"allow": [{"to": [{"cidr": "198.18.0.0/24"}],
                                         "ports": [{"protocol": "tcp", "port": 53}]}]}})
-    assert resolv_conf(eff, Resolved(), str(host)).splitlines()[1:] == ["nameserver 198.18.0.53"]
-    assert "allows no DNS resolver" in resolv_conf(eff_of(None), None, str(host))
+    assert resolv_conf(egress_plan(eff), str(host)).splitlines()[1:] == ["nameserver 198.18.0.53"]
+    assert "allows no DNS resolver" in resolv_conf(egress_plan(eff_of(None)), str(host))
 
 
 def test_off_host_follows_the_plan() -> None:
