@@ -25,9 +25,9 @@ from collections.abc import Iterator, Sequence
 from lxcbind.errors import SandboxError
 from lxcbind.lxc.nftables import Nft
 
-__all__ = ["LXC_DEFAULT_RANGE", "POOL_CANDIDATES", "VETH_PREFIX", "choose_pool", "create_anchor",
-           "Netlink", "delete_link", "host_routes_v4", "hwaddr", "link_exists", "open_nft", "sysctl",
-           "veth_name"]
+__all__ = ["LXC_DEFAULT_RANGE", "POOL_CANDIDATES", "VETH_PREFIX", "Netlink", "choose_pool",
+           "create_anchor", "delete_link", "host_routes_v4", "hwaddr", "link_exists", "open_nft",
+           "sysctl", "veth_name"]
 
 VETH_PREFIX = "lxcb"
 POOL_CANDIDATES = ("10.213.0.0/16", "10.214.0.0/16", "10.215.0.0/16", "172.29.0.0/16",

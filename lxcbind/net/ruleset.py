@@ -2,27 +2,31 @@
 
 ``resolve_destinations`` turns the hostnames of an ``EffectiveNetwork`` into addresses (once),
 failing closed where mxc does; ``compile_ruleset`` turns the policy plus those addresses into
-one nft script that ``lxcbind.lxc.nftables.Nft.apply`` installs in a single transaction.  ``table_name``
-names the tables, ``teardown_script`` removes them.
+one nft script that ``lxcbind.lxc.nftables.Nft.apply`` installs in a single transaction.
+``table_name`` names the tables, ``teardown_script`` removes them.  What the egress policy
+*means* is not decided here: ``lxcbind.policy.network.egress_plan`` writes it once as ordered
+first-match decisions, and this module compiles that plan.  Behaviour reference: mxc's LXC
+backend (https://github.com/microsoft/mxc, ``src/backends/lxc/common/src/network_iptables.rs``
+and ``network_ingress.rs``), bugs and gaps fixed as noted.
 
-What the script builds, and why (behaviour reference: ``notes/policy-format.md`` §4):
+What the script builds, and why:
 
-* **Two tables with one name, one transaction.**  ``table inet <name>`` holds the policy.
-  ``table bridge <name>`` holds per-port anti-spoofing.  The inet hooks of a routed packet see
-  the *bridge* as its interface, never the bridge port: a rule on ``iifname "<veth>"`` in an
-  inet chain matches nothing when the veth is enslaved to a bridge (measured; this is the mxc
-  bug where the ``-i veth`` hook "looked enforced but filtered nothing", note §6, #798).  So the
-  inet table recognises the container's traffic by its **addresses** (``ip saddr`` /
-  ``ip daddr``), and it also matches ``iifname``/``oifname "<veth>"`` so a routed, unbridged veth
-  works too.  Addresses only identify a container if it cannot forge them, which is what
-  the bridge table enforces where the port *is* visible: from ``iifname "<veth>"`` only IPv4
-  from the container's address, ARP for that address, IPv6 from its address, and neighbour
-  discovery / MLD from link-local or ``::`` pass; everything else (other sources, other
-  ethertypes, VLAN tags) is dropped at the port.  The inet table repeats the source check for
-  the unbridged case.  Both tables are matched by *name* (``iifname``), so they can be
-  installed before the veth exists: the container's first packet is already filtered (the
-  window between ``lxc-start`` and rule install in mxc is gone).
-* **Idempotent, atomic re-creation.**  Each table is introduced by ``add table`` + ``delete
+* **One table per container, one transaction.**  ``table inet <name>``, in the host's network
+  namespace (root in the container cannot remove it; mxc's ingress chain lives in the
+  container's netns, #854).  The container's veth is routed, never a bridge port
+  (``lxcbind.net.network``), so every packet it sends enters the host's IP layer with
+  ``iifname "<veth>"``, and every packet for it leaves with ``oifname "<veth>"``: the hooks
+  recognise the container's traffic by that name, which exists before the veth does, so the
+  table is installed before ``start()`` and the container's first packet is already filtered
+  (the window between ``lxc-start`` and rule install in mxc is gone).  They also recognise it
+  by the container's **address** (``ip saddr``/``ip daddr``): a packet claiming the
+  container's address from another interface is held to the container's policy too.
+  The ``from_container`` chain drops any source but the container's own address (a spoofed
+  source would otherwise borrow another container's identity, or hide behind NAT).  There is
+  no ``bridge`` table: its hooks only see frames on bridge ports, which no lxcbind veth is
+  (measured: zero packets on a routed veth); ``teardown_script`` still deletes one of the same
+  name, which earlier lxcbind versions installed beside the inet table (unused there too).
+* **Idempotent, atomic re-creation.**  The table is introduced by ``add table`` + ``delete
   table`` + the full ``table { }`` block (nft 1.0.6 has no ``destroy``), all in one batch: the
   old rules are replaced with no instant of being unfiltered, and a failure applies nothing.
 * **Hooks** (``priority filter``; verdicts of other tables still apply: our ``accept`` only
@@ -32,19 +36,13 @@ What the script builds, and why (behaviour reference: ``notes/policy-format.md``
   host's other addresses) runs the same ``egress`` policy, after letting neighbour discovery
   through (mxc leaves INPUT open: a container could reach everything on the host).
   ``output`` — the host itself → container, governed by ``host_loopback_deny``.
-* **Egress order** (mxc §4.1): established/related accept; legacy (< 0.8 firewall) tcp/udp
-  port 53 accept to anywhere; deny rules; allow rules; closing ``egress_default`` verdict.
-  The rules are not emitted one by one but grouped into **interval sets**: consecutive
-  entries with the same verdict are a "run" (first-match order inside a run cannot change the
-  result), and inside a run every destination with the same family and protocol/port
-  selector goes into one set (collapsed, so overlaps never make nft fail).  1,000 CIDRs with
-  the same selector become one set and one rule.
-* **except** (0.8), exactly as mxc lowers it: each except range is emitted *before* its
-  rule's peer, with the same protocol/ports, carrying the **direction default's** verdict, and
-  only when that differs from the rule's action (deny+except under default allow: the hole is
-  accepted; allow+except under default deny: the hole is dropped; otherwise the except has no
-  effect).  Because it is an early verdict, a hole in a deny rule also skips later deny rules
-  that would cover it, as in mxc; the run grouping keeps that order exactly.
+* **Egress**: the plan's decisions, not emitted one by one but grouped into **interval
+  sets**: consecutive decisions with the same verdict are a "run" (first-match order inside a
+  run cannot change the result), and inside a run every destination with the same family and
+  protocol/port selector goes into one set (collapsed, so overlaps never make nft fail).  1,000
+  CIDRs with the same selector become one set and one rule; a catch-all becomes
+  ``meta nfproto ipv4``/``ipv6``.  The run grouping keeps the plan's order exactly, except
+  holes included.
 * **Ports/protocols**: tcp/udp with ``port``/``endPort`` → ``tcp dport 80`` /
   ``udp dport 1000-2000``; ``any`` with a port → ``meta l4proto { tcp, udp } th dport …``;
   ``any`` without → every protocol; ``icmp`` → ``meta l4proto icmp`` for IPv4 destinations and
@@ -52,14 +50,13 @@ What the script builds, and why (behaviour reference: ``notes/policy-format.md``
   (that family is dropped at the source check).
 * **Ingress**: ``ingress`` (forwarded to the container) and ``from_host`` (the host's own
   connections) accept established/related replies, ``from_host`` also the host's neighbour
-  discovery; the rest is dropped when ``ingress_deny`` / ``host_loopback_deny``.  These rules
-  live in the host's netns, so root in the container cannot remove them (mxc's ingress chain
-  lives in the container netns, #854).  Permissive ingress (``ingress.default: allow``,
-  ``hostLoopback: allow``, ``allowLocalNetwork: true``) is *implemented* here (accept), unlike
-  mxc which refuses it; whether to offer it is the caller's decision.
-* **Proxy mode** (``eff.proxy``, mxc "model 2"): egress is only tcp to the proxy's resolved
-  IPv4 addresses (at most 16) on its port; everything else, IPv6 included, is dropped; no
-  established or DNS exemption.  An IPv6 or loopback proxy endpoint is refused
+  discovery; the rest is dropped when ``ingress_deny`` / ``host_loopback_deny``.  Permissive
+  ingress (``ingress.default: allow``, ``hostLoopback: allow``, ``allowLocalNetwork: true``) is
+  *implemented* here (accept), unlike mxc which refuses it; whether to offer it is the caller's
+  decision.
+* **Proxy mode** (``eff.proxy``, mxc "model 2"): the plan allows only tcp to the proxy's
+  resolved IPv4 addresses (at most 16) on its port; everything else, IPv6 included, is
+  dropped; no established or DNS exemption.  An IPv6 or loopback proxy endpoint is refused
   (``SandboxError``): the rule is IPv4-only and the container's loopback is not the host's.
 * **No firewall** (0.6/0.7 without ``enforcementMode`` firewall/both): egress and ingress
   accept everything, but the source checks stay (they never block legitimate traffic).
@@ -71,7 +68,7 @@ warning; an unresolvable *blocked* host is fatal (``SandboxError`` naming it) un
 default-allow egress policy, and under default deny when an allow rule covers ``0.0.0.0/0``
 or ``::/0`` (the host would be reachable through it), otherwise a warning (it stays blocked by
 the default).  The proxy host must resolve to IPv4 (none → fatal, IPv6 only → fatal, more than
-16 → warning, first 16 kept).  Nothing is re-resolved later (mxc roadmap item 23).
+16 → warning, first 16 kept).  Nothing is re-resolved later (mxc's roadmap, item 23).
 """
 
 from __future__ import annotations
@@ -99,7 +96,10 @@ __all__ = ["MAX_PROXY_ADDRESSES", "TABLE_FAMILIES", "TABLE_PREFIX", "Resolved", 
            "resolve_destinations", "table_name", "teardown_script"]
 
 TABLE_PREFIX = "lxcbind_"
-TABLE_FAMILIES = ("inet", "bridge")
+TABLE_FAMILIES = ("inet",)
+# Deleted with a container's table: earlier lxcbind versions also made a (never matching)
+# bridge table of that name; gc and teardown then clean up after an upgrade.
+_OLD_FAMILIES = ("bridge",)
 MAX_PROXY_ADDRESSES = 16
 
 Resolver = Callable[..., Sequence[Any]]
@@ -108,7 +108,7 @@ _IFNAME = lazy_re(r"[A-Za-z0-9_.-]{1,15}")   # IFNAMSIZ - 1; nothing nft would n
 _INSTALLATION = lazy_re(r"[a-z0-9]{1,16}")
 _TABLE = lazy_re(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 # Neighbour discovery a node needs to talk to its neighbour at all (hop limit 255 proves it
-# was not forwarded), and the MLD reports the bridge's multicast snooping learns from.
+# was not forwarded), and the MLD reports a link-local IPv6 stack sends when it comes up.
 _ND_OUT = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }"
 _ND_IN = "{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }"
 _MLD_REPORTS = "{ mld-listener-report, mld-listener-done, mld2-listener-report }"
@@ -130,11 +130,11 @@ def table_name(container_name: str, installation: str = "") -> str:
 
 
 def teardown_script(table: str) -> str:
-    """A script that removes both of a container's tables in one transaction; a missing
-    table is not an error."""
+    """A script that removes a container's table (and the bridge table older versions made
+    beside it) in one transaction; a missing table is not an error."""
     _check_table(table)
     return "".join(f"add table {fam} {table}\ndelete table {fam} {table}\n"
-                   for fam in TABLE_FAMILIES)
+                   for fam in TABLE_FAMILIES + _OLD_FAMILIES)
 
 
 # --------------------------------------------------------------------------- resolution
@@ -410,8 +410,6 @@ def compile_ruleset(*, table: str, veth: str,
         f"# lxcbind network policy for host interface {veth}" + (f" ({label})" if label else ""),
         f"add table inet {table}",
         f"delete table inet {table}",
-        f"add table bridge {table}",
-        f"delete table bridge {table}",
         "",
         f"table inet {table} {{",
         *sets,
@@ -435,7 +433,7 @@ def compile_ruleset(*, table: str, veth: str,
         f"{i2}goto from_container",
         f"{i1}}}",
         f"{i1}chain from_container {{",
-        f"{i2}# source check for an unbridged veth (the bridge table checks bridge ports)",
+        f"{i2}# only the container's own addresses (no spoofed source gets further)",
         *source_checks,
         f"{i2}goto egress",
         f"{i1}}}",
@@ -450,24 +448,6 @@ def compile_ruleset(*, table: str, veth: str,
         f"{i2}ct state established,related accept",
         f"{i2}icmpv6 type {_ND_IN} ip6 hoplimit 255 accept",
         f"{i2}{host_verdict}   # connections opened by the host itself",
-        f"{i1}}}",
-        "}",
-        "",
-        f"table bridge {table} {{",
-        f"{i1}chain prerouting {{",
-        f"{i2}type filter hook prerouting priority filter; policy accept;",
-        f"{i2}iifname \"{veth}\" jump port_in",
-        f"{i1}}}",
-        f"{i1}chain port_in {{",
-        f"{i2}# only the container's own addresses may enter the bridge from its port",
-        *([f"{i2}ether type arp arp saddr ip {c4} return",
-           f"{i2}ether type ip ip saddr {c4} return"] if c4 else []),
-        *([f"{i2}ether type ip6 ip6 saddr {c6} return"] if c6 else []),
-        f"{i2}ether type ip6 ip6 saddr {{ fe80::/10, :: }} icmpv6 type {_ND_OUT} "
-        "ip6 hoplimit 255 return",
-        f"{i2}ether type ip6 ip6 saddr {{ fe80::/10, :: }} icmpv6 type {_MLD_REPORTS} "
-        "ip6 hoplimit 1 return",
-        f"{i2}drop",
         f"{i1}}}",
         "}",
         "",

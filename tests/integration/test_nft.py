@@ -1,14 +1,19 @@
-"""lxcbind.lxc.nftables + lxcbind.net.ruleset against the kernel, in throwaway network namespaces (root).
+"""lxcbind.lxc.nftables + lxcbind.net.ruleset against the kernel, in throwaway network
+namespaces (root).
 
 Every packet stays inside namespaces this module creates (``lxcbind-test-<uuid8>-{c,r,x}``,
 removed in teardown even when a test fails); addresses come from 198.18.0.0/15 and the ULA
 fd00:198:18::/48, never from the machine's own interfaces.  The topology is the one
-lxcbind's network layer builds:
+lxcbind's network layer builds (``lxcbind.net.network``: a routed veth, the gateway on a
+portless anchor bridge, host routes to the container's addresses, proxy ARP/NDP for the
+gateway), plus IPv6 on the veth so the IPv6 rules are exercised too:
 
-    c (container)                r (host / gateway)                     x (remote)
-    eth0 198.18.0.2  ── veth ── vh0 ⊂ bridge lxbr0 198.18.0.1           xr0 198.18.1.2
-         fd00:198:18:1::2          (port isolated)  fd00:198:18:1::1     fd00:198:18:2::2
-                                 rx0 198.18.1.1 / fd00:198:18:2::1 ──   lo: 198.19.{0,1,2}.1
+    c (container)                  r (host)                                x (remote)
+    eth0 198.18.0.2/32  ── veth ── vh0 (no address; routes to c's /32, /128)
+         fd00:198:18:1::2/128      anchor lxbr0 198.18.0.1, fd00:198:18:1::1 (no ports)
+                                   rx0 198.18.1.1 / fd00:198:18:2::1 ──  xr0 198.18.1.2
+                                                                              fd00:198:18:2::2
+                                                                         lo: 198.19.{0,1,2}.1
                                                                              fd00:198:18:1{0,1}::1
 
 The ruleset is applied in ``r`` through ``Nft(netns="/run/netns/<r>")``: the context lives on a
@@ -241,11 +246,9 @@ class Topology:
         self.sysctl(r, "net.ipv6.conf.all.forwarding", "1")
         ip("-n", r, "link", "add", "lxbr0", "type", "bridge")
         ip("-n", r, "link", "add", VETH, "type", "veth", "peer", "name", "eth0", "netns", c)
-        ip("-n", r, "link", "set", VETH, "master", "lxbr0")
-        ip("-n", r, "link", "set", VETH, "type", "bridge_slave", "isolated", "on")
         ip("-n", r, "link", "add", "rx0", "type", "veth", "peer", "name", "xr0", "netns", x)
         for ns, dev, addrs in ((r, "lxbr0", [f"{G4}/24", f"{G6}/64"]),
-                               (c, "eth0", [f"{C4}/24", f"{C6}/64"]),
+                               (c, "eth0", [f"{C4}/32", f"{C6}/128"]),
                                (r, "rx0", ["198.18.1.1/24", "fd00:198:18:2::1/64"]),
                                (x, "xr0", ["198.18.1.2/24", "fd00:198:18:2::2/64"]),
                                (x, "lo", [f"{a}/32" for a in X4] + [f"{a}/128" for a in X6])):
@@ -253,8 +256,16 @@ class Topology:
                 ip("-n", ns, "addr", "add", a, "dev", dev, *(["nodad"] if ":" in a else []))
             ip("-n", ns, "link", "set", dev, "up")
         ip("-n", r, "link", "set", VETH, "up")
-        ip("-n", c, "route", "add", "default", "via", G4)
-        ip("-n", c, "-6", "route", "add", "default", "via", G6)
+        self.route_to_container(C4)
+        self.route_to_container(C6)
+        self.sysctl(r, f"net.ipv4.conf.{VETH}.proxy_arp", "1")   # answers for the gateway
+        self.sysctl(r, f"net.ipv6.conf.{VETH}.proxy_ndp", "1")
+        for family in ("ipv4", "ipv6"):   # at once: a proxied answer waits up to 0.8 s
+            self.sysctl(r, f"net.{family}.neigh.{VETH}.proxy_delay", "0")   # (> BLOCKED_WAIT)
+        ip("-n", r, "-6", "neigh", "add", "proxy", G6, "dev", VETH)
+        for gw in (G4, G6):
+            ip("-n", c, "route", "add", gw, "dev", "eth0")
+            ip("-n", c, "route", "add", "default", "via", gw)
         ip("-n", x, "route", "add", "default", "via", "198.18.1.1")
         ip("-n", x, "-6", "route", "add", "default", "via", "fd00:198:18:2::1")
         ip("-n", r, "route", "add", "198.19.0.0/16", "via", "198.18.1.2")
@@ -262,6 +273,11 @@ class Topology:
         self.servers.append(Servers(x, TCP_PORTS, UDP_PORTS, tuple(X4 + X6)))
         self.servers.append(Servers(r, (8080,), (53,), (G4, G6)))
         self.servers.append(Servers(c, (7000,)))
+
+    def route_to_container(self, address: str) -> None:
+        """The host's route to an address of the container, through its veth (liblxc's
+        router mode adds it for the container's configured addresses)."""
+        ip("-n", self.r, "route", "add", address, "dev", VETH)
 
     def apply(self, network: dict[str, Any] | None, version: str = "0.8.0") -> str:
         from lxcbind.net.ruleset import compile_ruleset, resolve_destinations
@@ -332,8 +348,8 @@ def test_tables_helpers_and_idempotent_reapply(topo: Topology) -> None:
     t = topo.table
     text = topo.apply(None)
     topo.nft.apply(text)   # re-creating is a replacement, not an error
-    assert topo.nft.list_table_names("lxcbind_") == [("bridge", t), ("inet", t)]
-    assert topo.nft.table_exists("inet", t) and topo.nft.table_exists("bridge", t)
+    assert topo.nft.list_table_names("lxcbind_") == [("inet", t)]
+    assert topo.nft.table_exists("inet", t)
     topo.nft.delete_table("inet", t)
     topo.nft.delete_table("inet", t)   # idempotent
     assert not topo.nft.table_exists("inet", t)
@@ -427,10 +443,12 @@ def test_traffic_to_the_gateway_itself_is_governed(topo: Topology) -> None:
     assert not udp_ok(topo.c, G4, 53) and not tcp_ok(topo.c, X4[0], 80)
 
 
-def test_spoofed_sources_are_dropped_at_the_port(topo: Topology) -> None:
+def test_spoofed_sources_are_dropped(topo: Topology) -> None:
     topo.apply({"egress": {"default": "allow"}})
-    ip("-n", topo.c, "addr", "add", "198.18.0.99/24", "dev", "eth0")
-    ip("-n", topo.c, "addr", "add", "fd00:198:18:1::99/64", "dev", "eth0", "nodad")
+    for spoofed in ("198.18.0.99", "fd00:198:18:1::99"):
+        ip("-n", topo.c, "addr", "add", spoofed, "dev", "eth0", *(["nodad"] if ":" in spoofed
+                                                                    else []))
+        topo.route_to_container(spoofed)   # replies would come back: only the rules refuse
     # the kernel may now pick either address as the default source: name it
     assert tcp_ok(topo.c, X4[0], 80, source=C4) and tcp_ok(topo.c, X6[0], 80, source=C6)
     assert not tcp_ok(topo.c, X4[0], 80, source="198.18.0.99")
@@ -461,7 +479,7 @@ def test_inbound_allowed_when_asked(topo: Topology) -> None:
 def test_first_packet_is_filtered_rules_before_interfaces(bare: Topology) -> None:
     bare.apply({"egress": {"allow": [{"to": [{"cidr": "198.19.0.0/24"}],
                                       "ports": [{"protocol": "tcp", "port": 80}]}]}})
-    bare.wire()   # the veth, bridge and addresses appear only now
+    bare.wire()   # the veth, anchor and addresses appear only now
     assert not udp_ok(bare.c, X4[0], 53)            # the container's very first packet
     assert not tcp_ok(bare.c, X4[1], 80) and not tcp_ok(bare.c, G4, 8080)
     assert tcp_ok(bare.c, X4[0], 80)
