@@ -4,7 +4,7 @@ throwaway network namespace (``lxcbind-bench-<uuid8>``, removed afterwards; the 
 rules are never touched).
 
 Compared in one run:
-  * compile (``netrules.compile_ruleset`` on an already parsed policy, pure Python);
+  * compile (``lxcbind.net.ruleset.compile_ruleset`` on an already parsed policy, pure Python);
   * apply through ``lxcbind.lxc.nftables.Nft`` (libnftables in-process, one transaction);
   * the same script through ``ip netns exec NS nft -f -`` (two fork+execs, a namespace
     switch and the same library: what a spawning implementation would pay);

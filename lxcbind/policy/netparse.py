@@ -29,7 +29,8 @@ Contract, and the choices made where mxc's format is silent:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from lxcbind.errors import PolicyError
 from lxcbind.policy.fields import (
@@ -58,6 +59,8 @@ from lxcbind.policy.network import (
 )
 
 __all__ = ["NetworkParser"]
+
+T = TypeVar("T")
 
 # The legacy network fields and the 0.8 ("directional") ones, in the order they are reported.
 _LEGACY_NET = ("defaultPolicy", "enforcementMode", "allowLocalNetwork", "allowedHosts",
@@ -188,21 +191,8 @@ class NetworkParser:
 
     def rule(self, value: Any, path: str) -> Rule:
         sec = obj(value, path, ("to", "ports"))
-        peers: list[Peer] = []
-        if "to" in sec:
-            items = array(sec["to"], f"{path}.to")
-            if not items:
-                raise PolicyError(f"{path}.to", "must contain at least one destination when "
-                                                "given (omit it to match any destination)")
-            peers = [self.peer(p, f"{path}.to[{i}]") for i, p in enumerate(items)]
-        ports: list[PortSelector] = []
-        if "ports" in sec:
-            items = array(sec["ports"], f"{path}.ports")
-            if not items:
-                raise PolicyError(f"{path}.ports", "must contain at least one selector when "
-                                                   "given (omit it to match any port)")
-            ports = [self.port(p, f"{path}.ports[{i}]") for i, p in enumerate(items)]
-        return Rule(tuple(peers), tuple(ports))
+        return Rule(_nonempty(sec, "to", path, self.peer, "one destination", "any destination"),
+                    _nonempty(sec, "ports", path, self.port, "one selector", "any port"))
 
     def peer(self, value: Any, path: str) -> Peer:
         sec = obj(value, path, ("cidr", "except"))
@@ -234,3 +224,16 @@ class NetworkParser:
         if end is not None and port is not None and end < port:
             raise PolicyError(f"{path}.endPort", f"must be >= port ({port}), got {end}")
         return PortSelector(proto, port, end)
+
+
+def _nonempty(sec: dict[str, Any], key: str, path: str, read: Callable[[Any, str], T],
+              what: str, omitted: str) -> tuple[T, ...]:
+    """``sec[key]``'s items read by ``read``; () when absent, refused when explicitly empty
+    (an empty list is never widened to "any")."""
+    if key not in sec:
+        return ()
+    items = array(sec[key], f"{path}.{key}")
+    if not items:
+        raise PolicyError(f"{path}.{key}", f"must contain at least {what} when given (omit it "
+                                           f"to match {omitted})")
+    return tuple(read(item, f"{path}.{key}[{i}]") for i, item in enumerate(items))

@@ -20,7 +20,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import new_name, requires_lxc, requires_root
-from tests.integration.test_network import PROBE, allow, nothing_left_behind, remote  # noqa: F401
+
+# the network tests' fixtures (registered under the names "remote" and "nothing_left_behind")
+from tests.integration.test_network import (  # noqa: F401
+    PROBE,
+    allow,
+    nothing_left_behind_fixture,
+    remote_fixture,
+)
 
 pytestmark = [requires_root, requires_lxc]
 
@@ -242,8 +249,7 @@ def test_gc_keeps_a_table_installed_while_it_prunes(nothing_left_behind, monkeyp
 def test_gc_of_another_state_dir_never_touches_this_installations_tables(
         tmp_path, nothing_left_behind):
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
-    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network, ruleset
 
     name = new_name("i14-")
     nothing_left_behind.append(name)
@@ -266,7 +272,7 @@ def test_gc_of_another_state_dir_never_touches_this_installations_tables(
     finally:
         live.teardown()
         with Nft() as nft:
-            nft.apply(netrules.teardown_script(theirs))
+            nft.apply(ruleset.teardown_script(theirs))
 
 
 def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
@@ -315,8 +321,7 @@ def test_preserved_table_does_not_match_the_address_the_next_container_gets(
     """preservePolicy keeps the table for inspection, without the lease's address: a later
     container given that address is filtered by its own policy only."""
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
-    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network, ruleset
 
     a, b = remote.addr(2), remote.addr(3)
     remote.serve([("tcp", a, 80), ("tcp", b, 80)])
@@ -345,7 +350,7 @@ def test_preserved_table_does_not_match_the_address_the_next_container_gets(
                         "still holds")
     finally:
         with Nft() as nft:
-            nft.apply(netrules.teardown_script(table))
+            nft.apply(ruleset.teardown_script(table))
 
 
 # -- mxc's scenarios through lxcbind-exec, checked the way mxc's e2e scripts check them --------
@@ -571,8 +576,8 @@ def test_preserve_policy_then_delete_by_name(tmp_path, nothing_left_behind):
     finally:
         destroy_quietly(name)
         with Nft() as nft:
-            from lxcbind.net import ruleset as netrules
-            nft.apply(netrules.teardown_script(network.table_name(name)))
+            from lxcbind.net import ruleset
+            nft.apply(ruleset.teardown_script(network.table_name(name)))
 
 
 def test_command_line_contract(tmp_path, nothing_left_behind):

@@ -38,7 +38,8 @@ SERVER = textwrap.dedent(r'''
     deadline = time.time() + spec["ttl"]
     socks = []
     for proto, addr, port in spec["listen"]:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        s = socket.socket(socket.AF_INET, kind)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, port))
         if proto == "tcp":
@@ -84,7 +85,8 @@ PROBE = textwrap.dedent(r'''
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.settimeout(1.5)
                 # a DNS-shaped query (id 0x1234, one question) for the resolver tests
-                s.sendto(bytes.fromhex("123401000001000000000000") + b"\x01a\x04test\x00\x00\x01\x00\x01",
+                query = b"\x01a\x04test\x00\x00\x01\x00\x01"   # a.test IN A
+                s.sendto(bytes.fromhex("123401000001000000000000") + query,
                          (addr, port))
                 data = s.recvfrom(512)[0]
             s.close()
@@ -133,8 +135,8 @@ class Remote:
         return self.run(f"{sys.executable} -c {shlex.quote(code)}").stdout.strip() == "open"
 
 
-@pytest.fixture
-def remote() -> Iterator[Remote]:
+@pytest.fixture(name="remote")
+def remote_fixture() -> Iterator[Remote]:
     tag = uuid.uuid4().hex[:8]
     ns, host_if = f"lxcbind-test-{tag}", f"lbt{tag}"
     used = sh("ip -4 route show table all").stdout
@@ -156,8 +158,8 @@ def remote() -> Iterator[Remote]:
         sh(f"ip link del {host_if}", check=False)
 
 
-@pytest.fixture(autouse=True)
-def nothing_left_behind() -> Iterator[list[str]]:
+@pytest.fixture(name="nothing_left_behind", autouse=True)
+def nothing_left_behind_fixture() -> Iterator[list[str]]:
     """Containers named through ``names`` must leave no table, veth or lease."""
     names: list[str] = []
     yield names
@@ -185,7 +187,8 @@ def policy(command: str, names: list[str], **extra) -> dict:
     return doc
 
 
-def cli(doc: dict, *args: str, env: dict | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
+def cli(doc: dict, *args: str, env: dict | None = None,
+        timeout: float = 90) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "lxcbind", "run", "--json", *args, "-"],
                           input=json.dumps(doc).encode(), capture_output=True, timeout=timeout,
                           cwd=ROOT, env={**os.environ, **(env or {})})
@@ -332,10 +335,10 @@ def spawn(doc: dict) -> subprocess.Popen:
 
 def test_ingress_unreachable_even_after_the_workload_flushes_nft(remote, tmp_path,
                                                                   nothing_left_behind):
-    a = remote.addr(2)
     marks = tmp_path / "marks"
     marks.mkdir()
-    server = "import socket,time; s=socket.socket(); s.bind(('0.0.0.0',7000)); s.listen(8); time.sleep(60)"
+    server = ("import socket,time; s=socket.socket(); s.bind(('0.0.0.0',7000)); s.listen(8); "
+              "time.sleep(60)")
     self_check = ("import socket; socket.create_connection(('127.0.0.1',7000),timeout=1).close(); "
                   "print('self-ok')")
     command = (f"python3 -c {shlex.quote(server)} & sleep 0.5; "
@@ -433,7 +436,7 @@ def test_proxy_mode_only_the_proxy(remote, tmp_path, nothing_left_behind):
     assert json.loads(results) == ["ok", "blocked", "blocked"]
 
 
-# -- the §4.4 matrix ---------------------------------------------------------------------------
+# -- the version matrix ------------------------------------------------------------------------
 
 def test_matrix_07_without_enforcement_mode_is_open(remote, tmp_path, nothing_left_behind):
     """Capabilities mode, as mxc runs it: a device with open egress (even to a blocked host,
@@ -569,8 +572,7 @@ def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
 
 def test_preserve_policy_keeps_the_table(nothing_left_behind):
     from lxcbind.lxc.nftables import Nft
-    from lxcbind.net import network
-    from lxcbind.net import ruleset as netrules
+    from lxcbind.net import network, ruleset
 
     doc = policy("true", nothing_left_behind, network={"egress": {"default": "allow"}},
                  lifecycle={"preservePolicy": True})
@@ -586,4 +588,4 @@ def test_preserve_policy_keeps_the_table(nothing_left_behind):
             assert g.returncode == 0, g.stderr
             assert not nft.table_exists("inet", table)
         finally:
-            nft.apply(netrules.teardown_script(table))
+            nft.apply(ruleset.teardown_script(table))

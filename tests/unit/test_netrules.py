@@ -1,6 +1,6 @@
-"""Network rules as text: table names, the §4.4 matrix, rule order, sets, except, ports, icmp,
-proxy mode and the fail-closed resolution cases.  No root, no netlink, no DNS (a fake resolver
-answers every lookup)."""
+"""Network rules as text: table names, mxc's version × enforcement matrix, rule order, sets,
+except, ports, icmp, proxy mode and the fail-closed resolution cases.  No root, no netlink, no
+DNS (a fake resolver answers every lookup)."""
 
 from __future__ import annotations
 
@@ -160,7 +160,7 @@ def test_bad_arguments_are_refused() -> None:
             compile_ruleset(**{**kw, **bad})
 
 
-# --------------------------------------------------------------------------- §4.4 matrix
+# --------------------------------------------------------------------------- version matrix
 
 def test_matrix_legacy_no_enforcement_mode_is_open() -> None:
     eff = eff_of({"defaultPolicy": "block"}, version="0.7.0")

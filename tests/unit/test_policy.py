@@ -1,5 +1,5 @@
 """Policy parsing: valid files, one bad policy per file with its expected JSON path, and the
-effective-network matrix of the policy-format note (§2.1, §4.4).  No root, no liblxc."""
+effective-network matrix (mxc's LXC runner: firewall by version and shape).  No root, no liblxc."""
 
 from __future__ import annotations
 
@@ -384,7 +384,7 @@ def test_cidr_host_bits_are_masked_and_bare_addresses_are_host_routes() -> None:
                                                                     "2001:db8::1/128"]
 
 
-# --------------------------------------------------------------------------- §4.4 matrix
+# --------------------------------------------------------------------------- version matrix
 
 def _eff(network: dict | None = None, version: str | None = None,
          **top: object) -> EffectiveNetwork:
