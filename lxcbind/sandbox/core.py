@@ -204,11 +204,11 @@ def _reap_stale_leases(log: Log) -> None:
         if not lock.acquire(blocking=False):
             continue
         try:
-            lease = leases.leases().get(name)  # re-read under the lock
-            if lease is None or lease.runner_alive():
+            held = leases.leases().get(name)  # re-read under the lock
+            if held is None or held.runner_alive():
                 continue
-            log(f"gc: releasing the network of {name!r} left by dead runner {lease.runner_pid}")
-            with Container(name, lease.lxcpath or None) as c:
+            log(f"gc: releasing the network of {name!r} left by dead runner {held.runner_pid}")
+            with Container(name, held.lxcpath or None) as c:
                 if c.defined:
                     c.stop()
             network.teardown_orphan(name)
