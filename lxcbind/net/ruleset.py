@@ -118,7 +118,7 @@ def table_name(container_name: str, installation: str = "") -> str:
     """The nftables table name for a container: ``lxcbind_`` + 16 base32 characters of
     SHA-256(name) (80 bits), or with an ``installation`` id ``lxcbind<installation>_`` + the
     same.  Stable across runs, never truncated from the name itself, so two containers cannot
-    share (and tear down) one table.  ``installation`` (``network.installation_id()``) keeps
+    share (and tear down) one table.  ``installation`` (``leases.installation_id()``) keeps
     the tables of two lxcbind state directories on one host apart, so one's ``gc`` never takes
     the other's live tables for leftovers; the tagged names also do not start with
     ``lxcbind_``, which older lxcbind versions' ``gc`` deleted wholesale."""
