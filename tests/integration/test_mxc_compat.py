@@ -98,6 +98,13 @@ def test_already_covered_scenarios_exist():
         assert func in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, where
 
 
+def release(proc: subprocess.Popen, go: Path) -> dict:
+    """Let a workload waiting for ``go`` finish; its JSON result and stderr."""
+    go.touch()
+    out, err = proc.communicate(timeout=60)
+    return {**json.loads(out), "stderr": err}
+
+
 def stop(proc: subprocess.Popen) -> None:
     """End a spawned run that is still going through its SIGTERM path (it cleans up), so a
     failing assertion does not also leave its container and network state behind."""
@@ -307,13 +314,11 @@ def test_two_state_dirs_run_networked_containers_side_by_side(remote, tmp_path,
         assert links.link_exists(leases.ANCHOR)
         with Nft() as nft:
             assert nft.table_exists("inet", network.table_name(ours["containerId"]))
-        go.touch()
-        out, err = proc.communicate(timeout=60)
+        res = release(proc, go)
     finally:
         go.touch()
         stop(proc)
-    res = json.loads(out)
-    assert res["exit_code"] == 0 and res["stdout"] == "reached\nreached\n", err
+    assert res["exit_code"] == 0 and res["stdout"] == "reached\nreached\n", res["stderr"]
 
 
 def test_preserved_table_does_not_match_the_address_the_next_container_gets(
@@ -648,13 +653,11 @@ def test_v07_firewall_inbound_default_deny_with_real_packets(remote, tmp_path,
         address = _wait_lease(policy["containerId"], proc)
         _wait_file(ready, proc)
         assert not remote.connect(address, 7000)
-        go.touch()
-        out, err = proc.communicate(timeout=60)
+        res = release(proc, go)
     finally:
         go.touch()
         stop(proc)
-    res = json.loads(out)
-    assert res["exit_code"] == 0 and "egress-ok" in res["stdout"], err
+    assert res["exit_code"] == 0 and "egress-ok" in res["stdout"], res["stderr"]
     assert res["network_enforced"] is True
 
 

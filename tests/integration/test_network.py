@@ -527,14 +527,20 @@ def _wait_table(name: str, proc: subprocess.Popen) -> None:
             time.sleep(0.05)
 
 
-def test_sigterm_during_networked_run_leaves_nothing(tmp_path, nothing_left_behind):
+def _networked_sleeper(tmp_path: Path, names: list[str]) -> tuple[dict, subprocess.Popen]:
+    """A networked run that sleeps once its table is installed and its workload runs."""
     ready = tmp_path / "ready"
-    doc = policy(f"touch {ready}; sleep 60", nothing_left_behind,
+    doc = policy(f"touch {ready}; sleep 60", names,
                  filesystem={"readwritePaths": [str(tmp_path)]},
                  network={"egress": {"default": "allow"}})
     proc = spawn(doc)
     _wait_table(doc["containerId"], proc)
     _wait_file(ready, proc)
+    return doc, proc
+
+
+def test_sigterm_during_networked_run_leaves_nothing(tmp_path, nothing_left_behind):
+    doc, proc = _networked_sleeper(tmp_path, nothing_left_behind)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err
@@ -553,14 +559,8 @@ def network_veths_of(name: str) -> list[str]:
 def test_sigkill_then_gc_removes_network_state(tmp_path, nothing_left_behind):
     from lxcbind.net import leases
 
-    ready = tmp_path / "ready"
-    doc = policy(f"touch {ready}; sleep 60", nothing_left_behind,
-                 filesystem={"readwritePaths": [str(tmp_path)]},
-                 network={"egress": {"default": "allow"}})
-    proc = spawn(doc)
+    doc, proc = _networked_sleeper(tmp_path, nothing_left_behind)
     name = doc["containerId"]
-    _wait_table(name, proc)
-    _wait_file(ready, proc)
     proc.kill()
     proc.communicate(timeout=30)
     assert name in leases.leases()
