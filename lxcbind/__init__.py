@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Process": "lxc.attach", "exit_status": "lxc.attach",
+    "Process": "lxc.attach", "exit_status": "result",
     "Container": "proc.runner", "default_lxcpath": "lxc.container",
     "list_containers": "lxc.container",
     "CommandTimeout": "errors", "ContainerNotFound": "errors", "ExecError": "errors",
@@ -111,7 +111,7 @@ if TYPE_CHECKING:
         SpawnerDied,
         TimeoutExpired,
     )
-    from lxcbind.lxc.attach import Process, exit_status
+    from lxcbind.lxc.attach import Process
     from lxcbind.lxc.container import (
         default_lxcpath,
         list_containers,
@@ -120,6 +120,6 @@ if TYPE_CHECKING:
     from lxcbind.policy.model import Policy
     from lxcbind.policy.parse import load_policy, load_policy_file
     from lxcbind.proc.runner import Container
-    from lxcbind.result import CompletedRun
+    from lxcbind.result import CompletedRun, exit_status
     from lxcbind.sandbox.core import Sandbox, Session, gc, run
     from lxcbind.sandbox.pool import Pool, PoolClosed

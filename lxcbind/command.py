@@ -20,7 +20,7 @@ from lxcbind._lite import lazy_re
 
 Command = str | Sequence[str]
 
-_ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")  # a variable name (also policy process.env)
 
 
 class CallOptions(NamedTuple):
@@ -99,7 +99,7 @@ def check_env(env: Any, call: str = "run") -> dict[str, str]:
         if not isinstance(key, str) or not isinstance(value, str):
             raise TypeError(f"{call}(): env keys and values must be str, got {key!r}: "
                             f"{type(value).__name__}")
-        if not _ENV_KEY.fullmatch(key):
+        if not ENV_KEY.fullmatch(key):
             raise ValueError(f"{call}(): env: invalid variable name {key!r}")
         if "\0" in value:
             raise ValueError(f"{call}(): env[{key!r}] must not contain NUL bytes")

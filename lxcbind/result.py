@@ -18,7 +18,8 @@ class CompletedRun:
     empty in tty mode, where both streams share the terminal; ``str`` after ``text=True``).
     With an output cap, ``truncated`` is True when either stream was cut,
     ``stdout_truncated``/``stderr_truncated`` say which, ``*_omitted`` count the bytes dropped
-    between the kept head and tail, and the stream holds ``omitted_marker(n)`` where it was cut.  ``exec_error`` is set when the command never started (missing cwd or program).
+    between the kept head and tail, and the stream holds ``omitted_marker(n)`` where it was
+    cut.  ``exec_error`` is set when the command never started (missing cwd or program).
     ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
     ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
@@ -48,7 +49,7 @@ class CompletedRun:
     @property
     def exit_status(self) -> int:
         """Shell-style status: the exit code, or 128+N for death by signal N."""
-        return 128 - self.returncode if self.returncode < 0 else self.returncode
+        return exit_status(self.returncode)
 
     @classmethod
     def captured(cls, args: Sequence[str], returncode: int, out: OutputBuffer,
@@ -88,6 +89,12 @@ class CompletedRun:
         return replace(self, **{name: bytes(value).decode(encoding, errors)
                                  for name in ("stdout", "stderr")
                                  if isinstance(value := getattr(self, name), (bytes, bytearray))})
+
+
+def exit_status(returncode: int) -> int:
+    """Shell-style status of a ``subprocess``-style returncode: the exit code, or 128+N for
+    death by signal N (-N).  The one home of this formula."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def omitted_marker(count: int) -> bytes:

@@ -10,6 +10,7 @@ and, as a last resort, its finalizer).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
 import signal
@@ -24,17 +25,12 @@ from typing import IO, Any
 from lxcbind._lite import record
 from lxcbind.errors import ExecError
 from lxcbind.lxc._native import ffi, lib
+from lxcbind.lxc.spawner_wire import STAGES
+from lxcbind.result import exit_status as exit_status
 
 FileArg = int | IO[Any] | None
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-_STAGES = {
-    lib.LXCBIND_STAGE_CHDIR: "chdir",
-    lib.LXCBIND_STAGE_CTTY: "ctty",
-    lib.LXCBIND_STAGE_EXEC: "exec",
-}
-
 
 SANDBOX_UID = 1000  # the host rootfs's non-root user ("sandbox", home /home/sandbox)
 
@@ -49,9 +45,17 @@ def baseline_env(uid: int | None = None) -> dict[str, str]:
     }
 
 
-def exit_status(returncode: int) -> int:
-    """Shell-style status: the exit code, or 128+N for death by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
+def environment(base: Mapping[str, str], env: Mapping[str, str] | None) -> list[str]:
+    """``KEY=VALUE`` entries of ``base`` with ``env`` merged over it (the one check of an
+    entry before it reaches C: the public API checks names earlier, ``command.check_env``)."""
+    merged = base
+    if env:
+        merged = dict(base)
+        for key, value in env.items():
+            if not key or "=" in key or "\0" in key or "\0" in value:
+                raise ValueError(f"invalid environment entry {key!r}")
+            merged[key] = value
+    return [f"{k}={v}" for k, v in merged.items()]
 
 
 def decode_wait_status(status: int) -> int:
@@ -74,7 +78,7 @@ def decode_status_record(data: bytes, program: str,
     if len(record) < 8:
         return reached, None
     stage, err = struct.unpack("=ii", record)
-    name = _STAGES.get(stage, "exec")
+    name = STAGES.get(stage, "exec")
     filename = cwd if name == "chdir" else program
     return reached, ExecError(name, err, filename or "")
 
@@ -116,19 +120,32 @@ def refuse_host_terminal(fd: int, field: str) -> None:
                          "for a terminal of its own, or pipes")
 
 
-def _cstrings(items: Sequence[str | bytes]) -> tuple[Any, list[Any]]:
+def cstrings(items: Sequence[str | bytes]) -> tuple[Any, list[Any]]:
     """A NULL-terminated ``char *[]`` and the buffers it points into (keep both alive)."""
     keep = [ffi.new("char[]", os.fsencode(item)) for item in items]
     array = ffi.new("char *[]", keep + [ffi.NULL])
     return array, keep
 
 
-def _fileno(value: FileArg, default: int) -> int:
+def fileno_of(value: FileArg, default: int) -> int:
+    """The descriptor of an fd or file object; ``default`` for None."""
     if value is None:
         return default
     if isinstance(value, int):
         return value
     return value.fileno()
+
+
+def pipe(size: int | None = None) -> tuple[int, int]:
+    """A close-on-exec pipe, its capacity raised to ``size`` bytes when given (best effort:
+    ``/proc/sys/fs/pipe-max-size`` may be lower)."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    if size is not None:
+        try:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            pass
+    return r, w
 
 
 @record(frozen=False)
@@ -169,7 +186,7 @@ def build_attach(
     try:
         # stdin is never fd 0 as liblxc sees it: with stdin_fd == 0 liblxc sets SIGINT and
         # SIGQUIT to SIG_IGN in the *calling* process, for good (lxc/lxc#1137).
-        in_fd = _fileno(stdin, -1)
+        in_fd = fileno_of(stdin, -1)
         if in_fd < 0:
             in_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             owned.append(in_fd)
@@ -177,8 +194,8 @@ def build_attach(
             in_fd = os.dup(0)
             owned.append(in_fd)
         # Never the caller's own stdout/stderr by default: they may be the host's terminal.
-        out_fd = _fileno(stdout, -1)
-        err_fd = _fileno(stderr, -1)
+        out_fd = fileno_of(stdout, -1)
+        err_fd = fileno_of(stderr, -1)
         if out_fd < 0 or err_fd < 0:
             null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
             owned.append(null)
@@ -189,20 +206,15 @@ def build_attach(
             refuse_host_terminal(fd, field)
 
         if clear_env:
-            environment = baseline_env(uid)
+            base = baseline_env(uid)
         else:
-            environment = dict(os.environ)
-            environment["container"] = "lxc"
-        if env:
-            for key, value in env.items():
-                if not key or "=" in key or "\0" in key or "\0" in value:
-                    raise ValueError(f"invalid environment entry {key!r}")
-                environment[key] = value
-        envp, env_keep = _cstrings([f"{k}={v}" for k, v in environment.items()])
-        argv_c, argv_keep = _cstrings(list(argv))
+            base = dict(os.environ)
+            base["container"] = "lxc"
+        envp, env_keep = cstrings(environment(base, env))
+        argv_c, argv_keep = cstrings(list(argv))
         keep += [envp, env_keep, argv_c, argv_keep]
 
-        status_read, status_write = os.pipe2(os.O_CLOEXEC)
+        status_read, status_write = pipe()
         owned.append(status_write)
 
         payload = ffi.new("struct lxcbind_exec *")

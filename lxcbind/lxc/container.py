@@ -26,7 +26,7 @@ from typing import Any
 from lxcbind.errors import ContainerNotFound, LxcError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
-from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach
+from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach, cstrings
 
 LOG_NAME = "lxcbind.log"
 
@@ -240,7 +240,7 @@ class Container:
                quiet: bool = True) -> None:
         """Create the container's rootfs and config with a template (``busybox``, ``download``
         ...), or with ``template=None`` just write the config (for a prepared rootfs)."""
-        argv, keep = _argv(args)
+        argv, keep = cstrings(args or ())
         with self._lock:
             c = self._handle()
             ok = c.create(c, _cstr(template), _cstr(bdevtype), ffi.NULL,
@@ -255,7 +255,7 @@ class Container:
         liblxc's log for this container goes to ``<lxcpath>/<name>/lxcbind.log`` so that a
         failed start carries its reason.
         """
-        cargv, keep = _argv(argv) if argv else (ffi.NULL, None)
+        cargv, keep = cstrings(argv) if argv else (ffi.NULL, None)
         with self._lock:
             c = self._handle()
             self._ensure_log()
@@ -388,8 +388,3 @@ class Container:
         return f"<lxcbind.Container {self.name!r} lxcpath={getattr(self, 'lxcpath', '?')!r}>"
 
 
-def _argv(args: Sequence[str] | None) -> tuple[Any, Any]:
-    if not args:
-        return ffi.new("char *[]", [ffi.NULL]), None
-    keep = [ffi.new("char[]", os.fsencode(a)) for a in args]
-    return ffi.new("char *[]", keep + [ffi.NULL]), keep

@@ -61,6 +61,7 @@ import os
 from typing import Any
 
 from lxcbind._lite import lazy_re
+from lxcbind.command import ENV_KEY as _ENV_KEY
 from lxcbind.errors import PolicyError
 from lxcbind.policy.fields import (
     abs_path,
@@ -109,7 +110,6 @@ _SEMVER = lazy_re(
     rf"(?:-{_PRE_ID}(?:\.{_PRE_ID})*)?"
     r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?")
 _CONTAINER_ID = lazy_re(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")
 _DIST_NAME = lazy_re(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 

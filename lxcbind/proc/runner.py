@@ -32,7 +32,6 @@ re-raised in the caller, so its own handler (or default action) runs after clean
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import time
@@ -40,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lxcbind.errors import LxcError
+from lxcbind.lxc.attach import pipe
 from lxcbind.lxc.container import Container as _BareContainer
 from lxcbind.proc import pty as _pty
 from lxcbind.proc.bridge import Bridge
@@ -51,12 +51,7 @@ _PIPE_SIZE = 1 << 20  # fewer wakeups per megabyte; best effort (pipe-max-size m
 
 
 def _pipe() -> tuple[int, int]:
-    r, w = os.pipe2(os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:
-        pass
-    return r, w
+    return pipe(_PIPE_SIZE)
 
 
 def _open_pty(container: _BareContainer, rows_cols: tuple[int, int]) -> _pty.PtyPair:
@@ -178,7 +173,8 @@ def _execute(
             pair.close()
 
 
-def _attach_kw(env: Mapping[str, str] | None, cwd: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+def _attach_kw(env: Mapping[str, str] | None, cwd: str | None,
+               extra: dict[str, Any]) -> dict[str, Any]:
     kw = dict(extra)
     kw["env"] = env
     kw["cwd"] = cwd
