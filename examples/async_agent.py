@@ -23,7 +23,7 @@ async def main() -> int:
         # Tool calls the model asked for in one turn run concurrently.
         calls = ["uname -s", "python3 -c 'print(sum(range(10)))'", "ls / | wc -l"]
         for call, result in zip(calls, await asyncio.gather(*(sandbox.run(c, timeout=10)
-                                                              for c in calls))):
+                                                              for c in calls)), strict=True):
             print(f"{call!r} -> {result.returncode} {result.stdout.decode().strip()!r}")
 
         # A long command, streamed as it prints.

@@ -22,6 +22,7 @@ import json
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 import lxcbind
 
@@ -64,7 +65,7 @@ def verdict(result: lxcbind.CompletedRun) -> str:
     return "pass" if result.stdout.decode(errors="replace").strip() == EXPECTED else "wrong"
 
 
-def grade(count: int, workers: int, timeout: float, max_output: int) -> dict:
+def grade(count: int, workers: int, timeout: float, max_output: int) -> dict[str, Any]:
     items = submissions(count)
     started = time.monotonic()
     with lxcbind.Pool(POLICY, size=workers) as pool:
@@ -76,7 +77,7 @@ def grade(count: int, workers: int, timeout: float, max_output: int) -> dict:
                "duration": round(r.duration, 3), "truncated": r.truncated,
                "stdout_bytes": len(r.stdout),
                "stderr_tail": r.stderr[-200:].decode(errors="replace")}
-              for (kind, _), r in zip(items, results)]
+              for (kind, _), r in zip(items, results, strict=True)]
     return {"count": count, "workers": workers, "timeout": timeout, "max_output": max_output,
             "wall_seconds": round(wall, 2),
             "verdicts": dict(Counter(g["verdict"] for g in graded)),

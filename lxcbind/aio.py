@@ -16,6 +16,16 @@ millisecond) on the loop's thread.
         r = await s.run("make test", timeout=60)
         async for stream, chunk in s.stream("pytest -x"):   # ("stdout" | "stderr", bytes)
             ...
+        async with await s.shell(program="/bin/bash") as sh:  # state kept across calls
+            await sh.run("cd /tmp")
+            print((await sh.run("pwd")).stdout)                # b"/tmp\n"
+
+``AsyncShell`` drives the framing of the persistent shell (``lxcbind.proc.shell``) on the
+loop's readers too: cancelling ``sh.run()`` interrupts only the running command (SIGINT to it,
+then SIGKILL to its processes but the shell), and the shell keeps its state; only when the
+shell itself does not come back (``trap '' INT`` and a builtin loop) is it killed, and the
+loss is reported as the sync ``Shell`` reports it (``ShellDied``, or with ``restart=True`` a
+new shell and ``shell_restarted=True`` on the next result).
 """
 
 from __future__ import annotations
@@ -25,25 +35,30 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Unpack
 
-from lxcbind.proc.session import PIPE, SessionProcess
+from lxcbind._lite import replace as dataclass_replace
+from lxcbind.command import CallOptions, Command, RunKeywords, check_call, check_keywords
+from lxcbind.errors import ShellDied
+from lxcbind.proc.shell import Frame, Shell, check_shell_call
+from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
+from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
+from lxcbind.proc.streams import DRAIN_GRACE as _DRAIN_GRACE
+from lxcbind.proc.streams import DRAIN_QUIET as _DRAIN_QUIET
+from lxcbind.proc.streams import OutputCallback, Tee
 from lxcbind.result import CompletedRun, OutputBuffer
 from lxcbind.sandbox.core import PolicyLike, Session
-
-Command = str | Sequence[str]
+from lxcbind.sandbox.pool import Pool
 
 _CHUNK = 65536
-_DRAIN_QUIET = 0.1
-_DRAIN_GRACE = 2.0
-_EXIT_GRACE = 2.0
 
 
 class _Watch:
     """One running command under the loop: its output goes to ``on_output`` as it comes."""
 
-    def __init__(self, proc: SessionProcess, input: bytes | None, on_output: Any) -> None:
+    def __init__(self, proc: SessionProcess, input: bytes | None,
+                 on_output: Callable[[str, bytes], object]) -> None:
         self.proc = proc
         self.loop = asyncio.get_running_loop()
         self.on_output = on_output
@@ -51,13 +66,13 @@ class _Watch:
         self.output_event = asyncio.Event()
         self.open: dict[int, str] = {}
         for name in ("stdout", "stderr"):
-            fd = getattr(proc, name)
+            fd = proc._pipes.get(name)
             if fd is not None:
                 os.set_blocking(fd, False)
                 self.open[fd] = name
                 self.loop.add_reader(fd, self._readable, fd)
         self._pending = memoryview(input or b"")
-        self._stdin = proc.stdin
+        self._stdin = proc._take_pipe("stdin")   # ours now: closed at the end of input
         if self._stdin is not None:
             os.set_blocking(self._stdin, False)
             if self._pending:
@@ -100,9 +115,8 @@ class _Watch:
             self._close_stdin()
 
     def _close_stdin(self) -> None:
-        if self._stdin is not None and self.proc.stdin is not None:
-            os.close(self.proc.stdin)
-            self.proc.stdin = None
+        if self._stdin is not None:
+            os.close(self._stdin)
         self._stdin = None
 
     def _check_exit(self) -> None:
@@ -129,6 +143,7 @@ class _Watch:
         self.open.clear()
         if self._stdin is not None:
             self.loop.remove_writer(self._stdin)
+            self._close_stdin()
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.proc.fileno())
         if self._pidfd >= 0:
@@ -184,13 +199,15 @@ class AsyncSession:
 
     async def start(self) -> AsyncSession:
         if self.session is None:
+            if self._policy is None:
+                raise RuntimeError("this AsyncSession has no policy to start from")
             loop = asyncio.get_running_loop()
             task = loop.run_in_executor(None, Session.from_policy, self._policy)
             try:
                 self.session = await asyncio.shield(task)
             except asyncio.CancelledError:
                 # The set-up finishes in its thread; tear it down then, not leak it.
-                task.add_done_callback(lambda f: f.exception() is None and f.result().close())
+                task.add_done_callback(_close_when_done)
                 raise
         return self
 
@@ -214,23 +231,39 @@ class AsyncSession:
     async def run(self, command: Command, *, input: bytes | str | None = None,
                   timeout: float | None = None, env: Mapping[str, str] | None = None,
                   cwd: str | None = None, max_output: int | None = None,
-                  check: bool = False, kill_grace: float = 2.0) -> CompletedRun:
-        """Run ``command`` and capture it, like ``Session.run``; cancelling the awaiting task
-        kills the command (its whole process group)."""
-        out, err = OutputBuffer(max_output), OutputBuffer(max_output)
-        sinks = {"stdout": out, "stderr": err}
+                  text: bool = False, encoding: str | None = None, errors: str | None = None,
+                  check: bool = False, kill_grace: float = 2.0,
+                  on_output: OutputCallback | None = None) -> CompletedRun:
+        """Run ``command`` and capture it, like ``Session.run`` (same keywords and result);
+        cancelling the awaiting task kills the command (its whole process group)."""
+        opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
+                          max_output=max_output, text=text, encoding=encoding, errors=errors,
+                          call="AsyncSession.run")
+        session = self._started()
+        timeout = opts.timeout if opts.timeout is not None else session.timeout
+        out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
+        sinks: dict[str, Tee | OutputBuffer] = {"stdout": out, "stderr": err}
+        if on_output is not None:
+            sinks = {name: Tee(buf, name, on_output, opts.encoding, opts.errors)
+                     for name, buf in (("stdout", out), ("stderr", err))}
         start = time.monotonic()
-        proc, watch = self._spawn(command, input, env, cwd,
-                                  lambda name, data: sinks[name].write(data))
+        before = session.limit_events()
+        proc, watch = self._spawn(opts, lambda name, data: sinks[name].write(data))
         try:
             timed_out = await watch.finish(timeout, kill_grace)
         finally:
             watch.stop_watching()
             proc.close()  # kills the group if it still runs (cancellation)
+        for sink in sinks.values():
+            if isinstance(sink, Tee):
+                sink.finish()
         result = CompletedRun.captured(
             proc.args, proc.returncode if proc.returncode is not None else -signal.SIGKILL,
             out, err, timed_out=timed_out, started=start, exec_error=proc.exec_error,
             timeout=timeout)
+        result = session.with_limit_events(result, before)
+        if opts.encoding is not None:
+            result = result.decoded(opts.encoding, opts.errors)
         if check:
             result.check_returncode()
         return result
@@ -241,10 +274,11 @@ class AsyncSession:
                      ) -> AsyncIterator[tuple[str, bytes]]:
         """Yield ``("stdout" | "stderr", chunk)`` as the command writes; a timeout ends it
         (SIGTERM, then SIGKILL), and leaving the loop early kills it."""
+        opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
+                          call="AsyncSession.stream")
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        proc, watch = self._spawn(command, input, env, cwd,
-                                  lambda name, data: queue.put_nowait((name, data)))
-        finisher = asyncio.ensure_future(watch.finish(timeout, kill_grace))
+        proc, watch = self._spawn(opts, lambda name, data: queue.put_nowait((name, data)))
+        finisher = asyncio.ensure_future(watch.finish(opts.timeout, kill_grace))
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -262,17 +296,257 @@ class AsyncSession:
             watch.stop_watching()
             proc.close()
 
-    def _spawn(self, command: Command, input: bytes | str | None,
-               env: Mapping[str, str] | None, cwd: str | None, on_output: Any
+    def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object]
                ) -> tuple[SessionProcess, _Watch]:
-        if isinstance(input, str):
-            input = input.encode()
-        proc = self._started().spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd)
+        proc = self._started()._spawn(opts, Stdio(PIPE if opts.input else None))
         try:
-            return proc, _Watch(proc, input, on_output)
+            return proc, _Watch(proc, opts.input, on_output)
         except BaseException:
             proc.close()
             raise
+
+    async def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
+                    cwd: str | None = None, restart: bool = False) -> AsyncShell:
+        """A persistent shell (``Session.shell``'s arguments) driven by the loop; see
+        ``AsyncShell``.  Starting it takes a few milliseconds in the loop's executor."""
+        session = self._started()
+        loop = asyncio.get_running_loop()
+        shell = await loop.run_in_executor(
+            None, lambda: session.shell(program=program, env=env, cwd=cwd, restart=restart))
+        return AsyncShell(shell)
+
+
+def _close_when_done(task: asyncio.Future[Session]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
+class _ShellCall:
+    """One framed exchange of an ``AsyncShell`` on the loop's readers (the bridge's job for
+    the sync ``Shell``): the frame goes to the shell's stdin, the command's stdout/stderr into
+    the buffers, the shell's chatter to its tail, status lines to the frame."""
+
+    def __init__(self, shell: Shell, frame: Frame, out: OutputBuffer, err: OutputBuffer
+                 ) -> None:
+        self.shell, self.frame = shell, frame
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()      # the status line came
+        self.exited = asyncio.Event()    # the shell process died
+        self._pending = bytearray(frame.script)
+        self._stdin = shell.stdin_fd
+        self._readers: dict[int, Callable[[bytes], object]] = {
+            shell._out: out.write, shell._err: err.write, shell._chat: shell._chatter.write,
+            shell._status: self._parse}
+        for fd in (*self._readers, self._stdin):
+            if fd is not None:
+                os.set_blocking(fd, False)
+        for fd in self._readers:
+            self.loop.add_reader(fd, self._read, fd)
+        self._writing = False
+        self._pidfd = shell.proc._pidfd
+        if self._pidfd >= 0:
+            self.loop.add_reader(self._pidfd, self._died)
+        else:
+            self.exited.set()
+        if self._stdin is None:
+            self.exited.set()
+        else:
+            self._want_write()
+
+    def _parse(self, data: bytes) -> None:
+        self.shell._buf = self.frame.parse(self.shell._buf, data)
+        if self.frame.status is not None:
+            self.done.set()
+
+    def _read(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._readers[fd](data)
+        else:
+            self.loop.remove_reader(fd)
+
+    def _died(self) -> None:
+        self.loop.remove_reader(self._pidfd)
+        self._pidfd = -1
+        self.exited.set()
+
+    def send(self, data: bytes) -> None:
+        self._pending += data
+        self._want_write()
+
+    def _want_write(self) -> None:
+        if self._pending and not self._writing and self._stdin is not None:
+            self._writing = True
+            self.loop.add_writer(self._stdin, self._write)
+
+    def _write(self) -> None:
+        assert self._stdin is not None
+        try:
+            n = os.write(self._stdin, self._pending[:_CHUNK])
+            del self._pending[:n]
+        except BlockingIOError:
+            return
+        except OSError:
+            self._pending.clear()   # the shell is gone: the pidfd says so
+        if not self._pending:
+            self.loop.remove_writer(self._stdin)
+            self._writing = False
+
+    async def _until(self, seconds: float | None) -> bool:
+        """Wait for the status or the shell's death, at most ``seconds``; True if either."""
+        waits = [asyncio.ensure_future(self.done.wait()),
+                 asyncio.ensure_future(self.exited.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return self.done.is_set() or self.exited.is_set()
+
+    async def interrupt(self, kill_grace: float) -> None:
+        """The deadline stages of ``Frame.on_deadline``: SIGINT (and recovery lines) until
+        ``kill_grace`` s, then SIGKILL to the command's processes but the shell, then, 0.5 s
+        later, to the shell."""
+        proc = self.shell.proc
+        end = time.monotonic() + kill_grace
+        while time.monotonic() < end:
+            step = self.frame.on_deadline("term", proc, self.send, not self._pending)
+            if await self._until(min(step or 0.2, max(0.0, end - time.monotonic()))):
+                return
+        self.frame.on_deadline("kill", proc, self.send, not self._pending)
+        if await self._until(0.5):
+            return
+        self.frame.on_deadline("kill", proc, self.send, not self._pending)
+        await self._until(_EXIT_GRACE)
+
+    def drain(self) -> None:
+        """Once the status came every byte of the command is in the pipes: read them dry."""
+        for fd in (self.shell._out, self.shell._err, self.shell._chat):
+            while True:
+                try:
+                    data = os.read(fd, _CHUNK)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._readers[fd](data)
+
+    def stop(self) -> None:
+        for fd in self._readers:
+            self.loop.remove_reader(fd)
+        if self._stdin is not None:
+            self.loop.remove_writer(self._stdin)
+        if self._pidfd >= 0:
+            self.loop.remove_reader(self._pidfd)
+
+
+class AsyncShell:
+    """A persistent shell for asyncio (``await AsyncSession.shell()``): ``await sh.run(cmd)``
+    as ``Shell.run`` (same framing, results and timeout rules), without threads.
+
+    Cancelling a ``run`` interrupts the running command as a timeout does (SIGINT, then its
+    processes but the shell are killed) before ``CancelledError`` propagates; the shell and its
+    state survive.  If the shell itself had to be killed, the loss is reported as ``Shell``
+    does: the next call raises ``ShellDied``, or, with ``restart=True``, runs in a new shell
+    and its result says ``shell_restarted=True``.  One call at a time (an ``asyncio.Lock``)."""
+
+    def __init__(self, shell: Shell) -> None:
+        self.shell = shell
+        self._lock = asyncio.Lock()
+        self._lost = False   # the shell died during a cancelled call: tell the next result
+
+    @property
+    def alive(self) -> bool:
+        return self.shell.alive
+
+    async def run(self, command: str, *, timeout: float | None = None,
+                  max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
+        """Run ``command`` in the shell; see ``Shell.run``.  Raises ``ShellDied`` when the
+        shell is dead (and ``restart`` is off)."""
+        opts = check_shell_call(command, timeout, max_output, "AsyncShell.run")
+        async with self._lock:
+            shell = self.shell
+            loop = asyncio.get_running_loop()
+            if shell.dead is not None:
+                if not (self._lost and shell.restart_on_death):
+                    raise shell.dead
+                await loop.run_in_executor(None, shell.restart)
+            start = time.monotonic()
+            out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
+            frame = Frame(shell._prefix, command)
+            call = _ShellCall(shell, frame, out, err)
+            timed_out = False
+            try:
+                if not await call._until(opts.timeout):
+                    timed_out = True
+                    await call.interrupt(kill_grace)
+                if call.done.is_set():
+                    call.drain()
+            except asyncio.CancelledError:
+                await asyncio.shield(self._cancelled(call, kill_grace))
+                raise
+            finally:
+                call.stop()
+            return await self._result(call, out, err, start=start, timed_out=timed_out,
+                                      timeout=opts.timeout)
+
+    async def _cancelled(self, call: _ShellCall, kill_grace: float) -> None:
+        try:
+            await call.interrupt(kill_grace)
+            if call.done.is_set():
+                call.drain()   # the interrupted command's output is dropped with the call
+                return
+            await asyncio.get_running_loop().run_in_executor(None, self.shell._note_death)
+            self._lost = True
+        finally:
+            call.stop()
+
+    async def _result(self, call: _ShellCall, out: OutputBuffer, err: OutputBuffer, *,
+                      start: float, timed_out: bool, timeout: float | None) -> CompletedRun:
+        shell, frame = self.shell, call.frame
+        loop = asyncio.get_running_loop()
+        restart = shell.restart_on_death
+        if not call.done.is_set() or (call.exited.is_set() and shell.proc.poll() is not None):
+            if not await loop.run_in_executor(None, shell._note_death):
+                raise shell.dead or ShellDied("the persistent shell is gone")
+        if call.done.is_set():
+            returncode = frame.returncode()
+        elif timed_out:
+            returncode = 128 + signal.SIGKILL
+        elif restart:
+            status = shell.proc.exit_status
+            returncode = 255 if status is None else status
+        else:
+            assert shell.dead is not None
+            raise shell.dead
+        result = CompletedRun.captured([frame.command], returncode, out, err,
+                                       timed_out=timed_out, started=start, timeout=timeout)
+        if self._lost:
+            self._lost = False
+            result = dataclass_replace(result, shell_restarted=True)
+        if shell.dead is not None and restart:
+            result = await loop.run_in_executor(None, shell._restart_if_dead, result, True)
+        return result
+
+    async def restart(self) -> None:
+        """Kill this shell and start a new one (``Shell.restart``)."""
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(None, self.shell.restart)
+            self._lost = False
+
+    async def close(self) -> None:
+        self.shell.close()
+
+    async def __aenter__(self) -> AsyncShell:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
 
 class AsyncPool:
@@ -280,26 +554,49 @@ class AsyncPool:
     under the loop (cancellation kills them), waiting for a ready container happens in the
     loop's executor."""
 
-    def __init__(self, policy: PolicyLike, size: int = 4, **kwargs: Any) -> None:
-        from lxcbind.sandbox.pool import Pool
+    def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
+                 start_timeout: float = 60.0) -> None:
+        self.pool = Pool(policy, size, starters=starters, start_timeout=start_timeout)
 
-        self.pool = Pool(policy, size, **kwargs)
-
-    async def run(self, command: Command, **kwargs: Any) -> CompletedRun:
-        """``Pool.run`` for asyncio (same keywords); cancelling it kills the command."""
+    async def run(self, command: Command, **keywords: Unpack[RunKeywords]) -> CompletedRun:
+        """``Pool.run`` for asyncio (``run``'s keywords); cancelling it kills the command."""
+        check_keywords(keywords, "AsyncPool.run")
+        check_call(command, call="AsyncPool.run")
         loop = asyncio.get_running_loop()
         take = loop.run_in_executor(None, self.pool._take)
         try:
             session = await asyncio.shield(take)
         except asyncio.CancelledError:
             # The container arrives later: hand it back to be destroyed, never lose it.
-            take.add_done_callback(
-                lambda f: f.exception() is None and self.pool._give_back(f.result()))
+            take.add_done_callback(self._give_back_when_done)
             raise
         try:
-            return await AsyncSession(session).run(command, **kwargs)
+            return await AsyncSession(session).run(command, **keywords)
         finally:
             self.pool._give_back(session)
+
+    def _give_back_when_done(self, task: asyncio.Future[Session]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self.pool._give_back(task.result())
+
+    async def map(self, commands: Iterable[Command], *, workers: int | None = None,
+                  **keywords: Unpack[RunKeywords]) -> list[CompletedRun]:
+        """``run`` every command, at most ``workers`` at a time (default: the pool size);
+        results in input order.  The first exception propagates (the others are cancelled,
+        which kills their commands)."""
+        check_keywords(keywords, "AsyncPool.map")
+        items = list(commands)
+        for item in items:
+            check_call(item, call="AsyncPool.map")
+        limit = asyncio.Semaphore(workers or self.pool.size)
+
+        async def one(command: Command) -> CompletedRun:
+            async with limit:
+                return await self.run(command, **keywords)
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one(c)) for c in items]
+        return [t.result() for t in tasks]
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.pool.close)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 from lxcbind._lite import lazy_re
 
@@ -23,8 +23,39 @@ Command = str | Sequence[str]
 ENV_KEY = lazy_re(r"[A-Za-z_][A-Za-z0-9_]*")  # a variable name (also policy process.env)
 
 
+class RunKeywords(TypedDict, total=False):
+    """The keywords every ``run`` takes (``lxcbind.run``, ``Sandbox.run``, ``Session.run``,
+    ``Pool.run``, ``AsyncSession.run``), for the calls that pass them on (``map``, the
+    pools): ``**kw: Unpack[RunKeywords]`` makes a misspelt keyword a type error, and
+    ``check_keywords`` a ``TypeError`` at run time."""
+
+    input: bytes | str | None
+    timeout: float | None
+    env: Mapping[str, str] | None
+    cwd: str | None
+    max_output: int | None
+    text: bool
+    encoding: str | None
+    errors: str | None
+    check: bool
+
+
+def check_keywords(keywords: Mapping[str, Any], call: str,
+                   allowed: type[RunKeywords] = RunKeywords) -> None:
+    """``TypeError`` naming ``call`` for a keyword that is not one of ``allowed`` (a
+    ``RunKeywords`` TypedDict), and the usual checks of the values (so that a pool or a map
+    refuses before any command runs)."""
+    names = set(allowed.__annotations__)   # (a TypedDict's include its bases')
+    unknown = sorted(set(keywords) - names)
+    if unknown:
+        raise TypeError(f"{call}() got an unexpected keyword argument {unknown[0]!r} (run "
+                        f"keywords: {', '.join(sorted(names))})")
+    checked = set(RunKeywords.__annotations__) - {"check"}
+    check_call(None, **{k: v for k, v in keywords.items() if k in checked}, call=call)
+
+
 class CallOptions(NamedTuple):
-    """Validated keywords of one call."""
+    """A command's specification, checked: what every layer below the API passes down."""
 
     argv: list[str] | None          # None: the policy's own command
     env: dict[str, str]
@@ -64,10 +95,12 @@ def argv_of(cmd: Any, call: str = "run") -> list[str]:
     return argv
 
 
-def check_timeout(timeout: Any, call: str = "run") -> float | None:
-    """Seconds as a float (> 0), or None."""
+def check_timeout(timeout: Any, call: str = "run", *, zero: bool = False) -> float | None:
+    """Seconds as a float (> 0; ``zero``: >= 0, an immediate deadline), or None."""
     if timeout is None:
         return None
+    if zero and timeout == 0 and not isinstance(timeout, bool):
+        return 0.0
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"{call}(): timeout must be a number of seconds (int or float) or "
                         f"None, not {type(timeout).__name__} {timeout!r}")

@@ -1,5 +1,6 @@
 """The few cgroup facts the container layer needs: where this process is, how to go back,
-and a kill of what a container started since a snapshot (a Session's last resort).
+a kill of what a container started since a snapshot (a Session's last resort), and the
+counters of limit events (OOM kills, refused forks) read before and after a command.
 
 liblxc 5.0's daemonized ``start()`` moves the *calling* process into the container's monitor
 cgroup (``lxc.monitor.<name>``), where it would stay, and which then cannot be removed when
@@ -16,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from lxcbind._lite import record
 from lxcbind.lxc import mountinfo
 
 _ROOT = "/sys/fs/cgroup"
@@ -256,3 +258,47 @@ class _Home:
 
 
 starting = _Home()
+
+
+@record
+class Events:
+    """Counters of limit events in a container's cgroups, compared before/after a command."""
+
+    oom_kills: int = 0
+    pids_max: int = 0
+
+
+def _counter(path: str | None, key: str) -> int:
+    if path is None:
+        return 0
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, value = line.partition(" ")
+                if name == key:
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def event_files(init_pid: int | None) -> tuple[str | None, str | None]:
+    """The files holding a container's OOM-kill and refused-fork counters (None: unknown).
+    They do not move while the container runs: a Session finds them once."""
+    if not init_pid:
+        return None, None
+    memory = process_dir(init_pid, "memory")
+    pids = process_dir(init_pid, "pids")
+    v2 = controller_version("memory") == "v2"
+    return (os.path.join(memory, "memory.events" if v2 else "memory.oom_control")
+            if memory else None, os.path.join(pids, "pids.events") if pids else None)
+
+
+def read_events(files: tuple[str | None, str | None]) -> Events:
+    """The counters now, from ``event_files`` (0 for what is unknown)."""
+    return Events(_counter(files[0], "oom_kill"), _counter(files[1], "max"))
+
+
+def events(init_pid: int | None) -> Events:
+    """OOM kills and refused forks so far in the container (0 when unknown)."""
+    return read_events(event_files(init_pid))

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 from lxcbind.proc import pty as _pty
 
@@ -54,7 +54,7 @@ class Writable(Protocol):
     def write(self, data: bytes, /) -> Any: ...
 
 
-Sink = Union[int, Writable]
+Sink = int | Writable
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -240,13 +240,13 @@ class Bridge:
                 self._ep.close()
             for fd, blocking in saved_flags.items():
                 try:
-                    os.set_blocking(fd, blocking)
+                    os.set_blocking(fd, bool(blocking))
                 except OSError:
                     pass
             self.duration = time.monotonic() - start
 
     def _wanted_signals(self) -> list[int]:
-        wanted = list(_FORWARDED)
+        wanted: list[int] = list(_FORWARDED)
         if self.pty_master is not None and self.winsize_from is not None:
             wanted.append(signal.SIGWINCH)
         if self.raw_mode is not None or wanted[-1] == signal.SIGWINCH:

@@ -157,7 +157,7 @@ def eof_bytes(master: int, last_byte: int | None) -> bytes:
 def make_raw(attrs: list[Any]) -> list[Any]:
     """A copy of termios ``attrs`` in raw mode (what cfmakeraw(3) does): no input translation,
     no output post-processing, no echo, no line editing, no signal characters, 8-bit."""
-    new = [list(a) if isinstance(a, list) else a for a in attrs]
+    new: list[Any] = [list(a) if isinstance(a, list) else a for a in attrs]
     new[0] &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
                 | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
     new[1] &= ~termios.OPOST

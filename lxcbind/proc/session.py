@@ -1,5 +1,11 @@
 """``Session``: many commands in one warm container at the cost of a plain fork+exec.
 
+This module is the spawner's lifecycle and the calls on it (``spawn``, ``run``, ``map``); a
+started command's handle is ``lxcbind.proc.spawned.SessionProcess``, the persistent shell
+``lxcbind.proc.shell.Shell``, the spawner's wire format ``lxcbind.lxc.spawner_wire``.  It is
+over 500 lines because the protocol and threat notes below belong next to the one class that
+speaks the protocol.
+
 Why a resident spawner.  liblxc's ``attach()`` fork()s the whole caller for every command, so a
 command costs ~2 ms plus time proportional to the caller's memory (page tables are copied:
 ~56 ms at 1 GiB resident).  A Session pays that once: a single attach execs the *spawner*
@@ -22,7 +28,7 @@ ptrace it nor ``pidfd_getfd`` its sockets to forge replies; requests are bounds-
 or kill it, so no deadline depends on it: each START record carries a pidfd of the command
 (checked on the host: a child of the spawner, at the pid announced), through which the host
 signals the command and its process group itself and sees it die; every wait for the spawner
-is bounded, and one that does not answer (``_START_BOUND``, or ``_EXIT_GRACE`` after the
+is bounded, and one that does not answer (``_START_BOUND``, or ``EXIT_GRACE`` after the
 command died) fails the session with ``SpawnerDied``.
 
 Protocol (see the top of ``spawner.c``).  The control socket is a ``SOCK_SEQPACKET`` pair whose
@@ -72,54 +78,60 @@ import array
 import errno
 import fcntl
 import os
-import secrets
 import select
-import signal
 import socket
 import subprocess
 import threading
 import time
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Protocol, Union
+from typing import Protocol, Unpack
 
 from lxcbind._lite import replace as _replace
-from lxcbind.errors import ExecError, LxcError, SessionError, ShellDied, SpawnerDied
+from lxcbind.command import (
+    CallOptions,
+    Command,
+    RunKeywords,
+    check_call,
+    check_keywords,
+    check_timeout,
+)
+from lxcbind.errors import LxcError, SessionError, ShellDied, SpawnerDied
 from lxcbind.lxc import cgroups as _cgroups
 from lxcbind.lxc import spawner_wire as wire
 from lxcbind.lxc.attach import (
     Process,
     baseline_env,
     build_attach,
-    decode_wait_status,
+    environment,
+    fileno_of,
+    pipe,
     refuse_host_terminal,
 )
 from lxcbind.lxc.container import Container
 from lxcbind.proc import pty as _pty
-from lxcbind.proc.bridge import Bridge
+from lxcbind.proc.bridge import Bridge, Writable
+from lxcbind.proc.shell import Shell
+from lxcbind.proc.spawned import (
+    DEVNULL,
+    EXIT_GRACE,
+    PIPE,
+    STDOUT,
+    SessionProcess,
+    Stdio,
+    StreamArg,
+    _read_proc,
+)
+from lxcbind.proc.streams import OutputCallback, Tee
 from lxcbind.result import CompletedRun, OutputBuffer
 
-__all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied"]
+__all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied",
+           "PIPE", "DEVNULL", "STDOUT"]
 
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-Command = Union[str, Sequence[str]]
-StreamArg = Union[int, IO[Any], None]
 
-_HEADER, _RECORD = wire.HEADER, wire.RECORD
-_MAGIC = wire.MAGIC
-_MAX_INLINE = wire.MAX_INLINE
-_REC_HELLO, _REC_START, _REC_EXIT = wire.REC_HELLO, wire.REC_START, wire.REC_EXIT
-_REC_REFUSED, _REC_KILL = wire.REC_REFUSED, wire.REC_KILL
-_STAGES = wire.STAGES
-_MAX_EXTRA_FDS = wire.MAX_EXTRA_FDS
-_CHUNK = 65536
-_POLLIN = select.POLLIN | select.POLLHUP | select.POLLERR
-# How long the spawner may take to report a command's exit once the host has seen the
-# command die (its pidfd), and to answer a spawn request when no timeout bounds the call.
-_EXIT_GRACE = 2.0
+_RECORD = wire.RECORD
+# How long the spawner may take to answer a spawn request when no timeout bounds the call.
 _START_BOUND = 10.0
 
 _SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
@@ -163,369 +175,20 @@ def _spawner_image() -> int:
         return ro
 
 
-def _read_proc(path: str) -> str | None:
-    """A small /proc file in one read (raw: this is on every command's path)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        return os.read(fd, 4096).decode()
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` after the command name (state is [0], ppid [1], start time
-    [19]), None when the process is gone."""
-    text = _read_proc(f"/proc/{pid}/stat")
-    return text.rsplit(")", 1)[1].split() if text else None
-
-
-def _pidfd_pids(fd: int) -> tuple[int, list[int]] | None:
-    """``(host pid, [pid in each pid namespace])`` of a pidfd, None for any other fd.  The
-    host pid is -1 once the process has been reaped."""
-    info = _read_proc(f"/proc/self/fdinfo/{fd}")
-    if info is None:
-        return None
-    pid = nspids = None
-    for line in info.splitlines():
-        if line.startswith("Pid:"):
-            pid = int(line.split()[1])
-        elif line.startswith("NSpid:"):
-            nspids = [int(x) for x in line.split()[1:]]
-    if pid is None or (pid > 0 and not nspids) or pid == 0:
-        return None
-    return pid, nspids or []
-
-
-
-
-def _argv(command: Command) -> list[str]:
-    if isinstance(command, str):
-        return ["/bin/sh", "-c", command]
-    if isinstance(command, bytes):
-        raise TypeError("command must be a str (shell) or a sequence of str")
-    argv = list(command)
-    if not argv:
-        raise ValueError("argv must not be empty")
-    return argv
-
-
-def _fileno(value: StreamArg) -> int:
-    return value if isinstance(value, int) else value.fileno()  # type: ignore[union-attr]
-
-
-def _encode(items: Iterable[str], what: str) -> list[bytes]:
-    out = []
-    for item in items:
-        raw = os.fsencode(item)
-        if b"\0" in raw:
-            raise ValueError(f"{what} contains a NUL byte: {item!r}")
-        out.append(raw)
-    return out
-
-
-def _pipe() -> tuple[int, int]:
-    return os.pipe2(os.O_CLOEXEC)
-
 
 class Closeable(Protocol):
     def close(self) -> None: ...
 
 
-class SessionProcess:
-    """A command started by a Session's spawner (the spawner's child, not ours).
+_PIPES = Stdio()
 
-    ``pid`` is the pid *inside the container*, ``host_pid`` the same process seen from the
-    host.  ``stdin``/``stdout``/``stderr`` are our ends of the pipes asked for with ``PIPE``
-    (raw fds, owned by this object and closed by ``close``), else None; ``master`` is the pty
-    master in tty mode.  ``returncode``/``exit_status``/``exec_error`` mean what they mean on
-    ``attach.Process``.  ``fileno()`` is the report socket: readable when a status record
-    arrives.
 
-    The host does not depend on the spawner to stop a command: the START record carries a
-    pidfd of the command (checked to be a process of the container's pid namespace with the
-    pid the spawner announced), and signals, timeouts and ``close`` go through it and the
-    command's process group directly.  Only the exit status comes from the spawner (it is the
-    parent); if it has not reported it ``_EXIT_GRACE`` s after the host saw the command die,
-    the spawner is declared dead (``SpawnerDied``).  Closing the handle before the command has
-    exited kills its process group.
+class SessionRunKeywords(RunKeywords, total=False):
+    """``Session.run``'s keywords beyond the common ones (for ``Session.map``)."""
 
-    Thread-safety: ``poll``/``wait``/``send_signal``/``close`` may be called from several
-    threads; a ``wait`` interrupted by ``close`` raises ``SessionError``.
-    """
-
-    def __init__(self, session: Session, report: socket.socket, args: list[str],
-                 program: str, cwd: str | None) -> None:
-        self.session = session
-        self.args = args
-        self.pid: int | None = None
-        self.host_pid: int | None = None
-        self.returncode: int | None = None
-        self.exec_error: ExecError | None = None
-        self.stdin: int | None = None
-        self.stdout: int | None = None
-        self.stderr: int | None = None
-        self.master: int | None = None
-        self._sock: socket.socket | None = report
-        self._report = report.fileno()
-        self._pidfd = -1
-        self._starttime: str | None = None
-        self._exited_at: float | None = None  # when the host saw it die (pidfd readable)
-        self._program = program
-        self._cwd = cwd
-        self._lock = threading.RLock()
-        self._owned: list[int] = []
-        self._finalizer = weakref.finalize(self, SessionProcess._close_fds, self._owned, report)
-
-    @staticmethod
-    def _close_fds(fds: list[int], sock: socket.socket) -> None:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        fds.clear()
-        sock.close()
-
-    def _own(self, fd: int) -> int:
-        self._owned.append(fd)
-        return fd
-
-    def fileno(self) -> int:
-        return self._report
-
-    @property
-    def exit_status(self) -> int | None:
-        return None if self.returncode is None else (
-            128 - self.returncode if self.returncode < 0 else self.returncode)
-
-    # -- records --------------------------------------------------------------------------
-
-    def _spawner_gone(self, why: str) -> SpawnerDied:
-        """The spawner stopped answering for this command: kill the command ourselves (we
-        have its pidfd once it started) and fail the whole session."""
-        self._host_signal(signal.SIGKILL, group=True)
-        return self.session._fail(f"{why} (while {self.args[0]!r} ran)")
-
-    def _handle(self, data: bytes, fds: list[int]) -> None:
-        if len(data) != _RECORD.size:
-            for fd in fds:
-                os.close(fd)
-            raise self._spawner_gone("the spawner hung up")
-        kind, pid, a, b = _RECORD.unpack(data)
-        if kind == _REC_START and self.pid is None:
-            if pid < 0:
-                raise ExecError("spawn", b, self._program)
-            self._adopt_pidfd(pid, fds)
-            self.pid = pid
-            if a:
-                name = _STAGES.get(a, "exec")
-                self.exec_error = ExecError(name, b, (self._cwd if name == "chdir" else
-                                                      self._program) or "")
-            return
-        for fd in fds:
-            os.close(fd)
-        if kind == _REC_EXIT and self.pid is not None:
-            self.returncode = decode_wait_status(a)
-        elif kind == _REC_REFUSED and self.pid is None:
-            raise SessionError(f"spawner refused the command: {os.strerror(a)}")
-        else:
-            raise self._spawner_gone(f"the spawner sent an unexpected record {kind!r}")
-
-    def _adopt_pidfd(self, pid: int, fds: list[int]) -> None:
-        """Keep the command's pidfd after checking it is what the spawner says: a pidfd of a
-        child of the spawner (hence in the container), whose pid there is ``pid``.  A fast
-        command may already be reaped (fdinfo then says Pid -1): nothing left to signal, and
-        the spawner must report its status within the exit grace as usual."""
-        if not fds:  # the spawner could not make one (a seccomp policy may deny pidfd_open)
-            fds = self.session._pidfd_of_child(pid)
-            if not fds:  # no such child any more: reaped, so its EXIT record is due now
-                self._exited_at = time.monotonic()
-                return
-        info = _pidfd_pids(fds[0]) if len(fds) == 1 else None
-        ok = info is not None
-        host_pid: int | None = None
-        if info is not None and info[0] > 0:
-            host_pid, nspids = info
-            ok = nspids[-1] == pid and len(nspids) == self.session._nsdepth
-            fields = _stat_fields(host_pid)
-            if fields is None or fields[0] == "X":  # reaped, or being reaped right now
-                host_pid = None
-            else:
-                ok = ok and int(fields[1]) == self.session._spawner_host_pid
-                self._starttime = fields[19]
-        if not ok and info is not None and info[0] > 0:
-            again = _pidfd_pids(fds[0])
-            if again is not None and again[0] == -1:
-                # Reaped between the two reads (its pid may already name another process):
-                # nothing left to signal; its EXIT record is due within the grace.
-                ok, host_pid = True, None
-        if not ok:
-            for fd in fds:
-                os.close(fd)
-            raise self.session._fail(f"the spawner sent no valid pidfd for {self.args[0]!r} "
-                                     f"(fds {len(fds)}, pidfd says {info}, expected pid {pid} "
-                                     f"at depth {self.session._nsdepth})")
-        self._pidfd = self._own(fds[0])
-        self.host_pid = host_pid
-
-    def _recv(self) -> tuple[bytes, list[int]] | None:
-        """One record and the descriptors that came with it; None when there is none yet."""
-        assert self._sock is not None
-        try:
-            data, ancdata, flags, _ = self._sock.recvmsg(
-                64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
-        except BlockingIOError:
-            return None
-        except ConnectionResetError:
-            return b"", []
-        fds: list[int] = []
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds += array.array("i", payload[:len(payload) - len(payload) % 4])
-        if flags & socket.MSG_CTRUNC:
-            for fd in fds:
-                os.close(fd)
-            return b"?", []  # not a record: refused as a lying spawner
-        return data, fds
-
-    def _read_records(self) -> None:
-        """Read what is there (non-blocking); raises SpawnerDied on EOF before EXIT."""
-        while self.returncode is None:
-            got = self._recv()
-            if got is None:
-                return
-            self._handle(*got)
-
-    def _check(self) -> None:
-        """Records, then the host's own view: once the pidfd says the command is gone, the
-        spawner has ``_EXIT_GRACE`` s to report its status."""
-        self._read_records()
-        if self.returncode is not None:
-            return
-        if self._exited_at is None:
-            if self._pidfd < 0 or not select.select([self._pidfd], [], [], 0)[0]:
-                return
-            self._exited_at = time.monotonic()
-            self._read_records()  # it may have been reported meanwhile
-        elif time.monotonic() - self._exited_at > _EXIT_GRACE:
-            raise self._spawner_gone(f"the spawner did not report an exit within "
-                                     f"{_EXIT_GRACE}s")
-
-    def _wait_start(self, bound: float) -> None:
-        """Read START, at most ``bound`` s: a spawner that does not answer is dead to us."""
-        deadline = time.monotonic() + bound
-        with self._lock:
-            while self.pid is None:
-                left = max(0.0, deadline - time.monotonic())
-                if not select.select([self._report], [], [], left)[0]:
-                    raise self.session._fail(
-                        f"the spawner did not answer within {bound:g}s (stopped?)")
-                got = self._recv()
-                if got is not None:
-                    self._handle(*got)
-
-    def poll(self) -> int | None:
-        with self._lock:
-            if self.returncode is None and self._sock is not None:
-                self._check()
-            return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the exit status; ``subprocess.TimeoutExpired`` after ``timeout`` s."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            with self._lock:
-                if self._sock is None:
-                    raise SessionError(f"the handle of {self.args[0]!r} was closed")
-                watch = [self._report]
-                if self._pidfd >= 0 and self._exited_at is None:
-                    watch.append(self._pidfd)
-                # dup'd under the lock: a concurrent close() cannot pull them from under us
-                watch = [os.dup(fd) for fd in watch]
-            try:
-                now = time.monotonic()
-                waits = [d - now for d in (deadline, self._exited_at and
-                                           self._exited_at + _EXIT_GRACE + 0.01) if d]
-                if deadline is not None and deadline <= now:
-                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-                select.select(watch, [], [], max(0.001, min(waits)) if waits else None)
-            finally:
-                for fd in watch:
-                    os.close(fd)
-        assert self.returncode is not None
-        return self.returncode
-
-    def _alive_leader(self) -> bool:
-        """Whether ``host_pid`` still names our command (running or a zombie not reaped yet):
-        only then is the process group ``host_pid`` certainly ours to signal."""
-        if self.host_pid is None or self._starttime is None:
-            return False
-        fields = _stat_fields(self.host_pid)
-        return fields is not None and fields[19] == self._starttime
-
-    def _host_signal(self, sig: int, *, group: bool) -> bool:
-        """Signal the command (and its group) from the host; False when we have no pidfd."""
-        if self._pidfd < 0:
-            return False
-        if group and self._alive_leader():
-            try:
-                os.killpg(self.host_pid, sig)  # type: ignore[arg-type]
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            signal.pidfd_send_signal(self._pidfd, sig)
-        except ProcessLookupError:
-            pass
-        return True
-
-    def send_signal(self, sig: int, *, group: bool = False) -> None:
-        """Signal the command (or its whole process group), from the host through its pidfd
-        (no pid-reuse race); before START, through the spawner."""
-        with self._lock:
-            if self.returncode is not None or self._sock is None:
-                return
-            if self._host_signal(int(sig), group=group):
-                return
-            try:
-                self._sock.send(_RECORD.pack(_REC_KILL, int(sig), 1 if group else 0, 0))
-            except (BrokenPipeError, ConnectionResetError, BlockingIOError):
-                pass
-
-    def signal_group(self, sig: int) -> None:
-        self.send_signal(sig, group=True)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def close(self) -> None:
-        """Kill the group if still running, close every descriptor.  Idempotent; does not wait
-        (the spawner reaps)."""
-        with self._lock:
-            if self._sock is None:
-                return
-            if self.returncode is None:
-                self._host_signal(signal.SIGKILL, group=True)
-            self._finalizer()  # closing the report socket also makes the spawner kill it
-            self._sock = None
-            self._pidfd = -1
-            self.stdin = self.stdout = self.stderr = self.master = None
-
-    def __enter__(self) -> SessionProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<lxcbind.SessionProcess pid={self.pid} returncode={self.returncode}>"
+    tty: bool
+    kill_grace: float
+    on_output: OutputCallback | None
 
 
 class Session:
@@ -571,6 +234,7 @@ class Session:
         self._broken: SpawnerDied | None = None  # set once the spawner failed us
         # (container init, its processes before we started): what a last resort spares
         self._before: tuple[int, set[tuple[int, str]]] | None = None
+        self._event_files: tuple[str | None, str | None] = (None, None)
         try:
             self._start(start_timeout)
         except BaseException:
@@ -611,12 +275,13 @@ class Session:
                                f"(status {status}{f': {error}' if error else ''})"
                                f"{self.container.log_tail()}")
         kind, pid, version, _ = _RECORD.unpack(data)
-        if kind != _REC_HELLO or version != wire.VERSION:
+        if kind != wire.REC_HELLO or version != wire.VERSION:
             raise SessionError("spawner spoke an unknown protocol")
         self.spawner_pid = pid
         self._spawner_host_pid = self._spawner.pid
         with open(f"/proc/{self._spawner.pid}/status") as f:
             self._nsdepth = len(next(line for line in f if line.startswith("NSpid:")).split()) - 1
+        self._event_files = _cgroups.event_files(init)
 
     def close(self) -> None:
         """Stop the spawner and every process of the session, and, with ``own=True``, destroy
@@ -725,16 +390,6 @@ class Session:
 
     # -- spawning -------------------------------------------------------------------------
 
-    def _environment(self, env: Mapping[str, str] | None) -> list[str]:
-        environment = self._env
-        if env:
-            environment = dict(environment)
-            for key, value in env.items():
-                if not key or "=" in key or "\0" in key or "\0" in value:
-                    raise ValueError(f"invalid environment entry {key!r}")
-                environment[key] = value
-        return [f"{k}={v}" for k, v in environment.items()]
-
     def _send(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
               fds: Sequence[int], ctty: bool) -> SessionProcess:
         """Send one spawn request; returns the handle with the report socket (START not yet
@@ -744,24 +399,25 @@ class Session:
             raise SessionError("session is closed")
         if self._broken is not None:
             raise self._broken
-        if len(fds) - 3 > _MAX_EXTRA_FDS:
-            raise ValueError(f"pass_fds: at most {_MAX_EXTRA_FDS} descriptors per command")
-        strings = _encode(argv, "argv") + _encode(self._environment(env), "env")
+        if len(fds) - 3 > wire.MAX_EXTRA_FDS:
+            raise ValueError(f"pass_fds: at most {wire.MAX_EXTRA_FDS} descriptors per command")
+        strings = [os.fsencode(item) for item in (*argv, *environment(self._env, env))]
         flags = 0
         if cwd is not None:
-            strings += _encode([cwd], "cwd")
+            strings.append(os.fsencode(cwd))
             flags |= wire.FLAG_CWD
         if ctty:
             flags |= wire.FLAG_CTTY
         data = b"\0".join(strings) + b"\0"
         envc = len(strings) - len(argv) - (1 if cwd is not None else 0)
         memfd = -1
-        if len(data) > _MAX_INLINE:
+        if len(data) > wire.MAX_INLINE:
             flags |= wire.FLAG_MEMFD
             memfd = os.memfd_create("lxcbind-spawn", os.MFD_CLOEXEC)
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            header = _HEADER.pack(_MAGIC, flags, len(argv), envc, len(fds) - 3, len(data), 0, 0)
+            header = wire.HEADER.pack(wire.MAGIC, flags, len(argv), envc, len(fds) - 3,
+                                      len(data), 0, 0)
             passed = [theirs.fileno(), *fds]
             if memfd >= 0:
                 view = memoryview(data)
@@ -809,22 +465,46 @@ class Session:
 
     def spawn(self, command: Command, *, stdin: StreamArg = PIPE, stdout: StreamArg = PIPE,
               stderr: StreamArg = PIPE, env: Mapping[str, str] | None = None,
-              cwd: str | None = None, tty: bool = False,
-              pass_fds: Sequence[int] = (),
+              cwd: str | None = None, tty: bool = False, pass_fds: Sequence[int] = (),
+              text: bool = False, encoding: str | None = None, errors: str | None = None,
               start_timeout: float = _START_BOUND) -> SessionProcess:
-        """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle.
+        """Start ``command`` (argv, or a str for ``/bin/sh -c``) and return its handle, shaped
+        like ``subprocess.Popen``: ``proc.stdin``/``stdout``/``stderr`` are file objects for
+        the streams given as ``PIPE`` (binary; text with ``text=True`` or ``encoding=``),
+        ``proc.communicate(input, timeout)``, ``proc.iter_output()``, ``wait``/``poll``/
+        ``send_signal``/``kill``; see ``SessionProcess``.
 
-        Streams: ``PIPE`` (our end on the handle), ``DEVNULL``, an fd or file object;
-        ``None`` is /dev/null (never the caller's own fds 0-2), and one of the caller's
-        terminals is refused (``ValueError``: the command could type into it).  ``tty=True``: one pty (from the container's devpts when possible) for all three,
-        controlling terminal of the command; its master is ``handle.master``.  ``pass_fds``:
-        descriptors that become 3, 4, ... in the command.  ``cwd`` None: the container's /.
+        Streams: ``PIPE``, ``DEVNULL``, an fd or file object, ``STDOUT`` for stderr (merged
+        into stdout); ``None`` is /dev/null (never the caller's own fds 0-2), and one of the
+        caller's terminals is refused (``ValueError``: the command could type into it).
+        ``tty=True``: one pty (from the container's devpts when possible) for all three,
+        controlling terminal of the command; its master is ``proc.master`` (a raw fd).
+        ``pass_fds``: descriptors that become 3, 4, ... in the command (at most 8).  ``env``
+        is merged over the session's environment; ``cwd`` None: the session's default.
         A missing program or cwd is not an exception: ``wait()`` gives 127/126 and
-        ``exec_error`` says why.  At most ``LXCBIND_SPAWN_MAX_EXTRA_FDS`` (8) ``pass_fds``.
-        Raises ``SpawnerDied`` if the spawner is gone or does not answer within
-        ``start_timeout`` s.
+        ``exec_error`` says why.  Raises ``TypeError``/``ValueError`` on bad arguments,
+        ``SpawnerDied`` if the spawner is gone or does not answer within ``start_timeout`` s.
         """
-        argv = _argv(command)
+        call = "Session.spawn"
+        opts = check_call(command, env=env, cwd=cwd, text=text, encoding=encoding,
+                          errors=errors, call=call)
+        stdio = _check_stdio(Stdio(stdin, stdout, stderr), call)
+        bound = check_timeout(start_timeout, call) or _START_BOUND
+        proc = self._spawn(opts, stdio, tty=bool(tty), pass_fds=_check_fds(pass_fds, call),
+                           start_timeout=bound)
+        try:
+            proc._open_files(opts.encoding, opts.errors)
+        except BaseException:
+            proc.close()
+            raise
+        return proc
+
+    def _spawn(self, opts: CallOptions, stdio: Stdio = _PIPES, *, tty: bool = False,
+               pass_fds: Sequence[int] = (),
+               start_timeout: float = _START_BOUND) -> SessionProcess:
+        """``spawn`` after its checks, for ``opts.argv``; the handle's pipes stay raw fds
+        (``proc._pipes``: the bridge, the shell and asyncio read them directly)."""
+        assert opts.argv is not None
         child_fds: list[int] = []  # our copies of the child's ends: closed once sent
         ours: list[tuple[str, int]] = []
         pair: _pty.PtyPair | None = None
@@ -835,25 +515,28 @@ class Session:
                 fds = [pair.slave] * 3
             else:
                 fds = []
-                for index, value in enumerate((stdin, stdout, stderr)):
+                for index, value in enumerate(stdio):
                     if value == PIPE:
-                        r, w = _pipe()
+                        r, w = pipe()
                         child, mine = (r, w) if index == 0 else (w, r)
                         child_fds.append(child)
                         ours.append((("stdin", "stdout", "stderr")[index], mine))
                         fds.append(child)
+                    elif value == STDOUT:
+                        fds.append(fds[1])
                     elif value == DEVNULL or value is None:
                         fds.append(self._devnull)
                     else:
-                        fds.append(_fileno(value))
+                        fds.append(fileno_of(value, self._devnull))
             fds += list(pass_fds)
             for index, fd in enumerate(fds):
                 if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
                     refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
                                          if index < 3 else "pass_fds")
-            proc = self._send(argv, env, cwd if cwd is not None else self.cwd, fds, ctty=tty)
+            proc = self._send(opts.argv, opts.env, opts.cwd if opts.cwd is not None
+                              else self.cwd, fds, ctty=tty)
             for name, fd in ours:
-                setattr(proc, name, proc._own(fd))
+                proc._pipes[name] = proc._own(fd)
             ours.clear()
             if pair is not None:
                 pair.close_slave()
@@ -873,53 +556,98 @@ class Session:
             if pair is not None:
                 pair.close()
 
+    def limit_events(self) -> _cgroups.Events:
+        """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
+        return _cgroups.read_events(self._event_files)
+
+    def with_limit_events(self, result: CompletedRun, before: _cgroups.Events) -> CompletedRun:
+        """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
+        ``before``."""
+        after = self.limit_events()
+        if after == before:
+            return result
+        return _replace(result, oom_killed=after.oom_kills > before.oom_kills,
+                        pids_limited=after.pids_max > before.pids_max)
+
     def run(self, command: Command, *, input: bytes | str | None = None,
-            timeout: float | None = None, tty: bool = False,
-            env: Mapping[str, str] | None = None, cwd: str | None = None,
-            max_output: int | None = None, check: bool = False,
-            kill_grace: float = 2.0) -> CompletedRun:
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
+            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            encoding: str | None = None, errors: str | None = None, check: bool = False,
+            tty: bool = False, kill_grace: float = 2.0,
+            on_output: OutputCallback | None = None) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
-        The I/O is the bridge's (``lxcbind.proc.bridge``), exactly as for ``Container.run``.
-        ``input`` is written to stdin, then EOF (None: empty stdin).  ``timeout``: SIGTERM to
-        the command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
-        ``max_output``: per stream, keep head and tail of this many bytes.  ``tty``: a pty,
-        merged output in ``stdout``.  A missing program is a result (127, ``exec_error``).
-        Raises ``SpawnerDied``/``SessionError`` when the session cannot run commands.
+        The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
+        empty stdin).  ``timeout`` (seconds; None: the session's default): SIGTERM to the
+        command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
+        ``max_output``: per stream, keep head and tail of this many bytes.  ``text`` (or
+        ``encoding``/``errors``): str results.  ``on_output(stream, chunk)`` is called on this
+        thread as output arrives (``"stdout"``/``"stderr"``; str in text mode), whatever the
+        cap keeps.  ``tty``: a pty, merged output in ``stdout``.  ``check``: raise
+        ``lxcbind.CalledProcessError``/``TimeoutExpired``.  A missing program is a result (127,
+        ``exec_error``); ``oom_killed``/``pids_limited`` say whether the container's limits
+        struck while it ran.  The I/O is the bridge's, exactly as for ``Container.run``.
+
+        Raises ``TypeError``/``ValueError`` on bad arguments (naming ``Session.run``),
+        ``SpawnerDied``/``SessionError`` when the session cannot run commands.
         """
-        if isinstance(input, str):
-            input = input.encode()
-        if timeout is None:
-            timeout = self.timeout
+        opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
+                          max_output=max_output, text=text, encoding=encoding, errors=errors,
+                          call="Session.run")
+        if on_output is not None and not callable(on_output):
+            raise TypeError("Session.run(): on_output must be a callable (stream, chunk)")
+        return self._run(opts, check=check, tty=bool(tty), kill_grace=kill_grace,
+                         on_output=on_output)
+
+    def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
+             kill_grace: float = 2.0, on_output: OutputCallback | None = None) -> CompletedRun:
+        timeout = opts.timeout if opts.timeout is not None else self.timeout
         start = time.monotonic()
-        bound = _START_BOUND if timeout is None else min(timeout + _EXIT_GRACE, _START_BOUND)
-        proc = self.spawn(command, stdin=PIPE if input else None, env=env, cwd=cwd, tty=tty,
-                          start_timeout=bound)
+        bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
+        before = self.limit_events()
+        proc = self._spawn(opts, Stdio(PIPE if opts.input else None), tty=tty,
+                           start_timeout=bound)
         try:
-            out = OutputBuffer(max_output)
-            err = OutputBuffer(max_output)
-            timed_out = _bridge(proc, input, out, err, timeout, kill_grace)
-            proc.wait()  # bounded: the command is gone, the spawner has _EXIT_GRACE to say how
+            out = OutputBuffer(opts.max_output)
+            err = OutputBuffer(opts.max_output)
+            tees = [] if on_output is None else [
+                Tee(buf, name, on_output, opts.encoding, opts.errors)
+                for name, buf in (("stdout", out), ("stderr", err))]
+            sinks: list[Writable] = [*tees] if tees else [out, err]
+            timed_out = _bridge(proc, opts.input, sinks[0], sinks[1], timeout, kill_grace)
+            for tee in tees:
+                tee.finish()
+            proc.wait()  # bounded: the command is gone, the spawner has EXIT_GRACE to say how
         finally:
             proc.close()
         assert proc.returncode is not None
         result = CompletedRun.captured(proc.args, proc.returncode, out, err,
                                        timed_out=timed_out, started=start,
                                        exec_error=proc.exec_error, timeout=timeout)
+        result = self.with_limit_events(result, before)
+        if opts.encoding is not None:
+            result = result.decoded(opts.encoding, opts.errors)
         if check:
             result.check_returncode()
         return result
 
     def map(self, commands: Iterable[Command], *, workers: int = 4,
-            **run_kwargs: Any) -> list[CompletedRun]:
+            **run_keywords: Unpack[SessionRunKeywords]) -> list[CompletedRun]:
         """Run every command (with ``run``'s keywords) on ``workers`` threads; results in the
-        order given.  A command that fails or times out is just its own result."""
+        order given.  A command that fails or times out is just its own result (unless
+        ``check``: then the first error is raised once all have finished)."""
+        check_keywords(run_keywords, "Session.map", SessionRunKeywords)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise TypeError(f"Session.map(): workers must be an int >= 1, not {workers!r}")
         items = list(commands)
+        for item in items:   # every command checked before any runs
+            check_call(item, call="Session.map")
         if workers <= 1 or len(items) <= 1:
-            return [self.run(c, **run_kwargs) for c in items]
+            return [self.run(c, **run_keywords) for c in items]
         with ThreadPoolExecutor(max_workers=min(workers, len(items)),
                                 thread_name_prefix="lxcbind-map") as pool:
-            return list(pool.map(lambda c: self.run(c, **run_kwargs), items))
+            futures = [pool.submit(self.run, c, **run_keywords) for c in items]
+            return [f.result() for f in futures]
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
               cwd: str | None = None, restart: bool = False) -> Shell:
@@ -927,15 +655,16 @@ class Session:
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
         calls raise ``ShellDied`` until ``Shell.restart()``."""
-        return Shell(self, program=program, env=env, cwd=cwd if cwd is not None else self.cwd,
-                     restart=restart)
+        opts = check_call([program], env=env, cwd=cwd, call="Session.shell")
+        return Shell(self, program=program, env=opts.env,
+                     cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart))
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "
                 f"{'closed' if self._closed else 'open'}>")
 
 
-def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: OutputBuffer,
+def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writable,
             timeout: float | None, kill_grace: float) -> bool:
     """Drive a session command with the bridge, the one I/O loop of every run (the same
     input, EOF, drain, readiness, timeout and kill rules as ``Container.run``).  The bridge
@@ -947,12 +676,10 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: O
         to_child: int | None = master
         input = input if input is not None else b""
     else:
-        outputs = [(fd, sink) for fd, sink in ((proc.stdout, out), (proc.stderr, err))
+        outputs = [(fd, sink) for fd, sink in ((proc._pipes.get("stdout"), out),
+                                               (proc._pipes.get("stderr"), err))
                    if fd is not None]
-        to_child = proc.stdin
-        if to_child is not None:
-            proc._owned.remove(to_child)  # the bridge closes a stdin pipe at input EOF
-            proc.stdin = None
+        to_child = proc._take_pipe("stdin")  # the bridge closes a stdin pipe at input EOF
     pgid = proc.host_pid if proc._alive_leader() else None
     # No pidfd only when the command was reaped before we could open one: an always-readable
     # eventfd tells the bridge it has exited.
@@ -972,298 +699,25 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: OutputBuffer, err: O
     return bridge.timed_out
 
 
-class _Tail:
-    """The last ``limit`` bytes written (the shell's own chatter, for error messages)."""
-
-    def __init__(self, limit: int = 2048) -> None:
-        self.limit = limit
-        self.data = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self.data += data
-        del self.data[:-self.limit]
-        return len(data)
-
-
-class Shell:
-    """A persistent shell in a Session: ``run("cd /tmp && export X=1")`` then
-    ``run("pwd; echo $X")`` sees ``/tmp`` and ``1``.  Works with bash, dash, busybox ash (and is
-    meant to with zsh, which this machine lacks).
-
-    Descriptors.  The shell's own stdout and stderr (prompts, banners, "no job control" and
-    job notices, the newline it prints on SIGINT) go to a pipe of their own, read and dropped
-    (the last bytes are kept for error messages).  Each command gets fresh redirections from
-    three pipes the shell holds: 4 (the command's stdout), 5 (its stderr) and 3 (status).
-    So what a call returns is exactly what its command wrote, on every shell.
-
-    Framing.  Each call writes to the shell's stdin::
-
-        { command printf '<nonce> R\\n' >&3; command . /proc/self/fd/6 3>&- 4>&- 5>&-
-        } 6<<'LXCBIND_<nonce>' </dev/null >&4 2>&5
-        <command>
-        LXCBIND_<nonce>
-        command printf '<nonce> %d\\n' "$?" >&3
-
-    The command is a quoted here-document (no expansion, no quoting to get wrong) that the
-    shell sources: sourcing, unlike ``eval``, runs it as non-interactive input (bash then
-    prints no ``[1] 123`` job notice), and ``command`` keeps a syntax error from aborting the
-    rest of the frame.  The nonce (128 random bits, new each call) ends the here-document and
-    tags the status line; a command cannot predict it.  The status is read on fd 3, which the
-    command does not have: nothing it prints can end or forge a frame.  Once the status arrives
-    every byte the command wrote is already in pipes 4 and 5, so they are read dry and the call
-    returns (the bridge's ``done`` hook: the same loop, drain and cap as ``Session.run``).  The
-    ``R`` line says the shell has read the whole frame; a timeout waits for it before sending
-    SIGINT, which would otherwise abort the parse and run the rest as top-level input.  The
-    command's stdin is /dev/null: it cannot eat the next frame.  (A command can of course
-    redefine the shell itself, e.g. shadow ``command``; it then only spoils its own calls, and
-    deadlines, enforced from the host, still hold.)
-
-    Timeout.  The shell runs interactive (``-i``, job control off: every command is in the
-    shell's process group) because only an interactive shell aborts the running command list on
-    SIGINT and goes back to reading input with its state intact.  At the timeout the group gets
-    SIGINT (background jobs of a non-job-control shell ignore it) and a recovery status line is
-    sent (resent every 0.2 s: ash drops buffered input when interrupted); ``returncode`` is 130.
-    If no status has come ``kill_grace`` s later (the command ignores SIGINT), every process of
-    the group except the shell is SIGKILLed (``returncode`` 137): an external command dies and
-    the shell, alive, reports.  If the shell itself is what runs (``trap '' INT`` and a builtin
-    loop), it is killed ``kill_again`` (0.5) s later: then the state is lost.
-
-    Death.  A shell that exits (``exit``, killed) loses its state.  Without ``restart``, the
-    call during which it died raises ``ShellDied`` (after a timeout the call returns its result
-    and the next call raises), as does every later call until ``restart()`` starts a new shell
-    (same program, env and starting cwd).  With ``restart=True`` that happens at once and the
-    result says ``shell_restarted=True``.  Processes that left the shell's process group are not
-    killed by a timeout (they go at ``Session.close``).  Background jobs' output written after
-    their call returned shows up in a later call.  One call at a time (a lock serializes them).
-    """
-
-    def __init__(self, session: Session, *, program: str = "/bin/sh",
-                 env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 start_timeout: float = 10.0, restart: bool = False) -> None:
-        self.session = session
-        self.program = program
-        self.restart_on_death = restart
-        self._env = {"PS1": "", "PS2": "", "PS4": "+ ", "ENV": "", **(env or {})}
-        self._cwd = cwd
-        self._start_timeout = start_timeout
-        self._lock = threading.Lock()
-        self._chatter = _Tail()
-        self.dead: ShellDied | None = None
-        self._start()
-
-    def _argv(self) -> tuple[list[str], str]:
-        """How to start ``program`` interactive without rc files or line editing, and the
-        prefix that runs a builtin past functions and special-builtin error exits."""
-        name = os.path.basename(self.program)
-        if "bash" in name:
-            return [self.program, "--noediting", "--norc", "--noprofile", "-i"], "command"
-        if "zsh" in name:  # zsh's ``command`` runs external programs only
-            return [self.program, "-f", "-i"], "builtin"
-        return [self.program, "-i"], "command"
-
-    def _start(self) -> None:
-        argv, self._prefix = self._argv()
-        pipes = [_pipe() for _ in range(4)]  # chatter, status, stdout, stderr
-        try:
-            proc = self.session.spawn(argv, stdout=pipes[0][1], stderr=pipes[0][1],
-                                      env=self._env, cwd=self._cwd,
-                                      pass_fds=[w for _, w in pipes[1:]])
-        except BaseException:
-            for fd in (fd for pair in pipes for fd in pair):
-                os.close(fd)
-            raise
-        for _, w in pipes:
-            os.close(w)
-        self.proc = proc
-        self._chat, self._status, self._out, self._err = (proc._own(r) for r, _ in pipes)
-        self._buf = b""
-        self.dead = None
-        try:
-            if proc.exec_error is not None:
-                proc.wait()
-                raise self._died(f"could not start: {proc.exec_error}", proc.returncode)
-            # No job control (commands stay in the shell's group, no notices), no history.
-            script = b"set +m; unset HISTFILE; HISTSIZE=0\n"
-            result = self._call("true", script, self._start_timeout, None, 2.0, restart=False)
-            if result is None or result.timed_out:
-                raise self.dead or self._died(
-                    f"did not start (no status within {self._start_timeout:g}s)", None)
-        except BaseException:
-            proc.close()
-            raise
-
-    def _died(self, why: str, returncode: int | None) -> ShellDied:
-        chatter = bytes(self._chatter.data).decode(errors="replace").strip()
-        self.dead = ShellDied(
-            f"the persistent shell {self.program!r} {why}; its state (cwd, variables, "
-            f"functions, background jobs) is lost: call restart() for a new one"
-            + (f" (it said: {chatter[-300:]!r})" if chatter else ""), returncode)
-        return self.dead
-
-    @property
-    def alive(self) -> bool:
-        return self.dead is None and self.proc.poll() is None
-
-    def restart(self) -> None:
-        """Kill this shell (if still running) and start a new one with the same program,
-        environment and starting cwd.  Everything the old one held is lost."""
-        with self._lock:
-            self.proc.close()
-            self._start()
-
-    def run(self, command: str, *, timeout: float | None = None,
-            max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
-        """Run ``command`` in the shell; the result's ``returncode`` is its ``$?`` (130 when
-        a timeout interrupted it, 137 when it had to be killed; ``timed_out=True``).
-
-        Raises ``ShellDied`` when the shell is dead (and ``restart`` is off)."""
-        if "\0" in command:
-            raise ValueError("command contains a NUL byte")
-        with self._lock:
-            if self.dead is not None:
-                raise self.dead
-            result = self._call(command, b"", timeout, max_output, kill_grace,
-                                restart=self.restart_on_death)
-            if result is None:
-                assert self.dead is not None
-                raise self.dead
-            return result
-
-    def _call(self, command: str, prefix: bytes, timeout: float | None,
-              max_output: int | None, kill_grace: float, *,
-              restart: bool) -> CompletedRun | None:
-        """One framed exchange on the bridge.  When the shell dies meanwhile (``dead`` is then
-        set): with ``restart`` a new shell is started and the result says so; else None,
-        except after a timeout (the call's result; the next call raises)."""
-        proc = self.proc
-        start = time.monotonic()
-        out = OutputBuffer(max_output)
-        err = OutputBuffer(max_output)
-        nonce = secrets.token_hex(16)
-        cmd = self._prefix
-        script = prefix + (
-            f"{{ {cmd} printf '{nonce} R\\n' >&3; {cmd} . /proc/self/fd/6 3>&- 4>&- 5>&-\n"
-            f"}} 6<<'LXCBIND_{nonce}' </dev/null >&4 2>&5\n{command}\nLXCBIND_{nonce}\n"
-            f"{cmd} printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
-        recovery = f"{cmd} printf '{nonce} 130\\n' >&3\n".encode()
-        status: list[int] = []
-        started = [False]  # the "R" line: the shell has read the whole frame and runs it
-        interrupted = [False]
-        killed = [False]
-
-        def parse(data: bytes) -> bool:
-            self._buf += data
-            lines = self._buf.split(b"\n")
-            self._buf = lines.pop()
-            for line in lines:  # lines with other nonces: stale recovery frames
-                parts = line.split()
-                if len(parts) == 2 and parts[0] == nonce.encode():
-                    if parts[1].isdigit():
-                        status.append(int(parts[1]))
-                    elif parts[1] == b"R":
-                        started[0] = True
-            return bool(status)
-
-        def on_deadline(stage: str) -> float | None:
-            if stage != "kill":
-                if not started[0]:
-                    # Still reading the frame: SIGINT now would abort the parse and leave the
-                    # rest of the command to run as top-level input.  Wait for "R".
-                    return 0.02
-                if not interrupted[0]:
-                    interrupted[0] = True
-                    proc.send_signal(signal.SIGINT, group=True)
-                    bridge.send(recovery)
-                elif not bridge._inbuf:
-                    bridge.send(recovery)  # again: an interrupted ash drops buffered input
-                return 0.2
-            # "kill": first the command's processes, then (kill_again later) the shell.
-            if not killed[0]:
-                killed[0] = True
-                _kill_group_but(proc, proc.host_pid)
-            else:
-                proc.send_signal(signal.SIGKILL, group=True)
-            return None
-
-        if proc._pidfd < 0 or proc.stdin is None:
-            proc.poll()
-            self._died("is gone", proc.returncode)
-            return None
-        bridge = Bridge(proc._pidfd, pgid=proc.host_pid if proc._alive_leader() else None,
-                        to_child=proc.stdin, input=script, keep_input=True,
-                        outputs=[(self._out, out), (self._err, err)],
-                        side_outputs=[(self._chat, self._chatter)],
-                        done=(self._status, parse), timeout=timeout, kill_grace=kill_grace,
-                        kill_again=0.5, on_deadline=on_deadline, drain_quiet=0.0,
-                        handle_signals=False)
-        bridge.run()
-        shell_status: int | None = None
-        if bridge.exited or not bridge.done:  # the shell is gone (maybe just after its status)
-            try:
-                proc.wait(_EXIT_GRACE + 1.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            except SpawnerDied as exc:
-                self._died(f"is gone with its spawner ({exc})", None)
-                return None
-            shell_status = proc.exit_status
-            self._died("is gone (no exit status)" if shell_status is None else
-                       f"exited (status {shell_status})", proc.returncode)
-        if bridge.done:
-            returncode = status[0]  # (after an interrupt: 130 from the shell or recovery)
-            if killed[0]:
-                returncode = 128 + signal.SIGKILL
-            elif interrupted[0]:
-                returncode = 130
-        elif bridge.timed_out:
-            returncode = 128 + signal.SIGKILL
-        elif restart:
-            returncode = 255 if shell_status is None else shell_status
-        else:
-            return None
-        result = CompletedRun.captured([command], returncode, out, err,
-                                       timed_out=bridge.timed_out, started=start,
-                                       timeout=timeout)
-        if self.dead is not None and restart:
-            self.proc.close()
-            self._start()
-            result = _replace(result, shell_restarted=True)
-        return result
-
-    def close(self) -> None:
-        """Kill the shell (and its group).  Idempotent."""
-        if self.dead is None:
-            self.dead = ShellDied("the persistent shell was closed")
-        self.proc.close()
-
-    def __enter__(self) -> Shell:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _kill_group_but(proc: SessionProcess, keep: int | None) -> None:
-    """SIGKILL every process of ``proc``'s process group except ``keep`` (the shell): seen
-    from the host, through pidfds, each checked to be in the group after it was opened."""
-    pgid = proc.host_pid
-    if pgid is None or not proc._alive_leader():
-        return
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == keep:
+def _check_stdio(stdio: Stdio, call: str) -> Stdio:
+    for name, value in zip(stdio._fields, stdio, strict=True):
+        if value is None or value in (PIPE, DEVNULL) or (value == STDOUT and name == "stderr"):
             continue
-        fields = _stat_fields(int(entry))
-        if fields is None or int(fields[2]) != pgid:
-            continue
-        try:
-            pidfd = os.pidfd_open(int(entry))
-        except OSError:
-            continue
-        try:
-            fields = _stat_fields(int(entry))  # still that process, still in the group
-            if fields is not None and int(fields[2]) == pgid:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        finally:
-            os.close(pidfd)
+        fd_like = (isinstance(value, int) and value >= 0) or callable(
+            getattr(value, "fileno", None))
+        if isinstance(value, bool) or not fd_like:
+            allowed = "PIPE, DEVNULL, STDOUT, None" if name == "stderr" else "PIPE, DEVNULL, None"
+            raise TypeError(f"{call}(): {name} must be {allowed}, an fd >= 0 or a file object, "
+                            f"not {value!r}")
+    return stdio
+
+
+def _check_fds(fds: Sequence[int], call: str) -> list[int]:
+    if isinstance(fds, (str, bytes)) or not isinstance(fds, Sequence):
+        raise TypeError(f"{call}(): pass_fds must be a sequence of fds, not {type(fds).__name__}")
+    out = []
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+            raise TypeError(f"{call}(): pass_fds must hold fds (ints >= 0), not {fd!r}")
+        out.append(fd)
+    return out

@@ -38,6 +38,8 @@ import os
 from lxcbind._lite import record
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
+from lxcbind.lxc.cgroups import Events as Events
+from lxcbind.lxc.cgroups import events as events
 from lxcbind.policy.model import UNLIMITED, Limits
 from lxcbind.sandbox.idmap import IdRange
 from lxcbind.state import STATE_DIR
@@ -203,40 +205,6 @@ def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
         if not ok:
             raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the "
                                f"container, not {value!r}; refusing to run unlimited")
-
-
-@record
-class Events:
-    """Counters of limit events in a container's cgroups, compared before/after a command."""
-
-    oom_kills: int = 0
-    pids_max: int = 0
-
-
-def _counter(path: str, key: str) -> int:
-    try:
-        with open(path) as f:
-            for line in f:
-                name, _, value = line.partition(" ")
-                if name == key:
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def events(init_pid: int | None) -> Events:
-    """OOM kills and refused forks so far in the container (0 when unknown)."""
-    if not init_pid:
-        return Events()
-    memory = cgroups.process_dir(init_pid, "memory")
-    pids = cgroups.process_dir(init_pid, "pids")
-    oom = 0
-    if memory:
-        v2 = cgroups.controller_version("memory") == "v2"
-        oom = _counter(os.path.join(memory, "memory.events" if v2 else "memory.oom_control"),
-                       "oom_kill")
-    return Events(oom, _counter(os.path.join(pids, "pids.events"), "max") if pids else 0)
 
 
 @record

@@ -164,8 +164,9 @@ def test_tty_mode(session):
 def test_spawn_interactive_handle(session):
     proc = session.spawn(["cat"])
     try:
-        os.write(proc.stdin, b"ping\n")
-        assert os.read(proc.stdout, 100) == b"ping\n"
+        proc.stdin.write(b"ping\n")
+        proc.stdin.flush()
+        assert os.read(proc.stdout.fileno(), 100) == b"ping\n"
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == -signal.SIGTERM
