@@ -19,14 +19,13 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import threading
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Unpack
 
+from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
 from lxcbind.result import CompletedRun
 from lxcbind.sandbox.core import PolicyLike, Session, as_policy
-
-Command = str | Sequence[str]
 
 
 class PoolClosed(LxcbindError):
@@ -146,14 +145,19 @@ class Pool:
 
     def run(self, command: Command, *, input: bytes | str | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None, max_output: int | None = None,
+            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            encoding: str | None = None, errors: str | None = None,
             check: bool = False) -> CompletedRun:
         """Run ``command`` (a str runs as ``/bin/sh -c``) in a fresh container and return its
         result; the container is destroyed afterwards.  Keywords as ``Session.run``."""
+        check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
+                   max_output=max_output, text=text, encoding=encoding, errors=errors,
+                   call="Pool.run")   # before a container is taken
         session = self._take()
         try:
             return session.run(command, input=input, timeout=timeout, env=env, cwd=cwd,
-                               max_output=max_output, check=check)
+                               max_output=max_output, text=text, encoding=encoding,
+                               errors=errors, check=check)
         finally:
             self._give_back(session)
 
@@ -165,9 +169,10 @@ class Pool:
         self._order_one()
 
     def map(self, commands: Iterable[Command], *, workers: int | None = None,
-            **kwargs: Any) -> list[CompletedRun]:
+            **kwargs: Unpack[RunKeywords]) -> list[CompletedRun]:
         """``run`` every command (at most ``workers`` at a time, default the pool size);
         results in input order.  The first exception is raised after all have finished."""
+        check_keywords(kwargs, "Pool.map")
         items = list(commands)
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers or self.size) as ex:
             futures = [ex.submit(self.run, command, **kwargs) for command in items]
