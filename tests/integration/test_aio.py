@@ -91,3 +91,89 @@ def test_async_pool_fresh_container_each() -> None:
     names = {r.stdout.strip() for r in runs}
     assert len(names) == 4
     assert not {n.decode() for n in names} & set(lxcbind.list_containers())
+
+
+def test_async_shell_keeps_state_without_leaking_its_framing() -> None:
+    async def main() -> list[lxcbind.CompletedRun]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell(program="/bin/bash") as sh:
+                return [await sh.run("cd /tmp && export X=42 && f() { echo fn; }"),
+                        await sh.run("pwd; echo $X; f; echo to-err >&2; (exit 3)"),
+                        await sh.run("sleep 30", timeout=0.5),
+                        await sh.run("echo after")]
+    first, second, timed, after = asyncio.run(main())
+    assert (first.returncode, first.stdout, first.stderr) == (0, b"", b"")
+    assert (second.returncode, second.stdout, second.stderr) == (3, b"/tmp\n42\nfn\n",
+                                                                 b"to-err\n")
+    assert timed.timed_out and timed.returncode == 130
+    assert after.stdout == b"after\n" and not after.shell_restarted
+
+
+def test_cancelling_an_async_shell_call_interrupts_only_the_command() -> None:
+    marker = b"sleep 6543"
+
+    async def main() -> lxcbind.CompletedRun:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell(program="/bin/bash") as sh:
+                await sh.run("cd /tmp; X=5")
+                task = asyncio.ensure_future(sh.run("sleep 6543; echo not-reached"))
+                await asyncio.sleep(0.5)
+                assert host_pids_of(marker)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert not host_pids_of(marker)   # gone by the time the cancel returned
+                assert sh.alive
+                return await sh.run("pwd; echo $X")
+    r = asyncio.run(main())
+    assert (r.stdout, r.stderr) == (b"/tmp\n5\n", b"")   # the state survived
+    assert not r.shell_restarted
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_cancel_of_a_shell_that_ignores_sigint_reports_the_loss(restart: bool) -> None:
+    async def main() -> lxcbind.CompletedRun | Exception:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell(program="/bin/bash", restart=restart) as sh:
+                await sh.run("cd /tmp")
+                task = asyncio.ensure_future(
+                    sh.run("trap '' INT; while :; do :; done", kill_grace=0.3))
+                await asyncio.sleep(0.5)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert not sh.alive   # the shell itself was what ran: it had to go
+                try:
+                    return await sh.run("pwd")
+                except lxcbind.ShellDied as exc:
+                    return exc
+    got = asyncio.run(main())
+    if restart:
+        assert isinstance(got, lxcbind.CompletedRun)
+        assert got.shell_restarted and got.stdout == b"/\n"   # a new shell: state lost
+    else:
+        assert isinstance(got, lxcbind.ShellDied)
+        assert "state" in str(got) and "restart()" in str(got)
+
+
+def test_async_pool_checks_keywords_before_taking_a_container_and_maps_in_order() -> None:
+    async def main() -> list[lxcbind.CompletedRun]:
+        async with lxcbind.AsyncPool(POLICY, size=2) as pool:
+            with pytest.raises(TypeError, match=r"^AsyncPool\.run\(\) got an unexpected "
+                                                r"keyword argument 'timout'"):
+                await pool.run("true", timout=3)  # type: ignore[call-arg]
+            with pytest.raises(TypeError, match=r"^AsyncPool\.run\(\): timeout must be"):
+                await pool.run("true", timeout="3")  # type: ignore[typeddict-item]
+            assert pool.pool.ready <= 2
+            return await pool.map([f"echo {i}" for i in range(4)], timeout=30, text=True)
+    runs = asyncio.run(main())
+    assert [r.stdout for r in runs] == [f"{i}\n" for i in range(4)]
+
+
+def test_async_run_checks_arguments_and_takes_text() -> None:
+    async def main() -> lxcbind.CompletedRun:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            with pytest.raises(TypeError, match=r"^AsyncSession\.run\(\): env must be"):
+                await s.run("true", env=["A=1"])  # type: ignore[arg-type]
+            return await s.run("printf '\\303\\251'", text=True)
+    assert asyncio.run(main()).stdout == "é"
