@@ -36,6 +36,7 @@ _WHERE = {
     "load_policy_file": "policy.parse",
     "DEFAULT_POLICY": "policy.defaults", "default_policy": "policy.defaults",
     "Pool": "sandbox.pool", "PoolClosed": "sandbox.pool", "AsyncPool": "aio", "AsyncSession": "aio",
+    "AsyncShell": "aio",
     "CompletedRun": "result",
     "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
     "Session": "sandbox.core",
@@ -45,6 +46,7 @@ _WHERE = {
 __all__ = [
     "AsyncPool",
     "AsyncSession",
+    "AsyncShell",
     "CalledProcessError",
     "CommandTimeout",
     "CompletedRun",
@@ -95,7 +97,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     # "X": an explicit re-export for type checkers (mypy --strict, pyright)
-    from lxcbind.aio import AsyncPool, AsyncSession
+    from lxcbind.aio import AsyncPool, AsyncSession, AsyncShell
     from lxcbind.errors import (
         CalledProcessError,
         CommandTimeout,

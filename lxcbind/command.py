@@ -13,6 +13,7 @@ Nothing here touches liblxc or the host: the CLI and the unit tests import it fr
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict
 
@@ -183,3 +184,31 @@ def check_call(cmd: Any, *, env: Any = None, cwd: Any = None, input: Any = None,
         input=check_input(input, encoding, call), timeout=check_timeout(timeout, call),
         max_output=check_max_output(max_output, call),
         encoding=(encoding or "utf-8") if decode else None, errors=errors or "replace")
+
+
+def check_stdio(stdio: tuple[Any, Any, Any], call: str) -> tuple[Any, Any, Any]:
+    """``(stdin, stdout, stderr)`` of a spawn: ``PIPE``, ``DEVNULL``, ``None``, an fd >= 0 or
+    a file object (``STDOUT`` for stderr only); ``TypeError`` naming ``call`` otherwise."""
+    for name, value in zip(("stdin", "stdout", "stderr"), stdio, strict=True):
+        if value is None or value in (subprocess.PIPE, subprocess.DEVNULL) or (
+                value == subprocess.STDOUT and name == "stderr"):
+            continue
+        fd_like = (isinstance(value, int) and value >= 0) or callable(
+            getattr(value, "fileno", None))
+        if isinstance(value, bool) or not fd_like:
+            allowed = "PIPE, DEVNULL, STDOUT, None" if name == "stderr" else "PIPE, DEVNULL, None"
+            raise TypeError(f"{call}(): {name} must be {allowed}, an fd >= 0 or a file object, "
+                            f"not {value!r}")
+    return stdio
+
+
+def check_fds(fds: Any, call: str) -> list[int]:
+    """``pass_fds``: a sequence of descriptors (ints >= 0)."""
+    if isinstance(fds, (str, bytes)) or not isinstance(fds, Sequence):
+        raise TypeError(f"{call}(): pass_fds must be a sequence of fds, not {type(fds).__name__}")
+    out = []
+    for fd in fds:
+        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
+            raise TypeError(f"{call}(): pass_fds must hold fds (ints >= 0), not {fd!r}")
+        out.append(fd)
+    return out

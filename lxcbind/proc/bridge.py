@@ -67,14 +67,15 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class Bridge:
     """Copy bytes between a running child and its host-side sources and sinks until it exits.
 
-    ``child`` is a pidfd (int) or an object whose ``fileno()`` is one (``attach.Process``).
+    ``child`` is a pidfd (int) or an object whose ``fileno()`` is one
+    (``lxcbind.lxc.attach.Process``).
     ``pgid`` is the process group to signal on timeout or forwarded signals (the child is a
     session leader, so its pid); without it only the pidfd is signalled.
 
     Input: ``input`` (bytes) or ``input_fd`` (read until EOF; e.g. host stdin) is written to
     ``to_child`` (the pty master or a pipe's write end).  Neither means empty input: EOF is
-    delivered at once.  End of input is delivered as ``pty.eof_bytes`` on a master, by closing a
-    pipe.
+    delivered at once.  End of input is delivered as ``lxcbind.proc.pty.eof_bytes`` on a
+    master, by closing a pipe.
 
     Output: ``outputs`` pairs each fd to read (master, stdout/stderr pipe, ...) with a sink: a
     host fd (written non-blocking with a bounded buffer; reading pauses while it is full) or an
@@ -92,8 +93,8 @@ class Bridge:
     after ``kill_grace``; ``timed_out`` is then True.  After a timeout or a forwarded signal the
     group is SIGKILLed when the child exits, so nothing it started in its group survives.
 
-    ``raw_mode`` (``pty.RawMode``) is re-applied on SIGCONT; ``winsize_from`` is the host
-    terminal fd whose size SIGWINCH copies to the master.
+    ``raw_mode`` (``lxcbind.proc.pty.RawMode``) is re-applied on SIGCONT; ``winsize_from`` is
+    the host terminal fd whose size SIGWINCH copies to the master.
 
     Hooks for a child that outlives its command (the persistent shell):
 

@@ -15,11 +15,11 @@ Two modes:
   ``tty_raw=True`` (the slave in raw mode: byte-exact both ways, but then no in-band EOF exists,
   so the program must stop reading by itself, e.g. ``head -c N``).
 
-Input rules: ``input`` is sent at once through pipes; on a pty it is held until the process
-has printed something or ``ready_wait`` seconds have passed (see ``bridge.Bridge``), so bytes
-sent before a shell has set up its terminal are not lost.  End of input is delivered: a pipe is
-closed, a pty gets the slave's VEOF (twice after a partial line).  ``input=None`` means no
-input (EOF at once), never the caller's stdin.
+Input rules: ``input`` is sent at once through pipes; on a pty it is held until the process has
+printed something or ``ready_wait`` seconds have passed (see ``lxcbind.proc.bridge.Bridge``), so
+bytes sent before a shell has set up its terminal are not lost.  End of input is delivered: a pipe
+is closed, a pty gets the slave's VEOF (twice after a partial line).  ``input=None`` means no input
+(EOF at once), never the caller's stdin.
 
 Timeouts: SIGTERM to the process group (and the pty's foreground group), SIGKILL after
 ``kill_grace`` seconds; the result has ``timed_out=True``.  Processes that left the group
@@ -302,5 +302,5 @@ class Container(_BareContainer):
         return run(self, argv, **kwargs)
 
     def interact(self, argv: Sequence[str], **kwargs: Any) -> int:
-        """Run ``argv`` bridged to this process's own stdio; see ``runner.interact``."""
+        """Run ``argv`` bridged to this process's own stdio; see ``interact`` above."""
         return interact(self, argv, **kwargs)

@@ -31,22 +31,22 @@ signals the command and its process group itself and sees it die; every wait for
 is bounded, and one that does not answer (``_START_BOUND``, or ``EXIT_GRACE`` after the
 command died) fails the session with ``SpawnerDied``.
 
-Protocol (see the top of ``spawner.c``).  The control socket is a ``SOCK_SEQPACKET`` pair whose
-far end is the spawner's fd 0.  Each command is one datagram: a header, argv/env/cwd strings
-(inline, or in a memfd when large) and, by ``SCM_RIGHTS``, a fresh per-command *report socket*
-plus the command's stdin/stdout/stderr (and extra fds, which become 3, 4, ...).  On the report
-socket the spawner answers ``START`` (pid, or the stage/errno that stopped it: chdir, ctty, exec)
-and later ``EXIT`` (the wait status: the spawner reaps its children through a signalfd).  The
-caller can send ``KILL`` records on it (signal the command or its process group); closing it
-before the exit abandons the command, and the spawner kills its group.  A per-command socket
-means concurrent threads need no demultiplexing: each waits on its own descriptors.  When the
-control socket closes (``close()``, or the caller dying) the spawner SIGKILLs every command's
-group, reaps them and exits.
+Protocol (see the top of ``_cdefs/spawner.c`` and ``lxcbind.lxc.spawner_wire``).  The control
+socket is a ``SOCK_SEQPACKET`` pair whose far end is the spawner's fd 0.  Each command is one
+datagram: a header, argv/env/cwd strings (inline, or in a memfd when large) and, by ``SCM_RIGHTS``,
+a fresh per-command *report socket* plus the command's stdin/stdout/stderr (and extra fds, which
+become 3, 4, ...).  On the report socket the spawner answers ``START`` (pid, or the stage/errno
+that stopped it: chdir, ctty, exec) and later ``EXIT`` (the wait status: the spawner reaps its
+children through a signalfd).  The caller can send ``KILL`` records on it (signal the command or
+its process group); closing it before the exit abandons the command, and the spawner kills its
+group.  A per-command socket means concurrent threads need no demultiplexing: each waits on its own
+descriptors.  When the control socket closes (``close()``, or the caller dying) the spawner
+SIGKILLs every command's group, reaps them and exits.
 
 The child gets the same clean state as ``Container.attach`` gives (``lxcbind_exec``): default
-signal dispositions, an empty mask, its own session (``setsid``), a strict cwd, only its stdio
-(and requested extra fds), the exact environment (``attach.baseline_env`` + ``env``), and exec
-failures reported out of band, so ``exec_error`` tells "could not execute" (126/127) from the
+signal dispositions, an empty mask, its own session (``setsid``), a strict cwd, only its stdio (and
+requested extra fds), the exact environment (``lxcbind.lxc.attach.baseline_env`` + ``env``), and
+exec failures reported out of band, so ``exec_error`` tells "could not execute" (126/127) from the
 program's own 126/127.
 
 Thread-safety: ``run``/``spawn``/``map`` may be called from many threads at once (sends on the
@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import array
 import errno
-import fcntl
 import os
 import select
 import socket
@@ -85,7 +84,6 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Protocol, Unpack
 
 from lxcbind._lite import replace as _replace
@@ -94,7 +92,9 @@ from lxcbind.command import (
     Command,
     RunKeywords,
     check_call,
+    check_fds,
     check_keywords,
+    check_stdio,
     check_timeout,
 )
 from lxcbind.errors import LxcError, SessionError, ShellDied, SpawnerDied
@@ -123,6 +123,7 @@ from lxcbind.proc.spawned import (
     StreamArg,
     _read_proc,
 )
+from lxcbind.proc.spawner import spawner_image
 from lxcbind.proc.streams import OutputCallback, Tee
 from lxcbind.result import CompletedRun, OutputBuffer
 
@@ -133,48 +134,6 @@ __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", 
 _RECORD = wire.RECORD
 # How long the spawner may take to answer a spawn request when no timeout bounds the call.
 _START_BOUND = 10.0
-
-_SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
-_MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
-_image_lock = threading.Lock()
-_image_fd = -1
-
-
-def _spawner_image() -> int:
-    """A sealed memfd holding the spawner program (one per process, shared by sessions).
-
-    The spawner is exec'd from it inside the container: no file the workload controls is
-    trusted, and the seals (no write, shrink or grow) keep anyone from changing it."""
-    global _image_fd
-    with _image_lock:
-        if _image_fd >= 0:
-            return _image_fd
-        try:
-            program = _SPAWNER_PROGRAM.read_bytes()
-        except FileNotFoundError:
-            raise SessionError(f"the session spawner program {str(_SPAWNER_PROGRAM)!r} is "
-                               "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
-        flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
-        try:
-            fd = os.memfd_create("lxcbind-spawner", flags | _MFD_EXEC)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            fd = os.memfd_create("lxcbind-spawner", flags)
-        try:
-            view = memoryview(program)
-            while view:
-                view = view[os.write(fd, view):]
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK |
-                        fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
-            # execve refuses a file open for writing (ETXTBSY): keep a read-only open of it.
-            ro = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            os.close(fd)
-        _image_fd = ro
-        return ro
-
-
 
 class Closeable(Protocol):
     def close(self) -> None: ...
@@ -196,8 +155,8 @@ class Session:
 
     ``Session(container, own=False, uid=None, gid=None, env=None)``: ``container`` must be
     running; ``own=True`` destroys it on ``close()``.  ``uid``/``gid``: who every command runs as
-    (liblxc's attach setuid path).  ``env``: entries added to ``attach.baseline_env`` for every
-    command (per-call ``env`` overrides them).
+    (liblxc's attach setuid path).  ``env``: entries added to
+    ``lxcbind.lxc.attach.baseline_env`` for every command (per-call ``env`` overrides them).
 
     Raises ``LxcError`` when the spawner cannot be attached, ``SessionError`` when it does not
     come up within ``start_timeout`` seconds.
@@ -213,7 +172,7 @@ class Session:
         self.container = container
         self.own = own
         # Whoever set the container up for us (a sandbox): closed after the spawner, it
-        # tears the container down (set by lxcbind.sandbox's Session.from_policy).
+        # tears the container down (set by ``lxcbind.sandbox.core.Session.from_policy``).
         self._owner: Closeable | None = None
         self.uid = uid
         self.gid = gid
@@ -244,7 +203,7 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------------
 
     def _start(self, start_timeout: float) -> None:
-        image = _spawner_image()
+        image = spawner_image()
         init = self.container.init_pid
         try:
             self._before = (init, _cgroups.processes(init)) if init else None
@@ -488,9 +447,9 @@ class Session:
         call = "Session.spawn"
         opts = check_call(command, env=env, cwd=cwd, text=text, encoding=encoding,
                           errors=errors, call=call)
-        stdio = _check_stdio(Stdio(stdin, stdout, stderr), call)
+        stdio = Stdio(*check_stdio((stdin, stdout, stderr), call))
         bound = check_timeout(start_timeout, call) or _START_BOUND
-        proc = self._spawn(opts, stdio, tty=bool(tty), pass_fds=_check_fds(pass_fds, call),
+        proc = self._spawn(opts, stdio, tty=bool(tty), pass_fds=check_fds(pass_fds, call),
                            start_timeout=bound)
         try:
             proc._open_files(opts.encoding, opts.errors)
@@ -697,27 +656,3 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writa
         if exited >= 0:
             os.close(exited)
     return bridge.timed_out
-
-
-def _check_stdio(stdio: Stdio, call: str) -> Stdio:
-    for name, value in zip(stdio._fields, stdio, strict=True):
-        if value is None or value in (PIPE, DEVNULL) or (value == STDOUT and name == "stderr"):
-            continue
-        fd_like = (isinstance(value, int) and value >= 0) or callable(
-            getattr(value, "fileno", None))
-        if isinstance(value, bool) or not fd_like:
-            allowed = "PIPE, DEVNULL, STDOUT, None" if name == "stderr" else "PIPE, DEVNULL, None"
-            raise TypeError(f"{call}(): {name} must be {allowed}, an fd >= 0 or a file object, "
-                            f"not {value!r}")
-    return stdio
-
-
-def _check_fds(fds: Sequence[int], call: str) -> list[int]:
-    if isinstance(fds, (str, bytes)) or not isinstance(fds, Sequence):
-        raise TypeError(f"{call}(): pass_fds must be a sequence of fds, not {type(fds).__name__}")
-    out = []
-    for fd in fds:
-        if isinstance(fd, bool) or not isinstance(fd, int) or fd < 0:
-            raise TypeError(f"{call}(): pass_fds must hold fds (ints >= 0), not {fd!r}")
-        out.append(fd)
-    return out

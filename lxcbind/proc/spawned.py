@@ -117,8 +117,8 @@ class SessionProcess:
     with ``PIPE`` (binary, or text: see ``Session.spawn``), else None; ``master`` is the pty
     master in tty mode (a raw fd).  All are owned by this object and closed by ``close``.
     ``returncode``/``exit_status``/``exec_error`` mean what they mean on
-    ``attach.Process``.  ``fileno()`` is the report socket: readable when a status record
-    arrives.
+    ``lxcbind.lxc.attach.Process``.  ``fileno()`` is the report socket: readable when a
+    status record arrives.
 
     The host does not depend on the spawner to stop a command: the START record carries a
     pidfd of the command (checked to be a process of the container's pid namespace with the

@@ -185,7 +185,7 @@ def test_ten_thousand_commands_without_growth(session):
     fds, rss = _fd_count(), _rss_kib()
     sp_fds, sp_rss = len(os.listdir(f"/proc/{spawner}/fd")), _rss_kib(spawner)
     t = time.monotonic()
-    for i in range(10000):
+    for _ in range(10000):
         r = session.run(["true"])
         assert r.returncode == 0
     elapsed = time.monotonic() - t
