@@ -83,6 +83,14 @@ class CompletedRun:
             raise CalledProcessError(self.returncode, list(self.args), self.stdout,
                                      self.stderr, self)
 
+    def finished(self, encoding: str | None, errors: str, check: bool) -> CompletedRun:
+        """What a ``run`` returns: decoded when ``encoding`` is set (``text=True``), and with
+        ``check`` its ``check_returncode`` done."""
+        result = self if encoding is None else self.decoded(encoding, errors)
+        if check:
+            result.check_returncode()
+        return result
+
     def decoded(self, encoding: str = "utf-8", errors: str = "replace") -> CompletedRun:
         """This result with ``stdout``/``stderr`` decoded to ``str`` (``text=True``).  The
         default ``errors="replace"``: a hostile command's invalid bytes never raise."""

@@ -14,14 +14,12 @@ from lxcbind.aio.shell import AsyncShell
 from lxcbind.command import CallOptions, Command, RunKeywords, check_call, check_keywords
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
+from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
 from lxcbind.proc.streams import DRAIN_GRACE as _DRAIN_GRACE
 from lxcbind.proc.streams import DRAIN_QUIET as _DRAIN_QUIET
-from lxcbind.proc.streams import OutputCallback, Tee
 from lxcbind.result import CompletedRun, OutputBuffer
 from lxcbind.sandbox.core import PolicyLike, Session
 from lxcbind.sandbox.pool import Pool
-
-_CHUNK = 65536
 
 
 class _Watch:
@@ -58,12 +56,9 @@ class _Watch:
     # -- loop callbacks ----------------------------------------------------------------------
 
     def _readable(self, fd: int) -> None:
-        try:
-            data = os.read(fd, _CHUNK)
-        except BlockingIOError:
+        data = read_chunk(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self.loop.remove_reader(fd)
             self.open.pop(fd, None)
@@ -74,7 +69,7 @@ class _Watch:
     def _writable(self) -> None:
         assert self._stdin is not None
         try:
-            n = os.write(self._stdin, self._pending[:_CHUNK])
+            n = os.write(self._stdin, self._pending[:CHUNK])
             self._pending = self._pending[n:]
         except BlockingIOError:
             return
@@ -231,12 +226,8 @@ class AsyncSession:
             proc.args, proc.returncode if proc.returncode is not None else -signal.SIGKILL,
             out, err, timed_out=timed_out, started=start, exec_error=proc.exec_error,
             timeout=timeout)
-        result = session.with_limit_events(result, before)
-        if opts.encoding is not None:
-            result = result.decoded(opts.encoding, opts.errors)
-        if check:
-            result.check_returncode()
-        return result
+        return session.with_limit_events(result, before).finished(opts.encoding, opts.errors,
+                                                                  check)
 
     async def stream(self, command: Command, *, input: bytes | str | None = None,
                      timeout: float | None = None, env: Mapping[str, str] | None = None,

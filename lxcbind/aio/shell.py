@@ -13,11 +13,11 @@ from lxcbind._lite import replace as dataclass_replace
 from lxcbind.errors import ShellDied
 from lxcbind.proc.shell import Frame, Shell, check_shell_call
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
+from lxcbind.proc.streams import CHUNK, read_chunk
 from lxcbind.result import CompletedRun, OutputBuffer
 
 __all__ = ["AsyncShell"]
 
-_CHUNK = 65536
 
 
 class _ShellCall:
@@ -58,12 +58,9 @@ class _ShellCall:
             self.done.set()
 
     def _read(self, fd: int) -> None:
-        try:
-            data = os.read(fd, _CHUNK)
-        except BlockingIOError:
+        data = read_chunk(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             self._readers[fd](data)
         else:
@@ -86,7 +83,7 @@ class _ShellCall:
     def _write(self) -> None:
         assert self._stdin is not None
         try:
-            n = os.write(self._stdin, self._pending[:_CHUNK])
+            n = os.write(self._stdin, self._pending[:CHUNK])
             del self._pending[:n]
         except BlockingIOError:
             return
@@ -126,13 +123,7 @@ class _ShellCall:
     def drain(self) -> None:
         """Once the status came every byte of the command is in the pipes: read them dry."""
         for fd in (self.shell._out, self.shell._err, self.shell._chat):
-            while True:
-                try:
-                    data = os.read(fd, _CHUNK)
-                except OSError:
-                    break
-                if not data:
-                    break
+            while data := read_chunk(fd):
                 self._readers[fd](data)
 
     def stop(self) -> None:

@@ -583,12 +583,7 @@ class Session:
         result = CompletedRun.captured(proc.args, proc.returncode, out, err,
                                        timed_out=timed_out, started=start,
                                        exec_error=proc.exec_error, timeout=timeout)
-        result = self.with_limit_events(result, before)
-        if opts.encoding is not None:
-            result = result.decoded(opts.encoding, opts.errors)
-        if check:
-            result.check_returncode()
-        return result
+        return self.with_limit_events(result, before).finished(opts.encoding, opts.errors, check)
 
     def map(self, commands: Iterable[Command], *, workers: int = 4,
             **run_keywords: Unpack[SessionRunKeywords]) -> list[CompletedRun]:

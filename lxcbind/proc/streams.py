@@ -24,7 +24,7 @@ from lxcbind.proc.bridge import Writable
 
 DRAIN_QUIET = 0.1
 DRAIN_GRACE = 2.0
-_CHUNK = 65536
+CHUNK = 65536
 
 OutputCallback = Callable[[str, Any], None]
 """``on_output(stream, chunk)``: ``stream`` is ``"stdout"`` or ``"stderr"``; ``chunk`` is bytes,
@@ -87,7 +87,7 @@ def chunks(readers: dict[int, str], writer: int | None, data: bytes, exited: int
                 drain_until = time.monotonic() + DRAIN_GRACE
             elif fd == writer:
                 try:
-                    pending = pending[os.write(writer, pending[:_CHUNK]):]
+                    pending = pending[os.write(writer, pending[:CHUNK]):]
                 except BlockingIOError:
                     continue
                 except (BrokenPipeError, ConnectionResetError):
@@ -98,7 +98,7 @@ def chunks(readers: dict[int, str], writer: int | None, data: bytes, exited: int
                     writer = None
             else:
                 try:
-                    got = os.read(fd, _CHUNK)
+                    got = os.read(fd, CHUNK)
                 except OSError as exc:
                     if exc.errno == errno.EAGAIN:
                         continue
@@ -110,6 +110,17 @@ def chunks(readers: dict[int, str], writer: int | None, data: bytes, exited: int
                     del open_readers[fd]
         if drain_until is not None and time.monotonic() >= drain_until:
             return
+
+
+def read_chunk(fd: int) -> bytes | None:
+    """One non-blocking read: None when nothing is there yet, ``b""`` at the end of the stream
+    (EOF, or an error such as EIO on a pty master)."""
+    try:
+        return os.read(fd, CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
 
 
 class Tee:
