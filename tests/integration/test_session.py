@@ -22,7 +22,8 @@ pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(120)]
 
 # What a command can see of its own confinement; every line must match between the paths.
 PROBE = r"""
-grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Uid|Gid|Groups|Seccomp|Seccomp_filters):' /proc/self/status
+grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Uid|Gid|Groups|Seccomp|Seccomp_filters):' \
+    /proc/self/status
 for n in /proc/self/ns/*; do echo "$n $(readlink "$n")"; done
 cat /proc/self/cgroup
 cat /proc/self/attr/current 2>/dev/null
@@ -126,8 +127,9 @@ def test_input_cwd_env_and_exact_environment(session):
     assert session.run(["cat"], input=b"x" * 300000).stdout == b"x" * 300000
     assert session.run(["pwd"], cwd="/tmp").stdout == b"/tmp\n"
     env = session.run(["env"], env={"A": "1 2", "B": "$(x)"}).stdout.decode().splitlines()
-    assert sorted(env) == sorted(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                                  "HOME=/root", "TERM=dumb", "container=lxc", "A=1 2", "B=$(x)"])
+    path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert sorted(env) == sorted([path, "HOME=/root", "TERM=dumb", "container=lxc", "A=1 2",
+                                  "B=$(x)"])
     # A large request goes through a memfd instead of the datagram.
     big = {f"BIG{i}": "v" * 100000 for i in range(3)}  # one string may not exceed 128 KiB
     r = session.run(["sh", "-c", 'echo ${#BIG0} ${#BIG2} "$1"', "sh", "a" * 100000], env=big)

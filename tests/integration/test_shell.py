@@ -196,8 +196,8 @@ def test_bridge_hooks_on_a_host_shell():
     st_r, st_w = os.pipe()
     out_r, out_w = os.pipe()
     in_r, in_w = os.pipe()
-    child = subprocess.Popen(["/bin/bash", "--norc", "--noprofile"], stdin=in_r, stdout=out_w, stderr=subprocess.DEVNULL,
-                             pass_fds=[st_w], start_new_session=True)
+    child = subprocess.Popen(["/bin/bash", "--norc", "--noprofile"], stdin=in_r, stdout=out_w,
+                             stderr=subprocess.DEVNULL, pass_fds=[st_w], start_new_session=True)
     for fd in (st_w, out_w, in_r):
         os.close(fd)
     pidfd = os.pidfd_open(child.pid)
@@ -208,7 +208,8 @@ def test_bridge_hooks_on_a_host_shell():
             bridge = Bridge(pidfd, to_child=in_w, keep_input=True, outputs=[(out_r, out)],
                             input=f"echo hi{i}; head -c 100000 /dev/zero; echo s >&{st_w}\n"
                             .encode(),
-                            done=(st_r, lambda d: bool(seen.extend(d)) or b"s\n" in seen),
+                            done=(st_r, lambda d, seen=seen: bool(seen.extend(d)) or
+                                  b"s\n" in seen),
                             drain_quiet=0.0, handle_signals=False)
             bridge.run()
             assert bridge.done and not bridge.exited and not bridge.timed_out
