@@ -38,11 +38,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lxcbind._lite import record
 from lxcbind.errors import LxcError
 from lxcbind.lxc.attach import pipe
 from lxcbind.lxc.container import Container as _BareContainer
 from lxcbind.proc import pty as _pty
-from lxcbind.proc.bridge import Bridge
+from lxcbind.proc.bridge import Bridge, Sink
 from lxcbind.result import CompletedRun, OutputBuffer
 
 __all__ = ["run", "interact", "interact_run"]
@@ -81,26 +82,30 @@ def _reraise(sig: int | None) -> None:
         signal.raise_signal(sig)
 
 
-def _execute(
-    container: _BareContainer,
-    argv: Sequence[str],
-    *,
-    tty: bool,
-    ctty: bool,
-    input: bytes | None,
-    input_fd: int | None,
-    stdout_sink: Any,
-    stderr_sink: Any,
-    side_sink: Any,
-    size: tuple[int, int],
-    tty_raw: bool,
-    raw_host: int | None,
-    winsize_from: int | None,
-    timeout: float | None,
-    kill_grace: float,
-    ready_wait: float,
-    attach_kw: dict[str, Any],
-) -> tuple[Any, Bridge]:
+@record
+class Plan:
+    """How one attached command is wired and bounded (what ``run`` and ``interact_run``
+    decide, ``_execute`` carries out): pty or pipes, where input comes from and output goes,
+    the host terminal to follow, and the deadlines."""
+
+    tty: bool
+    ctty: bool
+    input: bytes | None
+    input_fd: int | None
+    stdout_sink: Sink
+    stderr_sink: Sink
+    side_sink: Sink
+    size: tuple[int, int]
+    tty_raw: bool
+    timeout: float | None
+    kill_grace: float
+    ready_wait: float
+    raw_host: int | None = None
+    winsize_from: int | None = None
+
+
+def _execute(container: _BareContainer, argv: Sequence[str], plan: Plan,
+             attach_kw: dict[str, Any]) -> tuple[Any, Bridge]:
     """Attach, bridge, reap.  Returns ``(process, bridge)``; the process is always reaped and
     every fd closed, whatever happens."""
     pair: _pty.PtyPair | None = None
@@ -108,21 +113,22 @@ def _execute(
     child_fds: list[int] = []  # the child's ends: closed right after attach
     proc = None
     try:
-        if tty or ctty:
-            pair = _open_pty(container, size)
-            if tty_raw:
+        tty = plan.tty
+        if tty or plan.ctty:
+            pair = _open_pty(container, plan.size)
+            if plan.tty_raw:
                 _pty.set_raw(pair.slave)
         if tty:
             assert pair is not None
             stdin = stdout = stderr = pair.slave
             to_child: int | None = pair.master
-            outputs = [(pair.master, stdout_sink)]
+            outputs = [(pair.master, plan.stdout_sink)]
             side: list[tuple[int, Any]] = []
             ctty_fd = None
         else:
             to_child = None
             stdin = None
-            if input is not None or input_fd is not None:
+            if plan.input is not None or plan.input_fd is not None:
                 r, w = _pipe()
                 child_fds.append(r)
                 parent_fds.append(w)
@@ -132,11 +138,11 @@ def _execute(
             child_fds += [out_w, err_w]
             parent_fds += [out_r, err_r]
             stdout, stderr = out_w, err_w
-            outputs = [(out_r, stdout_sink), (err_r, stderr_sink)]
+            outputs = [(out_r, plan.stdout_sink), (err_r, plan.stderr_sink)]
             ctty_fd = pair.slave if pair is not None else None
             # The slave stays open on our side while the command runs, so that its writes to
             # /dev/tty always find a reader and never turn the master into EIO-then-data.
-            side = [(pair.master, side_sink)] if pair is not None else []
+            side = [(pair.master, plan.side_sink)] if pair is not None else []
         proc = container.attach(argv, stdin=stdin, stdout=stdout, stderr=stderr, ctty=ctty_fd,
                                 **attach_kw)
         # Close our copies of the child's ends now: EOF/EIO can only come once they are gone.
@@ -145,12 +151,14 @@ def _execute(
         child_fds.clear()
         if tty and pair is not None:
             pair.close_slave()
-        raw = _pty.RawMode(raw_host) if raw_host is not None else None
-        bridge = Bridge(proc, pgid=proc.pid, to_child=to_child, input=input, input_fd=input_fd,
+        raw = _pty.RawMode(plan.raw_host) if plan.raw_host is not None else None
+        bridge = Bridge(proc, pgid=proc.pid, to_child=to_child, input=plan.input,
+                        input_fd=plan.input_fd,
                         outputs=outputs, side_outputs=side,
                         pty_master=pair.master if tty and pair is not None else None,
-                        timeout=timeout, kill_grace=kill_grace, ready_wait=ready_wait,
-                        raw_mode=raw, winsize_from=winsize_from)
+                        timeout=plan.timeout, kill_grace=plan.kill_grace,
+                        ready_wait=plan.ready_wait, raw_mode=raw,
+                        winsize_from=plan.winsize_from)
         if to_child is not None and to_child in parent_fds:
             parent_fds.remove(to_child)  # the bridge closes a stdin pipe at EOF
         try:
@@ -219,13 +227,12 @@ def run(
     out = OutputBuffer(max_output)
     err = OutputBuffer(max_output)
     start = time.monotonic()
-    proc, bridge = _execute(
-        container, argv, tty=tty, ctty=ctty and not tty,
-        input=input if input is not None else (b"" if tty else None), input_fd=None,
-        stdout_sink=out, stderr_sink=err, side_sink=OutputBuffer(0),
-        size=size or _pty.DEFAULT_SIZE, tty_raw=tty_raw, raw_host=None, winsize_from=None,
-        timeout=timeout, kill_grace=kill_grace, ready_wait=ready_wait,
-        attach_kw=_attach_kw(env, cwd, attach_kw))
+    plan = Plan(tty=tty, ctty=ctty and not tty,
+                input=input if input is not None else (b"" if tty else None), input_fd=None,
+                stdout_sink=out, stderr_sink=err, side_sink=OutputBuffer(0),
+                size=size or _pty.DEFAULT_SIZE, tty_raw=tty_raw, timeout=timeout,
+                kill_grace=kill_grace, ready_wait=ready_wait)
+    proc, bridge = _execute(container, argv, plan, _attach_kw(env, cwd, attach_kw))
     result = CompletedRun.captured(argv, proc.returncode, out, err, timed_out=bridge.timed_out,
                                    started=start, exec_error=proc.exec_error, timeout=timeout)
     _reraise(bridge.signal_received)
@@ -260,14 +267,13 @@ def interact_run(
         env_map["TERM"] = os.environ["TERM"]  # the program draws on the caller's terminal
     host_tty = stdin if os.isatty(stdin) else (stdout if os.isatty(stdout) else None)
     start = time.monotonic()
-    proc, bridge = _execute(
-        container, argv, tty=tty, ctty=ctty and not tty, input=None, input_fd=stdin,
-        stdout_sink=stdout, stderr_sink=stderr, side_sink=stderr,
-        size=_pty.terminal_size(stdin, stdout), tty_raw=tty_raw,
-        raw_host=stdin if tty and os.isatty(stdin) else None,
-        winsize_from=host_tty if tty else None,
-        timeout=timeout, kill_grace=kill_grace, ready_wait=ready_wait,
-        attach_kw=_attach_kw(env_map or None, cwd, attach_kw))
+    plan = Plan(tty=tty, ctty=ctty and not tty, input=None, input_fd=stdin,
+                stdout_sink=stdout, stderr_sink=stderr, side_sink=stderr,
+                size=_pty.terminal_size(stdin, stdout), tty_raw=tty_raw, timeout=timeout,
+                kill_grace=kill_grace, ready_wait=ready_wait,
+                raw_host=stdin if tty and os.isatty(stdin) else None,
+                winsize_from=host_tty if tty else None)
+    proc, bridge = _execute(container, argv, plan, _attach_kw(env_map or None, cwd, attach_kw))
     # The streams went to the caller's fds: nothing captured, hence empty buffers.
     result = CompletedRun.captured(argv, proc.returncode, OutputBuffer(0), OutputBuffer(0),
                                    timed_out=bridge.timed_out, started=start,
