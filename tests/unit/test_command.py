@@ -68,3 +68,51 @@ def test_a_policy_may_leave_the_command_to_the_caller():
     assert d.version == "0.8.0" and d.network.effective().is_deny_all()
     assert d.lxc.rootfs.kind == "host" and d.process.command_line == ""
     assert default_policy("echo").process.argv == ("/bin/sh", "-c", "echo")
+
+
+def test_run_keywords_typos_and_values_are_refused_naming_the_call():
+    from lxcbind.command import RunKeywords, check_keywords
+
+    check_keywords({"timeout": 3, "text": True, "check": True}, "Pool.map")
+    with pytest.raises(TypeError, match=r"^Pool\.map\(\) got an unexpected keyword argument "
+                                        r"'timout'"):
+        check_keywords({"timout": 3}, "Pool.map")
+    with pytest.raises(TypeError, match=r"^Pool\.map\(\): timeout must be a number"):
+        check_keywords({"timeout": "3"}, "Pool.map")
+    with pytest.raises(ValueError, match=r"^Pool\.map\(\): cwd must be an absolute path"):
+        check_keywords({"cwd": "tmp"}, "Pool.map")
+
+    class Wider(RunKeywords, total=False):
+        tty: bool
+
+    check_keywords({"tty": True}, "Session.map", Wider)
+    with pytest.raises(TypeError, match="'tty'"):
+        check_keywords({"tty": True}, "Pool.map")
+
+
+def test_stdio_and_pass_fds_checks():
+    import subprocess
+
+    from lxcbind.command import check_fds, check_stdio
+
+    ok = (subprocess.PIPE, None, subprocess.STDOUT)
+    assert check_stdio(ok, "Session.spawn") == ok
+    with open("/dev/null") as f:
+        assert check_stdio((f, 5, subprocess.DEVNULL), "Session.spawn")[0] is f
+    for bad, name in (((subprocess.STDOUT, None, None), "stdin"),
+                      ((None, "x", None), "stdout"), ((None, None, -7), "stderr"),
+                      ((True, None, None), "stdin")):
+        with pytest.raises(TypeError, match=rf"^Session\.spawn\(\): {name} must be"):
+            check_stdio(bad, "Session.spawn")
+    assert check_fds((3, 4), "Session.spawn") == [3, 4]
+    for bad in ("3", [3, -1], [True], 3):
+        with pytest.raises(TypeError, match=r"^Session\.spawn\(\): pass_fds"):
+            check_fds(bad, "Session.spawn")
+
+
+def test_zero_timeout_only_where_asked():
+    with pytest.raises(ValueError, match="> 0"):
+        check_timeout(0, "Session.run")
+    assert check_timeout(0, "Shell.run", zero=True) == 0.0
+    with pytest.raises(TypeError):
+        check_timeout(False, "Shell.run", zero=True)
