@@ -1,5 +1,6 @@
 """An asyncio agent loop: several tool calls at once in one sandbox, a long command streamed,
-a runaway command cut off by its timeout, and a cancelled call that leaves nothing running.
+a runaway command cut off by its timeout, a cancelled call that leaves nothing running, and a
+persistent bash whose state survives a cancelled command.
 
     python3 examples/async_agent.py        (as root; prints what each step saw)
 """
@@ -47,7 +48,22 @@ async def main() -> int:
             print("cancelled: the command is gone")
         after = await sandbox.run("ps -eo args | grep -c '^sleep 600' || true")
         print(f"sleep processes left: {after.stdout.decode().strip()}")
-        return 0 if lines == 3 and runaway.timed_out and after.stdout.strip() == b"0" else 1
+
+        # A persistent bash for the agent: state carries over, and cancelling a call stops
+        # only its command.
+        async with await sandbox.shell(program="/bin/bash") as sh:
+            await sh.run("cd /tmp && export STEP=1")
+            task = asyncio.ensure_future(sh.run("sleep 600"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            state = (await sh.run("echo $PWD $STEP")).stdout.decode().strip()
+            print(f"shell after a cancelled call: {state}")
+        ok = lines == 3 and runaway.timed_out and after.stdout.strip() == b"0"
+        return 0 if ok and state == "/tmp 1" else 1
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def test_async_agent_example_runs():
     out = r.stdout.decode()
     assert "'uname -s' -> 0 'Linux'" in out and "runaway: timed_out=True" in out
     assert "sleep processes left: 0" in out
+    assert "shell after a cancelled call: /tmp 1" in out
 
 
 PY_EXAMPLES = {"agent_bash_tool.py", "async_agent.py", "parallel_grader.py"}
