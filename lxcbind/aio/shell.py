@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from lxcbind._lite import replace as dataclass_replace
+from lxcbind.command import CallOptions
 from lxcbind.errors import ShellDied
 from lxcbind.proc.shell import Frame, Shell, check_shell_call
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
@@ -155,10 +156,17 @@ class AsyncShell:
         return self.shell.alive
 
     async def run(self, command: str, *, timeout: float | None = None,
-                  max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
-        """Run ``command`` in the shell; see ``Shell.run``.  Raises ``ShellDied`` when the
-        shell is dead (and ``restart`` is off)."""
-        opts = check_shell_call(command, timeout, max_output, "AsyncShell.run")
+                  max_output: int | None = None, text: bool = False,
+                  encoding: str | None = None, errors: str | None = None, check: bool = False,
+                  kill_grace: float = 2.0) -> CompletedRun:
+        """Run ``command`` in the shell; see ``Shell.run`` (same keywords and result).
+        Raises ``ShellDied`` when the shell is dead (and ``restart`` is off)."""
+        opts = check_shell_call(command, timeout, max_output, "AsyncShell.run", text=text,
+                                encoding=encoding, errors=errors)
+        result = await self._run(command, opts, kill_grace)
+        return result.finished(opts.encoding, opts.errors, check)
+
+    async def _run(self, command: str, opts: CallOptions, kill_grace: float) -> CompletedRun:
         async with self._lock:
             shell = self.shell
             loop = asyncio.get_running_loop()

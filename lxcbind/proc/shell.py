@@ -249,13 +249,20 @@ class Shell:
             self._start()
 
     def run(self, command: str, *, timeout: float | None = None,
-            max_output: int | None = None, kill_grace: float = 2.0) -> CompletedRun:
+            max_output: int | None = None, text: bool = False, encoding: str | None = None,
+            errors: str | None = None, check: bool = False,
+            kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` in the shell; the result's ``returncode`` is its ``$?`` (130 when
         a timeout interrupted it, 137 when it had to be killed; ``timed_out=True``).
+        ``text``/``encoding``/``errors`` and ``check`` as for ``Session.run``.
 
         Raises ``ShellDied`` when the shell is dead (and ``restart`` is off),
         ``TypeError``/``ValueError`` on bad arguments (naming ``Shell.run``)."""
-        opts = check_shell_call(command, timeout, max_output, "Shell.run")
+        opts = check_shell_call(command, timeout, max_output, "Shell.run", text=text,
+                                encoding=encoding, errors=errors)
+        return self._run(command, opts, kill_grace).finished(opts.encoding, opts.errors, check)
+
+    def _run(self, command: str, opts: CallOptions, kill_grace: float) -> CompletedRun:
         with self._lock:
             if self.dead is not None:
                 raise self.dead
@@ -350,14 +357,16 @@ class Shell:
         self.close()
 
 
-def check_shell_call(command: object, timeout: object, max_output: object,
-                     call: str) -> CallOptions:
+def check_shell_call(command: object, timeout: object, max_output: object, call: str, *,
+                     text: object = False, encoding: object = None,
+                     errors: object = None) -> CallOptions:
     """A shell call's arguments, checked: ``command`` is a str (shell syntax)."""
     if not isinstance(command, str):
         raise TypeError(f"{call}(): the command must be a str (shell syntax), not "
                         f"{type(command).__name__}")
     if "\0" in command:
         raise ValueError(f"{call}(): the command must not contain NUL bytes")
-    opts = check_call(None, max_output=max_output, call=call)
+    opts = check_call(None, max_output=max_output, text=text, encoding=encoding, errors=errors,
+                      call=call)
     # (0 is accepted: an immediate deadline, as before the checks existed)
     return opts._replace(timeout=check_timeout(timeout, call, zero=True))

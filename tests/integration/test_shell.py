@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+import lxcbind
 from lxcbind import LxcbindError, Session
 from lxcbind.proc.session import ShellDied
 
@@ -253,3 +254,18 @@ def test_timeout_while_the_shell_reads_a_large_command(sh, timeout):
     r = sh.run("echo $KEEP")
     assert (r.stdout, r.stderr) == (b"yes\n", b"")
     assert sh.alive
+
+
+def test_text_check_and_argument_errors_name_the_call(sh):
+    r = sh.run("printf '\\303\\251\\n'; echo e >&2", text=True)
+    assert (r.stdout, r.stderr) == ("é\n", "e\n")
+    with pytest.raises(lxcbind.CalledProcessError) as info:
+        sh.run("echo out; (exit 4)", check=True, text=True)
+    assert info.value.returncode == 4 and info.value.output == "out\n"
+    with pytest.raises(TypeError, match=r"^Shell\.run\(\): timeout must be a number"):
+        sh.run("true", timeout="3")
+    with pytest.raises(TypeError, match=r"^Shell\.run\(\): the command must be a str"):
+        sh.run(["ls"])
+    with pytest.raises(TypeError, match=r"^Session\.shell\(\): env must be a mapping"):
+        sh.session.shell(env=["A=1"])
+    assert sh.run("echo still").stdout == b"still\n"
