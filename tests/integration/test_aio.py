@@ -177,3 +177,16 @@ def test_async_run_checks_arguments_and_takes_text() -> None:
                 await s.run("true", env=["A=1"])  # type: ignore[arg-type]
             return await s.run("printf '\\303\\251'", text=True)
     assert asyncio.run(main()).stdout == "é"
+
+
+def test_async_shell_timeout_of_a_shell_that_ignores_sigint_restarts_it() -> None:
+    async def main() -> tuple[lxcbind.CompletedRun, lxcbind.CompletedRun]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell(program="/bin/bash", restart=True) as sh:
+                await sh.run("cd /tmp")
+                stuck = await sh.run("trap '' INT; while :; do :; done", timeout=0.3,
+                                     kill_grace=0.3)
+                return stuck, await sh.run("pwd")
+    stuck, after = asyncio.run(main())
+    assert stuck.timed_out and stuck.returncode == 137 and stuck.shell_restarted
+    assert after.stdout == b"/\n" and not after.shell_restarted   # a new shell, reported once
