@@ -111,6 +111,16 @@ def check_timeout(timeout: Any, call: str = "run", *, zero: bool = False) -> flo
     return float(timeout)
 
 
+def check_grace(kill_grace: Any, call: str = "run") -> float:
+    """``kill_grace``: seconds (>= 0) between SIGTERM (or SIGINT) and SIGKILL at a timeout."""
+    if isinstance(kill_grace, bool) or not isinstance(kill_grace, (int, float)):
+        raise TypeError(f"{call}(): kill_grace must be a number of seconds, not "
+                        f"{type(kill_grace).__name__}")
+    if not 0 <= kill_grace < float("inf"):
+        raise ValueError(f"{call}(): kill_grace must be >= 0 seconds, got {kill_grace!r}")
+    return float(kill_grace)
+
+
 def check_max_output(max_output: Any, call: str = "run") -> int | None:
     if max_output is None:
         return None

@@ -11,7 +11,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Unpack
 
 from lxcbind.aio.shell import AsyncShell
-from lxcbind.command import CallOptions, Command, RunKeywords, check_call, check_keywords
+from lxcbind.command import (
+    CallOptions,
+    Command,
+    RunKeywords,
+    check_call,
+    check_grace,
+    check_keywords,
+)
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
 from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
@@ -204,6 +211,7 @@ class AsyncSession:
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="AsyncSession.run")
+        kill_grace = check_grace(kill_grace, "AsyncSession.run")
         session = self._started()
         timeout = opts.timeout if opts.timeout is not None else session.timeout
         out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
@@ -237,6 +245,7 @@ class AsyncSession:
         (SIGTERM, then SIGKILL), and leaving the loop early kills it."""
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           call="AsyncSession.stream")
+        kill_grace = check_grace(kill_grace, "AsyncSession.stream")
         queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         proc, watch = self._spawn(opts, lambda name, data: queue.put_nowait((name, data)))
         finisher = asyncio.ensure_future(watch.finish(opts.timeout, kill_grace))

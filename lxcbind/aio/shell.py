@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 
 from lxcbind._lite import replace as dataclass_replace
-from lxcbind.command import CallOptions
+from lxcbind.command import CallOptions, check_grace
 from lxcbind.errors import ShellDied
 from lxcbind.proc.shell import Frame, Shell, check_shell_call
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
@@ -163,7 +163,7 @@ class AsyncShell:
         Raises ``ShellDied`` when the shell is dead (and ``restart`` is off)."""
         opts = check_shell_call(command, timeout, max_output, "AsyncShell.run", text=text,
                                 encoding=encoding, errors=errors)
-        result = await self._run(command, opts, kill_grace)
+        result = await self._run(command, opts, check_grace(kill_grace, "AsyncShell.run"))
         return result.finished(opts.encoding, opts.errors, check)
 
     async def _run(self, command: str, opts: CallOptions, kill_grace: float) -> CompletedRun:

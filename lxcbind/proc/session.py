@@ -93,6 +93,7 @@ from lxcbind.command import (
     RunKeywords,
     check_call,
     check_fds,
+    check_grace,
     check_keywords,
     check_stdio,
     check_timeout,
@@ -555,8 +556,8 @@ class Session:
                           call="Session.run")
         if on_output is not None and not callable(on_output):
             raise TypeError("Session.run(): on_output must be a callable (stream, chunk)")
-        return self._run(opts, check=check, tty=bool(tty), kill_grace=kill_grace,
-                         on_output=on_output)
+        return self._run(opts, check=check, tty=bool(tty),
+                         kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output)
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
              kill_grace: float = 2.0, on_output: OutputCallback | None = None) -> CompletedRun:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from lxcbind._lite import replace as _replace
-from lxcbind.command import CallOptions, check_call, check_timeout
+from lxcbind.command import CallOptions, check_call, check_grace, check_timeout
 from lxcbind.errors import ShellDied, SpawnerDied
 from lxcbind.lxc.attach import pipe
 from lxcbind.proc.bridge import Bridge
@@ -260,7 +260,8 @@ class Shell:
         ``TypeError``/``ValueError`` on bad arguments (naming ``Shell.run``)."""
         opts = check_shell_call(command, timeout, max_output, "Shell.run", text=text,
                                 encoding=encoding, errors=errors)
-        return self._run(command, opts, kill_grace).finished(opts.encoding, opts.errors, check)
+        grace = check_grace(kill_grace, "Shell.run")
+        return self._run(command, opts, grace).finished(opts.encoding, opts.errors, check)
 
     def _run(self, command: str, opts: CallOptions, kill_grace: float) -> CompletedRun:
         with self._lock:

@@ -154,6 +154,8 @@ def test_run_on_output_callback_text_and_bytes(session):
     ({"input": 3}, TypeError, "input must be bytes or str"),
     ({"max_output": "1k"}, TypeError, "max_output must be an int"),
     ({"on_output": "print"}, TypeError, "on_output must be a callable"),
+    ({"kill_grace": "2"}, TypeError, "kill_grace must be a number"),
+    ({"kill_grace": -1}, ValueError, "kill_grace must be >= 0"),
 ])
 def test_run_checks_arguments_at_the_edge(session, kwargs, error, words):
     with pytest.raises(error, match=r"^Session\.run\(\): " + words):
