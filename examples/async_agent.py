@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -17,6 +19,18 @@ import lxcbind  # noqa: E402
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "true"},
           "lxc": {"limits": {"memory": "512M", "pids": 256}}}
+
+
+async def cancel_after(call: Coroutine[Any, Any, object], seconds: float) -> bool:
+    """Start ``call``, cancel it ``seconds`` later (the user pressed stop); True if it was."""
+    task = asyncio.ensure_future(call)
+    await asyncio.sleep(seconds)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
 async def main() -> int:
@@ -39,12 +53,7 @@ async def main() -> int:
         print(f"runaway: timed_out={runaway.timed_out}")
 
         # The user interrupts a call: cancelling the task kills the command.
-        task = asyncio.ensure_future(sandbox.run("sleep 600"))
-        await asyncio.sleep(0.2)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
+        if await cancel_after(sandbox.run("sleep 600"), 0.2):
             print("cancelled: the command is gone")
         after = await sandbox.run("ps -eo args | grep -c '^sleep 600' || true")
         print(f"sleep processes left: {after.stdout.decode().strip()}")
@@ -53,13 +62,7 @@ async def main() -> int:
         # only its command.
         async with await sandbox.shell(program="/bin/bash") as sh:
             await sh.run("cd /tmp && export STEP=1")
-            task = asyncio.ensure_future(sh.run("sleep 600"))
-            await asyncio.sleep(0.2)
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            await cancel_after(sh.run("sleep 600"), 0.2)
             state = (await sh.run("echo $PWD $STEP")).stdout.decode().strip()
             print(f"shell after a cancelled call: {state}")
         ok = lines == 3 and runaway.timed_out and after.stdout.strip() == b"0"
