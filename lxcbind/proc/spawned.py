@@ -398,9 +398,13 @@ class SessionProcess:
                 file = getattr(self, name)
                 if file is not None:
                     try:
+                        if name == "stdin" and not file.closed:
+                            # Its flush must not block close() on a pipe nobody reads: it
+                            # fails instead, and the descriptor is closed all the same.
+                            os.set_blocking(file.fileno(), False)
                         file.close()
-                    except OSError:
-                        pass  # (stdin's flush: the command stopped reading)
+                    except (OSError, ValueError):
+                        pass
             self._finalizer()  # closing the report socket also makes the spawner kill it
             self._sock = None
             self._pidfd = -1
