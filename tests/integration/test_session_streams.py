@@ -180,14 +180,18 @@ def test_typos_and_bad_streams_are_type_errors(session):
     assert session.run("echo ok").stdout == b"ok\n"   # nothing of that broke the session
 
 
-def test_session_and_pool_results_carry_the_pids_limit_event():
+def test_session_and_pool_results_carry_the_limit_events():
     policy = {"version": "0.8.0", "process": {"commandLine": "true"},
-              "lxc": {"limits": {"pids": 32}}}
+              "lxc": {"limits": {"pids": 32, "memory": "200M"}}}
     bomb = "i=0; while [ $i -lt 80 ]; do sleep 5 & i=$((i+1)); done 2>/dev/null; kill 0"
+    hog = "python3 -c \"b = bytearray(600 << 20); print('survived')\""
     with Session.from_policy(policy) as s:
         assert not s.run("true").pids_limited
+        r = s.run(hog)
+        assert r.oom_killed and not r.pids_limited and b"survived" not in r.stdout
+        assert not s.run("true").oom_killed     # counted per command
         r = s.run(["sh", "-c", bomb])
         assert r.pids_limited and not r.oom_killed
-        assert not s.run("true").pids_limited   # counted per command
+        assert not s.run(["true"]).pids_limited
     with lxcbind.Pool(policy, size=1) as pool:
         assert pool.run(["sh", "-c", bomb]).pids_limited
