@@ -3,6 +3,7 @@ signals, SIGKILL + gc, concurrency.  Every check includes "nothing was left behi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -130,7 +131,8 @@ def test_exit_codes_are_the_commands(command, code, clean_machine):
 
 
 def test_missing_cwd_is_126_with_a_message(clean_machine):
-    r = cli(policy("echo ran", process={"commandLine": "echo ran", "cwd": "/no/such/dir"}), "--no-tty")
+    r = cli(policy("echo ran", process={"commandLine": "echo ran", "cwd": "/no/such/dir"}),
+            "--no-tty")
     assert r.returncode == 126
     assert r.stdout == b""
     assert b"process.cwd: /no/such/dir: No such file or directory" in r.stderr
@@ -146,7 +148,8 @@ def test_env_has_replace_semantics_and_cwd_applies(clean_machine):
     assert lines[0] == "/tmp"
     env = dict(line.split("=", 1) for line in lines[1:])
     assert env["A"] == "1" and env["B"] == "two=2"
-    assert set(env) <= {"A", "B", "PATH", "HOME", "TERM", "container", "PWD", "SHLVL", "_", "OLDPWD"}
+    assert set(env) <= {"A", "B", "PATH", "HOME", "TERM", "container", "PWD", "SHLVL", "_",
+                        "OLDPWD"}
     assert "LXCBIND_HOST_ONLY" not in env
 
 
@@ -248,7 +251,7 @@ def test_concurrent_runs_with_the_same_id_never_share(clean_machine):
                  containerId=name)
     procs = [spawn(doc, "--no-tty") for _ in range(3)]
     outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err
         assert out == b"ok\n"
 
@@ -351,7 +354,8 @@ def test_signals_at_random_moments_of_startup(entry, tmp_path, clean_machine):
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         try:
             if sig == signal.SIGINT:
-                assert _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30)
+                assert _wait_for(functools.partial(_catches, proc.pid, signal.SIGTERM),
+                                 timeout=30)
             time.sleep(delay)
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)
@@ -382,7 +386,7 @@ def test_json_gets_one_object_whenever_the_signal_comes(tmp_path, clean_machine)
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=ROOT)
         try:
-            assert _wait_for(lambda: _catches(proc.pid, signal.SIGTERM), timeout=30)
+            assert _wait_for(functools.partial(_catches, proc.pid, signal.SIGTERM), timeout=30)
             delay = rng.uniform(0, 0.3)
             time.sleep(delay)
             proc.send_signal(signal.SIGTERM)
@@ -409,7 +413,8 @@ def test_sigkill_of_the_runner_then_gc_leaves_nothing(clean_machine):
     proc.wait(timeout=10)
     assert name in list_containers()  # SIGKILL cannot be caught: left behind ...
     assert f"{name}.json" in records()
-    r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True, timeout=60, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True, timeout=60,
+                       cwd=ROOT)
     assert r.returncode == 0 and f"removed {name}".encode() in r.stdout
     assert name not in list_containers()  # ... until gc reaps it
     assert f"{name}.json" not in records()
