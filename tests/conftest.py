@@ -35,6 +35,9 @@ NATIVE_ERROR = _native_available()
 requires_root = pytest.mark.requires_root
 requires_lxc = pytest.mark.requires_lxc
 _CONTAINER_DIRS = {"integration", "security"}
+# Without the compiled module those directories cannot even be imported: not collected at all
+# (the unit tests that need it skip themselves with importorskip).
+collect_ignore_glob = [f"{d}/*" for d in sorted(_CONTAINER_DIRS)] if NATIVE_ERROR else []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -58,11 +58,6 @@ def environment(base: Mapping[str, str], env: Mapping[str, str] | None) -> list[
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def decode_wait_status(status: int) -> int:
-    """A waitpid() status as ``subprocess`` does: the exit code, or -N for signal N."""
-    return os.waitstatus_to_exitcode(status)
-
-
 def decode_status_record(data: bytes, program: str,
                          cwd: str | None) -> tuple[bool, ExecError | None]:
     """Decode what the C exec function wrote on the status pipe.
@@ -263,7 +258,7 @@ def _reap(pid: int) -> int | None:
         _, status = os.waitpid(pid, 0)
     except ChildProcessError:
         return None
-    return decode_wait_status(status)
+    return os.waitstatus_to_exitcode(status)  # -N for signal N, as subprocess
 
 
 class Process:
@@ -342,7 +337,7 @@ class Process:
                     self._finish(None)
                 else:
                     if pid:
-                        self._finish(decode_wait_status(status))
+                        self._finish(os.waitstatus_to_exitcode(status))
             return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:

@@ -37,7 +37,6 @@ from typing import IO, Any, NamedTuple, Protocol
 from lxcbind.command import check_input, check_timeout
 from lxcbind.errors import ExecError, SessionError, SpawnerDied, TimeoutExpired
 from lxcbind.lxc import spawner_wire as wire
-from lxcbind.lxc.attach import decode_wait_status
 from lxcbind.proc import streams
 from lxcbind.result import CompletedRun, exit_status
 
@@ -211,7 +210,7 @@ class SessionProcess:
         for fd in fds:
             os.close(fd)
         if kind == wire.REC_EXIT and self.pid is not None:
-            self.returncode = decode_wait_status(a)
+            self.returncode = os.waitstatus_to_exitcode(a)
         elif kind == wire.REC_REFUSED and self.pid is None:
             raise SessionError(f"spawner refused the command: {os.strerror(a)}")
         else:

@@ -128,6 +128,4 @@ def test_public_names_are_written_out_for_type_checkers() -> None:
                 for alias in imp.names:
                     checked[alias.name] = imp.module.removeprefix("lxcbind.")
     assert static_all == sorted(lxcbind._WHERE) + ["__version__"]
-    assert checked == lxcbind._WHERE
-    for name in lxcbind._WHERE:
-        assert getattr(lxcbind, name) is not None
+    assert checked == lxcbind._WHERE   # and test_status checks that each name resolves

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +22,7 @@ def _collected(expression: str) -> list[str]:
     return [line for line in out.splitlines() if "::" in line]
 
 
+@pytest.mark.requires_lxc   # without the module, the container tests are not even collected
 def test_requires_markers_select_container_tests_and_only_them() -> None:
     pure = _collected("not requires_root and not requires_lxc")
     containers = _collected("requires_root and requires_lxc")

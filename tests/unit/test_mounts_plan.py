@@ -6,8 +6,12 @@ import os
 
 import pytest
 
-from lxcbind.errors import PolicyError, SandboxError
-from lxcbind.sandbox.mounts import MountEntry, plan_mounts
+# Logic of the sandbox layer, which loads the binding: skipped where it is not built.
+pytest.importorskip("lxcbind.lxc._native", reason="needs the compiled module")
+pytestmark = pytest.mark.requires_lxc
+
+from lxcbind.errors import PolicyError, SandboxError  # noqa: E402
+from lxcbind.sandbox.mounts import MountEntry, plan_mounts  # noqa: E402
 
 
 def rel(path) -> str:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from lxcbind.policy.parse import load_policy
-from lxcbind.sandbox.core import network_notice, network_refusal
+# Logic of the sandbox layer, which loads the binding: skipped where it is not built.
+pytest.importorskip("lxcbind.lxc._native", reason="needs the compiled module")
+pytestmark = pytest.mark.requires_lxc
+
+from lxcbind.policy.parse import load_policy  # noqa: E402
+from lxcbind.sandbox.core import network_notice, network_refusal  # noqa: E402
 
 
 def pol(version: str | None = "0.7.0", network: dict | None = None, **extra) -> object:
