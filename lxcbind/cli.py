@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import logging
 import os
 import sys
 import time
@@ -39,7 +38,53 @@ EXIT_NOT_FOUND = 127
 JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
 JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
 
-log = logging.getLogger("lxcbind")
+
+
+class _Log:
+    """The CLI's log: ``lxcbind: message`` lines on stderr at or above a level.
+
+    ``logging`` costs ~4.5 ms to import (a tenth of issue #15's one-shot budget) and a run
+    without a network never needs it, so messages are written directly until ``stdlib()``
+    hands over to the standard ``lxcbind`` logger: for the networked path (whose modules log
+    through ``logging``) and the exec front end's log file.  Same format either way.
+    """
+
+    _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+    def __init__(self) -> None:
+        self.level = 30
+        self._logger: Any = None   # a logging.Logger once stdlib() ran
+
+    def configure(self, level: str) -> None:
+        self.level = self._LEVELS[level]
+
+    def stdlib(self) -> Any:
+        """Configure and use the standard ``lxcbind`` logger from now on; returns it."""
+        if self._logger is None:
+            import logging
+
+            logging.basicConfig(stream=sys.stderr, level=self.level,
+                                format="lxcbind: %(message)s")
+            self._logger = logging.getLogger("lxcbind")
+        return self._logger
+
+    def _emit(self, level: int, fmt: str, args: tuple[object, ...]) -> None:
+        if self._logger is not None:
+            self._logger.log(level, fmt, *args)
+        elif level >= self.level:
+            sys.stderr.write(f"lxcbind: {fmt % args if args else fmt}\n")
+
+    def debug(self, fmt: str, *args: object) -> None:
+        self._emit(10, fmt, args)
+
+    def info(self, fmt: str, *args: object) -> None:
+        self._emit(20, fmt, args)
+
+    def warning(self, fmt: str, *args: object) -> None:
+        self._emit(30, fmt, args)
+
+
+log = _Log()
 
 
 def _traceback() -> str:
@@ -309,6 +354,11 @@ def _exit_code(result: Any) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lxcbind.lxc import cgroups
+
+    # Set off the grace period liblxc's start() waits for, while the rest is imported and the
+    # policy read (Sandbox.open primes again: a prime within one grace period is immediate).
+    cgroups.prime_migration()
     from lxcbind.sandbox.cleanup import FatalSignals
     from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
 
@@ -316,6 +366,8 @@ def _run(args: argparse.Namespace) -> int:
             and not args.json:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy, document, origin = _load_document(args)
+    if not policy.network.effective().is_deny_all():
+        log.stdlib()   # the network modules log through ``logging``
     for warning in policy.warnings:
         log.warning("%s", warning)
     notice = network_notice(policy)   # capabilities mode: say what is not enforced
@@ -469,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = args.verbose or getattr(args, "run_verbose", False)
     level = args.log_level or getattr(args, "run_log_level", None) or \
         ("debug" if verbose else "warning")
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="lxcbind: %(message)s")
+    log.configure(level)
     as_json = getattr(args, "json", False)
     started = time.monotonic()
     try:
@@ -582,6 +634,8 @@ def _envelope(message: str) -> int:
 
 
 def _exec_logging(args: argparse.Namespace) -> None:
+    import logging
+
     logger = logging.getLogger("lxcbind")
     logger.setLevel(logging.DEBUG if (args.debug or args.log_file) else logging.WARNING)
     stream = logging.StreamHandler(sys.stderr)
@@ -597,6 +651,7 @@ def _exec_logging(args: argparse.Namespace) -> None:
         else:
             handler.setFormatter(logging.Formatter("%(asctime)s lxcbind: %(message)s"))
             logger.addHandler(handler)
+    log._logger = logger
 
 
 def _exec_delete(args: argparse.Namespace) -> int:

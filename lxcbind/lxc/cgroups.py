@@ -80,6 +80,41 @@ def return_to(saved: dict[str, str]) -> None:
             pass  # best effort: a hierarchy we may not write to stays as liblxc left it
 
 
+def prime_migration() -> None:
+    """Start, in a background thread, the wait the next cgroup migration would otherwise pay.
+
+    Every migration (a write to a ``cgroup.procs``) takes the kernel's global
+    ``cgroup_threadgroup_rwsem`` for writing, and when no migration happened during the last
+    grace period the first one waits for an RCU grace period (5-20 ms measured on a 2-vCPU
+    VM; ``benchmarks/bench_floor.py`` prints it).  liblxc's ``start`` makes such a migration
+    (the monitor into ``lxc.monitor.<name>``) and ``stop`` another (the monitor into
+    ``lxc.pivot``); a one-shot run that follows no other run paid both on its critical path.
+    A no-op migration (this process into the cgroup it is already in) made here pays the wait
+    while the caller prepares the container, and a migration within a grace period of the
+    last one is immediate.  It moves nothing, and is skipped while a start is in flight (the
+    process may be in a monitor cgroup then).  Mounting a hierarchy with ``favordynmods``
+    removes the wait altogether (a host setting; lxcbind changes no mount options).
+    """
+    home = starting.home_if_idle()
+    if not home:
+        return
+    mounts = _mountpoints()
+    for controllers, path in home.items():
+        mountpoint = mounts.get(_key(controllers))
+        if mountpoint:
+            procs = os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs")
+            threading.Thread(target=_rewrite_self, args=(procs,), daemon=True,
+                             name="lxcbind-cgroup-prime").start()
+            return
+
+
+def _rewrite_self(procs: str) -> None:
+    try:
+        _write(procs, str(os.getpid()))
+    except OSError:
+        pass  # not root, or a read-only hierarchy: the next migration just waits
+
+
 def remove_monitor_cgroups(name: str) -> None:
     """Remove the empty ``lxc.monitor.<name>`` cgroups a stopped container left behind."""
     for mountpoint in set(_mountpoints().values()):
@@ -255,6 +290,11 @@ class _Home:
         with self._lock:
             self._inflight -= 1
             return_to(self._home)
+
+    def home_if_idle(self) -> dict[str, str] | None:
+        """This process's cgroups when no start is in flight (then they are its home)."""
+        with self._lock:
+            return current() if self._inflight == 0 else None
 
 
 starting = _Home()

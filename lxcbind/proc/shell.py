@@ -7,7 +7,6 @@ drives the same exchange with the event loop's readers instead of the bridge.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import threading
@@ -41,7 +40,7 @@ class Frame:
 
     def __init__(self, builtin: str, command: str, prefix: bytes = b"") -> None:
         self.command = command
-        nonce = secrets.token_hex(16)
+        nonce = os.urandom(16).hex()  # what secrets.token_hex does, without hashlib's import
         self._tag = nonce.encode()
         cmd = builtin
         self.script = prefix + (

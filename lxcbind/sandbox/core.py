@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from lxcbind._lite import replace
 from lxcbind.command import CallOptions, Command, check_call, check_container_path, check_timeout
 from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
+from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.defaults import default_policy
 from lxcbind.policy.model import Policy
@@ -272,6 +273,7 @@ class Sandbox:
         refusal = network_refusal(self.policy)
         if refusal:
             raise SandboxError(refusal)
+        cgroups.prime_migration()   # the grace period start() waits for, off its path
         cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
