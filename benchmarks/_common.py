@@ -1,25 +1,46 @@
-"""What the benchmarks share: one recipe for a throwaway busybox container (the tests'), and
-the lxc-* program sequence that clones a cached base, the reference for one-shot runs."""
+"""What the benchmarks share: a throwaway busybox container, the lxc-* program sequence that
+clones a cached base (the reference for one-shot runs), bubblewrap, and one timing helper.
+
+The benchmarks import ``lxcbind`` as installed, or from a checkout with ``PYTHONPATH=.``;
+``describe()`` says which one is measured.  Nothing here imports the test suite.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
+import lxcbind
 from lxcbind import Container
-from tests.conftest import make_busybox  # noqa: E402
+
+
+def describe() -> str:
+    """Which lxcbind is measured (a checkout left off PYTHONPATH would measure another)."""
+    return f"lxcbind from {os.path.dirname(os.path.abspath(lxcbind.__file__))}"
 
 
 def bench_container(name: str | None = None) -> Container:
-    """Create and start ``lxcbind-bench-<random>`` (busybox, loopback only, 64 ptys); the
-    caller destroys it in a ``finally``.  Nothing is left if setup fails."""
-    return make_busybox(name or f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
+    """Create and start ``lxcbind-bench-<random>``: busybox (LXC's offline template, from
+    busybox-static), no network device but loopback, 64 ptys for concurrent commands.  The
+    caller destroys it in a ``finally``; nothing is left if setup fails."""
+    c = Container(name or f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
+    try:
+        c.create("busybox")
+        c.clear_config_item("lxc.net")
+        c.set_config_item("lxc.net.0.type", "empty")
+        c.set_config_item("lxc.pty.max", "64")
+        c.save_config()
+        c.start()
+    except BaseException:
+        if c.defined:
+            c.destroy()
+        c.close()
+        raise
+    return c
 
 
 def quiet(*argv: str) -> None:
@@ -38,6 +59,22 @@ def lxc_clone_sequence(base: str) -> None:
         quiet("lxc-attach", "-n", name, "--clear-env", "--", "/bin/true")
     finally:
         subprocess.run(["lxc-destroy", "-f", "-n", name], capture_output=True)
+
+
+def ensure_bwrap() -> str | None:
+    """The ``bwrap`` program, installed with apt-get first when missing (as root, once);
+    None when it cannot be had (the comparison row is then left out, said so)."""
+    if not shutil.which("bwrap") and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "-y", "-q", "install", "bubblewrap"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+    return shutil.which("bwrap")
+
+
+def bwrap_true() -> None:
+    """``/bin/true`` under ``bwrap --unshare-all`` (the host's / read-only, fresh /proc, /dev)."""
+    quiet("bwrap", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+          "/bin/true")
 
 
 def samples_ms(fn: Callable[[], object], n: int, warm: int = 1) -> list[float]:

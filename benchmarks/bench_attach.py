@@ -10,11 +10,8 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from _common import bench_container, samples_ms  # noqa: E402
+from _common import bench_container, samples_ms
 
 
 def timed(fn, n: int) -> list[float]:

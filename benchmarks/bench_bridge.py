@@ -23,13 +23,11 @@ import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from _common import bench_container  # noqa: E402
+from _common import bench_container
 
 from lxcbind import Container
 from lxcbind.proc import pty as lpty
-from lxcbind.proc.bridge import Bridge  # noqa: E402
+from lxcbind.proc.bridge import Bridge
 
 
 def make_container() -> Container:

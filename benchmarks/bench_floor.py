@@ -1,18 +1,23 @@
-"""The one-shot path at its floor: issue #15's targets, side by side in one run (as root).
+"""Issue #15's figures, side by side in one run (as root): a fresh container per command.
 
+  * ``Pool.run`` steady state and sustained ``Pool.map`` throughput, a Session command,
+    ``bwrap --unshare-all`` and the ``lxc-copy -s`` sequence (``bench_pool.py``'s rows);
   * ``lxcbind.run()`` of ``/bin/true`` under a no-network policy (unprivileged: the default),
-    and where its time goes (perf counters around the liblxc calls);
+    back to back and after a pause (a run that follows no other pays the kernel's cgroup
+    migration grace period; ``cgroups.prime_migration``), and where its time goes (perf
+    counters around the liblxc calls);
   * ``python -m lxcbind run`` of the same policy against ``python3 -c pass`` (same interpreter,
-    same environment, interleaved);
+    same environment, interleaved, 0.2 s apart), with lxcbind's bytecode compiled (as an
+    installed package has it) and without it under ``PYTHONDONTWRITEBYTECODE=1`` (a copy of
+    the package with no ``__pycache__``: every start compiles lxcbind's sources);
   * ``python3 -X importtime`` of that CLI run: lxcbind's own modules, and the standard-library
     modules it adds to ``python3 -c pass``;
   * ``Container.start()`` against ``lxc-start`` of the very same container (same config file),
     interleaved, each followed by a hard stop.
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
-Bytecode is compiled first (``compileall``), as an installed package has it: with
-``PYTHONDONTWRITEBYTECODE`` and no ``__pycache__``, every start-up would compile lxcbind's
-sources again and the import figures would measure the compiler.
+The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
+import-time figures are always with bytecode (without it they would measure the compiler).
 """
 
 from __future__ import annotations
@@ -29,15 +34,20 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
+import bench_pool
+from _common import describe
 
-import lxcbind  # noqa: E402
+import lxcbind
 from lxcbind.lxc import container as _container
 
+PACKAGE = os.path.dirname(os.path.abspath(lxcbind.__file__))
+ROOT = os.path.dirname(PACKAGE)   # ``python -m lxcbind`` from here imports the same lxcbind
+
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
-TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0}
+TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0, "pool": 2.0,
+           "pool_rate": 50.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
 
 def med(xs: list[float]) -> float:
@@ -46,7 +56,7 @@ def med(xs: list[float]) -> float:
 
 # -- lxcbind.run() and its liblxc calls --------------------------------------------------------
 
-def run_breakdown(n: int) -> tuple[list[float], dict[str, float]]:
+def run_breakdown(n: int, pause: float = 0.0) -> tuple[list[float], dict[str, float]]:
     """Medians of run() and of the time spent in each Container method it calls, exclusive
     (``destroy`` calls ``stop`` first: that time counts as ``stop``)."""
     spent: dict[str, list[float]] = collections.defaultdict(list)
@@ -72,6 +82,7 @@ def run_breakdown(n: int) -> tuple[list[float], dict[str, float]]:
         lxcbind.run(POLICY)
         totals = []
         for _ in range(n):
+            time.sleep(pause)
             current.clear()
             t = time.perf_counter()
             lxcbind.run(POLICY)
@@ -86,21 +97,32 @@ def run_breakdown(n: int) -> tuple[list[float], dict[str, float]]:
 
 # -- the CLI against python3 -c pass -----------------------------------------------------------
 
-def cli_vs_pass(n: int, policy_path: str) -> tuple[list[float], list[float]]:
+def cli_vs_pass(n: int, policy_path: str) -> dict[str, list[float]]:
+    """CLI runs with bytecode ("cli"), without ("cli_nopyc": a copy of the package with no
+    ``__pycache__``, ``PYTHONDONTWRITEBYTECODE=1``) and ``python3 -c pass``, interleaved."""
     cli = [sys.executable, "-m", "lxcbind", "run", "--no-tty", policy_path]
     bare = [sys.executable, "-c", "pass"]
+    with tempfile.TemporaryDirectory(prefix="lxcbind-bench-") as tmp:
+        shutil.copytree(PACKAGE, os.path.join(tmp, "lxcbind"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        nopyc = dict(ENV, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=tmp)
+        kinds = {"cli": (cli, ROOT, ENV), "cli_nopyc": (cli, tmp, nopyc),
+                 "pass": (bare, ROOT, ENV)}
 
-    def once(argv: list[str]) -> float:
-        t = time.perf_counter()
-        subprocess.run(argv, check=True, cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL)
-        return (time.perf_counter() - t) * 1000
+        def once(kind: str) -> float:
+            argv, cwd, env = kinds[kind]
+            time.sleep(0.2)   # as a command typed or run by a tool: not back to back
+            t = time.perf_counter()
+            subprocess.run(argv, check=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+            return (time.perf_counter() - t) * 1000
 
-    once(cli), once(bare)
-    a, b = [], []
-    for _ in range(n):   # interleaved: both see the same machine load
-        a.append(once(cli))
-        b.append(once(bare))
-    return a, b
+        for kind in kinds:
+            once(kind)
+        out: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(n):   # interleaved: all see the same machine load
+            for kind in kinds:
+                out[kind].append(once(kind))
+    return out
 
 
 def importtime(argv: list[str], n: int = 5) -> dict[str, int]:
@@ -151,15 +173,24 @@ def start_vs_lxc_start(n: int) -> tuple[list[float], list[float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
-    n = parser.parse_args().n
-    compileall.compile_dir(os.path.join(ROOT, "lxcbind"), quiet=1)
+    parser.add_argument("--size", type=int, default=4, help="pool size")
+    args = parser.parse_args()
+    n, size = args.n, args.size
+    print(describe())
+    compileall.compile_dir(PACKAGE, quiet=1)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(POLICY, f)
     try:
+        pool_ms = bench_pool.pool_steady_ms(n * 2, size)
+        rate, cpu_ms = bench_pool.pool_sustained(n * 6, size)
         run_ms, parts = run_breakdown(n)
-        cli_ms, pass_ms = cli_vs_pass(n, f.name)
+        paused_ms, paused_parts = run_breakdown(max(5, n // 2), pause=0.3)
+        cli = cli_vs_pass(n, f.name)
         base = importtime(["-c", "pass"])
         full = importtime(["-m", "lxcbind", "run", "--no-tty", f.name])
+        session_ms = bench_pool.session_ms(n * 2)
+        bwrap_ms = bench_pool.bwrap_ms(n * 2)
+        copy_ms = bench_pool.lxc_copy_ms(max(5, n // 2))
         ours, theirs, first_start = start_vs_lxc_start(n)
     finally:
         os.unlink(f.name)
@@ -167,34 +198,57 @@ def main() -> None:
     own = {k: v for k, v in full.items() if k == "lxcbind" or k.startswith("lxcbind.")}
     extra = {k: v for k, v in full.items() if k not in own and k not in base}
     own_ms, extra_ms = sum(own.values()) / 1000, sum(extra.values()) / 1000
-    over = med(cli_ms) - med(pass_ms)
+    pass_ms = med(cli["pass"])
+    over, over_nopyc = med(cli["cli"]) - pass_ms, med(cli["cli_nopyc"]) - pass_ms
+    cpus = os.cpu_count() or 1
 
-    print(f"one-shot floor, medians of {n} ({os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.2f})")
-    print(f"{'':44} {'ms':>8} {'target':>8} {'vs target':>10}")
-    print(f"{'lxcbind.run() /bin/true, no network':44} {med(run_ms):8.1f} "
-          f"{TARGETS['run']:8.1f} {med(run_ms) / TARGETS['run']:9.2f}x")
-    print(f"{'python -m lxcbind run (whole process)':44} {med(cli_ms):8.1f}")
-    print(f"{'python3 -c pass':44} {med(pass_ms):8.1f}")
-    print(f"{'  CLI minus python3 -c pass':44} {over:8.1f} {TARGETS['cli_over_pass']:8.1f} "
-          f"{over / TARGETS['cli_over_pass']:9.2f}x   (CLI = {med(cli_ms) / med(pass_ms):.1f}x pass)")
-    print(f"{'importtime: lxcbind modules (self, sum)':44} {own_ms:8.1f} "
-          f"{TARGETS['own_imports']:8.1f} {own_ms / TARGETS['own_imports']:9.2f}x")
-    print(f"{'importtime: stdlib beyond -c pass (sum)':44} {extra_ms:8.1f}")
+    print(f"fresh container per command, /bin/true, medians ({cpus} CPUs, "
+          f"load {os.getloadavg()[0]:.2f}; unprivileged containers, no network)")
+    print(f"{'':50} {'ms':>8} {'/ Pool.run':>10} {'target':>8} {'vs target':>9}")
+
+    def row(label: str, ms: float | None, target: float | None = None) -> None:
+        if ms is None:
+            print(f"{label:50} {'n/a':>8}")
+            return
+        tail = f" {target:8.1f} {ms / target:8.2f}x" if target else ""
+        print(f"{label:50} {ms:8.2f} {ms / pool_ms:9.1f}x{tail}")
+
+    row("Pool.run, steady state", pool_ms, TARGETS["pool"])
+    print(f"{'Pool sustained (map, size ' + str(size) + ', 2 starters), runs/s':50} {rate:8.1f} "
+          f"{'':>10} {TARGETS['pool_rate']:8.1f} {rate / TARGETS['pool_rate']:8.2f}x")
+    print(f"{'  machine CPU per fresh container (all processes)':50} {cpu_ms:8.1f}   "
+          f"=> at most {1000 * cpus / cpu_ms:.0f} runs/s on {cpus} CPUs")
+    row("lxcbind.run(), back to back", med(run_ms), TARGETS["run"])
+    row("lxcbind.run(), after a 0.3 s pause", med(paused_ms), TARGETS["run"])
+    row("Session command (warm, NOT fresh)", session_ms)
+    row("bwrap --unshare-all", bwrap_ms)
+    row("lxc-copy -s/start/attach/destroy", copy_ms)
+    row("python -m lxcbind run (pyc)", med(cli["cli"]))
+    row("python -m lxcbind run (no pyc, DONTWRITEBYTECODE)", med(cli["cli_nopyc"]))
+    row("python3 -c pass", pass_ms)
+    print(f"{'  CLI minus python3 -c pass (pyc)':50} {over:8.1f} {'':>10} "
+          f"{TARGETS['cli_over_pass']:8.1f} {over / TARGETS['cli_over_pass']:8.2f}x")
+    print(f"{'  CLI minus python3 -c pass (no pyc)':50} {over_nopyc:8.1f} {'':>10} "
+          f"{TARGETS['cli_over_pass']:8.1f} {over_nopyc / TARGETS['cli_over_pass']:8.2f}x")
+    print(f"{'importtime: lxcbind modules (self, sum)':50} {own_ms:8.1f} {'':>10} "
+          f"{TARGETS['own_imports']:8.1f} {own_ms / TARGETS['own_imports']:8.2f}x")
+    print(f"{'importtime: stdlib beyond -c pass (sum)':50} {extra_ms:8.1f}")
     top = sorted(extra.items(), key=lambda kv: -kv[1])[:8]
     print("    largest: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top))
     top = sorted(own.items(), key=lambda kv: -kv[1])[:6]
     print("    lxcbind: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top))
     print()
-    print("where run() goes (ms, medians, liblxc calls through Container): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
-          + f"; the rest (Python, files, waiting for the command) "
-          f"{med(run_ms) - sum(parts.values()):.1f}")
+    for label, ms, spent in (("back to back", run_ms, parts),
+                             ("after a pause", paused_ms, paused_parts)):
+        print(f"where run() goes, {label} (ms, medians, liblxc calls through Container): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
+              + f"; the rest (Python, files, waiting for the command) "
+              f"{med(ms) - sum(spent.values()):.1f}")
     if ours:
-        print(f"{'Container.start() (same container, warm)':44} {med(ours):8.1f}")
-        print(f"{'lxc-start (same config, a new process)':44} {med(theirs):8.1f}"
+        print(f"{'Container.start() (same container, warm)':50} {med(ours):8.1f}")
+        print(f"{'lxc-start (same config, a new process)':50} {med(theirs):8.1f}"
               f"   start() = {med(ours) / med(theirs):.2f}x lxc-start")
-        print(f"{'first start() after a pause (this run)':44} {first_start:8.1f}")
+        print(f"{'first start() after a pause (this run)':50} {first_start:8.1f}")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
 
-import lxcbind  # noqa: E402
+import lxcbind
 from lxcbind.lxc import container as container_module
 
 UNPRIVILEGED = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}

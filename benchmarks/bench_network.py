@@ -11,15 +11,11 @@ Prints medians and ratios; asserts nothing.   python3 benchmarks/bench_network.p
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import lxcbind  # noqa: E402
+import lxcbind
 
 NO_NET = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 NET = {**NO_NET, "network": {"egress": {"default": "allow"}}}

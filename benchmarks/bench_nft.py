@@ -23,11 +23,9 @@ import sys
 import time
 import uuid
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from lxcbind.lxc.nftables import Nft  # noqa: E402
-from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name  # noqa: E402
-from lxcbind.policy.parse import load_policy  # noqa: E402
+from lxcbind.lxc.nftables import Nft
+from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name
+from lxcbind.policy.parse import load_policy
 
 
 def cidrs(count: int) -> list[str]:

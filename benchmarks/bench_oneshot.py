@@ -22,11 +22,10 @@ import sys
 import uuid
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-sys.path.insert(0, ROOT)
 
-from _common import lxc_clone_sequence, quiet, samples_ms  # noqa: E402
+from _common import lxc_clone_sequence, quiet, samples_ms
 
-import lxcbind  # noqa: E402
+import lxcbind
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 

@@ -34,12 +34,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
-import ray  # noqa: E402
+import ray
 
-import lxcbind.ray as lray  # noqa: E402
+import lxcbind.ray as lray
 from lxcbind import Session, gc
 
 RESULTS = Path(__file__).resolve().parent / "results"

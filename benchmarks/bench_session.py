@@ -36,12 +36,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from _common import bench_container, samples_ms  # noqa: E402
+from _common import bench_container, samples_ms
 
 from lxcbind import Container
-from lxcbind.sandbox.core import Session  # noqa: E402
+from lxcbind.sandbox.core import Session
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WARMUP = 20
