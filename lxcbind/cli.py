@@ -578,9 +578,12 @@ def exit_now(code: int) -> None:
     stopping the container), and a one-shot run pays it every time.  Everything the run
     created is already undone when this is called, so what remains is what the caller is owed:
     the ``atexit`` handlers (logging flushes and closes its files), then stdout and stderr.
-    With another thread still running, the ordinary exit (which waits for it) is kept."""
+    With another non-daemon thread still running, the ordinary exit (which waits for it) is
+    kept; a daemon thread (``cgroups.prime_migration``'s) is not waited for by either."""
     threading = sys.modules.get("threading")
-    if threading is not None and threading.active_count() > 1:
+    if threading is not None and any(
+            t.is_alive() and not t.daemon and t is not threading.main_thread()
+            for t in threading.enumerate()):
         sys.exit(code)
     import atexit
 

@@ -95,24 +95,50 @@ def prime_migration() -> None:
     process may be in a monitor cgroup then).  Mounting a hierarchy with ``favordynmods``
     removes the wait altogether (a host setting; lxcbind changes no mount options).
     """
-    home = starting.home_if_idle()
-    if not home:
-        return
-    mounts = _mountpoints()
-    for controllers, path in home.items():
-        mountpoint = mounts.get(_key(controllers))
-        if mountpoint:
-            procs = os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs")
-            threading.Thread(target=_rewrite_self, args=(procs,), daemon=True,
-                             name="lxcbind-cgroup-prime").start()
+    _primer.kick()
+
+
+class _Primer:
+    """One daemon thread that makes the no-op migration when kicked (starting a thread per
+    container would cost more than the write: ~0.4 ms on a loaded 2-vCPU VM)."""
+
+    # A migration less than this long ago leaves the kernel's fast path armed: no need.
+    RECENT = 0.004
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kicked = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.last = 0.0   # time.monotonic() of the last migration this process made
+
+    def kick(self) -> None:
+        if time.monotonic() - self.last < self.RECENT:
             return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name="lxcbind-cgroup-prime")
+                self._thread.start()
+        self._kicked.set()
 
-
-def _rewrite_self(procs: str) -> None:
-    try:
-        _write(procs, str(os.getpid()))
-    except OSError:
-        pass  # not root, or a read-only hierarchy: the next migration just waits
+    def _loop(self) -> None:
+        while True:
+            self._kicked.wait()
+            self._kicked.clear()
+            home = starting.home_if_idle()
+            if not home:
+                continue   # a start is in flight: it makes the migration itself
+            mounts = _mountpoints()
+            for controllers, path in home.items():
+                mountpoint = mounts.get(_key(controllers))
+                if mountpoint:
+                    try:
+                        _write(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"),
+                               str(os.getpid()))
+                    except OSError:
+                        pass  # not root, or a read-only hierarchy: the next one just waits
+                    self.last = time.monotonic()
+                    break
 
 
 def remove_monitor_cgroups(name: str) -> None:
@@ -290,6 +316,7 @@ class _Home:
         with self._lock:
             self._inflight -= 1
             return_to(self._home)
+        _primer.last = time.monotonic()
 
     def home_if_idle(self) -> dict[str, str] | None:
         """This process's cgroups when no start is in flight (then they are its home)."""
@@ -298,6 +325,7 @@ class _Home:
 
 
 starting = _Home()
+_primer = _Primer()
 
 
 @record

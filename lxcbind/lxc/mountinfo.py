@@ -12,6 +12,8 @@ class Mount(NamedTuple):
 
 
 def _unescape(text: str) -> str:
+    if "\\" not in text:
+        return text
     out, i = [], 0
     while i < len(text):
         if text[i] == "\\" and i + 3 < len(text) and text[i + 1:i + 4].isdigit():
@@ -23,17 +25,29 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+_last: tuple[str, bytes, list[Mount]] | None = None
+
+
 def mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
-    found = []
+    """The mounts of ``path``; parsed again only when its text changed since the last call
+    (a run reads the table several times, and parsing costs far more than reading)."""
+    global _last
     with open(path, "rb") as f:
-        for raw in f:
+        data = f.read()
+    last = _last
+    if last is not None and last[0] == path and last[1] == data:
+        return list(last[2])
+    found = []
+    for raw in data.splitlines():
+        if raw:
             left, _, right = raw.decode("utf-8", "surrogateescape").partition(" - ")
             fields, tail = left.split(), right.split()
             if len(fields) < 5:
                 continue
             found.append(Mount(_unescape(fields[4]), tail[0] if tail else "",
                                tail[2] if len(tail) > 2 else ""))
-    return found
+    _last = (path, data, found)
+    return list(found)
 
 
 def below(path: str, source: str = "/proc/self/mountinfo") -> list[Mount]:
