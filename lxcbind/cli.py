@@ -350,7 +350,7 @@ def _exit_code(result: Any) -> int:
     if result.exec_error is not None:
         return EXIT_NOT_FOUND if result.exec_error.errno in (errno.ENOENT, errno.ENOTDIR) \
             and result.exec_error.stage == "exec" else EXIT_CANNOT_EXECUTE
-    return result.exit_status
+    return int(result.exit_status)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -403,7 +403,7 @@ def _run(args: argparse.Namespace) -> int:
     if result.exec_error is not None:
         what = "process.cwd" if result.exec_error.stage == "chdir" else "process.commandLine"
         failure = (f"{what}: {result.exec_error.filename}: "
-                   f"{os.strerror(result.exec_error.errno)}")
+                   f"{os.strerror(result.exec_error.errno or 0)}")
     elif result.timed_out:
         failure = f"timed out after {result.timeout:g}s; the command was killed"
     if failure is not None and getattr(args, "mxc", False):

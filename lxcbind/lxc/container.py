@@ -147,7 +147,8 @@ class Container:
         """``STOPPED``, ``STARTING``, ``RUNNING``, ``STOPPING``, ``ABORTING``, ``FREEZING`` ..."""
         with self._lock:
             c = self._handle()
-            return ffi.string(c.state(c)).decode()
+            state: str = ffi.string(c.state(c)).decode()
+            return state
 
     @property
     def init_pid(self) -> int | None:
@@ -162,7 +163,7 @@ class Container:
         if not HAS_INIT_PIDFD:
             raise LxcError("init_pidfd", self.name, errno.ENOSYS)
         with self._lock:
-            fd = lib.lxcbind_init_pidfd(self._handle())
+            fd: int = lib.lxcbind_init_pidfd(self._handle())
         if fd < 0:
             pid = self.init_pid
             if pid is None:
@@ -175,7 +176,7 @@ class Container:
         if not HAS_DEVPTS_FD:
             raise LxcError("devpts_fd", self.name, errno.ENOSYS)
         with self._lock:
-            fd = lib.lxcbind_devpts_fd(self._handle())
+            fd: int = lib.lxcbind_devpts_fd(self._handle())
         if fd < 0:
             raise LxcError("devpts_fd", self.name, -fd if fd < -1 else errno.ENODEV)
         return fd
@@ -192,7 +193,8 @@ class Container:
                 raise KeyError(key)
             buf = ffi.new("char[]", size + 1)
             c.get_config_item(c, bkey, buf, size + 1)
-            return ffi.string(buf).decode()
+            value: str = ffi.string(buf).decode()
+            return value
 
     def set_config_item(self, key: str, value: str) -> None:
         with self._lock:
@@ -230,7 +232,8 @@ class Container:
             c = self._handle()
             raw = c.config_file_name(c)
             try:
-                return ffi.string(raw).decode()
+                path: str = ffi.string(raw).decode()
+                return path
             finally:
                 lib.free(raw)
 
@@ -338,8 +341,9 @@ class Container:
         is strict: a missing directory makes the process fail with ``exec_error`` set and
         status 126.  ``stdin``, ``stdout`` and ``stderr`` default to /dev/null (never the
         caller's own fds 0-2), and one of the caller's terminals is refused (``ValueError``):
-        a container process could type into it.  ``ctty`` makes a tty fd the controlling terminal when
-        stdin is not that tty.  ``flags``/``namespaces`` override LXC_ATTACH_DEFAULT / "all".
+        a container process could type into it.  ``ctty`` makes a tty fd the controlling
+        terminal when stdin is not that tty.  ``flags``/``namespaces`` override
+        LXC_ATTACH_DEFAULT / "all".
 
         Raises ``LxcError`` when liblxc cannot attach (e.g. the container is not running).
         """

@@ -209,23 +209,24 @@ def collect_garbage(destroy: Callable[[str, str], None], *,
     names of the containers destroyed.
     """
     removed = []
-    for record in _load_records():
-        if record.runner_alive():
+    for rec in _load_records():
+        if rec.runner_alive():
             continue
-        lock = ContainerLock(record.container)
+        lock = ContainerLock(rec.container)
         if not lock.acquire(blocking=False):
             continue
         try:
-            fresh = [r for r in _load_records() if r.container == record.container]
+            fresh = [r for r in _load_records() if r.container == rec.container]
             if not fresh or fresh[0].runner_alive():
                 continue
-            if record.destroy:
-                log(f"gc: destroying {record.container!r} left by dead runner pid {record.runner_pid}")
-                destroy(record.container, record.lxcpath)
-                removed.append(record.container)
+            if rec.destroy:
+                log(f"gc: destroying {rec.container!r} left by dead runner pid "
+                    f"{rec.runner_pid}")
+                destroy(rec.container, rec.lxcpath)
+                removed.append(rec.container)
             if release is not None:
                 release(fresh[0])
-            record.remove()
+            rec.remove()
         finally:
             lock.release()
     return removed

@@ -38,6 +38,7 @@ from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
 from lxcbind.result import CompletedRun
 from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
+from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
     from lxcbind.net import network
@@ -179,14 +180,14 @@ def _any_unowned_lease() -> bool:
     belongs to a run starting now, which ``leases.leases()`` would not have seen either.
     When in doubt (unreadable, malformed), True: the full check decides."""
     try:
-        with open(cleanup.STATE_DIR / "net" / "leases.json", "rb") as f:
+        with open(STATE_DIR / "net" / "leases.json", "rb") as f:
             leases = json.loads(f.read())["leases"]
         names = list(leases)
     except FileNotFoundError:
         return False
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    owners = cleanup.STATE_DIR / "owners"
+    owners = STATE_DIR / "owners"
     return any(not isinstance(n, str) or not (owners / f"{n}.json").exists() for n in names)
 
 
@@ -199,7 +200,7 @@ def _reap_stale_leases(log: Log) -> None:
     from lxcbind.net import leases, network
 
     for name, lease in leases.leases().items():
-        if lease.runner_alive() or (cleanup.STATE_DIR / "owners" / f"{name}.json").exists():
+        if lease.runner_alive() or (STATE_DIR / "owners" / f"{name}.json").exists():
             continue
         lock = cleanup.ContainerLock(name)
         if not lock.acquire(blocking=False):
@@ -665,7 +666,7 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         if leftover:
             log(f"removing the network state left for {name!r}")
             network.teardown_orphan(name)
-        cleanup.STATE_DIR.joinpath("owners", f"{name}.json").unlink(missing_ok=True)
+        STATE_DIR.joinpath("owners", f"{name}.json").unlink(missing_ok=True)
         return existed or leftover
     finally:
         lock.release()

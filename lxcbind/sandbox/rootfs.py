@@ -40,6 +40,7 @@ from collections.abc import Callable, Sequence
 
 from lxcbind._lite import lazy_re, record
 from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.proc.runner import Container
 from lxcbind.sandbox import idmap, security
@@ -367,8 +368,9 @@ def _build_host(tmp: str) -> None:
     home = os.path.join(root, "home", "sandbox")  # the optional non-root workload user's
     os.mkdir(home, 0o750)
     os.chown(home, 1000, 1000)
-    layout = _host_layout()
-    for name, how in layout["top"].items():  # type: ignore[union-attr]
+    top = _host_layout()["top"]
+    assert isinstance(top, dict)
+    for name, how in top.items():
         if how[0] == "link":
             os.symlink(how[1], os.path.join(root, name))
         else:
@@ -500,9 +502,9 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
     needed) and whose upper layer is ``<lxcpath>/<name>/delta0``, so ``destroy()`` removes every
     write.  Sets loopback-only networking (``lxc.net.0.type=empty``, ``flags=up`` for ``lo``),
-    ``lxc.pty.max=64``, ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user namespace, capabilities,
-    seccomp, limits; an unprivileged container's lower layer is the base's shifted copy for its
-    id range), then ``config`` (applied last, so it may override, e.g. ``lxc.init.cmd``), then
+    ``lxc.pty.max=64``, ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user
+    namespace, capabilities, seccomp, limits; an unprivileged container's lower layer is the
+    base's shifted copy for its id range), then ``config`` (applied last, so it may override, e.g. ``lxc.init.cmd``), then
     ``mounts`` in order, and saves the config.  ``isolation=None`` is a bare privileged
     container (binding-level tests); the sandbox always passes one.
 
@@ -589,7 +591,7 @@ def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry],
     cdir = os.path.join(c.lxcpath, c.name)
     try:
         if isolation is not None:
-            for key, value in isolation.config():
+            for key, _value in isolation.config():
                 if key.startswith("lxc.cgroup") or key in ("lxc.cap.keep", "lxc.seccomp.profile"):
                     c.clear_config_item(key)
             for key, value in isolation.config():
@@ -605,11 +607,11 @@ def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry],
         raise SandboxError(f"could not apply the filesystem policy to {c.name!r}: {exc}") from None
 
 
-def remove_container(c: Container) -> None:
+def remove_container(c: LxcContainer) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
     upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
     cdir = os.path.join(c.lxcpath, c.name)
-    handle = c if not c.closed else Container(c.name, c.lxcpath)
+    handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
     try:
         if handle.defined:
