@@ -505,8 +505,9 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
     ``lxc.pty.max=64``, ``lxc.tty.max=0``, the kind's own items, ``isolation`` (user
     namespace, capabilities, seccomp, limits; an unprivileged container's lower layer is the
     base's shifted copy for its id range), then ``config`` (applied last, so it may override,
-    e.g. ``lxc.init.cmd``), then ``mounts`` in order, and saves the config.  ``isolation=None`` is a bare privileged
-    container (binding-level tests); the sandbox always passes one.
+    e.g. ``lxc.init.cmd``), then ``mounts`` in order, and saves the config.
+    ``isolation=None`` is a bare privileged container (binding-level tests); the sandbox
+    always passes one.
 
     Raises ``SandboxError`` (a container of that name exists, the base cannot be built, the
     config is refused); on any failure nothing is left: no container, no directory.
