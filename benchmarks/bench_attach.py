@@ -34,8 +34,9 @@ def main() -> None:
             "lxcbind Container.attach(/bin/true)": timed(
                 lambda: c.attach(["/bin/true"], stdout=devnull, stderr=devnull).wait(), args.n),
             "lxc-attach program": timed(
-                lambda: subprocess.run(["lxc-attach", "-n", name, "--clear-env", "--", "/bin/true"],
-                                       stdin=subprocess.DEVNULL, stdout=devnull, check=True), args.n // 2),
+                lambda: subprocess.run(
+                    ["lxc-attach", "-n", name, "--clear-env", "--", "/bin/true"],
+                    stdin=subprocess.DEVNULL, stdout=devnull, check=True), args.n // 2),
             "host subprocess.run(/bin/true)": timed(
                 lambda: subprocess.run(["/bin/true"], check=True), args.n),
         }

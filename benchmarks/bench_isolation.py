@@ -23,10 +23,10 @@ import sys
 import time
 from collections.abc import Callable
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
 import lxcbind
 from lxcbind.lxc import container as container_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lxcbind.__file__)))  # its checkout
 
 UNPRIVILEGED = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 PRIVILEGED = {**UNPRIVILEGED, "lxc": {"privileged": True}}
@@ -65,30 +65,31 @@ def main() -> None:
             starts.append((time.perf_counter() - t) * 1000)
 
     container_module.Container.start = timed_start  # type: ignore[method-assign]
-    for mode, policy in MODES.items():  # warm-up: bases and shifted copies exist after this
+    for policy in MODES.values():  # warm-up: bases and shifted copies exist after this
         lxcbind.run(policy)
     for _ in range(n):
         for mode, policy in MODES.items():
             starts.clear()
-            add(mode, "lxcbind.run() one-shot", ms(lambda: lxcbind.run(policy)))
+            add(mode, "lxcbind.run() one-shot", ms(lambda p=policy: lxcbind.run(p)))
             add(mode, "  of which start()", starts[-1])
-            add(mode, "CLI one-shot", ms(lambda: cli(policy)))
+            add(mode, "CLI one-shot", ms(lambda p=policy: cli(p)))
     host = [ms(lambda: subprocess.run(["/bin/true"])) for _ in range(n * 5)]
     for mode, policy in MODES.items():
         for _ in range(max(3, n // 4)):
             session_holder: list[lxcbind.Session] = []
-            add(mode, "Session start", ms(lambda: session_holder.append(
-                lxcbind.Session.from_policy(policy))))
+            add(mode, "Session start", ms(lambda h=session_holder, p=policy: h.append(
+                lxcbind.Session.from_policy(p))))
             with session_holder[0] as session:
                 session.run(["/bin/true"])
                 for _ in range(n * 2):
-                    add(mode, "Session command", ms(lambda: session.run(["/bin/true"])))
+                    add(mode, "Session command",
+                        ms(lambda s=session: s.run(["/bin/true"])))
         with lxcbind.Sandbox(policy) as box:
             assert box.container is not None
             c = box.container
             c.run(["/bin/true"])
             for _ in range(n * 2):
-                add(mode, "Container.attach (warm)", ms(lambda: c.run(["/bin/true"])))
+                add(mode, "Container.attach (warm)", ms(lambda c=c: c.run(["/bin/true"])))
 
     print(f"{'':28} {'unprivileged':>13} {'privileged':>11} {'ratio':>7}   (medians, ms, n={n})")
     for what in samples["unprivileged"]:

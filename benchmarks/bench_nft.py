@@ -80,12 +80,12 @@ def main() -> None:
             for count in (1, 100, 1000):
                 eff = effective_for(count)
                 text, naive = script_for(eff), naive_for(count)
-                compile_ms = median_ms(lambda: script_for(eff), args.n)
-                apply_ms = median_ms(lambda: nft.apply(text), args.n)
-                prog_ms = median_ms(lambda: subprocess.run(
-                    ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text.encode(),
+                compile_ms = median_ms(lambda e=eff: script_for(e), args.n)
+                apply_ms = median_ms(lambda t=text: nft.apply(t), args.n)
+                prog_ms = median_ms(lambda t=text: subprocess.run(
+                    ["ip", "netns", "exec", ns, "nft", "-f", "-"], input=t.encode(),
                     check=True), args.n)
-                naive_ms = median_ms(lambda: nft.apply(naive), args.n)
+                naive_ms = median_ms(lambda t=naive: nft.apply(t), args.n)
                 print(f"{count:>6} {compile_ms:>9.2f} {apply_ms:>9.2f} {prog_ms:>9.2f} "
                       f"{naive_ms:>9.2f}")
     finally:

@@ -21,11 +21,11 @@ import subprocess
 import sys
 import uuid
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-
 from _common import lxc_clone_sequence, quiet, samples_ms
 
 import lxcbind
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(lxcbind.__file__)))  # its checkout
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}
 
@@ -68,11 +68,13 @@ def main() -> None:
         quiet("lxc-create", "-n", base, "-t", "busybox", "-f", NET_CONF)
         rows = {
             "lxc-create/start/attach/destroy (template)": timed(lxc_template_sequence, n),
-            "lxc-copy -s/start/attach/destroy (cached base)": timed(lambda: lxc_clone_sequence(base), n),
+            "lxc-copy -s/start/attach/destroy (cached base)":
+                timed(lambda: lxc_clone_sequence(base), n),
             "python -m lxcbind run (host rootfs)": timed(lambda: cli_run("host"), n),
             "python -m lxcbind run (busybox overlay)": timed(lambda: cli_run("busybox"), n),
             "lxcbind.run() API (host rootfs)": timed(lambda: lxcbind.run(with_rootfs("host")), n),
-            "lxcbind.run() API (busybox overlay)": timed(lambda: lxcbind.run(with_rootfs("busybox")), n),
+            "lxcbind.run() API (busybox overlay)":
+                timed(lambda: lxcbind.run(with_rootfs("busybox")), n),
         }
     finally:
         subprocess.run(["lxc-destroy", "-f", "-n", base], capture_output=True)

@@ -33,13 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-
 import ray
 
 import lxcbind.ray as lray
 from lxcbind import Session, gc
+
+# Ray's workers import the lxcbind measured here (a checkout's, when it is on PYTHONPATH).
+ROOT = Path(lray.__file__).resolve().parent.parent.parent
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT),
+                                                         os.environ.get("PYTHONPATH")]))
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "lxcbind-bench-ray-"
@@ -102,8 +104,8 @@ def main() -> int:
                 pool.map([["true"]] * 200, deadline=120)  # warm
                 for b in batches:
                     count = min(n, 500) if b == 1 else n
-                    r = rate(lambda: pool.map([["true"]] * count, batch_size=b, deadline=600),
-                             count)
+                    r = rate(lambda c=count, b=b: pool.map([["true"]] * c, batch_size=b,
+                                                             deadline=600), count)
                     grid[f"batch={b or 'auto'} inflight={inflight}"] = r
                 if inflight == 2:
                     out["actor_rss_kib"] = [rss_kib(i["pid"]) for i in pool.info]

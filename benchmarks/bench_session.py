@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _common import bench_container, samples_ms
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             small = run_all(c, session, args.n, args.slow_n, devnull, have_pylxc)
             report["small_caller"] = small
-            table("small caller (RSS %d MiB)" % (_rss_kib() // 1024), small)
+            table(f"small caller (RSS {_rss_kib() // 1024} MiB)", small)
             report["throughput_cmds_per_s"] = tp = throughput(session, args.throughput)
             print(f"\n== Session.map /bin/true: {tp['workers_1']:.0f} cmd/s (1 worker), "
                   f"{tp['workers_2']:.0f} cmd/s (2 workers)")
@@ -243,19 +244,26 @@ def main(argv: list[str] | None = None) -> int:
 
     small = report["small_caller"]
     big = report["big_caller"]
+    def med_ms(part: dict[str, Any], way: str, what: str) -> float:
+        return float(part[way][what]["median_ms"])
+
     goals = {
-        "session_vs_host_true": small["session"]["true"]["median_ms"] / small["host"]["true"]["median_ms"],
-        "session_vs_host_echo": small["session"]["echo"]["median_ms"] / small["host"]["echo"]["median_ms"],
-        "lxc_attach_vs_session_true": small["lxc-attach"]["true"]["median_ms"] / small["session"]["true"]["median_ms"],
-        "big_vs_small_session_true": big["session"]["true"]["median_ms"] / small["session"]["true"]["median_ms"],
-        "big_vs_small_session_echo": big["session"]["echo"]["median_ms"] / small["session"]["echo"]["median_ms"],
+        "session_vs_host_true": med_ms(small, "session", "true") / med_ms(small, "host", "true"),
+        "session_vs_host_echo": med_ms(small, "session", "echo") / med_ms(small, "host", "echo"),
+        "lxc_attach_vs_session_true":
+            med_ms(small, "lxc-attach", "true") / med_ms(small, "session", "true"),
+        "big_vs_small_session_true":
+            med_ms(big, "session", "true") / med_ms(small, "session", "true"),
+        "big_vs_small_session_echo":
+            med_ms(big, "session", "echo") / med_ms(small, "session", "echo"),
     }
     report["goals"] = goals
     print("\n== goals")
     print(f"session / host fork+exec  (goal <= 1.5): true {goals['session_vs_host_true']:.2f}, "
           f"echo {goals['session_vs_host_echo']:.2f}")
     print(f"lxc-attach / session      (goal >= 4):   {goals['lxc_attach_vs_session_true']:.1f}")
-    print(f"session at big RSS / small (goal <= 2):  true {goals['big_vs_small_session_true']:.2f}, "
+    print(f"session at big RSS / small (goal <= 2):  "
+          f"true {goals['big_vs_small_session_true']:.2f}, "
           f"echo {goals['big_vs_small_session_echo']:.2f}")
     print(f"session start: {report['session_start_ms']:.1f} ms small, "
           f"{report['big_session_start_ms']:.1f} ms big caller")
