@@ -97,9 +97,11 @@ def run_breakdown(n: int, pause: float = 0.0) -> tuple[list[float], dict[str, fl
 
 # -- the CLI against python3 -c pass -----------------------------------------------------------
 
-def cli_vs_pass(n: int, policy_path: str) -> dict[str, list[float]]:
+def cli_vs_pass(n: int, policy_path: str, baseline: str | None = None) -> dict[str, list[float]]:
     """CLI runs with bytecode ("cli"), without ("cli_nopyc": a copy of the package with no
-    ``__pycache__``, ``PYTHONDONTWRITEBYTECODE=1``) and ``python3 -c pass``, interleaved."""
+    ``__pycache__``, ``PYTHONDONTWRITEBYTECODE=1``) and ``python3 -c pass``, interleaved;
+    with ``baseline`` (a checkout with its compiled module, e.g. of an earlier commit) its CLI
+    too ("baseline", with bytecode), for an A/B in one run."""
     cli = [sys.executable, "-m", "lxcbind", "run", "--no-tty", policy_path]
     bare = [sys.executable, "-c", "pass"]
     with tempfile.TemporaryDirectory(prefix="lxcbind-bench-") as tmp:
@@ -108,6 +110,9 @@ def cli_vs_pass(n: int, policy_path: str) -> dict[str, list[float]]:
         nopyc = dict(ENV, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=tmp)
         kinds = {"cli": (cli, ROOT, ENV), "cli_nopyc": (cli, tmp, nopyc),
                  "pass": (bare, ROOT, ENV)}
+        if baseline:
+            compileall.compile_dir(os.path.join(baseline, "lxcbind"), quiet=1)
+            kinds["baseline"] = (cli, baseline, dict(ENV, PYTHONPATH=baseline))
 
         def once(kind: str) -> float:
             argv, cwd, env = kinds[kind]
@@ -174,6 +179,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--size", type=int, default=4, help="pool size")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="a checkout (built) whose CLI runs interleaved with this one's")
     args = parser.parse_args()
     n, size = args.n, args.size
     print(describe())
@@ -185,7 +192,7 @@ def main() -> None:
         rate, cpu_ms = bench_pool.pool_sustained(n * 6, size)
         run_ms, parts = run_breakdown(n)
         paused_ms, paused_parts = run_breakdown(max(5, n // 2), pause=0.3)
-        cli = cli_vs_pass(n, f.name)
+        cli = cli_vs_pass(n, f.name, args.baseline)
         base = importtime(["-c", "pass"])
         full = importtime(["-m", "lxcbind", "run", "--no-tty", f.name])
         session_ms = bench_pool.session_ms(n * 2)
@@ -225,6 +232,8 @@ def main() -> None:
     row("lxc-copy -s/start/attach/destroy", copy_ms)
     row("python -m lxcbind run (pyc)", med(cli["cli"]))
     row("python -m lxcbind run (no pyc, DONTWRITEBYTECODE)", med(cli["cli_nopyc"]))
+    if "baseline" in cli:
+        row(f"python -m lxcbind run, baseline {args.baseline} (pyc)", med(cli["baseline"]))
     row("python3 -c pass", pass_ms)
     print(f"{'  CLI minus python3 -c pass (pyc)':50} {over:8.1f} {'':>10} "
           f"{TARGETS['cli_over_pass']:8.1f} {over / TARGETS['cli_over_pass']:8.2f}x")
