@@ -90,9 +90,10 @@ def prime_migration() -> None:
     (the monitor into ``lxc.monitor.<name>``) and ``stop`` another (the monitor into
     ``lxc.pivot``); a one-shot run that follows no other run paid both on its critical path.
     A no-op migration (this process into the cgroup it is already in) made here pays the wait
-    while the caller prepares the container, and a migration within a grace period of the
-    last one is immediate.  It moves nothing, and is skipped while a start is in flight (the
-    process may be in a monitor cgroup then).  Mounting a hierarchy with ``favordynmods``
+    while the caller prepares the container, and repeated until the next ``start()`` returns
+    keeps the fast path armed (a migration within a grace period of the last one is
+    immediate).  It moves nothing, and is skipped while a start is in flight (the process may
+    be in a monitor cgroup then).  Mounting a hierarchy with ``favordynmods``
     removes the wait altogether (a host setting; lxcbind changes no mount options).
     """
     _primer.kick()
@@ -100,16 +101,20 @@ def prime_migration() -> None:
 
 class _Primer:
     """One daemon thread that makes the no-op migration when kicked (starting a thread per
-    container would cost more than the write: ~0.4 ms on a loaded 2-vCPU VM)."""
+    container would cost more than the write: ~0.4 ms on a loaded 2-vCPU VM), and repeats it
+    every few ms until the next ``start()`` has returned (at most ``HOLD`` s): the kernel's
+    fast path stays armed however long the caller takes to get there."""
 
-    # A migration less than this long ago leaves the kernel's fast path armed: no need.
-    RECENT = 0.004
+    RECENT = 0.004   # a migration this recent leaves the fast path armed: nothing to do
+    EVERY = 0.003    # well inside one grace period
+    HOLD = 0.06      # a CLI run reaches start() ~20-40 ms after it primes
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._kicked = threading.Event()
         self._thread: threading.Thread | None = None
-        self.last = 0.0   # time.monotonic() of the last migration this process made
+        self.last = 0.0          # time.monotonic() of this process's last migration
+        self.started = 0.0       # ... of the last start() that returned
 
     def kick(self) -> None:
         if time.monotonic() - self.last < self.RECENT:
@@ -125,20 +130,26 @@ class _Primer:
         while True:
             self._kicked.wait()
             self._kicked.clear()
-            home = starting.home_if_idle()
-            if not home:
-                continue   # a start is in flight: it makes the migration itself
-            mounts = _mountpoints()
-            for controllers, path in home.items():
-                mountpoint = mounts.get(_key(controllers))
-                if mountpoint:
-                    try:
-                        _write(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"),
-                               str(os.getpid()))
-                    except OSError:
-                        pass  # not root, or a read-only hierarchy: the next one just waits
-                    self.last = time.monotonic()
-                    break
+            kicked = time.monotonic()
+            while self.started < kicked and time.monotonic() - kicked < self.HOLD:
+                self._migrate()
+                time.sleep(self.EVERY)
+
+    def _migrate(self) -> None:
+        home = starting.home_if_idle()
+        if not home:
+            return   # a start is in flight: it makes the migrations itself
+        mounts = _mountpoints()
+        for controllers, path in home.items():
+            mountpoint = mounts.get(_key(controllers))
+            if mountpoint:
+                try:
+                    _write(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"),
+                           str(os.getpid()))
+                except OSError:
+                    pass  # not root, or a read-only hierarchy: the next one just waits
+                self.last = time.monotonic()
+                return
 
 
 def remove_monitor_cgroups(name: str) -> None:
@@ -316,7 +327,7 @@ class _Home:
         with self._lock:
             self._inflight -= 1
             return_to(self._home)
-        _primer.last = time.monotonic()
+        _primer.last = _primer.started = time.monotonic()
 
     def home_if_idle(self) -> dict[str, str] | None:
         """This process's cgroups when no start is in flight (then they are its home)."""
