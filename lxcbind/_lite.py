@@ -11,6 +11,8 @@ no work at import that it can do later or not at all:
   ``AttributeError``; ``replace()`` makes a changed copy.
 * ``lazy_re(pattern)`` compiles on first use, so a module's validation regexes cost nothing
   until a value is checked.
+* ``sha256_hex(data)`` is ``hashlib.sha256(data).hexdigest()`` without importing ``hashlib``,
+  which loads OpenSSL's module (~2 ms) for a run's few short digests.
 """
 
 from __future__ import annotations
@@ -172,3 +174,23 @@ class lazy_re:  # noqa: N801 - used like ``re.compile``
 
             self._compiled = re.compile(*self._args)
         return getattr(self._compiled, name)
+
+
+_sha256: Callable[[bytes], Any] | None = None
+
+
+def sha256_hex(data: bytes) -> str:
+    """``hashlib.sha256(data).hexdigest()``, from CPython's built-in implementation when it is
+    there (``_sha2`` from 3.12, ``_sha256`` before), else from ``hashlib``."""
+    global _sha256
+    if _sha256 is None:
+        try:
+            from _sha2 import sha256  # type: ignore[import-not-found]  # CPython >= 3.12
+        except ImportError:
+            try:
+                from _sha256 import sha256  # type: ignore[import-not-found]  # CPython < 3.12
+            except ImportError:
+                from hashlib import sha256
+        _sha256 = sha256
+    digest: str = _sha256(data).hexdigest()
+    return digest

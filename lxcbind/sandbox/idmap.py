@@ -24,14 +24,13 @@ on every teardown path.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lxcbind import state
-from lxcbind._lite import record
+from lxcbind._lite import record, sha256_hex
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import hostmount, mountinfo
 
@@ -166,7 +165,7 @@ def userns_path(cdir: str, owner: tuple[int, int]) -> str:
 
 
 def staged_path(cdir: str, source: str) -> str:
-    digest = hashlib.sha256(os.fsencode(source)).hexdigest()[:16]
+    digest = sha256_hex(os.fsencode(source))[:16]
     return os.path.join(cdir, STAGING, f"bind-{digest}")
 
 

@@ -31,7 +31,7 @@ import os
 import stat
 from collections.abc import Iterable, Sequence
 
-from lxcbind._lite import record
+from lxcbind._lite import record, sha256_hex
 from lxcbind.errors import PolicyError, SandboxError
 from lxcbind.lxc import mountinfo as _mountinfo
 from lxcbind.state import STATE_DIR
@@ -281,10 +281,8 @@ def _mask_source(is_dir: bool, mountpoints: Sequence[tuple[str, bool]] = ()) -> 
     """An empty, root-owned, read-only file or directory to bind over a denied path; a
     directory holds the (relative path, is_dir) mountpoints of grants nested inside it.
     Content-addressed and never changed once made, so containers share them."""
-    import hashlib
-
-    name = "file" if not is_dir else "dir-" + hashlib.sha256(
-        repr(sorted(mountpoints)).encode()).hexdigest()[:16]
+    name = "file" if not is_dir else "dir-" + sha256_hex(
+        repr(sorted(mountpoints)).encode())[:16]
     path = os.path.join(MASK_ROOT, name)
     if os.path.lexists(path):
         return path

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from lxcbind._lite import lazy_re, record
+from lxcbind._lite import lazy_re, record, sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
 from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
@@ -127,7 +126,7 @@ def _host_layout() -> dict[str, object]:
             etc[name] = ["link", os.readlink(path)]
         elif os.path.isfile(path):
             with open(path, "rb") as f:
-                etc[name] = ["sha256", hashlib.sha256(f.read()).hexdigest()]
+                etc[name] = ["sha256", sha256_hex(f.read())]
     return {"top": top, "etc": etc, "files": _ETC_FILES}
 
 
@@ -141,7 +140,7 @@ def _busybox_binary() -> str:
 
 def _fingerprint(data: object) -> str:
     blob = json.dumps(data, sort_keys=True).encode()
-    return hashlib.sha256(_SCHEMA.encode() + blob).hexdigest()[:12]
+    return sha256_hex(_SCHEMA.encode() + blob)[:12]
 
 
 def _resolve_spec(spec: RootfsSpec) -> RootfsSpec:

@@ -32,10 +32,9 @@ Opt-ins (``lxc.allow``), each giving something up:
 
 from __future__ import annotations
 
-import hashlib
 import os
 
-from lxcbind._lite import record
+from lxcbind._lite import record, sha256_hex
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc.cgroups import Events as Events
@@ -93,7 +92,7 @@ def _profile_file(text: str) -> str:
     """Write ``text`` once, content-addressed (liblxc re-reads it on every attach, so it must
     outlive the container; identical profiles share one file)."""
     folder = STATE_DIR / "seccomp"
-    path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.seccomp"
+    path = folder / f"{sha256_hex(text.encode())[:16]}.seccomp"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{path.name}.{os.getpid()}.tmp"
