@@ -2,7 +2,11 @@
 clones a cached base (the reference for one-shot runs), bubblewrap, and one timing helper.
 
 The benchmarks import ``lxcbind`` as installed, or from a checkout with ``PYTHONPATH=.``;
-``describe()`` says which one is measured.  Nothing here imports the test suite.
+``describe()`` says which one is measured.  The busybox recipe (``make_busybox``) is also the
+test suite's: ``tests/conftest.py`` imports it from here (pytest puts the checkout on
+``sys.path``; a benchmark run as a script finds this module next to it), so neither side
+needs a ``sys.path`` hack and the recipe exists once.  Nothing heavy is imported at module
+level: the unit tests load ``conftest`` without the compiled module.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import lxcbind
-from lxcbind import Container
+
+if TYPE_CHECKING:
+    from lxcbind import Container
 
 
 def describe() -> str:
@@ -23,24 +30,33 @@ def describe() -> str:
     return f"lxcbind from {os.path.dirname(os.path.abspath(lxcbind.__file__))}"
 
 
-def bench_container(name: str | None = None) -> Container:
-    """Create and start ``lxcbind-bench-<random>``: busybox (LXC's offline template, from
-    busybox-static), no network device but loopback, 64 ptys for concurrent commands.  The
-    caller destroys it in a ``finally``; nothing is left if setup fails."""
-    c = Container(name or f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
+def make_busybox(name: str, *, start: bool = True, lxcpath: str | None = None) -> Container:
+    """A busybox container (LXC's offline template, from busybox-static), no network device
+    but loopback, enough ptys (64) for concurrent commands; started unless ``start=False``.
+    The caller destroys it; nothing is left if setup fails."""
+    from lxcbind import Container
+
+    c = Container(name, lxcpath)
     try:
         c.create("busybox")
         c.clear_config_item("lxc.net")
         c.set_config_item("lxc.net.0.type", "empty")
         c.set_config_item("lxc.pty.max", "64")
         c.save_config()
-        c.start()
+        if start:
+            c.start()
     except BaseException:
         if c.defined:
             c.destroy()
         c.close()
         raise
     return c
+
+
+def bench_container(name: str | None = None) -> Container:
+    """``make_busybox`` of ``lxcbind-bench-<random>``, started; the caller destroys it in a
+    ``finally``."""
+    return make_busybox(name or f"lxcbind-bench-{uuid.uuid4().hex[:8]}")
 
 
 def quiet(*argv: str) -> None:

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from benchmarks._common import make_busybox as make_busybox  # one busybox recipe: see there
+
 TEST_PREFIX = "lxcbind-test-"
 
 
@@ -69,28 +71,6 @@ def destroy_quietly(name: str, lxcpath: str | None = None) -> None:
     with Container(name, lxcpath) as c:
         if c.defined:
             c.destroy()
-
-
-def make_busybox(name: str, *, start: bool = True, lxcpath: str | None = None):
-    """A busybox container (offline template from busybox-static), no network device but
-    loopback, enough ptys for concurrent commands."""
-    from lxcbind import Container
-
-    c = Container(name, lxcpath)
-    try:
-        c.create("busybox")
-        c.clear_config_item("lxc.net")
-        c.set_config_item("lxc.net.0.type", "empty")
-        c.set_config_item("lxc.pty.max", "64")
-        c.save_config()
-        if start:
-            c.start()
-    except BaseException:
-        if c.defined:
-            c.destroy()
-        c.close()
-        raise
-    return c
 
 
 @pytest.fixture
