@@ -153,6 +153,33 @@ def _load_records() -> list[OwnershipRecord]:
     return records
 
 
+def remove_stale_temporaries() -> list[str]:
+    """Remove the ``<name>.tmp<pid>`` files that runners killed in the middle of
+    ``OwnershipRecord.save`` left in the records' folder (the pid is no longer alive: a live
+    writer's file is left alone, whoever holds its pid).  Returns the names removed; for
+    ``lxcbind gc`` (a run's own cheap pass skips it)."""
+    removed: list[str] = []
+    try:
+        entries = [e.name for e in os.scandir(STATE_DIR / "owners")]
+    except FileNotFoundError:
+        return removed
+    for name in entries:
+        _, dot, pid = name.rpartition(".tmp")
+        if not dot or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue   # alive, someone else's
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(STATE_DIR / "owners" / name)
+            removed.append(name)
+    return removed
+
+
 class ContainerLock:
     """An exclusive lock on one container name, held for a whole run (flock: released by the
     kernel if the holder dies, so a killed runner never blocks the next one)."""

@@ -683,6 +683,8 @@ def gc(*, log: Log | None = None) -> list[str]:
     _reap_stale_leases(log)
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
+    for name in cleanup.remove_stale_temporaries():
+        log(f"gc: removed {name!r}, a record a killed runner was writing")
     network.prune_tables(log)
     from lxcbind.sandbox import kept
 

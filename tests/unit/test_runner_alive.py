@@ -37,3 +37,22 @@ def test_a_zombie_runner_counts_as_dead():
 def test_a_live_runner_counts_as_alive():
     record = OwnershipRecord.for_this_process("c", "/x", True)
     assert record.runner_alive()
+
+
+def test_gc_removes_the_half_written_records_of_dead_runners_only(tmp_path, monkeypatch):
+    from lxcbind.sandbox import cleanup
+
+    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    owners = tmp_path / "owners"
+    owners.mkdir()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)   # reaped: the pid names no process now
+    dead, live = owners / f"a.tmp{pid}", owners / f"b.tmp{os.getpid()}"
+    record, other = owners / "c.json", owners / "notes.tmp"
+    for path in (dead, live, record, other):
+        path.write_text("{}")
+    assert cleanup.remove_stale_temporaries() == [dead.name]
+    assert sorted(p.name for p in owners.iterdir()) == sorted(
+        [live.name, record.name, other.name])
