@@ -123,7 +123,16 @@ class _Primer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, daemon=True,
                                                 name="lxcbind-cgroup-prime")
-                self._thread.start()
+                # Born with every signal blocked (a thread inherits its creator's mask), so the
+                # kernel never hands it one: a signal meant for the process must wait while
+                # the main thread blocks it (Container.attach_request does, between liblxc's
+                # fork and owning the pid), or its Python handler would run anyway, flagged
+                # from here, and drop the pid: an unreaped child makes stop() hang forever.
+                mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                try:
+                    self._thread.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._kicked.set()
 
     def _loop(self) -> None:
