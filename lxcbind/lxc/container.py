@@ -15,6 +15,7 @@ handle attached, because an unreaped attached child blocks the container's init 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -59,6 +60,15 @@ def list_containers(lxcpath: str | None = None) -> list[str]:
     return sorted(result)
 
 
+def _is_child(pid: int) -> bool:
+    """``pid`` is still an unreaped child of ours (running or a zombie)."""
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
+
+
 class Container:
     """A named LXC container (defined or not) and the liblxc handle that reaches it.
 
@@ -72,6 +82,8 @@ class Container:
         self.name = name
         self._lock = threading.RLock()
         self._attached: weakref.WeakSet[Process] = weakref.WeakSet()
+        # The pid buffers of attaches not yet owned by a Process (see attach_request).
+        self._unowned: list[Any] = []
         self._init_pid: int | None = None  # cached: liblxc's leaked init pidfd is matched on it
         ptr = lib.lxc_container_new(name.encode(), _cstr(lxcpath))
         if ptr == ffi.NULL:
@@ -313,8 +325,23 @@ class Container:
 
     def kill_attached(self) -> None:
         """SIGKILL and reap every process attached through this handle that still runs."""
+        owned = {proc.pid for proc in self._attached}
         for proc in list(self._attached):
             proc.close()
+        for pid_out in list(self._unowned):   # children of interrupted attaches
+            self._reap_unowned(pid_out, owned)
+
+    def _reap_unowned(self, pid_out: Any, owned: set[int]) -> None:
+        pid = int(pid_out[0])
+        # Only a child no Process has reaped: an interrupted attach may have got as far as
+        # making one (then it, or its finalizer, owns the pid and its reuse is not ours).
+        if pid > 0 and pid not in owned and _is_child(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        with contextlib.suppress(ValueError):
+            self._unowned.remove(pid_out)
 
     # -- attach ------------------------------------------------------------------------------
 
@@ -357,12 +384,16 @@ class Container:
         """Attach a prepared ``attach.build_attach`` request (``mode``: the C exec function,
         ``LXCBIND_EXEC_COMMAND`` or, for ``Session``, ``LXCBIND_EXEC_SPAWNER``).  The request's
         fds are closed; the returned ``Process`` is tracked so ``stop()`` kills and reaps it."""
-        pid_out = ffi.new("pid_t *")
         # From the moment liblxc has forked until the child is owned by a registered Process,
-        # no Python signal handler may run: one that raises (Ctrl-C, the CLI's SIGTERM
-        # handler) would drop the pid on the floor, and an unreaped child makes stop() hang
-        # forever.  Signals stay pending and are handled right after (the exec function
-        # gives the child an empty mask).
+        # an exception (a signal handler that raises: Ctrl-C, the CLI's SIGTERM handler)
+        # would drop the pid on the floor, and an unreaped child makes stop() hang forever.
+        # Two guards: signals are blocked in this thread, so they normally wait until the
+        # child is owned (the exec function gives the child an empty mask); and since another
+        # thread may still take a signal, whose Python handler then runs here anyway, the
+        # buffer liblxc writes the pid into is listed on the container *before* the fork:
+        # wherever an exception lands, kill_attached() finds the child and reaps it.
+        pid_out = ffi.new("pid_t *")
+        self._unowned.append(pid_out)
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
             try:
@@ -376,6 +407,7 @@ class Container:
                 for fd in request.owned_fds:
                     os.close(fd)
             if rc < 0 or pid_out[0] <= 0:
+                self._unowned.remove(pid_out)
                 os.close(request.status_read)
                 self._init_pid = None
                 err = -rc if rc < 0 else errno.EIO
@@ -384,6 +416,7 @@ class Container:
             proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
             proc.args = list(args)
             self._attached.add(proc)
+            self._unowned.remove(pid_out)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return proc

@@ -14,8 +14,7 @@ import pytest
 from lxcbind import Container
 from lxcbind.proc.session import SpawnerDied
 from lxcbind.sandbox.core import Session
-
-from ..conftest import requires_lxc, requires_root, run_threads
+from tests.conftest import make_busybox, requires_lxc, requires_root, run_threads
 
 pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(300)]
 
@@ -169,3 +168,61 @@ def test_pass_fds_is_bounded(shared_busybox):
             assert r.returncode == 0
         finally:
             os.close(fd)
+
+
+_INTERRUPTED_ATTACHES = r"""
+import json, signal, sys, threading, time
+from lxcbind import Container
+
+class Interrupted(Exception):
+    pass
+
+armed, stop = threading.Event(), threading.Event()
+
+def handler(signum, frame):   # raises once per arming: only inside the attach call below
+    if armed.is_set():
+        armed.clear()
+        raise Interrupted()
+
+def sender():   # this thread has SIGUSR1 unblocked: the kernel delivers it here
+    while not stop.is_set():
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+        time.sleep(0.0005)
+
+c = Container(sys.argv[1])
+signal.signal(signal.SIGUSR1, handler)
+t = threading.Thread(target=sender, daemon=True)
+t.start()
+interrupted, kept = 0, []
+for _ in range(150):
+    try:
+        armed.set()
+        proc = c.attach(["sleep", "100"])
+        armed.clear()
+        kept.append(proc)
+    except Interrupted:
+        interrupted += 1
+stop.set()
+t.join()
+c.stop()                  # hung forever when an interrupted attach lost its child
+print(json.dumps({"interrupted": interrupted, "running": c.running}))
+"""
+
+
+def test_a_signal_taken_by_another_thread_mid_attach_loses_no_child(container_name):
+    """Blocking signals in the attaching thread does not stop another thread from taking one:
+    Python then runs the handler in the main thread, in the middle of ``attach``.  Wherever the
+    exception lands, the container must still know every child it forked, so that ``stop()``
+    kills and reaps them (an unreaped child made ``stop()`` hang forever).  In a child
+    interpreter: exceptions thrown at arbitrary bytecodes do not belong in pytest's."""
+    import json
+    import subprocess
+    import sys
+
+    make_busybox(container_name).close()
+    r = subprocess.run([sys.executable, "-c", _INTERRUPTED_ATTACHES, container_name],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["interrupted"] > 0, "no attach was interrupted: the window was not exercised"
+    assert result["running"] is False
