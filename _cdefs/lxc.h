@@ -1,5 +1,5 @@
 /* cdef shape of <lxc/lxccontainer.h> and <lxc/attach_options.h>, declaring only what
- * lxcbind's Python code uses (tests/unit/test_cdefs.py checks each name).  Build input only:
+ * lxcbind's Python code uses (tests/unit/lxc/test_cdefs.py checks each name).  Build input only:
  * read by lxcbind/_build.py, never imported at run time.
  *
  * Structs are partial (`...;`): liblxc says "changing the order of struct members is an API

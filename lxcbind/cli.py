@@ -14,6 +14,9 @@ Exit codes (the contract the README documents):
 With ``--json`` exactly one JSON object goes to stdout on every path, and the command's output
 is captured into it instead of being streamed.  No traceback ever reaches the user; ``-v``
 shows progress (and, for an internal error, the traceback).
+
+Over 500 lines as one thing: the command line (parser, exit codes, JSON shapes) of every
+subcommand; what each does lives in the layers below.
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Invariants (read before changing the loop):
   raw mode, SIGINT/SIGTERM/SIGHUP are forwarded to the child's process group and recorded in
   ``signal_received`` so that the caller can re-raise after cleanup.  Previous handlers and
   wakeup fd are restored.
+
+Over 500 lines as one thing: the loop's invariants (ownership of each fd, drain order,
+deadlines) hold only when read together; the terminal and pty helpers live in ``pty``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ container can still run; if that cannot be guaranteed the record stays for ``gc`
 ``run(cmd, policy=..., ...)`` is the one-call API: a fresh sandbox, one command captured, torn
 down.  ``Sandbox.run(cmd, ...)`` runs commands in a kept-up one with the same keywords, and
 ``Sandbox.put``/``get`` copy files in and out.
+
+Over 500 lines as one thing: ``Sandbox`` is the setup and the teardown of one container,
+and the two are mirror images that are checked against each other line by line.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ Bases are built once under ``BASES_ROOT`` and shared by concurrent runs: buildin
 ``flock`` on the base's lock file, happens in a temporary directory, and ends with a
 ``rename()``, so a base that exists is complete.  A base's name carries a fingerprint of what
 it was built from, so a changed host (busybox upgrade, different ``/bin`` layout) gets a new one.
+
+Over 500 lines as one concern: the four base kinds, their shifted copies and pruning share
+one locking and naming scheme, and split apart each half would restate it.
 """
 
 from __future__ import annotations
