@@ -391,7 +391,8 @@ def _run(args: argparse.Namespace) -> int:
     if notice is not None:
         sys.stderr.write(f"lxcbind: {notice}\n")
     with FatalSignals() as signals:
-        with Sandbox(policy, log=lambda m: log.info("%s", m), signals=signals) as box:
+        with Sandbox(policy, log=lambda m: log.info("%s", m),
+                     warn=lambda m: log.warning("%s", m), signals=signals) as box:
             if args.json:
                 cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
                 result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)

@@ -226,6 +226,13 @@ _REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular fi
             'path, a device or a FIFO)" >&2; exit 1; fi; ')
 
 
+def _warning(message: str) -> None:
+    """A library's warning: through ``logging`` (imported only when there is one to give)."""
+    import logging
+
+    logging.getLogger("lxcbind").warning("%s", message)
+
+
 class Sandbox:
     """One container set up for a policy (context manager).
 
@@ -235,7 +242,8 @@ class Sandbox:
     """
 
     def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
-                 log: Log | None = None, signals: cleanup.FatalSignals | None = None,
+                 log: Log | None = None, warn: Log | None = None,
+                 signals: cleanup.FatalSignals | None = None,
                  lock_timeout: float = 60.0) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
         self.policy = default_policy() if policy is None else \
@@ -245,6 +253,7 @@ class Sandbox:
         self.container: Container | None = None
         self.reused = False
         self._log = log or (lambda message: None)
+        self._warn = warn or _warning
         self._signals = signals
         self._lock = cleanup.ContainerLock(self.name, lock_timeout)
         self._record: cleanup.OwnershipRecord | None = None
@@ -284,11 +293,8 @@ class Sandbox:
         if not self._lock.acquire(blocking=False):
             # Two runs with one containerId run one after the other: say so once, or four
             # parallel runs silently take four times as long.
-            import logging
-
-            logging.getLogger("lxcbind").warning(
-                "containerId %r is in use by another run; waiting for it (up to %gs)",
-                self.name, self._lock.timeout)
+            self._warn(f"containerId {self.name!r} is in use by another run; waiting for it "
+                       f"(up to {self._lock.timeout:g}s)")
             self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem

@@ -165,7 +165,8 @@ def test_a_run_waiting_on_another_runs_container_id_says_so_once():
             time.sleep(0.02)
         second = lx("run", "-", input=doc)
         assert second.returncode == 0
-        assert second.stderr.count(b"is in use by another run; waiting") == 1, second.stderr
+        assert second.stderr.count(b"lxcbind: containerId") == 1, second.stderr
+        assert b"is in use by another run; waiting" in second.stderr
     finally:
         first.communicate(timeout=60)
         destroy_quietly(name)
