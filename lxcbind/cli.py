@@ -362,13 +362,13 @@ def _run(args: argparse.Namespace) -> int:
     # Set off the grace period liblxc's start() waits for, while the rest is imported and the
     # policy read (Sandbox.open primes again: a prime within one grace period is immediate).
     cgroups.prime_migration()
-    from lxcbind.sandbox.cleanup import FatalSignals
-    from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
-
     if (getattr(args, "max_output", None) is not None or getattr(args, "base64", False)) \
             and not args.json:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
-    policy, document, origin = _load_document(args)
+    policy, document, origin = _load_document(args)   # a policy error is 2 even without liblxc
+    from lxcbind.sandbox.cleanup import FatalSignals
+    from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
+
     if not policy.network.effective().is_deny_all():
         log.stdlib()   # the network modules log through ``logging``
     for warning in policy.warnings:
@@ -502,8 +502,7 @@ def _exec_kept(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (see the module docstring)."""
-    from lxcbind.errors import LxcbindError, PolicyError, SandboxError
-    from lxcbind.sandbox.cleanup import Terminated
+    from lxcbind.errors import LxcbindError, PolicyError, SandboxError, Terminated
 
     words = list(sys.argv[1:] if argv is None else argv)
     command = None
@@ -689,8 +688,7 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
     policy cannot be used (one line on stderr); 255 when the runner fails (including a
     timeout), with ``{"error": {"code": "backend_error", "message": ...}}`` on stderr; 128+N
     when lxcbind itself got fatal signal N (after cleanup)."""
-    from lxcbind.errors import LxcbindError, PolicyError, SandboxError
-    from lxcbind.sandbox.cleanup import Terminated
+    from lxcbind.errors import LxcbindError, PolicyError, SandboxError, Terminated
 
     try:
         args = build_exec_parser().parse_args(argv)

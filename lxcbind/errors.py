@@ -163,3 +163,14 @@ class FileTransferError(_Rebuilt, LxcbindError, OSError):
         code = next((e for text, e in _STRERRORS.items() if text in detail), _errno.EIO)
         super().__init__(code, f"{operation} {path}: {detail or os.strerror(code)}", path)
         self.operation = operation
+
+
+class Terminated(BaseException):
+    """A fatal signal arrived; cleanup runs, then the process exits 128+signum.  A
+    ``BaseException``, like ``KeyboardInterrupt``: ``except Exception`` must not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+        self.signum = signum

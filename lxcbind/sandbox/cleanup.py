@@ -31,18 +31,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lxcbind._lite import as_dict, factory, record
-from lxcbind.errors import SandboxError
+from lxcbind.errors import SandboxError, Terminated
 from lxcbind.state import STATE_DIR, boot_id, process_start_time
 
 FATAL_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-
-
-class Terminated(BaseException):
-    """A fatal signal arrived; cleanup runs, then the process exits 128+signum."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"terminated by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 class FatalSignals:
