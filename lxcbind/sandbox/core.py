@@ -250,7 +250,7 @@ class Sandbox:
             as_policy(policy, command_required=False)
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
-        self.container: Container | None = None
+        self._container: Container | None = None
         self.reused = False
         self._log = log or (lambda message: None)
         self._warn = warn or _warning
@@ -328,7 +328,7 @@ class Sandbox:
             net_config = self._net.config
         if self.reused:
             self._log(f"reusing kept container {self.name!r} with the current policy")
-            self.container = probe
+            self._container = probe
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
@@ -339,10 +339,10 @@ class Sandbox:
             probe.close()
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._record.note("container")
-            self.container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
+            self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned, config=net_config,
                                                      isolation=isolation)
-        rootfs_path = self._rootfs_path = self.container.get_config_item("lxc.rootfs.path")
+        rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
         # A fresh container on one of lxcbind's own bases starts from an empty upper layer over
         # a base nothing writes to, so only a kept container or a caller's directory (which mxc
         # may have used) can hold a pin.
@@ -365,12 +365,12 @@ class Sandbox:
                     idmap.stage_bind(cdir, entry.source)
         self._log("starting")
         try:
-            self.container.start()
+            self._container.start()
         except LxcbindError as exc:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
         finally:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
-        init_pid = self.container.init_pid
+        init_pid = self._container.init_pid
         if init_pid is None:
             raise SandboxError(f"container {self.name!r} stopped right after starting")
         security.verify_limits(init_pid, self._limits)
@@ -399,11 +399,20 @@ class Sandbox:
         self._sessions.append(session)
         return session
 
+    @property
+    def container(self) -> Container:
+        """The running container: the bare binding (neither the policy's env nor its cwd
+        apply to ``box.container.run``).  ``SandboxError`` outside ``with``."""
+        if self._container is None or self._container.closed:
+            raise SandboxError("Sandbox.container: the sandbox is not running; use "
+                               "`with lxcbind.Sandbox(policy) as box: box.container`")
+        return self._container
+
     def _running(self, call: str) -> Container:
-        if self.container is None or self.container.closed:
+        if self._container is None or self._container.closed:
             raise SandboxError(f"Sandbox.{call}(): the sandbox is not running; use "
                                f"`with lxcbind.Sandbox(policy) as box: box.{call}(...)`")
-        return self.container
+        return self._container
 
     def policy_argv(self, call: str = "run") -> list[str]:
         """The policy's own command (``process.commandLine``) as an argv."""
@@ -524,7 +533,7 @@ class Sandbox:
 
     def limit_events(self) -> security.Events:
         """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
-        return security.events(self.container.init_pid if self.container else None)
+        return security.events(self._container.init_pid if self._container else None)
 
     def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
         """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
@@ -538,9 +547,9 @@ class Sandbox:
         kw = self.command_kwargs()
         if timeout is not None:
             kw["timeout"] = timeout
-        assert self.container is not None
         before = self.limit_events()
-        result = _runner.interact_run(self.container, self.policy.process.argv, tty=tty, **kw)
+        result = _runner.interact_run(self._running("interact"), self.policy.process.argv,
+                                      tty=tty, **kw)
         return self.with_limit_events(result, before)
 
     # -- teardown ----------------------------------------------------------------------------
@@ -566,7 +575,7 @@ class Sandbox:
                 self._sessions.pop().close()
             settled = self._net is None  # True once nothing of the network is left to undo
             try:
-                c = self.container
+                c = self._container
                 if c is not None and not c.closed:
                     keep = not self.policy.lifecycle.destroy_on_exit and not (
                         failed and not self.reused)
@@ -720,7 +729,6 @@ class Session(_session.Session):
         box = Sandbox(policy)
         try:
             box.open()
-            assert box.container is not None
             kw = box.command_kwargs()
             session = cls(box.container, env=kw["env"] or None, cwd=kw.get("cwd"),
                           timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),

@@ -59,7 +59,6 @@ def host_container(request):
                    "process": {"commandLine": "true"}})
     box.__enter__()
     try:
-        assert box.container is not None
         yield box.container
     finally:
         box.close()

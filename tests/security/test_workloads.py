@@ -86,7 +86,7 @@ def test_limits_that_do_not_take_fail_closed() -> None:
     asked for (simulated by asking for a different one) is refused, not ignored."""
     with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
                           "lxc": {"limits": {"pids": 100}}}) as box:
-        assert box.container is not None and box.container.init_pid
+        assert box.container.init_pid
         pid = box.container.init_pid
         security.verify_limits(pid, security.ResolvedLimits(None, 100, None))
         with pytest.raises(SandboxError, match="pids.max"):

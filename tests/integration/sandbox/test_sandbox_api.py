@@ -244,3 +244,13 @@ def test_session_from_policy_needs_no_command_line(left_behind):
 def test_pool_takes_a_policy_without_a_command(left_behind):
     with lxcbind.Pool(pol(), size=1) as pool:
         assert pool.run("echo pooled").stdout == b"pooled\n"
+
+
+def test_sandbox_container_is_the_running_container_or_an_error(left_behind):
+    box = lxcbind.Sandbox(pol())
+    with pytest.raises(lxcbind.SandboxError, match="not running"):
+        _ = box.container
+    with box:
+        assert box.container.running     # typed Container, not Optional, once entered
+    with pytest.raises(lxcbind.SandboxError, match="not running"):
+        _ = box.container
