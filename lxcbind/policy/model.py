@@ -56,7 +56,10 @@ class Rootfs:
     """Where the root filesystem comes from (lxcbind extension ``lxc.rootfs``)."""
 
     kind: Literal["host", "busybox", "download", "dir"]
-    path: str | None = None   # only for ``dir``
+    path: str | None = None           # only for ``dir``
+    distribution: str | None = None   # only for ``download`` (lxc.distribution, lxc.release)
+    release: str | None = None
+    arch: str | None = None           # for ``download``: None = this machine's
 
 
 @record

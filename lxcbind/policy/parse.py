@@ -349,12 +349,14 @@ class _Parser:
             missing = "lxc.release" if rel is None else "lxc.distribution"
             other = "lxc.distribution" if rel is None else "lxc.release"
             raise PolicyError(missing, f"required when {other} is given")
-        rootfs = Rootfs("download" if dist else "host")
+        rootfs = Rootfs("download", distribution=dist, release=rel) if dist else Rootfs("host")
         if "rootfs" in sec:
             text = string(sec["rootfs"], "lxc.rootfs")
             if text.startswith("dir:"):
                 rootfs = Rootfs("dir", abs_path(text[4:], "lxc.rootfs"))
-            elif text in ("host", "busybox", "download"):
+            elif text == "download":
+                rootfs = Rootfs("download", distribution=dist, release=rel)
+            elif text in ("host", "busybox"):
                 rootfs = Rootfs(text)  # type: ignore[arg-type]
             else:
                 raise PolicyError("lxc.rootfs", 'expected "host", "busybox", "download" or '

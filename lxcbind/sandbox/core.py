@@ -277,11 +277,6 @@ class Sandbox:
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self.close(failed=exc_type is not None)
 
-    def _rootfs_spec(self) -> rootfs.RootfsSpec:
-        lxc = self.policy.lxc
-        return rootfs.RootfsSpec(kind=lxc.rootfs.kind, path=lxc.rootfs.path,
-                                 distribution=lxc.distribution, release=lxc.release)
-
     def open(self) -> None:
         refusal = network_refusal(self.policy)
         if refusal:
@@ -298,7 +293,7 @@ class Sandbox:
             self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem
-        spec = self._rootfs_spec()
+        spec = self.policy.lxc.rootfs
         privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
                                      rootfs_kind=spec.kind, idmapped=not privileged)

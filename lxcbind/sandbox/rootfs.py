@@ -6,7 +6,7 @@ lower layer is a *base* that no run ever modifies, the upper layer (``delta0``, 
 write away.  liblxc mounts the overlay inside the container's mount namespace, so nothing is
 mounted on the host and nothing outlives the container.
 
-Kinds of base (``RootfsSpec.kind``):
+Kinds of base (``Rootfs.kind``):
 
 ``host``      a skeleton generated here: the host's ``/usr`` bound read-only, ``/bin``,
               ``/sbin``, ``/lib*`` recreated as the host has them (merged-usr symlinks, or
@@ -40,22 +40,21 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from lxcbind._lite import lazy_re, record, sha256_hex
+from lxcbind._lite import sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
 from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
+from lxcbind.policy.model import Rootfs
 from lxcbind.proc.runner import Container
 from lxcbind.sandbox import idmap, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
 BASES_ROOT = "/var/lib/lxcbind/bases"
-KINDS = ("host", "busybox", "download", "dir")
 DOWNLOAD_CACHE = "/var/cache/lxc/download"
 UPPER = "delta0"          # overlay upper layer, inside the container's directory
 _PRUNE_GRACE = 600        # seconds a shifted copy stays after its last use, unused
 _SCHEMA = "2"             # bump when a base's layout or content changes
-_SAFE_WORD = lazy_re(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # System directories a ``host`` container gets from the host, read-only.
 _HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -79,30 +78,6 @@ _ETC_FILES = {
 # ``security``.
 _DEVICES = ("c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
             "c 5:1 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:229 rwm")
-
-
-@record
-class RootfsSpec:
-    """What the root filesystem is made from; see the module docstring for each ``kind``."""
-
-    kind: str                       # "host" | "busybox" | "download" | "dir"
-    path: str | None = None         # for "dir"
-    distribution: str | None = None
-    release: str | None = None
-    arch: str | None = None         # for "download"; None = this machine's
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise SandboxError(f"unknown rootfs kind {self.kind!r} (one of {', '.join(KINDS)})")
-        if self.kind == "dir" and not self.path:
-            raise SandboxError("rootfs kind 'dir' needs a path")
-        if self.kind == "download":
-            for label, value in (("distribution", self.distribution), ("release", self.release)):
-                if not value or not _SAFE_WORD.match(value):
-                    raise SandboxError(f"rootfs kind 'download' needs a valid {label} "
-                                       f"(got {value!r})")
-            if self.arch is not None and not _SAFE_WORD.match(self.arch):
-                raise SandboxError(f"invalid download arch {self.arch!r}")
 
 
 def _host_arch() -> str:
@@ -146,18 +121,16 @@ def _fingerprint(data: object) -> str:
     return sha256_hex(_SCHEMA.encode() + blob)[:12]
 
 
-def _resolve_spec(spec: RootfsSpec) -> RootfsSpec:
+def _resolve_spec(spec: Rootfs) -> Rootfs:
     if spec.kind == "download" and spec.arch is None:
-        return RootfsSpec("download", distribution=spec.distribution, release=spec.release,
+        return Rootfs("download", distribution=spec.distribution, release=spec.release,
                           arch=_host_arch())
     return spec
 
 
-def base_dir(spec: RootfsSpec | str) -> str:
+def base_dir(spec: Rootfs) -> str:
     """Where the base for ``spec`` lives (built or not): ``<BASES_ROOT>/<key>``; for ``dir``
-    the directory itself.  A string is taken as a kind (``"host"``, ``"busybox"``)."""
-    if isinstance(spec, str):
-        spec = RootfsSpec(spec)
+    the directory itself."""
     spec = _resolve_spec(spec)
     if spec.kind == "dir":
         return os.path.realpath(spec.path or "")
@@ -179,7 +152,7 @@ def prune_bases(lxcpath: str | None = None) -> list[str]:
     last ``_PRUNE_GRACE`` seconds is kept: a run may be between picking it and saving the
     config that names it.  Returns the removed directories.  Download bases are kept: their
     key never goes stale, and rebuilding one needs the network."""
-    current = {os.path.basename(base_dir(kind)) for kind in ("host", "busybox")}
+    current = {os.path.basename(base_dir(Rootfs(kind))) for kind in ("host", "busybox")}
     root = lxcpath or default_lxcpath()
     in_use = ""
     with contextlib.suppress(OSError):
@@ -207,11 +180,11 @@ def prune_bases(lxcpath: str | None = None) -> list[str]:
     return removed
 
 
-def _lower(base: str, spec: RootfsSpec) -> str:
+def _lower(base: str, spec: Rootfs) -> str:
     return base if spec.kind == "dir" else os.path.join(base, "rootfs")
 
 
-def ensure_base(spec: RootfsSpec) -> str:
+def ensure_base(spec: Rootfs) -> str:
     """The base directory for ``spec``, built now if it does not exist yet.
 
     Safe against concurrent callers (one builds, the others wait on the lock and reuse it).
@@ -290,7 +263,7 @@ def _dir_key(path: str) -> str:
     return "dir-" + _fingerprint([path, marks])
 
 
-def shifted_lower(spec: RootfsSpec, ids: IdRange) -> str:
+def shifted_lower(spec: Rootfs, ids: IdRange) -> str:
     """The lower layer for an unprivileged container with ids ``ids``: a copy of the base
     whose owners are moved into the range (uid N → ``ids.start + N``), built once per base
     and range and reused by every later container that gets the same range.  It lives in
@@ -390,7 +363,7 @@ def _build_host(tmp: str) -> None:
     open(os.path.join(root, "etc", "resolv.conf"), "w").close()  # no network by default
 
 
-def _build_from_template(tmp: str, spec: RootfsSpec, args: list[str]) -> None:
+def _build_from_template(tmp: str, spec: Rootfs, args: list[str]) -> None:
     """Run liblxc's template (``args`` after ``--``) in a private lxcpath, keep the rootfs
     (and the config lines that matter), throw the rest away."""
     lxcpath = os.path.join(tmp, "lxcpath")
@@ -425,12 +398,12 @@ def _build_from_template(tmp: str, spec: RootfsSpec, args: list[str]) -> None:
             f.write("::sysinit:/bin/true\n")
 
 
-def _download_cache(spec: RootfsSpec) -> str:
+def _download_cache(spec: Rootfs) -> str:
     return os.path.join(DOWNLOAD_CACHE, spec.distribution or "", spec.release or "",
                         spec.arch or "", "default")
 
 
-def _download_hint(spec: RootfsSpec, why: str) -> str:
+def _download_hint(spec: Rootfs, why: str) -> str:
     cache = _download_cache(spec)
     return (f"the {spec.distribution}/{spec.release}/{spec.arch} image could not be fetched "
             f"({why}). This machine does not download images: pre-seed LXC's download cache "
@@ -441,7 +414,7 @@ def _download_hint(spec: RootfsSpec, why: str) -> str:
             "(set LXCBIND_DOWNLOAD_ONLINE=1 to let the template try the network instead)")
 
 
-def _download_args(spec: RootfsSpec) -> list[str]:
+def _download_args(spec: Rootfs) -> list[str]:
     args = ["-d", spec.distribution or "", "-r", spec.release or "", "-a", spec.arch or ""]
     cache = _download_cache(spec)
     if os.path.isfile(os.path.join(cache, "rootfs.tar.xz")) and \
@@ -495,7 +468,7 @@ def _security_config(kind: str) -> list[tuple[str, str]]:
     return items
 
 
-def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
+def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
                      mounts: Sequence[MountEntry] = (),
                      config: Sequence[tuple[str, str]] = (),
                      isolation: security.Isolation | None = None) -> Container:
@@ -577,7 +550,7 @@ def define_container(name: str, spec: RootfsSpec, *, lxcpath: str | None = None,
         raise
 
 
-def _system_mount_items(spec: RootfsSpec) -> list[tuple[str, str]]:
+def _system_mount_items(spec: Rootfs) -> list[tuple[str, str]]:
     """The mount entries lxcbind itself puts in a container of this kind (not the policy's)."""
     items = [item for item in _security_config(spec.kind) if item[0] == "lxc.mount.entry"]
     if spec.kind == "host":
@@ -585,7 +558,7 @@ def _system_mount_items(spec: RootfsSpec) -> list[tuple[str, str]]:
     return items
 
 
-def replace_mounts(c: Container, spec: RootfsSpec, mounts: Sequence[MountEntry],
+def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
                    isolation: security.Isolation | None = None) -> None:
     """Give an existing, stopped container exactly the system mounts of ``spec`` plus
     ``mounts``, and ``isolation``'s capabilities, seccomp profile and limits (a kept container

@@ -23,7 +23,8 @@ import pytest
 
 from lxcbind.proc.session import SessionError, SpawnerDied
 from lxcbind.sandbox.core import Session
-from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
+from lxcbind.policy.model import Rootfs
+from lxcbind.sandbox.rootfs import define_container, remove_container
 
 from ..conftest import new_name, requires_lxc, requires_root
 
@@ -45,7 +46,7 @@ def host_container(request):
     (root inside is root outside, CAP_SYS_PTRACE and all): the protections must hold on
     their own, not because the workload lacks a capability."""
     if request.param == "privileged":
-        c = define_container(new_name("i10-sec-"), RootfsSpec("host"))
+        c = define_container(new_name("i10-sec-"), Rootfs("host"))
         try:
             c.start()
             yield c

@@ -8,8 +8,9 @@ import subprocess
 import pytest
 
 from lxcbind.errors import PolicyError
+from lxcbind.policy.model import Rootfs
 from lxcbind.sandbox.mounts import plan_mounts
-from lxcbind.sandbox.rootfs import RootfsSpec, define_container, remove_container
+from lxcbind.sandbox.rootfs import define_container, remove_container
 from tests.conftest import requires_lxc, requires_root
 
 pytestmark = [requires_root, requires_lxc]
@@ -42,7 +43,7 @@ def sandbox(container_name, tmp_path):
     def start(rw=(), ro=(), denied=()):
         entries = plan_mounts([str(p) for p in rw], [str(p) for p in ro],
                               [str(p) for p in denied], rootfs_kind="host")
-        c = define_container(container_name, RootfsSpec("host"), mounts=entries)
+        c = define_container(container_name, Rootfs("host"), mounts=entries)
         made.append(c)
         c.start()
         return c

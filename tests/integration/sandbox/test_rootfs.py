@@ -10,8 +10,8 @@ import pytest
 
 from lxcbind.errors import SandboxError
 from lxcbind.lxc.container import default_lxcpath
+from lxcbind.policy.model import Rootfs
 from lxcbind.sandbox.rootfs import (
-    RootfsSpec,
     base_dir,
     define_container,
     ensure_base,
@@ -55,7 +55,7 @@ def snapshot(root: str) -> dict[str, tuple[int, int, int]]:
 
 def test_host_rootfs(define):
     t0 = time.monotonic()
-    c = define(RootfsSpec("host"))
+    c = define(Rootfs("host"))
     c.start()
     assert c.attach(["/bin/true"]).wait(timeout=10) == 0
     elapsed = time.monotonic() - t0
@@ -76,7 +76,7 @@ def test_host_rootfs_is_fast(container_name):
     times = []
     for i in range(3):
         t0 = time.monotonic()
-        c = define_container(f"{container_name}{i}", RootfsSpec("host"))
+        c = define_container(f"{container_name}{i}", Rootfs("host"))
         try:
             c.start()
             c.attach(["/bin/true"]).wait(timeout=10)
@@ -89,23 +89,23 @@ def test_host_rootfs_is_fast(container_name):
 
 
 def test_writes_are_thrown_away(define, container_name):
-    c = define(RootfsSpec("host"))
+    c = define(Rootfs("host"))
     c.start()
     assert sh(c, "echo x > /etc/newfile && echo y > /root/f && cat /etc/newfile")[0] == 0
     remove_container(c)
-    c2 = define(RootfsSpec("host"), name=container_name + "b")
+    c2 = define(Rootfs("host"), name=container_name + "b")
     c2.start()
     rc, _ = sh(c2, "test -e /etc/newfile || test -e /root/f")
     assert rc != 0
-    assert not os.path.exists(os.path.join(base_dir("host"), "rootfs", "etc", "newfile"))
+    assert not os.path.exists(os.path.join(base_dir(Rootfs("host")), "rootfs", "etc", "newfile"))
 
 
 def test_busybox_base_built_once_and_never_modified(define, container_name):
-    base = ensure_base(RootfsSpec("busybox"))
-    assert ensure_base(RootfsSpec("busybox")) == base
+    base = ensure_base(Rootfs("busybox"))
+    assert ensure_base(Rootfs("busybox")) == base
     before = snapshot(base)
     t0 = time.monotonic()
-    c = define(RootfsSpec("busybox"))
+    c = define(Rootfs("busybox"))
     c.start()
     print(f"cached busybox define+start: {(time.monotonic() - t0) * 1000:.0f} ms")
     rc, out = sh(c, "echo x > /bin/added && rm /bin/ls && echo y > /etc/inittab && busybox true")
@@ -113,7 +113,7 @@ def test_busybox_base_built_once_and_never_modified(define, container_name):
     remove_container(c)
     assert snapshot(base) == before
     t0 = time.monotonic()
-    c2 = define(RootfsSpec("busybox"), name=container_name + "b")
+    c2 = define(Rootfs("busybox"), name=container_name + "b")
     assert time.monotonic() - t0 < 1.0
     c2.start()
     rc, out = sh(c2, "ls /bin/added; ls /bin/ls")
@@ -122,10 +122,10 @@ def test_busybox_base_built_once_and_never_modified(define, container_name):
 
 def test_dir_rootfs(define, tmp_path):
     root = tmp_path / "root"
-    shutil.copytree(os.path.join(ensure_base(RootfsSpec("busybox")), "rootfs"), root,
+    shutil.copytree(os.path.join(ensure_base(Rootfs("busybox")), "rootfs"), root,
                     symlinks=True)
     (root / "marker").write_text("from dir")
-    c = define(RootfsSpec("dir", path=str(root)))
+    c = define(Rootfs("dir", path=str(root)))
     c.start()
     rc, out = sh(c, "cat /marker && echo new > /marker && echo z > /added")
     assert rc == 0 and "from dir" in out
@@ -137,12 +137,12 @@ def test_dir_rootfs_refusals(tmp_path, container_name):
     for path, why in ((str(tmp_path / "nope"), "does not exist"), (str(tmp_path), "/bin/sh"),
                       ("relative", "absolute")):
         with pytest.raises(SandboxError, match=why):
-            define_container(container_name, RootfsSpec("dir", path=path))
+            define_container(container_name, Rootfs("dir", path=path))
         assert not os.path.exists(lxcdir)
 
 
 def test_download_offline_fails_fast_with_cache_hint(container_name):
-    spec = RootfsSpec("download", distribution="debian", release=new_name("rel-"), arch="amd64")
+    spec = Rootfs("download", distribution="debian", release=new_name("rel-"), arch="amd64")
     t0 = time.monotonic()
     with pytest.raises(SandboxError) as info:
         define_container(container_name, spec)
@@ -157,14 +157,14 @@ def test_download_offline_fails_fast_with_cache_hint(container_name):
 
 def test_failed_define_leaves_nothing(container_name):
     with pytest.raises(SandboxError, match="lxc.nonsense"):
-        define_container(container_name, RootfsSpec("host"), config=[("lxc.nonsense", "1")])
+        define_container(container_name, Rootfs("host"), config=[("lxc.nonsense", "1")])
     assert not os.path.exists(os.path.join("/var/lib/lxc", container_name))
 
 
 def test_existing_container_refused(define, container_name):
-    define(RootfsSpec("host"))
+    define(Rootfs("host"))
     with pytest.raises(SandboxError, match="already exists"):
-        define_container(container_name, RootfsSpec("host"))
+        define_container(container_name, Rootfs("host"))
 
 
 def test_concurrent_base_builds_share_one(monkeypatch, tmp_path):
@@ -177,7 +177,7 @@ def test_concurrent_base_builds_share_one(monkeypatch, tmp_path):
 
     def build():
         try:
-            results.append(ensure_base(RootfsSpec("busybox")))
+            results.append(ensure_base(Rootfs("busybox")))
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -199,11 +199,11 @@ def test_download_from_seeded_cache(define, tmp_path):
     import subprocess
 
     dist = new_name("dist-")
-    spec = RootfsSpec("download", distribution=dist, release="r1", arch="amd64")
+    spec = Rootfs("download", distribution=dist, release="r1", arch="amd64")
     cache = f"/var/cache/lxc/download/{dist}/r1/amd64/default"
     os.makedirs(cache)
     try:
-        busybox_root = os.path.join(ensure_base(RootfsSpec("busybox")), "rootfs")
+        busybox_root = os.path.join(ensure_base(Rootfs("busybox")), "rootfs")
         subprocess.run(["tar", "-C", busybox_root, "--numeric-owner", "-cf",
                         f"{cache}/rootfs.tar.xz", "-I", "xz -0 -T2", "."], check=True)
         with open(f"{cache}/config", "w") as f:
@@ -229,7 +229,7 @@ def test_gc_prunes_stale_unused_bases_only(tmp_path):
     from lxcbind.sandbox import rootfs
     from lxcbind.sandbox.core import gc
 
-    current = rootfs.ensure_base(rootfs.RootfsSpec("busybox"))
+    current = rootfs.ensure_base(rootfs.Rootfs("busybox"))
     stale = os.path.join(rootfs.BASES_ROOT, f"busybox-stale{uuid.uuid4().hex[:6]}")
     used = os.path.join(rootfs.BASES_ROOT, f"busybox-used{uuid.uuid4().hex[:6]}")
     name = new_name()
@@ -259,7 +259,7 @@ def test_gc_prunes_shifted_copies_of_stale_bases_and_keeps_current_ones(tmp_path
     from lxcbind.sandbox.core import gc
     from lxcbind.sandbox.idmap import FIRST_ID
 
-    current = os.path.basename(rootfs.ensure_base(rootfs.RootfsSpec("busybox")))
+    current = os.path.basename(rootfs.ensure_base(rootfs.Rootfs("busybox")))
     stale_key = f"busybox-stale{uuid.uuid4().hex[:6]}"
     made = {
         "stale copy, old": os.path.join(rootfs.BASES_ROOT, f"{stale_key}@{FIRST_ID}"),
