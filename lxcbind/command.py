@@ -68,6 +68,22 @@ class CallOptions(NamedTuple):
     errors: str
 
 
+class CommandDefaults(NamedTuple):
+    """What a sandbox's policy gives every command run in it: the base environment (the
+    call's ``env`` is merged over it), the working directory, the timeout and the user."""
+
+    env: dict[str, str]
+    cwd: str
+    timeout: float | None
+    uid: int | None
+    gid: int | None
+
+    def overridden(self, opts: CallOptions) -> CommandDefaults:
+        """These defaults with what one call names (``opts``) in their place."""
+        return self._replace(env={**self.env, **opts.env}, cwd=opts.cwd or self.cwd,
+                             timeout=self.timeout if opts.timeout is None else opts.timeout)
+
+
 def argv_of(cmd: Any, call: str = "run") -> list[str]:
     """``cmd`` as an argv: a str becomes ``/bin/sh -c CMD``; a list/tuple is copied."""
     if isinstance(cmd, str):

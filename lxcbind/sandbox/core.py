@@ -29,7 +29,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from lxcbind._lite import replace
-from lxcbind.command import CallOptions, Command, check_call, check_container_path, check_timeout
+from lxcbind.command import (
+    CallOptions,
+    Command,
+    CommandDefaults,
+    check_call,
+    check_container_path,
+    check_timeout,
+)
 from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import default_lxcpath
@@ -372,25 +379,24 @@ class Sandbox:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def command_kwargs(self) -> dict[str, Any]:
-        """argv, env, cwd and timeout of the policy's process, for ``runner``."""
+    def command_defaults(self) -> CommandDefaults:
+        """The policy's process (env, cwd, timeout, ``lxc.uid``/``gid``): every command's
+        defaults.  In proxy mode the environment also points at the proxy."""
         process = self.policy.process
         env = process.env_dict()
         if self._net is not None:
-            env.update(self._net.env())  # proxy mode: the proxy variables point at the proxy
-        kw: dict[str, Any] = {"env": env, "cwd": process.cwd or "/", "timeout": process.timeout}
-        if self.policy.lxc.uid is not None:
-            kw.update(uid=self.policy.lxc.uid, gid=self.policy.lxc.gid)
-        return kw
+            env.update(self._net.env())
+        lxc = self.policy.lxc
+        return CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
+                               lxc.gid if lxc.uid is not None else None)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
         cwd, timeout and user are its defaults, as for ``run``.  The sandbox owns it: closing
         the sandbox closes its sessions first.  Closing a session leaves the sandbox up."""
-        kw = self.command_kwargs()
-        session = Session(self._running("session"), env=kw["env"] or None, cwd=kw.get("cwd"),
-                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
-                          start_timeout=start_timeout)
+        d = self.command_defaults()
+        session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
+                          timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         self._sessions.append(session)
         return session
 
@@ -444,15 +450,11 @@ class Sandbox:
 
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
-        kw = self.command_kwargs()
-        kw["env"].update(opts.env)
-        if opts.cwd is not None:
-            kw["cwd"] = opts.cwd
-        if opts.timeout is not None:
-            kw["timeout"] = opts.timeout
+        d = self.command_defaults().overridden(opts)
         before = self.limit_events()
         result = run_captured(container, argv, input=opts.input, tty=tty,
-                              max_output=opts.max_output, **kw)
+                              max_output=opts.max_output, env=d.env, cwd=d.cwd,
+                              timeout=d.timeout, uid=d.uid, gid=d.gid)
         result = self.with_limit_events(result, before)
         if opts.encoding is not None:
             result = result.decoded(opts.encoding, opts.errors)
@@ -473,10 +475,11 @@ class Sandbox:
         from lxcbind.proc.runner import run as run_captured
 
         container = self._running(operation)
-        kw = self.command_kwargs()
-        kw.update(cwd="/", timeout=check_timeout(timeout, f"Sandbox.{operation}"))
+        d = self.command_defaults()
         result = run_captured(container, ["/bin/sh", "-c", script, f"lxcbind-{operation}", path],
-                              input=input, max_output=max_output, **kw)
+                              input=input, max_output=max_output, env=d.env, cwd="/",
+                              timeout=check_timeout(timeout, f"Sandbox.{operation}"),
+                              uid=d.uid, gid=d.gid)
         if result.timed_out:
             raise FileTransferError(operation, path, f"timed out after {timeout:g}s")
         if result.returncode != 0:
@@ -539,12 +542,12 @@ class Sandbox:
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
-        kw = self.command_kwargs()
-        if timeout is not None:
-            kw["timeout"] = timeout
+        d = self.command_defaults()
         before = self.limit_events()
         result = _runner.interact_run(self._running("interact"), self.policy.process.argv,
-                                      tty=tty, **kw)
+                                      tty=tty, env=d.env, cwd=d.cwd,
+                                      timeout=d.timeout if timeout is None else timeout,
+                                      uid=d.uid, gid=d.gid)
         return self.with_limit_events(result, before)
 
     # -- teardown ----------------------------------------------------------------------------
@@ -724,10 +727,9 @@ class Session(_session.Session):
         box = Sandbox(policy)
         try:
             box.open()
-            kw = box.command_kwargs()
-            session = cls(box.container, env=kw["env"] or None, cwd=kw.get("cwd"),
-                          timeout=kw.get("timeout"), uid=kw.get("uid"), gid=kw.get("gid"),
-                          start_timeout=start_timeout)
+            d = box.command_defaults()
+            session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
+                          uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         except BaseException:
             box.close(failed=True)
             raise
