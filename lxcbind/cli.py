@@ -21,14 +21,16 @@ subcommand; what each does lives in the layers below.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    import argparse
 
 from lxcbind._early import install_early_signals
 
@@ -96,9 +98,22 @@ def _traceback() -> str:
     return traceback.format_exc()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # exit 2 with one line, as documented
-        raise _UsageError(message)
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse's parser, whose errors exit 2 with one line (as documented).  argparse is
+    imported here, not at the top: the common ``run`` shapes never need it (``_fast_run``)."""
+    global _Parser
+    if _Parser is None:
+        import argparse
+
+        class Parser(argparse.ArgumentParser):
+            def error(self, message: str) -> Any:
+                raise _UsageError(message)
+
+        _Parser = Parser
+    return _Parser
+
+
+_Parser: type[argparse.ArgumentParser] | None = None
 
 
 class _UsageError(Exception):
@@ -152,16 +167,19 @@ def _add_command_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     from lxcbind import __version__
 
-    parser = _Parser(prog="python -m lxcbind", epilog=HELP_EPILOG,
+    parser_class = _parser_class()
+    parser = parser_class(prog="python -m lxcbind", epilog=HELP_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      description="Run commands in LXC containers through liblxc.")
     parser.add_argument("--version", action="version", version=f"lxcbind {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     parser.add_argument("--log-level", choices=_LOG_LEVELS,
                         default=None, help="log level on stderr (default: warning; -v: debug)")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=parser_class)
     run = sub.add_parser(
         "run", help="run a command (or a policy's own) in a fresh container",
         usage="%(prog)s [POLICY] [options] [-- CMD [ARG ...]]", epilog=HELP_EPILOG,
@@ -202,7 +220,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ``run``'s options that take no value, as build_parser() defines them: (dest, value).
+_RUN_FLAGS = {"--tty": ("tty", True), "--no-tty": ("tty", False), "--json": ("json", True),
+              "--base64": ("base64", True), "--net": ("net", True),
+              "--dry-run": ("dry_run", True), "-v": ("run_verbose", True),
+              "--verbose": ("run_verbose", True)}
+
+
+def _fast_run(words: list[str]) -> argparse.Namespace | None:
+    """What ``build_parser().parse_args(words)`` returns, for the common shapes only:
+    ``run``, then at most one policy (a path not starting with ``-``, or ``-``) and options
+    without a value, each once (``--tty``/``--no-tty`` not together); None for anything else
+    (argparse then parses it, with its own messages).  Building argparse's parser and
+    importing it cost ~3.5 ms of a one-shot run.  tests/unit/test_cli_main.py checks the
+    results against argparse's."""
+    if not words or words[0] != "run" or len(set(words)) != len(words):
+        return None
+    args: dict[str, Any] = {
+        "verbose": False, "log_level": None, "command": "run", "policy": None, "config": None,
+        "config_base64": None, "tty": None, "timeout": None, "cwd": None, "env": [],
+        "json": False, "max_output": None, "base64": False, "run_verbose": False,
+        "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False}
+    for word in words[1:]:
+        flag = _RUN_FLAGS.get(word)
+        if flag is not None:
+            if flag[0] == "tty" and args["tty"] is not None:
+                return None   # --tty with --no-tty: argparse's error
+            args[flag[0]] = flag[1]
+        elif (word == "-" or word[:1] not in ("", "-")) and args["policy"] is None:
+            args["policy"] = word
+        else:
+            return None
+    from types import SimpleNamespace
+
+    return cast("argparse.Namespace", SimpleNamespace(**args))
+
+
 def _seconds(text: str) -> float:
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -213,6 +269,8 @@ def _seconds(text: str) -> float:
 
 
 def _byte_count(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -511,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         words = words[:words.index("--")]
     as_json = "--json" in words
     try:
-        args = build_parser().parse_args(words)
+        args = _fast_run(words) or build_parser().parse_args(words)
         args.cmd = command
         if command is not None and args.command not in ("run", "exec"):
             raise _UsageError(f"{args.command} takes no command (nothing after --)")
@@ -610,8 +668,9 @@ EXEC_RUNNER = 255   # mxc: the runner failed (its exit code -1); an error envelo
 
 def build_exec_parser() -> argparse.ArgumentParser:
     """The command line of mxc's ``lxc-exec``, on lxcbind's run path."""
-    parser = _Parser(prog="lxcbind-exec",
-                     description="Run a policy's command like mxc's lxc-exec, through lxcbind.")
+    parser = _parser_class()(
+        prog="lxcbind-exec",
+        description="Run a policy's command like mxc's lxc-exec, through lxcbind.")
     parser.add_argument("config_path", nargs="?", metavar="CONFIG_PATH",
                         help="policy JSON file (or - for stdin)")
     parser.add_argument("--config", metavar="PATH", help="policy JSON file")
@@ -702,6 +761,8 @@ def exec_main(argv: Sequence[str] | None = None) -> int:
         if args.config_base64 is None and args.config is None and args.config_path is None:
             raise _UsageError("no config provided: use a positional path, --config or "
                               "--config-base64")
+        import argparse
+
         run_args = argparse.Namespace(policy=args.config_path, config=args.config,
                                       config_base64=args.config_base64, tty=None, timeout=None,
                                       json=False, dry_run=False, mxc=True)

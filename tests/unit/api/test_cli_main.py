@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lxcbind import __version__
-from lxcbind.cli import EXIT_USAGE, main
+from lxcbind.cli import EXIT_USAGE, _fast_run, build_parser, main
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
@@ -60,3 +60,21 @@ def test_dry_run_prints_the_plan_and_starts_nothing(capsys: pytest.CaptureFixtur
     assert main(["run", "--dry-run", str(EXAMPLES / "hello.json")]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["runnable"] is True
+
+
+FAST_SHAPES = [["run"], ["run", "p.json"], ["run", "-"], ["run", "--no-tty", "p.json"],
+               ["run", "p.json", "--json", "--base64"], ["run", "--tty", "-v", "--net"],
+               ["run", "--dry-run", "--verbose", "-", "--json"]]
+ARGPARSE_SHAPES = [["run", "--tty", "--no-tty"], ["run", "a", "b"], ["run", "--json", "--json"],
+                   ["run", "--timeout", "3"], ["run", "--no-t"], ["run", ""], ["-v", "run"],
+                   ["run", "-x"], ["gc"], ["ls", "--json"], ["run", "--log-level", "debug"]]
+
+
+@pytest.mark.parametrize("words", FAST_SHAPES + ARGPARSE_SHAPES)
+def test_fast_run_parse_is_argparse_or_nothing(words: list[str]) -> None:
+    """The hand parser of the common ``run`` shapes gives argparse's namespace exactly, and
+    leaves everything else (errors included) to argparse."""
+    fast = _fast_run(words)
+    assert (fast is not None) == (words in FAST_SHAPES)
+    if fast is not None:
+        assert vars(fast) == vars(build_parser().parse_args(words))
