@@ -269,6 +269,7 @@ class Sandbox:
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
         self._rootfs_path = ""
+        self._event_files: tuple[str | None, str | None] | None = None   # found after start
         self._sessions: list[Session] = []   # closed first, before the container goes
 
     # -- setup -------------------------------------------------------------------------------
@@ -308,6 +309,8 @@ class Sandbox:
         self.reused = probe.defined
         self._record = cleanup.OwnershipRecord.for_this_process(
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
+        if not self.reused:   # noted before it is made, like everything: one write, not two
+            self._record.created.append("container")
         self._record.save()
         if not privileged:
             # Held while the container's directory exists or this runner lives: a SIGKILL
@@ -340,7 +343,6 @@ class Sandbox:
         else:
             probe.close()
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
-            self._record.note("container")
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned, config=net_config,
                                                      isolation=isolation)
@@ -376,6 +378,9 @@ class Sandbox:
         if init_pid is None:
             raise SandboxError(f"container {self.name!r} stopped right after starting")
         security.verify_limits(init_pid, self._limits)
+        # They do not move while it runs: limit_events reads them without asking liblxc for
+        # the init's pid and /proc for its cgroups twice per command.
+        self._event_files = cgroups.event_files(init_pid)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -531,6 +536,9 @@ class Sandbox:
 
     def limit_events(self) -> security.Events:
         """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
+        if self._event_files is not None and self._container is not None \
+                and not self._container.closed:
+            return cgroups.read_events(self._event_files)
         return security.events(self._container.init_pid if self._container else None)
 
     def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
