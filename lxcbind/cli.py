@@ -351,8 +351,6 @@ def _override(doc: dict[str, Any], args: argparse.Namespace) -> None:
     """Apply ``-- CMD``, ``--cwd``, ``--env``, ``--rw``/``--ro``/``--deny`` and ``--net`` to a
     policy document; ``load_policy`` then validates the result like any policy (a bad path
     is reported at its JSON path, e.g. ``filesystem.readwritePaths[0]``)."""
-    import shlex
-
     cmd = getattr(args, "cmd", None)
     env = getattr(args, "env", None) or []
     for entry in env:
@@ -361,6 +359,8 @@ def _override(doc: dict[str, Any], args: argparse.Namespace) -> None:
     if cmd or getattr(args, "cwd", None) is not None or env:
         process = _section(doc, "process")
         if cmd:
+            import shlex
+
             # The policy format's command is a shell line: quote the argv so it runs as given.
             process["commandLine"] = shlex.join(cmd)
         if getattr(args, "cwd", None) is not None:
