@@ -21,9 +21,9 @@ import time
 
 import pytest
 
+from lxcbind.policy.model import Rootfs
 from lxcbind.proc.session import SessionError, SpawnerDied
 from lxcbind.sandbox.core import Session
-from lxcbind.policy.model import Rootfs
 from lxcbind.sandbox.rootfs import define_container, remove_container
 
 from ..conftest import new_name, requires_lxc, requires_root
