@@ -9,12 +9,14 @@ the container stops.  ``Container.start`` saves ``current()`` and calls ``return
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from lxcbind._lite import record
@@ -145,20 +147,23 @@ class _Primer:
                 time.sleep(self.EVERY)
 
     def _migrate(self) -> None:
-        home = starting.home_if_idle()
-        if not home:
-            return   # a start is in flight: it makes the migrations itself
-        mounts = _mountpoints()
-        for controllers, path in home.items():
-            mountpoint = mounts.get(_key(controllers))
-            if mountpoint:
-                try:
-                    _write(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"),
-                           str(os.getpid()))
-                except OSError:
-                    pass  # not root, or a read-only hierarchy: the next one just waits
-                self.last = time.monotonic()
-                return
+        # Under the start lock: a start that began between a check and the write would have
+        # the process moved back out of its monitor cgroup mid-start.  A start that comes
+        # meanwhile waits for the write, whose wait it would otherwise pay itself.
+        with starting.idle() as home:
+            if home is None:
+                return   # a start is in flight: it makes the migrations itself
+            mounts = _mountpoints()
+            for controllers, path in home.items():
+                mountpoint = mounts.get(_key(controllers))
+                if mountpoint:
+                    try:
+                        _write(os.path.join(mountpoint, path.lstrip("/"), "cgroup.procs"),
+                               str(os.getpid()))
+                    except OSError:
+                        pass  # not root, or a read-only hierarchy: the next one just waits
+                    self.last = time.monotonic()
+                    return
 
 
 def remove_monitor_cgroups(name: str) -> None:
@@ -338,10 +343,12 @@ class _Home:
             return_to(self._home)
         _primer.last = _primer.started = time.monotonic()
 
-    def home_if_idle(self) -> dict[str, str] | None:
-        """This process's cgroups when no start is in flight (then they are its home)."""
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[dict[str, str] | None]:
+        """This process's cgroups (its home) when no start is in flight, else None; no start
+        begins until the block ends."""
         with self._lock:
-            return current() if self._inflight == 0 else None
+            yield current() if self._inflight == 0 else None
 
 
 starting = _Home()

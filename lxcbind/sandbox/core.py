@@ -578,7 +578,10 @@ class Sandbox:
         shield = self._signals.shielded() if self._signals else contextlib.nullcontext()
         with shield:
             while self._sessions:   # their spawners run in the container: they go first
-                self._sessions.pop().close()
+                try:
+                    self._sessions.pop().close()
+                except Exception as exc:  # noqa: BLE001 - the container must still go
+                    self._log(f"closing a session failed: {exc}")
             settled = self._net is None  # True once nothing of the network is left to undo
             try:
                 c = self._container
