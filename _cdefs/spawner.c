@@ -59,6 +59,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/capability.h>
@@ -571,13 +572,46 @@ static int lxcbind_spawner_loop(void)
     return 0;
 }
 
-int main(void)
+/* Init mode: connect the control socket to the host's listener at ``path`` (a fresh sandbox
+ * binds it in before start; nothing else of the container exists yet) and make it fd 0, with
+ * /dev/null as fds 1 and 2 in place of the console liblxc gave us. */
+static int lxcbind_connect_control(const char *path)
+{
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -1;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || dup2(fd, 0) < 0) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+        return -1;
+    close(null);
+    return 0;
+}
+
+/* ``lxcbind-spawner``: attached by Session, control socket on fd 0.
+ * ``lxcbind-spawner --init PATH``: the container's init (lxc.init.cmd) of a fresh sandbox,
+ * which then needs no attach at all; its control socket connects to PATH.  As pid 1 it also
+ * reaps every orphan of the container, and when it exits the container stops. */
+int main(int argc, char **argv)
 {
     /* First, before anything a command could want: nobody without CAP_SYS_PTRACE may ptrace
      * us, read /proc/<us>/mem|environ|fd, or pidfd_getfd our sockets.  (The exec cleared the
      * flag the exec function had set: a plain exec makes a process dumpable again.) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    prctl(PR_SET_NAME, "lxcbind-spawn", 0, 0, 0);
+    int as_init = argc == 3 && strcmp(argv[1], "--init") == 0;
+    prctl(PR_SET_NAME, as_init ? "lxcbind-init" : "lxcbind-spawn", 0, 0, 0);
+    if (as_init && lxcbind_connect_control(argv[2]) < 0)
+        return 125;
     /* What a command orphans (a daemon that setsid'd out of its group) comes to us rather than
      * to the container's init, so that close() can still find and kill it. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

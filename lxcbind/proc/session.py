@@ -78,6 +78,7 @@ import array
 import errno
 import os
 import select
+import signal
 import socket
 import subprocess
 import threading
@@ -165,7 +166,7 @@ class Session:
     def __init__(self, container: Container, *, own: bool = False, uid: int | None = None,
                  gid: int | None = None, env: Mapping[str, str] | None = None,
                  cwd: str | None = None, timeout: float | None = None,
-                 start_timeout: float = 10.0) -> None:
+                 start_timeout: float = 10.0, init_control: socket.socket | None = None) -> None:
         if not isinstance(container, Container):
             raise TypeError(f"Session() takes a running Container, not {type(container).__name__}"
                             "; for a policy use Session.from_policy(policy)")
@@ -186,7 +187,7 @@ class Session:
         self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._devpts = -2  # -2: not asked yet, -1: unavailable
         self._ctrl: socket.socket | None = None
-        self._spawner: Process | None = None
+        self._spawner: Process | _InitSpawner | None = None
         self.spawner_pid: int | None = None  # inside the container
         self._spawner_host_pid = 0  # a command's pidfd must name a child of this process
         self._nsdepth = 0  # ... at the same pid-namespace depth
@@ -195,7 +196,10 @@ class Session:
         self._before: tuple[int, set[tuple[int, str]]] | None = None
         self._event_files: tuple[str | None, str | None] = (None, None)
         try:
-            self._start(start_timeout)
+            if init_control is not None:
+                self._adopt(init_control, start_timeout)
+            else:
+                self._start(start_timeout)
         except BaseException:
             self._teardown()
             raise
@@ -222,14 +226,33 @@ class Session:
                                                           wire.EXEC_SPAWNER)
         finally:
             theirs.close()
-        ready, _, _ = select.select([ours], [], [], start_timeout)
-        data = ours.recv(64) if ready else None
+        self._hello(start_timeout)
+        self._event_files = _cgroups.event_files(init)
+
+    def _adopt(self, control: socket.socket, start_timeout: float) -> None:
+        """Take over a spawner that runs as the container's init (``lxcbind-spawner --init``,
+        see ``lxcbind.sandbox.initspawner``), connected to ``control``: no attach."""
+        self._ctrl = control
+        control.settimeout(_START_BOUND)
+        init = self.container.init_pid
+        if init is None:
+            raise SessionError(f"container {self.container.name!r} is not running")
+        self._spawner = _InitSpawner(init)
+        self._hello(start_timeout)
+        self._event_files = _cgroups.event_files(init)
+
+    def _hello(self, start_timeout: float) -> None:
+        """Read the spawner's HELLO; what the host needs to check its START records."""
+        ctrl, spawner = self._ctrl, self._spawner
+        assert ctrl is not None and spawner is not None
+        ready, _, _ = select.select([ctrl], [], [], start_timeout)
+        data = ctrl.recv(64) if ready else None
         if data is None or len(data) != _RECORD.size:
-            status = self._spawner.poll() if data is not None else None
+            status = spawner.poll() if data is not None else None
             if data is None:
                 raise SessionError(f"spawner in {self.container.name!r} did not start within "
                                    f"{start_timeout}s")
-            error = self._spawner.exec_error
+            error = spawner.exec_error
             raise SessionError(f"spawner in {self.container.name!r} failed to start "
                                f"(status {status}{f': {error}' if error else ''})"
                                f"{self.container.log_tail()}")
@@ -237,10 +260,9 @@ class Session:
         if kind != wire.REC_HELLO or version != wire.VERSION:
             raise SessionError("spawner spoke an unknown protocol")
         self.spawner_pid = pid
-        self._spawner_host_pid = self._spawner.pid
-        with open(f"/proc/{self._spawner.pid}/status") as f:
+        self._spawner_host_pid = spawner.pid
+        with open(f"/proc/{spawner.pid}/status") as f:
             self._nsdepth = len(next(line for line in f if line.startswith("NSpid:")).split()) - 1
-        self._event_files = _cgroups.event_files(init)
 
     def close(self) -> None:
         """Stop the spawner and every process of the session, and, with ``own=True``, destroy
@@ -265,7 +287,12 @@ class Session:
                 self._ctrl.close()  # EOF: the spawner kills and reaps its children, then exits
                 self._ctrl = None
             spawner = self._spawner
-            if spawner is not None:
+            if isinstance(spawner, _InitSpawner):
+                # The container's init: it exits on that EOF, which stops the container; its
+                # owner (the sandbox, closed next) stops it anyway, so no wait here.
+                spawner.close()
+                self._spawner = None
+            elif spawner is not None:
                 try:
                     clean = spawner.wait(timeout=5) == 0 and self._broken is None
                 except subprocess.TimeoutExpired:
@@ -345,6 +372,8 @@ class Session:
                 pass
             status = spawner.returncode
         how = f" (status {status})" if status is not None else ""
+        if isinstance(spawner, _InitSpawner):
+            how = " (the container's init exited)" if spawner.poll() is not None else ""
         return self._fail(f"it is gone{how}")
 
     # -- spawning -------------------------------------------------------------------------
@@ -559,7 +588,10 @@ class Session:
                          kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output)
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
-             kill_grace: float = 2.0, on_output: OutputCallback | None = None) -> CompletedRun:
+             kill_grace: float = 2.0, on_output: OutputCallback | None = None,
+             forward_signals: bool = False) -> CompletedRun:
+        """``run`` once checked.  ``forward_signals``: as ``lxcbind.run()`` on the main thread,
+        SIGINT/SIGTERM/SIGHUP go to the command's group, then to this process after cleanup."""
         timeout = opts.timeout if opts.timeout is not None else self.timeout
         start = time.monotonic()
         bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
@@ -573,7 +605,8 @@ class Session:
                 Tee(buf, name, on_output, opts.encoding, opts.errors)
                 for name, buf in (("stdout", out), ("stderr", err))]
             sinks: list[Writable] = [*tees] if tees else [out, err]
-            timed_out = _bridge(proc, opts.input, sinks[0], sinks[1], timeout, kill_grace)
+            timed_out, received = _bridge(proc, opts.input, sinks[0], sinks[1], timeout,
+                                          kill_grace, forward_signals)
             for tee in tees:
                 tee.finish()
             proc.wait()  # bounded: the command is gone, the spawner has EXIT_GRACE to say how
@@ -583,6 +616,8 @@ class Session:
         result = CompletedRun.captured(proc.args, proc.returncode, out, err,
                                        timed_out=timed_out, started=start,
                                        exec_error=proc.exec_error, timeout=timeout)
+        if received is not None:
+            signal.raise_signal(received)   # the caller's own disposition, after cleanup
         return self.with_limit_events(result, before).finished(opts.encoding, opts.errors, check)
 
     def map(self, commands: Iterable[Command], *, workers: int = 4,
@@ -620,12 +655,47 @@ class Session:
                 f"{'closed' if self._closed else 'open'}>")
 
 
+class _InitSpawner:
+    """The spawner when it is the container's init (``lxcbind.sandbox.initspawner``): not a
+    child of ours, so watched through a pidfd, and its exit status is not ours to collect."""
+
+    exec_error = None
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._pidfd = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        """None while it runs; -1 once it has exited (the status is its parent's, liblxc's)."""
+        if self.returncode is None and self._pidfd >= 0:
+            ready, _, _ = select.select([self._pidfd], [], [], 0)
+            if ready:
+                self.returncode = -1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None and self._pidfd >= 0:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not ready:
+                raise subprocess.TimeoutExpired("lxcbind-spawner --init", timeout or 0)
+            self.returncode = -1
+        return -1 if self.returncode is None else self.returncode
+
+    def close(self) -> None:
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
 def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writable,
-            timeout: float | None, kill_grace: float) -> bool:
+            timeout: float | None, kill_grace: float,
+            forward_signals: bool = False) -> tuple[bool, int | None]:
     """Drive a session command with the bridge, the one I/O loop of every run (the same
     input, EOF, drain, readiness, timeout and kill rules as ``Container.run``).  The bridge
     watches the host's pidfd of the command and signals its process group from the host, so
-    the spawner is needed for nothing but the exit status.  Returns whether it timed out."""
+    the spawner is needed for nothing but the exit status.  Returns whether it timed out,
+    and the signal it intercepted for the caller (``forward_signals``), if any."""
     master = proc.master
     if master is not None:
         outputs = [(master, out)]
@@ -643,7 +713,7 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writa
     try:
         bridge = Bridge(proc._pidfd if exited < 0 else exited, pgid=pgid, to_child=to_child,
                         input=input, outputs=outputs, pty_master=master, timeout=timeout,
-                        kill_grace=kill_grace, handle_signals=False)
+                        kill_grace=kill_grace, handle_signals=forward_signals)
         try:
             bridge.run()
         finally:
@@ -652,4 +722,4 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writa
     finally:
         if exited >= 0:
             os.close(exited)
-    return bridge.timed_out
+    return bridge.timed_out, bridge.signal_received

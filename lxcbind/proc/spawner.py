@@ -12,9 +12,9 @@ from pathlib import Path
 
 from lxcbind.errors import SessionError
 
-__all__ = ["spawner_image"]
+__all__ = ["spawner_image", "SPAWNER_PROGRAM"]
 
-_SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
+SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
 _MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
 _image_lock = threading.Lock()
 _image_fd = -1
@@ -30,9 +30,9 @@ def spawner_image() -> int:
         if _image_fd >= 0:
             return _image_fd
         try:
-            program = _SPAWNER_PROGRAM.read_bytes()
+            program = SPAWNER_PROGRAM.read_bytes()
         except FileNotFoundError:
-            raise SessionError(f"the session spawner program {str(_SPAWNER_PROGRAM)!r} is "
+            raise SessionError(f"the session spawner program {str(SPAWNER_PROGRAM)!r} is "
                                "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         try:

@@ -48,6 +48,7 @@ from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
 from lxcbind.result import CompletedRun
 from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
+from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
@@ -271,6 +272,10 @@ class Sandbox:
         self._rootfs_path = ""
         self._event_files: tuple[str | None, str | None] | None = None   # found after start
         self._sessions: list[Session] = []   # closed first, before the container goes
+        # The spawner that is the container's init (fresh throwaway containers; see
+        # ``initspawner``): what run() uses, and what Session.from_policy hands out.
+        self._init_channel: InitChannel | None = None
+        self._init_session: Session | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -342,10 +347,16 @@ class Sandbox:
             network.configure_existing(probe, net_config)
         else:
             probe.close()
+            cdir = os.path.join(self.lxcpath, self.name)
+            spawner_init = self.policy.lifecycle.destroy_on_exit and self.policy.lxc.uid is None
+            init_config = InitChannel.config(cdir) if spawner_init else []
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
-                                                     mounts=planned, config=net_config,
+                                                     mounts=planned,
+                                                     config=net_config + init_config,
                                                      isolation=isolation)
+            if spawner_init:
+                self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
         # A fresh container on one of lxcbind's own bases starts from an empty upper layer over
         # a base nothing writes to, so only a kept container or a caller's directory (which mxc
@@ -381,6 +392,12 @@ class Sandbox:
         # They do not move while it runs: limit_events reads them without asking liblxc for
         # the init's pid and /proc for its cgroups twice per command.
         self._event_files = cgroups.event_files(init_pid)
+        if self._init_channel is not None:
+            control = self._init_channel.accept(init_pid, timeout=10.0)
+            self._init_channel = None   # accept() closed it
+            d = self.command_defaults()
+            self._init_session = Session(self._container, env=d.env or None, cwd=d.cwd,
+                                         timeout=d.timeout, init_control=control)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -456,6 +473,11 @@ class Sandbox:
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
         d = self.command_defaults().overridden(opts)
+        init = self._init_session
+        if init is not None and init.alive:
+            # The spawner already runs as the container's init: no attach (see initspawner).
+            return init._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd, timeout=d.timeout),
+                             check=check, tty=tty, forward_signals=True)
         before = self.limit_events()
         result = run_captured(container, argv, input=opts.input, tty=tty,
                               max_output=opts.max_output, env=d.env, cwd=d.cwd,
@@ -577,11 +599,17 @@ class Sandbox:
         asked to keep it (a half-set-up container is not worth keeping)."""
         shield = self._signals.shielded() if self._signals else contextlib.nullcontext()
         with shield:
+            if self._init_session is not None:
+                self._sessions.append(self._init_session)
+                self._init_session = None
             while self._sessions:   # their spawners run in the container: they go first
                 try:
                     self._sessions.pop().close()
                 except Exception as exc:  # noqa: BLE001 - the container must still go
                     self._log(f"closing a session failed: {exc}")
+            if self._init_channel is not None:   # a failed start: nothing accepted
+                self._init_channel.close()
+                self._init_channel = None
             settled = self._net is None  # True once nothing of the network is left to undo
             try:
                 c = self._container
@@ -738,9 +766,13 @@ class Session(_session.Session):
         box = Sandbox(policy)
         try:
             box.open()
-            d = box.command_defaults()
-            session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
-                          uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+            session = box._init_session
+            if session is not None:   # its init is a spawner already: no attach
+                box._init_session = None
+            else:
+                d = box.command_defaults()
+                session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
+                              uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         except BaseException:
             box.close(failed=True)
             raise
