@@ -387,14 +387,23 @@ class Sandbox:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
         init_pid = self._container.init_pid
         if init_pid is None:
-            raise SandboxError(f"container {self.name!r} stopped right after starting")
-        security.verify_limits(init_pid, self._limits)
-        # They do not move while it runs: limit_events reads them without asking liblxc for
-        # the init's pid and /proc for its cgroups twice per command.
-        self._event_files = cgroups.event_files(init_pid)
-        if self._init_channel is not None:
+            why = (": its init, lxcbind's session spawner, exited before it reached the host"
+                   if self._init_channel is not None else "")
+            raise SandboxError(f"container {self.name!r} stopped right after starting{why}")
+        control = None
+        if self._init_channel is not None:   # first: an init that died says so, not a limit
             control = self._init_channel.accept(init_pid, timeout=10.0)
             self._init_channel = None   # accept() closed it
+        try:
+            security.verify_limits(init_pid, self._limits)
+            # They do not move while it runs: limit_events reads them without asking liblxc
+            # for the init's pid and /proc for its cgroups twice per command.
+            self._event_files = cgroups.event_files(init_pid)
+        except BaseException:
+            if control is not None:
+                control.close()
+            raise
+        if control is not None:
             d = self.command_defaults()
             self._init_session = Session(self._container, env=d.env or None, cwd=d.cwd,
                                          timeout=d.timeout, init_control=control)

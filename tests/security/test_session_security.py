@@ -66,8 +66,26 @@ def host_container(request):
 
 
 @pytest.fixture
-def session(host_container):
+def attached_session(host_container):
     s = Session(host_container)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(params=["attached", "init"])
+def session(request, host_container):
+    """Both spawners: attached into ``host_container``, and the init of a fresh sandbox of the
+    same isolation (``Session.from_policy``: ``lxcbind.sandbox.initspawner``)."""
+    if request.param == "attached":
+        s = Session(host_container)
+    else:
+        privileged = request.node.callspec.params["host_container"] == "privileged"
+        s = Session.from_policy({"version": "0.8.0", "containerId": new_name("i10-init-"),
+                                 "process": {"commandLine": "true"},
+                                 "lxc": {"privileged": privileged}})
+        assert s.spawner_pid == 1 and s.container.init_pid == s._spawner_host_pid
     try:
         yield s
     finally:
@@ -149,7 +167,9 @@ def test_command_cannot_read_the_callers_environ_cmdline_or_memory(session):
     assert SECRET.encode() in _HEAP_SECRET and os.environ["LXCBIND_TEST_SECRET"] == SECRET
     out = _py(session, READ_PARENT, stdin=SECRET[::-1].encode())
     assert out["own_environ_readable"]  # the probe itself works
-    assert out["cmdline"] == "lxcbind-spawner\0"  # a program of its own, not the caller
+    # a program of its own, not the caller (as the container's init: its own argv)
+    assert out["cmdline"] in ("lxcbind-spawner\0",
+                              "/dev/.lxcbind/lxcbind-spawner\0--init\0/dev/.lxcbind/control\0")
     assert not out["cmdline_has_secret"] and not out["environ_has_secret"]
     assert out["environ"] in (13, 1, ""), out  # refused (not dumpable), or empty anyway
     assert out["mem"] in (13, 1), out  # /proc/<spawner>/mem refused
@@ -252,8 +272,9 @@ def test_host_finds_a_commands_pidfd_itself(session):
 
 
 @pytest.mark.parametrize("how", ["STOP", "KILL"])
-def test_stopped_or_killed_spawner_cannot_hang_a_run_or_keep_the_command(session,
+def test_stopped_or_killed_spawner_cannot_hang_a_run_or_keep_the_command(attached_session,
                                                                        host_container, how):
+    session = attached_session
     marker = _marker()
     init = host_container.init_pid
     start = time.monotonic()

@@ -181,11 +181,26 @@ def test_each_node_reports_its_own_setup_failure(cluster, prefix, tmp_path):
     assert all("filesystem.readonlyPaths" in why and missing in why for why in failures.values())
 
 
-def test_a_command_killing_its_spawner_loses_only_its_batch(cluster, prefix):
-    # Hostile: the spawner runs in the command's container, as its parent; root there can
-    # kill it.  The batch is lost (not silently rerun: retries=0), the actor starts a new
-    # session, and every other command, then and later, still gets its result.
+def test_a_command_cannot_kill_a_spawner_that_is_its_containers_init(cluster, prefix):
+    # Hostile: container root signals its spawner, which here is the container's init
+    # (a fresh sandbox's default): the kernel drops the signals, nothing is lost.
     with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=0,
+                          inflight=1) as p:
+        results = p.map(["echo a"] * 5 + ["kill -9 $PPID; kill -STOP 1; kill -9 1; echo $PPID"]
+                        + ["echo b"] * 5, batch_size=1, deadline=DEADLINE)
+        assert not any(r.lost for r in results)
+        assert results[5].stdout == b"1\n" and all(r.returncode == 0 for r in results)
+        infos = [ray.get(a.ready.remote(), timeout=30) for a in p.actors]
+        assert sum(i["renewed"] for i in infos) == 0
+
+
+def test_a_command_killing_its_spawner_loses_only_its_batch(cluster, prefix):
+    # Hostile: with lxc.uid the spawner is attached as that user (not the container's init),
+    # in the command's container, as its parent: the command can kill it.  The batch is lost
+    # (not silently rerun: retries=0), the actor starts a new session, and every other
+    # command, then and later, still gets its result.
+    policy = {**POLICY, "lxc": {"uid": 1000, "gid": 1000}}
+    with lray.SessionPool(policy, name_prefix=prefix, start_timeout=60, retries=0,
                           inflight=1) as p:
         results = p.map(["echo a"] * 10 + ["kill -9 $PPID; sleep 1"] + ["echo b"] * 10,
                         batch_size=1, deadline=DEADLINE)
