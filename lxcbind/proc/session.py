@@ -620,6 +620,32 @@ class Session:
             signal.raise_signal(received)   # the caller's own disposition, after cleanup
         return self.with_limit_events(result, before).finished(opts.encoding, opts.errors, check)
 
+    def _interact(self, opts: CallOptions, *, stdin: int = 0, stdout: int = 1,
+                  stderr: int = 2, kill_grace: float = 2.0) -> CompletedRun:
+        """``lxcbind.proc.runner.interact_run``'s pipe mode through this spawner: the caller's
+        ``stdin`` copied to the command until EOF (bridged, never handed over), its output
+        written to ``stdout``/``stderr`` as it comes; SIGINT/SIGTERM/SIGHUP go to the
+        command's group, then to this process after cleanup (main thread).  The result's
+        streams are empty: they went to the caller's fds."""
+        timeout = opts.timeout if opts.timeout is not None else self.timeout
+        start = time.monotonic()
+        bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
+        before = self.limit_events()
+        proc = self._spawn(opts, Stdio(), start_timeout=bound)
+        try:
+            timed_out, received = _bridge(proc, None, stdout, stderr, timeout, kill_grace,
+                                          True, input_fd=stdin)
+            proc.wait()
+        finally:
+            proc.close()
+        assert proc.returncode is not None
+        result = CompletedRun.captured(proc.args, proc.returncode, OutputBuffer(0),
+                                       OutputBuffer(0), timed_out=timed_out, started=start,
+                                       exec_error=proc.exec_error, timeout=timeout)
+        if received is not None:
+            signal.raise_signal(received)
+        return self.with_limit_events(result, before)
+
     def map(self, commands: Iterable[Command], *, workers: int = 4,
             **run_keywords: Unpack[SessionRunKeywords]) -> list[CompletedRun]:
         """Run every command (with ``run``'s keywords) on ``workers`` threads; results in the
@@ -688,9 +714,10 @@ class _InitSpawner:
             self._pidfd = -1
 
 
-def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writable,
+def _bridge(proc: SessionProcess, input: bytes | None, out: Writable | int, err: Writable | int,
             timeout: float | None, kill_grace: float,
-            forward_signals: bool = False) -> tuple[bool, int | None]:
+            forward_signals: bool = False,
+            input_fd: int | None = None) -> tuple[bool, int | None]:
     """Drive a session command with the bridge, the one I/O loop of every run (the same
     input, EOF, drain, readiness, timeout and kill rules as ``Container.run``).  The bridge
     watches the host's pidfd of the command and signals its process group from the host, so
@@ -712,7 +739,8 @@ def _bridge(proc: SessionProcess, input: bytes | None, out: Writable, err: Writa
     exited = os.eventfd(1, os.EFD_CLOEXEC) if proc._pidfd < 0 else -1
     try:
         bridge = Bridge(proc._pidfd if exited < 0 else exited, pgid=pgid, to_child=to_child,
-                        input=input, outputs=outputs, pty_master=master, timeout=timeout,
+                        input=input, input_fd=input_fd, outputs=outputs, pty_master=master,
+                        timeout=timeout,
                         kill_grace=kill_grace, handle_signals=forward_signals)
         try:
             bridge.run()

@@ -582,8 +582,17 @@ class Sandbox:
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
         d = self.command_defaults()
+        container = self._running("interact")
+        init = self._init_session
+        pipes = not tty if tty is not None else not (os.isatty(0) and os.isatty(1))
+        if pipes and init is not None and init.alive:
+            # Through the spawner that is the container's init (no attach).  A terminal
+            # keeps liblxc's attach, and the runner's raw mode and window-size following.
+            opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
+                               d.timeout if timeout is None else timeout, None, None, "replace")
+            return init._interact(opts)
         before = self.limit_events()
-        result = _runner.interact_run(self._running("interact"), self.policy.process.argv,
+        result = _runner.interact_run(container, self.policy.process.argv,
                                       tty=tty, env=d.env, cwd=d.cwd,
                                       timeout=d.timeout if timeout is None else timeout,
                                       uid=d.uid, gid=d.gid)
