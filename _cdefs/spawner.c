@@ -1,4 +1,5 @@
-/* lxcbind-spawner: the program a Session runs inside its container (see lxcbind/session.py).
+/* lxcbind-spawner: the program a Session runs inside its container (see
+ * lxcbind/proc/session.py).
  *
  * Why a program of its own.  liblxc's attach() fork()s the whole caller for every command, so
  * its cost grows with the caller's memory.  A Session pays that once: one attach whose exec
@@ -10,6 +11,14 @@
  * and starts each later command with clone(CLONE_VM|CLONE_VFORK): no page tables are copied,
  * so a spawn costs the same whatever the size of the caller.
  *
+ * Two ways in.  Attached by a Session (above): the control socket is fd 0.  Or, in a fresh
+ * sandbox, as the container's init (lxc.init.cmd = "lxcbind-spawner --init PATH", see
+ * lxcbind/sandbox/initspawner.py): no attach at all; it connects the control socket to the
+ * host's listener at PATH, then serves exactly as when attached.  As pid 1 it has liblxc's
+ * setup for an init (the same namespaces, cgroup, bounding set, no_new_privs, seccomp, LSM
+ * label), no signal from inside the container reaches it (none has a handler here), it reaps
+ * every orphan of the container, and its exit stops the container.
+ *
  * What the commands it starts cannot do to it (they are hostile, possibly container root):
  *  - read its memory, environment or fds, ptrace it, or pidfd_getfd its sockets: it is not
  *    dumpable (PR_SET_DUMPABLE 0), and its commands never get CAP_SYS_PTRACE (dropped from
@@ -18,9 +27,10 @@
  *    exactly its stdio and the fds the caller passed;
  *  - crash it with a request: every length is checked in 64-bit arithmetic, a bad request is
  *    refused alone and its descriptors are closed.
- * What they can do: signal it (SIGSTOP, SIGKILL: same uid).  The host never depends on it for
- * a deadline: each START record carries a pidfd of the command, with which the host signals
- * and watches the command itself, and Session.close() kills what is left through the cgroup.
+ * What they can do when it is attached: signal it (SIGSTOP, SIGKILL: same uid).  The host
+ * never depends on it for a deadline: each START record carries a pidfd of the command, with
+ * which the host signals and watches the command itself, and Session.close() kills what is
+ * left through the cgroup.
  *
  * Wire format (native endianness; both ends run on the same host; numbers in spawner_proto.h):
  *   control socket = fd 0 of the spawner, SOCK_SEQPACKET.

@@ -34,6 +34,7 @@ import socket
 
 from lxcbind.errors import SandboxError
 from lxcbind.proc.spawner import SPAWNER_PROGRAM
+from lxcbind.sandbox.mounts import MountEntry
 
 __all__ = ["InitChannel", "INSIDE"]
 
@@ -72,9 +73,10 @@ class InitChannel:
     def config(cdir: str) -> list[tuple[str, str]]:
         """The config items of a container in ``cdir`` whose init is the spawner (set when it
         is defined; the channel itself is made once the directory exists)."""
+        entry = MountEntry(os.path.join(cdir, _FOLDER), INSIDE.lstrip("/"), "none",
+                           "bind,ro,create=dir")
         return [("lxc.init.cmd", f"{INSIDE}/{_PROGRAM} --init {INSIDE}/{_SOCKET}"),
-                ("lxc.mount.entry", f"{os.path.join(cdir, _FOLDER)} {INSIDE.lstrip('/')} "
-                                    "none bind,ro,create=dir 0 0")]
+                ("lxc.mount.entry", entry.config_value())]
 
     def accept(self, init_pid: int, timeout: float) -> socket.socket:
         """The spawner's control socket, once the container's init (host pid ``init_pid``)
