@@ -13,7 +13,9 @@ Kinds of base (``Rootfs.kind``):
               read-only binds of real directories), a small generated ``/etc`` (no secrets: the
               host's ``/etc`` is never bound), private tmpfs ``/tmp``, autodev ``/dev``,
               LXC's proc/sys.  Init is the host's ``init.lxc`` running ``sleep infinity``
-              (it reaps orphans).  No template runs: the fastest kind, the default.
+              (it reaps orphans), unless the sandbox makes the session spawner the init
+              (every throwaway container: ``lxcbind.sandbox.initspawner``).  No template runs:
+              the fastest kind, the default.
 ``busybox``   liblxc's busybox template, run once; its inittab reduced to nothing (no getty on
               missing ttys, no DHCP client).
 ``download``  liblxc's download template, run once, and only from LXC's local image cache
