@@ -158,6 +158,9 @@ class Session:
     running; ``own=True`` destroys it on ``close()``.  ``uid``/``gid``: who every command runs as
     (liblxc's attach setuid path).  ``env``: entries added to
     ``lxcbind.lxc.attach.baseline_env`` for every command (per-call ``env`` overrides them).
+    ``init_control``: the connected control socket of a spawner that already runs as the
+    container's init (``lxcbind.sandbox.initspawner``): nothing is attached, and closing the
+    session ends the init, hence the container (its owner tears it down).
 
     Raises ``LxcError`` when the spawner cannot be attached, ``SessionError`` when it does not
     come up within ``start_timeout`` seconds.

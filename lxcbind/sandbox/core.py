@@ -246,13 +246,15 @@ class Sandbox:
 
     ``container`` is the running ``Container`` once entered.  ``signals`` (a
     ``cleanup.FatalSignals``) is shielded during teardown so a second Ctrl-C cannot cut it short.
+    ``start_timeout``: how long the container's init (the session spawner, in a throwaway
+    container) may take to connect to this process once started.
     Not thread-safe: one thread sets up and tears down; commands may come from any thread.
     """
 
     def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
                  log: Log | None = None, warn: Log | None = None,
                  signals: cleanup.FatalSignals | None = None,
-                 lock_timeout: float = 60.0) -> None:
+                 lock_timeout: float = 60.0, start_timeout: float = 10.0) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
         self.policy = default_policy() if policy is None else \
             as_policy(policy, command_required=False)
@@ -264,6 +266,7 @@ class Sandbox:
         self._warn = warn or _warning
         self._signals = signals
         self._lock = cleanup.ContainerLock(self.name, lock_timeout)
+        self._start_timeout = start_timeout   # for the init spawner to reach us and say hello
         self._record: cleanup.OwnershipRecord | None = None
         self._locked = False
         self._net: network.ContainerNetwork | None = None
@@ -392,7 +395,7 @@ class Sandbox:
             raise SandboxError(f"container {self.name!r} stopped right after starting{why}")
         control = None
         if self._init_channel is not None:   # first: an init that died says so, not a limit
-            control = self._init_channel.accept(init_pid, timeout=10.0)
+            control = self._init_channel.accept(init_pid, timeout=self._start_timeout)
             self._init_channel = None   # accept() closed it
         try:
             security.verify_limits(init_pid, self._limits)
@@ -406,7 +409,8 @@ class Sandbox:
         if control is not None:
             d = self.command_defaults()
             self._init_session = Session(self._container, env=d.env or None, cwd=d.cwd,
-                                         timeout=d.timeout, init_control=control)
+                                         timeout=d.timeout, init_control=control,
+                                         start_timeout=self._start_timeout)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -781,7 +785,7 @@ class Session(_session.Session):
         are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
         commands' user.  Closing the session tears the container down like a one-shot run
         (``destroyOnExit``)."""
-        box = Sandbox(policy)
+        box = Sandbox(policy, start_timeout=start_timeout)
         try:
             box.open()
             session = box._init_session
