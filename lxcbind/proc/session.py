@@ -80,6 +80,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -237,10 +238,14 @@ class Session:
         see ``lxcbind.sandbox.initspawner``), connected to ``control``: no attach."""
         self._ctrl = control
         control.settimeout(_START_BOUND)
-        init = self.container.init_pid
-        if init is None:
-            raise SessionError(f"container {self.container.name!r} is not running")
-        self._spawner = _InitSpawner(init)
+        # The process at the other end (the host's pid of the container's init, as the
+        # sandbox checked when it accepted): no need to ask liblxc's monitor.
+        creds = control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        init = struct.unpack("=3i", creds)[0]   # struct ucred: pid, uid, gid
+        try:
+            self._spawner = _InitSpawner(init)
+        except ProcessLookupError:
+            raise SessionError(f"the init of {self.container.name!r} is gone") from None
         self._hello(start_timeout)
         self._event_files = _cgroups.event_files(init)
 

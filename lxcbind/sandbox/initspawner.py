@@ -31,6 +31,7 @@ import os
 import select
 import shutil
 import socket
+import struct
 
 from lxcbind.errors import SandboxError
 from lxcbind.proc.spawner import SPAWNER_PROGRAM
@@ -99,7 +100,7 @@ class InitChannel:
         control, _ = listener.accept()
         try:
             creds = control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-            peer = int.from_bytes(creds[:4], "little", signed=True)
+            peer = struct.unpack("=3i", creds)[0]   # struct ucred: pid, uid, gid
             if peer != init_pid:   # nothing else exists in the container yet; be sure
                 raise SandboxError(f"the container's init channel was connected by pid {peer}, "
                                    f"not the init ({init_pid})")
