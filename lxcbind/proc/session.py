@@ -17,7 +17,10 @@ later command with ``clone(CLONE_VM|CLONE_VFORK)``: no page table is copied, so 
 the same whatever the size of the caller, and whatever liblxc arranges "on exec" (capabilities
 from the bounding set, the LSM label) is applied by the kernel at each command's own
 ``execve`` exactly as for a fresh attach.  The tests compare ``/proc/self/status``,
-``/proc/self/ns/*`` and ``/proc/self/cgroup`` of both paths.
+``/proc/self/ns/*`` and ``/proc/self/cgroup`` of both paths.  In a throwaway container the
+sandbox makes the spawner the container's init instead (``lxcbind.sandbox.initspawner``) and
+the Session adopts it (``init_control``): no attach at all, and as pid 1 it is out of reach of
+its commands' signals.
 
 The commands are hostile (tests/security/test_session_security.py attacks each point):
 nothing of the caller is in the spawner (it is a fresh program: empty environment, argv
