@@ -55,6 +55,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -608,17 +609,51 @@ static int lxcbind_connect_control(const char *path)
     return 0;
 }
 
+/* A decimal id of 0..2^32-2 (the user-namespace range), or -1. */
+static long lxcbind_parse_id(const char *text)
+{
+    char *end;
+    errno = 0;
+    unsigned long value = strtoul(text, &end, 10);
+    if (errno || *text < '0' || *text > '9' || *end || value > 4294967294UL)
+        return -1;
+    return (long)value;
+}
+
+/* Become the user the commands run as (a policy's lxc.uid/lxc.gid), as liblxc's attach does
+ * for an attached spawner: no supplementary groups, then the gid, then the uid (which drops
+ * every capability). */
+static int lxcbind_become(long uid, long gid)
+{
+    if (setgroups(0, NULL) < 0 && errno != EPERM)
+        return -1;
+    if (gid >= 0 && setresgid((gid_t)gid, (gid_t)gid, (gid_t)gid) < 0)
+        return -1;
+    if (uid >= 0 && setresuid((uid_t)uid, (uid_t)uid, (uid_t)uid) < 0)
+        return -1;
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* a change of credentials resets it */
+    return 0;
+}
+
 /* ``lxcbind-spawner``: attached by Session, control socket on fd 0.
- * ``lxcbind-spawner --init PATH``: the container's init (lxc.init.cmd) of a fresh sandbox,
- * which then needs no attach at all; its control socket connects to PATH.  As pid 1 it also
- * reaps every orphan of the container, and when it exits the container stops. */
+ * ``lxcbind-spawner --init PATH [UID GID]``: the container's init (lxc.init.cmd) of a fresh
+ * sandbox, which then needs no attach at all; its control socket connects to PATH, and with
+ * UID and GID (-1: unchanged) it serves as that user.  As pid 1 it also reaps every orphan of
+ * the container, and when it exits the container stops. */
 int main(int argc, char **argv)
 {
     /* First, before anything a command could want: nobody without CAP_SYS_PTRACE may ptrace
      * us, read /proc/<us>/mem|environ|fd, or pidfd_getfd our sockets.  (The exec cleared the
      * flag the exec function had set: a plain exec makes a process dumpable again.) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    int as_init = argc == 3 && strcmp(argv[1], "--init") == 0;
+    int as_init = (argc == 3 || argc == 5) && strcmp(argv[1], "--init") == 0;
+    long uid = -1, gid = -1;
+    if (as_init && argc == 5) {
+        uid = strcmp(argv[3], "-1") == 0 ? -1 : lxcbind_parse_id(argv[3]);
+        gid = strcmp(argv[4], "-1") == 0 ? -1 : lxcbind_parse_id(argv[4]);
+        if ((uid < 0 && strcmp(argv[3], "-1") != 0) || (gid < 0 && strcmp(argv[4], "-1") != 0))
+            return 125;
+    }
     prctl(PR_SET_NAME, as_init ? "lxcbind-init" : "lxcbind-spawn", 0, 0, 0);
     if (as_init && lxcbind_connect_control(argv[2]) < 0)
         return 125;
@@ -637,6 +672,8 @@ int main(int argc, char **argv)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     lxcbind_clamp_caps();
+    if ((uid >= 0 || gid >= 0) && lxcbind_become(uid, gid) < 0)
+        return 125; /* never serve as root what was meant to run as a user */
     /* fd 0 is the control socket, 1 and 2 /dev/null; nothing else may exist, and ours are
      * close-on-exec so that no command inherits one. */
     if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {

@@ -351,8 +351,9 @@ class Sandbox:
         else:
             probe.close()
             cdir = os.path.join(self.lxcpath, self.name)
-            spawner_init = self.policy.lifecycle.destroy_on_exit and self.policy.lxc.uid is None
-            init_config = InitChannel.config(cdir) if spawner_init else []
+            spawner_init = self.policy.lifecycle.destroy_on_exit
+            d = self.command_defaults()
+            init_config = InitChannel.config(cdir, d.uid, d.gid) if spawner_init else []
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned,
@@ -409,7 +410,8 @@ class Sandbox:
         if control is not None:
             d = self.command_defaults()
             self._init_session = Session(self._container, env=d.env or None, cwd=d.cwd,
-                                         timeout=d.timeout, init_control=control,
+                                         timeout=d.timeout, uid=d.uid, gid=d.gid,
+                                         init_control=control,
                                          start_timeout=self._start_timeout)
 
     # -- commands ----------------------------------------------------------------------------

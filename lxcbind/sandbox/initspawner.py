@@ -19,9 +19,10 @@ tests check both paths).  As pid 1 it cannot be killed or stopped from inside th
 every orphan, and when it exits (its control socket closed: the sandbox's teardown, or the
 host process gone) the container stops.
 
-Only for containers this run creates and destroys, with commands running as the container's
-root: a kept container keeps the init it was defined with, and a policy with ``lxc.uid`` or
-``lxc.gid`` keeps the attached spawner (liblxc's own setuid path).
+Only for containers this run creates and destroys: a kept container keeps the init it was
+defined with, and attached spawners.  With ``lxc.uid``/``lxc.gid`` the spawner becomes that
+user once connected (no supplementary groups, then the gid, then the uid, as liblxc's attach
+does), so its commands, and itself, run without capabilities.
 """
 
 from __future__ import annotations
@@ -71,13 +72,17 @@ class InitChannel:
             raise SandboxError(f"could not prepare the container's init ({exc})") from None
 
     @staticmethod
-    def config(cdir: str) -> list[tuple[str, str]]:
-        """The config items of a container in ``cdir`` whose init is the spawner (set when it
+    def config(cdir: str, uid: int | None = None,
+               gid: int | None = None) -> list[tuple[str, str]]:
+        """The config items of a container in ``cdir`` whose init is the spawner, serving as
+        ``uid``/``gid`` (None: the container's root) once connected (set when the container
         is defined; the channel itself is made once the directory exists)."""
         entry = MountEntry(os.path.join(cdir, _FOLDER), INSIDE.lstrip("/"), "none",
                            "bind,ro,create=dir")
-        return [("lxc.init.cmd", f"{INSIDE}/{_PROGRAM} --init {INSIDE}/{_SOCKET}"),
-                ("lxc.mount.entry", entry.config_value())]
+        command = f"{INSIDE}/{_PROGRAM} --init {INSIDE}/{_SOCKET}"
+        if uid is not None or gid is not None:
+            command += f" {-1 if uid is None else int(uid)} {-1 if gid is None else int(gid)}"
+        return [("lxc.init.cmd", command), ("lxc.mount.entry", entry.config_value())]
 
     def accept(self, init_pid: int, timeout: float) -> socket.socket:
         """The spawner's control socket, once the container's init (host pid ``init_pid``)

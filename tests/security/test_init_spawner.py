@@ -145,18 +145,40 @@ ISOLATION = r"""
 """
 
 
-@pytest.mark.parametrize("privileged", [False, True])
-def test_a_command_of_the_init_spawner_has_exactly_an_attached_commands_isolation(privileged):
-    with Sandbox(policy(privileged=privileged)) as box:
+@pytest.mark.parametrize("lxc", [{}, {"privileged": True}, {"uid": 1000, "gid": 1000},
+                                 {"uid": 1000, "gid": 1000, "privileged": True}],
+                         ids=["default", "privileged", "uid", "uid-privileged"])
+def test_a_command_of_the_init_spawner_has_exactly_an_attached_commands_isolation(lxc):
+    with Sandbox(policy(**lxc)) as box:
         script = textwrap.dedent(ISOLATION)
         spawned = box.run([PY, "-c", script], timeout=60)           # through the init spawner
-        attached = box.container.run([PY, "-c", script], timeout=60)  # liblxc's attach
+        user = {"uid": lxc.get("uid"), "gid": lxc.get("gid")}
+        attached = box.container.run([PY, "-c", script], timeout=60, **user)  # liblxc's attach
         assert spawned.returncode == attached.returncode == 0, (spawned, attached)
         a, b = json.loads(spawned.stdout), json.loads(attached.stdout)
         assert a == b
         assert not int(a["CapEff"], 16) & (1 << 19) and not int(a["CapBnd"], 16) & (1 << 19)
         assert a["NoNewPrivs"] == "1" and a["Seccomp"] == "2"
-        assert (a["Uid"].split()[0] == "0")
+        assert a["Uid"].split() == [str(lxc.get("uid", 0))] * 4
+        if "uid" in lxc:   # a user: no capability at all, and no group of root's
+            assert int(a["CapEff"], 16) == int(a["CapPrm"], 16) == 0
+            assert a["Gid"].split() == ["1000"] * 4 and a["Groups"] == ""
+
+
+def test_an_init_spawner_serving_as_a_user_cannot_be_signalled_or_read_by_its_commands():
+    # The spawner runs as the same uid as its commands here: pid 1's protection, not the uid,
+    # keeps them from signalling it, and PR_SET_DUMPABLE (set again after the uid change)
+    # from reading it.
+    with Session.from_policy(policy(uid=1000, gid=1000)) as session:
+        r = session.run([PY, "-c", textwrap.dedent(SIGNAL_INIT)], timeout=60)
+        assert r.returncode == 0, r
+        assert set(json.loads(r.stdout).values()) == {0}
+        r = session.run("cat /proc/1/environ; ls /proc/1/fd; echo rc=$?", timeout=30)
+        assert b"Permission denied" in r.stderr and r.stdout.endswith(b"rc=2\n"), r
+        with open(f"/proc/{session._spawner_host_pid}/status") as f:
+            status = f.read()
+        assert "State:\tS (sleeping)" in status   # neither dead nor stopped
+        assert session.run(["id", "-u"]).stdout == b"1000\n"
 
 
 @pytest.mark.parametrize("blocked", ["folder", "socket"])

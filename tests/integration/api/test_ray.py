@@ -194,16 +194,40 @@ def test_a_command_cannot_kill_a_spawner_that_is_its_containers_init(cluster, pr
         assert sum(i["renewed"] for i in infos) == 0
 
 
-def test_a_command_killing_its_spawner_loses_only_its_batch(cluster, prefix):
-    # Hostile: with lxc.uid the spawner is attached as that user (not the container's init),
-    # in the command's container, as its parent: the command can kill it.  The batch is lost
-    # (not silently rerun: retries=0), the actor starts a new session, and every other
-    # command, then and later, still gets its result.
-    policy = {**POLICY, "lxc": {"uid": 1000, "gid": 1000}}
-    with lray.SessionPool(policy, name_prefix=prefix, start_timeout=60, retries=0,
+def _kill_the_parent_of(marker: str, within: float = 60.0) -> None:
+    """SIGKILL, from the host, the parent of the process whose command line has ``marker``:
+    the spawner that started it (the container's init, which its commands cannot kill)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if not entry.isdigit() or marker.encode() not in f.read():
+                        continue
+                with open(f"/proc/{entry}/status") as f:
+                    ppid = int(next(x for x in f if x.startswith("PPid:")).split()[1])
+            except (OSError, StopIteration):
+                continue
+            os.kill(ppid, signal.SIGKILL)
+            return
+        time.sleep(0.02)
+
+
+def test_a_spawner_dying_under_a_command_loses_only_its_batch(cluster, prefix):
+    # The spawner dies while a command runs (killed from the host: as the container's init,
+    # none of its commands can kill it).  The batch is lost (not silently rerun: retries=0),
+    # the actor starts a new session, and every other command, then and later, still gets
+    # its result.
+    import threading
+
+    marker = f"{100 + uuid.uuid4().int % 10**6}.{uuid.uuid4().int % 10**6:06d}"
+    killer = threading.Thread(target=_kill_the_parent_of, args=(marker,), daemon=True)
+    killer.start()
+    with lray.SessionPool(POLICY, name_prefix=prefix, start_timeout=60, retries=0,
                           inflight=1) as p:
-        results = p.map(["echo a"] * 10 + ["kill -9 $PPID; sleep 1"] + ["echo b"] * 10,
+        results = p.map(["echo a"] * 10 + [f"sleep {marker}"] + ["echo b"] * 10,
                         batch_size=1, deadline=DEADLINE)
+        killer.join(timeout=5)
         lost = [r for r in results if r.lost]
         assert [r.index for r in lost] == [10] and b"SpawnerDied" in lost[0].stderr
         assert all(r.returncode == 0 for r in results if not r.lost)
