@@ -67,7 +67,8 @@ when it cannot (stopped, killed), the host freezes the container's cgroup and ki
 process that appeared since the session started (see ``close``).
 
 Limits: per-command uid/gid is not offered (the whole session runs as the ``uid``/``gid`` given
-to ``Session``: liblxc's own setuid path, so equivalence holds by construction); a timeout
+to ``Session``: liblxc's own setuid path, so equivalence holds by construction; an init
+spawner switches user itself, the way liblxc does, and the security tests compare both); a timeout
 kills the command's process group, not what left it (that goes at ``close()``).  Protection of
 the spawner against a command relies on the command lacking CAP_SYS_PTRACE, which lxcbind
 drops from every workload's bounding set itself; a session with a non-root ``uid`` has no
