@@ -1,5 +1,6 @@
 # All metadata is in pyproject.toml; this file names the cffi builder and adds one step to
-# build_ext: the session spawner, a static executable shipped inside the package.
+# build_ext: the session spawner (a static executable) and the container starter, programs
+# shipped inside the package.
 import importlib.util
 from pathlib import Path
 
@@ -21,6 +22,7 @@ class BuildExt(build_ext):
         builder = _builder()
         root = Path(__file__).resolve().parent if self.inplace else Path(self.build_lib)
         builder.build_spawner(root / "lxcbind" / builder.SPAWNER_NAME)
+        builder.build_starter(root / "lxcbind" / builder.STARTER_NAME)
 
 
 # The module is built against the stable ABI (cffi's abi3, ``_lxc.abi3.so``) and the spawner

@@ -19,9 +19,12 @@ CDEFS = Path(__file__).resolve().parent.parent / "_cdefs"
 # Order matters: lxc.h defines the types shim.h uses.
 DECLARATIONS = ["lxc.h", "libc.h", "shim.h", "spawner.h", "nft.h", "userns.h"]
 C_SOURCES = ["shim.c", "nft.c", "userns.c"]
-# The spawner is a program of its own, not part of the module (see build_spawner).
+# The spawner is a program of its own, not part of the module (see build_spawner); so is the
+# starter, liblxc's start in a small process (see build_starter).
 SPAWNER_SOURCE = "spawner.c"
 SPAWNER_NAME = "lxcbind-spawner"
+STARTER_SOURCE = "starter.c"
+STARTER_NAME = "lxcbind-starter"
 
 MISSING_LXC = (
     "lxcbind: liblxc and its headers were not found ({why}).\n"
@@ -84,6 +87,24 @@ def build_spawner(target: Path) -> None:
         hint = ("\nA static libc is needed (Debian/Ubuntu: apt-get install libc6-dev)"
                 if "cannot find -lc" in done.stderr else "")
         sys.exit(f"lxcbind: building the session spawner failed:\n{done.stderr}{hint}")
+
+
+def build_starter(target: Path) -> None:
+    """Compile the starter (``_cdefs/starter.c``: liblxc's start in a small process of its
+    own) at ``target``, linked against the installed liblxc.  Called by setup.py's build_ext."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        sys.exit("lxcbind: a C compiler (gcc) is needed to build the container starter")
+    flags = _pkg_flags("lxc", MISSING_LXC)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    command = [cc, "-O2", "-s", "-Wall", "-Werror=implicit-function-declaration",
+               *(f"-I{d}" for d in flags["include_dirs"]), "-o", str(target),
+               str(CDEFS / STARTER_SOURCE),
+               *(f"-L{d}" for d in flags["library_dirs"]),
+               *(f"-l{name}" for name in flags["libraries"])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"lxcbind: building the container starter failed:\n{done.stderr}")
 
 
 ffibuilder = FFI()

@@ -101,6 +101,12 @@ def prime_migration() -> None:
     _primer.kick()
 
 
+def started() -> None:
+    """A container start just returned (its migrations left the fast path armed): the primer
+    rests until it is kicked again."""
+    _primer.last = _primer.started = time.monotonic()
+
+
 class _Primer:
     """One daemon thread that makes the no-op migration when kicked (starting a thread per
     container would cost more than the write: ~0.4 ms on a loaded 2-vCPU VM), and repeats it
@@ -341,7 +347,7 @@ class _Home:
         with self._lock:
             self._inflight -= 1
             return_to(self._home)
-        _primer.last = _primer.started = time.monotonic()
+        started()
 
     @contextlib.contextmanager
     def idle(self) -> Iterator[dict[str, str] | None]:

@@ -8,9 +8,12 @@ semaphore hands the child a locked copy, and the child deadlocks in ``lxc_contai
 objects for the same name run in parallel.
 
 Lifecycle rules kept here: ``start`` always daemonizes (a non-daemonized start runs liblxc's
-monitor in the caller and refuses threaded callers); ``stop`` is the hard, immediate kill (never
-the graceful ``shutdown`` with its timeout), and it first kills and reaps every process this
-handle attached, because an unreaped attached child blocks the container's init forever.
+monitor in the caller and refuses threaded callers), and runs liblxc's start in the small
+``lxcbind-starter`` program when the config on disk is the handle's (``_cdefs/starter.c`` says
+why: the monitor would otherwise be a fork of this whole process); ``stop`` is the hard,
+immediate kill (never the graceful ``shutdown`` with its timeout), and it first kills and reaps
+every process this handle attached, because an unreaped attached child blocks the container's
+init forever.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
 from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach, cstrings
 
 LOG_NAME = "lxcbind.log"
+# liblxc's start in a process of its own (``_cdefs/starter.c``), built by setup.py.
+STARTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "lxcbind-starter")
+_STARTER_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 
 # Signals a Python handler may be installed for (blocked across the attach window).
 _HANDLED_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
@@ -85,6 +92,9 @@ class Container:
         # The pid buffers of attaches not yet owned by a Process (see attach_request).
         self._unowned: list[Any] = []
         self._init_pid: int | None = None  # cached: liblxc's leaked init pidfd is matched on it
+        # Whether the handle holds config items its config file lacks (then only an in-process
+        # start starts what the handle describes).
+        self._unsaved = False
         ptr = lib.lxc_container_new(name.encode(), _cstr(lxcpath))
         if ptr == ffi.NULL:
             raise LxcError("lxc_container_new", name, ffi.errno)
@@ -213,12 +223,14 @@ class Container:
             c = self._handle()
             if "\n" in value or "\0" in value:
                 raise ValueError(f"config value for {key} must be a single line")
+            self._unsaved = True
             if not c.set_config_item(c, key.encode(), value.encode()):
                 raise self._error(f"set_config_item({key}={value})", errno.EINVAL)
 
     def clear_config_item(self, key: str) -> None:
         with self._lock:
             c = self._handle()
+            self._unsaved = True
             if not c.clear_config_item(c, key.encode()):
                 raise self._error(f"clear_config_item({key})", errno.EINVAL)
 
@@ -231,10 +243,13 @@ class Container:
             c = self._handle()
             if not c.save_config(c, _cstr(path)):
                 raise self._error("save_config")
+            if path is None:
+                self._unsaved = False
 
     def load_config(self, path: str | None = None) -> None:
         with self._lock:
             c = self._handle()
+            self._unsaved = path is not None
             if not c.load_config(c, _cstr(path)):
                 raise self._error("load_config", errno.ENOENT)
 
@@ -270,6 +285,9 @@ class Container:
         liblxc's log for this container goes to ``<lxcpath>/<name>/lxcbind.log`` so that a
         failed start carries its reason.
         """
+        if not argv and not useinit and not self._unsaved and os.access(STARTER, os.X_OK):
+            self._start_apart()
+            return
         cargv, keep = cstrings(argv) if argv else (ffi.NULL, None)
         with self._lock:
             c = self._handle()
@@ -283,6 +301,34 @@ class Container:
             del keep
             if not ok:
                 raise self._error("start")
+
+    def _start_apart(self) -> None:
+        """liblxc's start of the saved config in ``lxcbind-starter`` (see ``_cdefs/starter.c``):
+        spawned without copying this process, in a process group of its own (a Ctrl-C on the
+        terminal is this process's to handle), with signals blocked here meanwhile, so that a
+        Python handler cannot leave a start half-watched (as for the in-process start, which
+        runs no Python code until liblxc returns)."""
+        log = os.path.join(self.lxcpath, self.name, LOG_NAME)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
+        try:
+            with self._lock:
+                self._handle()   # a closed handle raises, as for every call
+                self._init_pid = None
+                pid = os.posix_spawn(STARTER, [STARTER, self.name, self.lxcpath, log],
+                                     _STARTER_ENV, setpgroup=0, setsigmask=(),
+                                     setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+                                     file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull,
+                                                    os.O_RDWR, 0),
+                                                   (os.POSIX_SPAWN_DUP2, 0, 1),
+                                                   (os.POSIX_SPAWN_DUP2, 0, 2)])
+                _, status = os.waitpid(pid, 0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # The starter's migrations kept the kernel's fast path armed: the primer may rest.
+            cgroups.started()
+        if status != 0:
+            code = os.waitstatus_to_exitcode(status)
+            raise self._error("start", detail="" if code == 1 else f"lxcbind-starter: {code}")
 
     def _ensure_log(self) -> None:
         c = self._handle()
