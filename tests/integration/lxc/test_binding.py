@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from lxcbind.errors import LxcError
 from tests.conftest import make_busybox, new_name, requires_lxc, requires_root, run_threads
 
 pytestmark = [requires_root, requires_lxc]
@@ -345,13 +346,18 @@ def test_a_signal_handler_raising_mid_attach_never_orphans_a_child(container_nam
         c.close()
 
 
-def test_concurrent_starts_leave_the_caller_in_its_own_cgroups():
+@pytest.mark.parametrize("where", ["in-process", "starter"])
+def test_concurrent_starts_leave_the_caller_in_its_own_cgroups(where):
     """Starts in several threads at once (a Pool's starters): the process must end up where
-    it was, not in one of the containers' monitor cgroups."""
+    it was, not in one of the containers' monitor cgroups.  In process (an unsaved config item
+    keeps liblxc's start here, which moves this process), and through the starter."""
     import threading
 
     before = open("/proc/self/cgroup").read()
     made = [make_busybox(new_name(), start=False) for _ in range(6)]
+    if where == "in-process":
+        for c in made:
+            c.set_config_item("lxc.pty.max", "64")   # unsaved from now on
     barrier = threading.Barrier(len(made))
 
     def worker(n: int) -> None:
@@ -368,3 +374,82 @@ def test_concurrent_starts_leave_the_caller_in_its_own_cgroups():
         for c in made:
             c.destroy()
             c.close()
+
+
+def _monitor_program(c) -> str:
+    """The program of the container's monitor (the parent of its init): what ran liblxc's
+    start, since the monitor is a fork of it."""
+    with open(f"/proc/{c.init_pid}/status") as f:
+        ppid = int(next(line for line in f if line.startswith("PPid:")).split()[1])
+    return os.path.basename(os.readlink(f"/proc/{ppid}/exe"))
+
+
+def _hostname(c) -> bytes:
+    proc, out = capture(c, ["hostname"])
+    assert proc.returncode == 0
+    return out.strip()
+
+
+def test_a_saved_config_starts_in_the_starter_an_unsaved_item_in_process(container_name):
+    c = make_busybox(container_name, start=False)
+    try:
+        c.start()   # the config on disk is the handle's: liblxc's start runs in the starter
+        assert _monitor_program(c) == "lxcbind-starter"
+        assert _hostname(c) == container_name.encode()
+        c.stop()
+        c.set_config_item("lxc.uts.name", "unsaved")   # only in this handle: start it here
+        c.start()
+        assert _monitor_program(c) != "lxcbind-starter"
+        assert _hostname(c) == b"unsaved"
+        c.stop()
+        c.save_config()
+        c.start()
+        assert _monitor_program(c) == "lxcbind-starter" and _hostname(c) == b"unsaved"
+        c.stop()
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_a_start_the_starter_cannot_make_raises_liblxcs_reason_and_leaves_it_stopped(
+        container_name):
+    c = make_busybox(container_name, start=False)
+    try:
+        c.set_config_item("lxc.init.cmd", "/no/such/init")
+        c.save_config()
+        with pytest.raises(LxcError) as caught:
+            c.start()
+        assert "start" in str(caught.value) and "/no/such/init" in str(caught.value)
+        assert not c.running and c.init_pid is None
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)   # the starter was reaped: no child of ours is left
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_a_signal_during_a_start_in_the_starter_is_handled_once_it_has_returned(
+        container_name):
+    """A Python handler that raises (Ctrl-C) cannot cut the wait for the starter short: the
+    container is started and watched when the exception arrives, and the starter reaped."""
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted
+
+    c = make_busybox(container_name, start=False)
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pytest.raises(Interrupted):
+            signal.setitimer(signal.ITIMER_REAL, 0.001)   # lands while the starter runs
+            c.start()
+            time.sleep(1)   # (if it had landed after: still raised, here)
+        assert c.running and _monitor_program(c) == "lxcbind-starter"
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        c.destroy()
+        c.close()
