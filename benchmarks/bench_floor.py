@@ -13,7 +13,9 @@
   * ``python3 -X importtime`` of that CLI run: lxcbind's own modules, and the standard-library
     modules it adds to ``python3 -c pass``;
   * ``Container.start()`` against ``lxc-start`` of the very same container (same config file),
-    interleaved, each followed by a hard stop.
+    interleaved, each followed by a hard stop;
+  * ``lxcbind.run()`` from a caller holding 1 GiB, with liblxc's start in ``lxcbind-starter``
+    (the default) and in the caller itself.
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -189,6 +191,34 @@ def start_vs_lxc_start(n: int) -> tuple[list[float], list[float], float]:
     return ours, theirs, first
 
 
+BIG_CALLER = """
+import statistics, sys, time, lxcbind
+from lxcbind.lxc import container
+if sys.argv[1] == "in-process":
+    container.STARTER = "/nonexistent"   # liblxc's start in this process, as before the starter
+ballast = bytearray(1 << 30)
+for i in range(0, len(ballast), 4096):
+    ballast[i] = 1   # resident, as a big caller's heap is
+for _ in range(3):
+    lxcbind.run(["/bin/true"])
+times = []
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter()
+    lxcbind.run(["/bin/true"])
+    times.append((time.perf_counter() - t) * 1000)
+print(statistics.median(times))
+"""
+
+
+def big_caller(n: int) -> dict[str, float]:
+    """``lxcbind.run()`` from a process holding 1 GiB, with liblxc's start in the starter
+    program (the default) and in the caller (what a fork of the whole caller costs)."""
+    return {mode: float(subprocess.run([sys.executable, "-c", BIG_CALLER, mode, str(n)],
+                                       check=True, capture_output=True, cwd=ROOT, env=ENV,
+                                       text=True).stdout)
+            for mode in ("starter", "in-process")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
@@ -213,6 +243,7 @@ def main() -> None:
         bwrap_ms = bench_pool.bwrap_ms(n * 2)
         copy_ms = bench_pool.lxc_copy_ms(max(5, n // 2))
         ours, theirs, first_start = start_vs_lxc_start(n)
+        big = big_caller(max(5, n // 2))
     finally:
         os.unlink(f.name)
 
@@ -272,6 +303,9 @@ def main() -> None:
         print(f"{'lxc-start (same config, a new process)':50} {med(theirs):8.1f}"
               f"   start() = {med(ours) / med(theirs):.2f}x lxc-start")
         print(f"{'first start() after a pause (this run)':50} {first_start:8.1f}")
+    print(f"{'lxcbind.run() from a 1 GiB caller':50} {big['starter']:8.1f}"
+          f"   liblxc's start in the caller instead: {big['in-process']:.1f} "
+          f"({big['in-process'] / big['starter']:.1f}x)")
 
 
 if __name__ == "__main__":
