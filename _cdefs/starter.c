@@ -12,7 +12,8 @@
  * describes; Container.start uses it only when its handle has no unsaved config item.
  *
  * Exit status: 0 started (liblxc saw it RUNNING), 1 liblxc refused (its reason is in LOGFILE,
- * ERROR level), 2 usage, 3 no handle for NAME in LXCPATH. */
+ * ERROR level, unless the config names another log), 2 usage, 3 no handle for NAME in
+ * LXCPATH. */
 #include <stdio.h>
 #include <string.h>
 
@@ -25,9 +26,13 @@ int main(int argc, char **argv)
     struct lxc_container *c = lxc_container_new(argv[1], argv[2]);
     if (!c)
         return 3;
-    int ok = c->set_config_item(c, "lxc.log.file", argv[3]) &&
-             c->set_config_item(c, "lxc.log.level", "ERROR") && c->want_daemonize(c, true) &&
-             c->start(c, 0, NULL);
+    /* As an in-process start does (Container._ensure_log): liblxc's errors go to LOGFILE,
+     * where Python reads the reason of a failure, unless the config names a log of its own. */
+    int ok = 1;
+    if (c->get_config_item(c, "lxc.log.file", NULL, 0) <= 0)
+        ok = c->set_config_item(c, "lxc.log.file", argv[3]) &&
+             c->set_config_item(c, "lxc.log.level", "ERROR");
+    ok = ok && c->want_daemonize(c, true) && c->start(c, 0, NULL);
     lxc_container_put(c);
     return ok ? 0 : 1;
 }

@@ -321,7 +321,10 @@ class Container:
                                                     os.O_RDWR, 0),
                                                    (os.POSIX_SPAWN_DUP2, 0, 1),
                                                    (os.POSIX_SPAWN_DUP2, 0, 2)])
-                _, status = os.waitpid(pid, 0)
+                try:
+                    _, status = os.waitpid(pid, 0)
+                except ChildProcessError:   # reaped by someone else's waitpid(-1): ask liblxc
+                    status = 0 if self.running else 1 << 8
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # The starter's migrations kept the kernel's fast path armed: the primer may rest.
