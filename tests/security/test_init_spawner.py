@@ -101,6 +101,33 @@ def test_the_init_channel_is_gone_before_a_command_runs_and_cannot_be_reopened()
     assert _listeners(".lxcbind-init") == []
 
 
+WRITE_INIT_PROGRAM = r"""
+    import json, os
+    out = {}
+    for path in ("/proc/1/exe", "/proc/1/root/dev/.lxcbind/lxcbind-spawner"):
+        try:
+            with open(path, "r+b") as f:
+                f.write(b"\x7fELF-overwritten")
+            out[path] = 0
+        except OSError as exc:
+            out[path] = exc.errno
+    print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+def test_container_root_cannot_write_the_program_its_init_runs(privileged):
+    # The init runs a hard link of the host package's spawner: the one file the container's
+    # init shares with the host.  Non-dumpable (no /proc/1/exe for anyone without
+    # CAP_SYS_PTRACE), on a read-only bind, and owned by host root.
+    program = _digest(SPAWNER_PROGRAM)
+    r = lxcbind.run([PY, "-c", textwrap.dedent(WRITE_INIT_PROGRAM)],
+                    policy=policy(privileged=privileged), timeout=60)
+    assert r.returncode == 0, r
+    assert all(code in (1, 2, 13, 30) for code in json.loads(r.stdout).values()), r.stdout
+    assert _digest(SPAWNER_PROGRAM) == program
+
+
 SIGNAL_INIT = r"""
     import json, os, signal
     out = {}
