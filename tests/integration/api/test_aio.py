@@ -190,3 +190,17 @@ def test_async_shell_timeout_of_a_shell_that_ignores_sigint_restarts_it() -> Non
     stuck, after = asyncio.run(main())
     assert stuck.timed_out and stuck.returncode == 137 and stuck.shell_restarted
     assert after.stdout == b"/\n" and not after.shell_restarted   # a new shell, reported once
+
+
+def test_async_shell_timeout_interrupts_again_while_no_status_comes() -> None:
+    # As Shell (they share the framing): a first SIGINT that only runs a self-removing trap
+    # is followed by another, so the call ends interrupted (130) and the shell keeps its state.
+    async def main() -> tuple[lxcbind.CompletedRun, lxcbind.CompletedRun]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell() as sh:
+                await sh.run("cd /tmp")
+                stuck = await sh.run("trap 'trap - INT' INT; while :; do :; done", timeout=0.3)
+                return stuck, await sh.run("pwd")
+    stuck, after = asyncio.run(main())
+    assert stuck.timed_out and stuck.returncode == 130 and not stuck.shell_restarted, stuck
+    assert after.stdout == b"/tmp\n"

@@ -274,6 +274,16 @@ def test_shell_timeout_keeps_the_shell(session):
         assert sh.alive
 
 
+def test_shell_timeout_interrupts_again_while_no_status_comes(session):
+    # The first SIGINT only runs a trap (which then removes itself), as a busy ash loop
+    # sometimes lets one pass: the call still ends interrupted (130), not killed (137), and
+    # the shell lives on.
+    with session.shell() as sh:
+        r = sh.run("trap 'trap - INT' INT; while :; do :; done", timeout=0.3)
+        assert r.timed_out and r.returncode == 130, r
+        assert sh.run("echo alive").stdout == b"alive\n" and sh.alive
+
+
 def test_shell_death_is_a_clear_error(session):
     sh = session.shell()
     try:
