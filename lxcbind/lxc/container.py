@@ -282,8 +282,11 @@ class Container:
     def start(self, argv: Sequence[str] | None = None, *, useinit: bool = False) -> None:
         """Start daemonized (always); ``argv`` replaces the container's init (app container).
 
-        liblxc's log for this container goes to ``<lxcpath>/<name>/lxcbind.log`` so that a
-        failed start carries its reason.
+        When the config file is this handle's (no item set since the last save or load) and
+        neither ``argv`` nor ``useinit`` is given, liblxc's start runs in ``lxcbind-starter``
+        (``_start_apart``), not in this process; otherwise here.  liblxc's log for this
+        container goes to ``<lxcpath>/<name>/lxcbind.log`` so that a failed start carries its
+        reason.
         """
         if not argv and not useinit and not self._unsaved and os.access(STARTER, os.X_OK):
             self._start_apart()
