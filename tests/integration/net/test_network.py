@@ -322,7 +322,8 @@ GATEWAY_PROBE = textwrap.dedent(r'''
         fields = line.split()
         if fields[1] == "00000000":   # the default route: via the gateway (the host)
             gateway = socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
-    targets = [[p, gateway if a == "GATEWAY" else a, port] for p, a, port in json.loads(sys.argv[2])]
+    targets = [[p, gateway if a == "GATEWAY" else a, port]
+               for p, a, port in json.loads(sys.argv[2])]
     sys.exit(subprocess.run([sys.executable, sys.argv[1], json.dumps(targets)]).returncode)
 ''')
 
