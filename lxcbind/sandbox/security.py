@@ -15,7 +15,9 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   read-write bind maps host root to the container's root (a root-owned directory granted
   read-write), setuid/setgid mode bits are refused too (chmod family, open/creat/mknod modes;
   openat2, whose mode seccomp cannot read, answers ENOSYS), so no setuid-root file can be made
-  on the host.
+  on the host.  Sockets: only AF_UNIX, AF_INET, AF_INET6, AF_NETLINK and AF_PACKET
+  (``socket_family_rules``; AF_VSOCK reaches the hypervisor, no namespace isolates it).  The
+  32-bit x86 entry points, which liblxc cannot filter by argument, are filtered by the spawner.
 * **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
   below, set before start on the hierarchy family the host actually has (v1 or v2; liblxc
   ignores the other family without an error) and read back after start (``verify_limits``): a

@@ -150,3 +150,21 @@ def test_profile_refuses_exactly_the_unlisted_families() -> None:
     rules = security.socket_family_rules()
     assert len(rules) == 18 and sum(r.startswith("socketpair ") for r in rules) == 9
     assert all(r in security.seccomp_profile(("nesting", "perf")) for r in rules)
+
+
+def test_vsock_refused_through_liblxc_attach_too() -> None:
+    """A command started by liblxc's attach (the pty CLI, ``Container.run``), not by the
+    spawner, gets the 32-bit filter from the attach exec function."""
+    import lxcbind
+    from tests.security.test_escape import PRELUDE
+
+    script = PRELUDE + COMPAT + textwrap.dedent("""
+        sc("NATIVE", 41, 40, 1, 0)
+        compat_socket("COMPAT", 40, 1)
+        compat_socket("COMPAT_INET", 2, 1)
+    """)
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"}}) as box:
+        r = box.container.run(["python3", "-c", script], timeout=60)   # liblxc's attach
+    out = dict(line.split("=", 1) for line in r.stdout.decode().split() if "=" in line)
+    assert out["NATIVE"] == out["COMPAT_SOCKETCALL"] == out["COMPAT_SOCKET32"] == "EPERM", out
+    assert out["COMPAT_INET_SOCKET32"] == "OK", out
