@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Any
 
 import pytest
 
@@ -229,3 +230,23 @@ def test_host_addresses_and_connected_networks_from_proc() -> None:
         "::1/128", "2001:db8:5::2/128", "2001:db8:5::/64", "fe80::fc:ff:fe00:1/128",
         "fe80::/64"]
     assert connected_v4("garbage\n |-- x\n /zz host LOCAL\n") == []
+
+
+def test_outside_is_exact_and_minimal() -> None:
+    """The integer carving equals ``ipaddress``'s own exclusion, piece for piece."""
+    from lxcbind.policy.network import _outside, not_everything
+
+    holes = [*not_everything(), *HOST.local, ipaddress.ip_network("fe80::1/128")]
+    for text in ("0.0.0.0/0", "::/0", "0.0.0.0/1", "10.0.0.0/8", "192.0.0.0/16", "8.8.8.8/32",
+                 "fc00::/6", "100.0.0.0/8"):
+        net = ipaddress.ip_network(text)
+        pieces = [net]
+        for hole in sorted((h for h in holes if h.version == net.version and h != net
+                            and h.subnet_of(net)), key=lambda h: h.prefixlen):
+            kept: list[Any] = []
+            for piece in pieces:
+                if piece.subnet_of(hole):
+                    continue
+                kept += piece.address_exclude(hole) if hole.subnet_of(piece) else [piece]
+            pieces = kept
+        assert sorted(_outside(net, holes)) == sorted(pieces), text
