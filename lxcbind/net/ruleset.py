@@ -33,15 +33,18 @@ What the script builds, and why:
   means "this table does not object"):
   ``forward`` — container → elsewhere runs ``egress``; elsewhere → container runs
   ``ingress``.  ``input`` — container → the host itself (gateway address, host services, the
-  host's other addresses) runs the same ``egress`` policy, after letting neighbour discovery
-  through (mxc leaves INPUT open: a container could reach everything on the host).
+  host's other addresses) runs ``host_egress``, the same policy without its catch-alls (only
+  rules naming a host address reach the host), after letting neighbour discovery through (mxc
+  leaves INPUT open: a container could reach everything on the host).
   ``output`` — the host itself → container, governed by ``host_loopback_deny``.
 * **Egress**: the plan's decisions, not emitted one by one but grouped into **interval
   sets**: consecutive decisions with the same verdict are a "run" (first-match order inside a
   run cannot change the result), and inside a run every destination with the same family and
   protocol/port selector goes into one set (collapsed, so overlaps never make nft fail).  1,000
-  CIDRs with the same selector become one set and one rule; a catch-all becomes
-  ``meta nfproto ipv4``/``ipv6``.  The run grouping keeps the plan's order exactly, except
+  CIDRs with the same selector become one set and one rule; a whole family becomes
+  ``meta nfproto ipv4``/``ipv6`` (only a deny can be one: an accept of everything is carved
+  around the host and the non-internet ranges by ``egress_plan``, and becomes a set of what is
+  left).  The run grouping keeps the plan's order exactly, except
   holes included.
 * **Ports/protocols**: tcp/udp with ``port``/``endPort`` → ``tcp dport 80`` /
   ``udp dport 1000-2000``; ``any`` with a port → ``meta l4proto { tcp, udp } th dport …``;
