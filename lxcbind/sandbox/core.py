@@ -146,7 +146,8 @@ def network_notice(policy: Policy) -> str | None:
     """One line saying that the network is *not* enforced, and how to enforce it, for a
     policy in mxc's capabilities mode (schema < 0.8 without ``enforcementMode`` firewall/both);
     None when the network policy is enforced.  Such a run gets what mxc gives it: a network
-    device with open egress (NAT) and open inbound, nothing filtered."""
+    device with open egress (NAT) and open inbound; only what open egress always leaves out
+    (``lxcbind.policy.network.carve``) is filtered."""
     if policy.network.effective().firewall:
         return None
     if policy.version is None:
@@ -161,7 +162,8 @@ def network_notice(policy: Policy) -> str | None:
     else:
         why = (f"schema {policy.version} with no network section requests no firewall")
         how = "declare a network section under schema 0.8 (no section there means deny-all)"
-    return (f"network: not enforced: {why}; egress and inbound are open, as under mxc; "
+    return (f"network: not enforced: {why}; inbound is open and egress reaches the internet "
+            "(not the host, its networks or private ranges), as under mxc; "
             f"to enforce it, {how}")
 
 
