@@ -224,8 +224,10 @@ def collect_garbage(destroy: Callable[[str, str], None], *,
     ``destroy(name, lxcpath)`` removes one container with everything it owns; then
     ``release(record)`` undoes what else the record names (network state), for kept
     containers too.  A record is
-    handled only under its container's lock, so a live run is never disturbed.  Returns the
-    names of the containers destroyed.
+    handled only under its container's lock, so a live run is never disturbed.  A leftover
+    that cannot be removed is reported (one ``log`` line) and skipped, its record kept for the
+    next pass: one bad item never stops the others.  Returns the names of the containers
+    destroyed.
     """
     removed = []
     for rec in _load_records():
@@ -238,14 +240,24 @@ def collect_garbage(destroy: Callable[[str, str], None], *,
             fresh = [r for r in _load_records() if r.container == rec.container]
             if not fresh or fresh[0].runner_alive():
                 continue
-            if rec.destroy:
-                log(f"gc: destroying {rec.container!r} left by dead runner pid "
-                    f"{rec.runner_pid}")
-                destroy(rec.container, rec.lxcpath)
-                removed.append(rec.container)
-            if release is not None:
-                release(fresh[0])
+            try:
+                if rec.destroy:
+                    log(f"gc: destroying {rec.container!r} left by dead runner pid "
+                        f"{rec.runner_pid}")
+                    destroy(rec.container, rec.lxcpath)
+                    removed.append(rec.container)
+                if release is not None:
+                    release(fresh[0])
+            except Exception as exc:  # noqa: BLE001 - reported, skipped, retried next time
+                log(f"gc: could not remove {rec.container!r} (skipped, its record kept): "
+                    f"{_one_line(exc)}")
+                continue
             rec.remove()
         finally:
             lock.release()
     return removed
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

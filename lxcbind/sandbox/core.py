@@ -635,23 +635,27 @@ class Sandbox:
                 self._init_channel.close()
                 self._init_channel = None
             settled = self._net is None  # True once nothing of the network is left to undo
+            removed = False   # the container is gone (or kept on purpose): no record needed
             try:
                 c = self._container
                 if c is not None and not c.closed:
                     keep = not self.policy.lifecycle.destroy_on_exit and not (
                         failed and not self.reused)
-                    if keep:
-                        c.kill_attached()  # the container stays, its workload does not
-                        if self._net is not None:
-                            # Its rules are about to go: it must not run without them.
-                            c.stop()
-                            if self._net.eff.proxy is not None and self._rootfs_path:
-                                self._unpin()
-                        self._log(f"keeping container {self.name!r}")
-                    else:
-                        self._log(f"destroying container {self.name!r}")
-                        rootfs.remove_container(c)
-                    c.close()
+                    try:
+                        if keep:
+                            c.kill_attached()  # the container stays, its workload does not
+                            if self._net is not None:
+                                # Its rules are about to go: it must not run without them.
+                                c.stop()
+                                if self._net.eff.proxy is not None and self._rootfs_path:
+                                    self._unpin()
+                            self._log(f"keeping container {self.name!r}")
+                        else:
+                            self._log(f"destroying container {self.name!r}")
+                            rootfs.remove_container(c)
+                    finally:
+                        c.close()
+                removed = True
                 # Under the name's lock, also when a signal cut ``idmap.acquire`` short after
                 # it recorded the range but before ``_ids`` was set (no other run of this name
                 # can hold a range meanwhile: it would need the lock).
@@ -666,10 +670,11 @@ class Sandbox:
                     self._net = None
                     settled = True
             finally:
-                if self._record is not None and settled:
+                if self._record is not None and settled and removed:
                     self._record.remove()
                     self._record = None
-                # else: the record stays, naming the network state, for gc to finish
+                # else: the record stays, naming the container or the network state, for gc
+                # to finish
                 if self._locked:
                     self._lock.release()
                     self._locked = False

@@ -48,7 +48,7 @@ from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.model import Rootfs
 from lxcbind.proc.runner import Container
-from lxcbind.sandbox import idmap, security
+from lxcbind.sandbox import idmap, rmtree, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
@@ -591,16 +591,32 @@ def remove_container(c: LxcContainer) -> None:
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
+    cleared = False
     try:
         if handle.defined:
+            handle.stop()
+            # liblxc's destroy recurses once per directory level on the caller's stack: it
+            # only ever meets the workload's layers empty (``rmtree``).  What cannot be
+            # emptied raises, and the container stays for ``gc`` to report.
+            clear_writable(cdir)
+            cleared = True
             try:
                 handle.destroy()
             except LxcbindError:
                 handle.stop()  # destroy refused (e.g. still running): kill, then retry once
                 if handle.defined:
                     handle.destroy()
+        else:
+            cleared = True
     finally:
         if handle is not c:
             handle.close()
-        if os.path.lexists(cdir):
-            shutil.rmtree(cdir, ignore_errors=True)
+    if cleared and os.path.lexists(cdir):
+        rmtree.remove_tree(cdir)
+
+
+def clear_writable(cdir: str) -> None:
+    """Empty the directories of ``cdir`` that the workload shaped: the overlay's upper layer
+    and overlayfs' work directory beside it (``rmtree.RemovalError`` if something stays)."""
+    for part in (UPPER, "work"):
+        rmtree.remove_tree(os.path.join(cdir, part), keep_root=True)
