@@ -100,7 +100,8 @@ class Host:
             return []
         return [json.loads(p.read_text()) for p in owners.glob("*.json")]
 
-    def python(self, code: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    def python(self, code: str, *args: str,
+               timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-c", code, *args], env=self.env, text=True,
                               capture_output=True, timeout=timeout, cwd=ROOT)
 
