@@ -218,16 +218,17 @@ class ContainerLock:
 
 def collect_garbage(destroy: Callable[[str, str], None], *,
                     release: Callable[[OwnershipRecord], None] | None = None,
-                    log: Callable[[str], None] = lambda m: None) -> list[str]:
+                    log: Callable[[str], None] = lambda m: None,
+                    warn: Callable[[str], None] | None = None) -> list[str]:
     """Remove what runners that died without cleaning up (SIGKILL) left behind.
 
     ``destroy(name, lxcpath)`` removes one container with everything it owns; then
     ``release(record)`` undoes what else the record names (network state), for kept
     containers too.  A record is
     handled only under its container's lock, so a live run is never disturbed.  A leftover
-    that cannot be removed is reported (one ``log`` line) and skipped, its record kept for the
-    next pass: one bad item never stops the others.  Returns the names of the containers
-    destroyed.
+    that cannot be removed is reported (one ``warn`` line, ``log`` without one) and skipped,
+    its record kept for the next pass: one bad item never stops the others.  Returns the
+    names of the containers destroyed.
     """
     removed = []
     for rec in _load_records():
@@ -249,8 +250,8 @@ def collect_garbage(destroy: Callable[[str, str], None], *,
                 if release is not None:
                     release(fresh[0])
             except Exception as exc:  # noqa: BLE001 - reported, skipped, retried next time
-                log(f"gc: could not remove {rec.container!r} (skipped, its record kept): "
-                    f"{_one_line(exc)}")
+                (warn or log)(f"gc: could not remove {rec.container!r} (skipped, its record "
+                              f"kept): {_one_line(exc)}")
                 continue
             rec.remove()
         finally:

@@ -298,7 +298,8 @@ class Sandbox:
         if refusal:
             raise SandboxError(refusal)
         cgroups.prime_migration()   # the grace period start() waits for, off its path
-        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
+        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log,
+                                warn=self._warn)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
         if not self._lock.acquire(blocking=False):
@@ -756,14 +757,16 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         lock.release()
 
 
-def gc(*, log: Log | None = None) -> list[str]:
+def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
-    stale and unused; returns the names of the containers destroyed."""
+    stale and unused; returns the names of the containers destroyed.  A leftover it cannot
+    remove is one ``warn`` line (default: a ``logging`` warning) and is skipped."""
     from lxcbind.net import network
 
     log = log or (lambda message: None)
-    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
+    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log,
+                                      warn=warn or _warning)
     _reap_stale_leases(log)
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
