@@ -8,14 +8,16 @@ the same tree).  Python 3.11's ``shutil.rmtree`` recurses the same way (Recursio
 paths past PATH_MAX).  So the writable layer is emptied here first, and liblxc only ever meets
 an empty one.
 
-The algorithm is flat.  A *holding* directory is made inside the tree's root (same
-filesystem, so ``rename()`` works).  Emptying a directory unlinks what is not a directory,
-removes the empty subdirectories, and *hoists* every other subdirectory into the holding
-directory under a counter name (``0``, ``1``, ...).  Then each hoisted directory is opened by
-its number and emptied the same way (its own subdirectories get higher numbers), then removed.
-Whatever the depth, no stack of frames, paths or open descriptors grows: the state is two
-integers, at most four descriptors are open, and ``os.scandir`` streams entries in fixed-size
-chunks, so a directory of millions of entries costs no more memory than one of ten.  Every call
+The algorithm is flat past a fixed depth.  Emptying a directory unlinks what is not a
+directory, removes the empty subdirectories, and empties the others in place for the first
+``_IN_PLACE`` levels (so a normal small layer costs no more calls than a plain removal).
+Below that, a subdirectory is *hoisted*: renamed into a holding directory made inside the
+tree's root (same filesystem, so ``rename()`` works) under a counter name (``0``, ``1``, ...).
+Then each hoisted directory is opened by its number and emptied the same way (its own deep
+subdirectories get higher numbers), then removed.  Whatever the depth, at most ``_IN_PLACE``
+frames and a few more descriptors are in use, the rest of the state is two integers, and
+``os.scandir`` streams entries in fixed-size chunks, so a directory of millions of entries costs
+no more memory than one of ten.  Every call
 is relative to a directory descriptor (names, never paths: no PATH_MAX), nothing follows a
 symbolic link (``O_NOFOLLOW``, ``unlinkat``, ``renameat``), no special file is ever opened
 (FIFOs, sockets and devices are only unlinked; a sparse file of any size is one unlink), and a
@@ -36,6 +38,7 @@ from lxcbind.errors import SandboxError
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _EXAMPLES = 5   # problems quoted in a RemovalError; the rest are only counted
+_IN_PLACE = 8   # levels removed in place before hoisting starts (frames, fds: bounded)
 
 
 class RemovalError(SandboxError):
@@ -51,54 +54,70 @@ class RemovalError(SandboxError):
 
 
 class _Remover:
-    """One removal: the holding directory's descriptor, its counters, what failed."""
+    """One removal: the holding directory (made on first need), its counter, what failed."""
 
-    def __init__(self, root: str, root_fd: int, hold_name: str, hold_fd: int) -> None:
+    def __init__(self, root: str, root_fd: int) -> None:
         self.root = root
         self.root_fd = root_fd
         self.dev = os.fstat(root_fd).st_dev
-        self.hold_name = hold_name
-        self.hold_fd = hold_fd
+        self.hold_name = ""
+        self.hold_fd = -1
         self.issued = 0      # names 0 .. issued-1 were given out in the holding directory
         self.failures = 0
         self.examples: list[str] = []
-        self._pending: list[str] = []   # this pass's problems: only a last pass's count
-        self._pending_count = 0
 
-    def fail(self, what: str, exc: OSError | None = None, *, final: bool = True) -> None:
-        text = f"{what}: {exc.strerror}" if exc is not None else what
-        if not final:
-            if len(self._pending) < _EXAMPLES:
-                self._pending.append(text)
-            self._pending_count += 1
-            return
+    def fail(self, text: str) -> None:
         self.failures += 1
         if len(self.examples) < _EXAMPLES:
             self.examples.append(text)
 
-    def empty(self, fd: int, skip: str | None = None) -> bool:
+    def close(self) -> None:
+        if self.hold_fd >= 0:
+            os.close(self.hold_fd)
+            self.hold_fd = -1
+
+    def _hold(self) -> int:
+        """The holding directory's descriptor, made in the root at the first hoist (a small
+        tree never needs one: two metadata writes saved on every teardown)."""
+        if self.hold_fd < 0:
+            while True:
+                name = f".lxcbind-rm-{secrets.token_hex(6)}"
+                try:
+                    os.mkdir(name, 0o700, dir_fd=self.root_fd)
+                    break
+                except FileExistsError:
+                    continue
+            self.hold_name = name
+            self.hold_fd = os.open(name, _DIR_FLAGS, dir_fd=self.root_fd)
+        return self.hold_fd
+
+    def empty(self, fd: int, level: int, *, is_root: bool = False, report: bool = True) -> bool:
         """Empty the directory open as ``fd``; True when nothing was left in it.  Scanned
-        again while a pass changed something: readdir while entries go is allowed to miss
-        some, and a pass that changes nothing ends it."""
+        again while a pass changed something (readdir while entries go may miss some); the
+        problems of the last pass, one that changed nothing, are the ones reported (unless
+        not ``report``: a directory emptied in place that keeps something is hoisted, and
+        its problems are reported once, where the holding directory is drained)."""
         while True:
-            changed = left = False
-            self._pending, self._pending_count = [], 0
+            changed, problems = False, []
             with os.scandir(fd) as entries:   # scandir dups fd: ours stays open
                 for entry in entries:
-                    if entry.name == skip:
+                    if is_root and entry.name == self.hold_name:
                         continue
-                    done = self._remove_entry(fd, entry)
-                    changed |= done
-                    left |= not done
-            if not left:
+                    problem = self._remove_entry(fd, entry, level)
+                    if problem is None:
+                        changed = True
+                    else:
+                        problems.append(problem)
+            if not problems:
                 return True
-            if not changed:   # the problems of this last pass are the ones that stay
-                self.failures += self._pending_count
-                room = _EXAMPLES - len(self.examples)
-                self.examples.extend(self._pending[:max(0, room)])
+            if not changed:
+                for problem in problems:
+                    if problem and report:   # "": a race, seen again by a later pass
+                        self.fail(problem)
                 return False
 
-    def _remove_entry(self, fd: int, entry: os.DirEntry[str]) -> bool:
+    def _remove_entry(self, fd: int, entry: os.DirEntry[str], level: int) -> str | None:
+        """Remove (or hoist) one entry: None when it is gone from ``fd``, else the problem."""
         name = entry.name
         try:
             is_dir = entry.is_dir(follow_symlinks=False)
@@ -107,42 +126,54 @@ class _Remover:
         if not is_dir:
             try:
                 os.unlink(name, dir_fd=fd)
-                return True
+                return None
             except FileNotFoundError:
-                return True
+                return None
             except IsADirectoryError:
                 pass       # d_type said otherwise: handled as a directory below
             except OSError as exc:
-                self.fail(repr(name), exc, final=False)
-                return False
+                return f"{name!r}: {exc.strerror}"
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except FileNotFoundError:
-            return True
+            return None
         except OSError as exc:
-            self.fail(repr(name), exc, final=False)
-            return False
+            return f"{name!r}: {exc.strerror}"
         if not stat.S_ISDIR(st.st_mode):
-            return False  # changed under us (nothing of the workload runs): next pass
+            return ""     # replaced meanwhile: the next pass unlinks it
         if st.st_dev != self.dev:
-            self.fail(f"{name!r}: a mount point (not entered)", final=False)
-            return False
+            return f"{name!r}: a mount point (not entered)"
         try:
-            os.rmdir(name, dir_fd=fd)   # empty already: one call, nothing to hoist
-            return True
+            os.rmdir(name, dir_fd=fd)   # empty already: one call
+            return None
         except FileNotFoundError:
-            return True
+            return None
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                self.fail(repr(name), exc, final=False)
-                return False
+                return f"{name!r}: {exc.strerror}"
+        if level < _IN_PLACE:
+            # A few levels in place (bounded: at most _IN_PLACE frames and descriptors), so a
+            # normal small layer needs no holding directory and no rename.
+            try:
+                sub = self._open_dir(fd, name)
+            except OSError as exc:
+                return f"{name!r}: {exc.strerror}"
+            try:
+                emptied = self.empty(sub, level + 1, report=False)
+            finally:
+                os.close(sub)
+            if emptied:
+                try:
+                    os.rmdir(name, dir_fd=fd)
+                    return None
+                except OSError as exc:
+                    return f"{name!r}: {exc.strerror}"
         try:
-            os.rename(name, str(self.issued), src_dir_fd=fd, dst_dir_fd=self.hold_fd)
+            os.rename(name, str(self.issued), src_dir_fd=fd, dst_dir_fd=self._hold())
         except OSError as exc:
-            self.fail(repr(name), exc, final=False)
-            return False
+            return f"{name!r}: {exc.strerror}"
         self.issued += 1
-        return True
+        return None
 
     def drain(self) -> None:
         """Empty and remove every hoisted directory, in the order they were hoisted (emptying
@@ -154,17 +185,17 @@ class _Remover:
             try:
                 fd = self._open_dir(self.hold_fd, name)
             except OSError as exc:
-                self.fail(f"hoisted directory {name}", exc)
+                self.fail(f"hoisted directory {name}: {exc.strerror}")
                 continue
             try:
-                emptied = self.empty(fd)
+                emptied = self.empty(fd, 1)
             finally:
                 os.close(fd)
             if emptied:
                 try:
                     os.rmdir(name, dir_fd=self.hold_fd)
                 except OSError as exc:
-                    self.fail(f"hoisted directory {name}", exc)
+                    self.fail(f"hoisted directory {name}: {exc.strerror}")
 
     @staticmethod
     def _open_dir(dir_fd: int, name: str) -> int:
@@ -172,7 +203,7 @@ class _Remover:
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
         except PermissionError:
             # Mode 000 stops a caller without CAP_DAC_OVERRIDE: the directory is ours to
-            # remove (it was renamed here, so it is a directory and not a link).
+            # remove (nothing of the workload runs any more to swap it for a link).
             os.chmod(name, 0o700, dir_fd=dir_fd)
             return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
@@ -218,29 +249,17 @@ def remove_tree(path: str, *, keep_root: bool = False) -> None:
 
 
 def _remove_below(path: str, root_fd: int) -> None:
-    while True:
-        hold_name = f".lxcbind-rm-{secrets.token_hex(6)}"
-        try:
-            os.mkdir(hold_name, 0o700, dir_fd=root_fd)
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise RemovalError(path, [f"cannot make a holding directory: {exc.strerror}"],
-                               1) from None
-    hold_fd = os.open(hold_name, _DIR_FLAGS, dir_fd=root_fd)
+    rm = _Remover(path, root_fd)
     try:
-        rm = _Remover(path, root_fd, hold_name, hold_fd)
-        # The root's own entries, then the hoisted ones; again while the root still has some
-        # (a hoisted directory that could not be emptied leaves the holding one non-empty).
-        rm.empty(root_fd, skip=hold_name)
+        rm.empty(root_fd, 0, is_root=True)
         rm.drain()
     finally:
-        os.close(hold_fd)
-    try:
-        os.rmdir(hold_name, dir_fd=root_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or rm.failures == 0:
-            rm.fail(f"holding directory {hold_name}", exc)
+        rm.close()
+    if rm.hold_name:
+        try:
+            os.rmdir(rm.hold_name, dir_fd=root_fd)
+        except OSError as exc:
+            if rm.failures == 0:
+                rm.fail(f"holding directory {rm.hold_name}: {exc.strerror}")
     if rm.failures:
         raise RemovalError(path, rm.examples, rm.failures)
