@@ -143,6 +143,18 @@ class Host:
                     c.stop()
                 subprocess.run(["rm", "-rf", "--one-file-system", cdir], check=False)
             idmap.release(name, lxcpath)
+        if leftovers:   # the network state of a crashed --net run (in this state directory)
+            self.python(_NET_CLEANUP, *sorted(n for n, _ in leftovers), timeout=120)
+
+
+_NET_CLEANUP = """
+import contextlib, sys
+from lxcbind.net import leases, network
+for name in sys.argv[1:]:
+    if network.has_table(name) or name in leases.leases():
+        with contextlib.suppress(Exception):
+            network.teardown_orphan(name)
+"""
 
 
 @pytest.fixture
@@ -359,3 +371,30 @@ def test_a_failed_teardown_leaves_a_record_that_gc_finishes(host: Host) -> None:
     assert f"removed {name}\n" in g.stdout
     host.assert_clean({name})
     host.assert_next_run_works()
+
+
+NET_STATE = """
+import json, sys
+from lxcbind.net import leases, network
+print(json.dumps([network.has_table(n) or n in leases.leases() for n in sys.argv[1:]]))
+"""
+
+
+def test_cli_with_net_leaves_no_network_state(host: Host) -> None:
+    """With ``--net`` the run also owns an nft table and a lease: they go too, and a killed
+    runner's go with gc."""
+    name, killed = named(host, "net-"), named(host, "netkill-")
+    path = host.state.parent / "policy.json"
+    path.write_text(json.dumps(policy(name)))
+    r = host.cli("run", str(path), "--no-tty", "--net", "--", *shape_argv(DEPTH, WIDTH))
+    assert r.returncode == EXIT, (r.returncode, r.stderr[-2000:])
+    host.assert_clean({name})
+    doc = {**policy(killed), "network": {"egress": {"default": "allow"}}}
+    k = host.python(KILLED, json.dumps(doc), json.dumps(shape_argv(DEPTH)))
+    assert (k.returncode, k.stdout) == (-9, f"{EXIT}\n"), k.stderr[-2000:]
+    assert json.loads(host.python(NET_STATE, killed).stdout) == [True]   # the test is real
+    g = host.cli("gc", timeout=600)
+    assert g.returncode == 0, g.stderr
+    host.assert_clean({killed})
+    state = host.python(NET_STATE, name, killed)
+    assert json.loads(state.stdout) == [False, False], state.stderr
