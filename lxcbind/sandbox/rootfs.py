@@ -44,11 +44,12 @@ from collections.abc import Callable, Sequence
 
 from lxcbind._lite import sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.lxc import rmtree
 from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.model import Rootfs
 from lxcbind.proc.runner import Container
-from lxcbind.sandbox import idmap, rmtree, security
+from lxcbind.sandbox import idmap, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
@@ -587,36 +588,25 @@ def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
 
 def remove_container(c: LxcContainer) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
-    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
+    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it).
+
+    Never recursive on the caller's stack, whatever the workload left (``rmtree``); what cannot
+    be removed raises ``rmtree.RemovalError`` and the container stays, for ``gc`` to report."""
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
-    cleared = False
     try:
         if handle.defined:
-            handle.stop()
-            # liblxc's destroy recurses once per directory level on the caller's stack: it
-            # only ever meets the workload's layers empty (``rmtree``).  What cannot be
-            # emptied raises, and the container stays for ``gc`` to report.
-            clear_writable(cdir)
-            cleared = True
             try:
-                handle.destroy()
+                handle.destroy()   # empties the workload's layers first (``rmtree``)
+            except rmtree.RemovalError:
+                raise              # liblxc never meets what could not be emptied
             except LxcbindError:
                 handle.stop()  # destroy refused (e.g. still running): kill, then retry once
                 if handle.defined:
                     handle.destroy()
-        else:
-            cleared = True
     finally:
         if handle is not c:
             handle.close()
-    if cleared and os.path.lexists(cdir):
+    if os.path.lexists(cdir):
         rmtree.remove_tree(cdir)
-
-
-def clear_writable(cdir: str) -> None:
-    """Empty the directories of ``cdir`` that the workload shaped: the overlay's upper layer
-    and overlayfs' work directory beside it (``rmtree.RemovalError`` if something stays)."""
-    for part in (UPPER, "work"):
-        rmtree.remove_tree(os.path.join(cdir, part), keep_root=True)

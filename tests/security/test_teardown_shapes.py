@@ -398,3 +398,25 @@ def test_cli_with_net_leaves_no_network_state(host: Host) -> None:
     host.assert_clean({killed})
     state = host.python(NET_STATE, name, killed)
     assert json.loads(state.stdout) == [False, False], state.stderr
+
+
+DESTROY = """
+import sys, lxcbind
+with lxcbind.Container(sys.argv[1]) as c:
+    c.destroy()
+    print(c.defined)
+"""
+
+
+def test_the_bindings_destroy_survives_a_shaped_layer(host: Host) -> None:
+    """``lxcbind.Container.destroy()`` (the binding, no sandbox) on a container left running
+    with every shape inside: liblxc only meets empty layers."""
+    name = named(host, "bind-")
+    r = host.python(KILLED, json.dumps(policy(name)), json.dumps(shape_argv(DEPTH, WIDTH)))
+    assert (r.returncode, r.stdout) == (-9, f"{EXIT}\n"), r.stderr[-2000:]
+    d = host.python(DESTROY, name)
+    assert (d.returncode, d.stdout) == (0, "False\n"), d.stderr[-2000:]
+    assert not os.path.lexists(os.path.join(default_lxcpath(), name))
+    g = host.cli("gc", timeout=600)   # the record and id range of the killed runner
+    assert g.returncode == 0, g.stderr
+    host.assert_clean({name})

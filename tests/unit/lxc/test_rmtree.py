@@ -1,4 +1,4 @@
-"""``lxcbind.sandbox.rmtree``: flat removal, bounded stack and memory, no link followed, no
+"""``lxcbind.lxc.rmtree``: flat removal, bounded stack and memory, no link followed, no
 mount point crossed, what stays is reported (never a crash).  Real files, no mocks."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lxcbind.sandbox.rmtree import RemovalError, remove_tree
+from lxcbind.lxc.rmtree import RemovalError, remove_tree
 
 IS_ROOT = os.geteuid() == 0
 
