@@ -15,13 +15,15 @@ Below that, a subdirectory is *hoisted*: renamed into a holding directory made i
 tree's root (same filesystem, so ``rename()`` works) under a counter name (``0``, ``1``, ...).
 Then each hoisted directory is opened by its number and emptied the same way (its own deep
 subdirectories get higher numbers), then removed.  Whatever the depth, at most ``_IN_PLACE``
-frames and a few more descriptors are in use, the rest of the state is two integers, and
-``os.scandir`` streams entries in fixed-size chunks, so a directory of millions of entries costs
-no more memory than one of ten.  Every call
-is relative to a directory descriptor (names, never paths: no PATH_MAX), nothing follows a
-symbolic link (``O_NOFOLLOW``, ``unlinkat``, ``renameat``), no special file is ever opened
-(FIFOs, sockets and devices are only unlinked; a sparse file of any size is one unlink), and a
-directory on another device (a mount point) is neither entered nor moved.
+frames, scandir buffers and a few more descriptors are in use, the rest of the state is two
+integers, and ``os.scandir`` streams entries in fixed-size chunks, so a directory of millions
+of entries costs no more memory than one of ten.  Every call is relative to a directory
+descriptor (names, never paths: no PATH_MAX), nothing follows a symbolic link
+(``O_NOFOLLOW``, ``unlinkat``, ``renameat``), no special file is ever opened (FIFOs, sockets and
+devices are only unlinked; a sparse file of any size is one unlink), and a directory on another
+device (a mount point) is neither entered nor moved (one above it may be hoisted: the mount
+moves with it, still reported).  lxcbind removes the writable layer only once the container
+is stopped: no process of the workload renames things under it meanwhile.
 
 What cannot be removed (a mount point, an immutable file) stays and is reported in one
 ``RemovalError`` (a bounded number of examples, and a count), never by a crash.
