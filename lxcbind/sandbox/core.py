@@ -47,7 +47,7 @@ from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
 from lxcbind.result import CompletedRun
-from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
@@ -272,6 +272,8 @@ class Sandbox:
         self._net: network.ContainerNetwork | None = None
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
+        self._disk_size = disk.resolve(self.policy.lxc.limits.disk, self.lxcpath)
+        self._disk: disk.Layer | None = None   # the limited writable layer, while it runs
         self._rootfs_path = ""
         self._event_files: tuple[str | None, str | None] | None = None   # found after start
         self._sessions: list[Session] = []   # closed first, before the container goes
@@ -319,6 +321,8 @@ class Sandbox:
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
         if not self.reused:   # noted before it is made, like everything: one write, not two
             self._record.created.append("container")
+            if self._disk_size is not None:
+                self._record.created.append("disk")   # image, loop device, mount: in its dir
         self._record.save()
         if not privileged:
             # Held while the container's directory exists or this runner lives: a SIGKILL
@@ -345,6 +349,10 @@ class Sandbox:
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
+            cdir = os.path.join(self.lxcpath, self.name)
+            if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
+                disk.wait_released(cdir)   # the stop above: the old mount must be gone first
+                disk.mount_existing(cdir)
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -358,7 +366,8 @@ class Sandbox:
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned,
                                                      config=net_config + init_config,
-                                                     isolation=isolation)
+                                                     isolation=isolation,
+                                                     disk_size=self._disk_size)
             if spawner_init:
                 self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
@@ -382,6 +391,8 @@ class Sandbox:
             for entry in planned:
                 if entry.staged:
                     idmap.stage_bind(cdir, entry.source)
+        if disk.has_layer(cdir):
+            self._disk = disk.Layer(cdir)
         self._log("starting")
         try:
             self._container.start()
@@ -389,6 +400,9 @@ class Sandbox:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
         finally:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
+            # The container's overlay holds the layer from now on: when its last process is
+            # gone the kernel frees the filesystem and the loop device, whoever dies.
+            disk.detach(cdir)
         init_pid = self._container.init_pid
         if init_pid is None:
             why = (": its init, lxcbind's session spawner, exited before it reached the host"
@@ -413,6 +427,7 @@ class Sandbox:
                                          timeout=d.timeout, uid=d.uid, gid=d.gid,
                                          init_control=control,
                                          start_timeout=self._start_timeout)
+            self._init_session._disk = self._disk
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -434,6 +449,7 @@ class Sandbox:
         d = self.command_defaults()
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+        session._disk = self._disk
         self._sessions.append(session)
         return session
 
@@ -580,10 +596,12 @@ class Sandbox:
 
     def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
         """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
-        ``before`` (read while the container still runs: the counters go with it)."""
+        ``before`` (read while the container still runs: the counters go with it), and
+        ``disk_limited`` when the writable layer is full."""
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
-                       pids_limited=after.pids_max > before.pids_max)
+                       pids_limited=after.pids_max > before.pids_max,
+                       disk_limited=self._disk is not None and self._disk.full())
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -634,6 +652,9 @@ class Sandbox:
             if self._init_channel is not None:   # a failed start: nothing accepted
                 self._init_channel.close()
                 self._init_channel = None
+            if self._disk is not None:   # it must not hold the filesystem past the container
+                self._disk.close()
+                self._disk = None
             settled = self._net is None  # True once nothing of the network is left to undo
             try:
                 c = self._container
@@ -776,7 +797,16 @@ def gc(*, log: Log | None = None) -> list[str]:
 
 class Session(_session.Session):
     """``lxcbind.proc.session.Session`` (many commands in one warm container), plus
-    ``from_policy``: a session in a fresh sandbox of its own."""
+    ``from_policy``: a session in a fresh sandbox of its own, and ``disk_limited`` in its
+    results."""
+
+    _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+
+    def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
+        result = super().with_limit_events(result, before)
+        if self._disk is not None and self._disk.full():
+            result = replace(result, disk_limited=True)
+        return result
 
     @classmethod
     def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
@@ -797,6 +827,7 @@ class Session(_session.Session):
                 d = box.command_defaults()
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+                session._disk = box._disk
         except BaseException:
             box.close(failed=True)
             raise
