@@ -292,10 +292,9 @@ def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
     """After the container stopped: wait until the kernel has let go of the layer's loop
     device (autoclear runs when the last mount of the filesystem goes, which can lag the
     container's exit a little).  Returns the loop devices still attached (after asking them
-    to detach), normally none.  Cheap when there is nothing to wait for."""
-    image = os.path.join(cdir, IMAGE)
-    if not os.path.exists(image):
-        return []
+    to detach), normally none.  Cheap when there is nothing to wait for: one look at the loop
+    devices in /sys/block."""
+    image = os.path.join(cdir, IMAGE)   # liblxc's destroy may have removed it already
     deadline = time.monotonic() + timeout
     while True:
         left = _loops_of(image)

@@ -596,6 +596,7 @@ def remove_container(c: LxcContainer) -> None:
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
+    layered = disk.has_layer(cdir)
     disk.detach(cdir)       # the whole limited layer goes at once: nothing for destroy to walk
     try:
         if handle.defined:
@@ -608,6 +609,7 @@ def remove_container(c: LxcContainer) -> None:
     finally:
         if handle is not c:
             handle.close()
-        disk.wait_released(cdir)
+        if layered:
+            disk.wait_released(cdir)
         if os.path.lexists(cdir):
             shutil.rmtree(cdir, ignore_errors=True)
