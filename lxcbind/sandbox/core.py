@@ -351,8 +351,7 @@ class Sandbox:
             rootfs.replace_mounts(probe, spec, planned, isolation)
             cdir = os.path.join(self.lxcpath, self.name)
             if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
-                disk.wait_released(cdir)   # the stop above: the old mount must be gone first
-                disk.mount_existing(cdir)
+                disk.mount_existing(cdir)   # after a reboot, or a run that failed to start
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -400,9 +399,12 @@ class Sandbox:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
         finally:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
-            # The container's overlay holds the layer from now on: when its last process is
-            # gone the kernel frees the filesystem and the loop device, whoever dies.
-            disk.detach(cdir)
+            if self.policy.lifecycle.destroy_on_exit:
+                # The container's overlay holds the layer from now on: when its last process
+                # is gone the kernel frees the filesystem and the loop device, whoever dies.
+                # (A kept container's layer stays mounted on the host with it, where lxcbind
+                # repairs its /etc between runs; removing the container unmounts it.)
+                disk.detach(cdir)
         init_pid = self._container.init_pid
         if init_pid is None:
             why = (": its init, lxcbind's session spawner, exited before it reached the host"

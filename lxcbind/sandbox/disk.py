@@ -266,9 +266,14 @@ def prepare(cdir: str, size: int, owner: int | None) -> None:
 
 
 def mount_existing(cdir: str) -> None:
-    """Mount a kept container's layer again (its image holds its earlier writes)."""
+    """Mount a kept container's layer again unless it is (its image holds its earlier
+    writes).  Never while a loop device still holds the image: one filesystem mounted twice
+    through two devices would be corrupted."""
     if os.path.ismount(os.path.join(cdir, LAYER)):
         return
+    if wait_released(cdir):
+        raise SandboxError(f"lxc.limits.disk: the disk layer of {os.path.basename(cdir)!r} "
+                           "is still in use by an earlier start; try again")
     image = os.open(os.path.join(cdir, IMAGE), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         _mount(cdir, image)
