@@ -332,8 +332,18 @@ class Layer:
             return False
         return st.f_favail == 0 or st.f_bavail * st.f_frsize < FULL_MARGIN
 
-    def close(self) -> None:
-        """Let go of the filesystem (it must not outlive the container because of us)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def close(self, background: bool = False) -> None:
+        """Let go of the filesystem (it must not outlive the container because of us).  When
+        this is the last reference, the close shuts the filesystem and its loop device down;
+        ``background``: in a daemon thread, so the caller does not wait for it (if this
+        process exits first, the kernel closes the descriptor and does the same)."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if background:
+            import threading
+
+            threading.Thread(target=os.close, args=(fd,), name="lxcbind-disk-release",
+                             daemon=True).start()
+        else:
+            os.close(fd)

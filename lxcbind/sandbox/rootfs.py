@@ -590,9 +590,11 @@ def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
         raise SandboxError(f"could not apply the filesystem policy to {c.name!r}: {exc}") from None
 
 
-def remove_container(c: LxcContainer) -> None:
+def remove_container(c: LxcContainer, *, wait_layer: bool = True) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
-    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
+    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it).
+    ``wait_layer``: wait until the kernel has released a disk-limited layer's loop device
+    (False when the caller still holds the layer open and lets it go afterwards)."""
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
@@ -609,7 +611,7 @@ def remove_container(c: LxcContainer) -> None:
     finally:
         if handle is not c:
             handle.close()
-        if layered:
+        if layered and wait_layer:
             disk.wait_released(cdir)
         if os.path.lexists(cdir):
             shutil.rmtree(cdir, ignore_errors=True)
