@@ -191,7 +191,11 @@ def _attach_loop(image_fd: int, name: str) -> tuple[str, int]:
         for _ in range(64):   # another process may take the free device first: EBUSY, retry
             number = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
             device = f"/dev/loop{number}"
-            dev = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                dev = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:   # no devtmpfs node for it (a container as the host)
+                raise SandboxError(f"lxc.limits.disk: cannot open {device}: {exc.strerror}; "
+                                   "set \"disk\": \"max\" to run without a disk limit") from None
             try:
                 config = struct.pack("II", image_fd, 4096) + _loop_info(name) + bytes(64)
                 try:
@@ -235,7 +239,11 @@ def _mount(cdir: str, image_fd: int) -> None:
 
     target = os.path.join(cdir, LAYER)
     os.makedirs(target, 0o755, exist_ok=True)
-    device, dev = _attach_loop(image_fd, os.path.join(cdir, IMAGE))
+    try:
+        device, dev = _attach_loop(image_fd, os.path.join(cdir, IMAGE))
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: cannot attach a loop device: {exc.strerror}") \
+            from None
     try:
         # noinit_itable: no background thread zeroing inode tables (it would fill the file).
         hostmount.mount_device(device, target, "ext4", "noinit_itable")
