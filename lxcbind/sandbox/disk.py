@@ -17,13 +17,16 @@ with ``noinit_itable`` (no background zeroing that would grow the file).  Works 
 filesystem with sparse files (ext4, xfs, btrfs) and either cgroup version.
 
 Nothing outlives the container, whoever dies: the loop device is attached with
-``LO_FLAGS_AUTOCLEAR`` and the host's mount is detached right after the container started
-(the container's overlay holds the filesystem from then on), so the kernel frees the
-filesystem and then the loop device when the container's last process is gone.  The image is
-an ordinary file in the container's directory, removed with it.  Teardown (``detach`` before
-liblxc's destroy, ``wait_released`` after it) never walks the workload's tree: the whole
-filesystem goes at once.  While a sandbox runs it keeps an ``O_PATH`` descriptor on the
-filesystem (``Layer``) to tell whether the limit was reached.
+``LO_FLAGS_AUTOCLEAR`` and the host's mount of a throwaway container's layer is detached right
+after it started (its overlay holds the filesystem from then on), so the kernel frees the
+filesystem and then the loop device when the container's last process is gone.  (A kept
+container's layer stays mounted on the host while the container exists.)  The image is an
+ordinary file in the container's directory, removed with it.  Teardown (``detach`` before
+liblxc's destroy, ``wait_released`` after it, for ``gc``) never walks the workload's tree: the
+whole filesystem goes at once.  While a sandbox runs it keeps an ``O_PATH`` descriptor on the
+filesystem (``Layer``) to tell whether the limit was reached; it lets go of it after the
+container is gone, in a background thread, so the filesystem's shutdown and the loop device's
+detach (mostly waiting for the block layer, ~3 to 30 ms) are not on the caller's path.
 """
 
 from __future__ import annotations
