@@ -51,7 +51,9 @@ DEFAULT_CAP = 10 << 30         # at most 10 GiB by default ...
 DEFAULT_SHARE = 4              # ... and at most a quarter of the free space where it lives
 MIN_SIZE = 16 << 20
 INODE_RATIO = 16384            # bytes per inode: 10 GiB holds 655,360 files
-FULL_MARGIN = 1 << 20          # "full": less than this left for the workload, or no inode
+# "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
+# ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
+FULL_MARGIN = 2 << 20
 _SCHEMA = "1"                  # bump when the mkfs options change
 
 _LOOP_CTL_GET_FREE = 0x4C82
@@ -341,7 +343,8 @@ class Layer:
             st = os.fstatvfs(self._fd)
         except OSError:
             return False
-        return st.f_favail == 0 or st.f_bavail * st.f_frsize < FULL_MARGIN
+        margin = FULL_MARGIN + st.f_blocks * st.f_frsize // 128
+        return st.f_favail == 0 or st.f_bavail * st.f_frsize < margin
 
     def close(self, background: bool = False) -> None:
         """Let go of the filesystem (it must not outlive the container because of us).  When

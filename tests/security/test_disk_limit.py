@@ -262,3 +262,48 @@ def test_a_runner_killed_between_define_and_start_leaves_nothing_after_gc(
     with Container(name) as probe:
         assert not probe.defined
     assert not os.path.exists(cdir)
+
+
+def test_other_ways_past_the_limit_are_refused_too(host_unchanged) -> None:
+    """fallocate, a sparse file filled in, writes elsewhere in the layer, and reaching the
+    loop device behind it: ENOSPC, or no access at all."""
+    script = textwrap.dedent("""
+        import errno, os
+        def attempt(name, fn):
+            try:
+                fn(); print(f"{name}=OK 0")
+            except OSError as exc:
+                print(f"{name}={errno.errorcode[exc.errno]} 0")
+        def falloc():
+            fd = os.open("/big", os.O_CREAT | os.O_WRONLY)
+            try:
+                os.posix_fallocate(fd, 0, 64 << 20)
+            finally:
+                os.close(fd)   # its blocks are freed at unlink only once it is closed
+        def sparse_then_fill():
+            with open("/sparse", "wb") as f:
+                f.truncate(1 << 40)          # a 1 TiB sparse file costs nothing ...
+                os.posix_fallocate(f.fileno(), 0, 64 << 20)   # ... filling it in does
+        def elsewhere():
+            for d in ("/var/tmp", "/home/sandbox", "/root"):
+                with open(d + "/fill", "wb") as f:
+                    for _ in range(64):
+                        f.write(b"x" * (1 << 20))
+                    f.flush(); os.fsync(f.fileno())
+        def loop_control():
+            os.open("/dev/loop-control", os.O_RDWR)
+        def loop_node():
+            os.mknod("/tmp/loop", 0o600 | 0o060000, os.makedev(7, 0))
+            os.open("/tmp/loop", os.O_RDWR)
+        attempt("FALLOCATE", falloc); os.unlink("/big")
+        attempt("SPARSE", sparse_then_fill); os.unlink("/sparse")
+        attempt("ELSEWHERE", elsewhere)
+        attempt("LOOPCTL", loop_control)
+        attempt("LOOPNODE", loop_node)
+    """)
+    r = lxcbind.run(doc(py(script), "32M"), timeout=120)
+    for name in ("FALLOCATE", "SPARSE", "ELSEWHERE"):
+        assert field(r.stdout, name)[0] == "ENOSPC", (name, r.stdout, r.stderr)
+    assert field(r.stdout, "LOOPCTL")[0] == "ENOENT"          # not in the container's /dev
+    assert field(r.stdout, "LOOPNODE")[0] in ("EPERM", "EACCES"), r.stdout
+    assert r.disk_limited
