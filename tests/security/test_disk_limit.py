@@ -183,6 +183,7 @@ def test_a_bad_size_is_a_policy_error_naming_the_field(value: object) -> None:
                        timeout=60, cwd=ROOT)
     assert p.returncode == 2, (value, p.stderr)
     assert b"lxc.limits.disk" in p.stderr and b"Traceback" not in p.stderr
+    assert b"out of range" in p.stderr or b"expected a size" in p.stderr   # a known field
 
 
 def test_session_and_sandbox_results_say_so(host_unchanged) -> None:
