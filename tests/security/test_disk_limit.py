@@ -308,3 +308,25 @@ def test_other_ways_past_the_limit_are_refused_too(host_unchanged) -> None:
     assert field(r.stdout, "LOOPCTL")[0] == "ENOENT"          # not in the container's /dev
     assert field(r.stdout, "LOOPNODE")[0] in ("EPERM", "EACCES"), r.stdout
     assert r.disk_limited
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.1, 0.15, 0.2, 0.3, 0.45])
+def test_a_signal_during_setup_leaves_no_layer(host_unchanged, tmp_path: Path,
+                                              delay: float) -> None:
+    """SIGTERM at moments spread over the runner's setup (copy, attach, mount, start):
+    whatever it cut short, nothing of the layer is left."""
+    import signal
+
+    name = new_name()
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(doc("sleep 30", "32M", containerId=name)))
+    proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", "--json", str(policy)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    # -15: still importing, before anything exists (the handlers are not installed yet).
+    assert proc.returncode in (143, -signal.SIGTERM), (proc.returncode, out, err)
+    assert b"Traceback" not in err
+    assert not os.path.exists(os.path.join(default_lxcpath(), name))
