@@ -51,6 +51,7 @@ DEFAULT_CAP = 10 << 30         # at most 10 GiB by default ...
 DEFAULT_SHARE = 4              # ... and at most a quarter of the free space where it lives
 MIN_SIZE = 16 << 20
 INODE_RATIO = 16384            # bytes per inode: 10 GiB holds 655,360 files
+MAX_INODES = 1 << 31           # ext4 counts inodes in 32 bits (a limit past 32 TiB)
 # "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
 # ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
 FULL_MARGIN = 2 << 20
@@ -120,9 +121,9 @@ def template(size: int) -> str:
 
         tmp = IMAGES / f".{path.name}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.truncate(size)
-            inodes = max(64, size // INODE_RATIO)
+            inodes = min(max(64, size // INODE_RATIO), MAX_INODES)
             done = subprocess.run(
                 [_mkfs(), "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", str(inodes),
                  "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
@@ -133,6 +134,9 @@ def template(size: int) -> str:
                 raise SandboxError(f"lxc.limits.disk: mkfs.ext4 failed: "
                                    f"{done.stdout.decode(errors='replace').strip()}")
             os.replace(tmp, path)
+        except OSError as exc:   # e.g. larger than a file may be here (16 TiB on ext4)
+            raise SandboxError(f"lxc.limits.disk: cannot make a {size}-byte image in {IMAGES}: "
+                               f"{exc.strerror}") from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -264,7 +268,11 @@ def prepare(cdir: str, size: int, owner: int | None) -> None:
     ``<cdir>/disk`` with the overlay's upper and work directories made (owned by ``owner``,
     the container's shifted root, when it is unprivileged).  Raises ``SandboxError``; on
     failure what was made is left for ``detach`` (the caller removes the container)."""
-    image = _copy_sparse(template(size), os.path.join(cdir, IMAGE))
+    try:
+        image = _copy_sparse(template(size), os.path.join(cdir, IMAGE))
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: cannot copy the disk image: {exc.strerror}") \
+            from None
     try:
         _mount(cdir, image)
     finally:
