@@ -479,10 +479,14 @@ def _run(args: argparse.Namespace) -> int:
     if result.pids_limited and not args.json:
         sys.stderr.write("lxcbind: the sandbox reached its process limit (lxc.limits.pids); "
                          "a fork was refused\n")
+    if result.disk_limited and not args.json:
+        sys.stderr.write("lxcbind: the sandbox's disk is full (lxc.limits.disk); writes failed "
+                         "with ENOSPC\n")
     if args.json:
         _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
+               "disk_limited": result.disk_limited,
                "container": name, "network_enforced": notice is None,
                "network_notice": notice, **_json_output(result, args.base64)})
     return code

@@ -22,6 +22,8 @@ class CompletedRun:
     cut.  ``exec_error`` is set when the command never started (missing cwd or program).
     ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
+    ``disk_limited``: when it ended, the sandbox's writable layer (``lxc.limits.disk``) was full
+    (bytes or inodes): a write may have failed with ENOSPC.
     ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
     cwd, variables and functions are lost; ``Session.shell(restart=True)``).
     """
@@ -39,6 +41,7 @@ class CompletedRun:
     timeout: float | None = None
     oom_killed: bool = False        # the container's memory limit killed a process meanwhile
     pids_limited: bool = False      # a fork was refused at the container's process limit
+    disk_limited: bool = False      # the container's writable layer was full when it ended
     shell_restarted: bool = False   # a persistent shell died in this call and was restarted
 
     @property

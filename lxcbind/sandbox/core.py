@@ -47,7 +47,7 @@ from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
 from lxcbind.result import CompletedRun
-from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
@@ -274,6 +274,8 @@ class Sandbox:
         self._net: network.ContainerNetwork | None = None
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
+        self._disk_size = disk.resolve(self.policy.lxc.limits.disk, self.lxcpath)
+        self._disk: disk.Layer | None = None   # the limited writable layer, while it runs
         self._rootfs_path = ""
         self._event_files: tuple[str | None, str | None] | None = None   # found after start
         self._sessions: list[Session] = []   # closed first, before the container goes
@@ -322,6 +324,8 @@ class Sandbox:
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
         if not self.reused:   # noted before it is made, like everything: one write, not two
             self._record.created.append("container")
+            if self._disk_size is not None:
+                self._record.created.append("disk")   # image, loop device, mount: in its dir
         self._record.save()
         if not privileged:
             # Held while the container's directory exists or this runner lives: a SIGKILL
@@ -348,6 +352,9 @@ class Sandbox:
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
+            cdir = os.path.join(self.lxcpath, self.name)
+            if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
+                disk.mount_existing(cdir)   # after a reboot, or a run that failed to start
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -361,7 +368,8 @@ class Sandbox:
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned,
                                                      config=net_config + init_config,
-                                                     isolation=isolation)
+                                                     isolation=isolation,
+                                                     disk_size=self._disk_size)
             if spawner_init:
                 self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
@@ -385,6 +393,8 @@ class Sandbox:
             for entry in planned:
                 if entry.staged:
                     idmap.stage_bind(cdir, entry.source)
+        if disk.has_layer(cdir):
+            self._disk = disk.Layer(cdir)
         self._log("starting")
         try:
             self._container.start()
@@ -392,6 +402,12 @@ class Sandbox:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
         finally:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
+            if self.policy.lifecycle.destroy_on_exit:
+                # The container's overlay holds the layer from now on: when its last process
+                # is gone the kernel frees the filesystem and the loop device, whoever dies.
+                # (A kept container's layer stays mounted on the host with it, where lxcbind
+                # repairs its /etc between runs; removing the container unmounts it.)
+                disk.detach(cdir)
         init_pid = self._container.init_pid
         if init_pid is None:
             why = (": its init, lxcbind's session spawner, exited before it reached the host"
@@ -416,6 +432,7 @@ class Sandbox:
                                          timeout=d.timeout, uid=d.uid, gid=d.gid,
                                          init_control=control,
                                          start_timeout=self._start_timeout)
+            self._init_session._disk = self._disk
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -437,6 +454,7 @@ class Sandbox:
         d = self.command_defaults()
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+        session._disk = self._disk
         self._sessions.append(session)
         return session
 
@@ -583,10 +601,12 @@ class Sandbox:
 
     def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
         """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
-        ``before`` (read while the container still runs: the counters go with it)."""
+        ``before`` (read while the container still runs: the counters go with it), and
+        ``disk_limited`` when the writable layer is full."""
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
-                       pids_limited=after.pids_max > before.pids_max)
+                       pids_limited=after.pids_max > before.pids_max,
+                       disk_limited=self._disk is not None and self._disk.full())
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -637,6 +657,9 @@ class Sandbox:
             if self._init_channel is not None:   # a failed start: nothing accepted
                 self._init_channel.close()
                 self._init_channel = None
+            # Held until the container is gone, then let go off the caller's path: the last
+            # reference to the layer shuts its filesystem and loop device down (~30 ms).
+            layer, self._disk = self._disk, None
             settled = self._net is None  # True once nothing of the network is left to undo
             removed = False   # the container is gone (or kept on purpose): no record needed
             try:
@@ -655,7 +678,7 @@ class Sandbox:
                             self._log(f"keeping container {self.name!r}")
                         else:
                             self._log(f"destroying container {self.name!r}")
-                            rootfs.remove_container(c)
+                            rootfs.remove_container(c, wait_layer=layer is None)
                     finally:
                         c.close()
                 removed = True
@@ -673,6 +696,8 @@ class Sandbox:
                     self._net = None
                     settled = True
             finally:
+                if layer is not None:
+                    layer.close(background=True)
                 if self._record is not None and settled and removed:
                     self._record.remove()
                     self._record = None
@@ -786,7 +811,16 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
 
 class Session(_session.Session):
     """``lxcbind.proc.session.Session`` (many commands in one warm container), plus
-    ``from_policy``: a session in a fresh sandbox of its own."""
+    ``from_policy``: a session in a fresh sandbox of its own, and ``disk_limited`` in its
+    results."""
+
+    _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+
+    def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
+        result = super().with_limit_events(result, before)
+        if self._disk is not None and self._disk.full():
+            result = replace(result, disk_limited=True)
+        return result
 
     @classmethod
     def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
@@ -807,6 +841,7 @@ class Session(_session.Session):
                 d = box.command_defaults()
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+                session._disk = box._disk
         except BaseException:
             box.close(failed=True)
             raise
