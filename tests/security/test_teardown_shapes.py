@@ -79,8 +79,10 @@ def shape_argv(depth: int, width: int = 0, kinds: str = ALL) -> list[str]:
     return ["/usr/bin/python3", "-c", SHAPE, str(depth), str(width), kinds]
 
 
-def policy(name: str | None) -> dict[str, object]:
-    doc: dict[str, object] = {"version": "0.8.0"}
+def policy(name: str | None, disk: str = "max") -> dict[str, object]:
+    """The writable layer on the host's filesystem (``disk: max``), where removal has to walk
+    the workload's tree; a disk-limited layer (the default) goes as one filesystem."""
+    doc: dict[str, object] = {"version": "0.8.0", "lxc": {"limits": {"disk": disk}}}
     if name is not None:
         doc["containerId"] = name
     return doc
@@ -283,16 +285,18 @@ def test_gc_finishes_a_killed_runners_shaped_layer(host: Host) -> None:
 
 # -- one shape at a time, at sizes past what anything recursive survives ----------------------
 
-@pytest.mark.parametrize("depth, width, kinds", [
-    pytest.param(20_000, 0, "", id="deep-20000"),
-    pytest.param(0, 100_000, "", id="wide-100000"),
-    pytest.param(0, 0, "long", id="long-names-past-PATH_MAX"),
-    pytest.param(0, 0, "special", id="sockets-fifos-sparse-mode000"),
+@pytest.mark.parametrize("depth, width, kinds, disk", [
+    pytest.param(20_000, 0, "", "max", id="deep-20000"),
+    pytest.param(20_000, 0, "", "1G", id="deep-20000-disk-limited"),
+    pytest.param(0, 100_000, "", "max", id="wide-100000"),
+    pytest.param(0, 0, "long", "max", id="long-names-past-PATH_MAX"),
+    pytest.param(0, 0, "special", "max", id="sockets-fifos-sparse-mode000"),
 ])
-def test_run_survives_each_shape(host: Host, depth: int, width: int, kinds: str) -> None:
+def test_run_survives_each_shape(host: Host, depth: int, width: int, kinds: str,
+                                 disk: str) -> None:
     name = named(host, "shape-")
-    r = host.python(RUN, json.dumps(policy(name)), json.dumps(shape_argv(depth, width, kinds)),
-                    timeout=1200)
+    r = host.python(RUN, json.dumps(policy(name, disk)),
+                    json.dumps(shape_argv(depth, width, kinds)), timeout=1200)
     assert r.returncode == EXIT, (r.returncode, r.stderr[-2000:])
     assert r.stdout == "shaped\n"
     host.assert_clean({name})
