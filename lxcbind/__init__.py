@@ -37,7 +37,7 @@ _WHERE = {
     "DEFAULT_POLICY": "policy.defaults", "default_policy": "policy.defaults",
     "Pool": "sandbox.pool", "PoolClosed": "sandbox.pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "AsyncShell": "aio",
-    "CompletedRun": "result",
+    "CompletedRun": "result", "DEFAULT_MAX_OUTPUT": "result", "UNLIMITED": "result",
     "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
     "Session": "sandbox.core",
 }
@@ -52,6 +52,7 @@ __all__ = [
     "CompletedRun",
     "Container",
     "ContainerNotFound",
+    "DEFAULT_MAX_OUTPUT",
     "DEFAULT_POLICY",
     "ExecError",
     "FileTransferError",
@@ -69,6 +70,7 @@ __all__ = [
     "ShellDied",
     "SpawnerDied",
     "TimeoutExpired",
+    "UNLIMITED",
     "default_lxcpath",
     "default_policy",
     "exit_status",
@@ -122,6 +124,6 @@ if TYPE_CHECKING:
     from lxcbind.policy.model import Policy
     from lxcbind.policy.parse import load_policy, load_policy_file
     from lxcbind.proc.runner import Container
-    from lxcbind.result import CompletedRun, exit_status
+    from lxcbind.result import DEFAULT_MAX_OUTPUT, UNLIMITED, CompletedRun, exit_status
     from lxcbind.sandbox.core import Sandbox, Session, gc, run
     from lxcbind.sandbox.pool import Pool, PoolClosed

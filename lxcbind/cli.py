@@ -452,7 +452,10 @@ def _run(args: argparse.Namespace) -> int:
         with Sandbox(policy, log=lambda m: log.info("%s", m),
                      warn=lambda m: log.warning("%s", m), signals=signals) as box:
             if args.json:
-                cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
+                from lxcbind.result import UNLIMITED, MaxOutput
+
+                cap: MaxOutput = JSON_MAX_OUTPUT if args.max_output is None else (
+                    args.max_output or UNLIMITED)
                 result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)

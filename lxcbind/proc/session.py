@@ -131,7 +131,7 @@ from lxcbind.proc.spawned import (
 )
 from lxcbind.proc.spawner import spawner_image
 from lxcbind.proc.streams import OutputCallback, Tee
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied",
            "PIPE", "DEVNULL", "STDOUT"]
@@ -571,7 +571,7 @@ class Session:
 
     def run(self, command: Command, *, input: bytes | str | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None, check: bool = False,
             tty: bool = False, kill_grace: float = 2.0,
             on_output: OutputCallback | None = None) -> CompletedRun:
