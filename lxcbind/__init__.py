@@ -18,8 +18,15 @@ pay only for the modules they touch: the CLI's start-up is part of every one-sho
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+# The command line's signal handling first, before anything else is imported: a SIGINT while
+# the CLI is still loading ends it quietly.  A library import only pays for the test (see
+# lxcbind._early: it imports nothing the interpreter has not loaded already).
+from lxcbind._early import install_if_cli
+
+install_if_cli()
+
+import importlib  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 __version__ = "0.1.0"
 
