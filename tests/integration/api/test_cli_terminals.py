@@ -105,3 +105,40 @@ def test_interactive_run_from_host_pty_number(index: int, tmp_path: Path) -> Non
     assert "caller's terminal" not in text and "internal error" not in text, text
     assert code == 3, text
     assert "hi-42" in text, text   # the shell ran the pre-sent line (the echo alone has $((..)))
+
+
+@pytest.mark.parametrize("mode", ["--tty", "--no-tty"])
+def test_clipboard_and_report_sequences_never_reach_the_terminal(mode: str,
+                                                                tmp_path: Path) -> None:
+    """The workload writes OSC 52 (clipboard), CSI 21 t (title report) and DECRQSS between
+    ordinary text, a title and colours: the user's terminal gets everything but those."""
+    name = new_name("osc-")
+    policy = tmp_path / "p.json"
+    script = (r"printf 'A\033]52;c;ZWNobyBwd25lZA==\007B\033[21tC\033]0;my title\007D"
+              r"\033P$qm\033\\E\033[1mF\033[0m\n'")
+    policy.write_text(json.dumps({"version": "0.8.0", "containerId": name,
+                                  "process": {"commandLine": script}}))
+    master, slave = os.openpty()
+    held = [master, slave]
+    try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"}
+        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", mode, str(policy)],
+                                stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
+                                start_new_session=True, preexec_fn=_make_controlling_terminal)
+        os.close(slave)
+        held.remove(slave)
+        try:
+            output = read_until_eof(master, 120)
+            code = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    finally:
+        for fd in held:
+            os.close(fd)
+        destroy_quietly(name)
+    assert code == 0, output
+    assert b"]52;" not in output and b"[21t" not in output and b"$q" not in output, output
+    assert b"AB" in output and b"C\x1b]0;my title\x07D" in output, output
+    assert b"E\x1b[1mF\x1b[0m" in output, output
