@@ -205,7 +205,7 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
         if run.returncode:
             raise SandboxError(f"cannot read {path!r}: {run.stderr.decode(errors='replace')}")
         if len(run.stdout) > READ_FILE_MAX:
-            raise SandboxError(f"cannot read {path!r}: larger than {READ_FILE_MAX >> 20} MiB")
+            raise SandboxError(f"cannot read {path!r}: larger than {READ_FILE_MAX} bytes")
         return run.stdout
 
     def get_status(self, sandbox_id: str) -> SandboxStatus:
