@@ -41,7 +41,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
-JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
+JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream (the API's too)
 
 
 

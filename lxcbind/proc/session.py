@@ -580,7 +580,8 @@ class Session:
         The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
         empty stdin).  ``timeout`` (seconds; None: the session's default): SIGTERM to the
         command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
-        ``max_output``: per stream, keep head and tail of this many bytes.  ``text`` (or
+        ``max_output``: per stream, keep head and tail of this many bytes (None: 16 MiB,
+        ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED``: everything).  ``text`` (or
         ``encoding``/``errors``): str results.  ``on_output(stream, chunk)`` is called on this
         thread as output arrives (``"stdout"``/``"stderr"``; str in text mode), whatever the
         cap keeps.  ``tty``: a pty, merged output in ``stdout``.  ``check``: raise

@@ -469,7 +469,8 @@ class Sandbox:
         is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
         (seconds) replaces ``process.timeout``.  ``input`` goes to stdin, then EOF; ``text``
         (or ``encoding``/``errors``) decodes stdout/stderr (UTF-8, invalid bytes replaced);
-        ``max_output`` caps each stream (head and tail kept, a marker where it was cut);
+        ``max_output`` caps each stream (head and tail kept, a marker where it was cut; None:
+        16 MiB, ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED`` keeps everything);
         ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
         ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
 
