@@ -76,6 +76,7 @@
 #include <linux/capability.h>
 
 #include "execvpe.h"
+#include "sockfilter.h"
 #include "spawner_proto.h"
 
 /* exec-failure stages, as in shim.c (the host decodes both the same way) */
@@ -672,6 +673,9 @@ int main(int argc, char **argv)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     lxcbind_clamp_caps();
+    /* As in shim.c: wherever no_new_privs is set (always in lxcbind's sandboxes). */
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 && lxcbind_filter_i386_sockets() < 0)
+        return 125; /* never serve commands without it */
     if ((uid >= 0 || gid >= 0) && lxcbind_become(uid, gid) < 0)
         return 125; /* never serve as root what was meant to run as a user */
     /* fd 0 is the control socket, 1 and 2 /dev/null; nothing else may exist, and ours are

@@ -593,10 +593,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lxcbind.sandbox.cleanup import FatalSignals
             from lxcbind.sandbox.core import gc
 
+            skipped: list[str] = []   # one line each, on stderr; gc goes on with the rest
+
+            def warn(message: str) -> None:
+                skipped.append(message)
+                log.warning("%s", message)
+
             with FatalSignals():   # a signal lets gc finish the container it is removing
-                removed = gc(log=lambda m: log.info("%s", m))
+                removed = gc(log=lambda m: log.info("%s", m), warn=warn)
             sys.stdout.write("".join(f"removed {name}\n" for name in removed))
-            return 0
+            return 1 if skipped else 0
         if args.command == "ls":
             return _ls(args)
         if args.command == "rm":

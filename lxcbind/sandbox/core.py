@@ -146,7 +146,8 @@ def network_notice(policy: Policy) -> str | None:
     """One line saying that the network is *not* enforced, and how to enforce it, for a
     policy in mxc's capabilities mode (schema < 0.8 without ``enforcementMode`` firewall/both);
     None when the network policy is enforced.  Such a run gets what mxc gives it: a network
-    device with open egress (NAT) and open inbound, nothing filtered."""
+    device with open egress (NAT) and open inbound; only what open egress always leaves out
+    (``lxcbind.policy.network.carve``) is filtered."""
     if policy.network.effective().firewall:
         return None
     if policy.version is None:
@@ -161,7 +162,8 @@ def network_notice(policy: Policy) -> str | None:
     else:
         why = (f"schema {policy.version} with no network section requests no firewall")
         how = "declare a network section under schema 0.8 (no section there means deny-all)"
-    return (f"network: not enforced: {why}; egress and inbound are open, as under mxc; "
+    return (f"network: not enforced: {why}; inbound is open and egress reaches the internet "
+            "(not the host, its networks or private ranges), as under mxc; "
             f"to enforce it, {how}")
 
 
@@ -298,7 +300,8 @@ class Sandbox:
         if refusal:
             raise SandboxError(refusal)
         cgroups.prime_migration()   # the grace period start() waits for, off its path
-        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
+        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log,
+                                warn=self._warn)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
         if not self._lock.acquire(blocking=False):
@@ -637,23 +640,27 @@ class Sandbox:
                 self._init_channel.close()
                 self._init_channel = None
             settled = self._net is None  # True once nothing of the network is left to undo
+            removed = False   # the container is gone (or kept on purpose): no record needed
             try:
                 c = self._container
                 if c is not None and not c.closed:
                     keep = not self.policy.lifecycle.destroy_on_exit and not (
                         failed and not self.reused)
-                    if keep:
-                        c.kill_attached()  # the container stays, its workload does not
-                        if self._net is not None:
-                            # Its rules are about to go: it must not run without them.
-                            c.stop()
-                            if self._net.eff.proxy is not None and self._rootfs_path:
-                                self._unpin()
-                        self._log(f"keeping container {self.name!r}")
-                    else:
-                        self._log(f"destroying container {self.name!r}")
-                        rootfs.remove_container(c)
-                    c.close()
+                    try:
+                        if keep:
+                            c.kill_attached()  # the container stays, its workload does not
+                            if self._net is not None:
+                                # Its rules are about to go: it must not run without them.
+                                c.stop()
+                                if self._net.eff.proxy is not None and self._rootfs_path:
+                                    self._unpin()
+                            self._log(f"keeping container {self.name!r}")
+                        else:
+                            self._log(f"destroying container {self.name!r}")
+                            rootfs.remove_container(c)
+                    finally:
+                        c.close()
+                removed = True
                 # Under the name's lock, also when a signal cut ``idmap.acquire`` short after
                 # it recorded the range but before ``_ids`` was set (no other run of this name
                 # can hold a range meanwhile: it would need the lock).
@@ -668,10 +675,11 @@ class Sandbox:
                     self._net = None
                     settled = True
             finally:
-                if self._record is not None and settled:
+                if self._record is not None and settled and removed:
                     self._record.remove()
                     self._record = None
-                # else: the record stays, naming the network state, for gc to finish
+                # else: the record stays, naming the container or the network state, for gc
+                # to finish
                 if self._locked:
                     self._lock.release()
                     self._locked = False
@@ -753,14 +761,16 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         lock.release()
 
 
-def gc(*, log: Log | None = None) -> list[str]:
+def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
-    stale and unused; returns the names of the containers destroyed."""
+    stale and unused; returns the names of the containers destroyed.  A leftover it cannot
+    remove is one ``warn`` line (default: a ``logging`` warning) and is skipped."""
     from lxcbind.net import network
 
     log = log or (lambda message: None)
-    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
+    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log,
+                                      warn=warn or _warning)
     _reap_stale_leases(log)
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")

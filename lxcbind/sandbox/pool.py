@@ -25,7 +25,7 @@ from typing import Unpack
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
 from lxcbind.result import CompletedRun, MaxOutput
-from lxcbind.sandbox.core import PolicyLike, Session, as_policy
+from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
 
 
 class PoolClosed(LxcbindError):
@@ -102,8 +102,9 @@ class Pool:
                 return
             try:
                 session.close()  # stops and destroys the container (Sandbox teardown)
-            except Exception:  # noqa: BLE001 - the record stays for gc; keep reaping
-                pass
+            except Exception as exc:  # noqa: BLE001 - the record stays for gc; keep reaping
+                _warning(f"Pool: tearing a used container down failed (left for "
+                         f"`lxcbind gc` once this process ends): {exc}")
 
     def _take(self) -> Session:
         while True:

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 
 from lxcbind._lite import sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.lxc import rmtree
 from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.model import Rootfs
@@ -587,14 +588,19 @@ def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
 
 def remove_container(c: LxcContainer) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
-    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
+    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it).
+
+    Never recursive on the caller's stack, whatever the workload left (``rmtree``); what cannot
+    be removed raises ``rmtree.RemovalError`` and the container stays, for ``gc`` to report."""
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
     try:
         if handle.defined:
             try:
-                handle.destroy()
+                handle.destroy()   # empties the workload's layers first (``rmtree``)
+            except rmtree.RemovalError:
+                raise              # liblxc never meets what could not be emptied
             except LxcbindError:
                 handle.stop()  # destroy refused (e.g. still running): kill, then retry once
                 if handle.defined:
@@ -602,5 +608,5 @@ def remove_container(c: LxcContainer) -> None:
     finally:
         if handle is not c:
             handle.close()
-        if os.path.lexists(cdir):
-            shutil.rmtree(cdir, ignore_errors=True)
+    if os.path.lexists(cdir):
+        rmtree.remove_tree(cdir)
