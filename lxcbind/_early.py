@@ -3,14 +3,15 @@ SIGINT/SIGTERM/SIGHUP before a run has created anything.
 
 Installed as the first thing lxcbind's code does when it is the command line: the top of
 ``lxcbind/__init__.py`` (``install_if_cli``: ``python -m lxcbind`` and the ``lxcbind`` /
-``lxcbind-exec`` scripts import the package first), again by ``lxcbind._entry``.  Only what
-the interpreter has already loaded is used to install it (``sys``, ``_signal``: the C module
-behind ``signal``, whose enums cost milliseconds of import in which a SIGINT would still be a
-``KeyboardInterrupt``); see ``_entry``'s docstring for what is out of reach.
+``lxcbind-exec`` scripts import the package first), again by ``lxcbind._entry``.  Only ``os``,
+``sys`` and ``_signal`` (the C module behind ``signal``, whose enums cost milliseconds of
+import in which a SIGINT would still be a ``KeyboardInterrupt``) are used, to install it and in
+the handler; see ``_entry``'s docstring for what is out of reach.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 TYPE_CHECKING = False   # (typing itself costs milliseconds of import)
@@ -20,6 +21,10 @@ else:
     import _signal
 
 _FATAL = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
+# The handler uses only what was loaded before it was installed: it may run while any module
+# is half imported, ``signal`` itself included (its enums would then not exist yet).
+_NAMES: dict[int, bytes] = {_signal.SIGINT: b"SIGINT", _signal.SIGTERM: b"SIGTERM",
+                          _signal.SIGHUP: b"SIGHUP"}
 _SCRIPTS = ("lxcbind", "lxcbind-exec")
 json_written = False   # set by the CLI once its one ``--json`` object is out
 
@@ -28,17 +33,14 @@ def _early_signal(signum: int, frame: object) -> None:
     """Nothing of a run exists: end as the signal itself would.  Under ``--json`` a tool still
     gets its one JSON object, and exit status 128+N; otherwise the process dies of the signal
     (so a shell sees it, as with any program that has nothing to clean up)."""
-    import os
-    import signal
-
     if "--json" in sys.argv[1:] and not json_written:
-        name = signal.Signals(signum).name
+        name = _NAMES.get(signum, b"signal %d" % signum)
         # "version": cli.JSON_VERSION (not imported: nothing heavy before the handler is set)
         os.write(1, b'{"version": 1, "error": {"code": "signal", "message": "terminated by '
-                    b'%s"}, "exit_code": %d}\n' % (name.encode(), 128 + signum))
+                    b'%s"}, "exit_code": %d}\n' % (name, 128 + signum))
         os._exit(128 + signum)
-    signal.signal(signum, signal.SIG_DFL)
-    signal.raise_signal(signum)
+    _signal.signal(signum, _signal.SIG_DFL)
+    _signal.raise_signal(signum)
     os._exit(128 + signum)   # not reached unless the signal is blocked: still end quietly
 
 
