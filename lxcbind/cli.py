@@ -41,7 +41,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
-JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
+JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream (the API's too)
 
 
 
@@ -452,7 +452,10 @@ def _run(args: argparse.Namespace) -> int:
         with Sandbox(policy, log=lambda m: log.info("%s", m),
                      warn=lambda m: log.warning("%s", m), signals=signals) as box:
             if args.json:
-                cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
+                from lxcbind.result import UNLIMITED, MaxOutput
+
+                cap: MaxOutput = JSON_MAX_OUTPUT if args.max_output is None else (
+                    args.max_output or UNLIMITED)
                 result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)

@@ -131,7 +131,7 @@ from lxcbind.proc.spawned import (
 )
 from lxcbind.proc.spawner import spawner_image
 from lxcbind.proc.streams import OutputCallback, Tee
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied",
            "PIPE", "DEVNULL", "STDOUT"]
@@ -571,7 +571,7 @@ class Session:
 
     def run(self, command: Command, *, input: bytes | str | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None, check: bool = False,
             tty: bool = False, kill_grace: float = 2.0,
             on_output: OutputCallback | None = None) -> CompletedRun:
@@ -580,7 +580,8 @@ class Session:
         The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
         empty stdin).  ``timeout`` (seconds; None: the session's default): SIGTERM to the
         command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
-        ``max_output``: per stream, keep head and tail of this many bytes.  ``text`` (or
+        ``max_output``: per stream, keep head and tail of this many bytes (None: 16 MiB,
+        ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED``: everything).  ``text`` (or
         ``encoding``/``errors``): str results.  ``on_output(stream, chunk)`` is called on this
         thread as output arrives (``"stdout"``/``"stderr"``; str in text mode), whatever the
         cap keeps.  ``tty``: a pty, merged output in ``stdout``.  ``check``: raise

@@ -46,7 +46,7 @@ from lxcbind.policy.parse import load_policy, load_policy_file
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
-from lxcbind.result import CompletedRun
+from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
 from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
@@ -483,14 +483,15 @@ class Sandbox:
     def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
-            timeout: float | None = None, check: bool = False, max_output: int | None = None,
+            timeout: float | None = None, check: bool = False, max_output: MaxOutput = None,
             tty: bool = False) -> CompletedRun:
         """Run ``cmd`` (a str for ``/bin/sh -c``, or an argv list; None: the policy's own
         command) in this sandbox, captured, under the policy's ``process`` settings: ``env``
         is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
         (seconds) replaces ``process.timeout``.  ``input`` goes to stdin, then EOF; ``text``
         (or ``encoding``/``errors``) decodes stdout/stderr (UTF-8, invalid bytes replaced);
-        ``max_output`` caps each stream (head and tail kept, a marker where it was cut);
+        ``max_output`` caps each stream (head and tail kept, a marker where it was cut; None:
+        16 MiB, ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED`` keeps everything);
         ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
         ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
 
@@ -530,7 +531,7 @@ class Sandbox:
     # vanish, reads come back empty) and a device or FIFO would never end.
 
     def _file_command(self, operation: str, script: str, path: Any, *, input: bytes | None,
-                      timeout: float | None, max_output: int | None) -> CompletedRun:
+                      timeout: float | None, max_output: int) -> CompletedRun:
         """``script`` run by /bin/sh with ``path`` as $1, as the policy's user, in the
         container: the filesystem policy and the container's ownership apply, as to any
         command.  Raises ``FileTransferError`` with what the command reported."""
@@ -618,7 +619,8 @@ class Sandbox:
             # Through the spawner that is the container's init (no attach).  A terminal
             # keeps liblxc's attach, and the runner's raw mode and window-size following.
             opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
-                               d.timeout if timeout is None else timeout, None, None, "replace")
+                               d.timeout if timeout is None else timeout, DEFAULT_MAX_OUTPUT,
+                               None, "replace")
             return init._interact(opts)
         before = self.limit_events()
         result = _runner.interact_run(container, self.policy.process.argv,
@@ -714,7 +716,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         env: Mapping[str, str] | None = None, cwd: str | None = None,
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
-        max_output: int | None = None, tty: bool = False,
+        max_output: MaxOutput = None, tty: bool = False,
         lxcpath: str | None = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
