@@ -279,6 +279,9 @@ class Sandbox:
         # ``initspawner``): what run() uses, and what Session.from_policy hands out.
         self._init_channel: InitChannel | None = None
         self._init_session: Session | None = None
+        # A kept container's init and what it ran when this run began: all that survives
+        # the run (``_stop_workload``).
+        self._spare: tuple[int, set[tuple[int, str]]] | None = None
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -403,6 +406,11 @@ class Sandbox:
             # They do not move while it runs: limit_events reads them without asking liblxc
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
+            if not self.policy.lifecycle.destroy_on_exit:
+                try:
+                    self._spare = (init_pid, cgroups.processes(init_pid))
+                except OSError:
+                    self._spare = None   # no freezer: _stop_workload stops the container
         except BaseException:
             if control is not None:
                 control.close()
@@ -616,6 +624,21 @@ class Sandbox:
         except (OSError, SandboxError) as exc:
             self._log(f"could not remove the proxy pin from /etc/hosts: {exc}")
 
+    def _stop_workload(self, c: Container) -> bool:
+        """Kill every process of the kept container ``c`` that was not there when this run
+        started (its init and what the init had started stay): a daemon that ``setsid``'d
+        or double-forked out of an attached command included.  The cgroup is frozen
+        meanwhile, so nothing forks its way out.  False when that cannot be done (no
+        freezer, the init changed, a process would not die): the caller stops the
+        container instead, so that no workload process outlives the run either way."""
+        spare = self._spare
+        if spare is None or c.init_pid != spare[0]:
+            return False
+        try:
+            return cgroups.kill_newcomers(*spare)
+        except OSError:
+            return False
+
     def close(self, failed: bool = False) -> None:
         """Tear down whatever was set up; idempotent; fatal signals wait until it is done.
 
@@ -642,6 +665,8 @@ class Sandbox:
                         failed and not self.reused)
                     if keep:
                         c.kill_attached()  # the container stays, its workload does not
+                        if self._net is None and not self._stop_workload(c):
+                            c.stop()
                         if self._net is not None:
                             # Its rules are about to go: it must not run without them.
                             c.stop()
