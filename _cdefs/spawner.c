@@ -50,6 +50,16 @@
  * The control socket closing (Session.close, or the caller dying) makes the spawner SIGKILL
  * every command's process group, reap them and exit.
  *
+ * A command's result is its own: whenever the last running command exits, everything the
+ * commands left behind (background jobs, setsid'd and double-forked daemons: all orphans come
+ * to us, the subreaper) is SIGKILLed and reaped *before* that command's EXIT record is sent,
+ * and so before any later command can start (one thread).  A leftover therefore never meets a
+ * later command to ptrace it, write its memory or signal it.  While some command still runs
+ * (a persistent shell, a spawned server, concurrent commands) nothing is killed: a leftover
+ * cannot be told apart from what a running command started, so it lives until the spawner is
+ * idle again.  Only our own subtree is touched, never the container's init or services, nor
+ * processes liblxc attached (their parent is the host's caller).
+ *
  * Rules: single-threaded, no malloc (buffers are mmap()ed at start), children reaped through
  * a signalfd so nothing accumulates however many commands run. */
 #define _GNU_SOURCE
