@@ -242,6 +242,21 @@ def test_leftovers_of_a_session_command_die_before_its_result(runner):
     assert not _host_pids(token), "a leftover outlived its command"
 
 
+def test_a_fork_bombing_leftover_is_gone_before_the_result():
+    """A leftover that forks as fast as it can (up to the pids limit) is still killed to the
+    last process, by both spawners, and the next command runs normally."""
+    bomb = ("setsid sh -c 'f() { f | f & }; f' </dev/null >/dev/null 2>&1 &"
+            " sleep 0.5; echo planted")
+    with Sandbox(policy(limits={"pids": 128})) as b:
+        with b.session() as attached:
+            for run in (b.run, attached.run):
+                r = run(bomb, timeout=60)
+                assert (r.returncode, r.stdout) == (0, b"planted\n"), r
+                r = run("ps -e -o args | grep -c '^sh -c f'", timeout=60)
+                assert r.stdout == b"0\n", r   # ... none of it left
+                assert run("echo next", timeout=60).stdout == b"next\n"
+
+
 def test_concurrent_commands_do_not_kill_each_other(box):
     """Leftovers go only when no command of the spawner runs: a command started meanwhile
     (``spawn``, ``map`` with workers) is not cut short by another's end."""
