@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -234,6 +235,31 @@ _REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular fi
             'path, a device or a FIFO)" >&2; exit 1; fi; ')
 
 
+def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
+    """A kept container's init and the processes it runs before any command (what a run
+    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
+    (the host root filesystem's) forks its program just after it starts: wait for that child
+    (bounded; missing it would only stop the kept container at the end of the run)."""
+    try:
+        init_cmd = c.get_config_item("lxc.init.cmd")
+    except KeyError:
+        init_cmd = ""
+    if " -- " in init_cmd:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+                    if f.read().strip():
+                        break
+            except OSError:
+                break
+            time.sleep(0.002)
+    try:
+        return init_pid, cgroups.processes(init_pid)
+    except OSError:
+        return None   # no freezer: ``_stop_workload`` stops the container instead
+
+
 def _warning(message: str) -> None:
     """A library's warning: through ``logging`` (imported only when there is one to give)."""
     import logging
@@ -407,10 +433,7 @@ class Sandbox:
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
             if not self.policy.lifecycle.destroy_on_exit:
-                try:
-                    self._spare = (init_pid, cgroups.processes(init_pid))
-                except OSError:
-                    self._spare = None   # no freezer: _stop_workload stops the container
+                self._spare = _init_processes(self._container, init_pid)
         except BaseException:
             if control is not None:
                 control.close()

@@ -190,17 +190,19 @@ def box():
         yield b
 
 
-@pytest.fixture(params=["init", "attached"])
+@pytest.fixture(params=["init", "attached", "init-user", "attached-user"])
 def runner(request, box):
     """``run`` of both spawners: a fresh sandbox's init (``Session.from_policy``) and one
-    attached to the running sandbox (``box.session()``)."""
-    if request.param == "init":
-        s = Session.from_policy(policy())
+    attached to the running sandbox (``box.session()``); as container root, and as a user
+    (``lxc.uid``: no capabilities at all, forger and check of the same uid)."""
+    user = {"uid": 1000, "gid": 1000} if request.param.endswith("user") else {}
+    if request.param.startswith("init"):
+        s = Session.from_policy(policy(**user))
         assert s.spawner_pid == 1
     else:
-        s = box.session()
-        assert s.spawner_pid != 1
         box.run("rm -f /tmp/attacked /tmp/forger.pid /tmp/forger.log")
+        s = Session(box.container, **user) if user else box.session()
+        assert s.spawner_pid != 1
     try:
         yield s.run
     finally:
