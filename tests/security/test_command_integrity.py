@@ -331,6 +331,17 @@ print(json.dumps(out))
 """
 
 
+def test_profile_text_denies_the_ptrace_family_unless_allowed():
+    from lxcbind.sandbox import security
+
+    names = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd")
+    default = security.seccomp_profile().splitlines()
+    assert all(f"{name} errno 1" in default for name in names)
+    allowed = security.seccomp_profile(("ptrace",)).splitlines()
+    assert not any(line.split()[0] in names for line in allowed if line.split())
+    assert "perf_event_open errno 1" in allowed   # only what the opt-in names
+
+
 @pytest.mark.parametrize("allow", [[], ["ptrace"]])
 def test_ptrace_family_is_denied_unless_the_policy_allows_it(allow):
     with Sandbox(policy(allow=allow)) as b:
