@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -308,6 +309,10 @@ class Sandbox:
         # A kept container's init and what it ran when this run began: all that survives
         # the run (``_stop_workload``).
         self._spare: tuple[int, set[tuple[int, str]]] | None = None
+        # A kept container's commands go through one attached spawner, made on first use
+        # (``_kept_session``), so that what a command leaves never meets a later one.
+        self._kept: Session | None = None
+        self._kept_lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -519,9 +524,10 @@ class Sandbox:
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
         d = self.command_defaults().overridden(opts)
-        init = self._init_session
+        init = self._init_session or self._kept_session(call)
         if init is not None and init.alive:
-            # The spawner already runs as the container's init: no attach (see initspawner).
+            # The spawner already runs as the container's init: no attach (see initspawner);
+            # or, in a kept container, the one attached for its commands.
             return init._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd, timeout=d.timeout),
                              check=check, tty=tty, forward_signals=True)
         before = self.limit_events()
@@ -534,6 +540,26 @@ class Sandbox:
         if check:
             result.check_returncode()
         return result
+
+    def _kept_session(self, call: str) -> Session | None:
+        """The spawner that runs ``run``'s commands in a kept container (None in a throwaway
+        one: its init is the spawner).  Attached on first use, and replaced if a command
+        killed it: closing the dead one kills what its commands left in the container (its
+        last resort), so a leftover never meets a later command here either."""
+        if self.policy.lifecycle.destroy_on_exit:
+            return None
+        with self._kept_lock:
+            session = self._kept
+            if session is not None and not session.alive:
+                self._kept = None
+                session.close()
+                session = None
+            if session is None:
+                d = self.command_defaults()
+                session = self._kept = Session(self._running(call), env=d.env or None,
+                                               cwd=d.cwd, timeout=d.timeout, uid=d.uid,
+                                               gid=d.gid, start_timeout=self._start_timeout)
+            return session
 
     # -- files -------------------------------------------------------------------------------
     # put/get touch regular files only: a denied file is masked by /dev/null (writes would
@@ -672,6 +698,9 @@ class Sandbox:
             if self._init_session is not None:
                 self._sessions.append(self._init_session)
                 self._init_session = None
+            if self._kept is not None:
+                self._sessions.append(self._kept)
+                self._kept = None
             while self._sessions:   # their spawners run in the container: they go first
                 try:
                     self._sessions.pop().close()

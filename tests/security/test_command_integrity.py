@@ -18,12 +18,15 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import time
 
 import pytest
 
 import lxcbind
 from lxcbind.lxc.container import Container
+from lxcbind.proc.runner import run as run_attached
 from lxcbind.sandbox.core import Sandbox, Session, delete_container
 
 from ..conftest import new_name, requires_lxc, requires_root
@@ -368,37 +371,75 @@ def test_pool_commands_never_share_a_container():
 
 # -- item 6: a kept container's workload stops with its run ---------------------------------
 
-def _size(path: str) -> int:
+def _size(path: os.PathLike[str]) -> int:
     return os.stat(path).st_size
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _kept(name: str, command: str = "true", **extra: object) -> dict[str, object]:
+    return {"version": "0.8.0", "containerId": name, "process": {"commandLine": command},
+            "lifecycle": {"destroyOnExit": False}, **extra}
+
+
+@pytest.mark.parametrize("mode", ["ptrace", "SIGKILL"])
+def test_kept_container_sandbox_run_result_is_its_own(mode):
+    """A kept container's ``Sandbox.run`` goes through one attached spawner: the forger is
+    gone before the check starts there too."""
+    name = new_name("i20-kept-")
+    token = _number()
+    try:
+        with Sandbox(_kept(name)) as b:
+            _plant(b.run, token, mode)
+            _assert_real(b.run, token)
+    finally:
+        delete_container(name)
+
+
 @pytest.mark.parametrize("how", ["setsid", "double-fork"])
-def test_kept_containers_workload_stops_with_its_run(tmp_path, how):
+@pytest.mark.parametrize("via", ["Sandbox.run", "attach", "cli"])
+def test_kept_containers_workload_stops_with_its_run(tmp_path, how, via):
     """``lifecycle.destroyOnExit: false``: the container stays, its workload does not.  A
-    daemon writes to a read-write host path; once the run returned the file stops growing."""
+    daemon writes to a read-write host path; once the run returned the file stops growing.
+    Through ``Sandbox.run`` (the kept container's spawner), the bare binding's attach
+    (``box.container``) and the CLI (a kept run's command is attached by liblxc)."""
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(out, 0o777)
     name = new_name("i20-kept-")
-    token = secrets.token_hex(4)
-    loop = f"while :; do echo {token} >> /w/log; sleep 0.01; done"
+    token = _number()
+    loop = f"while :; do echo {token} >> {out}/log; sleep 0.01; done"
     start = {"setsid": f"setsid sh -c '{loop}' </dev/null >/dev/null 2>&1 &",
              "double-fork": f"(sh -c '{loop}' </dev/null >/dev/null 2>&1 &) ;"}[how]
-    doc = {"version": "0.8.0", "containerId": name, "process": {"commandLine": "true"},
-           "lifecycle": {"destroyOnExit": False},
-           "filesystem": {"readwritePaths": [str(out)]}}
+    command = f"{start} while [ ! -s {out}/log ]; do sleep 0.01; done; echo started"
+    doc = _kept(name, command, filesystem={"readwritePaths": [str(out)]})
     try:
-        with Sandbox(doc) as b:
-            init = b.container.init_pid
-            r = b.run(start.replace("/w/", f"{out}/") + " sleep 0.3; echo started")
-            assert r.stdout == b"started\n"
-            assert _size(out / "log") > 0
+        if via == "cli":
+            policy_file = tmp_path / "kept.json"
+            policy_file.write_text(json.dumps(doc))
+            r = subprocess.run([sys.executable, "-m", "lxcbind", "run", "--no-tty",
+                                str(policy_file)], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=120, cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=ROOT))
+            assert (r.returncode, r.stdout) == (0, b"started\n"), r
+        else:
+            with Sandbox(doc) as b:
+                init = b.container.init_pid
+                if via == "attach":
+                    r = run_attached(b.container, ["/bin/sh", "-c", command], timeout=60)
+                else:
+                    r = b.run(timeout=60)
+                assert r.stdout == b"started\n", r
         first = _size(out / "log")
+        assert first > 0
         time.sleep(0.5)
         assert _size(out / "log") == first, "the daemon kept writing after the run returned"
         assert not _host_pids(f"echo {token}")
         # ... and the container itself still runs, with its own init.
         with Container(name) as c:
-            assert c.running and c.init_pid == init
+            assert c.running
+            if via != "cli":
+                assert c.init_pid == init
     finally:
         delete_container(name)
