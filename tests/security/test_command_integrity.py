@@ -288,6 +288,22 @@ def test_attached_spawners_and_file_copies_survive_the_inits_cleanup():
         assert out == f"got-it-{token}\n".encode()
 
 
+def test_an_attached_spawner_spares_what_it_did_not_start(box):
+    """Only the spawner's own subtree goes: the container's init and a process attached by
+    liblxc meanwhile (someone else's, in a shared container) outlive its cleanups."""
+    token = _number()
+    other = box.container.attach(["sleep", f"1{token}1"])
+    try:
+        init = box.container.init_pid
+        with box.session() as s:
+            assert s.run("setsid sleep 1000 & echo x").stdout == b"x\n"
+            assert s.run("true").returncode == 0
+        assert other.poll() is None and _host_pids(token)
+        assert box.container.init_pid == init and box.container.running
+    finally:
+        other.close()
+
+
 def test_persistent_shell_keeps_its_background_jobs(box):
     """The shell is one long-running command: its jobs live across calls (and its commands
     share one trust domain: an earlier call can redefine any command anyway)."""
