@@ -74,7 +74,7 @@ class Limits:
 
 
 UNLIMITED = -1
-OPT_INS = ("nesting", "perf")    # lxc.allow: protections a policy may give up, by name
+OPT_INS = ("nesting", "perf", "ptrace")    # lxc.allow: protections a policy may give up, by name
 
 
 @record

@@ -25,6 +25,8 @@ import contextlib
 import errno
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -236,6 +238,31 @@ _REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular fi
             'path, a device or a FIFO)" >&2; exit 1; fi; ')
 
 
+def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
+    """A kept container's init and the processes it runs before any command (what a run
+    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
+    (the host root filesystem's) forks its program just after it starts: wait for that child
+    (bounded; missing it would only stop the kept container at the end of the run)."""
+    try:
+        init_cmd = c.get_config_item("lxc.init.cmd")
+    except KeyError:
+        init_cmd = ""
+    if " -- " in init_cmd:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+                    if f.read().strip():
+                        break
+            except OSError:
+                break
+            time.sleep(0.002)
+    try:
+        return init_pid, cgroups.processes(init_pid)
+    except OSError:
+        return None   # no freezer: ``_stop_workload`` stops the container instead
+
+
 def _warning(message: str) -> None:
     """A library's warning: through ``logging`` (imported only when there is one to give)."""
     import logging
@@ -283,6 +310,13 @@ class Sandbox:
         # ``initspawner``): what run() uses, and what Session.from_policy hands out.
         self._init_channel: InitChannel | None = None
         self._init_session: Session | None = None
+        # A kept container's init and what it ran when this run began: all that survives
+        # the run (``_stop_workload``).
+        self._spare: tuple[int, set[tuple[int, str]]] | None = None
+        # A kept container's commands go through one attached spawner, made on first use
+        # (``_kept_session``), so that what a command leaves never meets a later one.
+        self._kept: Session | None = None
+        self._kept_lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -422,6 +456,8 @@ class Sandbox:
             # They do not move while it runs: limit_events reads them without asking liblxc
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
+            if not self.policy.lifecycle.destroy_on_exit:
+                self._spare = _init_processes(self._container, init_pid)
         except BaseException:
             if control is not None:
                 control.close()
@@ -510,9 +546,10 @@ class Sandbox:
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
         d = self.command_defaults().overridden(opts)
-        init = self._init_session
+        init = self._init_session or self._kept_session(call)
         if init is not None and init.alive:
-            # The spawner already runs as the container's init: no attach (see initspawner).
+            # The spawner already runs as the container's init: no attach (see initspawner);
+            # or, in a kept container, the one attached for its commands.
             return init._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd, timeout=d.timeout),
                              check=check, tty=tty, forward_signals=True)
         before = self.limit_events()
@@ -525,6 +562,26 @@ class Sandbox:
         if check:
             result.check_returncode()
         return result
+
+    def _kept_session(self, call: str) -> Session | None:
+        """The spawner that runs ``run``'s commands in a kept container (None in a throwaway
+        one: its init is the spawner).  Attached on first use, and replaced if a command
+        killed it: closing the dead one kills what its commands left in the container (its
+        last resort), so a leftover never meets a later command here either."""
+        if self.policy.lifecycle.destroy_on_exit:
+            return None
+        with self._kept_lock:
+            session = self._kept
+            if session is not None and not session.alive:
+                self._kept = None
+                session.close()
+                session = None
+            if session is None:
+                d = self.command_defaults()
+                session = self._kept = Session(self._running(call), env=d.env or None,
+                                               cwd=d.cwd, timeout=d.timeout, uid=d.uid,
+                                               gid=d.gid, start_timeout=self._start_timeout)
+            return session
 
     # -- files -------------------------------------------------------------------------------
     # put/get touch regular files only: a denied file is masked by /dev/null (writes would
@@ -641,6 +698,21 @@ class Sandbox:
         except (OSError, SandboxError) as exc:
             self._log(f"could not remove the proxy pin from /etc/hosts: {exc}")
 
+    def _stop_workload(self, c: Container) -> bool:
+        """Kill every process of the kept container ``c`` that was not there when this run
+        started (its init and what the init had started stay): a daemon that ``setsid``'d
+        or double-forked out of an attached command included.  The cgroup is frozen
+        meanwhile, so nothing forks its way out.  False when that cannot be done (no
+        freezer, the init changed, a process would not die): the caller stops the
+        container instead, so that no workload process outlives the run either way."""
+        spare = self._spare
+        if spare is None or c.init_pid != spare[0]:
+            return False
+        try:
+            return cgroups.kill_newcomers(*spare)
+        except OSError:
+            return False
+
     def close(self, failed: bool = False) -> None:
         """Tear down whatever was set up; idempotent; fatal signals wait until it is done.
 
@@ -651,6 +723,9 @@ class Sandbox:
             if self._init_session is not None:
                 self._sessions.append(self._init_session)
                 self._init_session = None
+            if self._kept is not None:
+                self._sessions.append(self._kept)
+                self._kept = None
             while self._sessions:   # their spawners run in the container: they go first
                 try:
                     self._sessions.pop().close()
@@ -672,6 +747,8 @@ class Sandbox:
                     try:
                         if keep:
                             c.kill_attached()  # the container stays, its workload does not
+                            if self._net is None and not self._stop_workload(c):
+                                c.stop()
                             if self._net is not None:
                                 # Its rules are about to go: it must not run without them.
                                 c.stop()

@@ -11,7 +11,8 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   denies to a container without extra capabilities: the mount family, keyrings, bpf,
   perf_event_open, new namespaces (unshare, setns, clone with namespace flags; clone3 answers
   ENOSYS so libc falls back to clone, whose flags can be checked), open_by_handle_at, kexec,
-  modules, userfaultfd, io_uring, clock and swap changes, reboot, syslog, quotactl, acct.  When a
+  modules, userfaultfd, io_uring, clock and swap changes, reboot, syslog, quotactl, acct; and
+  ptrace, process_vm_readv/writev and pidfd_getfd (one workload process steering another).  When a
   read-write bind maps host root to the container's root (a root-owned directory granted
   read-write), setuid/setgid mode bits are refused too (chmod family, open/creat/mknod modes;
   openat2, whose mode seccomp cannot read, answers ENOSYS), so no setuid-root file can be made
@@ -30,6 +31,9 @@ Opt-ins (``lxc.allow``), each giving something up:
   binds where its ids may write: the filesystem policy is no longer enforced against it.
 * ``perf``: allows ``perf_event_open`` (subject to the host's ``perf_event_paranoid``): more
   kernel attack surface and a side channel on other processes of the host.
+* ``ptrace``: allows ``ptrace``, ``process_vm_readv``/``process_vm_writev`` and
+  ``pidfd_getfd`` (gdb, strace): a workload process can then trace and rewrite another of the
+  same uid that runs at the same time (a persistent shell's next command, a concurrent one).
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ _ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "userfaultfd", "ope
 # attack surface no agent workload needs.  The kernel itself refuses 0, negatives and >= 46.
 _SOCKET_FAMILIES_ALLOWED = (1, 2, 10, 16, 17)
 _SOCKET_FAMILY_LIMIT = 64
+# One workload process steering another of the same uid (a command left running by an earlier
+# one, rewriting a later one's result): tracing, and reading or writing its memory or fds.
+_PTRACE_FAMILY = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd")
 # (syscall, index of its mode argument): setuid/setgid bits refused when host root is mapped.
 _MODE_ARGS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("open", 2),
               ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2))
@@ -107,6 +114,8 @@ def seccomp_profile(allow: tuple[str, ...] = (), deny_setid: bool = False) -> st
     denied = list(_ALWAYS_DENIED)
     if "perf" not in allow:
         denied.append("perf_event_open")
+    if "ptrace" not in allow:
+        denied += list(_PTRACE_FAMILY)
     if "nesting" not in allow:
         denied += list(_MOUNT_FAMILY) + ["unshare", "setns"]
     lines += [f"{name} errno {_EPERM}" for name in denied]
