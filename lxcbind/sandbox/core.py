@@ -581,6 +581,7 @@ class Sandbox:
                 session = self._kept = Session(self._running(call), env=d.env or None,
                                                cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                                gid=d.gid, start_timeout=self._start_timeout)
+                session._disk = self._disk
             return session
 
     # -- files -------------------------------------------------------------------------------
