@@ -19,6 +19,7 @@ from lxcbind.command import (
     check_grace,
     check_keywords,
 )
+from lxcbind.proc import files as _files
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
 from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
@@ -211,7 +212,12 @@ class AsyncSession:
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="AsyncSession.run")
-        kill_grace = check_grace(kill_grace, "AsyncSession.run")
+        return await self._run(opts, check=check,
+                               kill_grace=check_grace(kill_grace, "AsyncSession.run"),
+                               on_output=on_output)
+
+    async def _run(self, opts: CallOptions, *, check: bool = False, kill_grace: float = 2.0,
+                   on_output: OutputCallback | None = None) -> CompletedRun:
         session = self._started()
         timeout = opts.timeout if opts.timeout is not None else session.timeout
         out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
@@ -265,6 +271,23 @@ class AsyncSession:
             finisher.cancel()
             watch.stop_watching()
             proc.close()
+
+    async def put(self, path: str | os.PathLike[str], data: bytes | str, *,
+                  parents: bool = False, timeout: float | None = 60.0) -> None:
+        """``Session.put`` under the loop: the same command through the same spawner, and
+        cancelling the awaiting task kills it (a file cut short may be left)."""
+        session = self._started()
+        opts, where = _files.put_call(path, data, cwd=session.cwd, parents=bool(parents),
+                                      timeout=timeout, call="AsyncSession.put")
+        _files.put_done(await self._run(opts), where, opts.timeout)
+
+    async def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
+                  max_size: int = 256 << 20) -> bytes:
+        """``Session.get`` under the loop (cancellable like ``run``)."""
+        session = self._started()
+        opts, where = _files.get_call(path, cwd=session.cwd, max_size=max_size,
+                                      timeout=timeout, call="AsyncSession.get")
+        return _files.get_done(await self._run(opts), where, max_size, opts.timeout)
 
     def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object]
                ) -> tuple[SessionProcess, _Watch]:

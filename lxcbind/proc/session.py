@@ -116,6 +116,7 @@ from lxcbind.lxc.attach import (
     refuse_host_terminal,
 )
 from lxcbind.lxc.container import Container
+from lxcbind.proc import files as _files
 from lxcbind.proc import pty as _pty
 from lxcbind.proc.bridge import Bridge, Writable
 from lxcbind.proc.shell import Shell
@@ -687,6 +688,33 @@ class Session:
         opts = check_call([program], env=env, cwd=cwd, call="Session.shell")
         return Shell(self, program=program, env=opts.env,
                      cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart))
+
+    def put(self, path: str | os.PathLike[str], data: bytes | str, *, parents: bool = False,
+            timeout: float | None = 60.0) -> None:
+        """Write ``data`` (str: UTF-8) to the file ``path`` in the container, created or
+        truncated, as the session's user, through this spawner (no attach: the cost does not
+        depend on the caller's memory).  A relative ``path`` is taken against the session's
+        ``cwd`` (``/`` when it has none); ``parents``: create missing parent directories
+        first (``mkdir -p``).  An existing ``path`` must be a regular file.
+
+        Raises ``FileTransferError`` (the subclass its errno picks: ``FileNotFoundError``,
+        ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``,
+        ``FileExistsError``; ``EROFS`` ... as plain ``FileTransferError``),
+        ``TypeError``/``ValueError`` on bad arguments, ``SessionError`` when the session
+        cannot run commands."""
+        opts, where = _files.put_call(path, data, cwd=self.cwd, parents=bool(parents),
+                                      timeout=timeout, call="Session.put")
+        _files.put_done(self._run(opts), where, opts.timeout)
+
+    def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
+            max_size: int = 256 << 20) -> bytes:
+        """The contents of the regular file ``path`` in the container (relative: against the
+        session's ``cwd``), read as the session's user through this spawner; at most
+        ``max_size`` bytes (``EFBIG`` beyond).  Raises ``FileTransferError`` as ``put``
+        (``IsADirectoryError`` for a directory)."""
+        opts, where = _files.get_call(path, cwd=self.cwd, max_size=max_size, timeout=timeout,
+                                      call="Session.get")
+        return _files.get_done(self._run(opts), where, max_size, opts.timeout)
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "
