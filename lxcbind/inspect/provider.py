@@ -1,0 +1,278 @@
+"""``LxcbindSandboxEnvironment``: each Inspect sample in a fresh lxcbind sandbox.
+
+A sample's sandbox is an ``AsyncSession.from_policy`` container: its init is lxcbind's
+spawner, so ``exec``, ``read_file`` and ``write_file`` are each one command started by that
+spawner (no attach, no fork of the eval process), and ``sample_cleanup`` destroys the
+container like a one-shot run.  Inspect's exceptions are raised as its contract says:
+``TimeoutError`` (the command and its process group were killed first),
+``OutputLimitExceededError``, ``PermissionError``, ``FileNotFoundError``,
+``IsADirectoryError``, ``SandboxUserUnsupportedError``, ``SandboxUnavailableError``.
+
+Configuration (``LxcbindSandboxConfig``, or a str: the path of an lxcbind policy file):
+``policy``, an lxcbind policy (a dict, or a path to a JSON file; None: lxcbind's default,
+deny-all network on the host root filesystem) and ``workdir``, the per-sample working
+directory that relative paths and commands without ``cwd`` use (created at sample start as
+the policy's user; default: the policy's ``process.cwd``, else ``/tmp/inspect``).
+
+What differs from Docker's provider, on purpose:
+
+* ``exec(user=...)``: every command of a sandbox runs as its policy's user (``lxc.uid``, else
+  container root).  Naming that user (by name or uid) works; any other raises
+  ``SandboxUserUnsupportedError``.
+* ``timeout_retry`` is ignored: a command that timed out has been killed, and running a
+  command twice is not the caller's request.
+* ``read_file`` as container root refuses a file whose owner cannot read it
+  (``PermissionError``), as Docker's provider does: root itself ignores file modes.
+* ``connection()`` raises ``NotImplementedError``: a throwaway sandbox cannot yet be entered
+  from another process.
+* asyncio only (``INSPECT_ASYNC_BACKEND=trio`` is refused at sample start, clearly): the
+  session's I/O runs on asyncio's own readers.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import posixpath
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from inspect_ai.util import (
+    ExecResult,
+    OutputLimitExceededError,
+    SandboxConnection,
+    SandboxEnvironment,
+    SandboxEnvironmentConfigType,
+    SandboxEnvironmentLimits,
+    sandboxenv,
+)
+from inspect_ai.util._sandbox.environment import (
+    SandboxUnavailableError,
+    SandboxUserUnsupportedError,
+)
+from pydantic import BaseModel
+
+from lxcbind.aio import AsyncSession
+from lxcbind.errors import FileTransferError, SessionError
+from lxcbind.sandbox.core import as_policy
+
+DEFAULT_WORKDIR = "/tmp/inspect"
+
+
+class LxcbindSandboxConfig(BaseModel, frozen=True):
+    """``sandbox=("lxcbind", LxcbindSandboxConfig(policy={...}))``."""
+
+    policy: dict[str, Any] | str | None = None
+    """An lxcbind policy: a dict, or the path of a JSON policy file (None: the default)."""
+    workdir: str | None = None
+    """Absolute path of the per-sample working directory (None: ``process.cwd``, else
+    ``/tmp/inspect``)."""
+
+
+def policy_document(config: SandboxEnvironmentConfigType | None) -> tuple[dict[str, Any],
+                                                                         str]:
+    """The policy (as a dict) and the working directory that ``config`` asks for; a
+    ``ValueError`` naming what is wrong (checked at task start, before any sample)."""
+    if config is None:
+        config = LxcbindSandboxConfig()
+    elif isinstance(config, str):
+        config = LxcbindSandboxConfig(policy=config)
+    elif not isinstance(config, LxcbindSandboxConfig):
+        raise ValueError(f"lxcbind sandbox: config must be an LxcbindSandboxConfig or the "
+                         f"path of a policy file, not {type(config).__name__}")
+    policy = config.policy
+    if policy is None:
+        doc: dict[str, Any] = {"version": "0.8.0"}
+    elif isinstance(policy, str):
+        try:
+            loaded = json.loads(Path(policy).read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"lxcbind sandbox: policy file {policy}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"lxcbind sandbox: policy file {policy}: not a JSON object")
+        doc = loaded
+    else:
+        doc = dict(policy)
+    # Every sample gets a container of its own, gone with the sample.
+    if doc.get("containerId"):
+        raise ValueError("lxcbind sandbox: policy.containerId: each sample gets a fresh "
+                         "container of its own; remove containerId")
+    if isinstance(doc.get("lifecycle"), dict) and doc["lifecycle"].get("destroyOnExit") is False:
+        raise ValueError("lxcbind sandbox: policy.lifecycle.destroyOnExit: a sample's "
+                         "container is always destroyed with the sample")
+    as_policy(doc, command_required=False)   # PolicyError (a ValueError) naming the field
+    process = doc.get("process")
+    cwd = process.get("cwd") if isinstance(process, dict) else None
+    workdir = config.workdir or cwd or DEFAULT_WORKDIR
+    if not workdir.startswith("/"):
+        raise ValueError(f"lxcbind sandbox: workdir must be an absolute path, got {workdir!r}")
+    return doc, workdir
+
+
+def _require_asyncio() -> None:
+    import sniffio
+
+    backend = sniffio.current_async_library()
+    if backend != "asyncio":
+        raise RuntimeError(f"the lxcbind sandbox needs asyncio (INSPECT_ASYNC_BACKEND="
+                           f"asyncio), not {backend}: its sessions run on asyncio's readers")
+
+
+@sandboxenv(name="lxcbind")
+class LxcbindSandboxEnvironment(SandboxEnvironment):
+    """One sample's lxcbind sandbox (see the module docstring)."""
+
+    def __init__(self, session: AsyncSession, workdir: str, user: str, uid: int) -> None:
+        super().__init__()
+        self.session = session
+        self.workdir = workdir
+        self.user = user   # who every command runs as (from the container's own id)
+        self.uid = uid
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    def config_deserialize(cls, config: dict[str, Any]) -> BaseModel:
+        return LxcbindSandboxConfig(**config)
+
+    @classmethod
+    async def task_init(cls, task_name: str,
+                        config: SandboxEnvironmentConfigType | None) -> None:
+        policy_document(config)   # a bad policy fails the task before any sample starts
+
+    @classmethod
+    async def sample_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
+                          metadata: dict[str, str]) -> dict[str, SandboxEnvironment]:
+        _require_asyncio()
+        doc, workdir = policy_document(config)
+        session = AsyncSession.from_policy(doc)
+        await session.start()
+        try:
+            # As the policy's user: the working directory is its own, and who it is.
+            r = await session.run(["/bin/sh", "-c", 'mkdir -p -- "$1" && id -un && id -u',
+                                   "lxcbind-init", workdir], timeout=30)
+            lines = r.stdout.decode(errors="replace").split()
+            if r.returncode != 0 or len(lines) != 2:
+                raise RuntimeError(f"lxcbind sandbox: could not create the working directory "
+                                   f"{workdir}: {r.stderr.decode(errors='replace').strip()}")
+            assert session.session is not None
+            session.session.cwd = workdir
+        except BaseException:
+            await session.close()
+            raise
+        return {"default": cls(session, workdir, lines[0], int(lines[1]))}
+
+    @classmethod
+    async def sample_cleanup(cls, task_name: str,
+                             config: SandboxEnvironmentConfigType | None,
+                             environments: dict[str, SandboxEnvironment],
+                             interrupted: bool) -> None:
+        for environment in environments.values():
+            if isinstance(environment, LxcbindSandboxEnvironment):
+                await environment.session.close()
+
+    @classmethod
+    async def cli_cleanup(cls, id: str | None) -> None:
+        """``inspect sandbox cleanup lxcbind``: what killed eval processes left (``gc``)."""
+        import anyio
+
+        from lxcbind.sandbox.core import gc
+
+        await anyio.to_thread.run_sync(gc)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _check_user(self, user: str | None) -> None:
+        if user is None or user in (self.user, str(self.uid)):
+            return
+        raise SandboxUserUnsupportedError(
+            f"lxcbind runs every command of a sandbox as its policy's user ({self.user}, uid "
+            f"{self.uid}); running as {user!r} is not supported")
+
+    def _path(self, path: str) -> str:
+        return path if path.startswith("/") else posixpath.join(self.workdir, path)
+
+    async def exec(self, cmd: list[str], input: str | bytes | None = None,
+                   cwd: str | None = None, env: dict[str, str] | None = None,
+                   user: str | None = None, timeout: int | None = None,
+                   timeout_retry: bool = True, concurrency: bool = True) -> ExecResult[str]:
+        self._check_user(user)
+        limit = SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE
+        try:
+            r = await self.session.run(list(cmd), input=input, env=env or None,
+                                       cwd=None if cwd is None else self._path(cwd),
+                                       timeout=timeout, max_output=limit)
+        except SessionError as exc:
+            raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
+        if r.timed_out:
+            raise TimeoutError(f"command timed out after {timeout} seconds (it and its "
+                               "process group were killed)")
+        error = r.exec_error
+        if error is not None and error.stage == "exec" and error.errno in (errno.EACCES,
+                                                                           errno.EPERM):
+            raise PermissionError(error.errno, f"{cmd[0]}: {error.strerror}", cmd[0])
+        stdout = r.stdout.decode(errors="replace")
+        stderr = r.stderr.decode(errors="replace")
+        if r.truncated:
+            raise OutputLimitExceededError(SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE_STR,
+                                           truncated_output=stdout)
+        return ExecResult(success=r.returncode == 0, returncode=r.exit_status, stdout=stdout,
+                          stderr=stderr)
+
+    # -- files -----------------------------------------------------------------------------
+
+    async def write_file(self, file: str, contents: str | bytes) -> None:
+        try:
+            await self.session.put(self._path(file), contents, parents=True)
+        except FileTransferError as exc:
+            raise _inspect_error(exc, file) from None
+        except SessionError as exc:
+            raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
+
+    @overload
+    async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
+
+    @overload
+    async def read_file(self, file: str, text: Literal[False]) -> bytes: ...
+
+    async def read_file(self, file: str, text: bool = True) -> str | bytes:
+        path = self._path(file)
+        limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
+        try:
+            data = await self.session.get(path, max_size=limit)
+            if self.uid == 0:
+                await self._owner_can_read(path, file)
+        except FileTransferError as exc:
+            if exc.errno == errno.EFBIG:
+                raise OutputLimitExceededError(
+                    SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, None) from None
+            raise _inspect_error(exc, file) from None
+        except SessionError as exc:
+            raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
+        return data.decode("utf-8") if text else data
+
+    async def _owner_can_read(self, path: str, file: str) -> None:
+        """Root reads any file: as Docker's provider does, a file whose owner cannot read it
+        is reported unreadable."""
+        r = await self.session.run(["stat", "-L", "-c", "%a", "--", path], timeout=30)
+        mode = r.stdout.decode(errors="replace").strip()
+        if r.returncode == 0 and mode.isdigit() and not int(mode, 8) & 0o400:
+            raise PermissionError(errno.EACCES, f"Permission denied: {file}", file)
+
+    async def connection(self, *, user: str | None = None) -> SandboxConnection:
+        raise NotImplementedError("lxcbind sandbox: a throwaway sandbox cannot be entered "
+                                  "from another process yet (no `lxcbind attach`)")
+
+
+def _inspect_error(exc: FileTransferError, file: str) -> OSError:
+    """What Inspect's file contract names for ``exc``: the builtin subclasses pass as they
+    are; a read-only path (``EROFS``) is a ``PermissionError``, a timeout a
+    ``TimeoutError``."""
+    if exc.errno == errno.EROFS:
+        return PermissionError(errno.EROFS, f"{exc.strerror} ({file})", file)
+    if exc.errno == errno.ETIMEDOUT:
+        return TimeoutError(errno.ETIMEDOUT, f"{exc.strerror} ({file})", file)
+    return exc
+
+
+__all__ = ["LxcbindSandboxConfig", "LxcbindSandboxEnvironment", "policy_document"]
