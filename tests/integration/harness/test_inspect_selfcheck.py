@@ -86,7 +86,9 @@ def probe():
         await box.write_file("notes/in.txt", state.input_text)
         r = await box.exec(["sh", "-c", "cat notes/in.txt; echo; pwd; hostname"])
         state.metadata["out"] = r.stdout
-        state.metadata["name"] = box.session.session.container.name
+        from lxcbind.inspect import LxcbindSandboxEnvironment   # only now: Inspect found it
+        ours = box.as_type(LxcbindSandboxEnvironment)
+        state.metadata["name"] = ours.session.session.container.name
         return state
     return solve
 
@@ -119,3 +121,16 @@ def test_an_eval_finds_sandbox_lxcbind_without_importing_it(tmp_path) -> None:
     assert one.startswith("one\n/tmp/inspect\n") and two.startswith("two\n/tmp/inspect\n")
     assert one.split("\n")[2] != two.split("\n")[2]   # two samples, two containers
     assert set(result["names"]) & set(lxcbind.list_containers()) == set()   # all destroyed
+
+
+@pytest.mark.parametrize("config, match", [
+    (LxcbindSandboxConfig(policy={"version": "0.8.0", "containerId": "fixed"}), "containerId"),
+    (LxcbindSandboxConfig(policy={"version": "0.8.0", "lifecycle": {"destroyOnExit": False}}),
+     "destroyOnExit"),
+    (LxcbindSandboxConfig(policy={"version": "0.8.0", "lxc": {"uid": "x"}}), "lxc.uid"),
+    (LxcbindSandboxConfig(workdir="relative"), "absolute"),
+    ("/no/such/policy.json", "/no/such/policy.json"),
+])
+def test_a_bad_config_fails_the_task_before_any_sample(config, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        asyncio.run(LxcbindSandboxEnvironment.task_init("t", config))
