@@ -61,7 +61,10 @@ _SCHEMA = "2"             # bump when a base's layout or content changes
 # System directories a ``host`` container gets from the host, read-only.
 _HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Host files that are not secrets and that ordinary programs read.
-_HOST_ETC_COPY = ("protocols", "services", "ld.so.conf", "localtime", "os-release", "shells")
+_HOST_ETC_COPY = ("protocols", "services", "ld.so.conf", "localtime", "os-release", "shells",
+                  # user management (useradd -m, userdel; adduser stops at chfn: no PAM here)
+                  "login.defs", "adduser.conf", "deluser.conf")
+_HOST_ETC_DIRS = ("skel",)   # their plain files, copied (see ``_host_etc_names``)
 _HOST_ETC_BIND = ("ld.so.cache", "alternatives", "ssl/certs")  # change with packages: bound
 
 _ETC_FILES = {
@@ -90,6 +93,19 @@ def _host_arch() -> str:
 
 # -- bases ------------------------------------------------------------------------------------
 
+def _host_etc_names() -> list[str]:
+    """The host's /etc files a ``host`` container gets a copy of: ``_HOST_ETC_COPY`` and the
+    plain files of ``_HOST_ETC_DIRS`` (a new user's home starts from ``skel``)."""
+    names = list(_HOST_ETC_COPY)
+    for directory in _HOST_ETC_DIRS:
+        try:
+            names += sorted(f"{directory}/{e.name}" for e in os.scandir("/etc/" + directory)
+                            if e.is_file(follow_symlinks=False))
+        except OSError:
+            pass
+    return names
+
+
 def _host_layout() -> dict[str, object]:
     """What the host skeleton is made of; its hash names the base (cheap: a few small files)."""
     top = {}
@@ -100,7 +116,7 @@ def _host_layout() -> dict[str, object]:
         elif os.path.isdir(path):
             top[name] = ["dir"]
     etc = {}
-    for name in _HOST_ETC_COPY:
+    for name in _host_etc_names():
         path = "/etc/" + name
         if os.path.islink(path):
             etc[name] = ["link", os.readlink(path)]
@@ -338,7 +354,7 @@ def _build_host(tmp: str) -> None:
                     ("var/tmp", 0o1777), ("var/lib", 0o755), ("var/log", 0o755),
                     ("var/cache", 0o755), ("etc", 0o755), ("etc/ssl", 0o755),
                     ("etc/ssl/certs", 0o755), ("etc/alternatives", 0o755),
-                    ("etc/ld.so.conf.d", 0o755)):
+                    ("etc/ld.so.conf.d", 0o755), ("etc/skel", 0o755)):
         path = os.path.join(root, d)
         os.makedirs(path, exist_ok=True)
         os.chmod(path, mode)  # not subject to the umask
@@ -355,7 +371,7 @@ def _build_host(tmp: str) -> None:
     for name, content in _ETC_FILES.items():
         with open(os.path.join(root, "etc", name), "w") as f:
             f.write(content)
-    for name in _HOST_ETC_COPY:
+    for name in _host_etc_names():
         src, dst = "/etc/" + name, os.path.join(root, "etc", name)
         if os.path.islink(src):
             os.symlink(os.readlink(src), dst)
