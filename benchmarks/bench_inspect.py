@@ -56,7 +56,8 @@ def files(n: int, big_mib: int) -> None:
                 "get 64 KiB": _median_ms(lambda: box.get("/tmp/b"), n),
                 "Session command (true)": _median_ms(lambda: box.run(["true"]), n),
                 "attach cat (old put path)": _median_ms(
-                    lambda: attach_run(box.container, ["/bin/sh", "-c", "cat > /tmp/b"], input=blob), n),
+                    lambda: attach_run(box.container, ["/bin/sh", "-c", "cat > /tmp/b"],
+                                       input=blob), n),
             }
             print(f"caller RSS {_rss_mib():.0f} MiB: "
                   + ", ".join(f"{k} {v:.2f} ms" for k, v in row.items()))
