@@ -153,6 +153,7 @@ _STRERRORS = {os.strerror(e): e for e in (
 
 
 _STRERRORS["Directory nonexistent"] = _errno.ENOENT   # dash's word for a missing parent
+_STRERRORS["No such file"] = _errno.ENOENT   # dash's, for a redirect from a missing file
 _STRERRORS["is not a regular file"] = _errno.EPERM   # Sandbox.put/get's own refusal
 _STRERRORS["exists but is not a directory"] = _errno.ENOTDIR   # coreutils mkdir -p
 

@@ -32,6 +32,9 @@ _PRELUDE = ('if [ -d "$1" ]; then echo "$0: $1: Is a directory" >&2; exit 1; fi;
 # ``$2`` = 1: create the missing parents first (``mkdir -p``, the container's umask).
 _PUT = ('if [ "$2" = 1 ] && [ -n "${1%/*}" ]; then mkdir -p -- "${1%/*}" || exit 1; fi; '
         + _PRELUDE + 'exec cat > "$1"')
+# get_file: the whole file, streamed; refused first when larger than max_size.
+GET_STREAM = (_PRELUDE + 'size=$(wc -c < "$1") || exit 1; [ "$size" -le {max_size} ] || {{ '
+              'echo "$0: $1: File too large" >&2; exit 1; }}; exec head -c {max_size} -- "$1"')
 
 
 def resolve(path: Any, cwd: str | None, call: str) -> str:
@@ -72,6 +75,24 @@ def get_call(path: Any, *, cwd: str | None, max_size: Any, timeout: Any,
                        "replace"), path
 
 
+def stream_fd(stream: Any, call: str, what: str) -> int:
+    """The descriptor of a streaming source or destination: an fd (int >= 0) or an object
+    with ``fileno()`` (flushed first when it has ``flush``: its buffer comes before what the
+    command reads or writes); ``TypeError`` naming ``call`` otherwise."""
+    if isinstance(stream, int) and not isinstance(stream, bool) and stream >= 0:
+        return stream
+    fileno = getattr(stream, "fileno", None)
+    if not callable(fileno):
+        raise TypeError(f"{call}(): {what} must be a file object with fileno() or an fd, not "
+                        f"{type(stream).__name__}")
+    flush = getattr(stream, "flush", None)
+    if callable(flush):
+        flush()
+    fd = fileno()
+    assert isinstance(fd, int)
+    return fd
+
+
 def _errno_of(line: str) -> int | None:
     """The errno a failed command's last stderr line ends with (``cat: /x: Permission
     denied``): read from its last ``: `` field, so a path that contains such words cannot
@@ -97,9 +118,11 @@ def _failed(operation: str, path: str, result: CompletedRun,
     return FileTransferError.of(operation, path, detail, _errno_of(detail) or errno.EIO)
 
 
-def put_done(result: CompletedRun, path: str, timeout: float | None) -> None:
-    """Nothing when ``put``'s command succeeded, else its ``FileTransferError``."""
-    error = _failed("put", path, result, timeout)
+def put_done(result: CompletedRun, path: str, timeout: float | None,
+             operation: str = "put") -> None:
+    """Nothing when ``put``'s (``operation``'s) command succeeded, else its
+    ``FileTransferError``."""
+    error = _failed(operation, path, result, timeout)
     if error is not None:
         raise error
 

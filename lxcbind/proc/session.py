@@ -89,7 +89,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, Unpack
+from typing import Any, Protocol, Unpack
 
 from lxcbind._lite import replace as _replace
 from lxcbind.command import (
@@ -715,6 +715,58 @@ class Session:
         opts, where = _files.get_call(path, cwd=self.cwd, max_size=max_size, timeout=timeout,
                                       call="Session.get")
         return _files.get_done(self._run(opts), where, max_size, opts.timeout)
+
+    def put_file(self, path: str | os.PathLike[str], source: Any, *, parents: bool = False,
+                 timeout: float | None = 600.0) -> None:
+        """``put``, streamed: the file's contents come from ``source`` (a binary file object
+        with ``fileno()``, or an fd), read from its descriptor's current offset to EOF and
+        copied by this process's bridge into the command's stdin pipe, a chunk at a time (the
+        container never gets the caller's descriptor).  Memory stays bounded whatever the
+        size.  Raises as ``put``."""
+        call = "Session.put_file"
+        opts, where = _files.put_call(path, b"", cwd=self.cwd, parents=bool(parents),
+                                      timeout=timeout, call=call)
+        fd = _files.stream_fd(source, call, "source")
+        _files.put_done(self._transfer(opts, input_fd=fd), where, opts.timeout)
+
+    def get_file(self, path: str | os.PathLike[str], destination: Any, *,
+                 timeout: float | None = 600.0, max_size: int = 1 << 62) -> None:
+        """``get``, streamed: the contents of ``path`` are written to ``destination`` (a
+        binary file object with ``fileno()``, or an fd) as they come, through the bridge;
+        a file larger than ``max_size`` bytes is refused before anything is written
+        (``EFBIG``).  Raises as ``get``."""
+        call = "Session.get_file"
+        opts, where = _files.get_call(path, cwd=self.cwd, max_size=max_size, timeout=timeout,
+                                      call=call)
+        fd = _files.stream_fd(destination, call, "destination")
+        # The size is checked first (a regular file's wc -c is its st_size); a file that grows
+        # after the check is cut at max_size.
+        opts = opts._replace(argv=["/bin/sh", "-c", _files.GET_STREAM.format(max_size=max_size),
+                                   "lxcbind-get", where])
+        _files.put_done(self._transfer(opts, output_fd=fd), where, opts.timeout, "get")
+
+    def _transfer(self, opts: CallOptions, *, input_fd: int | None = None,
+                  output_fd: int | None = None) -> CompletedRun:
+        """A file command whose stdin comes from ``input_fd`` / whose stdout goes to
+        ``output_fd`` through the bridge (host descriptors never cross into the container);
+        stderr is captured (the last 4 KiB)."""
+        timeout = opts.timeout if opts.timeout is not None else self.timeout
+        start = time.monotonic()
+        bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
+        proc = self._spawn(opts, Stdio(PIPE if input_fd is not None else None),
+                           start_timeout=bound)
+        err = OutputBuffer(4096)
+        try:
+            timed_out, _ = _bridge(proc, None, output_fd if output_fd is not None
+                                   else OutputBuffer(0), err, timeout, 2.0,
+                                   input_fd=input_fd)
+            proc.wait()
+        finally:
+            proc.close()
+        assert proc.returncode is not None
+        return CompletedRun.captured(proc.args, proc.returncode, OutputBuffer(0), err,
+                                     timed_out=timed_out, started=start,
+                                     exec_error=proc.exec_error, timeout=timeout)
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "

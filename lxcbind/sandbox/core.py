@@ -551,6 +551,20 @@ class Sandbox:
                                       timeout=timeout, call="Sandbox.get")
         return _files.get_done(session._run(opts), where, max_size, opts.timeout)
 
+    def put_file(self, path: str | os.PathLike[str], source: Any, *, parents: bool = False,
+                 timeout: float | None = 600.0) -> None:
+        """``put`` streamed from ``source`` (a binary file object with ``fileno()``, or an
+        fd), in bounded memory: see ``Session.put_file``."""
+        self._files_session("put_file").put_file(path, source, parents=parents,
+                                                 timeout=timeout)
+
+    def get_file(self, path: str | os.PathLike[str], destination: Any, *,
+                 timeout: float | None = 600.0, max_size: int = 1 << 62) -> None:
+        """``get`` streamed into ``destination`` (a binary file object with ``fileno()``, or
+        an fd): see ``Session.get_file``."""
+        self._files_session("get_file").get_file(path, destination, timeout=timeout,
+                                                 max_size=max_size)
+
     def limit_events(self) -> security.Events:
         """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""
         if self._event_files is not None and self._container is not None \

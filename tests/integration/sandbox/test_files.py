@@ -127,3 +127,49 @@ def test_session_and_async_session_have_put_and_get():
                 await a.get("x")
             return await a.get("/tmp/x/y")
     assert asyncio.run(main()) == b"async"
+
+
+def _peak_growth_mib(call) -> float:
+    """How far this process's peak RSS rose above its RSS during ``call`` (peak reset first)."""
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")   # resets VmHWM to the current RSS
+    before = status("VmRSS:")
+    call()
+    return (status("VmHWM:") - before) / 1024
+
+
+def test_put_file_and_get_file_stream_large_files_in_bounded_memory(tmp_path):
+    source = tmp_path / "src.bin"
+    with open(source, "wb") as f:       # 64 MiB, not all one byte
+        for i in range(64):
+            f.write(bytes([i]) * (1 << 20))
+    with lxcbind.Sandbox(pol(process={"cwd": "/tmp"})) as box:
+        with open(source, "rb") as f:
+            assert _peak_growth_mib(lambda: box.put_file("in/big.bin", f, parents=True)) < 16
+        r = box.run("wc -c < /tmp/in/big.bin; od -An -tu1 -j 67108863 -N1 /tmp/in/big.bin",
+                    text=True)
+        assert r.stdout.split() == [str(64 << 20), "63"]
+        out = tmp_path / "out.bin"
+        with open(out, "wb") as f:
+            assert _peak_growth_mib(lambda: box.get_file("in/big.bin", f)) < 16
+        # the same through put/get holds it all: the check above can fail
+        data = source.read_bytes()
+        assert _peak_growth_mib(lambda: box.put("/tmp/whole", data)) > 32
+        assert out.read_bytes() == source.read_bytes()
+        with open(tmp_path / "small", "wb") as f:
+            with pytest.raises(lxcbind.FileTransferError) as info:
+                box.get_file("/tmp/in/big.bin", f, max_size=1 << 20)
+            assert info.value.errno == errno.EFBIG
+        assert (tmp_path / "small").read_bytes() == b""   # refused before writing
+        with open(tmp_path / "x", "wb") as f:
+            for path, kind in (("/tmp/nope", FileNotFoundError), ("/tmp", IsADirectoryError),
+                               ("/dev/zero", PermissionError)):
+                with pytest.raises(kind):
+                    box.get_file(path, f, timeout=10)
+            with pytest.raises(IsADirectoryError), open(source, "rb") as src:
+                box.put_file("/tmp/in", src)
+        with pytest.raises(TypeError, match="fileno"):
+            box.put_file("/tmp/x", b"bytes are put()'s")
