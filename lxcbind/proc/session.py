@@ -103,7 +103,7 @@ from lxcbind.command import (
     check_stdio,
     check_timeout,
 )
-from lxcbind.errors import LxcError, SessionError, ShellDied, SpawnerDied
+from lxcbind.errors import FileTransferError, LxcError, SessionError, ShellDied, SpawnerDied
 from lxcbind.lxc import cgroups as _cgroups
 from lxcbind.lxc import spawner_wire as wire
 from lxcbind.lxc.attach import (
@@ -118,6 +118,7 @@ from lxcbind.lxc.attach import (
 from lxcbind.lxc.container import Container
 from lxcbind.proc import files as _files
 from lxcbind.proc import pty as _pty
+from lxcbind.proc import users as _users
 from lxcbind.proc.bridge import Bridge, Writable
 from lxcbind.proc.shell import Shell
 from lxcbind.proc.spawned import (
@@ -392,7 +393,8 @@ class Session:
     # -- spawning -------------------------------------------------------------------------
 
     def _send(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
-              fds: Sequence[int], ctty: bool) -> SessionProcess:
+              fds: Sequence[int], ctty: bool, user: _users.User | None = None
+              ) -> SessionProcess:
         """Send one spawn request; returns the handle with the report socket (START not yet
         read).  ``fds`` = stdin, stdout, stderr, extra...; the caller closes its copies."""
         ctrl = self._ctrl
@@ -409,8 +411,11 @@ class Session:
             flags |= wire.FLAG_CWD
         if ctty:
             flags |= wire.FLAG_CTTY
+        if user is not None:   # after cwd: "uid:gid:groups", set in the child before exec
+            strings.append(user.wire().encode())
+            flags |= wire.FLAG_USER
         data = b"\0".join(strings) + b"\0"
-        envc = len(strings) - len(argv) - (1 if cwd is not None else 0)
+        envc = len(strings) - len(argv) - (cwd is not None) - (user is not None)
         memfd = -1
         if len(data) > wire.MAX_INLINE:
             flags |= wire.FLAG_MEMFD
@@ -501,8 +506,8 @@ class Session:
         return proc
 
     def _spawn(self, opts: CallOptions, stdio: Stdio = _PIPES, *, tty: bool = False,
-               pass_fds: Sequence[int] = (),
-               start_timeout: float = _START_BOUND) -> SessionProcess:
+               pass_fds: Sequence[int] = (), start_timeout: float = _START_BOUND,
+               user: _users.User | None = None) -> SessionProcess:
         """``spawn`` after its checks, for ``opts.argv``; the handle's pipes stay raw fds
         (``proc._pipes``: the bridge, the shell and asyncio read them directly)."""
         assert opts.argv is not None
@@ -534,8 +539,9 @@ class Session:
                 if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
                     refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
                                          if index < 3 else "pass_fds")
-            proc = self._send(opts.argv, opts.env, opts.cwd if opts.cwd is not None
-                              else self.cwd, fds, ctty=tty)
+            env = opts.env if user is None else _users.merged_env(user, opts.env)
+            proc = self._send(opts.argv, env, opts.cwd if opts.cwd is not None
+                              else self.cwd, fds, ctty=tty, user=user)
             for name, fd in ours:
                 proc._pipes[name] = proc._own(fd)
             ours.clear()
@@ -575,7 +581,8 @@ class Session:
             cwd: str | None = None, max_output: int | None = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None, check: bool = False,
             tty: bool = False, kill_grace: float = 2.0,
-            on_output: OutputCallback | None = None) -> CompletedRun:
+            on_output: OutputCallback | None = None, user: str | int | None = None
+            ) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
         The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
@@ -591,18 +598,50 @@ class Session:
 
         Raises ``TypeError``/``ValueError`` on bad arguments (naming ``Session.run``),
         ``SpawnerDied``/``SessionError`` when the session cannot run commands.
+
+        ``user``: run as another user of the container, a name, a uid or ``"uid:gid"``
+        (``lxcbind.proc.users``): uid, gid, supplementary groups and HOME/USER/LOGNAME come
+        from the container's own ``/etc/passwd`` and ``/etc/group``.  A session with a fixed
+        ``uid`` (a policy's ``lxc.uid``) accepts only that user (``ValueError`` otherwise);
+        an unknown name is a ``ValueError``.
         """
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="Session.run")
         if on_output is not None and not callable(on_output):
             raise TypeError("Session.run(): on_output must be a callable (stream, chunk)")
+        spec = _users.check_user(user, "Session.run")
         return self._run(opts, check=check, tty=bool(tty),
-                         kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output)
+                         kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output,
+                         user=None if spec is None else self._user(spec, "Session.run"))
+
+    def _user(self, spec: str, call: str) -> _users.User | None:
+        """The user ``spec`` names in this container (None: the session's own user)."""
+        files = [self._account_file(path, call) for path in ("/etc/passwd", "/etc/group")]
+        return self._user_from(spec, files[0], files[1], call)
+
+    def _user_from(self, spec: str, passwd: bytes, group: bytes,
+                   call: str) -> _users.User | None:
+        resolved = _users.resolve(spec, passwd, group, call)
+        refusal = _users.refusal(spec, resolved, self.uid, self.gid, call)
+        if refusal is not None:
+            raise refusal
+        return None if self.uid is not None else resolved
+
+    def _account_file(self, path: str, call: str) -> bytes:
+        """An account file of the container, read through this spawner (``b""`` if
+        missing); ``ValueError`` when it cannot be read as a small regular file."""
+        try:
+            return self.get(path, timeout=10, max_size=_users.MAX_ACCOUNT_FILE)
+        except FileNotFoundError:
+            return b""
+        except FileTransferError as exc:
+            raise ValueError(f"{call}(): user: cannot read the container's {path}: "
+                             f"{exc.strerror}") from None
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
              kill_grace: float = 2.0, on_output: OutputCallback | None = None,
-             forward_signals: bool = False) -> CompletedRun:
+             forward_signals: bool = False, user: _users.User | None = None) -> CompletedRun:
         """``run`` once checked.  ``forward_signals``: as ``lxcbind.run()`` on the main thread,
         SIGINT/SIGTERM/SIGHUP go to the command's group, then to this process after cleanup."""
         timeout = opts.timeout if opts.timeout is not None else self.timeout
@@ -610,7 +649,7 @@ class Session:
         bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
         before = self.limit_events()
         proc = self._spawn(opts, Stdio(PIPE if opts.input else None), tty=tty,
-                           start_timeout=bound)
+                           start_timeout=bound, user=user)
         try:
             out = OutputBuffer(opts.max_output)
             err = OutputBuffer(opts.max_output)
