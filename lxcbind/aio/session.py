@@ -19,7 +19,9 @@ from lxcbind.command import (
     check_grace,
     check_keywords,
 )
+from lxcbind.errors import FileTransferError
 from lxcbind.proc import files as _files
+from lxcbind.proc import users as _users
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
 from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
@@ -206,18 +208,36 @@ class AsyncSession:
                   cwd: str | None = None, max_output: int | None = None,
                   text: bool = False, encoding: str | None = None, errors: str | None = None,
                   check: bool = False, kill_grace: float = 2.0,
-                  on_output: OutputCallback | None = None) -> CompletedRun:
+                  on_output: OutputCallback | None = None,
+                  user: str | int | None = None) -> CompletedRun:
         """Run ``command`` and capture it, like ``Session.run`` (same keywords and result);
-        cancelling the awaiting task kills the command (its whole process group)."""
+        cancelling the awaiting task kills the command (its whole process group).  ``user``:
+        another user of the container, resolved from its account files read under the loop."""
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="AsyncSession.run")
-        return await self._run(opts, check=check,
-                               kill_grace=check_grace(kill_grace, "AsyncSession.run"),
-                               on_output=on_output)
+        kill_grace = check_grace(kill_grace, "AsyncSession.run")
+        spec = _users.check_user(user, "AsyncSession.run")
+        who = None if spec is None else await self._user(spec)
+        return await self._run(opts, check=check, kill_grace=kill_grace, on_output=on_output,
+                               user=who)
+
+    async def _user(self, spec: str) -> _users.User | None:
+        call = "AsyncSession.run"
+        files = []
+        for path in ("/etc/passwd", "/etc/group"):
+            try:
+                files.append(await self.get(path, timeout=10, max_size=_users.MAX_ACCOUNT_FILE))
+            except FileNotFoundError:
+                files.append(b"")
+            except FileTransferError as exc:
+                raise ValueError(f"{call}(): user: cannot read the container's {path}: "
+                                 f"{exc.strerror}") from None
+        return self._started()._user_from(spec, files[0], files[1], call)
 
     async def _run(self, opts: CallOptions, *, check: bool = False, kill_grace: float = 2.0,
-                   on_output: OutputCallback | None = None) -> CompletedRun:
+                   on_output: OutputCallback | None = None,
+                   user: _users.User | None = None) -> CompletedRun:
         session = self._started()
         timeout = opts.timeout if opts.timeout is not None else session.timeout
         out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
@@ -227,7 +247,7 @@ class AsyncSession:
                      for name, buf in (("stdout", out), ("stderr", err))}
         start = time.monotonic()
         before = session.limit_events()
-        proc, watch = self._spawn(opts, lambda name, data: sinks[name].write(data))
+        proc, watch = self._spawn(opts, lambda name, data: sinks[name].write(data), user)
         try:
             timed_out = await watch.finish(timeout, kill_grace)
         finally:
@@ -289,9 +309,9 @@ class AsyncSession:
                                       timeout=timeout, call="AsyncSession.get")
         return _files.get_done(await self._run(opts), where, max_size, opts.timeout)
 
-    def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object]
-               ) -> tuple[SessionProcess, _Watch]:
-        proc = self._started()._spawn(opts, Stdio(PIPE if opts.input else None))
+    def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object],
+               user: _users.User | None = None) -> tuple[SessionProcess, _Watch]:
+        proc = self._started()._spawn(opts, Stdio(PIPE if opts.input else None), user=user)
         try:
             return proc, _Watch(proc, opts.input, on_output)
         except BaseException:

@@ -16,9 +16,10 @@ the policy's user; default: the policy's ``process.cwd``, else ``/tmp/inspect``)
 
 What differs from Docker's provider, on purpose:
 
-* ``exec(user=...)``: every command of a sandbox runs as its policy's user (``lxc.uid``, else
-  container root).  Naming that user (by name or uid) works; any other raises
-  ``SandboxUserUnsupportedError``.
+* ``exec(user=...)``: a name, uid or ``uid:gid`` of the container's own ``/etc/passwd``
+  (``AsyncSession.run(user=...)``: its groups and home too); an unknown name is a failed
+  result (126, the reason in stderr).  A policy that fixes ``lxc.uid`` runs every command as
+  that user: any other raises ``SandboxUserUnsupportedError``.
 * ``timeout_retry`` is ignored: a command that timed out has been killed, and running a
   command twice is not the caller's request.
 * ``read_file`` as container root refuses a file whose owner cannot read it
@@ -182,12 +183,17 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
 
     # -- commands --------------------------------------------------------------------------
 
-    def _check_user(self, user: str | None) -> None:
+    def _user(self, user: str | None) -> str | None:
+        """``user`` for ``AsyncSession.run``: None for the sandbox's own user; any other only
+        when the policy does not fix ``lxc.uid``."""
         if user is None or user in (self.user, str(self.uid)):
-            return
-        raise SandboxUserUnsupportedError(
-            f"lxcbind runs every command of a sandbox as its policy's user ({self.user}, uid "
-            f"{self.uid}); running as {user!r} is not supported")
+            return None
+        session = self.session.session
+        if session is not None and session.uid is not None:
+            raise SandboxUserUnsupportedError(
+                f"the policy fixes lxc.uid={session.uid} ({self.user}): every command runs as "
+                f"that user; running as {user!r} needs a policy without lxc.uid")
+        return user
 
     def _path(self, path: str) -> str:
         return path if path.startswith("/") else posixpath.join(self.workdir, path)
@@ -196,14 +202,20 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
                    cwd: str | None = None, env: dict[str, str] | None = None,
                    user: str | None = None, timeout: int | None = None,
                    timeout_retry: bool = True, concurrency: bool = True) -> ExecResult[str]:
-        self._check_user(user)
+        who = self._user(user)
         limit = SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE
         try:
             r = await self.session.run(list(cmd), input=input, env=env or None,
                                        cwd=None if cwd is None else self._path(cwd),
-                                       timeout=timeout, max_output=limit)
+                                       timeout=timeout, max_output=limit, user=who)
         except SessionError as exc:
             raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
+        except ValueError as exc:
+            if who is None or "no such user" not in str(exc):
+                raise
+            # as a shell would say it: the command did not run
+            return ExecResult(success=False, returncode=126, stdout="",
+                              stderr=f"lxcbind: user {who}: no such user in the container\n")
         if r.timed_out:
             raise TimeoutError(f"command timed out after {timeout} seconds (it and its "
                                "process group were killed)")

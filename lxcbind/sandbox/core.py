@@ -43,6 +43,7 @@ from lxcbind.policy.parse import load_policy, load_policy_file
 from lxcbind.proc import files as _files
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
+from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import CompletedRun
 from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
@@ -457,7 +458,7 @@ class Sandbox:
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
             timeout: float | None = None, check: bool = False, max_output: int | None = None,
-            tty: bool = False) -> CompletedRun:
+            tty: bool = False, user: str | int | None = None) -> CompletedRun:
         """Run ``cmd`` (a str for ``/bin/sh -c``, or an argv list; None: the policy's own
         command) in this sandbox, captured, under the policy's ``process`` settings: ``env``
         is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
@@ -467,12 +468,23 @@ class Sandbox:
         ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
         ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
 
+        ``user``: another user of the container (a name, a uid or ``"uid:gid"``; see
+        ``Session.run``); a policy that fixes ``lxc.uid`` accepts only that user.
+
         Raises ``TypeError``/``ValueError`` on bad keywords, ``PolicyError`` when ``cmd`` is
         None and the policy has no command, ``SandboxError`` when the sandbox is not running.
         """
         opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="Sandbox.run")
+        spec = _users.check_user(user, "Sandbox.run")
+        if spec is not None:   # through a spawner: it sets the user's groups (see Session.run)
+            session = self._files_session("run")
+            argv = opts.argv if opts.argv is not None else self.policy_argv("run")
+            d = self.command_defaults().overridden(opts)
+            return session._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd,
+                                              timeout=d.timeout),
+                                check=check, tty=tty, user=session._user(spec, "Sandbox.run"))
         return self._run(opts, check=check, tty=tty)
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,

@@ -123,3 +123,19 @@ def test_the_spawner_refuses_a_malformed_user_string_and_keeps_serving(root_sess
             proc.wait(timeout=10)
         proc.close()
     assert root_session.run("id -un", user="bob", text=True).stdout == "bob\n"
+
+
+def test_sandbox_and_async_session_take_a_user_too():
+    import asyncio
+
+    with lxcbind.Sandbox(pol()) as box:
+        assert box.run("id -un", user="sandbox", text=True).stdout == "sandbox\n"
+        assert box.run("id -un", text=True).stdout == "root\n"
+
+    async def main() -> str:
+        async with lxcbind.AsyncSession.from_policy(pol()) as a:
+            r = await a.run(["sh", "-c", "id -un; echo $HOME"], user=1000, text=True)
+            with pytest.raises(ValueError, match="no such user"):
+                await a.run("id", user="ghost")
+            return str(r.stdout)
+    assert asyncio.run(main()) == "sandbox\n/home/sandbox\n"
