@@ -209,7 +209,7 @@ class AsyncSession:
                   text: bool = False, encoding: str | None = None, errors: str | None = None,
                   check: bool = False, kill_grace: float = 2.0,
                   on_output: OutputCallback | None = None,
-                  user: str | int | None = None) -> CompletedRun:
+                  user: str | int | _users.User | None = None) -> CompletedRun:
         """Run ``command`` and capture it, like ``Session.run`` (same keywords and result);
         cancelling the awaiting task kills the command (its whole process group).  ``user``:
         another user of the container, resolved from its account files read under the loop."""
@@ -217,10 +217,15 @@ class AsyncSession:
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="AsyncSession.run")
         kill_grace = check_grace(kill_grace, "AsyncSession.run")
-        spec = _users.check_user(user, "AsyncSession.run")
-        who = None if spec is None else await self._user(spec)
         return await self._run(opts, check=check, kill_grace=kill_grace, on_output=on_output,
-                               user=who)
+                               user=await self._who(user))
+
+    async def _who(self, user: str | int | _users.User | None) -> _users.User | None:
+        """``user`` resolved (a ``User`` resolved earlier passes as it is)."""
+        if isinstance(user, _users.User):
+            return user
+        spec = _users.check_user(user, "AsyncSession.run")
+        return None if spec is None else await self._user(spec)
 
     async def _user(self, spec: str) -> _users.User | None:
         call = "AsyncSession.run"
@@ -293,21 +298,26 @@ class AsyncSession:
             proc.close()
 
     async def put(self, path: str | os.PathLike[str], data: bytes | str, *,
-                  parents: bool = False, timeout: float | None = 60.0) -> None:
+                  parents: bool = False, timeout: float | None = 60.0,
+                  user: str | int | _users.User | None = None) -> None:
         """``Session.put`` under the loop: the same command through the same spawner, and
-        cancelling the awaiting task kills it (a file cut short may be left)."""
+        cancelling the awaiting task kills it (a file cut short may be left).  ``user``: as
+        that user of the container (``run``'s ``user``)."""
         session = self._started()
         opts, where = _files.put_call(path, data, cwd=session.cwd, parents=bool(parents),
                                       timeout=timeout, call="AsyncSession.put")
-        _files.put_done(await self._run(opts), where, opts.timeout)
+        who = await self._who(user)
+        _files.put_done(await self._run(opts, user=who), where, opts.timeout)
 
     async def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
-                  max_size: int = 256 << 20) -> bytes:
-        """``Session.get`` under the loop (cancellable like ``run``)."""
+                  max_size: int = 256 << 20,
+                  user: str | int | _users.User | None = None) -> bytes:
+        """``Session.get`` under the loop (cancellable like ``run``; ``user`` as ``put``)."""
         session = self._started()
         opts, where = _files.get_call(path, cwd=session.cwd, max_size=max_size,
                                       timeout=timeout, call="AsyncSession.get")
-        return _files.get_done(await self._run(opts), where, max_size, opts.timeout)
+        who = await self._who(user)
+        return _files.get_done(await self._run(opts, user=who), where, max_size, opts.timeout)
 
     def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object],
                user: _users.User | None = None) -> tuple[SessionProcess, _Watch]:

@@ -12,7 +12,10 @@ Configuration (``LxcbindSandboxConfig``, or a str: the path of an lxcbind policy
 ``policy``, an lxcbind policy (a dict, or a path to a JSON file; None: lxcbind's default,
 deny-all network on the host root filesystem) and ``workdir``, the per-sample working
 directory that relative paths and commands without ``cwd`` use (created at sample start as
-the policy's user; default: the policy's ``process.cwd``, else ``/tmp/inspect``).
+the default user; default: the policy's ``process.cwd``, else ``/tmp/inspect``), and
+``user``, the default user of commands and file operations (a name or uid of the container,
+resolved once at sample start; None: the policy's user), with root still reachable through
+``exec(user="root")`` as in Docker.
 
 What differs from Docker's provider, on purpose:
 
@@ -55,6 +58,7 @@ from pydantic import BaseModel
 
 from lxcbind.aio import AsyncSession
 from lxcbind.errors import FileTransferError, SessionError
+from lxcbind.proc.users import User
 from lxcbind.sandbox.core import as_policy
 
 DEFAULT_WORKDIR = "/tmp/inspect"
@@ -68,12 +72,18 @@ class LxcbindSandboxConfig(BaseModel, frozen=True):
     workdir: str | None = None
     """Absolute path of the per-sample working directory (None: ``process.cwd``, else
     ``/tmp/inspect``)."""
+    user: str | None = None
+    """Who commands and file operations run as when a call names nobody: a name or uid of the
+    container (``"sandbox"``: the host root filesystem's uid 1000).  Other users, root
+    included, stay reachable through ``exec(user=...)``, as in Docker.  None: the policy's
+    user.  Not with a policy that fixes ``lxc.uid``."""
 
 
-def policy_document(config: SandboxEnvironmentConfigType | None) -> tuple[dict[str, Any],
-                                                                         str]:
-    """The policy (as a dict) and the working directory that ``config`` asks for; a
-    ``ValueError`` naming what is wrong (checked at task start, before any sample)."""
+def policy_document(config: SandboxEnvironmentConfigType | None
+                    ) -> tuple[dict[str, Any], str, str | None]:
+    """The policy (as a dict), the working directory and the default user that ``config``
+    asks for; a ``ValueError`` naming what is wrong (checked at task start, before any
+    sample)."""
     if config is None:
         config = LxcbindSandboxConfig()
     elif isinstance(config, str):
@@ -107,7 +117,11 @@ def policy_document(config: SandboxEnvironmentConfigType | None) -> tuple[dict[s
     workdir = config.workdir or cwd or DEFAULT_WORKDIR
     if not workdir.startswith("/"):
         raise ValueError(f"lxcbind sandbox: workdir must be an absolute path, got {workdir!r}")
-    return doc, workdir
+    lxc = doc.get("lxc")
+    if config.user is not None and isinstance(lxc, dict) and lxc.get("uid") is not None:
+        raise ValueError("lxcbind sandbox: user: the policy fixes lxc.uid, so every command "
+                         "runs as that user; set one or the other")
+    return doc, workdir, config.user
 
 
 def _require_asyncio() -> None:
@@ -123,12 +137,14 @@ def _require_asyncio() -> None:
 class LxcbindSandboxEnvironment(SandboxEnvironment):
     """One sample's lxcbind sandbox (see the module docstring)."""
 
-    def __init__(self, session: AsyncSession, workdir: str, user: str, uid: int) -> None:
+    def __init__(self, session: AsyncSession, workdir: str, user: str, uid: int,
+                 default: User | None = None) -> None:
         super().__init__()
         self.session = session
         self.workdir = workdir
-        self.user = user   # who every command runs as (from the container's own id)
+        self.user = user   # who commands run as by default (from the container's own id)
         self.uid = uid
+        self.default = default   # config.user resolved at sample start (None: the policy's)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -145,13 +161,16 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
     async def sample_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None,
                           metadata: dict[str, str]) -> dict[str, SandboxEnvironment]:
         _require_asyncio()
-        doc, workdir = policy_document(config)
+        doc, workdir, user = policy_document(config)
         session = AsyncSession.from_policy(doc)
         await session.start()
         try:
-            # As the policy's user: the working directory is its own, and who it is.
+            # Resolved once, at the start: what the workload later writes to /etc/passwd does
+            # not move the default user.
+            default = None if user is None else await session._who(user)
+            # As that user: the working directory is its own, and who it is.
             r = await session.run(["/bin/sh", "-c", 'mkdir -p -- "$1" && id -un && id -u',
-                                   "lxcbind-init", workdir], timeout=30)
+                                   "lxcbind-init", workdir], timeout=30, user=default)
             lines = r.stdout.decode(errors="replace").split()
             if r.returncode != 0 or len(lines) != 2:
                 raise RuntimeError(f"lxcbind sandbox: could not create the working directory "
@@ -161,7 +180,7 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
         except BaseException:
             await session.close()
             raise
-        return {"default": cls(session, workdir, lines[0], int(lines[1]))}
+        return {"default": cls(session, workdir, lines[0], int(lines[1]), default)}
 
     @classmethod
     async def sample_cleanup(cls, task_name: str,
@@ -183,11 +202,11 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
 
     # -- commands --------------------------------------------------------------------------
 
-    def _user(self, user: str | None) -> str | None:
-        """``user`` for ``AsyncSession.run``: None for the sandbox's own user; any other only
-        when the policy does not fix ``lxc.uid``."""
+    def _user(self, user: str | None) -> str | User | None:
+        """``user`` for ``AsyncSession.run``: the default user when the call names none or
+        names it; any other only when the policy does not fix ``lxc.uid``."""
         if user is None or user in (self.user, str(self.uid)):
-            return None
+            return self.default
         session = self.session.session
         if session is not None and session.uid is not None:
             raise SandboxUserUnsupportedError(
@@ -211,7 +230,7 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
         except SessionError as exc:
             raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
         except ValueError as exc:
-            if who is None or "no such user" not in str(exc):
+            if not isinstance(who, str) or "no such user" not in str(exc):
                 raise
             # as a shell would say it: the command did not run
             return ExecResult(success=False, returncode=126, stdout="",
@@ -235,7 +254,7 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
 
     async def write_file(self, file: str, contents: str | bytes) -> None:
         try:
-            await self.session.put(self._path(file), contents, parents=True)
+            await self.session.put(self._path(file), contents, parents=True, user=self.default)
         except FileTransferError as exc:
             raise _inspect_error(exc, file) from None
         except SessionError as exc:
@@ -251,7 +270,7 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
         path = self._path(file)
         limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
         try:
-            data = await self.session.get(path, max_size=limit)
+            data = await self.session.get(path, max_size=limit, user=self.default)
             if self.uid == 0:
                 await self._owner_can_read(path, file)
         except FileTransferError as exc:
@@ -266,7 +285,8 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
     async def _owner_can_read(self, path: str, file: str) -> None:
         """Root reads any file: as Docker's provider does, a file whose owner cannot read it
         is reported unreadable."""
-        r = await self.session.run(["stat", "-L", "-c", "%a", "--", path], timeout=30)
+        r = await self.session.run(["stat", "-L", "-c", "%a", "--", path], timeout=30,
+                                   user=self.default)
         mode = r.stdout.decode(errors="replace").strip()
         if r.returncode == 0 and mode.isdigit() and not int(mode, 8) & 0o400:
             raise PermissionError(errno.EACCES, f"Permission denied: {file}", file)

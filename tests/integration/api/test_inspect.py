@@ -1,6 +1,7 @@
 """Inspect AI's own conformance suite (``inspect_ai.util._sandbox.self_check``) against the
 ``lxcbind`` provider, run the way Inspect's runner does: every check against one sample's
-sandbox, as container root (the default policy) and as a non-root user (``lxc.uid`` 1000).
+sandbox, as container root (the default policy), with a non-root default user (config
+``user="sandbox"``: every check passes) and with the policy fixing ``lxc.uid`` 1000.
 
 Allowed failures, each for a stated reason and nothing else:
 * as root: the two checks Inspect itself lists as known failures for Docker's default root
@@ -62,6 +63,13 @@ def test_self_check_as_container_root() -> None:
     assert len(self_check.__all__) >= 40
     assert set(failures) <= ROOT_KNOWN, failures
     assert name not in lxcbind.list_containers()   # the sample's container went with it
+
+
+def test_self_check_with_a_non_root_default_user_passes_every_check() -> None:
+    # Docker's non-root setup: commands run as uid 1000, root is there for exec(user="root")
+    failures, name = asyncio.run(_self_check(LxcbindSandboxConfig(user="sandbox")))
+    assert failures == {}
+    assert name not in lxcbind.list_containers()
 
 
 def test_self_check_as_a_non_root_user() -> None:
@@ -129,6 +137,8 @@ def test_an_eval_finds_sandbox_lxcbind_without_importing_it(tmp_path) -> None:
      "destroyOnExit"),
     (LxcbindSandboxConfig(policy={"version": "0.8.0", "lxc": {"uid": "x"}}), "lxc.uid"),
     (LxcbindSandboxConfig(workdir="relative"), "absolute"),
+    (LxcbindSandboxConfig(user="sandbox", policy={"version": "0.8.0", "lxc": {"uid": 1000}}),
+     "lxc.uid"),
     ("/no/such/policy.json", "/no/such/policy.json"),
 ])
 def test_a_bad_config_fails_the_task_before_any_sample(config, match) -> None:
