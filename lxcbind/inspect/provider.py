@@ -27,8 +27,9 @@ What differs from Docker's provider, on purpose:
   command twice is not the caller's request.
 * ``read_file`` as container root refuses a file whose owner cannot read it
   (``PermissionError``), as Docker's provider does: root itself ignores file modes.
-* ``connection()`` raises ``NotImplementedError``: a throwaway sandbox cannot yet be entered
-  from another process.
+* ``connection()`` is ``lxcbind attach NAME`` (host root, on this machine), as the policy's
+  user: the config's default ``user`` is not applied there (attach uses the policy's), and
+  ``connection(user=...)`` for another user raises ``NotImplementedError``.
 * asyncio only (``INSPECT_ASYNC_BACKEND=trio`` is refused at sample start, clearly): the
   session's I/O runs on asyncio's own readers.
 """
@@ -292,8 +293,18 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
             raise PermissionError(errno.EACCES, f"Permission denied: {file}", file)
 
     async def connection(self, *, user: str | None = None) -> SandboxConnection:
-        raise NotImplementedError("lxcbind sandbox: a throwaway sandbox cannot be entered "
-                                  "from another process yet (no `lxcbind attach`)")
+        """``lxcbind attach NAME``: a login shell in this sample's container, from another
+        terminal on this machine (host root), under the sandbox's isolation and its policy's
+        user.  Another ``user`` is not offered (``NotImplementedError``)."""
+        session = self.session.session
+        if session is None or not session.alive:
+            raise ConnectionError("lxcbind sandbox: the sample's sandbox is not running")
+        if user is not None and user not in (self.user, str(self.uid)):
+            raise NotImplementedError(f"lxcbind sandbox: `lxcbind attach` enters as the "
+                                      f"sandbox's user ({self.user}), not as {user!r}")
+        name = session.container.name
+        return SandboxConnection(type="lxcbind", command=f"lxcbind attach {name}",
+                                 container=name)
 
 
 def _inspect_error(exc: FileTransferError, file: str) -> OSError:

@@ -144,3 +144,36 @@ def test_an_eval_finds_sandbox_lxcbind_without_importing_it(tmp_path) -> None:
 def test_a_bad_config_fails_the_task_before_any_sample(config, match) -> None:
     with pytest.raises(ValueError, match=match):
         asyncio.run(LxcbindSandboxEnvironment.task_init("t", config))
+
+
+def test_connection_is_a_working_lxcbind_attach_command() -> None:
+    import os
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    async def main() -> tuple[str, str, subprocess.CompletedProcess[str]]:
+        envs = await LxcbindSandboxEnvironment.sample_init("conn", None, {})
+        try:
+            env = envs["default"]
+            assert isinstance(env, LxcbindSandboxEnvironment)
+            await env.write_file("seen.txt", "from the sample")
+            connection = await env.connection()
+            with pytest.raises(NotImplementedError):
+                await env.connection(user="nobody")
+            words = shlex.split(connection.command)
+            assert words[:2] == ["lxcbind", "attach"] and connection.type == "lxcbind"
+            root = str(Path(__file__).resolve().parents[3])
+            done = subprocess.run(
+                [sys.executable, "-m", "lxcbind", *words[1:], "--", "cat",
+                 "/tmp/inspect/seen.txt"], capture_output=True, text=True, timeout=60,
+                stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=root))
+            return words[2], str(connection.container), done
+        finally:
+            await LxcbindSandboxEnvironment.sample_cleanup("conn", None, envs, False)
+
+    name, container, done = asyncio.run(main())
+    assert name == container
+    assert (done.returncode, done.stdout) == (0, "from the sample"), done.stderr
+    assert name not in lxcbind.list_containers()
