@@ -571,9 +571,15 @@ def _exec_kept(args: argparse.Namespace) -> int:
 
 def _attach(args: argparse.Namespace) -> int:
     """``lxcbind attach ID [-- CMD]``: a shell (or CMD) in a live sandbox."""
+    import signal
+
     from lxcbind.result import exec_line
     from lxcbind.sandbox.enter import enter
 
+    # A stopped attach would hold its command's zombie unreaped, and the sandbox's teardown
+    # (its pid namespace) waits for that: job-control stops are ignored (SIGSTOP cannot be).
+    for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
     result = enter(_container_id(args.id), args.cmd, tty=args.tty)
     if result.exec_error is not None:   # its stderr went to ours: the reason was not in it
         sys.stderr.write(exec_line(result.exec_error).decode(errors="replace"))

@@ -72,3 +72,32 @@ def test_only_host_root_may_attach_and_only_to_a_live_lxcbind_sandbox():
         r = attach(bad, "--", "true")
         assert r.returncode == code, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_a_suspended_attach_cannot_hold_up_the_sandboxs_teardown():
+    # Ctrl-Z (SIGTSTP) would stop attach with its command's zombie unreaped, and the
+    # container's pid namespace would wait for it forever: attach ignores job-control stops
+    import signal
+    import time
+
+    doc = {"version": "0.8.0", "containerId": new_name("attach-")}
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    box = lxcbind.Sandbox(doc)
+    box.open()
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "attach", box.name, "--",
+                                 "sleep", "60"], env=env, stdin=subprocess.DEVNULL)
+        for _ in range(100):   # until the command runs in the sandbox
+            if "sleep 60" in box.run("ps -eo args", text=True).stdout:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTSTP)
+        time.sleep(0.3)
+        with open(f"/proc/{proc.pid}/stat") as f:
+            assert f.read().split(") ")[1][0] in "RSD"   # not stopped
+    finally:
+        box.close()   # would hang here
+        if proc is not None:
+            assert proc.wait(timeout=30) == 137   # its command was killed with the sandbox
+    assert box.name not in lxcbind.list_containers()
