@@ -59,6 +59,7 @@ from pydantic import BaseModel
 
 from lxcbind.aio import AsyncSession
 from lxcbind.errors import FileTransferError, SessionError
+from lxcbind.proc import files as _files
 from lxcbind.proc.users import User
 from lxcbind.sandbox.core import as_policy
 
@@ -270,10 +271,14 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
     async def read_file(self, file: str, text: bool = True) -> str | bytes:
         path = self._path(file)
         limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
+        session = self.session.session
+        cwd = session.cwd if session is not None else None
+        # one command; as root it also refuses a file whose owner cannot read it (Docker's rule)
+        opts, where = _files.get_call(path, cwd=cwd, max_size=limit, timeout=60.0,
+                                      call="read_file", owner_read=self.uid == 0)
         try:
-            data = await self.session.get(path, max_size=limit, user=self.default)
-            if self.uid == 0:
-                await self._owner_can_read(path, file)
+            data = _files.get_done(await self.session._run(opts, user=self.default), where,
+                                   limit, opts.timeout)
         except FileTransferError as exc:
             if exc.errno == errno.EFBIG:
                 raise OutputLimitExceededError(
@@ -282,15 +287,6 @@ class LxcbindSandboxEnvironment(SandboxEnvironment):
         except SessionError as exc:
             raise SandboxUnavailableError(f"lxcbind sandbox: {exc}") from exc
         return data.decode("utf-8") if text else data
-
-    async def _owner_can_read(self, path: str, file: str) -> None:
-        """Root reads any file: as Docker's provider does, a file whose owner cannot read it
-        is reported unreadable."""
-        r = await self.session.run(["stat", "-L", "-c", "%a", "--", path], timeout=30,
-                                   user=self.default)
-        mode = r.stdout.decode(errors="replace").strip()
-        if r.returncode == 0 and mode.isdigit() and not int(mode, 8) & 0o400:
-            raise PermissionError(errno.EACCES, f"Permission denied: {file}", file)
 
     async def connection(self, *, user: str | None = None) -> SandboxConnection:
         """``lxcbind attach NAME``: a login shell in this sample's container, from another

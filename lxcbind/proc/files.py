@@ -60,8 +60,14 @@ def put_call(path: Any, data: Any, *, cwd: str | None, parents: bool, timeout: A
                        "replace"), path
 
 
+# get(owner_read=True): a file whose owner may not read it is refused (EACCES) even when the
+# reader is root, who ignores file modes (Docker's provider's rule for Inspect's read_file).
+_OWNER_READ = ('m=$(stat -L -c %a -- "$1" 2>/dev/null) && [ $((0$m & 0400)) -eq 0 ] && '
+               '{ echo "$0: $1: Permission denied" >&2; exit 1; }; ')
+
+
 def get_call(path: Any, *, cwd: str | None, max_size: Any, timeout: Any,
-             call: str) -> tuple[CallOptions, str]:
+             call: str, owner_read: bool = False) -> tuple[CallOptions, str]:
     """The command that reads ``path`` (at most ``max_size`` + 1 bytes), and the path."""
     path = resolve(path, cwd, call)
     if isinstance(max_size, bool) or not isinstance(max_size, int):
@@ -69,8 +75,9 @@ def get_call(path: Any, *, cwd: str | None, max_size: Any, timeout: Any,
     if max_size < 0:
         raise ValueError(f"{call}(): max_size must be >= 0, got {max_size}")
     # head stops reading one byte past the limit, so an endless file costs nothing more.
-    argv = ["/bin/sh", "-c", _PRELUDE + f'exec head -c {max_size + 1} -- "$1"', "lxcbind-get",
-            path]
+    script = _PRELUDE + (_OWNER_READ if owner_read else "") + \
+        f'exec head -c {max_size + 1} -- "$1"'
+    argv = ["/bin/sh", "-c", script, "lxcbind-get", path]
     return CallOptions(argv, {}, "/", None, check_timeout(timeout, call), max_size + 1, None,
                        "replace"), path
 
