@@ -329,13 +329,16 @@ class AsyncSession:
             raise
 
     async def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-                    cwd: str | None = None, restart: bool = False) -> AsyncShell:
+                    cwd: str | None = None, restart: bool = False,
+                    user: str | int | _users.User | None = None) -> AsyncShell:
         """A persistent shell (``Session.shell``'s arguments) driven by the loop; see
         ``AsyncShell``.  Starting it takes a few milliseconds in the loop's executor."""
         session = self._started()
+        who = await self._who(user)
         loop = asyncio.get_running_loop()
         shell = await loop.run_in_executor(
-            None, lambda: session.shell(program=program, env=env, cwd=cwd, restart=restart))
+            None, lambda: session.shell(program=program, env=env, cwd=cwd, restart=restart,
+                                        user=who))
         return AsyncShell(shell)
 
 

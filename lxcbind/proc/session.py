@@ -719,14 +719,21 @@ class Session:
             return [f.result() for f in futures]
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-              cwd: str | None = None, restart: bool = False) -> Shell:
+              cwd: str | None = None, restart: bool = False,
+              user: str | int | _users.User | None = None) -> Shell:
         """A persistent shell whose state (cwd, variables, functions) carries across calls
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
-        calls raise ``ShellDied`` until ``Shell.restart()``."""
+        calls raise ``ShellDied`` until ``Shell.restart()``.  ``user``: the shell runs as
+        that user of the container (``run``'s ``user``), and so does each of its commands."""
         opts = check_call([program], env=env, cwd=cwd, call="Session.shell")
-        return Shell(self, program=program, env=opts.env,
-                     cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart))
+        if not isinstance(user, _users.User):
+            spec = _users.check_user(user, "Session.shell")
+            user = None if spec is None else self._user(spec, "Session.shell")
+        env_ = opts.env if user is None else _users.merged_env(user, opts.env)
+        return Shell(self, program=program, env=env_,
+                     cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart),
+                     user=user)
 
     def put(self, path: str | os.PathLike[str], data: bytes | str, *, parents: bool = False,
             timeout: float | None = 60.0) -> None:

@@ -139,3 +139,18 @@ def test_sandbox_and_async_session_take_a_user_too():
                 await a.run("id", user="ghost")
             return str(r.stdout)
     assert asyncio.run(main()) == "sandbox\n/home/sandbox\n"
+
+
+def test_a_shell_runs_as_the_user_it_was_given(root_session):
+    import asyncio
+
+    with root_session.shell(user="alice") as sh:
+        r = sh.run("cd ~ && pwd && id -un && touch mine && stat -c %U mine", text=True)
+        assert r.stdout == "/home/alice\nalice\nalice\n", r
+        assert sh.run("touch /root/x", text=True).returncode != 0   # alice's rights only
+
+    async def main() -> str:
+        async with lxcbind.AsyncSession(root_session) as a:
+            async with await a.shell(user="bob") as sh:
+                return str((await sh.run("id -un", text=True)).stdout)
+    assert asyncio.run(main()) == "bob\n"
