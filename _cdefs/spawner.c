@@ -112,6 +112,11 @@ struct lxcbind_spawn_child {
     int fds[3 + LXCBIND_SPAWN_MAX_EXTRA_FDS];
     int nfds;
     int ctty;
+    int user; /* LXCBIND_SPAWN_USER: become uid/gid with groups before chdir and exec */
+    uid_t uid;
+    gid_t gid;
+    int ngroups;
+    gid_t groups[LXCBIND_SPAWN_MAX_GROUPS];
     volatile int32_t stage;
     volatile int32_t err;
 };
@@ -199,6 +204,12 @@ static int lxcbind_spawn_child_main(void *arg)
         k->err = errno;
         _exit(126);
     }
+    if (k->user && (setgroups((size_t)k->ngroups, k->groups) < 0 || setgid(k->gid) < 0 ||
+                    setuid(k->uid) < 0)) {
+        k->stage = LXCBIND_STAGE_USER;
+        k->err = errno;
+        _exit(126);
+    }
     if (k->cwd && chdir(k->cwd) < 0) {
         k->stage = LXCBIND_STAGE_CHDIR;
         k->err = errno;
@@ -257,6 +268,43 @@ static int lxcbind_collect_fds(struct msghdr *msg, int *fds, int room)
 }
 
 /* One control datagram: validate, spawn, report START.  Never fails the spawner itself. */
+/* "uid:gid:g1,g2,..." (decimal, groups may be empty) into k; 0, or -1 when malformed. */
+static int lxcbind_parse_user(const char *text, struct lxcbind_spawn_child *k)
+{
+    unsigned long v[2 + LXCBIND_SPAWN_MAX_GROUPS];
+    int n = 0;
+    const char *p = text;
+    for (;;) {
+        if (*p < '0' || *p > '9' || n >= 2 + LXCBIND_SPAWN_MAX_GROUPS)
+            return -1;
+        char *end;
+        errno = 0;
+        v[n] = strtoul(p, &end, 10);
+        if (errno || v[n] > 0xfffffffeUL)
+            return -1;
+        n++;
+        p = end;
+        if (*p == '\0')
+            break;
+        if ((n == 1 && *p != ':') || (n >= 2 && *p != ':' && *p != ','))
+            return -1;
+        if (n == 2 && *p == ':' && p[1] == '\0')
+            break; /* "uid:gid:" - no supplementary groups */
+        if (n >= 3 && *p == ':')
+            return -1;
+        p++;
+    }
+    if (n < 2)
+        return -1;
+    k->user = 1;
+    k->uid = (uid_t)v[0];
+    k->gid = (gid_t)v[1];
+    k->ngroups = n - 2;
+    for (int i = 2; i < n; i++)
+        k->groups[i - 2] = (gid_t)v[i];
+    return 0;
+}
+
 static void lxcbind_spawner_request(struct lxcbind_spawner *s)
 {
     struct iovec iov = {s->buf, LXCBIND_SPAWN_HEADER_SIZE + LXCBIND_SPAWN_MAX_INLINE};
@@ -293,7 +341,8 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     /* All sums in 64 bits: no u32 wrap can make a huge count look small. */
     if (h[0] != LXCBIND_SPAWN_MAGIC || argc < 1 || nextra > LXCBIND_SPAWN_MAX_EXTRA_FDS ||
         argc + envc + 3 > LXCBIND_SPAWN_MAX_STRINGS || datalen > LXCBIND_SPAWN_MAX_DATA ||
-        (flags & ~(uint32_t)(LXCBIND_SPAWN_CWD | LXCBIND_SPAWN_CTTY | LXCBIND_SPAWN_MEMFD)))
+        (flags & ~(uint32_t)(LXCBIND_SPAWN_CWD | LXCBIND_SPAWN_CTTY | LXCBIND_SPAWN_MEMFD |
+                             LXCBIND_SPAWN_USER)))
         goto refuse;
     uint64_t want = 4 + nextra + ((flags & LXCBIND_SPAWN_MEMFD) ? 1 : 0);
     if ((uint64_t)nfds != want || want > LXCBIND_SPAWN_NFDS_MAX)
@@ -319,12 +368,14 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     char **argv = s->strings;
     char **envp = s->strings + argc + 1;
     char *cwd_ptr[1] = {NULL};
+    char *user_ptr[1] = {NULL};
     /* argv, NULL, envp, NULL lie one after the other in s->strings (bounded above). */
     {
         uint64_t pos = 0;
-        char **targets[3] = {argv, envp, cwd_ptr};
-        uint64_t counts[3] = {argc, envc, has_cwd ? 1u : 0u};
-        for (int t = 0; t < 3; t++) {
+        char **targets[4] = {argv, envp, cwd_ptr, user_ptr};
+        uint64_t counts[4] = {argc, envc, has_cwd ? 1u : 0u,
+                              (flags & LXCBIND_SPAWN_USER) ? 1u : 0u};
+        for (int t = 0; t < 4; t++) {
             for (uint64_t i = 0; i < counts[t]; i++) {
                 char *end = pos < datalen ? memchr(data + pos, '\0', (size_t)(datalen - pos))
                                           : NULL;
@@ -364,6 +415,10 @@ static void lxcbind_spawner_request(struct lxcbind_spawner *s)
     for (int i = 0; i < k.nfds; i++)
         k.fds[i] = fds[1 + i];
     k.ctty = (flags & LXCBIND_SPAWN_CTTY) != 0;
+    if (user_ptr[0] && lxcbind_parse_user(user_ptr[0], &k) < 0) {
+        bad = EINVAL;
+        goto refuse;
+    }
     pid_t pid = clone(lxcbind_spawn_child_main, s->stack + LXCBIND_SPAWN_STACK,
                       CLONE_VM | CLONE_VFORK | SIGCHLD, &k);
     int clone_err = errno;

@@ -18,6 +18,9 @@
 #define LXCBIND_SPAWN_CWD 1
 #define LXCBIND_SPAWN_CTTY 2
 #define LXCBIND_SPAWN_MEMFD 4
+/* one more string after cwd: "uid:gid:g1,g2,..." (a per-call user; groups may be empty) */
+#define LXCBIND_SPAWN_USER 8
+#define LXCBIND_SPAWN_MAX_GROUPS 64
 
 /* record types */
 #define LXCBIND_REC_HELLO 'H'
@@ -28,5 +31,7 @@
 
 /* stage of a START record whose clone() itself failed (1-3 are shim.h's CHDIR/CTTY/EXEC) */
 #define LXCBIND_STAGE_SPAWN 4
+/* stage of a START record whose setgroups/setgid/setuid (LXCBIND_SPAWN_USER) failed */
+#define LXCBIND_STAGE_USER 5
 
 #endif

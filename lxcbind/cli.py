@@ -215,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "container restarts, as for any run that reuses a kept container).")
     ex.add_argument("id", metavar="ID", help="the container's name (its containerId)")
     _add_command_options(ex)
+    at = sub.add_parser(
+        "attach", help="enter a live sandbox (a shell, or CMD) under its own isolation",
+        usage="%(prog)s ID [--tty | --no-tty] [-- CMD [ARG ...]]",
+        description="Attach a login shell (or CMD) to the running sandbox ID while the run "
+                    "that owns it is alive (lxcbind run, a Sandbox, an Inspect sample): the "
+                    "sandbox's namespaces, cgroup, capabilities, seccomp and user apply.  "
+                    "Host root only.")
+    at.add_argument("id", metavar="ID", help="the sandbox's container name")
+    at.add_argument("--tty", dest="tty", action="store_true", default=None,
+                    help="a pty even when stdin/stdout are not a terminal")
+    at.add_argument("--no-tty", dest="tty", action="store_false", help="pipes, never a pty")
     rm = sub.add_parser("rm", help="remove kept containers and everything they own")
     rm.add_argument("ids", nargs="+", metavar="ID", help="container names")
     return parser
@@ -565,6 +576,23 @@ def _exec_kept(args: argparse.Namespace) -> int:
     return _run(args)
 
 
+def _attach(args: argparse.Namespace) -> int:
+    """``lxcbind attach ID [-- CMD]``: a shell (or CMD) in a live sandbox."""
+    import signal
+
+    from lxcbind.result import exec_line
+    from lxcbind.sandbox.enter import enter
+
+    # A stopped attach would hold its command's zombie unreaped, and the sandbox's teardown
+    # (its pid namespace) waits for that: job-control stops are ignored (SIGSTOP cannot be).
+    for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    result = enter(_container_id(args.id), args.cmd, tty=args.tty)
+    if result.exec_error is not None:   # its stderr went to ours: the reason was not in it
+        sys.stderr.write(exec_line(result.exec_error).decode(errors="replace"))
+    return _exit_code(result)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (see the module docstring)."""
     from lxcbind.errors import LxcbindError, PolicyError, SandboxError, Terminated
@@ -578,7 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _fast_run(words) or build_parser().parse_args(words)
         args.cmd = command
-        if command is not None and args.command not in ("run", "exec"):
+        if command is not None and args.command not in ("run", "exec", "attach"):
             raise _UsageError(f"{args.command} takes no command (nothing after --)")
         if command is not None and not command:
             raise _UsageError("no command after --")
@@ -613,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _rm(args)
         if args.command == "exec":
             return _exec_kept(args)
+        if args.command == "attach":
+            return _attach(args)
         return _run(args)
     except _UsageError as exc:
         return _error("usage", str(exc), EXIT_USAGE, as_json)

@@ -13,6 +13,8 @@
     │   └── TimeoutExpired        what ``check=True`` raises on a timeout (``.result``)
     ├── CalledProcessError (subprocess.CalledProcessError)  check=True, non-zero exit
     └── FileTransferError (OSError)  ``Sandbox.put``/``get`` failed (``filename``, ``errno``)
+        └── FileTransferNotFound, ...Permission, ...IsADirectory, ...NotADirectory, ...Exists:
+            also FileNotFoundError, PermissionError, IsADirectoryError, ... (``of`` picks one)
 
 Nothing in lxcbind reports failure by returning False.
 
@@ -146,23 +148,68 @@ class CalledProcessError(_Rebuilt, LxcbindError, subprocess.CalledProcessError):
 # What a failed ``cat`` says, mapped back to the errno it reported (busybox and coreutils agree).
 _STRERRORS = {os.strerror(e): e for e in (
     _errno.ENOENT, _errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.EISDIR, _errno.ENOTDIR,
-    _errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.ELOOP, _errno.ENAMETOOLONG, _errno.ETXTBSY)}
+    _errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.ELOOP, _errno.ENAMETOOLONG, _errno.ETXTBSY,
+    _errno.EEXIST)}
 
 
 _STRERRORS["Directory nonexistent"] = _errno.ENOENT   # dash's word for a missing parent
+_STRERRORS["No such file"] = _errno.ENOENT   # dash's, for a redirect from a missing file
 _STRERRORS["is not a regular file"] = _errno.EPERM   # Sandbox.put/get's own refusal
+_STRERRORS["exists but is not a directory"] = _errno.ENOTDIR   # coreutils mkdir -p
 
 
 class FileTransferError(_Rebuilt, LxcbindError, OSError):
     """``Sandbox.put``/``get`` could not write/read ``path`` inside the container: the
     filesystem policy or the container's own permissions refused it (``errno`` as reported
-    there: ``EROFS`` for a read-only or denied path, ``ENOENT``, ``EACCES`` ...)."""
+    there: ``EROFS`` for a read-only or denied path, ``ENOENT``, ``EACCES`` ...).
 
-    def __init__(self, operation: str, path: str, detail: str) -> None:
-        self._init_args = (operation, path, detail)
-        code = next((e for text, e in _STRERRORS.items() if text in detail), _errno.EIO)
+    Raise it through ``FileTransferError.of``: the instance is then also the builtin that
+    ``OSError`` itself would pick for its errno (``FileNotFoundError``, ``PermissionError``,
+    ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``), so a caller of a
+    file API catches it by the type it already knows.  ``err`` overrides the errno read from
+    ``detail``."""
+
+    def __init__(self, operation: str, path: str, detail: str, err: int | None = None) -> None:
+        self._init_args = (operation, path, detail, err)
+        code = err if err is not None else next(
+            (e for text, e in _STRERRORS.items() if text in detail), _errno.EIO)
         super().__init__(code, f"{operation} {path}: {detail or os.strerror(code)}", path)
         self.operation = operation
+
+    @classmethod
+    def of(cls, operation: str, path: str, detail: str,
+           err: int | None = None) -> FileTransferError:
+        """The ``FileTransferError`` for this failure, of the subclass its errno picks."""
+        error = cls(operation, path, detail, err)
+        kind = _BY_ERRNO.get(error.errno or 0)
+        return error if kind is None else kind(operation, path, detail, err)
+
+
+class FileTransferNotFound(FileTransferError, FileNotFoundError):
+    """``ENOENT``: the file, or a directory on its path, does not exist."""
+
+
+class FileTransferPermission(FileTransferError, PermissionError):
+    """``EACCES``/``EPERM``: the container's permissions (or put/get's refusal of a path
+    that is not a regular file) say no."""
+
+
+class FileTransferIsADirectory(FileTransferError, IsADirectoryError):
+    """``EISDIR``: the path is a directory."""
+
+
+class FileTransferNotADirectory(FileTransferError, NotADirectoryError):
+    """``ENOTDIR``: a component of the path is not a directory."""
+
+
+class FileTransferExists(FileTransferError, FileExistsError):
+    """``EEXIST``: something is in the way (``parents=True`` met a file)."""
+
+
+_BY_ERRNO: dict[int, type[FileTransferError]] = {
+    _errno.ENOENT: FileTransferNotFound, _errno.EACCES: FileTransferPermission,
+    _errno.EPERM: FileTransferPermission, _errno.EISDIR: FileTransferIsADirectory,
+    _errno.ENOTDIR: FileTransferNotADirectory, _errno.EEXIST: FileTransferExists}
 
 
 class Terminated(BaseException):

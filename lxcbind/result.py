@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
 from lxcbind._lite import record, replace
 from lxcbind.errors import CalledProcessError, ExecError, TimeoutExpired
+
+
+def exec_line(error: ExecError) -> bytes:
+    """The line a shell would print for a command that could not be started, in the
+    command's stderr: ``lxcbind: foo: No such file or directory``, ``lxcbind: cd: /nope: Not a
+    directory`` for its working directory."""
+    why = os.strerror(error.errno) if error.errno else str(error)
+    where = {"chdir": "cd: ", "ctty": "controlling terminal: "}.get(error.stage, "")
+    return f"lxcbind: {where}{error.filename or ''}: {why}\n".encode(errors="replace")
 
 
 @record(uncompared=("exec_error",))
@@ -60,9 +70,15 @@ class CompletedRun:
                  exec_error: ExecError | None = None,
                  timeout: float | None = None) -> CompletedRun:
         """The result of a run whose streams were captured in ``out``/``err``; ``started``
-        is its ``time.monotonic()`` start.  Every way of running a command builds it here."""
+        is its ``time.monotonic()`` start.  Every way of running a command builds it here.
+        A command that never started has one line saying why in ``stderr`` (``exec_line``),
+        before anything else there: a caller that shows only the streams (a model, a log)
+        sees the reason, not a bare 127."""
+        stderr = err.getvalue()
+        if exec_error is not None:
+            stderr = exec_line(exec_error) + stderr
         return cls(args=list(args), returncode=returncode, stdout=out.getvalue(),
-                   stderr=err.getvalue(), timed_out=timed_out,
+                   stderr=stderr, timed_out=timed_out,
                    duration=time.monotonic() - started,
                    truncated=out.truncated or err.truncated, stdout_omitted=out.omitted,
                    stderr_omitted=err.omitted, exec_error=exec_error, timeout=timeout)

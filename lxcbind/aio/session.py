@@ -19,6 +19,9 @@ from lxcbind.command import (
     check_grace,
     check_keywords,
 )
+from lxcbind.errors import FileTransferError
+from lxcbind.proc import files as _files
+from lxcbind.proc import users as _users
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
 from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
@@ -205,13 +208,41 @@ class AsyncSession:
                   cwd: str | None = None, max_output: MaxOutput = None,
                   text: bool = False, encoding: str | None = None, errors: str | None = None,
                   check: bool = False, kill_grace: float = 2.0,
-                  on_output: OutputCallback | None = None) -> CompletedRun:
+                  on_output: OutputCallback | None = None,
+                  user: str | int | _users.User | None = None) -> CompletedRun:
         """Run ``command`` and capture it, like ``Session.run`` (same keywords and result);
-        cancelling the awaiting task kills the command (its whole process group)."""
+        cancelling the awaiting task kills the command (its whole process group).  ``user``:
+        another user of the container, resolved from its account files read under the loop."""
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="AsyncSession.run")
         kill_grace = check_grace(kill_grace, "AsyncSession.run")
+        return await self._run(opts, check=check, kill_grace=kill_grace, on_output=on_output,
+                               user=await self._who(user))
+
+    async def _who(self, user: str | int | _users.User | None) -> _users.User | None:
+        """``user`` resolved (a ``User`` resolved earlier passes as it is)."""
+        if isinstance(user, _users.User):
+            return user
+        spec = _users.check_user(user, "AsyncSession.run")
+        return None if spec is None else await self._user(spec)
+
+    async def _user(self, spec: str) -> _users.User | None:
+        call = "AsyncSession.run"
+        files = []
+        for path in ("/etc/passwd", "/etc/group"):
+            try:
+                files.append(await self.get(path, timeout=10, max_size=_users.MAX_ACCOUNT_FILE))
+            except FileNotFoundError:
+                files.append(b"")
+            except FileTransferError as exc:
+                raise ValueError(f"{call}(): user: cannot read the container's {path}: "
+                                 f"{exc.strerror}") from None
+        return self._started()._user_from(spec, files[0], files[1], call)
+
+    async def _run(self, opts: CallOptions, *, check: bool = False, kill_grace: float = 2.0,
+                   on_output: OutputCallback | None = None,
+                   user: _users.User | None = None) -> CompletedRun:
         session = self._started()
         timeout = opts.timeout if opts.timeout is not None else session.timeout
         out, err = OutputBuffer(opts.max_output), OutputBuffer(opts.max_output)
@@ -221,7 +252,7 @@ class AsyncSession:
                      for name, buf in (("stdout", out), ("stderr", err))}
         start = time.monotonic()
         before = session.limit_events()
-        proc, watch = self._spawn(opts, lambda name, data: sinks[name].write(data))
+        proc, watch = self._spawn(opts, lambda name, data: sinks[name].write(data), user)
         try:
             timed_out = await watch.finish(timeout, kill_grace)
         finally:
@@ -266,9 +297,31 @@ class AsyncSession:
             watch.stop_watching()
             proc.close()
 
-    def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object]
-               ) -> tuple[SessionProcess, _Watch]:
-        proc = self._started()._spawn(opts, Stdio(PIPE if opts.input else None))
+    async def put(self, path: str | os.PathLike[str], data: bytes | str, *,
+                  parents: bool = False, timeout: float | None = 60.0,
+                  user: str | int | _users.User | None = None) -> None:
+        """``Session.put`` under the loop: the same command through the same spawner, and
+        cancelling the awaiting task kills it (a file cut short may be left).  ``user``: as
+        that user of the container (``run``'s ``user``)."""
+        session = self._started()
+        opts, where = _files.put_call(path, data, cwd=session.cwd, parents=bool(parents),
+                                      timeout=timeout, call="AsyncSession.put")
+        who = await self._who(user)
+        _files.put_done(await self._run(opts, user=who), where, opts.timeout)
+
+    async def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
+                  max_size: int = 256 << 20,
+                  user: str | int | _users.User | None = None) -> bytes:
+        """``Session.get`` under the loop (cancellable like ``run``; ``user`` as ``put``)."""
+        session = self._started()
+        opts, where = _files.get_call(path, cwd=session.cwd, max_size=max_size,
+                                      timeout=timeout, call="AsyncSession.get")
+        who = await self._who(user)
+        return _files.get_done(await self._run(opts, user=who), where, max_size, opts.timeout)
+
+    def _spawn(self, opts: CallOptions, on_output: Callable[[str, bytes], object],
+               user: _users.User | None = None) -> tuple[SessionProcess, _Watch]:
+        proc = self._started()._spawn(opts, Stdio(PIPE if opts.input else None), user=user)
         try:
             return proc, _Watch(proc, opts.input, on_output)
         except BaseException:
@@ -276,13 +329,16 @@ class AsyncSession:
             raise
 
     async def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-                    cwd: str | None = None, restart: bool = False) -> AsyncShell:
+                    cwd: str | None = None, restart: bool = False,
+                    user: str | int | _users.User | None = None) -> AsyncShell:
         """A persistent shell (``Session.shell``'s arguments) driven by the loop; see
         ``AsyncShell``.  Starting it takes a few milliseconds in the loop's executor."""
         session = self._started()
+        who = await self._who(user)
         loop = asyncio.get_running_loop()
         shell = await loop.run_in_executor(
-            None, lambda: session.shell(program=program, env=env, cwd=cwd, restart=restart))
+            None, lambda: session.shell(program=program, env=env, cwd=cwd, restart=restart,
+                                        user=who))
         return AsyncShell(shell)
 
 

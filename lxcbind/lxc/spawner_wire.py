@@ -27,10 +27,13 @@ REC_KILL = lib.LXCBIND_REC_KILL
 FLAG_CWD = lib.LXCBIND_SPAWN_CWD
 FLAG_CTTY = lib.LXCBIND_SPAWN_CTTY
 FLAG_MEMFD = lib.LXCBIND_SPAWN_MEMFD
+FLAG_USER = lib.LXCBIND_SPAWN_USER   # a per-call user: "uid:gid:g1,g2" after cwd
+MAX_GROUPS = lib.LXCBIND_SPAWN_MAX_GROUPS
 EXEC_SPAWNER = lib.LXCBIND_EXEC_SPAWNER   # attach mode: exec the spawner program
 STAGES = {
     lib.LXCBIND_STAGE_CHDIR: "chdir",
     lib.LXCBIND_STAGE_CTTY: "ctty",
     lib.LXCBIND_STAGE_EXEC: "exec",
     lib.LXCBIND_STAGE_SPAWN: "spawn",
+    lib.LXCBIND_STAGE_USER: "user",
 }

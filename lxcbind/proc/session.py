@@ -97,7 +97,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol, Unpack
+from typing import Any, Protocol, Unpack
 
 from lxcbind._lite import replace as _replace
 from lxcbind.command import (
@@ -111,7 +111,7 @@ from lxcbind.command import (
     check_stdio,
     check_timeout,
 )
-from lxcbind.errors import LxcError, SessionError, ShellDied, SpawnerDied
+from lxcbind.errors import FileTransferError, LxcError, SessionError, ShellDied, SpawnerDied
 from lxcbind.lxc import cgroups as _cgroups
 from lxcbind.lxc import spawner_wire as wire
 from lxcbind.lxc.attach import (
@@ -124,7 +124,9 @@ from lxcbind.lxc.attach import (
     refuse_host_terminal,
 )
 from lxcbind.lxc.container import Container
+from lxcbind.proc import files as _files
 from lxcbind.proc import pty as _pty
+from lxcbind.proc import users as _users
 from lxcbind.proc.bridge import Bridge, Writable
 from lxcbind.proc.shell import Shell
 from lxcbind.proc.spawned import (
@@ -399,7 +401,8 @@ class Session:
     # -- spawning -------------------------------------------------------------------------
 
     def _send(self, argv: list[str], env: Mapping[str, str] | None, cwd: str | None,
-              fds: Sequence[int], ctty: bool) -> SessionProcess:
+              fds: Sequence[int], ctty: bool, user: _users.User | None = None
+              ) -> SessionProcess:
         """Send one spawn request; returns the handle with the report socket (START not yet
         read).  ``fds`` = stdin, stdout, stderr, extra...; the caller closes its copies."""
         ctrl = self._ctrl
@@ -416,8 +419,11 @@ class Session:
             flags |= wire.FLAG_CWD
         if ctty:
             flags |= wire.FLAG_CTTY
+        if user is not None:   # after cwd: "uid:gid:groups", set in the child before exec
+            strings.append(user.wire().encode())
+            flags |= wire.FLAG_USER
         data = b"\0".join(strings) + b"\0"
-        envc = len(strings) - len(argv) - (1 if cwd is not None else 0)
+        envc = len(strings) - len(argv) - (cwd is not None) - (user is not None)
         memfd = -1
         if len(data) > wire.MAX_INLINE:
             flags |= wire.FLAG_MEMFD
@@ -508,8 +514,8 @@ class Session:
         return proc
 
     def _spawn(self, opts: CallOptions, stdio: Stdio = _PIPES, *, tty: bool = False,
-               pass_fds: Sequence[int] = (),
-               start_timeout: float = _START_BOUND) -> SessionProcess:
+               pass_fds: Sequence[int] = (), start_timeout: float = _START_BOUND,
+               user: _users.User | None = None) -> SessionProcess:
         """``spawn`` after its checks, for ``opts.argv``; the handle's pipes stay raw fds
         (``proc._pipes``: the bridge, the shell and asyncio read them directly)."""
         assert opts.argv is not None
@@ -541,8 +547,9 @@ class Session:
                 if index >= 3 or not tty:  # (our own pty's slave is not the caller's)
                     refuse_host_terminal(fd, ("stdin", "stdout", "stderr")[index]
                                          if index < 3 else "pass_fds")
-            proc = self._send(opts.argv, opts.env, opts.cwd if opts.cwd is not None
-                              else self.cwd, fds, ctty=tty)
+            env = opts.env if user is None else _users.merged_env(user, opts.env)
+            proc = self._send(opts.argv, env, opts.cwd if opts.cwd is not None
+                              else self.cwd, fds, ctty=tty, user=user)
             for name, fd in ours:
                 proc._pipes[name] = proc._own(fd)
             ours.clear()
@@ -582,7 +589,8 @@ class Session:
             cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None, check: bool = False,
             tty: bool = False, kill_grace: float = 2.0,
-            on_output: OutputCallback | None = None) -> CompletedRun:
+            on_output: OutputCallback | None = None, user: str | int | None = None
+            ) -> CompletedRun:
         """Run ``command`` to completion and capture it (a str runs as ``/bin/sh -c``).
 
         The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
@@ -599,18 +607,50 @@ class Session:
 
         Raises ``TypeError``/``ValueError`` on bad arguments (naming ``Session.run``),
         ``SpawnerDied``/``SessionError`` when the session cannot run commands.
+
+        ``user``: run as another user of the container, a name, a uid or ``"uid:gid"``
+        (``lxcbind.proc.users``): uid, gid, supplementary groups and HOME/USER/LOGNAME come
+        from the container's own ``/etc/passwd`` and ``/etc/group``.  A session with a fixed
+        ``uid`` (a policy's ``lxc.uid``) accepts only that user (``ValueError`` otherwise);
+        an unknown name is a ``ValueError``.
         """
         opts = check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="Session.run")
         if on_output is not None and not callable(on_output):
             raise TypeError("Session.run(): on_output must be a callable (stream, chunk)")
+        spec = _users.check_user(user, "Session.run")
         return self._run(opts, check=check, tty=bool(tty),
-                         kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output)
+                         kill_grace=check_grace(kill_grace, "Session.run"), on_output=on_output,
+                         user=None if spec is None else self._user(spec, "Session.run"))
+
+    def _user(self, spec: str, call: str) -> _users.User | None:
+        """The user ``spec`` names in this container (None: the session's own user)."""
+        files = [self._account_file(path, call) for path in ("/etc/passwd", "/etc/group")]
+        return self._user_from(spec, files[0], files[1], call)
+
+    def _user_from(self, spec: str, passwd: bytes, group: bytes,
+                   call: str) -> _users.User | None:
+        resolved = _users.resolve(spec, passwd, group, call)
+        refusal = _users.refusal(spec, resolved, self.uid, self.gid, call)
+        if refusal is not None:
+            raise refusal
+        return None if self.uid is not None else resolved
+
+    def _account_file(self, path: str, call: str) -> bytes:
+        """An account file of the container, read through this spawner (``b""`` if
+        missing); ``ValueError`` when it cannot be read as a small regular file."""
+        try:
+            return self.get(path, timeout=10, max_size=_users.MAX_ACCOUNT_FILE)
+        except FileNotFoundError:
+            return b""
+        except FileTransferError as exc:
+            raise ValueError(f"{call}(): user: cannot read the container's {path}: "
+                             f"{exc.strerror}") from None
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
              kill_grace: float = 2.0, on_output: OutputCallback | None = None,
-             forward_signals: bool = False) -> CompletedRun:
+             forward_signals: bool = False, user: _users.User | None = None) -> CompletedRun:
         """``run`` once checked.  ``forward_signals``: as ``lxcbind.run()`` on the main thread,
         SIGINT/SIGTERM/SIGHUP go to the command's group, then to this process after cleanup."""
         timeout = opts.timeout if opts.timeout is not None else self.timeout
@@ -618,7 +658,7 @@ class Session:
         bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
         before = self.limit_events()
         proc = self._spawn(opts, Stdio(PIPE if opts.input else None), tty=tty,
-                           start_timeout=bound)
+                           start_timeout=bound, user=user)
         try:
             out = OutputBuffer(opts.max_output)
             err = OutputBuffer(opts.max_output)
@@ -688,14 +728,100 @@ class Session:
             return [f.result() for f in futures]
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
-              cwd: str | None = None, restart: bool = False) -> Shell:
+              cwd: str | None = None, restart: bool = False,
+              user: str | int | _users.User | None = None) -> Shell:
         """A persistent shell whose state (cwd, variables, functions) carries across calls
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise
-        calls raise ``ShellDied`` until ``Shell.restart()``."""
+        calls raise ``ShellDied`` until ``Shell.restart()``.  ``user``: the shell runs as
+        that user of the container (``run``'s ``user``), and so does each of its commands."""
         opts = check_call([program], env=env, cwd=cwd, call="Session.shell")
-        return Shell(self, program=program, env=opts.env,
-                     cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart))
+        if not isinstance(user, _users.User):
+            spec = _users.check_user(user, "Session.shell")
+            user = None if spec is None else self._user(spec, "Session.shell")
+        env_ = opts.env if user is None else _users.merged_env(user, opts.env)
+        return Shell(self, program=program, env=env_,
+                     cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart),
+                     user=user)
+
+    def put(self, path: str | os.PathLike[str], data: bytes | str, *, parents: bool = False,
+            timeout: float | None = 60.0) -> None:
+        """Write ``data`` (str: UTF-8) to the file ``path`` in the container, created or
+        truncated, as the session's user, through this spawner (no attach: the cost does not
+        depend on the caller's memory).  A relative ``path`` is taken against the session's
+        ``cwd`` (``/`` when it has none); ``parents``: create missing parent directories
+        first (``mkdir -p``).  An existing ``path`` must be a regular file.
+
+        Raises ``FileTransferError`` (the subclass its errno picks: ``FileNotFoundError``,
+        ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``,
+        ``FileExistsError``; ``EROFS`` ... as plain ``FileTransferError``),
+        ``TypeError``/``ValueError`` on bad arguments, ``SessionError`` when the session
+        cannot run commands."""
+        opts, where = _files.put_call(path, data, cwd=self.cwd, parents=bool(parents),
+                                      timeout=timeout, call="Session.put")
+        _files.put_done(self._run(opts), where, opts.timeout)
+
+    def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
+            max_size: int = 256 << 20) -> bytes:
+        """The contents of the regular file ``path`` in the container (relative: against the
+        session's ``cwd``), read as the session's user through this spawner; at most
+        ``max_size`` bytes (``EFBIG`` beyond).  Raises ``FileTransferError`` as ``put``
+        (``IsADirectoryError`` for a directory)."""
+        opts, where = _files.get_call(path, cwd=self.cwd, max_size=max_size, timeout=timeout,
+                                      call="Session.get")
+        return _files.get_done(self._run(opts), where, max_size, opts.timeout)
+
+    def put_file(self, path: str | os.PathLike[str], source: Any, *, parents: bool = False,
+                 timeout: float | None = 600.0) -> None:
+        """``put``, streamed: the file's contents come from ``source`` (a binary file object
+        with ``fileno()``, or an fd), read from its descriptor's current offset to EOF and
+        copied by this process's bridge into the command's stdin pipe, a chunk at a time (the
+        container never gets the caller's descriptor).  Memory stays bounded whatever the
+        size.  Raises as ``put``."""
+        call = "Session.put_file"
+        opts, where = _files.put_call(path, b"", cwd=self.cwd, parents=bool(parents),
+                                      timeout=timeout, call=call)
+        fd = _files.stream_fd(source, call, "source")
+        _files.put_done(self._transfer(opts, input_fd=fd), where, opts.timeout)
+
+    def get_file(self, path: str | os.PathLike[str], destination: Any, *,
+                 timeout: float | None = 600.0, max_size: int = 1 << 62) -> None:
+        """``get``, streamed: the contents of ``path`` are written to ``destination`` (a
+        binary file object with ``fileno()``, or an fd) as they come, through the bridge;
+        a file larger than ``max_size`` bytes is refused before anything is written
+        (``EFBIG``).  Raises as ``get``."""
+        call = "Session.get_file"
+        opts, where = _files.get_call(path, cwd=self.cwd, max_size=max_size, timeout=timeout,
+                                      call=call)
+        fd = _files.stream_fd(destination, call, "destination")
+        # The size is checked first (a regular file's wc -c is its st_size); a file that grows
+        # after the check is cut at max_size.
+        opts = opts._replace(argv=["/bin/sh", "-c", _files.GET_STREAM.format(max_size=max_size),
+                                   "lxcbind-get", where])
+        _files.put_done(self._transfer(opts, output_fd=fd), where, opts.timeout, "get")
+
+    def _transfer(self, opts: CallOptions, *, input_fd: int | None = None,
+                  output_fd: int | None = None) -> CompletedRun:
+        """A file command whose stdin comes from ``input_fd`` / whose stdout goes to
+        ``output_fd`` through the bridge (host descriptors never cross into the container);
+        stderr is captured (the last 4 KiB)."""
+        timeout = opts.timeout if opts.timeout is not None else self.timeout
+        start = time.monotonic()
+        bound = _START_BOUND if timeout is None else min(timeout + EXIT_GRACE, _START_BOUND)
+        proc = self._spawn(opts, Stdio(PIPE if input_fd is not None else None),
+                           start_timeout=bound)
+        err = OutputBuffer(4096)
+        try:
+            timed_out, _ = _bridge(proc, None, output_fd if output_fd is not None
+                                   else OutputBuffer(0), err, timeout, 2.0,
+                                   input_fd=input_fd)
+            proc.wait()
+        finally:
+            proc.close()
+        assert proc.returncode is not None
+        return CompletedRun.captured(proc.args, proc.returncode, OutputBuffer(0), err,
+                                     timed_out=timed_out, started=start,
+                                     exec_error=proc.exec_error, timeout=timeout)
 
     def __repr__(self) -> str:
         return (f"<lxcbind.Session {self.container.name!r} spawner={self.spawner_pid} "

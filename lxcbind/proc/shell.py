@@ -20,6 +20,7 @@ from lxcbind.errors import ShellDied, SpawnerDied
 from lxcbind.lxc.attach import pipe
 from lxcbind.proc.bridge import Bridge
 from lxcbind.proc.spawned import EXIT_GRACE, PIPE, SessionProcess, Stdio, kill_group_but
+from lxcbind.proc.users import User
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput, OutputBuffer, Unlimited
 
 __all__ = ["Shell", "Frame"]
@@ -30,7 +31,7 @@ class Spawns(Protocol):
 
     def _spawn(self, opts: CallOptions, stdio: Stdio = ..., *,
                tty: bool = False, pass_fds: Sequence[int] = (),
-               start_timeout: float = ...) -> SessionProcess: ...
+               start_timeout: float = ..., user: User | None = None) -> SessionProcess: ...
 
 
 class Frame:
@@ -180,9 +181,11 @@ class Shell:
 
     def __init__(self, session: Spawns, *, program: str = "/bin/sh",
                  env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 start_timeout: float = 10.0, restart: bool = False) -> None:
+                 start_timeout: float = 10.0, restart: bool = False,
+                 user: User | None = None) -> None:
         self.session = session
         self.program = program
+        self.user = user   # who the shell (and so each command of it) runs as; None: the session's
         self.restart_on_death = restart
         self._env = {"PS1": "", "PS2": "", "PS4": "+ ", "ENV": "", **(env or {})}
         self._cwd = cwd
@@ -208,7 +211,7 @@ class Shell:
         try:
             opts = check_call(argv, env=self._env, cwd=self._cwd, call="Session.shell")
             proc = self.session._spawn(opts, Stdio(PIPE, pipes[0][1], pipes[0][1]),
-                                       pass_fds=[w for _, w in pipes[1:]])
+                                       pass_fds=[w for _, w in pipes[1:]], user=self.user)
         except BaseException:
             for fd in (fd for pair in pipes for fd in pair):
                 os.close(fd)

@@ -181,9 +181,7 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
             raise SandboxExecError(f"lxcbind: {exc}") from exc
         if run.timed_out:
             raise SandboxTimeoutError(f"command timed out after {timeout} seconds (killed)")
-        stderr = run.stderr.decode(errors="replace")
-        if run.exec_error is not None:
-            stderr += f"lxcbind: {run.exec_error}\n"
+        stderr = run.stderr.decode(errors="replace")   # a start failure's reason included
         return ExecResult(exit_code=run.exit_status, stdout=run.stdout.decode(errors="replace"),
                           stderr=stderr, duration_seconds=run.duration)
 

@@ -22,7 +22,6 @@ and the two are mirror images that are checked against each other line by line.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import threading
@@ -36,17 +35,17 @@ from lxcbind.command import (
     Command,
     CommandDefaults,
     check_call,
-    check_container_path,
-    check_timeout,
 )
-from lxcbind.errors import FileTransferError, LxcbindError, PolicyError, SandboxError
+from lxcbind.errors import LxcbindError, PolicyError, SandboxError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.defaults import default_policy
 from lxcbind.policy.model import Policy
 from lxcbind.policy.parse import load_policy, load_policy_file
+from lxcbind.proc import files as _files
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
+from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
 from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
@@ -231,11 +230,6 @@ def _reap_stale_leases(log: Log) -> None:
             network.teardown_orphan(name)
         finally:
             lock.release()
-
-
-# The prelude of put/get's scripts: refuse an existing path that is not a regular file.
-_REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular file (a denied '
-            'path, a device or a FIFO)" >&2; exit 1; fi; ')
 
 
 def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
@@ -520,7 +514,7 @@ class Sandbox:
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
             timeout: float | None = None, check: bool = False, max_output: MaxOutput = None,
-            tty: bool = False) -> CompletedRun:
+            tty: bool = False, user: str | int | None = None) -> CompletedRun:
         """Run ``cmd`` (a str for ``/bin/sh -c``, or an argv list; None: the policy's own
         command) in this sandbox, captured, under the policy's ``process`` settings: ``env``
         is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
@@ -531,12 +525,23 @@ class Sandbox:
         ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
         ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
 
+        ``user``: another user of the container (a name, a uid or ``"uid:gid"``; see
+        ``Session.run``); a policy that fixes ``lxc.uid`` accepts only that user.
+
         Raises ``TypeError``/``ValueError`` on bad keywords, ``PolicyError`` when ``cmd`` is
         None and the policy has no command, ``SandboxError`` when the sandbox is not running.
         """
         opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
                           max_output=max_output, text=text, encoding=encoding, errors=errors,
                           call="Sandbox.run")
+        spec = _users.check_user(user, "Sandbox.run")
+        if spec is not None:   # through a spawner: it sets the user's groups (see Session.run)
+            session = self._files_session("run")
+            argv = opts.argv if opts.argv is not None else self.policy_argv("run")
+            d = self.command_defaults().overridden(opts)
+            return session._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd,
+                                              timeout=d.timeout),
+                                check=check, tty=tty, user=session._user(spec, "Sandbox.run"))
         return self._run(opts, check=check, tty=tty)
 
     def _run(self, opts: CallOptions, *, check: bool = False, tty: bool = False,
@@ -585,71 +590,71 @@ class Sandbox:
             return session
 
     # -- files -------------------------------------------------------------------------------
-    # put/get touch regular files only: a denied file is masked by /dev/null (writes would
-    # vanish, reads come back empty) and a device or FIFO would never end.
+    # put/get are commands through a spawner (``lxcbind.proc.files``): the init spawner of a
+    # throwaway sandbox, else one Session attached on first use and kept.  Never an attach
+    # per call, which forks the caller (its cost grows with the caller's memory).
 
-    def _file_command(self, operation: str, script: str, path: Any, *, input: bytes | None,
-                      timeout: float | None, max_output: int) -> CompletedRun:
-        """``script`` run by /bin/sh with ``path`` as $1, as the policy's user, in the
-        container: the filesystem policy and the container's ownership apply, as to any
-        command.  Raises ``FileTransferError`` with what the command reported."""
-        path = check_container_path(path, f"Sandbox.{operation}", "path")
-        from lxcbind.proc.runner import run as run_captured
+    def _files_session(self, call: str) -> _session.Session:
+        """The spawner put/get (and ``run(user=...)``) use: the container's init in a
+        throwaway sandbox, the kept container's own (``_kept_session``) otherwise."""
+        self._running(call)
+        init = self._init_session
+        if init is not None and init.alive:
+            return init
+        kept = self._kept_session(call)
+        return kept if kept is not None else self.session()
 
-        container = self._running(operation)
-        d = self.command_defaults()
-        result = run_captured(container, ["/bin/sh", "-c", script, f"lxcbind-{operation}", path],
-                              input=input, max_output=max_output, env=d.env, cwd="/",
-                              timeout=check_timeout(timeout, f"Sandbox.{operation}"),
-                              uid=d.uid, gid=d.gid)
-        if result.timed_out:
-            raise FileTransferError(operation, path, f"timed out after {timeout:g}s")
-        if result.returncode != 0:
-            detail = result.stderr.decode(errors="replace").strip().splitlines()
-            raise FileTransferError(operation, path, detail[-1] if detail else
-                                    f"exit status {result.exit_status}")
-        return result
-
-    def put(self, path: str, data: bytes | str, *, timeout: float | None = 60.0) -> None:
+    def put(self, path: str | os.PathLike[str], data: bytes | str, *, parents: bool = False,
+            timeout: float | None = 60.0) -> None:
         """Write ``data`` (bytes; str is UTF-8 encoded) to the file ``path`` in the running
         sandbox, created or truncated, as the policy's user (``lxc.uid``, else container root),
-        through a command in the container (``cat``): read-only and denied paths refuse it.
-        The parent directory must exist; an existing ``path`` must be a regular file (a
-        denied file, a device or a FIFO is refused: ``EPERM``).
+        through a command in the container (``cat``, started by the sandbox's spawner: no
+        attach): read-only and denied paths refuse it.  A relative ``path`` is taken against
+        the policy's ``process.cwd`` (``/`` when unset).  ``parents``: create the missing
+        parent directories first (``mkdir -p``); otherwise the parent must exist.  An
+        existing ``path`` must be a regular file (a directory: ``EISDIR``; a denied file, a
+        device or a FIFO: ``EPERM``).
 
         Raises ``FileTransferError`` (an ``OSError``: ``errno`` ``EROFS``, ``ENOENT``,
-        ``EACCES`` ... as the container reported it), ``TypeError``/``ValueError`` on bad
-        arguments."""
-        if isinstance(data, str):
-            data = data.encode()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"Sandbox.put(): data must be bytes or str, not "
-                            f"{type(data).__name__}")
-        self._file_command("put", _REGULAR + 'exec cat > "$1"', path, input=bytes(data),
-                           timeout=timeout, max_output=4096)
+        ``EACCES`` ... as the container reported it; for ``ENOENT``, ``EACCES``/``EPERM``,
+        ``EISDIR``, ``ENOTDIR`` and ``EEXIST`` also ``FileNotFoundError``,
+        ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``,
+        ``FileExistsError``), ``TypeError``/``ValueError`` on bad arguments."""
+        session = self._files_session("put")
+        opts, where = _files.put_call(path, data, cwd=session.cwd, parents=bool(parents),
+                                      timeout=timeout, call="Sandbox.put")
+        _files.put_done(session._run(opts), where, opts.timeout)
 
-    def get(self, path: str, *, timeout: float | None = 60.0,
+    def get(self, path: str | os.PathLike[str], *, timeout: float | None = 60.0,
             max_size: int = 256 << 20) -> bytes:
-        """The contents of the file ``path`` in the running sandbox, read as the policy's user
-        through a command in the container: a denied file is refused (``EPERM``: it is not a
-        regular file there), a denied directory has no files (the policy's masks).  At most
+        """The contents of the file ``path`` in the running sandbox (relative: against
+        ``process.cwd``), read as the policy's user through a command in the container: a
+        directory is refused (``EISDIR``), a denied file too (``EPERM``: it is not a regular
+        file there), a denied directory has no files (the policy's masks).  At most
         ``max_size`` bytes (``FileTransferError`` ``EFBIG`` beyond: a workload can leave a
         huge file where the caller expects a small one); a FIFO swapped in after the check is
         cut by ``timeout``.
 
-        Raises ``FileTransferError`` (``ENOENT``, ``EACCES``, ``EISDIR`` ...)."""
-        if isinstance(max_size, bool) or not isinstance(max_size, int):
-            raise TypeError(f"Sandbox.get(): max_size must be an int, got {max_size!r}")
-        if max_size < 0:
-            raise ValueError(f"Sandbox.get(): max_size must be >= 0, got {max_size}")
-        # head stops reading one byte past the limit, so an endless file costs nothing more.
-        script = _REGULAR + f'exec head -c {max_size + 1} -- "$1"'
-        result = self._file_command("get", script, path, input=None, timeout=timeout,
-                                    max_output=max_size + 1)
-        if len(result.stdout) > max_size:
-            raise FileTransferError("get", path, f"{os.strerror(errno.EFBIG)}: larger than "
-                                    f"max_size={max_size} bytes")
-        return result.stdout
+        Raises ``FileTransferError`` (``ENOENT``, ``EACCES``, ``EISDIR`` ..., with the builtin
+        subclasses ``put`` names)."""
+        session = self._files_session("get")
+        opts, where = _files.get_call(path, cwd=session.cwd, max_size=max_size,
+                                      timeout=timeout, call="Sandbox.get")
+        return _files.get_done(session._run(opts), where, max_size, opts.timeout)
+
+    def put_file(self, path: str | os.PathLike[str], source: Any, *, parents: bool = False,
+                 timeout: float | None = 600.0) -> None:
+        """``put`` streamed from ``source`` (a binary file object with ``fileno()``, or an
+        fd), in bounded memory: see ``Session.put_file``."""
+        self._files_session("put_file").put_file(path, source, parents=parents,
+                                                 timeout=timeout)
+
+    def get_file(self, path: str | os.PathLike[str], destination: Any, *,
+                 timeout: float | None = 600.0, max_size: int = 1 << 62) -> None:
+        """``get`` streamed into ``destination`` (a binary file object with ``fileno()``, or
+        an fd): see ``Session.get_file``."""
+        self._files_session("get_file").get_file(path, destination, timeout=timeout,
+                                                 max_size=max_size)
 
     def limit_events(self) -> security.Events:
         """The container's OOM-kill and refused-fork counters now (see ``with_limit_events``)."""

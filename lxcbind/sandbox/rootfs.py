@@ -62,14 +62,21 @@ _SCHEMA = "2"             # bump when a base's layout or content changes
 # System directories a ``host`` container gets from the host, read-only.
 _HOST_TOP = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Host files that are not secrets and that ordinary programs read.
-_HOST_ETC_COPY = ("protocols", "services", "ld.so.conf", "localtime", "os-release", "shells")
+_HOST_ETC_COPY = ("protocols", "services", "ld.so.conf", "localtime", "os-release", "shells",
+                  # user management (useradd -m, adduser, userdel): no secrets in them
+                  "login.defs", "adduser.conf", "deluser.conf")
+_HOST_ETC_DIRS = ("skel", "pam.d")   # their plain files, copied (see ``_host_etc_names``)
 _HOST_ETC_BIND = ("ld.so.cache", "alternatives", "ssl/certs")  # change with packages: bound
 
 _ETC_FILES = {
     "passwd": "root:x:0:0:root:/root:/bin/sh\n"
               "sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh\n"
               "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
-    "group": "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n",
+    "group": "root:x:0:\nusers:x:100:\nsandbox:x:1000:\nnogroup:x:65534:\n",
+    # Generated, with no password at all ("*"): PAM's account check (adduser's chfn) needs
+    # an entry for root; never the host's file.  Mode 0600 (``_PRIVATE``).
+    "shadow": "root:*:19000:0:99999:7:::\nsandbox:*:19000:0:99999:7:::\n"
+              "nobody:*:19000:0:99999:7:::\n",
     "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
     "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"
                      "networks: files\nprotocols: files\nservices: files\n",
@@ -91,6 +98,20 @@ def _host_arch() -> str:
 
 # -- bases ------------------------------------------------------------------------------------
 
+def _host_etc_names() -> list[str]:
+    """The host's /etc files a ``host`` container gets a copy of: ``_HOST_ETC_COPY`` and the
+    plain files of ``_HOST_ETC_DIRS`` (a new user's home starts from ``skel``; ``adduser``
+    runs ``chfn``, which asks PAM)."""
+    names = list(_HOST_ETC_COPY)
+    for directory in _HOST_ETC_DIRS:
+        try:
+            names += sorted(f"{directory}/{e.name}" for e in os.scandir("/etc/" + directory)
+                            if e.is_file(follow_symlinks=False))
+        except OSError:
+            pass
+    return names
+
+
 def _host_layout() -> dict[str, object]:
     """What the host skeleton is made of; its hash names the base (cheap: a few small files)."""
     top = {}
@@ -101,7 +122,7 @@ def _host_layout() -> dict[str, object]:
         elif os.path.isdir(path):
             top[name] = ["dir"]
     etc = {}
-    for name in _HOST_ETC_COPY:
+    for name in _host_etc_names():
         path = "/etc/" + name
         if os.path.islink(path):
             etc[name] = ["link", os.readlink(path)]
@@ -339,7 +360,7 @@ def _build_host(tmp: str) -> None:
                     ("var/tmp", 0o1777), ("var/lib", 0o755), ("var/log", 0o755),
                     ("var/cache", 0o755), ("etc", 0o755), ("etc/ssl", 0o755),
                     ("etc/ssl/certs", 0o755), ("etc/alternatives", 0o755),
-                    ("etc/ld.so.conf.d", 0o755)):
+                    ("etc/ld.so.conf.d", 0o755), ("etc/skel", 0o755), ("etc/pam.d", 0o755)):
         path = os.path.join(root, d)
         os.makedirs(path, exist_ok=True)
         os.chmod(path, mode)  # not subject to the umask
@@ -354,9 +375,12 @@ def _build_host(tmp: str) -> None:
         else:
             os.mkdir(os.path.join(root, name), 0o755)
     for name, content in _ETC_FILES.items():
-        with open(os.path.join(root, "etc", name), "w") as f:
+        mode = 0o600 if name == "shadow" else 0o644
+        fd = os.open(os.path.join(root, "etc", name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "w") as f:
             f.write(content)
-    for name in _HOST_ETC_COPY:
+        os.chmod(os.path.join(root, "etc", name), mode)   # not subject to the umask
+    for name in _host_etc_names():
         src, dst = "/etc/" + name, os.path.join(root, "etc", name)
         if os.path.islink(src):
             os.symlink(os.readlink(src), dst)

@@ -114,12 +114,16 @@ def test_exit_codes_signals_and_exec_errors(session):
     assert r.exit_status == 137
     r = session.run(["no-such-program"])
     assert r.returncode == 127 and r.exec_error is not None and r.exec_error.stage == "exec"
+    # the reason is in stderr too, one line as a shell prints it (a model sees only streams)
+    assert r.stderr == b"lxcbind: no-such-program: No such file or directory\n"
     r = session.run("exit 127")  # the program's own 127 is not an exec error
-    assert r.returncode == 127 and r.exec_error is None
+    assert r.returncode == 127 and r.exec_error is None and r.stderr == b""
     r = session.run(["/etc/passwd"])  # found but not executable
     assert r.returncode == 126 and r.exec_error is not None
-    r = session.run(["pwd"], cwd="/no/such/dir")
+    assert r.stderr == b"lxcbind: /etc/passwd: Permission denied\n"
+    r = session.run(["pwd"], cwd="/no/such/dir", text=True)
     assert r.returncode == 126 and r.exec_error.stage == "chdir"
+    assert r.stderr == "lxcbind: cd: /no/such/dir: No such file or directory\n"
 
 
 def test_input_cwd_env_and_exact_environment(session):

@@ -60,13 +60,16 @@ def test_host_rootfs(define):
     assert c.attach(["/bin/true"]).wait(timeout=10) == 0
     elapsed = time.monotonic() - t0
     print(f"host define+start+true: {elapsed * 1000:.0f} ms")
-    rc, out = sh(c, "/usr/bin/python3 -c 'print(6*7)'; ls /; cat /etc/shadow; "
+    rc, out = sh(c, "/usr/bin/python3 -c 'print(6*7)'; ls /; cat /etc/gshadow; "
                     "touch /usr/x; id -un; awk 'BEGIN{print \"awk\"}'")
     assert "42" in out and "usr" in out.split() and "root" in out and "awk" in out.split()
     assert "No such file" in out and "Read-only file system" in out
     rc, out = sh(c, "ls /etc; cat /proc/self/mountinfo")
-    for secret in ("shadow", "gshadow", "ssh"):
+    for secret in ("gshadow", "ssh"):
         assert secret not in out.split()
+    # /etc/shadow is generated (PAM needs root's entry): no password, never the host's
+    rc, out = sh(c, "stat -c %a /etc/shadow; cut -d: -f2 /etc/shadow | sort -u")
+    assert out.split() == ["600", "*"]
     rc, out = sh(c, "ip -o link 2>/dev/null || cat /proc/net/dev")
     assert "eth0" not in out and "lo" in out
 

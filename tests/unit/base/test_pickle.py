@@ -88,3 +88,21 @@ def test_failed_run_raises_a_called_process_error_that_survives_pickle():
                                                                      b"o", b"e")
     assert back.result == run
     assert FileTransferError("get", "/x", "cat: /x: No such file or directory").errno == 2
+
+
+@pytest.mark.parametrize("code, builtin", [
+    (errno.ENOENT, FileNotFoundError), (errno.EACCES, PermissionError),
+    (errno.EPERM, PermissionError), (errno.EISDIR, IsADirectoryError),
+    (errno.ENOTDIR, NotADirectoryError), (errno.EEXIST, FileExistsError),
+    (errno.EROFS, None)])
+def test_file_transfer_errors_are_the_builtin_their_errno_picks_and_survive_pickle(code, builtin):
+    error = FileTransferError.of("get", "/x", "cat: /x: " + __import__("os").strerror(code))
+    assert error.errno == code and isinstance(error, (FileTransferError, LxcbindError, OSError))
+    if builtin is None:
+        assert type(error) is FileTransferError
+    else:
+        assert isinstance(error, builtin) and type(error) is not FileTransferError
+    back = _roundtrip(error)
+    assert type(back) is type(error)
+    assert (back.errno, back.filename, back.operation, str(back)) == \
+        (code, "/x", "get", str(error))

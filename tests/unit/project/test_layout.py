@@ -16,7 +16,7 @@ LAYERS = [
     ("process", ("lxcbind.proc",)),
     ("network", ("lxcbind.net",)),
     ("sandbox", ("lxcbind.sandbox",)),
-    ("api", ("lxcbind.aio", "lxcbind.cli", "lxcbind.fanout", "lxcbind.ray",
+    ("api", ("lxcbind.aio", "lxcbind.cli", "lxcbind.fanout", "lxcbind.ray", "lxcbind.inspect",
              "lxcbind.__init__", "lxcbind.__main__", "lxcbind")),
 ]
 
