@@ -18,8 +18,10 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   on the host.
 * **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
   below, set before start on the hierarchy family the host actually has (v1 or v2; liblxc
-  ignores the other family without an error) and read back after start (``verify_limits``): a
-  limit that did not take fails the run (exit 125) instead of running unlimited.
+  ignores the other family without an error) and read back after start (``verify_limits``),
+  compared with what the kernel keeps of the value written (memory: whole pages, rounded
+  down; the default is whole pages already): a limit that did not take fails the run (exit
+  125) instead of running unlimited or otherwise limited.
 
 Opt-ins (``lxc.allow``), each giving something up:
 
@@ -131,8 +133,9 @@ def _host_memory() -> int:
 def resolve(limits: Limits) -> ResolvedLimits:
     """Apply defaults: memory min(4 GiB, half the host), 1024 processes, CPU unlimited (the
     scheduler shares it fairly; a policy sets ``cpu`` to cap it)."""
+    page = os.sysconf("SC_PAGE_SIZE")   # whole pages: what the kernel would keep anyway
     memory = limits.memory if limits.memory is not None else \
-        min(DEFAULT_MEMORY_CAP, _host_memory() // 2)
+        min(DEFAULT_MEMORY_CAP, _host_memory() // 2 // page * page)
     pids = limits.pids if limits.pids is not None else DEFAULT_PIDS
     cpu = limits.cpu
     return ResolvedLimits(None if memory == UNLIMITED else memory,
@@ -183,27 +186,28 @@ def limit_config(limits: ResolvedLimits) -> list[tuple[str, str]]:
 
 
 def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
-    """Read every limit back from the running container's cgroups; ``SandboxError`` if one
-    is not what was asked (it did not take: the run must not go on unlimited)."""
+    """Read every limit back from the running container's cgroups and compare it with what
+    the kernel keeps of the value written (``cgroups.stored_limit``: memory is rounded down to
+    whole pages); ``SandboxError`` if one differs: it did not take, and the run must not go
+    on with a limit other than the policy's."""
     for controller, name, value in _expected(limits):
         folder = cgroups.process_dir(init_pid, controller)
         try:
             with open(os.path.join(folder or "/nonexistent", name)) as f:
-                actual = f.read().strip()
+                actual = " ".join(f.read().split())
         except OSError as exc:
             raise SandboxError(f"lxc.limits: cannot read back {controller} {name} of the "
                                f"container ({exc.strerror}); refusing to run unlimited") from None
-        if name == "cpu.max":
-            ok = actual.split() == value.split()
-        elif name in ("memory.max", "memory.swap.max", "pids.max"):
-            ok = actual == value
-        else:
-            # v1 rounds memory limits down to whole pages.
-            ok = actual == value or (name.startswith("memory.") and
-                                     abs(int(actual) - int(value)) < os.sysconf("SC_PAGE_SIZE"))
-        if not ok:
-            raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the "
-                               f"container, not {value!r}; refusing to run unlimited")
+        stored = cgroups.stored_limit(name, value)
+        if actual == stored:
+            continue
+        asked = repr(stored) if stored == value else \
+            f"{stored!r} ({value!r} rounded down to whole pages)"
+        what = ("no limit: it did not take; refusing to run unlimited"
+                if cgroups.unlimited(name, actual) else
+                "a different limit: refusing to run with a limit other than the policy's")
+        raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the container, "
+                           f"not {asked}, i.e. {what}")
 
 
 @record

@@ -93,6 +93,55 @@ def test_limits_that_do_not_take_fail_closed() -> None:
             security.verify_limits(pid, security.ResolvedLimits(None, 101, None))
 
 
+def _memory_limit_file(pid: int) -> str:
+    from lxcbind.lxc import cgroups
+    folder = cgroups.process_dir(pid, "memory")
+    assert folder, "no memory cgroup for the container"
+    v2 = cgroups.controller_version("memory") == "v2"
+    return os.path.join(folder, "memory.max" if v2 else "memory.limit_in_bytes")
+
+
+def test_a_memory_limit_that_is_not_whole_pages_runs_rounded_down() -> None:
+    """100000001 bytes is not a whole number of pages: the kernel keeps the limit rounded down
+    (v1 and v2 alike), and the run goes on with it instead of calling it unlimited."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "100000001"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        with open(_memory_limit_file(pid)) as f:
+            assert int(f.read()) == 100000001 // page * page
+        r = box.run(["sh", "-c", "echo ran"])
+        assert r.returncode == 0 and r.stdout == b"ran\n", r.stderr
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "run", "--no-tty", "-", "--json"],
+                       input=json.dumps({"version": "0.8.0", "process": {"commandLine": "true"},
+                                         "lxc": {"limits": {"memory": "100000001"}}}).encode(),
+                       capture_output=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["exit_code"] == 0
+
+
+def test_a_memory_limit_that_did_not_take_is_named_as_such() -> None:
+    """A container without a memory limit (``max``), read back as if one had been asked:
+    refused, and the message says there is no limit; a different limit is called different."""
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "max"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        kept = 100000001 // os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PAGE_SIZE")
+        with pytest.raises(SandboxError, match=rf"memory\..* is .*, not '{kept}' "
+                           r"\('100000001' rounded down .*no limit: it did not take"):
+            security.verify_limits(pid, security.ResolvedLimits(100000001, None, None))
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "64M"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        security.verify_limits(pid, security.ResolvedLimits(64 << 20, None, None))
+        with pytest.raises(SandboxError, match="a different limit") as caught:
+            security.verify_limits(pid, security.ResolvedLimits(128 << 20, None, None))
+        assert "unlimited" not in str(caught.value)
+
+
 def test_cli_reports_oom_on_stderr_and_in_json(tmp_path: Path) -> None:
     doc = {"version": "0.8.0", "lxc": {"limits": {"memory": "128M"}},
            "process": {"commandLine": "exec python3 -c 'b = bytearray(400 << 20)'"}}
