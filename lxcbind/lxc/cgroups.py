@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lxcbind._lite import record
-from lxcbind.lxc import mountinfo
+from lxcbind.lxc import mountinfo, sigmask
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -136,11 +136,8 @@ class _Primer:
                 # the main thread blocks it (Container.attach_request does, between liblxc's
                 # fork and owning the pid), or its Python handler would run anyway, flagged
                 # from here, and drop the pid: an unreaped child makes stop() hang forever.
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-                try:
+                with sigmask.blocked(signal.valid_signals()):
                     self._thread.start()
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._kicked.set()
 
     def _loop(self) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from lxcbind.errors import LxcError
 from tests.conftest import make_busybox, new_name, requires_lxc, requires_root, run_threads
+from tests.signal_arrival import each_arrival
 
 pytestmark = [requires_root, requires_lxc]
 
@@ -342,6 +343,44 @@ def test_a_signal_handler_raising_mid_attach_never_orphans_a_child(container_nam
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+        c.destroy()
+        c.close()
+
+
+def test_a_handler_raising_as_attach_blocks_signals_leaves_no_mask_behind(
+        container_name, monkeypatch):
+    """A signal whose handler raises, arriving before each of attach's pthread_sigmask calls
+    in turn (``tests/signal_arrival.py``): the thread's mask is as it was every time (a CLI
+    whose main thread kept every signal blocked would ignore Ctrl-C and SIGTERM for good), and
+    every child made meanwhile is still owned: stop() reaps them."""
+    c = make_busybox(container_name)
+    try:
+        assert each_arrival(monkeypatch, lambda: c.attach(["sleep", "100"])) >= 2
+        stopper = threading.Thread(target=c.stop)
+        stopper.start()
+        stopper.join(timeout=60)
+        assert not stopper.is_alive(), "stop() hangs: an attached child was never reaped"
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            assert f.read().split() == []
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_a_handler_raising_as_the_starters_start_blocks_signals_leaves_no_mask_behind(
+        container_name, monkeypatch):
+    """The same for a start through lxcbind-starter (signals are blocked while it runs)."""
+    c = make_busybox(container_name, start=False)
+
+    def stop_if_started() -> None:
+        if c.running:
+            c.stop()
+
+    try:
+        assert each_arrival(monkeypatch, c.start, stop_if_started) >= 2
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            assert f.read().split() == []   # the starter was waited for on every path
+    finally:
         c.destroy()
         c.close()
 
