@@ -26,8 +26,10 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
 Opt-ins (``lxc.allow``), each giving something up:
 
 * ``nesting``: keeps ``sys_admin`` and allows mount/unshare/setns/new namespaces, for nested
-  containers.  The workload can then unmount the masks of denied paths and remount read-only
-  binds where its ids may write: the filesystem policy is no longer enforced against it.
+  containers, and on an AppArmor host asks for liblxc's generated profile with nesting (the
+  default profile denies mounts).  The workload can then unmount the masks of denied paths and
+  remount read-only binds where its ids may write: the filesystem policy is no longer
+  enforced against it.
 * ``perf``: allows ``perf_event_open`` (subject to the host's ``perf_event_paranoid``): more
   kernel attack surface and a side channel on other processes of the host.
 """
@@ -107,12 +109,20 @@ def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False
                      ) -> list[tuple[str, str]]:
     """Capabilities, no_new_privs and seccomp items for one container."""
     caps = list(KEEP_CAPS) + (["sys_admin"] if "nesting" in allow else [])
-    return [
+    items = [
         ("lxc.cap.drop", ""),  # keep and drop are exclusive in liblxc: clear any drop list
         ("lxc.cap.keep", " ".join(caps)),
         ("lxc.no_new_privs", "1"),
         ("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))),
     ]
+    if "nesting" in allow:
+        # On an AppArmor host every container otherwise runs under liblxc's default profile
+        # (lxc-container-default-cgns), which denies the mounts this opt-in exists to give.
+        # liblxc's generated profile with nesting allows mounts and keeps the profile's other
+        # denials (/proc/sysrq-trigger, /sys/kernel/security, ...); it is compiled by
+        # apparmor_parser at every start.  Without AppArmor, liblxc ignores both items.
+        items += [("lxc.apparmor.profile", "generated"), ("lxc.apparmor.allow_nesting", "1")]
+    return items
 
 
 # -- limits -----------------------------------------------------------------------------------

@@ -72,6 +72,39 @@ def test_nesting_opt_in_gives_mounts_back() -> None:
     assert b"mounted" in r.stdout, r.stderr
 
 
+def _apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def test_apparmor_items_only_for_nesting() -> None:
+    assert not [k for k, _ in security.hardening_config() if k.startswith("lxc.apparmor")]
+    items = dict(security.hardening_config(("nesting",)))
+    assert items["lxc.apparmor.profile"] == "generated"
+    assert items["lxc.apparmor.allow_nesting"] == "1"
+
+
+@pytest.mark.skipif(not _apparmor_enabled(), reason="AppArmor is not enabled on this host")
+def test_on_an_apparmor_host_the_documented_profiles_confine_the_workload() -> None:
+    """The default: liblxc's lxc-container-default-cgns, enforced (its mount denial stands
+    behind seccomp's).  ``nesting``: liblxc's generated profile, which allows the mounts and is
+    unloaded from the kernel when the container is gone."""
+    r = run("cat /proc/self/attr/current")
+    assert r.stdout.strip() == b"lxc-container-default-cgns (enforce)", r
+    name = new_name("aa-")
+    r = run("cat /proc/self/attr/current; mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && "
+            "mount -o remount,ro /tmp/m && echo remounted", containerId=name,
+            lxc={"allow": ["nesting"]})
+    label = r.stdout.splitlines()[0]
+    assert label.startswith(f"lxc-{name}_".encode()) and label.endswith(b"(enforce)"), r
+    assert b"remounted" in r.stdout, r.stderr
+    with open("/sys/kernel/security/apparmor/profiles") as f:
+        assert name not in f.read()
+
+
 def test_profile_lists_what_each_opt_in_gives_up() -> None:
     default = security.seccomp_profile()
     assert "perf_event_open errno 1" in default and "mount errno 1" in default
