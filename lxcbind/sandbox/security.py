@@ -17,8 +17,9 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   openat2, whose mode seccomp cannot read, answers ENOSYS), so no setuid-root file can be made
   on the host.
 * **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
-  below, set before start on the hierarchy family the host actually has (v1 or v2; liblxc
-  ignores the other family without an error) and read back after start (``verify_limits``),
+  below, and a CPU weight of half the kernel's default (``DEFAULT_CPU_WEIGHT``), set before
+  start on the hierarchy family the host actually has (v1 or v2; liblxc ignores the other
+  family without an error) and read back after start (``verify_limits``),
   compared with what the kernel keeps of the value written (memory: whole pages, rounded
   down; the default is whole pages already): a limit that did not take fails the run (exit
   125) instead of running unlimited or otherwise limited.
@@ -53,6 +54,9 @@ KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "set
 DEFAULT_PIDS = 1024
 DEFAULT_MEMORY_CAP = 4 << 30          # at most 4 GiB, and at most half the host's memory
 CPU_PERIOD_US = 100_000
+# Under contention a container gets half the CPU of a cgroup at the kernel's default weight
+# (v2 cpu.weight 100, v1 cpu.shares 1024): busy workloads slow the host's own work less.
+DEFAULT_CPU_WEIGHT = 50
 
 _EPERM, _ENOSYS = 1, 38
 _S_ISUID, _S_ISGID = 0o4000, 0o2000
@@ -172,6 +176,11 @@ def _expected(limits: ResolvedLimits) -> list[tuple[str, str, str]]:
                 out.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory)))
     if limits.pids is not None:
         out.append(("pids", "pids.max", str(limits.pids)))
+    weight = cgroups.controller_version("cpu")   # a default, not a limit: only where it can be
+    if weight == "v2":
+        out.append(("cpu", "cpu.weight", str(DEFAULT_CPU_WEIGHT)))
+    elif weight == "v1":
+        out.append(("cpu", "cpu.shares", str(DEFAULT_CPU_WEIGHT * 1024 // 100)))
     if limits.cpu is not None:
         quota = max(1000, round(limits.cpu * CPU_PERIOD_US))
         if cgroups.controller_version("cpu") == "v2":

@@ -175,6 +175,20 @@ def test_a_memory_limit_that_did_not_take_is_named_as_such() -> None:
         assert "unlimited" not in str(caught.value)
 
 
+def test_a_container_gets_half_the_default_cpu_weight() -> None:
+    """No cap, but a share: under contention the workload yields to the host's default
+    cgroups (v2 cpu.weight 100, v1 cpu.shares 1024)."""
+    from lxcbind.lxc import cgroups
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        folder = cgroups.process_dir(pid, "cpu")
+        assert folder
+        v2 = cgroups.controller_version("cpu") == "v2"
+        with open(os.path.join(folder, "cpu.weight" if v2 else "cpu.shares")) as f:
+            assert int(f.read()) == (50 if v2 else 512)
+
+
 def test_cli_reports_oom_on_stderr_and_in_json(tmp_path: Path) -> None:
     doc = {"version": "0.8.0", "lxc": {"limits": {"memory": "128M"}},
            "process": {"commandLine": "exec python3 -c 'b = bytearray(400 << 20)'"}}
