@@ -469,28 +469,56 @@ def test_a_start_the_starter_cannot_make_raises_liblxcs_reason_and_leaves_it_sto
         c.close()
 
 
+def _starter_running() -> bool:
+    """Whether a child of this (main) thread is lxcbind-starter."""
+    with open(f"/proc/self/task/{os.getpid()}/children") as f:
+        pids = f.read().split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "lxcbind-starter":
+                return True
+    return False
+
+
 def test_a_signal_during_a_start_in_the_starter_is_handled_once_it_has_returned(
         container_name):
     """A Python handler that raises (Ctrl-C) cannot cut the wait for the starter short: the
-    container is started and watched when the exception arrives, and the starter reaped."""
+    container is started and watched when the exception arrives, and the starter reaped.
+    The signal is sent to the main thread once the starter runs (not after a fixed delay,
+    which on a slow host lands before the start has begun); a start too quick to be seen
+    gets it just after it returned, which must end the same way."""
     class Interrupted(Exception):
         pass
 
     def handler(signum, frame):
         raise Interrupted
 
+    main = threading.get_ident()
+    returned = threading.Event()
+
+    def send_while_the_starter_runs() -> None:
+        while not returned.is_set() and not _starter_running():
+            time.sleep(0.0002)
+        signal.pthread_kill(main, signal.SIGALRM)
+
     c = make_busybox(container_name, start=False)
     previous = signal.signal(signal.SIGALRM, handler)
+    sender = threading.Thread(target=send_while_the_starter_runs)
     try:
         with pytest.raises(Interrupted):
-            signal.setitimer(signal.ITIMER_REAL, 0.001)   # lands while the starter runs
-            c.start()
-            time.sleep(1)   # (if it had landed after: still raised, here)
+            sender.start()
+            try:
+                c.start()
+            finally:
+                returned.set()
+            sender.join()
+            time.sleep(5)   # the handler runs as soon as the main thread checks for signals
         assert c.running and _monitor_program(c) == "lxcbind-starter"
         with pytest.raises(ChildProcessError):
             os.waitpid(-1, os.WNOHANG)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        returned.set()
+        sender.join()
         signal.signal(signal.SIGALRM, previous)
         c.destroy()
         c.close()
