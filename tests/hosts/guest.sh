@@ -33,7 +33,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
     echo "systemd: $(systemctl --version 2>/dev/null | head -1)"
     echo "python3: $(python3 --version 2>&1) ($(command -v python3))"
     echo "memory: $(grep MemTotal /proc/meminfo | tr -s ' ')"
-    echo "checkout: $(git log -1 --format='%h %s' 2>/dev/null | cut -c1-80)"
+    echo "checkout: ${HOSTS_COMMIT:-$(git log -1 --format='%h %s' 2>/dev/null | cut -c1-80)}"
 } | tee "$OUT/facts.txt"
 dmesg > "$OUT/.dmesg-before"
 : > "$OUT/commands.txt"

@@ -157,6 +157,9 @@ run_one() {  # $1 = release
             [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done; printf '.git\0'; } \
         | tar --null -T - -cf "$share/in/checkout.tar" )
     env | grep -E '^HOSTS_(TESTS|BUDGET)=' | sed -E "s/^([A-Z_]+)=(.*)$/export \1='\2'/" > "$share/in/env" || true
+    # The commit measured (a worktree's .git is a pointer that means nothing in the guest).
+    printf "export HOSTS_COMMIT='%s%s'\n" "$(git -C "$CHECKOUT" log -1 --format=%h)" \
+        "$(git -C "$CHECKOUT" diff --quiet HEAD || echo ' (with local changes)')" >> "$share/in/env"
     boot "$ACCEL" "$rel" "$run"
     # KVM that cannot boot this kernel (qemu dies at once, or no task after 3 minutes): TCG.
     if [ "$ACCEL" = kvm ] && [ ! -f "$share/out/started" ]; then
