@@ -54,9 +54,11 @@ PY=.venv/bin/python
 "$PY" -m ruff check lxcbind tests benchmarks examples; echo "ci-ruff $?" | tee -a "$OUT/commands.txt"
 "$PY" -m mypy; echo "ci-mypy $?" | tee -a "$OUT/commands.txt"
 
+: > "$OUT/selections.txt"
 start=$(date +%s)
 for folder in $TESTS; do
-    name="$(echo "$folder" | tr '/' '_')"
+    name="$(echo "$folder" | tr '/:' '__')"
+    printf '%s\t%s\n' "$name" "$folder" >> "$OUT/selections.txt"
     left=$(( BUDGET - ($(date +%s) - start) ))
     if [ "$left" -lt 60 ]; then echo "$folder skipped (budget spent)" >> "$OUT/skipped.txt"; continue; fi
     t0=$(date +%s)
@@ -69,6 +71,7 @@ done
 python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import glob, os, sys, xml.etree.ElementTree as ET
 out = sys.argv[1]
+names = dict(line.rstrip("\n").split("\t") for line in open(os.path.join(out, "selections.txt")))
 for path in sorted(glob.glob(os.path.join(out, "junit-*.xml"))):
     root = ET.parse(path).getroot()
     counts = dict.fromkeys(("tests", "failures", "errors", "skipped"), 0)
@@ -82,7 +85,7 @@ for path in sorted(glob.glob(os.path.join(out, "junit-*.xml"))):
                 failed.append(f"  {bad.tag}: {case.get('classname')}::{case.get('name')}: "
                               f"{first[:300]}")
     passed = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
-    folder = os.path.basename(path)[6:-4].replace("_", "/", 1 if "integration" not in path else 2)
+    folder = names.get(os.path.basename(path)[6:-4], path)
     print(f"{folder}: {passed} passed, {counts['failures']} failed, {counts['errors']} errors, "
           f"{counts['skipped']} skipped of {counts['tests']}")
     print("\n".join(failed)) if failed else None
