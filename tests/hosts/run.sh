@@ -18,7 +18,7 @@
 #   HOSTS_ACCEL=kvm|tcg                  default: kvm when /dev/kvm exists; use tcg where KVM
 #                                        cannot boot a stock Debian kernel
 #   HOSTS_TIMEOUT=10800                  seconds per VM; qemu is killed after that
-#   HOSTS_TESTS, HOSTS_BUDGET            passed to guest.sh (folders; seconds for them all)
+#   HOSTS_TESTS, HOSTS_BUDGET, HOSTS_LINT  passed to guest.sh (see there)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CHECKOUT="$(cd "$HERE/../.." && pwd)"
@@ -156,7 +156,7 @@ run_one() {  # $1 = release
     ( cd "$CHECKOUT" && { git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
             [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done; printf '.git\0'; } \
         | tar --null -T - -cf "$share/in/checkout.tar" )
-    env | grep -E '^HOSTS_(TESTS|BUDGET)=' | sed -E "s/^([A-Z_]+)=(.*)$/export \1='\2'/" > "$share/in/env" || true
+    env | grep -E '^HOSTS_(TESTS|BUDGET|LINT)=' | sed -E "s/^([A-Z_]+)=(.*)$/export \1='\2'/" > "$share/in/env" || true
     # The commit measured (a worktree's .git is a pointer that means nothing in the guest).
     printf "export HOSTS_COMMIT='%s%s'\n" "$(git -C "$CHECKOUT" log -1 --format=%h)" \
         "$(git -C "$CHECKOUT" diff --quiet HEAD || echo ' (with local changes)')" >> "$share/in/env"
