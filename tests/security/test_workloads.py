@@ -87,20 +87,30 @@ def test_apparmor_items_only_for_nesting() -> None:
     assert items["lxc.apparmor.allow_nesting"] == "1"
 
 
+def _label(pid: int) -> str:
+    """The AppArmor label of ``pid`` as the host sees it (inside liblxc's AppArmor namespace of
+    a nesting container, the workload sees only its namespace's part: ``unconfined``)."""
+    with open(f"/proc/{pid}/attr/current") as f:
+        return f.read().strip()
+
+
 @pytest.mark.skipif(not _apparmor_enabled(), reason="AppArmor is not enabled on this host")
 def test_on_an_apparmor_host_the_documented_profiles_confine_the_workload() -> None:
     """The default: liblxc's lxc-container-default-cgns, enforced (its mount denial stands
     behind seccomp's).  ``nesting``: liblxc's generated profile, which allows the mounts and is
     unloaded from the kernel when the container is gone."""
-    r = run("cat /proc/self/attr/current")
-    assert r.stdout.strip() == b"lxc-container-default-cgns (enforce)", r
+    doc = {"version": "0.8.0", "process": {"commandLine": "true"}}
+    with lxcbind.Sandbox(doc) as box:
+        assert box.container.init_pid
+        assert _label(box.container.init_pid) == "lxc-container-default-cgns (enforce)"
     name = new_name("aa-")
-    r = run("cat /proc/self/attr/current; mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && "
-            "mount -o remount,ro /tmp/m && echo remounted", containerId=name,
-            lxc={"allow": ["nesting"]})
-    label = r.stdout.splitlines()[0]
-    assert label.startswith(f"lxc-{name}_".encode()) and label.endswith(b"(enforce)"), r
-    assert b"remounted" in r.stdout, r.stderr
+    with lxcbind.Sandbox({**doc, "containerId": name, "lxc": {"allow": ["nesting"]}}) as box:
+        assert box.container.init_pid
+        label = _label(box.container.init_pid)
+        assert label.startswith(f"lxc-{name}_") and label.endswith("(enforce)"), label
+        r = box.run("mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && "
+                    "mount -o remount,ro /tmp/m && echo remounted")
+        assert r.stdout == b"remounted\n", r.stderr
     with open("/sys/kernel/security/apparmor/profiles") as f:
         assert name not in f.read()
 
