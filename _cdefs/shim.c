@@ -23,6 +23,7 @@
 #include <lxc/version.h>
 
 #include "execvpe.h"
+#include "sockfilter.h"
 #include "spawner_proto.h"
 
 #define LXCBIND_VERSION_AT_LEAST(maj, min, mic)                                    \
@@ -118,6 +119,12 @@ static int lxcbind_exec(void *payload)
      * that a one-shot command and a session command are confined alike.  Without CAP_SETPCAP
      * (a non-root uid) there is nothing to drop: such a process has no capabilities. */
     prctl(PR_CAPBSET_DROP, CAP_SYS_PTRACE, 0, 0, 0);
+    /* The socket families of 32-bit x86 calls, which the container's profile cannot check:
+     * in every container with no_new_privs (lxcbind's sandboxes always have it; without it,
+     * and without CAP_SYS_ADMIN, no filter can be added, and such a binding-level container
+     * has none of lxcbind's seccomp profile either). */
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 && lxcbind_filter_i386_sockets() < 0)
+        return lxcbind_fail(x->status_fd, LXCBIND_STAGE_EXEC, errno, 126);
 
     /* liblxc already made us a session leader when stdin is a tty; otherwise do it here. */
     if (getsid(0) != getpid())

@@ -50,6 +50,16 @@
  * The control socket closing (Session.close, or the caller dying) makes the spawner SIGKILL
  * every command's process group, reap them and exit.
  *
+ * A command's result is its own: whenever the last running command exits, everything the
+ * commands left behind (background jobs, setsid'd and double-forked daemons: all orphans come
+ * to us, the subreaper) is SIGKILLed and reaped *before* that command's EXIT record is sent,
+ * and so before any later command can start (one thread).  A leftover therefore never meets a
+ * later command to ptrace it, write its memory or signal it.  While some command still runs
+ * (a persistent shell, a spawned server, concurrent commands) nothing is killed: a leftover
+ * cannot be told apart from what a running command started, so it lives until the spawner is
+ * idle again.  Only our own subtree is touched, never the container's init or services, nor
+ * processes liblxc attached (their parent is the host's caller).
+ *
  * Rules: single-threaded, no malloc (buffers are mmap()ed at start), children reaped through
  * a signalfd so nothing accumulates however many commands run. */
 #define _GNU_SOURCE
@@ -76,6 +86,7 @@
 #include <linux/capability.h>
 
 #include "execvpe.h"
+#include "sockfilter.h"
 #include "spawner_proto.h"
 
 /* exec-failure stages, as in shim.c (the host decodes both the same way) */
@@ -393,6 +404,65 @@ refuse:
     close(report);
 }
 
+/* SIGKILL every child of ours and its process group; the first ``room`` pids signalled are
+ * stored in ``killed`` (may be NULL); returns how many were signalled.  As the subreaper, our
+ * children are the commands and whatever they orphaned (a daemon that setsid'd and
+ * double-forked included): a process cannot leave the subtree of its subreaper. */
+static int lxcbind_kill_children(pid_t *killed, int room)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    char buf[4096];
+    size_t have = 0;
+    int count = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+        if (n <= 0)
+            break;
+        have += (size_t)n;
+        buf[have] = '\0';
+        char *p = buf, *space;
+        while ((space = strchr(p, ' '))) { /* the list is "pid pid ... " */
+            pid_t pid = (pid_t)strtol(p, NULL, 10);
+            if (pid > 0) {
+                kill(-pid, SIGKILL); /* its group, when it leads one */
+                if (kill(pid, SIGKILL) == 0) {
+                    if (killed && count < room)
+                        killed[count] = pid;
+                    count++;
+                }
+            }
+            p = space + 1;
+        }
+        have = strlen(p);
+        memmove(buf, p, have);
+    }
+    close(fd);
+    return count;
+}
+
+/* Called when no command runs: every child of ours is then something a command left behind
+ * (orphans come to us, the subreaper; as the container's init, to us anyway).  SIGKILL them,
+ * reap them, and again for what their death orphaned, until a pass finds none: nothing an
+ * earlier command started can then touch a later one (ptrace it, write its memory, stop or
+ * kill it), since every later command starts after this returns (one thread).  Only our own
+ * subtree: never the container's own init or services, nor processes attached by liblxc
+ * (their parent is the host's caller).  A child we may not signal (EPERM) is left alone. */
+static void lxcbind_kill_leftovers(void)
+{
+    pid_t killed[256];
+    int n;
+    while ((n = lxcbind_kill_children(killed, 256)) > 0) {
+        for (int i = 0; i < n && i < 256; i++) {
+            while (waitpid(killed[i], NULL, 0) < 0 && errno == EINTR)
+                ;
+        }
+    }
+}
+
 static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
 {
     struct signalfd_siginfo info[8];
@@ -405,12 +475,16 @@ static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
             return;
         int i = lxcbind_slot_find(s, pid);
         if (i < 0)
-            continue;
+            continue; /* a leftover that died on its own */
+        s->slots[i].pid = 0;
+        s->live--;
+        /* The last running command is gone: whatever the commands left behind goes before
+         * its result is reported (see lxcbind_kill_leftovers). */
+        if (s->live == 0)
+            lxcbind_kill_leftovers();
         if (s->slots[i].report >= 0)
             lxcbind_record_send(s->slots[i].report, LXCBIND_REC_EXIT, pid, status, 0, -1);
         lxcbind_slot_hangup(s, i);
-        s->slots[i].pid = 0;
-        s->live--;
         while (s->used > 0 && s->slots[s->used - 1].pid == 0)
             s->used--;
     }
@@ -468,36 +542,6 @@ static void lxcbind_clamp_caps(void)
         data[cap / 32].inheritable &= mask;
     }
     syscall(SYS_capset, &head, data);
-}
-
-/* SIGKILL every child of ours and its process group.  As the subreaper, our children are the
- * commands and whatever they orphaned (a daemon that setsid'd and double-forked included). */
-static void lxcbind_kill_children(void)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return;
-    char buf[4096];
-    size_t have = 0;
-    for (;;) {
-        ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
-        if (n <= 0)
-            break;
-        have += (size_t)n;
-        buf[have] = '\0';
-        char *p = buf, *space;
-        while ((space = strchr(p, ' '))) { /* the list is "pid pid ... " */
-            pid_t pid = (pid_t)strtol(p, NULL, 10);
-            if (pid > 0)
-                lxcbind_kill_command(pid, SIGKILL, 1);
-            p = space + 1;
-        }
-        have = strlen(p);
-        memmove(buf, p, have);
-    }
-    close(fd);
 }
 
 static void *lxcbind_map(size_t size)
@@ -565,7 +609,7 @@ static int lxcbind_spawner_loop(void)
         if (s.slots[i].pid > 0)
             lxcbind_kill_command(s.slots[i].pid, SIGKILL, 1);
     for (;;) {
-        lxcbind_kill_children();
+        lxcbind_kill_children(NULL, 0);
         int status;
         pid_t pid = waitpid(-1, &status, 0);
         if (pid < 0 && errno == EINTR)
@@ -672,6 +716,9 @@ int main(int argc, char **argv)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     lxcbind_clamp_caps();
+    /* As in shim.c: wherever no_new_privs is set (always in lxcbind's sandboxes). */
+    if (prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 && lxcbind_filter_i386_sockets() < 0)
+        return 125; /* never serve commands without it */
     if ((uid >= 0 || gid >= 0) && lxcbind_become(uid, gid) < 0)
         return 125; /* never serve as root what was meant to run as a user */
     /* fd 0 is the control socket, 1 and 2 /dev/null; nothing else may exist, and ours are

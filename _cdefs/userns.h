@@ -12,3 +12,11 @@ int umount2(const char *target, int flags);
 /* Bind-mount `source` onto `target` (an existing file or directory) and make the new mount
  * private, so nothing propagates between it and the container's copy.  Returns 0 or -errno. */
 int lxcbind_bind_private(const char *source, const char *target);
+
+/* Mount a filesystem on the host (libc): the disk limit's per-container ext4 layer.
+ * Returns 0, or -1 with errno set. */
+#define MS_NOSUID ...
+#define MS_NODEV ...
+#define MS_NOATIME ...
+int mount(const char *source, const char *target, const char *filesystemtype,
+          unsigned long mountflags, const void *data);

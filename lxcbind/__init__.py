@@ -18,8 +18,15 @@ pay only for the modules they touch: the CLI's start-up is part of every one-sho
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+# The command line's signal handling first, before anything else is imported: a SIGINT while
+# the CLI is still loading ends it quietly.  A library import only pays for the test (see
+# lxcbind._early: it imports nothing the interpreter has not loaded already).
+from lxcbind._early import install_if_cli
+
+install_if_cli()
+
+import importlib  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -37,7 +44,7 @@ _WHERE = {
     "DEFAULT_POLICY": "policy.defaults", "default_policy": "policy.defaults",
     "Pool": "sandbox.pool", "PoolClosed": "sandbox.pool", "AsyncPool": "aio", "AsyncSession": "aio",
     "AsyncShell": "aio",
-    "CompletedRun": "result",
+    "CompletedRun": "result", "DEFAULT_MAX_OUTPUT": "result", "UNLIMITED": "result",
     "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
     "Session": "sandbox.core",
 }
@@ -52,6 +59,7 @@ __all__ = [
     "CompletedRun",
     "Container",
     "ContainerNotFound",
+    "DEFAULT_MAX_OUTPUT",
     "DEFAULT_POLICY",
     "ExecError",
     "FileTransferError",
@@ -69,6 +77,7 @@ __all__ = [
     "ShellDied",
     "SpawnerDied",
     "TimeoutExpired",
+    "UNLIMITED",
     "default_lxcpath",
     "default_policy",
     "exit_status",
@@ -122,6 +131,6 @@ if TYPE_CHECKING:
     from lxcbind.policy.model import Policy
     from lxcbind.policy.parse import load_policy, load_policy_file
     from lxcbind.proc.runner import Container
-    from lxcbind.result import CompletedRun, exit_status
+    from lxcbind.result import DEFAULT_MAX_OUTPUT, UNLIMITED, CompletedRun, exit_status
     from lxcbind.sandbox.core import Sandbox, Session, gc, run
     from lxcbind.sandbox.pool import Pool, PoolClosed

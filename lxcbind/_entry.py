@@ -1,15 +1,17 @@
 """The command-line entry points, reached before anything slow is imported.
 
-``python -m lxcbind``, ``lxcbind`` and ``lxcbind-exec`` start here: the first thing they do
-is ``install_early_signals()``, and only then import the CLI (argparse, json, logging, the
+``python -m lxcbind``, ``lxcbind`` and ``lxcbind-exec`` start here, after the package's
+``__init__`` installed the early handler as its first instruction (``_early.install_if_cli``);
+the first thing they do is ``install_early_signals()`` again (idempotent: for callers that
+reach this module some other way), and only then import the CLI (argparse, json, logging, the
 sandbox, liblxc).  Until a run creates something, SIGINT/SIGTERM/SIGHUP then end the process
 quietly instead of as a ``KeyboardInterrupt`` traceback from whatever was being imported;
 ``cleanup.FatalSignals`` takes over around everything that creates or destroys state, and
 hands back to this handler when it is done.  What runs before this module (the interpreter's
-own start-up: ``site`` and its ``.pth`` files) is out of lxcbind's reach: a SIGINT there is
-Python's ``KeyboardInterrupt``.
+own start-up: ``site`` and its ``.pth`` files, and runpy locating the package) is out of
+lxcbind's reach: a SIGINT there is Python's ``KeyboardInterrupt``.
 
-Only ``lxcbind._early`` (``os``, ``signal``, ``sys``) is imported here, on purpose.
+Only ``lxcbind._early`` (``sys``, ``_signal``) is imported here, on purpose.
 """
 
 from __future__ import annotations

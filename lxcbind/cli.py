@@ -41,7 +41,7 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
-JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream
+JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream (the API's too)
 
 
 
@@ -452,7 +452,10 @@ def _run(args: argparse.Namespace) -> int:
         with Sandbox(policy, log=lambda m: log.info("%s", m),
                      warn=lambda m: log.warning("%s", m), signals=signals) as box:
             if args.json:
-                cap = JSON_MAX_OUTPUT if args.max_output is None else (args.max_output or None)
+                from lxcbind.result import UNLIMITED, MaxOutput
+
+                cap: MaxOutput = JSON_MAX_OUTPUT if args.max_output is None else (
+                    args.max_output or UNLIMITED)
                 result = box.run(timeout=timeout, tty=bool(args.tty), max_output=cap)
             else:
                 result = box.interact(timeout=timeout, tty=args.tty)
@@ -479,10 +482,14 @@ def _run(args: argparse.Namespace) -> int:
     if result.pids_limited and not args.json:
         sys.stderr.write("lxcbind: the sandbox reached its process limit (lxc.limits.pids); "
                          "a fork was refused\n")
+    if result.disk_limited and not args.json:
+        sys.stderr.write("lxcbind: the sandbox's disk is full (lxc.limits.disk); writes failed "
+                         "with ENOSPC\n")
     if args.json:
         _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
+               "disk_limited": result.disk_limited,
                "container": name, "network_enforced": notice is None,
                "network_notice": notice, **_json_output(result, args.base64)})
     return code
@@ -590,10 +597,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from lxcbind.sandbox.cleanup import FatalSignals
             from lxcbind.sandbox.core import gc
 
+            skipped: list[str] = []   # one line each, on stderr; gc goes on with the rest
+
+            def warn(message: str) -> None:
+                skipped.append(message)
+                log.warning("%s", message)
+
             with FatalSignals():   # a signal lets gc finish the container it is removing
-                removed = gc(log=lambda m: log.info("%s", m))
+                removed = gc(log=lambda m: log.info("%s", m), warn=warn)
             sys.stdout.write("".join(f"removed {name}\n" for name in removed))
-            return 0
+            return 1 if skipped else 0
         if args.command == "ls":
             return _ls(args)
         if args.command == "rm":

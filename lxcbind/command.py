@@ -4,8 +4,10 @@ the keywords ``cmd``, ``env``, ``cwd``, ``input``, ``timeout``, ``max_output`` a
 A command is a ``str`` (run as ``/bin/sh -c CMD``) or a sequence of ``str`` (an argv, run as
 is).  ``env`` is a mapping merged over the policy's ``process.env``; ``cwd`` an absolute path
 inside the container; ``timeout`` seconds (an int or float > 0; None for none); ``max_output``
-bytes kept per stream (an int >= 0; None for no cap).  Misuse is a ``TypeError`` or
-``ValueError`` raised here, before anything is set up, naming the keyword and the call.
+bytes kept per stream (an int >= 0; None: ``DEFAULT_MAX_OUTPUT``, 16 MiB; ``UNLIMITED``: no
+cap, an explicit choice, since a workload's output then lives in the caller's memory).
+Misuse is a ``TypeError`` or ``ValueError`` raised here, before anything is set up, naming the
+keyword and the call.
 
 Nothing here touches liblxc or the host: the CLI and the unit tests import it freely.
 """
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypedDict
 
 from lxcbind._lite import lazy_re
+from lxcbind.result import DEFAULT_MAX_OUTPUT, MaxOutput, Unlimited
 
 Command = str | Sequence[str]
 
@@ -34,7 +37,7 @@ class RunKeywords(TypedDict, total=False):
     timeout: float | None
     env: Mapping[str, str] | None
     cwd: str | None
-    max_output: int | None
+    max_output: MaxOutput
     text: bool
     encoding: str | None
     errors: str | None
@@ -63,7 +66,7 @@ class CallOptions(NamedTuple):
     cwd: str | None
     input: bytes | None
     timeout: float | None
-    max_output: int | None
+    max_output: int | Unlimited     # resolved: never None (see check_max_output)
     encoding: str | None            # None: bytes results (text=False)
     errors: str
 
@@ -137,11 +140,16 @@ def check_grace(kill_grace: Any, call: str = "run") -> float:
     return float(kill_grace)
 
 
-def check_max_output(max_output: Any, call: str = "run") -> int | None:
+def check_max_output(max_output: Any, call: str = "run") -> int | Unlimited:
+    """Bytes kept per stream: None is ``DEFAULT_MAX_OUTPUT``; ``UNLIMITED`` stays (no cap).
+    Idempotent, so a layer may check again what an upper layer already resolved."""
     if max_output is None:
-        return None
+        return DEFAULT_MAX_OUTPUT
+    if isinstance(max_output, Unlimited):
+        return max_output
     if isinstance(max_output, bool) or not isinstance(max_output, int):
-        raise TypeError(f"{call}(): max_output must be an int (bytes per stream) or None, not "
+        raise TypeError(f"{call}(): max_output must be an int (bytes per stream), None (the "
+                        f"default, {DEFAULT_MAX_OUTPUT >> 20} MiB) or lxcbind.UNLIMITED, not "
                         f"{type(max_output).__name__}")
     if max_output < 0:
         raise ValueError(f"{call}(): max_output must be >= 0, got {max_output}")

@@ -22,6 +22,8 @@ class CompletedRun:
     cut.  ``exec_error`` is set when the command never started (missing cwd or program).
     ``oom_killed`` / ``pids_limited``: while it ran, the sandbox's memory limit killed a
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
+    ``disk_limited``: when it ended, the sandbox's writable layer (``lxc.limits.disk``) was full
+    (bytes or inodes): a write may have failed with ENOSPC.
     ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
     cwd, variables and functions are lost; ``Session.shell(restart=True)``).
     """
@@ -39,6 +41,7 @@ class CompletedRun:
     timeout: float | None = None
     oom_killed: bool = False        # the container's memory limit killed a process meanwhile
     pids_limited: bool = False      # a fork was refused at the container's process limit
+    disk_limited: bool = False      # the container's writable layer was full when it ended
     shell_restarted: bool = False   # a persistent shell died in this call and was restarted
 
     @property
@@ -105,6 +108,31 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+DEFAULT_MAX_OUTPUT = 16 << 20
+"""Bytes kept per stream when a call does not say (``max_output=None``): a long test or build
+log fits whole, and a workload that floods its output costs the caller at most 32 MiB (two
+streams) per running command, not gigabytes.  The CLI's ``--json`` uses the same cap."""
+
+
+class Unlimited:
+    """The type of ``UNLIMITED``: ``max_output=lxcbind.UNLIMITED`` keeps every byte a command
+    writes (the caller's memory then grows with the workload's output)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "lxcbind.UNLIMITED"
+
+    def __reduce__(self) -> str:
+        return "UNLIMITED"   # pickles (Ray, multiprocessing) as the module's one instance
+
+
+UNLIMITED = Unlimited()
+MaxOutput = int | Unlimited | None
+"""A ``max_output`` keyword: bytes per stream (an int >= 0), ``UNLIMITED``, or None for
+``DEFAULT_MAX_OUTPUT``."""
+
+
 def omitted_marker(count: int) -> bytes:
     """What a capped stream holds where ``count`` bytes were dropped: on a line of its own,
     so a reader (a person, a model) cannot mistake the join for the command's own output."""
@@ -114,14 +142,17 @@ def omitted_marker(count: int) -> bytes:
 class OutputBuffer:
     """Captured bytes of one stream, optionally capped while reading.
 
-    Without a cap everything is kept.  With ``limit`` bytes, at most ``limit`` bytes are ever
-    held: the first ``limit - limit // 2`` (the head) and the last ``limit // 2`` (the tail);
-    ``omitted`` counts the bytes dropped between them, and ``getvalue`` puts
-    ``omitted_marker(omitted)`` there.  The cap is enforced in ``write``, so a command printing
-    gigabytes costs no more memory than the cap.
+    Without a cap (``limit`` None or ``UNLIMITED``: the API's defaults are resolved before,
+    see ``lxcbind.command.check_max_output``) everything is kept.  With ``limit`` bytes, at
+    most ``limit`` bytes are ever held: the first ``limit - limit // 2`` (the head) and the
+    last ``limit // 2`` (the tail); ``omitted`` counts the bytes dropped between them, and
+    ``getvalue`` puts ``omitted_marker(omitted)`` there.  The cap is enforced in ``write``, so
+    a command printing gigabytes costs no more memory than the cap.
     """
 
-    def __init__(self, limit: int | None = None) -> None:
+    def __init__(self, limit: int | Unlimited | None = None) -> None:
+        if isinstance(limit, Unlimited):
+            limit = None
         if limit is not None and limit < 0:
             raise ValueError("max_output must be >= 0")
         self.limit = limit

@@ -24,7 +24,7 @@ from lxcbind.proc.spawned import PIPE, SessionProcess, Stdio
 from lxcbind.proc.streams import CHUNK, OutputCallback, Tee, read_chunk
 from lxcbind.proc.streams import DRAIN_GRACE as _DRAIN_GRACE
 from lxcbind.proc.streams import DRAIN_QUIET as _DRAIN_QUIET
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 from lxcbind.sandbox.core import PolicyLike, Session
 from lxcbind.sandbox.pool import Pool
 
@@ -202,7 +202,7 @@ class AsyncSession:
 
     async def run(self, command: Command, *, input: bytes | str | None = None,
                   timeout: float | None = None, env: Mapping[str, str] | None = None,
-                  cwd: str | None = None, max_output: int | None = None,
+                  cwd: str | None = None, max_output: MaxOutput = None,
                   text: bool = False, encoding: str | None = None, errors: str | None = None,
                   check: bool = False, kill_grace: float = 2.0,
                   on_output: OutputCallback | None = None) -> CompletedRun:

@@ -15,7 +15,7 @@ from lxcbind.errors import ShellDied
 from lxcbind.proc.shell import Frame, Shell, check_shell_call
 from lxcbind.proc.spawned import EXIT_GRACE as _EXIT_GRACE
 from lxcbind.proc.streams import CHUNK, read_chunk
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
 __all__ = ["AsyncShell"]
 
@@ -156,7 +156,7 @@ class AsyncShell:
         return self.shell.alive
 
     async def run(self, command: str, *, timeout: float | None = None,
-                  max_output: int | None = None, text: bool = False,
+                  max_output: MaxOutput = None, text: bool = False,
                   encoding: str | None = None, errors: str | None = None, check: bool = False,
                   kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` in the shell; see ``Shell.run`` (same keywords and result).

@@ -78,38 +78,62 @@ def decode_status_record(data: bytes, program: str,
     return reached, ExecError(name, err, filename or "")
 
 
-def host_terminals() -> set[int]:
-    """Device numbers of the caller's terminals: its controlling terminal and any of its
-    fds 0-2 that is a terminal."""
-    devices = set()
+# Unix98 pty slaves (/dev/pts/N) have majors 136-143 (the kernel's UNIX98_PTY_SLAVE_MAJOR and
+# UNIX98_PTY_MAJOR_COUNT).  Their numbers are local to a devpts instance: the host's pts/1
+# and a container's pts/1 share a device number, and the kernel opens a pts node only on
+# its own devpts mount, so the mount (the file's st_dev) is part of which terminal it is.
+_PTS_MAJORS = range(136, 144)
+_TIOCGSID = 0x5429   # asm-generic/ioctls.h (x86, arm, riscv ...); Python's termios lacks it
+
+
+def terminal_id(st: os.stat_result) -> tuple[int, int]:
+    """Which terminal a stat of a terminal file names: ``(devpts instance, device)`` for a
+    pty slave; ``(0, device)`` for every other terminal (a VT, a serial line, /dev/tty,
+    /dev/console: one device number, one terminal, wherever the node lives)."""
+    return (st.st_dev if os.major(st.st_rdev) in _PTS_MAJORS else 0, st.st_rdev)
+
+
+def host_terminals() -> set[tuple[int, int]]:
+    """The caller's terminals (``terminal_id``): any of its fds 0-2 that is a terminal, and
+    /dev/tty itself (an fd opened on it acts on the opener's controlling terminal).  The
+    controlling terminal is recognised by ``is_controlling_terminal``: opening /dev/tty
+    gives /dev/tty's own inode, not the terminal's."""
+    terminals = set()
     for fd in (0, 1, 2):
         try:
             if os.isatty(fd):
-                devices.add(os.fstat(fd).st_rdev)
+                terminals.add(terminal_id(os.fstat(fd)))
         except OSError:
             pass
     try:
-        tty = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        terminals.add(terminal_id(os.stat("/dev/tty")))
     except OSError:
-        pass  # no controlling terminal
-    else:
-        try:
-            devices.add(os.fstat(tty).st_rdev)
-        finally:
-            os.close(tty)
-    return devices
+        pass
+    return terminals
+
+
+def is_controlling_terminal(fd: int) -> bool:
+    """True if ``fd`` is the caller's controlling terminal, or the master of the pty that
+    is: TIOCGSID answers for a slave only when it is the caller's own controlling terminal,
+    for a master with the session its slave controls."""
+    try:
+        sid = struct.unpack("i", fcntl.ioctl(fd, _TIOCGSID, b"\0" * 4))[0]
+    except OSError:
+        return False   # ENOTTY: not ours (or no session at all)
+    return bool(sid > 0 and sid == os.getsid(0))
 
 
 def refuse_host_terminal(fd: int, field: str) -> None:
-    """Raise ``ValueError`` if ``fd`` is one of the caller's terminals (``host_terminals``).
+    """Raise ``ValueError`` if ``fd`` is one of the caller's terminals: its controlling
+    terminal, a terminal at its fds 0-2, or /dev/tty (``host_terminals``).
 
     A container process holding the host's terminal can type into it (TIOCSTI: the injected
     bytes are read by the user's shell once the command ends) and read what the user types.
     A pty created for the command (``tty=True``, the CLI's bridge) is not the caller's and
-    is accepted."""
+    is accepted, whatever its number (another devpts instance)."""
     if fd < 0 or not os.isatty(fd):
         return
-    if os.fstat(fd).st_rdev in host_terminals():
+    if terminal_id(os.fstat(fd)) in host_terminals() or is_controlling_terminal(fd):
         raise ValueError(f"{field}: fd {fd} is the caller's terminal, which a container "
                          "process must never get (it could type into it); use tty=True "
                          "for a terminal of its own, or pipes")

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lxcbind.errors import ContainerNotFound, LxcError
-from lxcbind.lxc import cgroups, sigmask
+from lxcbind.lxc import cgroups, rmtree, sigmask
 from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
 from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach, cstrings
 
@@ -364,14 +364,35 @@ class Container:
         cgroups.remove_monitor_cgroups(self.name)
 
     def destroy(self) -> None:
-        """Remove the container's rootfs and config (stopping it first if it runs)."""
+        """Remove the container's rootfs and config (stopping it first if it runs).
+
+        The layers a workload wrote (an overlay's upper and work directories inside the
+        container's directory) are emptied first by ``rmtree``: liblxc's removal recurses once
+        per directory level on this thread's stack, and a tree a few thousand levels deep
+        crashed the caller.  ``rmtree.RemovalError`` (nothing destroyed) if one cannot be."""
         self.stop()
         with self._lock:
             c = self._handle()
             if not c.is_defined(c):
                 raise ContainerNotFound(f"container {self.name!r} is not defined")
+            for layer in self._written_layers():
+                rmtree.remove_tree(layer, keep_root=True)
             if not c.destroy(c):
                 raise self._error("destroy")
+
+    def _written_layers(self) -> list[str]:
+        """The directory the rootfs writes to (an overlay's upper layer: the last of
+        ``lower:upper``, which liblxc reports without its ``overlay:`` type; a ``dir``
+        rootfs itself) and overlayfs' work directory, when they live in the container's own
+        directory: liblxc's destroy removes those recursively."""
+        try:
+            spec = self.get_config_item("lxc.rootfs.path")
+        except KeyError:
+            return []
+        cdir = os.path.realpath(os.path.join(self.lxcpath, self.name))
+        written = os.path.realpath(spec.rsplit(":", 1)[-1]) if spec else ""
+        layers = [written] if os.path.dirname(written) == cdir else []
+        return layers + [os.path.join(cdir, work) for work in ("work", "olwork")]
 
     def kill_attached(self) -> None:
         """SIGKILL and reap every process attached through this handle that still runs."""

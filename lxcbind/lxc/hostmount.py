@@ -1,11 +1,12 @@
 """Host-side mounts that only C can make: a user namespace as a file (for ``idmap=``), a
-private bind, a lazy unmount.  Each returns 0 or raises ``OSError``."""
+private bind, a block device's filesystem, a lazy unmount.  Each returns 0 or raises
+``OSError``."""
 
 from __future__ import annotations
 
 import os
 
-from lxcbind.lxc._native import lib
+from lxcbind.lxc._native import ffi, lib
 
 
 def _check(err: int, what: str, path: str) -> None:
@@ -29,3 +30,13 @@ def bind_private(source: str, target: str) -> None:
 def detach(path: str) -> bool:
     """Lazily unmount ``path``; False if that failed (not a mount point, gone)."""
     return int(lib.umount2(os.fsencode(path), lib.MNT_DETACH)) == 0
+
+
+def mount_device(device: str, target: str, fstype: str, options: str = "") -> None:
+    """Mount the filesystem on block device ``device`` at ``target``, nosuid, nodev and
+    noatime (the host never runs or opens devices from it)."""
+    flags = lib.MS_NOSUID | lib.MS_NODEV | lib.MS_NOATIME
+    if lib.mount(os.fsencode(device), os.fsencode(target), fstype.encode(), flags,
+                 options.encode() if options else ffi.NULL) != 0:
+        err = ffi.errno
+        raise OSError(err, f"cannot mount {device}: {os.strerror(err)}", target)

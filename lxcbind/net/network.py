@@ -35,6 +35,7 @@ from lxcbind.errors import LxcbindError, SandboxError
 from lxcbind.net import ruleset
 from lxcbind.net.dns import pin_hosts, resolv_conf
 from lxcbind.net.etcfiles import read_etc_file, write_etc_file
+from lxcbind.net.hostnets import HostView, host_view
 from lxcbind.net.leases import (
     Lease,
     allocate,
@@ -54,17 +55,20 @@ __all__ = ["PROXY_VARS", "ContainerNetwork", "configure_existing", "has_table", 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "FTP_PROXY")
 
 
-def off_host(eff: EffectiveNetwork, resolved: Resolved | None) -> bool:
+def off_host(eff: EffectiveNetwork, resolved: Resolved | None,
+             host: HostView | None = None) -> bool:
     """Whether the policy lets the container reach anything beyond this host (then its
     address is masqueraded: the pool is private to the host)."""
-    return _plan(eff, resolved).lets_anything_out()
+    return _plan(eff, resolved, host).lets_anything_out()
 
 
-def _plan(eff: EffectiveNetwork, resolved: Resolved | None) -> EgressPlan:
-    if resolved is None:
-        return egress_plan(eff)
+def _plan(eff: EffectiveNetwork, resolved: Resolved | None,
+          host: HostView | None = None) -> EgressPlan:
+    host = host or HostView()
+    resolved = resolved or Resolved()
     return egress_plan(eff, extra_deny=resolved.deny, extra_allow=resolved.allow,
-                       proxy_addresses=resolved.proxy_addresses)
+                       proxy_addresses=resolved.proxy_addresses, host_local=host.local,
+                       resolvers=host.resolvers)
 
 
 def _warn(message: str) -> None:
@@ -109,6 +113,7 @@ class ContainerNetwork:
     lxcpath: str = ""
     lease: Lease | None = None
     resolved: Resolved = Resolved()
+    host: HostView = HostView()
     table: str = ""
     table_installed: bool = False
 
@@ -119,10 +124,11 @@ class ContainerNetwork:
             self.lease = allocate(self.container, self.lxcpath)
             lease = self.lease
             self.log(f"network: {lease.address} via {lease.gateway} on {lease.veth}")
+            self.host = host_view()   # what open egress leaves out (the anchor is up now)
             script = ruleset.compile_ruleset(
                 table=self.table, veth=lease.veth, container_v4=lease.address,
                 container_v6=None, gateway_v4=lease.gateway, gateway_v6=None, eff=self.eff,
-                resolved=self.resolved)
+                resolved=self.resolved, host=self.host)
             self.table_installed = True  # before applying: gc/teardown then always look
             try:
                 # The script replaces a table of that name (one an earlier run preserved; the
@@ -131,7 +137,7 @@ class ContainerNetwork:
             except Exception as exc:
                 raise SandboxError(f"network: installing the nftables rules failed: {exc}") \
                     from None
-            if off_host(self.eff, self.resolved):
+            if off_host(self.eff, self.resolved, self.host):
                 nat_add(nft, lease.address)
         for warning in self.resolved.warnings:
             _warn(f"network: {warning}")
@@ -146,7 +152,8 @@ class ContainerNetwork:
         return proxy_env(self.eff)
 
     def write_files(self, rootfs_path: str) -> None:
-        write_etc_file(rootfs_path, "resolv.conf", resolv_conf(_plan(self.eff, self.resolved)))
+        write_etc_file(rootfs_path, "resolv.conf", resolv_conf(_plan(self.eff, self.resolved,
+                                                                   self.host)))
         proxy = self.eff.proxy
         if proxy is not None:
             try:
@@ -172,7 +179,7 @@ class ContainerNetwork:
         script = ruleset.compile_ruleset(
             table=self.table, veth=self.lease.veth, container_v4=None, container_v6=None,
             gateway_v4=self.lease.gateway, gateway_v6=None, eff=self.eff,
-            resolved=self.resolved)
+            resolved=self.resolved, host=self.host)
         with open_nft() as nft:
             try:
                 nft.apply(f"# preserved for inspection (preservePolicy); was "

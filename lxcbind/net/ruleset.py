@@ -33,15 +33,18 @@ What the script builds, and why:
   means "this table does not object"):
   ``forward`` — container → elsewhere runs ``egress``; elsewhere → container runs
   ``ingress``.  ``input`` — container → the host itself (gateway address, host services, the
-  host's other addresses) runs the same ``egress`` policy, after letting neighbour discovery
-  through (mxc leaves INPUT open: a container could reach everything on the host).
+  host's other addresses) runs ``host_egress``, the same policy without its catch-alls (only
+  rules naming a host address reach the host), after letting neighbour discovery through (mxc
+  leaves INPUT open: a container could reach everything on the host).
   ``output`` — the host itself → container, governed by ``host_loopback_deny``.
 * **Egress**: the plan's decisions, not emitted one by one but grouped into **interval
   sets**: consecutive decisions with the same verdict are a "run" (first-match order inside a
   run cannot change the result), and inside a run every destination with the same family and
   protocol/port selector goes into one set (collapsed, so overlaps never make nft fail).  1,000
-  CIDRs with the same selector become one set and one rule; a catch-all becomes
-  ``meta nfproto ipv4``/``ipv6``.  The run grouping keeps the plan's order exactly, except
+  CIDRs with the same selector become one set and one rule; a whole family becomes
+  ``meta nfproto ipv4``/``ipv6`` (only a deny can be one: an accept of everything is carved
+  around the host and the non-internet ranges by ``egress_plan``, and becomes a set of what is
+  left).  The run grouping keeps the plan's order exactly, except
   holes included.
 * **Ports/protocols**: tcp/udp with ``port``/``endPort`` → ``tcp dport 80`` /
   ``udp dport 1000-2000``; ``any`` with a port → ``meta l4proto { tcp, udp } th dport …``;
@@ -82,9 +85,11 @@ from typing import Any
 
 from lxcbind._lite import lazy_re, record
 from lxcbind.errors import SandboxError
+from lxcbind.net.hostnets import HostView
 from lxcbind.policy.network import (
     Decision,
     EffectiveNetwork,
+    EgressPlan,
     EgressRule,
     IPAddress,
     IPNetwork,
@@ -101,6 +106,7 @@ TABLE_FAMILIES = ("inet",)
 # bridge table of that name; gc and teardown then clean up after an upgrade.
 _OLD_FAMILIES = ("bridge",)
 MAX_PROXY_ADDRESSES = 16
+_NO_HOST_VIEW = HostView()   # only the static ranges are left out of catch-alls
 
 Resolver = Callable[..., Sequence[Any]]
 
@@ -339,17 +345,42 @@ def _addr(value: Any, version: int, what: str) -> IPAddress | None:
     return addr
 
 
+def _egress_lines(plan: EgressPlan, tag: str, sets: list[str]) -> list[str]:
+    """The rule lines of one egress chain for ``plan`` (its sets appended to ``sets``, named
+    with ``tag`` so two chains' sets never clash); the last line is the default verdict."""
+    i1, i2 = "    ", "        "
+    lines = [f"{i2}ct state established,related accept"] if plan.stateful else []
+    for n, run in enumerate(_runs(plan.decisions)):
+        lines.append(f"{i2}# run {n}: {run.verdict}")
+        for (version, ports), nets in run.groups.items():
+            nets = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
+            match = _ports_match(ports, version)
+            match = f" {match}" if match else ""
+            if nets[0].prefixlen == 0:
+                dest = f"meta nfproto ipv{version}"
+            else:
+                name = f"{tag}{run.verdict}{n}_v{version}_{_ports_name(ports)}"
+                sets += _set_block(name, version, nets, i1)
+                dest = f"{'ip' if version == 4 else 'ip6'} daddr @{name}"
+            lines.append(f"{i2}{dest}{match} {run.verdict}")
+    lines.append(f"{i2}{plan.default}")
+    return lines
+
+
 def compile_ruleset(*, table: str, veth: str,
                     container_v4: str | ipaddress.IPv4Address | None,
                     container_v6: str | ipaddress.IPv6Address | None,
                     gateway_v4: str | ipaddress.IPv4Address | None,
                     gateway_v6: str | ipaddress.IPv6Address | None,
-                    eff: EffectiveNetwork, resolved: Resolved) -> str:
+                    eff: EffectiveNetwork, resolved: Resolved,
+                    host: HostView = _NO_HOST_VIEW) -> str:
     """The nft script enforcing ``eff`` for the container behind host-side interface ``veth``.
 
     Apply it with ``Nft.apply`` (one transaction, idempotent); remove it with
     ``teardown_script(table)``.  ``gateway_*`` only label the script (the whole host is
-    covered by the ``input`` hook, whatever its addresses).
+    covered by the ``input`` hook, whatever its addresses).  ``host``: the host's addresses,
+    connected networks and resolvers (``hostnets.host_view()``), which catch-all accepts leave
+    out (the static ranges are left out always).
 
     Raises:
         ValueError: a malformed table, interface name or address.
@@ -367,30 +398,23 @@ def compile_ruleset(*, table: str, veth: str,
                            "addresses (call resolve_destinations first)")
 
     i1, i2 = "    ", "        "
-    plan = egress_plan(eff, extra_deny=resolved.deny, extra_allow=resolved.allow,
-                       proxy_addresses=resolved.proxy_addresses)
+
+    def plan(to_host: bool) -> EgressPlan:
+        return egress_plan(eff, extra_deny=resolved.deny, extra_allow=resolved.allow,
+                           proxy_addresses=resolved.proxy_addresses, host_local=host.local,
+                           resolvers=host.resolvers, to_host=to_host)
+
     sets: list[str] = []
-    egress: list[str] = []
-    if plan.stateful:
-        egress.append(f"{i2}ct state established,related accept")
+    egress = _egress_lines(plan(False), "", sets)
+    host_egress = _egress_lines(plan(True), "h", sets)
     if eff.firewall and eff.proxy is not None:
-        egress.append(f"{i2}# proxy mode: only the proxy endpoint ({eff.proxy.source})")
-    for n, run in enumerate(_runs(plan.decisions)):
-        egress.append(f"{i2}# run {n}: {run.verdict}")
-        for (version, ports), nets in run.groups.items():
-            nets = list(ipaddress.collapse_addresses(nets))  # type: ignore[type-var]
-            match = _ports_match(ports, version)
-            match = f" {match}" if match else ""
-            if nets[0].prefixlen == 0:
-                dest = f"meta nfproto ipv{version}"
-            else:
-                name = f"{run.verdict}{n}_v{version}_{_ports_name(ports)}"
-                sets += _set_block(name, version, nets, i1)
-                dest = f"{'ip' if version == 4 else 'ip6'} daddr @{name}"
-            egress.append(f"{i2}{dest}{match} {run.verdict}")
+        note = f"{i2}# proxy mode: only the proxy endpoint ({eff.proxy.source})"
+        egress.insert(0, note)
+        host_egress.insert(0, note)
     why = f"egress default: {eff.egress_default}" if eff.firewall else \
         "no firewall requested (0.6/0.7 capabilities mode)"
-    egress.append(f"{i2}{plan.default}   # {why}")
+    egress[-1] += f"   # {why}"
+    host_egress[-1] += "   # the host itself: only what names it"
 
     ingress_verdict = "drop" if (eff.firewall and eff.ingress_deny) else "accept"
     host_verdict = "drop" if (eff.firewall and eff.host_loopback_deny) else "accept"
@@ -430,7 +454,8 @@ def compile_ruleset(*, table: str, veth: str,
         f"{i2}# neighbour discovery with the host (never forwarded: hop limit 255)",
         f"{i2}icmpv6 type {_ND_OUT} ip6 hoplimit 255 accept",
         f"{i2}ip6 saddr {{ fe80::/10, :: }} icmpv6 type {_MLD_REPORTS} ip6 hoplimit 1 accept",
-        f"{i2}goto from_container",
+        *source_checks,
+        f"{i2}goto host_egress",
         f"{i1}}}",
         f"{i1}chain from_container {{",
         f"{i2}# only the container's own addresses (no spoofed source gets further)",
@@ -439,6 +464,9 @@ def compile_ruleset(*, table: str, veth: str,
         f"{i1}}}",
         f"{i1}chain egress {{",
         *egress,
+        f"{i1}}}",
+        f"{i1}chain host_egress {{",
+        *host_egress,
         f"{i1}}}",
         f"{i1}chain ingress {{",
         f"{i2}ct state established,related accept",

@@ -70,10 +70,11 @@ class Limits:
     memory: int | None = None     # bytes, memory and swap together
     pids: int | None = None
     cpu: float | None = None      # CPUs' worth of time per period
+    disk: int | None = None       # bytes of the root filesystem's writable layer
 
 
 UNLIMITED = -1
-OPT_INS = ("nesting", "perf")    # lxc.allow: protections a policy may give up, by name
+OPT_INS = ("nesting", "perf", "ptrace")    # lxc.allow: protections a policy may give up, by name
 
 
 @record
@@ -133,7 +134,8 @@ class Policy:
                           "uid": self.lxc.uid, "gid": self.lxc.gid,
                           "limits": {"memory": self.lxc.limits.memory,
                                      "pids": self.lxc.limits.pids,
-                                     "cpu": self.lxc.limits.cpu}},
+                                     "cpu": self.lxc.limits.cpu,
+                                     "disk": self.lxc.limits.disk}},
             "network": {"shape": self.network.shape, **self.network.effective().to_dict()},
             "ignoredSections": list(self.ignored_sections),
             "warnings": list(self.warnings),

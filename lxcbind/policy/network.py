@@ -18,6 +18,18 @@ holes", as mxc's ``network_iptables.rs`` lowers them.  First match wins, in this
    also skips later deny rules that cover it, as in mxc;
 4. the default.
 
+**"Everything" is the internet, not the host** (``carve``): an accept that covers a whole
+range the plan names in ``local`` (the static ``NOT_EVERYTHING`` ranges: loopback, link-local
+and so the cloud metadata services, private and shared ranges, multicast, NAT64, IPv6 ULA;
+plus the host's own addresses and directly connected networks, which the network layer reads
+and passes in) does not cover that range: the accept is split around it, and the default
+``allow`` becomes such a split accept of ``0.0.0.0/0`` and ``::/0`` before a drop.  A rule whose
+own CIDR lies inside such a range (``10.1.2.3``, ``10.0.0.0/8``, the gateway's ``/32``) names it
+and keeps its meaning; deny rules are never changed.  DNS (TCP/UDP 53) to the host's resolvers
+stays covered by a split accept that covered it.  The host itself (``to_host``, the input
+hook) is never reached by a catch-all (``/0`` rule or default), whatever addresses it gains
+later: only rules naming one of its addresses reach it.
+
 Proxy mode has one decision (TCP to the proxy's addresses on its port) before a drop, and no
 firewall has nothing before an accept.  ``lxcbind.net.ruleset`` compiles an ``EgressPlan`` to
 nftables; ``EgressPlan.verdict`` evaluates it in Python (the container's ``resolv.conf`` lists
@@ -29,7 +41,8 @@ The records and the lowering sit together because ``Network.effective()`` (and s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
 
 from lxcbind._lite import record
@@ -39,7 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Decision", "EffectiveNetwork", "Egress", "EgressPlan", "EgressRule", "IPAddress",
            "IPNetwork", "Ingress", "LegacyNetwork", "Network", "NetworkHost", "Peer", "Ports",
-           "PortSelector", "Proxy", "Rule", "Verdict", "egress_plan"]
+           "PortSelector", "Proxy", "Rule", "Verdict", "carve", "egress_plan",
+           "not_everything"]
 
 IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
 IPAddress = Union["ipaddress.IPv4Address", "ipaddress.IPv6Address"]
@@ -317,16 +331,114 @@ class EgressPlan(NamedTuple):
         return self.default == "accept" or any(d.verdict == "accept" for d in self.decisions)
 
 
-def egress_plan(eff: EffectiveNetwork, *, extra_deny: Iterable[EgressRule] = (),
-                extra_allow: Iterable[EgressRule] = (),
-                proxy_addresses: Iterable[str] = ()) -> EgressPlan:
-    """``eff``'s egress policy as an ``EgressPlan``.  ``extra_deny``/``extra_allow``: the rules
-    of its resolved hostnames; ``proxy_addresses``: its proxy's resolved addresses (both from
-    ``lxcbind.net.ruleset.Resolved``)."""
+# What an accept of "everything" leaves out unless a rule names it: "this network", private,
+# shared (CGNAT, where some clouds put metadata: 100.100.100.200), loopback, link-local
+# (169.254.169.254 is the cloud metadata service), IETF special purpose, multicast, reserved and
+# broadcast; IPv6's reserved ::/8 (loopback, v4-mapped), NAT64 (a translator would reach the
+# IPv4 ranges above through it), ULA (fc00::/7, so fd00:ec2::254), link- and site-local,
+# multicast.
+NOT_EVERYTHING_V4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
+                     "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "224.0.0.0/4",
+                     "240.0.0.0/4")
+NOT_EVERYTHING_V6 = ("::/8", "64:ff9b::/96", "64:ff9b:1::/48", "fc00::/7", "fe80::/10",
+                     "fec0::/10", "ff00::/8")
+
+
+@functools.lru_cache(maxsize=1)
+def not_everything() -> tuple[IPNetwork, ...]:
+    """The static ranges a catch-all accept does not cover (see the module docstring)."""
     import ipaddress
 
+    return (*(ipaddress.IPv4Network(n) for n in NOT_EVERYTHING_V4),
+            *(ipaddress.IPv6Network(n) for n in NOT_EVERYTHING_V6))
+
+
+def _span(net: IPNetwork) -> tuple[int, int]:
+    first = int(net.network_address)
+    return first, first + net.num_addresses - 1
+
+
+def _outside(net: IPNetwork, holes: Iterable[IPNetwork]) -> list[IPNetwork]:
+    """``net`` without every hole lying strictly inside it, as the fewest CIDRs (integer
+    arithmetic: ``ipaddress`` set operations cost milliseconds on every run)."""
+    low, high = _span(net)
+    cuts = sorted(_span(h) for h in holes if h.version == net.version and h != net
+                  and low <= int(h.network_address) and _span(h)[1] <= high)
+    if not cuts:
+        return [net]
+    bits = net.max_prefixlen
+    pieces: list[IPNetwork] = []
+    at = low
+    for first, last in (*cuts, (high + 1, high + 1)):
+        while at < first:   # the gap [at, first): aligned power-of-two blocks
+            size = at & -at if at else 1 << bits
+            while at + size > first:
+                size >>= 1
+            pieces.append(type(net)((at, bits - size.bit_length() + 1)))
+            at += size
+        at = max(at, last + 1)
+    return pieces
+
+
+def _dns_part(ports: Ports) -> Ports | None:
+    """The part of ``ports`` that is DNS (TCP/UDP port 53), or None."""
+    if ports.protocol == "all":
+        return Ports("tcpudp", 53, 53)
+    if ports.protocol in ("tcp", "udp", "tcpudp") and (
+            ports.low is None or ports.low <= 53 <= (ports.high or ports.low)):
+        return Ports(ports.protocol, 53, 53)
+    return None
+
+
+def carve(decisions: Iterable[Decision], default: Verdict, local: Sequence[IPNetwork],
+          resolvers: Sequence[IPAddress] = (), to_host: bool = False
+          ) -> tuple[tuple[Decision, ...], Verdict]:
+    """First-match ``decisions`` + ``default`` with every accept split around the ``local``
+    ranges it strictly covers (and the default accept made explicit, then drop).  DNS to a
+    ``resolvers`` address an accept covered stays accepted.  ``to_host``: catch-alls (``/0``
+    accepts and the default) accept nothing at all."""
+    import ipaddress
+
+    out: list[Decision] = []
+    wholes: tuple[Decision, ...] = ()
+    if default == "accept":
+        wholes = tuple(Decision("accept", Ports("all"), ipaddress.ip_network(n))
+                       for n in ("0.0.0.0/0", "::/0"))
+    for decision in (*decisions, *wholes):
+        verdict, ports, net = decision
+        if verdict != "accept":
+            out.append(decision)
+            continue
+        pieces = [] if to_host and net.prefixlen == 0 else _outside(net, local)
+        if pieces == [net]:
+            out.append(decision)
+            continue
+        dns = _dns_part(ports)
+        if dns is not None:
+            out += [Decision("accept", dns, ipaddress.ip_network(a)) for a in resolvers
+                    if a.version == net.version and a in net
+                    and not any(a in p for p in pieces)]
+        out += [Decision("accept", ports, p) for p in pieces]
+    return tuple(out), "drop" if default == "accept" else default
+
+
+def egress_plan(eff: EffectiveNetwork, *, extra_deny: Iterable[EgressRule] = (),
+                extra_allow: Iterable[EgressRule] = (),
+                proxy_addresses: Iterable[str] = (), host_local: Iterable[IPNetwork] = (),
+                resolvers: Iterable[str] = (), to_host: bool = False) -> EgressPlan:
+    """``eff``'s egress policy as an ``EgressPlan``.  ``extra_deny``/``extra_allow``: the rules
+    of its resolved hostnames; ``proxy_addresses``: its proxy's resolved addresses (both from
+    ``lxcbind.net.ruleset.Resolved``).  ``host_local``: the host's addresses and directly
+    connected networks, ``resolvers`` its DNS resolvers (``lxcbind.net.hostnets``), left out
+    of catch-alls with the static ``not_everything()``; ``to_host``: the plan for traffic to
+    the host itself (see ``carve``)."""
+    import ipaddress
+
+    local = (*not_everything(), *host_local)
+    servers = tuple(ipaddress.ip_address(a) for a in resolvers)
     if not eff.firewall:
-        return EgressPlan(False, (), "accept")
+        # No filtering asked for: still the internet only (replies to inbound pass).
+        return EgressPlan(True, *carve((), "accept", local, servers, to_host))
     if eff.proxy is not None:
         tcp = Ports("tcp", eff.proxy.port, eff.proxy.port)
         return EgressPlan(False, tuple(Decision("accept", tcp, ipaddress.ip_network(a))
@@ -346,4 +458,4 @@ def egress_plan(eff: EffectiveNetwork, *, extra_deny: Iterable[EgressRule] = (),
                 decisions += [Decision(default, ports, ipaddress.ip_network(e))
                               for e in rule.excepts]
             decisions.append(Decision(verdict, ports, ipaddress.ip_network(rule.cidr)))
-    return EgressPlan(True, tuple(decisions), default)
+    return EgressPlan(True, *carve(decisions, default, local, servers, to_host))

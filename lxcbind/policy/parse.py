@@ -384,8 +384,8 @@ class _Parser:
                    uid, ids.get("gid", uid))
 
     def limits(self, value: Any) -> Limits:
-        sec = obj(value, "lxc.limits", ("memory", "pids", "cpu"))
-        memory = pids = cpu = None
+        sec = obj(value, "lxc.limits", ("memory", "pids", "cpu", "disk"))
+        memory = pids = cpu = disk = None
         if "memory" in sec:
             memory = size(sec["memory"], "lxc.limits.memory")
         if "pids" in sec:
@@ -402,4 +402,6 @@ class _Parser:
                                   f'4096 (e.g. 1.5), or "max", got {json.dumps(raw)}')
             else:
                 cpu = float(raw)
-        return Limits(memory, pids, cpu)
+        if "disk" in sec:
+            disk = size(sec["disk"], "lxc.limits.disk")
+        return Limits(memory, pids, cpu, disk)

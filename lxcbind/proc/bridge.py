@@ -49,6 +49,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from lxcbind.proc import pty as _pty
+from lxcbind.proc.escapes import EscapeFilter
 
 __all__ = ["Bridge", "Writable"]
 
@@ -95,6 +96,10 @@ class Bridge:
     ``timeout``: seconds, then SIGTERM to the group (and the pty's foreground group), SIGKILL
     after ``kill_grace``; ``timed_out`` is then True.  After a timeout or a forwarded signal the
     group is SIGKILLed when the child exits, so nothing it started in its group survives.
+
+    ``filter_terminals`` (default True): output whose sink is a host fd that is a terminal
+    goes through ``lxcbind.proc.escapes.EscapeFilter``, which drops the sequences that reach
+    past the screen (clipboard, title reports, window operations).
 
     ``raw_mode`` (``lxcbind.proc.pty.RawMode``) is re-applied on SIGCONT; ``winsize_from`` is
     the host terminal fd whose size SIGWINCH copies to the master.
@@ -144,6 +149,7 @@ class Bridge:
         keep_input: bool = False,
         on_deadline: Callable[[str], float | None] | None = None,
         kill_again: float = 1.0,
+        filter_terminals: bool = True,
     ) -> None:
         self.pidfd = child if isinstance(child, int) else child.fileno()
         if self.pidfd < 0:
@@ -179,6 +185,8 @@ class Bridge:
         self._open_sources = [fd for fd, _ in every]
         self._pending: dict[int, bytearray] = {s: bytearray() for _, s in every
                                                if isinstance(s, int)}
+        self._filters = {fd: EscapeFilter() for fd, s in every
+                         if filter_terminals and isinstance(s, int) and os.isatty(s)}
         self._dead_sinks: set[int] = set()
         self._registered: dict[int, int] = {}
         self._always_ready: set[int] = set()
@@ -429,13 +437,18 @@ class Bridge:
                 data = b""
             if not data:
                 self._open_sources.remove(fd)
+                escapes = self._filters.get(fd)
+                if escapes is not None and isinstance(sink, int) and \
+                        sink not in self._dead_sinks:
+                    self._pending[sink] += escapes.flush()
                 break
             got = True
             self.bytes_out += len(data)
             if isinstance(sink, int):
                 if sink in self._dead_sinks:
                     continue
-                self._pending[sink] += data
+                escapes = self._filters.get(fd)
+                self._pending[sink] += data if escapes is None else escapes.feed(data)
                 self._flush(sink)  # optimistic: saves an epoll round trip per keystroke
             else:
                 sink.write(data)

@@ -39,12 +39,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lxcbind._lite import record
+from lxcbind.command import check_max_output
 from lxcbind.errors import LxcError
 from lxcbind.lxc.attach import pipe
 from lxcbind.lxc.container import Container as _BareContainer
 from lxcbind.proc import pty as _pty
 from lxcbind.proc.bridge import Bridge, Sink
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
 __all__ = ["run", "interact", "interact_run"]
 
@@ -198,7 +199,7 @@ def run(
     tty: bool = False,
     env: Mapping[str, str] | None = None,
     cwd: str | None = "/",
-    max_output: int | None = None,
+    max_output: MaxOutput = None,
     check: bool = False,
     ctty: bool = False,
     size: tuple[int, int] | None = None,
@@ -213,7 +214,8 @@ def run(
     ``tty``: pty mode (merged output in ``stdout``; ``size`` = (rows, cols), default 24x80;
     ``tty_raw`` for a raw slave).  ``ctty`` (pipe mode): the process still gets a pty as
     controlling terminal.  ``max_output``: per stream, keep the first and last halves of this
-    many bytes and count the rest (``truncated``, ``stdout_omitted``, ``stderr_omitted``).
+    many bytes and count the rest (``truncated``, ``stdout_omitted``, ``stderr_omitted``);
+    None is ``DEFAULT_MAX_OUTPUT`` (16 MiB), ``UNLIMITED`` keeps everything.
     ``timeout``: seconds, then the group is killed (``timed_out=True``); with ``check`` a
     timeout raises ``CommandTimeout`` and a non-zero exit ``CalledProcessError``.
     Other keywords (``uid``, ``gid``, ``clear_env``, ``namespaces``, ``flags``) go to
@@ -224,8 +226,9 @@ def run(
     """
     if isinstance(input, str):
         input = input.encode()
-    out = OutputBuffer(max_output)
-    err = OutputBuffer(max_output)
+    limit = check_max_output(max_output, "Container.run")
+    out = OutputBuffer(limit)
+    err = OutputBuffer(limit)
     start = time.monotonic()
     plan = Plan(tty=tty, ctty=ctty and not tty,
                 input=input if input is not None else (b"" if tty else None), input_fd=None,

@@ -61,6 +61,14 @@ container stopped) makes the call in progress and every later one raise ``Spawne
 commands the host holds a pidfd of are killed at once; ``close()`` still works.  A persistent
 shell that exits raises ``ShellDied``.  Both are ``SessionError``, an ``LxcbindError``.
 
+A command's result is its own (``tests/security/test_command_integrity.py``): when the last
+running command exits, the spawner kills everything the commands left behind (it is their
+subreaper: background jobs, ``setsid``'d and double-forked daemons) before it reports that
+command's exit, so nothing of an earlier command is alive when a later one starts; and seccomp
+denies ptrace, ``process_vm_readv``/``writev`` and ``pidfd_getfd`` unless the policy allows
+``ptrace``.  While a command runs (a ``Shell``, a spawned server, ``map`` with workers),
+leftovers live on: commands that overlap share one uid and are not isolated from each other.
+
 Nothing outlives ``close()``: the spawner is the subreaper of everything its commands start,
 and kills all of it (a daemon that ``setsid``'d and double-forked included) before it exits;
 when it cannot (stopped, killed), the host freezes the container's cgroup and kills every
@@ -69,7 +77,7 @@ process that appeared since the session started (see ``close``).
 Limits: per-command uid/gid is not offered (the whole session runs as the ``uid``/``gid`` given
 to ``Session``: liblxc's own setuid path, so equivalence holds by construction; an init
 spawner switches user itself, the way liblxc does, and the security tests compare both); a timeout
-kills the command's process group, not what left it (that goes at ``close()``).  Protection of
+kills the command's process group, and what left it goes once no command runs.  Protection of
 the spawner against a command relies on the command lacking CAP_SYS_PTRACE, which lxcbind
 drops from every workload's bounding set itself; a session with a non-root ``uid`` has no
 capability to drop, but a setuid-root program inside could regain it unless no_new_privs is set
@@ -131,7 +139,7 @@ from lxcbind.proc.spawned import (
 )
 from lxcbind.proc.spawner import spawner_image
 from lxcbind.proc.streams import OutputCallback, Tee
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied",
            "PIPE", "DEVNULL", "STDOUT"]
@@ -571,7 +579,7 @@ class Session:
 
     def run(self, command: Command, *, input: bytes | str | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None, check: bool = False,
             tty: bool = False, kill_grace: float = 2.0,
             on_output: OutputCallback | None = None) -> CompletedRun:
@@ -580,7 +588,8 @@ class Session:
         The keywords are ``lxcbind.run``'s.  ``input`` is written to stdin, then EOF (None:
         empty stdin).  ``timeout`` (seconds; None: the session's default): SIGTERM to the
         command's process group, SIGKILL ``kill_grace`` s later; ``timed_out=True``.
-        ``max_output``: per stream, keep head and tail of this many bytes.  ``text`` (or
+        ``max_output``: per stream, keep head and tail of this many bytes (None: 16 MiB,
+        ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED``: everything).  ``text`` (or
         ``encoding``/``errors``): str results.  ``on_output(stream, chunk)`` is called on this
         thread as output arrives (``"stdout"``/``"stderr"``; str in text mode), whatever the
         cap keeps.  ``tty``: a pty, merged output in ``stdout``.  ``check``: raise

@@ -20,7 +20,7 @@ from lxcbind.errors import ShellDied, SpawnerDied
 from lxcbind.lxc.attach import pipe
 from lxcbind.proc.bridge import Bridge
 from lxcbind.proc.spawned import EXIT_GRACE, PIPE, SessionProcess, Stdio, kill_group_but
-from lxcbind.result import CompletedRun, OutputBuffer
+from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput, OutputBuffer, Unlimited
 
 __all__ = ["Shell", "Frame"]
 
@@ -225,7 +225,8 @@ class Shell:
                 raise self._died(f"could not start: {proc.exec_error}", proc.returncode)
             # No job control (commands stay in the shell's group, no notices), no history.
             script = b"set +m; unset HISTFILE; HISTSIZE=0\n"
-            result = self._call("true", script, self._start_timeout, None, 2.0, restart=False)
+            result = self._call("true", script, self._start_timeout, DEFAULT_MAX_OUTPUT, 2.0,
+                                restart=False)
             if result is None or result.timed_out:
                 raise self.dead or self._died(
                     f"did not start (no status within {self._start_timeout:g}s)", None)
@@ -258,7 +259,7 @@ class Shell:
             self._start()
 
     def run(self, command: str, *, timeout: float | None = None,
-            max_output: int | None = None, text: bool = False, encoding: str | None = None,
+            max_output: MaxOutput = None, text: bool = False, encoding: str | None = None,
             errors: str | None = None, check: bool = False,
             kill_grace: float = 2.0) -> CompletedRun:
         """Run ``command`` in the shell; the result's ``returncode`` is its ``$?`` (130 when
@@ -284,7 +285,7 @@ class Shell:
             return result
 
     def _call(self, command: str, prefix: bytes, timeout: float | None,
-              max_output: int | None, kill_grace: float, *,
+              max_output: int | Unlimited, kill_grace: float, *,
               restart: bool) -> CompletedRun | None:
         """One framed exchange on the bridge.  When the shell dies meanwhile (``dead`` is then
         set): with ``restart`` a new shell is started and the result says so; else None,

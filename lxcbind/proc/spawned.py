@@ -34,11 +34,11 @@ import weakref
 from collections.abc import Iterator
 from typing import IO, Any, NamedTuple, Protocol
 
-from lxcbind.command import check_input, check_timeout
+from lxcbind.command import check_input, check_max_output, check_timeout
 from lxcbind.errors import ExecError, SessionError, SpawnerDied, TimeoutExpired
 from lxcbind.lxc import spawner_wire as wire
 from lxcbind.proc import streams
-from lxcbind.result import CompletedRun, exit_status
+from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer, exit_status
 
 __all__ = ["SessionProcess", "EXIT_GRACE", "kill_group_but"]
 
@@ -471,28 +471,32 @@ class SessionProcess:
             result = result.decoded(self._encoding, self._errors)
         return TimeoutExpired(result)
 
-    def communicate(self, input: bytes | str | None = None,
-                    timeout: float | None = None) -> tuple[Any, Any]:
+    def communicate(self, input: bytes | str | None = None, timeout: float | None = None, *,
+                    max_output: MaxOutput = None) -> tuple[Any, Any]:
         """Send ``input`` (then EOF), read stdout and stderr to the end, wait for the exit;
         returns ``(stdout, stderr)`` (None for a stream that is not a pipe; str in text mode),
         as ``subprocess.Popen.communicate``.  At ``timeout`` s the command's process group is
         killed and ``lxcbind.TimeoutExpired`` raised (its ``output``/``stderr``: what came).
+        ``max_output``: bytes kept per stream, as ``run``'s (None: 16 MiB, head and tail with
+        the omitted marker between; ``lxcbind.UNLIMITED``: everything).
 
         Raises ``ValueError`` when ``input`` is given but stdin is not a pipe."""
         call = "SessionProcess.communicate"
         timeout = check_timeout(timeout, call)
         data = check_input(input, self._encoding, call)
+        limit = check_max_output(max_output, call)
         if data and (self.stdin is None or self.stdin.closed):
             raise ValueError(f"{call}(): input given, but stdin is not an open pipe "
                              "(spawn(..., stdin=PIPE))")
-        got = {"stdout": bytearray(), "stderr": bytearray()}
+        got = {"stdout": OutputBuffer(limit), "stderr": OutputBuffer(limit)}
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for name, chunk in self._chunks(data or b"", deadline):
-                got[name] += chunk
+                got[name].write(chunk)
         except streams.Deadline:
             assert timeout is not None
-            raise self._timed_out(timeout, bytes(got["stdout"]), bytes(got["stderr"])) from None
+            raise self._timed_out(timeout, got["stdout"].getvalue(),
+                                  got["stderr"].getvalue()) from None
         self.wait(None if deadline is None else max(0.0, deadline - time.monotonic())
                   + EXIT_GRACE)
         out: list[Any] = []
@@ -502,7 +506,7 @@ class SessionProcess:
                 out.append(None)
                 continue
             file.close()
-            value = bytes(got[name])
+            value = got[name].getvalue()
             out.append(value if self._encoding is None else
                        value.decode(self._encoding, self._errors))
         return out[0], out[1]

@@ -31,6 +31,9 @@ What maps, and what is refused rather than silently weakened (fail closed):
 * ``env``, ``workdir`` (created if missing), ``shell`` and ``ttl_seconds`` behave as in Ray.
 * A command timeout raises ``SandboxTimeoutError`` like the gVisor backend, after lxcbind has
   killed the command's process group.
+* Output stays bounded in the worker: ``exec_command`` keeps 16 MiB per stream (head and tail,
+  ``lxcbind.DEFAULT_MAX_OUTPUT``, with the omitted-bytes marker between); ``read_file``
+  refuses a file larger than 256 MiB (``SandboxError``) rather than cutting it.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ from ray.experimental.sandbox.config import SandboxConfig
 from lxcbind.errors import LxcbindError
 
 from . import RESOURCE, policy_json
+
+READ_FILE_MAX = 256 << 20   # read_file's limit, as Sandbox.get's default max_size
 
 if TYPE_CHECKING:
     from lxcbind.sandbox.core import Session
@@ -193,9 +198,14 @@ class LxcbindSandboxBackend(BaseSandboxBackend):
 
     def read_file(self, sandbox_id: str, path: str) -> bytes:
         session, _, workdir = self._get(sandbox_id)
-        run = session.run(["cat", "--", path], cwd=workdir)
+        # head stops one byte past the cap: a huge (or endless) file costs nothing more, and
+        # a file that does not fit is an error, never a silently cut one.
+        run = session.run(["head", "-c", str(READ_FILE_MAX + 1), "--", path], cwd=workdir,
+                          max_output=READ_FILE_MAX + 1)
         if run.returncode:
             raise SandboxError(f"cannot read {path!r}: {run.stderr.decode(errors='replace')}")
+        if len(run.stdout) > READ_FILE_MAX:
+            raise SandboxError(f"cannot read {path!r}: larger than {READ_FILE_MAX} bytes")
         return run.stdout
 
     def get_status(self, sandbox_id: str) -> SandboxStatus:

@@ -218,13 +218,16 @@ class ContainerLock:
 
 def collect_garbage(destroy: Callable[[str, str], None], *,
                     release: Callable[[OwnershipRecord], None] | None = None,
-                    log: Callable[[str], None] = lambda m: None) -> list[str]:
+                    log: Callable[[str], None] = lambda m: None,
+                    warn: Callable[[str], None] | None = None) -> list[str]:
     """Remove what runners that died without cleaning up (SIGKILL) left behind.
 
     ``destroy(name, lxcpath)`` removes one container with everything it owns; then
     ``release(record)`` undoes what else the record names (network state), for kept
     containers too.  A record is
-    handled only under its container's lock, so a live run is never disturbed.  Returns the
+    handled only under its container's lock, so a live run is never disturbed.  A leftover
+    that cannot be removed is reported (one ``warn`` line, ``log`` without one) and skipped,
+    its record kept for the next pass: one bad item never stops the others.  Returns the
     names of the containers destroyed.
     """
     removed = []
@@ -238,14 +241,24 @@ def collect_garbage(destroy: Callable[[str, str], None], *,
             fresh = [r for r in _load_records() if r.container == rec.container]
             if not fresh or fresh[0].runner_alive():
                 continue
-            if rec.destroy:
-                log(f"gc: destroying {rec.container!r} left by dead runner pid "
-                    f"{rec.runner_pid}")
-                destroy(rec.container, rec.lxcpath)
-                removed.append(rec.container)
-            if release is not None:
-                release(fresh[0])
+            try:
+                if rec.destroy:
+                    log(f"gc: destroying {rec.container!r} left by dead runner pid "
+                        f"{rec.runner_pid}")
+                    destroy(rec.container, rec.lxcpath)
+                    removed.append(rec.container)
+                if release is not None:
+                    release(fresh[0])
+            except Exception as exc:  # noqa: BLE001 - reported, skipped, retried next time
+                (warn or log)(f"gc: could not remove {rec.container!r} (skipped, its record "
+                              f"kept): {_one_line(exc)}")
+                continue
             rec.remove()
         finally:
             lock.release()
     return removed
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

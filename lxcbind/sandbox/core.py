@@ -25,6 +25,8 @@ import contextlib
 import errno
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +48,8 @@ from lxcbind.policy.parse import load_policy, load_policy_file
 from lxcbind.proc import runner as _runner
 from lxcbind.proc import session as _session
 from lxcbind.proc.runner import Container
-from lxcbind.result import CompletedRun
-from lxcbind.sandbox import cleanup, idmap, mounts, rootfs, security
+from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
+from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
@@ -146,7 +148,8 @@ def network_notice(policy: Policy) -> str | None:
     """One line saying that the network is *not* enforced, and how to enforce it, for a
     policy in mxc's capabilities mode (schema < 0.8 without ``enforcementMode`` firewall/both);
     None when the network policy is enforced.  Such a run gets what mxc gives it: a network
-    device with open egress (NAT) and open inbound, nothing filtered."""
+    device with open egress (NAT) and open inbound; only what open egress always leaves out
+    (``lxcbind.policy.network.carve``) is filtered."""
     if policy.network.effective().firewall:
         return None
     if policy.version is None:
@@ -161,7 +164,8 @@ def network_notice(policy: Policy) -> str | None:
     else:
         why = (f"schema {policy.version} with no network section requests no firewall")
         how = "declare a network section under schema 0.8 (no section there means deny-all)"
-    return (f"network: not enforced: {why}; egress and inbound are open, as under mxc; "
+    return (f"network: not enforced: {why}; inbound is open and egress reaches the internet "
+            "(not the host, its networks or private ranges), as under mxc; "
             f"to enforce it, {how}")
 
 
@@ -234,6 +238,31 @@ _REGULAR = ('if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: is not a regular fi
             'path, a device or a FIFO)" >&2; exit 1; fi; ')
 
 
+def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
+    """A kept container's init and the processes it runs before any command (what a run
+    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
+    (the host root filesystem's) forks its program just after it starts: wait for that child
+    (bounded; missing it would only stop the kept container at the end of the run)."""
+    try:
+        init_cmd = c.get_config_item("lxc.init.cmd")
+    except KeyError:
+        init_cmd = ""
+    if " -- " in init_cmd:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+                    if f.read().strip():
+                        break
+            except OSError:
+                break
+            time.sleep(0.002)
+    try:
+        return init_pid, cgroups.processes(init_pid)
+    except OSError:
+        return None   # no freezer: ``_stop_workload`` stops the container instead
+
+
 def _warning(message: str) -> None:
     """A library's warning: through ``logging`` (imported only when there is one to give)."""
     import logging
@@ -272,6 +301,8 @@ class Sandbox:
         self._net: network.ContainerNetwork | None = None
         self._ids: idmap.IdRange | None = None
         self._limits = security.resolve(self.policy.lxc.limits)
+        self._disk_size = disk.resolve(self.policy.lxc.limits.disk, self.lxcpath)
+        self._disk: disk.Layer | None = None   # the limited writable layer, while it runs
         self._rootfs_path = ""
         self._event_files: tuple[str | None, str | None] | None = None   # found after start
         self._sessions: list[Session] = []   # closed first, before the container goes
@@ -279,6 +310,13 @@ class Sandbox:
         # ``initspawner``): what run() uses, and what Session.from_policy hands out.
         self._init_channel: InitChannel | None = None
         self._init_session: Session | None = None
+        # A kept container's init and what it ran when this run began: all that survives
+        # the run (``_stop_workload``).
+        self._spare: tuple[int, set[tuple[int, str]]] | None = None
+        # A kept container's commands go through one attached spawner, made on first use
+        # (``_kept_session``), so that what a command leaves never meets a later one.
+        self._kept: Session | None = None
+        self._kept_lock = threading.Lock()
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -298,7 +336,8 @@ class Sandbox:
         if refusal:
             raise SandboxError(refusal)
         cgroups.prime_migration()   # the grace period start() waits for, off its path
-        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log)
+        cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log,
+                                warn=self._warn)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
         if not self._lock.acquire(blocking=False):
@@ -319,6 +358,8 @@ class Sandbox:
             self.name, self.lxcpath, destroy=self.policy.lifecycle.destroy_on_exit)
         if not self.reused:   # noted before it is made, like everything: one write, not two
             self._record.created.append("container")
+            if self._disk_size is not None:
+                self._record.created.append("disk")   # image, loop device, mount: in its dir
         self._record.save()
         if not privileged:
             # Held while the container's directory exists or this runner lives: a SIGKILL
@@ -345,6 +386,9 @@ class Sandbox:
             probe.stop()  # mount entries only apply at start
             _check_kept_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
+            cdir = os.path.join(self.lxcpath, self.name)
+            if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
+                disk.mount_existing(cdir)   # after a reboot, or a run that failed to start
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -358,7 +402,8 @@ class Sandbox:
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned,
                                                      config=net_config + init_config,
-                                                     isolation=isolation)
+                                                     isolation=isolation,
+                                                     disk_size=self._disk_size)
             if spawner_init:
                 self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
@@ -382,6 +427,8 @@ class Sandbox:
             for entry in planned:
                 if entry.staged:
                     idmap.stage_bind(cdir, entry.source)
+        if disk.has_layer(cdir):
+            self._disk = disk.Layer(cdir)
         self._log("starting")
         try:
             self._container.start()
@@ -389,6 +436,12 @@ class Sandbox:
             raise SandboxError(f"container {self.name!r} failed to start: {exc}") from None
         finally:
             idmap.unbind_all(cdir)  # liblxc has made its idmapped mounts by now
+            if self.policy.lifecycle.destroy_on_exit:
+                # The container's overlay holds the layer from now on: when its last process
+                # is gone the kernel frees the filesystem and the loop device, whoever dies.
+                # (A kept container's layer stays mounted on the host with it, where lxcbind
+                # repairs its /etc between runs; removing the container unmounts it.)
+                disk.detach(cdir)
         init_pid = self._container.init_pid
         if init_pid is None:
             why = (": its init, lxcbind's session spawner, exited before it reached the host"
@@ -403,6 +456,8 @@ class Sandbox:
             # They do not move while it runs: limit_events reads them without asking liblxc
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
+            if not self.policy.lifecycle.destroy_on_exit:
+                self._spare = _init_processes(self._container, init_pid)
         except BaseException:
             if control is not None:
                 control.close()
@@ -413,6 +468,7 @@ class Sandbox:
                                          timeout=d.timeout, uid=d.uid, gid=d.gid,
                                          init_control=control,
                                          start_timeout=self._start_timeout)
+            self._init_session._disk = self._disk
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -434,6 +490,7 @@ class Sandbox:
         d = self.command_defaults()
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+        session._disk = self._disk
         self._sessions.append(session)
         return session
 
@@ -462,14 +519,15 @@ class Sandbox:
     def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
-            timeout: float | None = None, check: bool = False, max_output: int | None = None,
+            timeout: float | None = None, check: bool = False, max_output: MaxOutput = None,
             tty: bool = False) -> CompletedRun:
         """Run ``cmd`` (a str for ``/bin/sh -c``, or an argv list; None: the policy's own
         command) in this sandbox, captured, under the policy's ``process`` settings: ``env``
         is merged over ``process.env``, ``cwd`` replaces ``process.cwd``, ``timeout``
         (seconds) replaces ``process.timeout``.  ``input`` goes to stdin, then EOF; ``text``
         (or ``encoding``/``errors``) decodes stdout/stderr (UTF-8, invalid bytes replaced);
-        ``max_output`` caps each stream (head and tail kept, a marker where it was cut);
+        ``max_output`` caps each stream (head and tail kept, a marker where it was cut; None:
+        16 MiB, ``lxcbind.DEFAULT_MAX_OUTPUT``; ``lxcbind.UNLIMITED`` keeps everything);
         ``tty`` runs on a pty (merged output).  ``check``: a timeout raises
         ``lxcbind.TimeoutExpired``, a non-zero exit ``lxcbind.CalledProcessError``.
 
@@ -488,9 +546,10 @@ class Sandbox:
         container = self._running(call)
         argv = opts.argv if opts.argv is not None else self.policy_argv(call)
         d = self.command_defaults().overridden(opts)
-        init = self._init_session
+        init = self._init_session or self._kept_session(call)
         if init is not None and init.alive:
-            # The spawner already runs as the container's init: no attach (see initspawner).
+            # The spawner already runs as the container's init: no attach (see initspawner);
+            # or, in a kept container, the one attached for its commands.
             return init._run(opts._replace(argv=argv, env=d.env, cwd=d.cwd, timeout=d.timeout),
                              check=check, tty=tty, forward_signals=True)
         before = self.limit_events()
@@ -504,12 +563,33 @@ class Sandbox:
             result.check_returncode()
         return result
 
+    def _kept_session(self, call: str) -> Session | None:
+        """The spawner that runs ``run``'s commands in a kept container (None in a throwaway
+        one: its init is the spawner).  Attached on first use, and replaced if a command
+        killed it: closing the dead one kills what its commands left in the container (its
+        last resort), so a leftover never meets a later command here either."""
+        if self.policy.lifecycle.destroy_on_exit:
+            return None
+        with self._kept_lock:
+            session = self._kept
+            if session is not None and not session.alive:
+                self._kept = None
+                session.close()
+                session = None
+            if session is None:
+                d = self.command_defaults()
+                session = self._kept = Session(self._running(call), env=d.env or None,
+                                               cwd=d.cwd, timeout=d.timeout, uid=d.uid,
+                                               gid=d.gid, start_timeout=self._start_timeout)
+                session._disk = self._disk
+            return session
+
     # -- files -------------------------------------------------------------------------------
     # put/get touch regular files only: a denied file is masked by /dev/null (writes would
     # vanish, reads come back empty) and a device or FIFO would never end.
 
     def _file_command(self, operation: str, script: str, path: Any, *, input: bytes | None,
-                      timeout: float | None, max_output: int | None) -> CompletedRun:
+                      timeout: float | None, max_output: int) -> CompletedRun:
         """``script`` run by /bin/sh with ``path`` as $1, as the policy's user, in the
         container: the filesystem policy and the container's ownership apply, as to any
         command.  Raises ``FileTransferError`` with what the command reported."""
@@ -580,10 +660,12 @@ class Sandbox:
 
     def with_limit_events(self, result: CompletedRun, before: security.Events) -> CompletedRun:
         """``result`` with ``oom_killed``/``pids_limited`` set from what changed since
-        ``before`` (read while the container still runs: the counters go with it)."""
+        ``before`` (read while the container still runs: the counters go with it), and
+        ``disk_limited`` when the writable layer is full."""
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
-                       pids_limited=after.pids_max > before.pids_max)
+                       pids_limited=after.pids_max > before.pids_max,
+                       disk_limited=self._disk is not None and self._disk.full())
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -595,7 +677,8 @@ class Sandbox:
             # Through the spawner that is the container's init (no attach).  A terminal
             # keeps liblxc's attach, and the runner's raw mode and window-size following.
             opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
-                               d.timeout if timeout is None else timeout, None, None, "replace")
+                               d.timeout if timeout is None else timeout, DEFAULT_MAX_OUTPUT,
+                               None, "replace")
             return init._interact(opts)
         before = self.limit_events()
         result = _runner.interact_run(container, self.policy.process.argv,
@@ -616,6 +699,21 @@ class Sandbox:
         except (OSError, SandboxError) as exc:
             self._log(f"could not remove the proxy pin from /etc/hosts: {exc}")
 
+    def _stop_workload(self, c: Container) -> bool:
+        """Kill every process of the kept container ``c`` that was not there when this run
+        started (its init and what the init had started stay): a daemon that ``setsid``'d
+        or double-forked out of an attached command included.  The cgroup is frozen
+        meanwhile, so nothing forks its way out.  False when that cannot be done (no
+        freezer, the init changed, a process would not die): the caller stops the
+        container instead, so that no workload process outlives the run either way."""
+        spare = self._spare
+        if spare is None or c.init_pid != spare[0]:
+            return False
+        try:
+            return cgroups.kill_newcomers(*spare)
+        except OSError:
+            return False
+
     def close(self, failed: bool = False) -> None:
         """Tear down whatever was set up; idempotent; fatal signals wait until it is done.
 
@@ -626,6 +724,9 @@ class Sandbox:
             if self._init_session is not None:
                 self._sessions.append(self._init_session)
                 self._init_session = None
+            if self._kept is not None:
+                self._sessions.append(self._kept)
+                self._kept = None
             while self._sessions:   # their spawners run in the container: they go first
                 try:
                     self._sessions.pop().close()
@@ -634,24 +735,33 @@ class Sandbox:
             if self._init_channel is not None:   # a failed start: nothing accepted
                 self._init_channel.close()
                 self._init_channel = None
+            # Held until the container is gone, then let go off the caller's path: the last
+            # reference to the layer shuts its filesystem and loop device down (~30 ms).
+            layer, self._disk = self._disk, None
             settled = self._net is None  # True once nothing of the network is left to undo
+            removed = False   # the container is gone (or kept on purpose): no record needed
             try:
                 c = self._container
                 if c is not None and not c.closed:
                     keep = not self.policy.lifecycle.destroy_on_exit and not (
                         failed and not self.reused)
-                    if keep:
-                        c.kill_attached()  # the container stays, its workload does not
-                        if self._net is not None:
-                            # Its rules are about to go: it must not run without them.
-                            c.stop()
-                            if self._net.eff.proxy is not None and self._rootfs_path:
-                                self._unpin()
-                        self._log(f"keeping container {self.name!r}")
-                    else:
-                        self._log(f"destroying container {self.name!r}")
-                        rootfs.remove_container(c)
-                    c.close()
+                    try:
+                        if keep:
+                            c.kill_attached()  # the container stays, its workload does not
+                            if self._net is None and not self._stop_workload(c):
+                                c.stop()
+                            if self._net is not None:
+                                # Its rules are about to go: it must not run without them.
+                                c.stop()
+                                if self._net.eff.proxy is not None and self._rootfs_path:
+                                    self._unpin()
+                            self._log(f"keeping container {self.name!r}")
+                        else:
+                            self._log(f"destroying container {self.name!r}")
+                            rootfs.remove_container(c, wait_layer=layer is None)
+                    finally:
+                        c.close()
+                removed = True
                 # Under the name's lock, also when a signal cut ``idmap.acquire`` short after
                 # it recorded the range but before ``_ids`` was set (no other run of this name
                 # can hold a range meanwhile: it would need the lock).
@@ -666,10 +776,13 @@ class Sandbox:
                     self._net = None
                     settled = True
             finally:
-                if self._record is not None and settled:
+                if layer is not None:
+                    layer.close(background=True)
+                if self._record is not None and settled and removed:
                     self._record.remove()
                     self._record = None
-                # else: the record stays, naming the network state, for gc to finish
+                # else: the record stays, naming the container or the network state, for gc
+                # to finish
                 if self._locked:
                     self._lock.release()
                     self._locked = False
@@ -681,7 +794,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         env: Mapping[str, str] | None = None, cwd: str | None = None,
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
-        max_output: int | None = None, tty: bool = False,
+        max_output: MaxOutput = None, tty: bool = False,
         lxcpath: str | None = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
@@ -751,14 +864,16 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         lock.release()
 
 
-def gc(*, log: Log | None = None) -> list[str]:
+def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     """Destroy what runners killed with SIGKILL left behind (containers, leases, tables),
     delete the tables ``preservePolicy`` kept, and prune cached root filesystem bases that are
-    stale and unused; returns the names of the containers destroyed."""
+    stale and unused; returns the names of the containers destroyed.  A leftover it cannot
+    remove is one ``warn`` line (default: a ``logging`` warning) and is skipped."""
     from lxcbind.net import network
 
     log = log or (lambda message: None)
-    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log)
+    removed = cleanup.collect_garbage(_remove_named, release=_release_orphan, log=log,
+                                      warn=warn or _warning)
     _reap_stale_leases(log)
     for name in idmap.reap():
         log(f"gc: released the id range of {name!r}")
@@ -776,7 +891,16 @@ def gc(*, log: Log | None = None) -> list[str]:
 
 class Session(_session.Session):
     """``lxcbind.proc.session.Session`` (many commands in one warm container), plus
-    ``from_policy``: a session in a fresh sandbox of its own."""
+    ``from_policy``: a session in a fresh sandbox of its own, and ``disk_limited`` in its
+    results."""
+
+    _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+
+    def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
+        result = super().with_limit_events(result, before)
+        if self._disk is not None and self._disk.full():
+            result = replace(result, disk_limited=True)
+        return result
 
     @classmethod
     def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
@@ -797,6 +921,7 @@ class Session(_session.Session):
                 d = box.command_defaults()
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
+                session._disk = box._disk
         except BaseException:
             box.close(failed=True)
             raise

@@ -24,8 +24,8 @@ from typing import Unpack
 
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
-from lxcbind.result import CompletedRun
-from lxcbind.sandbox.core import PolicyLike, Session, as_policy
+from lxcbind.result import CompletedRun, MaxOutput
+from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
 
 
 class PoolClosed(LxcbindError):
@@ -102,8 +102,9 @@ class Pool:
                 return
             try:
                 session.close()  # stops and destroys the container (Sandbox teardown)
-            except Exception:  # noqa: BLE001 - the record stays for gc; keep reaping
-                pass
+            except Exception as exc:  # noqa: BLE001 - the record stays for gc; keep reaping
+                _warning(f"Pool: tearing a used container down failed (left for "
+                         f"`lxcbind gc` once this process ends): {exc}")
 
     def _take(self) -> Session:
         while True:
@@ -145,7 +146,7 @@ class Pool:
 
     def run(self, command: Command, *, input: bytes | str | None = None,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            cwd: str | None = None, max_output: int | None = None, text: bool = False,
+            cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
             check: bool = False) -> CompletedRun:
         """Run ``command`` (a str runs as ``/bin/sh -c``) in a fresh container and return its

@@ -44,11 +44,12 @@ from collections.abc import Callable, Sequence
 
 from lxcbind._lite import sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
+from lxcbind.lxc import rmtree
 from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.model import Rootfs
 from lxcbind.proc.runner import Container
-from lxcbind.sandbox import idmap, security
+from lxcbind.sandbox import disk, idmap, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
 
@@ -473,7 +474,8 @@ def _security_config(kind: str) -> list[tuple[str, str]]:
 def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
                      mounts: Sequence[MountEntry] = (),
                      config: Sequence[tuple[str, str]] = (),
-                     isolation: security.Isolation | None = None) -> Container:
+                     isolation: security.Isolation | None = None,
+                     disk_size: int | None = None) -> Container:
     """Define (but do not start) container ``name`` on a throwaway copy-on-write root.
 
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
@@ -483,6 +485,8 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
     namespace, capabilities, seccomp, limits; an unprivileged container's lower layer is the
     base's shifted copy for its id range), then ``config`` (applied last, so it may override,
     e.g. ``lxc.init.cmd``), then ``mounts`` in order, and saves the config.
+    ``disk_size``: the upper layer lives on a filesystem of that many bytes of its own
+    (``disk``), mounted on the host until the caller starts the container and detaches it.
     ``isolation=None`` is a bare privileged container (binding-level tests); the sandbox
     always passes one.
 
@@ -506,8 +510,9 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
                     key, _, value = line.partition("=")
                     if value.strip():
                         items.append((key.strip(), value.strip()))
+        upper = disk.upper_dir(cdir) if disk_size is not None else os.path.join(cdir, UPPER)
         items += [
-            ("lxc.rootfs.path", f"overlay:{lower}:{os.path.join(cdir, UPPER)}"),
+            ("lxc.rootfs.path", f"overlay:{lower}:{upper}"),
             ("lxc.uts.name", name),
             ("lxc.net.0.type", "empty"),
             ("lxc.net.0.flags", "up"),   # liblxc then brings up lo: loopback works offline
@@ -539,10 +544,11 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
             c.save_config()
         except LxcbindError as exc:
             raise SandboxError(f"could not save the config of {name!r}: {exc}") from None
-        if ids is not None:
+        if disk_size is not None:
+            disk.prepare(cdir, disk_size, ids.start if ids is not None else None)
+        elif ids is not None:
             # The overlay's upper layer belongs to the container's root (lxcbind may write
             # /etc files into it before the first start).
-            upper = os.path.join(cdir, UPPER)
             os.makedirs(upper, 0o755, exist_ok=True)
             os.chown(upper, ids.start, ids.start)
         return c
@@ -585,16 +591,25 @@ def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
         raise SandboxError(f"could not apply the filesystem policy to {c.name!r}: {exc}") from None
 
 
-def remove_container(c: LxcContainer) -> None:
+def remove_container(c: LxcContainer, *, wait_layer: bool = True) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
-    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it)."""
+    upper and work dirs included).  Idempotent; the handle stays open (the caller closes it).
+    ``wait_layer``: wait until the kernel has released a disk-limited layer's loop device
+    (False when the caller still holds the layer open and lets it go afterwards).
+
+    Never recursive on the caller's stack, whatever the workload left (``rmtree``); what cannot
+    be removed raises ``rmtree.RemovalError`` and the container stays, for ``gc`` to report."""
     cdir = os.path.join(c.lxcpath, c.name)
     handle: LxcContainer = c if not c.closed else Container(c.name, c.lxcpath)
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
+    layered = disk.has_layer(cdir)
+    disk.detach(cdir)       # the whole limited layer goes at once: nothing for destroy to walk
     try:
         if handle.defined:
             try:
-                handle.destroy()
+                handle.destroy()   # empties the workload's layers first (``rmtree``)
+            except rmtree.RemovalError:
+                raise              # liblxc never meets what could not be emptied
             except LxcbindError:
                 handle.stop()  # destroy refused (e.g. still running): kill, then retry once
                 if handle.defined:
@@ -602,5 +617,7 @@ def remove_container(c: LxcContainer) -> None:
     finally:
         if handle is not c:
             handle.close()
-        if os.path.lexists(cdir):
-            shutil.rmtree(cdir, ignore_errors=True)
+        if layered and wait_layer:
+            disk.wait_released(cdir)
+    if os.path.lexists(cdir):
+        rmtree.remove_tree(cdir)

@@ -11,11 +11,14 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   denies to a container without extra capabilities: the mount family, keyrings, bpf,
   perf_event_open, new namespaces (unshare, setns, clone with namespace flags; clone3 answers
   ENOSYS so libc falls back to clone, whose flags can be checked), open_by_handle_at, kexec,
-  modules, userfaultfd, io_uring, clock and swap changes, reboot, syslog, quotactl, acct.  When a
+  modules, userfaultfd, io_uring, clock and swap changes, reboot, syslog, quotactl, acct; and
+  ptrace, process_vm_readv/writev and pidfd_getfd (one workload process steering another).  When a
   read-write bind maps host root to the container's root (a root-owned directory granted
   read-write), setuid/setgid mode bits are refused too (chmod family, open/creat/mknod modes;
   openat2, whose mode seccomp cannot read, answers ENOSYS), so no setuid-root file can be made
-  on the host.
+  on the host.  Sockets: only AF_UNIX, AF_INET, AF_INET6, AF_NETLINK and AF_PACKET
+  (``socket_family_rules``; AF_VSOCK reaches the hypervisor, no namespace isolates it).  The
+  32-bit x86 entry points, which liblxc cannot filter by argument, are filtered by the spawner.
 * **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
   below, and a CPU weight of half the kernel's default (``DEFAULT_CPU_WEIGHT``), set before
   start on the hierarchy family the host actually has (v1 or v2; liblxc ignores the other
@@ -33,6 +36,9 @@ Opt-ins (``lxc.allow``), each giving something up:
   enforced against it.
 * ``perf``: allows ``perf_event_open`` (subject to the host's ``perf_event_paranoid``): more
   kernel attack surface and a side channel on other processes of the host.
+* ``ptrace``: allows ``ptrace``, ``process_vm_readv``/``process_vm_writev`` and
+  ``pidfd_getfd`` (gdb, strace): a workload process can then trace and rewrite another of the
+  same uid that runs at the same time (a persistent shell's next command, a concurrent one).
 """
 
 from __future__ import annotations
@@ -71,9 +77,43 @@ _ALWAYS_DENIED = ("keyctl", "add_key", "request_key", "bpf", "userfaultfd", "ope
                   "ioperm", "uselib", "ustat", "sysfs", "_sysctl", "vm86", "vm86old",
                   "clock_settime", "settimeofday", "stime", "clock_adjtime", "fanotify_init",
                   "vhangup", "io_uring_setup", "io_uring_enter", "io_uring_register")
+# Socket address families a workload may create (socket, socketpair): AF_UNIX, AF_INET,
+# AF_INET6, AF_NETLINK, AF_PACKET (all confined to the container's network namespace).  Every
+# other family up to 63 is refused with EPERM (README, "Socket families", has each verdict):
+# AF_VSOCK reaches the hypervisor, whose vsock ports no namespace isolates; the rest are kernel
+# attack surface no agent workload needs.  The kernel itself refuses 0, negatives and >= 46.
+_SOCKET_FAMILIES_ALLOWED = (1, 2, 10, 16, 17)
+_SOCKET_FAMILY_LIMIT = 64
+# One workload process steering another of the same uid (a command left running by an earlier
+# one, rewriting a later one's result): tracing, and reading or writing its memory or fds.
+_PTRACE_FAMILY = ("ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd")
 # (syscall, index of its mode argument): setuid/setgid bits refused when host root is mapped.
 _MODE_ARGS = (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("open", 2),
               ("openat", 3), ("creat", 1), ("mknod", 1), ("mknodat", 2))
+
+
+def _masked_blocks(low: int, high: int) -> list[tuple[int, int]]:
+    """[low, high) as aligned power-of-two blocks (value, mask): n is in a block exactly when
+    ``n & mask == value``.  A masked compare also ignores the upper 32 bits of the register
+    (the kernel reads ``int domain``; a plain compare could be dodged with 0x1_0000_0028)."""
+    blocks = []
+    while low < high:
+        size = low & -low if low else 1 << 31
+        while low + size > high:
+            size //= 2
+        blocks.append((low, 0xFFFFFFFF & ~(size - 1)))
+        low += size
+    return blocks
+
+
+def socket_family_rules() -> list[str]:
+    """Deny-list lines refusing every socket family but ``_SOCKET_FAMILIES_ALLOWED``."""
+    allowed = sorted(_SOCKET_FAMILIES_ALLOWED) + [_SOCKET_FAMILY_LIMIT]
+    blocks = []
+    for before, after in zip(allowed, allowed[1:], strict=False):
+        blocks += _masked_blocks(before + 1, after)
+    return [f"{name} errno {_EPERM} [0,{value},SCMP_CMP_MASKED_EQ,{mask}]"
+            for name in ("socket", "socketpair") for value, mask in blocks]
 
 
 def seccomp_profile(allow: tuple[str, ...] = (), deny_setid: bool = False) -> str:
@@ -82,9 +122,12 @@ def seccomp_profile(allow: tuple[str, ...] = (), deny_setid: bool = False) -> st
     denied = list(_ALWAYS_DENIED)
     if "perf" not in allow:
         denied.append("perf_event_open")
+    if "ptrace" not in allow:
+        denied += list(_PTRACE_FAMILY)
     if "nesting" not in allow:
         denied += list(_MOUNT_FAMILY) + ["unshare", "setns"]
     lines += [f"{name} errno {_EPERM}" for name in denied]
+    lines += socket_family_rules()
     if "nesting" not in allow:
         lines += [f"clone errno {_EPERM} [0,{flag},SCMP_CMP_MASKED_EQ,{flag}]"
                   for flag in _NAMESPACE_FLAGS]

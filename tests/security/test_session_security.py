@@ -324,12 +324,16 @@ def test_requests_to_a_stopped_spawner_are_bounded(host_container):
 
 
 def test_setsid_escapee_does_not_outlive_close(host_container):
+    """Leftovers normally go when the session has no command left running (see
+    test_command_integrity.py); one that runs meanwhile keeps them up to ``close``."""
     marker = _marker()
     with Session(host_container) as s:
+        busy = s.spawn(["sleep", "1000"], stdin=None, stdout=None, stderr=None)
         r = s.run(f"setsid sh -c 'sleep {marker}' </dev/null >/dev/null 2>&1 &"
                   f" sleep 0.5; true")
         assert r.returncode == 0
         assert _host_pids(marker), "the escapee should be running before close()"
+        assert busy.poll() is None
     assert _gone(marker), "a setsid'd process outlived close()"
 
 
@@ -338,11 +342,13 @@ def test_setsid_escapee_of_a_killed_spawner_does_not_outlive_close(host_containe
     init = host_container.init_pid
     s = Session(host_container)
     try:
+        busy = s.spawn(["sleep", "1000"], stdin=None, stdout=None, stderr=None)  # never idle
         s.run(f"setsid sh -c 'sleep {marker}' </dev/null >/dev/null 2>&1 & sleep 0.5")
         assert _host_pids(marker)
         with pytest.raises(SpawnerDied):
             s.run("kill -KILL $PPID; sleep 5", timeout=10)
         assert _host_pids(marker)  # orphaned to init: only the host can find it now
+        busy.close()
     finally:
         s.close()
     assert _gone(marker), "the escapee of a killed spawner outlived close()"

@@ -157,6 +157,15 @@ PIN_PROBE = ("if grep -q '#mxc-proxy-pin' /etc/hosts; then echo PIN_PRESENT_DURI
              "else echo PIN_ABSENT_DURING_RUN; fi")
 
 
+def upper_dir(name: str) -> Path:
+    """A kept container's overlay upper directory, from its config (``delta0``, or
+    ``disk/delta0`` on its disk-limited layer)."""
+    for line in Path(f"/var/lib/lxc/{name}/config").read_text().splitlines():
+        if line.startswith("lxc.rootfs.path"):
+            return Path(line.split("=", 1)[1].strip().rsplit(":", 1)[1])
+    raise AssertionError(f"{name}: no lxc.rootfs.path")
+
+
 def run_with_hosts(policy: dict, hosts_line: str, tmp_path: Path) -> subprocess.CompletedProcess:
     """Run the CLI in a private mount namespace whose /etc/hosts also maps ``hosts_line``:
     the proxy's name resolves on the "host" without touching the machine's /etc/hosts."""
@@ -183,9 +192,11 @@ def test_proxy_by_hostname_pin_is_mxcs_and_gone_after_each_run_and_stale_pins_go
                   lifecycle={"destroyOnExit": False},
                   filesystem={"readonlyPaths": [str(tmp_path)]},
                   network={"defaultPolicy": "block", "enforcementMode": "firewall",
-                           "proxy": {"url": "http://proxy.i14.test:3128"}})
+                           "proxy": {"url": "http://proxy.i14.test:3128"}},
+                  # The upper directory on the host's filesystem, where this test reads it: a
+                  # disk-limited layer is mounted in the runner's private mount namespace only.
+                  lxc={"limits": {"disk": "max"}})
     name = proxied["containerId"]
-    upper_hosts = Path(f"/var/lib/lxc/{name}/delta0/etc/hosts")
     try:
         for attempt in ("first run", "reuse"):
             r = run_with_hosts(proxied, f"{a} proxy.i14.test", tmp_path)
@@ -194,15 +205,16 @@ def test_proxy_by_hostname_pin_is_mxcs_and_gone_after_each_run_and_stale_pins_go
             assert pin == "PIN_PRESENT_DURING_RUN", attempt
             assert proxy_env == "http://proxy.i14.test:3128"
             assert json.loads(probed) == ["ok", "blocked"], attempt
-            assert "#mxc-proxy-pin" not in upper_hosts.read_text(), attempt
+            assert "#mxc-proxy-pin" not in (upper_dir(name) / "etc/hosts").read_text(), attempt
         # a stale pin (either marker) must not survive a run that configures no proxy
-        with upper_hosts.open("a") as f:
+        with (upper_dir(name) / "etc/hosts").open("a") as f:
             f.write(f"{b} proxy.i14.test #mxc-proxy-pin\n{b} old.i14.test # lxcbind-proxy-pin\n")
         plain = dict(proxied, process={"commandLine": f"{PIN_PROBE}; cat /etc/hosts"},
                      network={"defaultPolicy": "allow", "enforcementMode": "firewall"})
         out = result(run(plain, "--json"))
         assert out["stdout"].startswith("PIN_ABSENT_DURING_RUN\n")
-        assert "proxy-pin" not in out["stdout"] and "proxy-pin" not in upper_hosts.read_text()
+        assert "proxy-pin" not in out["stdout"]
+        assert "proxy-pin" not in (upper_dir(name) / "etc/hosts").read_text()
         assert "localhost" in out["stdout"]   # the rest of the file is kept
     finally:
         destroy_quietly(name)
@@ -710,7 +722,7 @@ def test_reused_container_cannot_make_the_host_write_or_block_through_its_etc(
     try:
         r = run(keep, "--json")
         assert r.returncode == 0, r.stderr + r.stdout
-        upper_etc = Path(f"/var/lib/lxc/{name}/delta0/etc")
+        upper_etc = upper_dir(name) / "etc"
         if plant == "etc-symlink":   # the trap is really in place
             assert upper_etc.is_symlink()
         again = dict(keep, process={"commandLine": "echo reused"},

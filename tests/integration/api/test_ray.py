@@ -348,6 +348,34 @@ requires_sandbox_api = pytest.mark.skipif(sbx is None, reason="this Ray has no "
 
 
 @requires_sandbox_api
+def test_output_is_capped_by_default_and_unlimited_travels_to_the_workers(pool):
+    import lxcbind
+
+    size = lxcbind.DEFAULT_MAX_OUTPUT + (1 << 20)
+    command = f"head -c {size} /dev/zero"
+    (capped,) = pool.map([command], deadline=DEADLINE)
+    assert capped.truncated and capped.stdout_omitted == 1 << 20
+    assert len(capped.stdout) < size
+    (whole,) = pool.map([command], deadline=DEADLINE, max_output=lxcbind.UNLIMITED)
+    assert not whole.truncated and whole.stdout == bytes(size)
+
+
+def test_sandbox_backend_read_file_refuses_rather_than_cuts(prefix, monkeypatch):
+    import lxcbind.ray.sandbox as backend
+
+    rt = backend.LxcbindSandboxRuntime(name_prefix=prefix)
+    box = rt.create(image="host", workdir="/work", readonly=False)
+    try:
+        monkeypatch.setattr(backend, "READ_FILE_MAX", 1000)
+        rt.write_file(box, "/work/fits", b"x" * 1000)
+        rt.write_file(box, "/work/big", b"x" * 1001)
+        assert rt.read_file(box, "/work/fits") == b"x" * 1000
+        with pytest.raises(sbx.SandboxError, match="larger than"):
+            rt.read_file(box, "/work/big")
+    finally:
+        rt.delete(box)
+
+
 def test_sandbox_backend_create_exec_write_read_status_delete(prefix):
     from lxcbind.ray.sandbox import LxcbindSandboxRuntime
 

@@ -107,7 +107,10 @@ def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
 @dataclass
 class Remote:
     """A network namespace standing for remote hosts ``addr(2)``, ``addr(3)`` ... of
-    198.18.<n>.0/24, routed by the host (``addr(1)`` is the host's side)."""
+    198.18.<n>.0/24, routed by the host through the router ``addr(254)`` (``addr(1)`` is the
+    host's side): the internet, not a network the host is directly on (open egress leaves
+    those out).  ``lan(2)`` is a neighbour on the host's directly connected 198.19.<n>.0/24,
+    ``private`` a host in 100.64.0.0/10 behind the router."""
 
     ns: str
     n: int
@@ -116,6 +119,13 @@ class Remote:
 
     def addr(self, i: int) -> str:
         return f"198.18.{self.n}.{i}"
+
+    def lan(self, i: int) -> str:
+        return f"198.19.{self.n}.{i}"
+
+    @property
+    def private(self) -> str:
+        return f"100.127.{self.n}.1"
 
     def serve(self, listen: list[tuple[str, str, int]], ttl: float = 40) -> subprocess.Popen:
         spec = json.dumps({"listen": listen, "ttl": ttl})
@@ -141,15 +151,20 @@ def remote_fixture() -> Iterator[Remote]:
     tag = uuid.uuid4().hex[:8]
     ns, host_if = f"lxcbind-test-{tag}", f"lbt{tag}"
     used = sh("ip -4 route show table all").stdout
-    n = random.choice([i for i in range(1, 255) if f"198.18.{i}." not in used])
+    n = random.choice([i for i in range(1, 255) if f"198.18.{i}." not in used
+                       and f"198.19.{i}." not in used and f"100.127.{i}." not in used])
     r = Remote(ns, n, host_if)
     try:
         sh(f"ip netns add {ns}")
         sh(f"ip link add {host_if} type veth peer name eth0 netns {ns}")
-        sh(f"ip addr add 198.18.{n}.1/24 dev {host_if} && ip link set {host_if} up")
+        sh(f"ip addr add 198.18.{n}.1/32 dev {host_if} && "
+           f"ip addr add 198.19.{n}.1/24 dev {host_if} && ip link set {host_if} up && "
+           f"ip route add 198.18.{n}.0/24 via 198.18.{n}.254 dev {host_if} onlink && "
+           f"ip route add 100.127.{n}.0/24 via 198.18.{n}.254 dev {host_if} onlink")
         r.run(f"sh -c 'ip link set lo up && ip link set eth0 up && "
-              f"for i in 2 3 4; do ip addr add 198.18.{n}.$i/24 dev eth0; done && "
-              f"ip route add default via 198.18.{n}.1'", check=True)
+              f"for i in 2 3 4 254; do ip addr add 198.18.{n}.$i/32 dev eth0; done && "
+              f"ip addr add 198.19.{n}.2/24 dev eth0 && ip addr add 100.127.{n}.1/32 dev lo && "
+              f"ip route add default via 198.18.{n}.1 dev eth0 onlink'", check=True)
         yield r
     finally:
         for p in r.servers:
@@ -298,6 +313,53 @@ def test_dns_allowed_vs_denied_resolver(remote, tmp_path, nothing_left_behind):
                      {"protocol": "tcp", "port": 80}])]}})
     r = cli(doc, env={"LXCBIND_RESOLV_CONF": str(conf)})
     assert json.loads(r.stdout)["stdout"].strip() == "0"
+
+
+GATEWAY_PROBE = textwrap.dedent(r'''
+    import json, socket, struct, subprocess, sys
+    gateway = "0.0.0.0"
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":   # the default route: via the gateway (the host)
+            gateway = socket.inet_ntoa(struct.pack("<L", int(fields[2], 16)))
+    targets = [[p, gateway if a == "GATEWAY" else a, port]
+               for p, a, port in json.loads(sys.argv[2])]
+    sys.exit(subprocess.run([sys.executable, sys.argv[1], json.dumps(targets)]).returncode)
+''')
+
+
+def test_open_egress_is_the_internet_not_the_host(remote, tmp_path, nothing_left_behind):
+    """``--net``: the internet answers; a service of the host bound to 0.0.0.0 does not,
+    through the gateway or the host's other addresses; nor a neighbour on a network the host is
+    directly on, nor a host in a private range.  Named in an allow rule, each answers again."""
+    a, lan, private = remote.addr(2), remote.lan(2), remote.private
+    remote.serve([("tcp", a, 80), ("tcp", lan, 80), ("tcp", private, 80)])
+    port = random.randint(20000, 40000)
+    host_service = subprocess.Popen(   # the host's own service, on every address it has
+        [sys.executable, "-c", SERVER, json.dumps({"listen": [["tcp", "0.0.0.0", port]],
+                                                   "ttl": 60})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    remote.servers.append(host_service)
+    assert host_service.stdout is not None and host_service.stdout.readline().strip() == "ready"
+    (tmp_path / "probe.py").write_text(PROBE)
+    (tmp_path / "gw.py").write_text(GATEWAY_PROBE)
+    targets = [("tcp", a, 80), ("tcp", "GATEWAY", port), ("tcp", remote.addr(1), port),
+               ("tcp", remote.lan(1), port), ("tcp", lan, 80), ("tcp", private, 80)]
+
+    def run(*args: str, **extra: object) -> list[str]:
+        doc = policy(f"python3 {tmp_path}/gw.py {tmp_path}/probe.py "
+                     f"{shlex.quote(json.dumps(targets))}", nothing_left_behind,
+                     filesystem={"readonlyPaths": [str(tmp_path)]}, **extra)
+        r = cli(doc, *args)
+        assert r.returncode == 0, r.stderr.decode() + r.stdout.decode()
+        return json.loads(json.loads(r.stdout)["stdout"])
+
+    assert run("--net") == ["ok", "blocked", "blocked", "blocked", "blocked", "blocked"]
+    assert run(network={"egress": {"allow": [allow("0.0.0.0/0")]}}) == \
+        ["ok", "blocked", "blocked", "blocked", "blocked", "blocked"]
+    named = {"egress": {"default": "allow",
+                        "allow": [allow(f"{private}/32"), allow(f"{remote.lan(0)}/24")]}}
+    assert run(network=named) == ["ok", "blocked", "blocked", "blocked", "ok", "ok"]
 
 
 # -- ingress -----------------------------------------------------------------------------------

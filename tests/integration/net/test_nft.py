@@ -50,7 +50,7 @@ BLOCKED_WAIT = 0.6   # seconds a dropped probe waits; veth round trips take micr
 C4, C6 = "198.18.0.2", "fd00:198:18:1::2"
 G4, G6 = "198.18.0.1", "fd00:198:18:1::1"
 X4 = ["198.19.0.1", "198.19.1.1", "198.19.2.1"]
-X6 = ["fd00:198:18:10::1", "fd00:198:18:11::1"]
+X6 = ["2001:2:0:10::1", "2001:2:0:11::1"]
 TCP_PORTS = (80, 443, 1500, 2001, 5000)
 UDP_PORTS = (53, 1500, 5353)
 VETH = "vh0"
@@ -269,17 +269,31 @@ class Topology:
         ip("-n", x, "route", "add", "default", "via", "198.18.1.1")
         ip("-n", x, "-6", "route", "add", "default", "via", "fd00:198:18:2::1")
         ip("-n", r, "route", "add", "198.19.0.0/16", "via", "198.18.1.2")
-        ip("-n", r, "-6", "route", "add", "fd00:198:18:10::/60", "via", "fd00:198:18:2::2")
+        ip("-n", r, "-6", "route", "add", "2001:2:0:10::/60", "via", "fd00:198:18:2::2")
         self.servers.append(Servers(x, TCP_PORTS, UDP_PORTS, tuple(X4 + X6)))
         self.servers.append(Servers(r, (8080,), (53,), (G4, G6)))
         self.servers.append(Servers(c, (7000,)))
+
+    def host_view(self, resolvers: tuple[str, ...] = ()) -> Any:
+        """What lxcbind reads of its host, read in ``r`` (the host of this topology)."""
+        from lxcbind.net.hostnets import HostView, connected_v4, connected_v6
+
+        def read(path: str) -> str:
+            return subprocess.run(["ip", "netns", "exec", self.r, "cat", path],
+                                  capture_output=True, text=True, check=True).stdout
+
+        return HostView(tuple(connected_v4(read("/proc/net/fib_trie")) +
+                              connected_v6(read("/proc/net/if_inet6"))), resolvers)
 
     def route_to_container(self, address: str) -> None:
         """The host's route to an address of the container, through its veth (liblxc's
         router mode adds it for the container's configured addresses)."""
         ip("-n", self.r, "route", "add", address, "dev", VETH)
 
-    def apply(self, network: dict[str, Any] | None, version: str = "0.8.0") -> str:
+    def apply(self, network: dict[str, Any] | None, version: str = "0.8.0",
+              host: Any = None) -> str:
+        """Compile and apply; ``host``: a ``HostView`` (default: none, static ranges only)."""
+        from lxcbind.net.hostnets import HostView
         from lxcbind.net.ruleset import compile_ruleset, resolve_destinations
         from lxcbind.policy.parse import load_policy
 
@@ -289,7 +303,8 @@ class Topology:
         eff = load_policy(doc).network.effective()
         text = compile_ruleset(
             table=self.table, veth=VETH, container_v4=C4, container_v6=C6, gateway_v4=G4,
-            gateway_v6=G6, eff=eff, resolved=resolve_destinations(eff, _no_dns))
+            gateway_v6=G6, eff=eff, resolved=resolve_destinations(eff, _no_dns),
+            host=host or HostView())
         self.nft.apply(text)
         return text
 
@@ -376,7 +391,7 @@ def test_allow_by_cidr_and_everything_else_dropped(topo: Topology) -> None:
 def test_deny_wins_over_catch_all_allow(topo: Topology) -> None:
     topo.apply({"egress": {"allow": [{"to": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]}],
                            "deny": [{"to": [{"cidr": "198.19.1.0/24"},
-                                            {"cidr": "fd00:198:18:11::/64"}]}]}})
+                                            {"cidr": "2001:2:0:11::/64"}]}]}})
     assert tcp_ok(topo.c, X4[0], 80) and tcp_ok(topo.c, X6[0], 80)
     assert not tcp_ok(topo.c, X4[1], 80) and not ping_ok(topo.c, X4[1])
     assert not tcp_ok(topo.c, X6[1], 80)
@@ -395,7 +410,7 @@ def test_except_holes(topo: Topology) -> None:
 
 def test_ports_and_ranges(topo: Topology) -> None:
     topo.apply({"egress": {"allow": [{"to": [{"cidr": "198.19.0.0/16"},
-                                             {"cidr": "fd00:198:18:10::/60"}], "ports": [
+                                             {"cidr": "2001:2:0:10::/60"}], "ports": [
         {"protocol": "tcp", "port": 1000, "endPort": 2000},
         {"protocol": "udp", "port": 53},
         {"protocol": "any", "port": 5353}]}]}})
@@ -409,7 +424,7 @@ def test_ports_and_ranges(topo: Topology) -> None:
 
 def test_icmp_only(topo: Topology) -> None:
     topo.apply({"egress": {"allow": [{"to": [{"cidr": "198.19.0.1"},
-                                             {"cidr": "fd00:198:18:10::1"}],
+                                             {"cidr": "2001:2:0:10::1"}],
                                       "ports": [{"protocol": "icmp"}]}]}})
     assert ping_ok(topo.c, X4[0]) and ping_ok(topo.c, X6[0])
     assert not ping_ok(topo.c, X4[1]) and not ping_ok(topo.c, X6[1])
@@ -419,9 +434,14 @@ def test_icmp_only(topo: Topology) -> None:
 def test_legacy_dns_exemption_and_hosts(topo: Topology) -> None:
     topo.apply({"enforcementMode": "firewall", "defaultPolicy": "block",
                 "allowedHosts": ["198.19.2.1"]}, version="0.7.0")
-    assert udp_ok(topo.c, X4[0], 53) and udp_ok(topo.c, G4, 53)   # port 53 anywhere
+    assert udp_ok(topo.c, X4[0], 53)   # port 53 anywhere on the internet
+    assert not udp_ok(topo.c, G4, 53)  # the host itself is not "anywhere"...
     assert not tcp_ok(topo.c, X4[0], 80) and not udp_ok(topo.c, X4[0], 5353)
     assert tcp_ok(topo.c, X4[2], 80)
+    topo.apply({"enforcementMode": "firewall", "defaultPolicy": "block"}, version="0.7.0",
+               host=topo.host_view(resolvers=(G4,)))
+    assert udp_ok(topo.c, G4, 53) and udp_ok(topo.c, X4[0], 53)   # ...unless it is the resolver
+    assert not tcp_ok(topo.c, G4, 8080)
 
 
 def test_proxy_mode_only_the_endpoint(topo: Topology) -> None:
@@ -443,6 +463,46 @@ def test_traffic_to_the_gateway_itself_is_governed(topo: Topology) -> None:
     assert not udp_ok(topo.c, G4, 53) and not tcp_ok(topo.c, X4[0], 80)
 
 
+def test_open_egress_is_the_internet_not_the_host(topo: Topology) -> None:
+    """``--net`` and 0.0.0.0/0 + ::/0: the routed "internet" (198.19.x, 2001:2::) answers; the
+    host's wildcard listener (8080 on ``::``, so 0.0.0.0 too) does not, through the gateway or
+    the host's other addresses; nor a neighbour on the host's connected network 198.18.1.0/24,
+    nor hosts in private ranges (100.127.0.1 in 100.64/10, ULA fd00:198:18:12::1) behind x."""
+    c = topo.c
+    ip("-n", topo.x, "addr", "add", "100.127.0.1/32", "dev", "lo")
+    ip("-n", topo.x, "addr", "add", "fd00:198:18:12::1/128", "dev", "lo", "nodad")
+    ip("-n", topo.r, "route", "add", "100.127.0.0/24", "via", "198.18.1.2")
+    ip("-n", topo.r, "-6", "route", "add", "fd00:198:18:12::/64", "via", "fd00:198:18:2::2")
+    left_out = [(G4, 8080), (G6, 8080), ("198.18.1.1", 8080), ("fd00:198:18:2::1", 8080),
+                ("198.18.1.2", 80), ("fd00:198:18:2::2", 80), ("100.127.0.1", 80),
+                ("fd00:198:18:12::1", 80)]
+    for addr, port in left_out:   # without rules every one answers: the test can fail
+        assert tcp_ok(c, addr, port), addr
+    host = topo.host_view()
+    assert ipaddress.ip_network("198.18.1.0/24") in host.local
+    for network in ({"egress": {"default": "allow"}},
+                    {"egress": {"allow": [{"to": [{"cidr": "0.0.0.0/0"}, {"cidr": "::/0"}]}]}},
+                    {"enforcementMode": "firewall", "defaultPolicy": "allow"}):
+        topo.apply(network, version="0.7.0" if "enforcementMode" in network else "0.8.0",
+                   host=host)
+        assert tcp_ok(c, X4[0], 80) and tcp_ok(c, X6[0], 80) and udp_ok(c, X4[1], 5353)
+        assert ping_ok(c, X4[2]) and ping_ok(c, X6[1])
+        for addr, port in left_out:
+            assert not tcp_ok(c, addr, port), (network, addr)
+        assert not ping_ok(c, G4) and not udp_ok(c, G4, 53)
+    # named, each is reachable again (and only what is named)
+    topo.apply({"egress": {"default": "allow", "allow": [{"to": [
+        {"cidr": "100.127.0.1/32"}, {"cidr": f"{G4}/32"}, {"cidr": "198.18.1.2/32"},
+        {"cidr": "fd00:198:18:12::/64"}]}]}}, host=host)
+    for addr, port in ((G4, 8080), ("100.127.0.1", 80), ("198.18.1.2", 80),
+                       ("fd00:198:18:12::1", 80), (X4[0], 80)):
+        assert tcp_ok(c, addr, port), addr
+    assert not tcp_ok(c, "198.18.1.1", 8080) and not tcp_ok(c, G6, 8080)
+    # the host's resolver keeps answering DNS, and only DNS
+    topo.apply({"egress": {"default": "allow"}}, host=topo.host_view(resolvers=(G4,)))
+    assert udp_ok(c, G4, 53) and not tcp_ok(c, G4, 8080)
+
+
 def test_spoofed_sources_are_dropped(topo: Topology) -> None:
     topo.apply({"egress": {"default": "allow"}})
     for spoofed in ("198.18.0.99", "fd00:198:18:1::99"):
@@ -459,7 +519,7 @@ def test_spoofed_sources_are_dropped(topo: Topology) -> None:
 # --------------------------------------------------------------------------- ingress
 
 def test_inbound_connections_refused(topo: Topology) -> None:
-    topo.apply({"egress": {"default": "allow"}})
+    topo.apply({"egress": {"default": "allow", "allow": [{"to": [{"cidr": f"{G4}/32"}]}]}})
     assert not tcp_ok(topo.x, C4, 7000) and not tcp_ok(topo.x, C6, 7000)   # remote
     assert not tcp_ok(topo.r, C4, 7000) and not tcp_ok(topo.r, C6, 7000)   # the host itself
     assert tcp_ok(topo.c, X4[0], 80) and tcp_ok(topo.c, G4, 8080)          # replies still flow

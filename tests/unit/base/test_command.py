@@ -116,3 +116,28 @@ def test_zero_timeout_only_where_asked():
     assert check_timeout(0, "Shell.run", zero=True) == 0.0
     with pytest.raises(TypeError):
         check_timeout(False, "Shell.run", zero=True)
+
+
+def test_max_output_defaults_to_a_cap_and_unlimited_is_explicit():
+    import pickle
+
+    import lxcbind
+    from lxcbind.command import check_max_output
+    from lxcbind.result import DEFAULT_MAX_OUTPUT, UNLIMITED, OutputBuffer
+
+    assert lxcbind.UNLIMITED is UNLIMITED and lxcbind.DEFAULT_MAX_OUTPUT == 16 << 20
+    assert check_call("true").max_output == DEFAULT_MAX_OUTPUT       # None: the default cap
+    assert check_call("true", max_output=UNLIMITED).max_output is UNLIMITED
+    assert check_call("true", max_output=0).max_output == 0
+    for value in (None, UNLIMITED, 7):   # idempotent: a lower layer may check again
+        once = check_max_output(value)
+        assert check_max_output(once) == once
+    # Ray and multiprocessing send it pickled: it must come back as the one sentinel
+    assert pickle.loads(pickle.dumps(UNLIMITED)) is UNLIMITED
+    with pytest.raises(TypeError, match="lxcbind.UNLIMITED"):
+        check_call("true", max_output="unlimited")
+    with pytest.raises(ValueError, match=">= 0"):
+        check_call("true", max_output=-1)
+    unlimited = OutputBuffer(UNLIMITED)
+    unlimited.write(b"x" * (DEFAULT_MAX_OUTPUT + 10))
+    assert not unlimited.truncated and len(unlimited.getvalue()) == DEFAULT_MAX_OUTPUT + 10

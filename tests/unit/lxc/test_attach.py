@@ -73,3 +73,48 @@ def test_public_api_names_all_resolve():
         assert getattr(lxcbind, name) is not None
     with pytest.raises(AttributeError):
         _ = lxcbind.no_such_name
+
+
+CTTY_PROBE = r"""
+import fcntl, json, os, termios
+from lxcbind.lxc.attach import refuse_host_terminal, terminal_id
+
+def verdict(fd):
+    try:
+        refuse_host_terminal(fd, "stdin")
+        return "accepted"
+    except ValueError:
+        return "refused"
+
+master, slave = os.openpty()
+other_master, other_slave = os.openpty()
+report = os.dup(1)
+null = os.open(os.devnull, os.O_RDWR)
+for fd in (0, 1, 2):
+    os.dup2(null, fd)          # no terminal at 0-2: only the controlling terminal is ours
+os.setsid()
+fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+again = os.open(os.ttyname(slave), os.O_RDWR | os.O_NOCTTY)   # another open of it
+tty = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+st = os.fstat(slave)
+got = {"slave": verdict(slave), "again": verdict(again), "master": verdict(master),
+       "devtty": verdict(tty), "other": verdict(other_slave),
+       "id_has_instance": terminal_id(st) == (st.st_dev, st.st_rdev),
+       "vt_id": terminal_id(os.stat("/dev/null"))[0]}
+os.write(report, json.dumps(got).encode())
+"""
+
+
+def test_the_controlling_terminal_is_recognised_by_session_not_number():
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CTTY_PROBE], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    # The controlling terminal, by any fd or through its master or /dev/tty: refused.
+    assert (got["slave"], got["again"], got["master"], got["devtty"]) == ("refused",) * 4
+    assert got["other"] == "accepted"   # another pty of the same devpts is not the caller's
+    assert got["id_has_instance"] and got["vt_id"] == 0

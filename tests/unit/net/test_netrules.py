@@ -134,7 +134,8 @@ def test_container_traffic_is_classified_by_interface_and_address() -> None:
         f"ip daddr {C4} jump ingress", f"ip6 daddr {C6} jump ingress"]
     assert chain(text, "input")[0] == f'iifname "{VETH}" jump to_host'
     assert chain(text, "output")[0] == f'oifname "{VETH}" jump from_host'
-    assert chain(text, "to_host")[-1] == "goto from_container"
+    assert chain(text, "to_host")[-3:] == [f"ip saddr != {C4} drop", f"ip6 saddr != {C6} drop",
+                                           "goto host_egress"]
 
 
 def test_anti_spoofing() -> None:
@@ -165,7 +166,10 @@ def test_bad_arguments_are_refused() -> None:
 def test_matrix_legacy_no_enforcement_mode_is_open() -> None:
     eff = eff_of({"defaultPolicy": "block"}, version="0.7.0")
     text = script(eff)
-    assert chain(text, "egress") == ["accept"]
+    # open, but to the internet only (replies to the open inbound pass)
+    assert chain(text, "egress") == ["ct state established,related accept",
+                                     "ip daddr @accept0_v4_all accept",
+                                     "ip6 daddr @accept0_v6_all accept", "drop"]
     assert chain(text, "ingress")[-1] == "accept"
     assert chain(text, "from_host")[-1] == "accept"
     # the source checks stay even then
@@ -175,10 +179,10 @@ def test_matrix_legacy_no_enforcement_mode_is_open() -> None:
 def test_matrix_legacy_firewall_block_without_hosts_leaves_dns() -> None:
     text = script(eff_of({"enforcementMode": "firewall", "defaultPolicy": "block"},
                          version="0.7.0"))
-    dns = "meta l4proto { tcp, udp } th dport 53 accept"
+    dns = "meta l4proto { tcp, udp } th dport 53 accept"   # anywhere on the internet
     assert chain(text, "egress") == ["ct state established,related accept",
-                                     f"meta nfproto ipv4 {dns}", f"meta nfproto ipv6 {dns}",
-                                     "drop"]
+                                     f"ip daddr @accept0_v4_tcpudp_53 {dns}",
+                                     f"ip6 daddr @accept0_v6_tcpudp_53 {dns}", "drop"]
     assert chain(text, "ingress") == ["ct state established,related accept", "drop"]
 
 
@@ -186,7 +190,8 @@ def test_matrix_legacy_firewall_allow_with_blocked_host() -> None:
     text = script(eff_of({"enforcementMode": "firewall", "defaultPolicy": "allow",
                           "blockedHosts": ["203.0.113.0/24"]}, version="0.7.0"))
     egress = chain(text, "egress")
-    assert egress[-1] == "accept"
+    assert egress[-3:] == ["ip daddr @accept2_v4_all accept", "ip6 daddr @accept2_v6_all accept",
+                           "drop"]
     assert egress.index("ip daddr @drop1_v4_all drop") < len(egress) - 1   # after DNS (run 0)
     assert set_elements(text, "drop1_v4_all") == ["203.0.113.0/24"]
     assert chain(text, "ingress")[-1] == "drop"
@@ -203,7 +208,9 @@ def test_matrix_08_default_allow_with_deny_rule() -> None:
     text = script(eff_of({"egress": {"default": "allow",
                                      "deny": [{"to": [{"cidr": "203.0.113.7"}]}]}}))
     assert chain(text, "egress") == ["ct state established,related accept",
-                                     "ip daddr @drop0_v4_all drop", "accept"]
+                                     "ip daddr @drop0_v4_all drop",
+                                     "ip daddr @accept1_v4_all accept",
+                                     "ip6 daddr @accept1_v6_all accept", "drop"]
     assert set_elements(text, "drop0_v4_all") == ["203.0.113.7"]
 
 
@@ -246,7 +253,8 @@ def test_deny_before_allow_even_for_catch_all_allow() -> None:
     egress = chain(text, "egress")
     assert egress == ["ct state established,related accept",
                       "ip daddr @drop0_v4_all drop", "ip6 daddr @drop0_v6_all drop",
-                      "meta nfproto ipv4 accept", "meta nfproto ipv6 accept", "drop"]
+                      "ip daddr @accept1_v4_all accept", "ip6 daddr @accept1_v6_all accept",
+                      "drop"]
     assert set_elements(text, "drop0_v6_all") == ["2001:db8::/32"]
 
 
@@ -287,8 +295,8 @@ def test_ports_and_ranges() -> None:
 def test_icmp_per_family() -> None:
     text = script(eff_of({"egress": {"allow": [{"ports": [{"protocol": "icmp"}]}]}}))
     egress = chain(text, "egress")
-    assert "meta nfproto ipv4 meta l4proto icmp accept" in egress
-    assert "meta nfproto ipv6 meta l4proto ipv6-icmp accept" in egress
+    assert "ip daddr @accept0_v4_icmp meta l4proto icmp accept" in egress
+    assert "ip6 daddr @accept0_v6_icmp meta l4proto ipv6-icmp accept" in egress
 
 
 def test_except_in_allow_rule_under_default_deny_drops_the_hole_first() -> None:
@@ -307,7 +315,9 @@ def test_except_in_deny_rule_under_default_allow_accepts_the_hole_first() -> Non
          "ports": [{"protocol": "tcp", "port": 22}]}]}}))
     assert chain(text, "egress") == ["ct state established,related accept",
                                      "ip daddr @accept0_v4_tcp_22 tcp dport 22 accept",
-                                     "ip daddr @drop1_v4_tcp_22 tcp dport 22 drop", "accept"]
+                                     "ip daddr @drop1_v4_tcp_22 tcp dport 22 drop",
+                                     "ip daddr @accept2_v4_all accept",
+                                     "ip6 daddr @accept2_v6_all accept", "drop"]
 
 
 def test_except_with_same_verdict_as_default_is_not_emitted() -> None:

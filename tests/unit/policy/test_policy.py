@@ -145,6 +145,9 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "proxy_with_blocked_hosts": ("network.blockedHosts", "cannot be combined with a proxy"),
     "limits_memory_word": ("lxc.limits.memory", 'expected a size such as "512M"'),
     "limits_memory_tiny": ("lxc.limits.memory", "out of range"),
+    "limits_disk_zero": ("lxc.limits.disk", "out of range"),
+    "limits_disk_negative": ("lxc.limits.disk", "out of range"),
+    "limits_disk_word": ("lxc.limits.disk", 'expected a size such as "512M"'),
     "limits_pids_low": ("lxc.limits.pids", "8"),
     "limits_cpu_bool": ("lxc.limits.cpu", "number of CPUs"),
     "limits_unknown": ("lxc.limits.swap", "unknown field"),
@@ -165,8 +168,15 @@ def test_limits_and_isolation_fields_parse() -> None:
     p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
                      "lxc": {"limits": {"memory": "max", "pids": "max", "cpu": "max"}}})
     assert p.lxc.limits.memory == p.lxc.limits.pids == UNLIMITED
+    p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
+                     "lxc": {"limits": {"disk": "10G"}}})
+    assert p.lxc.limits.disk == 10 << 30
+    p = load_policy({"version": "0.8.0", "process": {"commandLine": "true"},
+                     "lxc": {"limits": {"disk": "max"}}})
+    assert p.lxc.limits.disk == UNLIMITED
     default = load_policy({"version": "0.8.0", "process": {"commandLine": "true"}})
     assert not default.lxc.privileged and default.lxc.limits.memory is None
+    assert default.lxc.limits.disk is None
 
 
 def _invalid_files() -> list[str]:

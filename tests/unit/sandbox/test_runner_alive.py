@@ -56,3 +56,28 @@ def test_gc_removes_the_half_written_records_of_dead_runners_only(tmp_path, monk
     assert cleanup.remove_stale_temporaries() == [dead.name]
     assert sorted(p.name for p in owners.iterdir()) == sorted(
         [live.name, record.name, other.name])
+
+
+def test_gc_reports_and_skips_what_it_cannot_remove(tmp_path, monkeypatch):
+    """One leftover whose removal fails is one warning line, keeps its record, and does not
+    stop the others (the real shapes: tests/security/test_teardown_shapes.py)."""
+    from lxcbind.sandbox import cleanup
+
+    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    for name in ("a-bad", "b-good", "c-good"):
+        OwnershipRecord(name, "/nowhere", pid, 1, "", True).save()
+    destroyed, warnings, logs = [], [], []
+
+    def destroy(name: str, lxcpath: str) -> None:
+        if name == "a-bad":
+            raise OSError(16, "Device or resource busy\nsecond line")
+        destroyed.append(name)
+
+    removed = cleanup.collect_garbage(destroy, log=logs.append, warn=warnings.append)
+    assert removed == destroyed == ["b-good", "c-good"]
+    assert len(warnings) == 1 and "'a-bad'" in warnings[0] and "\n" not in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "owners").iterdir()) == ["a-bad.json"]

@@ -1,0 +1,371 @@
+"""The disk limit (``lxc.limits.disk``): each container's writable layer is a filesystem of
+its own, so a workload that fills it gets ENOSPC and the host's disk stays untouched.
+
+Most hosts have no project quotas, and an overlay's upper directory on the host's filesystem
+can grow until the host's disk is full.  So the overlay's upper and work directories live on a
+small ext4 filesystem per container, in a sparse image file in the container's directory
+(``<cdir>/disk.img``), attached to a loop device and mounted at ``<cdir>/disk``.  Its size is
+the byte limit and its inode count (one per ``INODE_RATIO`` bytes) the inode limit; ``df /``
+inside shows both (overlayfs reports its upper filesystem).
+
+Cost on the hot path: no ``mkfs`` per run.  An empty filesystem of each size is made once
+with ``mkfs.ext4`` (no journal, no resize inode, lazily initialised inode tables: about 160 KiB
+of data in a 10 GiB sparse file) and cached under ``<STATE_DIR>/disk``; a run copies only its
+data extents (``SEEK_DATA``/``SEEK_HOLE`` + ``copy_file_range``, a reflink where the host's
+filesystem has them) into a new sparse file, attaches it with ``LOOP_CONFIGURE`` and mounts it
+with ``noinit_itable`` (no background zeroing that would grow the file).  Works on any host
+filesystem with sparse files (ext4, xfs, btrfs) and either cgroup version.
+
+Nothing outlives the container, whoever dies: the loop device is attached with
+``LO_FLAGS_AUTOCLEAR`` and the host's mount of a throwaway container's layer is detached right
+after it started (its overlay holds the filesystem from then on), so the kernel frees the
+filesystem and then the loop device when the container's last process is gone.  (A kept
+container's layer stays mounted on the host while the container exists.)  The image is an
+ordinary file in the container's directory, removed with it.  Teardown (``detach`` before
+liblxc's destroy, ``wait_released`` after it, for ``gc``) never walks the workload's tree: the
+whole filesystem goes at once.  While a sandbox runs it keeps an ``O_PATH`` descriptor on the
+filesystem (``Layer``) to tell whether the limit was reached; it lets go of it after the
+container is gone, in a background thread, so the filesystem's shutdown and the loop device's
+detach (mostly waiting for the block layer, ~3 to 30 ms) are not on the caller's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import struct
+import time
+
+from lxcbind.errors import SandboxError
+from lxcbind.policy.model import UNLIMITED
+from lxcbind.state import STATE_DIR
+
+IMAGES = STATE_DIR / "disk"    # one cached empty filesystem per size
+LAYER = "disk"                 # the mount point, in the container's directory
+IMAGE = "disk.img"             # the container's filesystem, in its directory
+UPPER = "delta0"               # overlay upper dir inside the layer (liblxc's work dir beside)
+DEFAULT_CAP = 10 << 30         # at most 10 GiB by default ...
+DEFAULT_SHARE = 4              # ... and at most a quarter of the free space where it lives
+MIN_SIZE = 16 << 20
+INODE_RATIO = 16384            # bytes per inode: 10 GiB holds 655,360 files
+MAX_INODES = 1 << 31           # ext4 counts inodes in 32 bits (a limit past 32 TiB)
+# "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
+# ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
+FULL_MARGIN = 2 << 20
+_SCHEMA = "1"                  # bump when the mkfs options change
+
+_LOOP_CTL_GET_FREE = 0x4C82
+_LOOP_SET_FD = 0x4C00
+_LOOP_CLR_FD = 0x4C01
+_LOOP_SET_STATUS64 = 0x4C04
+_LOOP_CONFIGURE = 0x4C0A
+_LO_FLAGS_AUTOCLEAR = 4
+_LOOP_INFO64 = 232             # sizeof(struct loop_info64); lo_flags at 52, lo_file_name at 56
+
+
+def resolve(value: int | None, lxcpath: str) -> int | None:
+    """The byte limit for a policy's ``lxc.limits.disk`` (None: not set; ``UNLIMITED``: none).
+
+    The default is 10 GiB, or less where a quarter of the free space of ``lxcpath``'s
+    filesystem is less (then the largest power of two below it, at least 16 MiB: a few sizes,
+    so a few cached images).  An agent's shell rarely writes gigabytes, and a default that
+    leaves three quarters of the free space keeps one run from filling the host; concurrent
+    runs each get their own limit."""
+    if value is not None:
+        return None if value == UNLIMITED else value
+    try:
+        st = os.statvfs(lxcpath)
+    except OSError:
+        return DEFAULT_CAP
+    share = st.f_bavail * st.f_frsize // DEFAULT_SHARE
+    if share >= DEFAULT_CAP:
+        return DEFAULT_CAP
+    return max(MIN_SIZE, 1 << max(0, share.bit_length() - 1))
+
+
+def upper_dir(cdir: str) -> str:
+    return os.path.join(cdir, LAYER, UPPER)
+
+
+def has_layer(cdir: str) -> bool:
+    """Whether the container in ``cdir`` keeps its writes on a limited layer."""
+    return os.path.isfile(os.path.join(cdir, IMAGE))
+
+
+# -- the cached empty filesystems -------------------------------------------------------------
+
+def _mkfs() -> str:
+    path = shutil.which("mkfs.ext4", path="/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
+    if not path:
+        raise SandboxError("lxc.limits.disk: mkfs.ext4 is not installed (apt-get install "
+                           "e2fsprogs), so the disk limit cannot be enforced; install it, or "
+                           "set \"disk\": \"max\" to run without a disk limit")
+    return path
+
+
+def template(size: int) -> str:
+    """The cached empty ext4 image of ``size`` bytes, made now if it does not exist (under a
+    lock: concurrent callers wait and reuse it; a file that exists is complete)."""
+    path = IMAGES / f"ext4-{size}-{_SCHEMA}.img"
+    if path.exists():
+        return str(path)
+    IMAGES.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(IMAGES / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return str(path)
+        import subprocess  # once per size: not on a run's import path
+
+        tmp = IMAGES / f".{path.name}.{os.getpid()}.tmp"
+        try:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.truncate(size)
+            inodes = min(max(64, size // INODE_RATIO), MAX_INODES)
+            done = subprocess.run(
+                [_mkfs(), "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", str(inodes),
+                 "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
+                 "-L", "lxcbind", str(tmp)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                check=False)
+            if done.returncode != 0:
+                raise SandboxError(f"lxc.limits.disk: mkfs.ext4 failed: "
+                                   f"{done.stdout.decode(errors='replace').strip()}")
+            os.replace(tmp, path)
+        except OSError as exc:   # e.g. larger than a file may be here (16 TiB on ext4)
+            raise SandboxError(f"lxc.limits.disk: cannot make a {size}-byte image in {IMAGES}: "
+                               f"{exc.strerror}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return str(path)
+
+
+def _copy_sparse(src: str, dst: str) -> int:
+    """Copy ``src`` to a new file ``dst`` (0600) data extent by data extent, leaving holes;
+    returns ``dst`` open read-write."""
+    fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            os.ftruncate(out, size)
+            offset = 0
+            while offset < size:
+                try:
+                    start = os.lseek(fd, offset, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:   # no data past offset
+                        break
+                    raise
+                end = os.lseek(fd, start, os.SEEK_HOLE)
+                at = start
+                while at < end:
+                    copied = os.copy_file_range(fd, out, end - at, at, at)
+                    if copied <= 0:
+                        raise OSError(errno.EIO, "short copy", dst)
+                    at += copied
+                offset = end
+        except BaseException:
+            os.close(out)
+            raise
+        return out
+    finally:
+        os.close(fd)
+
+
+# -- loop devices -----------------------------------------------------------------------------
+
+def _loop_info(name: str) -> bytes:
+    info = bytearray(_LOOP_INFO64)
+    struct.pack_into("I", info, 52, _LO_FLAGS_AUTOCLEAR)
+    label = os.fsencode(name)[-63:]
+    info[56:56 + len(label)] = label
+    return bytes(info)
+
+
+def _attach_loop(image_fd: int, name: str) -> tuple[str, int]:
+    """Attach the open image to a free loop device, autoclear set; returns its path and an
+    open descriptor on it (the device detaches itself once nothing holds it)."""
+    try:
+        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: no loop devices on this host (/dev/loop-control: "
+                           f"{exc.strerror}), so the disk limit cannot be enforced; set "
+                           "\"disk\": \"max\" to run without one") from None
+    try:
+        for _ in range(64):   # another process may take the free device first: EBUSY, retry
+            number = fcntl.ioctl(ctl, _LOOP_CTL_GET_FREE)
+            device = f"/dev/loop{number}"
+            try:
+                dev = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:   # no devtmpfs node for it (a container as the host)
+                raise SandboxError(f"lxc.limits.disk: cannot open {device}: {exc.strerror}; "
+                                   "set \"disk\": \"max\" to run without a disk limit") from None
+            try:
+                config = struct.pack("II", image_fd, 4096) + _loop_info(name) + bytes(64)
+                try:
+                    fcntl.ioctl(dev, _LOOP_CONFIGURE, config)
+                except OSError as exc:
+                    if exc.errno not in (errno.EINVAL, errno.ENOTTY):
+                        raise
+                    # Before Linux 5.8: the two-step form (a small window without autoclear).
+                    fcntl.ioctl(dev, _LOOP_SET_FD, image_fd)
+                    fcntl.ioctl(dev, _LOOP_SET_STATUS64, _loop_info(name))
+                return device, dev
+            except OSError as exc:
+                os.close(dev)
+                if exc.errno != errno.EBUSY:
+                    raise SandboxError(f"lxc.limits.disk: cannot attach {device}: "
+                                       f"{exc.strerror}") from None
+        raise SandboxError("lxc.limits.disk: no free loop device (64 attempts)")
+    finally:
+        os.close(ctl)
+
+
+def _loops_of(image: str) -> list[str]:
+    """The loop devices (``loopN``) whose backing file is ``image`` (deleted or not)."""
+    found = []
+    with contextlib.suppress(OSError), os.scandir("/sys/block") as entries:
+        for entry in entries:
+            if not entry.name.startswith("loop"):
+                continue
+            with contextlib.suppress(OSError), \
+                    open(f"/sys/block/{entry.name}/loop/backing_file") as f:
+                backing = f.read().rstrip("\n").removesuffix(" (deleted)")
+                if backing == image:
+                    found.append(entry.name)
+    return found
+
+
+# -- one container's layer --------------------------------------------------------------------
+
+def _mount(cdir: str, image_fd: int) -> None:
+    from lxcbind.lxc import hostmount
+
+    target = os.path.join(cdir, LAYER)
+    os.makedirs(target, 0o755, exist_ok=True)
+    try:
+        device, dev = _attach_loop(image_fd, os.path.join(cdir, IMAGE))
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: cannot attach a loop device: {exc.strerror}") \
+            from None
+    try:
+        # noinit_itable: no background thread zeroing inode tables (it would fill the file).
+        hostmount.mount_device(device, target, "ext4", "noinit_itable")
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: cannot mount the container's disk layer: "
+                           f"{exc.strerror}") from None
+    finally:
+        os.close(dev)   # autoclear: the mount holds the device from now on
+
+
+def prepare(cdir: str, size: int, owner: int | None) -> None:
+    """Give the container in ``cdir`` a fresh writable layer of ``size`` bytes, mounted at
+    ``<cdir>/disk`` with the overlay's upper and work directories made (owned by ``owner``,
+    the container's shifted root, when it is unprivileged).  Raises ``SandboxError``; on
+    failure what was made is left for ``detach`` (the caller removes the container)."""
+    try:
+        image = _copy_sparse(template(size), os.path.join(cdir, IMAGE))
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: cannot copy the disk image: {exc.strerror}") \
+            from None
+    try:
+        _mount(cdir, image)
+    finally:
+        os.close(image)
+    upper = os.path.join(cdir, LAYER, UPPER)
+    os.mkdir(upper, 0o755)
+    if owner is not None:
+        # liblxc makes the overlay's work directory beside the upper one, as the container's
+        # root ("work" or "olwork" by version): the layer's root is that root's too.
+        os.chown(upper, owner, owner)
+        os.chown(os.path.join(cdir, LAYER), owner, owner)
+
+
+def mount_existing(cdir: str) -> None:
+    """Mount a kept container's layer again unless it is (its image holds its earlier
+    writes).  Never while a loop device still holds the image: one filesystem mounted twice
+    through two devices would be corrupted."""
+    if os.path.ismount(os.path.join(cdir, LAYER)):
+        return
+    if wait_released(cdir):
+        raise SandboxError(f"lxc.limits.disk: the disk layer of {os.path.basename(cdir)!r} "
+                           "is still in use by an earlier start; try again")
+    image = os.open(os.path.join(cdir, IMAGE), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _mount(cdir, image)
+    finally:
+        os.close(image)
+
+
+def detach(cdir: str) -> None:
+    """Remove the host's mount of the layer (lazily: a running container keeps its own
+    reference).  Idempotent, never raises.  Called after start, and before liblxc's destroy,
+    which then finds no upper tree to walk."""
+    from lxcbind.lxc import hostmount
+
+    target = os.path.join(cdir, LAYER)
+    for _ in range(8):   # stacked mounts (a killed runner's, then a retry's)
+        if not os.path.ismount(target) or not hostmount.detach(target):
+            return
+
+
+def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
+    """After the container stopped: wait until the kernel has let go of the layer's loop
+    device (autoclear runs when the last mount of the filesystem goes, which can lag the
+    container's exit a little).  Returns the loop devices still attached (after asking them
+    to detach), normally none.  Cheap when there is nothing to wait for: one look at the loop
+    devices in /sys/block."""
+    image = os.path.join(cdir, IMAGE)   # liblxc's destroy may have removed it already
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _loops_of(image)
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.005)
+    for name in left:
+        with contextlib.suppress(OSError):
+            fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(fd, _LOOP_CLR_FD)   # still in use: it clears on last close
+            finally:
+                os.close(fd)
+    return left
+
+
+class Layer:
+    """An open handle on a running container's writable layer: whether it is full."""
+
+    def __init__(self, cdir: str) -> None:
+        self._fd = os.open(os.path.join(cdir, LAYER), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def full(self) -> bool:
+        """Whether the workload has (nearly) no bytes or no inodes left."""
+        if self._fd < 0:
+            return False
+        try:
+            st = os.fstatvfs(self._fd)
+        except OSError:
+            return False
+        margin = FULL_MARGIN + st.f_blocks * st.f_frsize // 128
+        return st.f_favail == 0 or st.f_bavail * st.f_frsize < margin
+
+    def close(self, background: bool = False) -> None:
+        """Let go of the filesystem (it must not outlive the container because of us).  When
+        this is the last reference, the close shuts the filesystem and its loop device down;
+        ``background``: in a daemon thread, so the caller does not wait for it (if this
+        process exits first, the kernel closes the descriptor and does the same)."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        if background:
+            import threading
+
+            threading.Thread(target=os.close, args=(fd,), name="lxcbind-disk-release",
+                             daemon=True).start()
+        else:
+            os.close(fd)
