@@ -109,7 +109,7 @@ def test_on_an_apparmor_host_the_documented_profiles_confine_the_workload() -> N
         label = _label(box.container.init_pid)
         assert label.startswith(f"lxc-{name}_") and label.endswith("(enforce)"), label
         r = box.run("mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && "
-                    "mount -o remount,ro /tmp/m && echo remounted")
+                    "mount -o remount,bind,ro /tmp/m && echo remounted")
         assert r.stdout == b"remounted\n", r.stderr
     with open("/sys/kernel/security/apparmor/profiles") as f:
         assert name not in f.read()
