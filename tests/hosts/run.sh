@@ -29,7 +29,7 @@ ACCEL="${HOSTS_ACCEL:-$([ -e /dev/kvm ] && echo kvm || echo tcg)}"
 # The README's packages, the tests' (busybox-static, tmux, nftables, git), and what makes it a
 # host like the users' (Debian's kernel, systemd as init: pure cgroup v2, AppArmor enabled).
 PACKAGES="linux-image-amd64 systemd-sysv udev kmod dbus apparmor lxc lxc-dev libnftables-dev
-    nftables pkg-config gcc libc6-dev python3-dev python3-venv busybox-static iproute2 tmux
+    nftables pkg-config gcc libc6-dev python3-dev python3-venv e2fsprogs busybox-static iproute2 tmux
     procps git"
 # What pip installs in the guest (from wheels: the guest has no network): the build
 # requirements and the test and lint extras of pyproject.toml.
