@@ -42,6 +42,13 @@ def make_busybox(name: str, *, start: bool = True, lxcpath: str | None = None) -
         c.clear_config_item("lxc.net")
         c.set_config_item("lxc.net.0.type", "empty")
         c.set_config_item("lxc.pty.max", "64")
+        # create() copies the host's /etc/lxc/default.conf, which on Debian says
+        # ``lxc.apparmor.profile = generated``: on an AppArmor host liblxc would then compile
+        # a profile at every start (seconds under emulation).  liblxc's default profile
+        # (``lxc-container-default-cgns``, loaded at boot) costs nothing; without AppArmor
+        # both items are ignored.
+        c.clear_config_item("lxc.apparmor.profile")
+        c.clear_config_item("lxc.apparmor.allow_nesting")
         c.save_config()
         if start:
             c.start()

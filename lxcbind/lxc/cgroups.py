@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from lxcbind._lite import record
-from lxcbind.lxc import mountinfo
+from lxcbind.lxc import mountinfo, sigmask
 
 _ROOT = "/sys/fs/cgroup"
 
@@ -136,11 +136,8 @@ class _Primer:
                 # the main thread blocks it (Container.attach_request does, between liblxc's
                 # fork and owning the pid), or its Python handler would run anyway, flagged
                 # from here, and drop the pid: an unreaped child makes stop() hang forever.
-                mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-                try:
+                with sigmask.blocked(signal.valid_signals()):
                     self._thread.start()
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self._kicked.set()
 
     def _loop(self) -> None:
@@ -220,6 +217,43 @@ def process_dir(pid: int, controller: str) -> str | None:
         if mountpoint:
             return os.path.join(mountpoint, path.lstrip("/"))
     return None
+
+# -- limits as the kernel stores them ---------------------------------------------------------
+
+# The memory controllers keep a limit as a number of pages (``page_counter``), at most
+# LONG_MAX / PAGE_SIZE of them: a byte count written is rounded DOWN to whole pages, a larger
+# one is clamped, and the file shows pages x PAGE_SIZE (v2 shows the maximum as ``max``).
+_MEMORY_LIMITS = {"memory.max": "v2", "memory.swap.max": "v2",
+                  "memory.limit_in_bytes": "v1", "memory.memsw.limit_in_bytes": "v1"}
+_LONG_MAX = (1 << 63) - 1
+
+
+def stored_limit(name: str, written: str, page_size: int | None = None) -> str:
+    """What the limit file ``name`` reads after ``written`` (a byte/process count, a v2
+    ``"quota period"`` pair, or ``max``) was written to it, as the kernel keeps it.
+
+    Memory files (v1 and v2, swap included) round down to whole pages and clamp at the page
+    counter's maximum; ``pids.max``, ``cpu.max`` and the v1 CFS files keep what was written
+    (microseconds in both families).  ``verify_limits`` compares a read-back with this, so
+    a limit the kernel merely rounded is not mistaken for one that did not take.
+    """
+    family = _MEMORY_LIMITS.get(name)
+    if family is None:
+        return " ".join(written.split())
+    page = page_size or os.sysconf("SC_PAGE_SIZE")
+    most = _LONG_MAX // page
+    pages = most if written in ("max", "-1") else min(int(written) // page, most)
+    return "max" if family == "v2" and pages == most else str(pages * page)
+
+
+def unlimited(name: str, shown: str, page_size: int | None = None) -> bool:
+    """Whether the limit file ``name`` showing ``shown`` means no limit at all."""
+    if shown.split()[:1] == ["max"] or (name == "cpu.cfs_quota_us" and shown == "-1"):
+        return True
+    if _MEMORY_LIMITS.get(name) == "v1":
+        return shown == stored_limit(name, "max", page_size)
+    return False
+
 
 def _freezer(init_pid: int) -> tuple[str, str, str, str, Any]:
     """The container's cgroup directory and how to freeze it: v1 freezer, else cgroup2."""

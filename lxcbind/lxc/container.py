@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lxcbind.errors import ContainerNotFound, LxcError
-from lxcbind.lxc import cgroups, rmtree
+from lxcbind.lxc import cgroups, rmtree, sigmask
 from lxcbind.lxc._native import HAS_DEVPTS_FD, HAS_INIT_PIDFD, ffi, lib
 from lxcbind.lxc.attach import AttachRequest, FileArg, Process, build_attach, cstrings
 
@@ -312,9 +312,8 @@ class Container:
         Python handler cannot leave a start half-watched (as for the in-process start, which
         runs no Python code until liblxc returns)."""
         log = os.path.join(self.lxcpath, self.name, LOG_NAME)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
         try:
-            with self._lock:
+            with sigmask.blocked(_HANDLED_SIGNALS), self._lock:
                 self._handle()   # a closed handle raises, as for every call
                 self._init_pid = None
                 pid = os.posix_spawn(STARTER, [STARTER, self.name, self.lxcpath, log],
@@ -329,7 +328,6 @@ class Container:
                 except ChildProcessError:   # reaped by someone else's waitpid(-1): ask liblxc
                     status = 0 if self.running else 1 << 8
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # The starter's migrations kept the kernel's fast path armed: the primer may rest.
             cgroups.started()
         if status != 0:
@@ -467,8 +465,7 @@ class Container:
         # wherever an exception lands, kill_attached() finds the child and reaps it.
         pid_out = ffi.new("pid_t *")
         self._unowned.append(pid_out)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)
-        try:
+        with sigmask.blocked(_HANDLED_SIGNALS):
             try:
                 with self._lock:
                     c = self._handle()
@@ -490,8 +487,6 @@ class Container:
             proc.args = list(args)
             self._attached.add(proc)
             self._unowned.remove(pid_out)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         return proc
 
     def __repr__(self) -> str:

@@ -20,15 +20,20 @@ What a container gets (``../shared/notes/isolation.md`` has the measurements beh
   (``socket_family_rules``; AF_VSOCK reaches the hypervisor, no namespace isolates it).  The
   32-bit x86 entry points, which liblxc cannot filter by argument, are filtered by the spawner.
 * **Limits**: memory (with swap), pids and CPU, from the policy's ``lxc.limits`` or the defaults
-  below, set before start on the hierarchy family the host actually has (v1 or v2; liblxc
-  ignores the other family without an error) and read back after start (``verify_limits``): a
-  limit that did not take fails the run (exit 125) instead of running unlimited.
+  below, and a CPU weight of half the kernel's default (``DEFAULT_CPU_WEIGHT``), set before
+  start on the hierarchy family the host actually has (v1 or v2; liblxc ignores the other
+  family without an error) and read back after start (``verify_limits``),
+  compared with what the kernel keeps of the value written (memory: whole pages, rounded
+  down; the default is whole pages already): a limit that did not take fails the run (exit
+  125) instead of running unlimited or otherwise limited.
 
 Opt-ins (``lxc.allow``), each giving something up:
 
 * ``nesting``: keeps ``sys_admin`` and allows mount/unshare/setns/new namespaces, for nested
-  containers.  The workload can then unmount the masks of denied paths and remount read-only
-  binds where its ids may write: the filesystem policy is no longer enforced against it.
+  containers, and on an AppArmor host asks for liblxc's generated profile with nesting (the
+  default profile denies mounts).  The workload can then unmount the masks of denied paths and
+  remount read-only binds where its ids may write: the filesystem policy is no longer
+  enforced against it.
 * ``perf``: allows ``perf_event_open`` (subject to the host's ``perf_event_paranoid``): more
   kernel attack surface and a side channel on other processes of the host.
 * ``ptrace``: allows ``ptrace``, ``process_vm_readv``/``process_vm_writev`` and
@@ -55,6 +60,9 @@ KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "set
 DEFAULT_PIDS = 1024
 DEFAULT_MEMORY_CAP = 4 << 30          # at most 4 GiB, and at most half the host's memory
 CPU_PERIOD_US = 100_000
+# Under contention a container gets half the CPU of a cgroup at the kernel's default weight
+# (v2 cpu.weight 100, v1 cpu.shares 1024): busy workloads slow the host's own work less.
+DEFAULT_CPU_WEIGHT = 50
 
 _EPERM, _ENOSYS = 1, 38
 _S_ISUID, _S_ISGID = 0o4000, 0o2000
@@ -148,12 +156,20 @@ def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False
                      ) -> list[tuple[str, str]]:
     """Capabilities, no_new_privs and seccomp items for one container."""
     caps = list(KEEP_CAPS) + (["sys_admin"] if "nesting" in allow else [])
-    return [
+    items = [
         ("lxc.cap.drop", ""),  # keep and drop are exclusive in liblxc: clear any drop list
         ("lxc.cap.keep", " ".join(caps)),
         ("lxc.no_new_privs", "1"),
         ("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))),
     ]
+    if "nesting" in allow:
+        # On an AppArmor host every container otherwise runs under liblxc's default profile
+        # (lxc-container-default-cgns), which denies the mounts this opt-in exists to give.
+        # liblxc's generated profile with nesting allows mounts and keeps the profile's other
+        # denials (/proc/sysrq-trigger, /sys/kernel/security, ...); it is compiled by
+        # apparmor_parser at every start.  Without AppArmor, liblxc ignores both items.
+        items += [("lxc.apparmor.profile", "generated"), ("lxc.apparmor.allow_nesting", "1")]
+    return items
 
 
 # -- limits -----------------------------------------------------------------------------------
@@ -174,8 +190,9 @@ def _host_memory() -> int:
 def resolve(limits: Limits) -> ResolvedLimits:
     """Apply defaults: memory min(4 GiB, half the host), 1024 processes, CPU unlimited (the
     scheduler shares it fairly; a policy sets ``cpu`` to cap it)."""
+    page = os.sysconf("SC_PAGE_SIZE")   # whole pages: what the kernel would keep anyway
     memory = limits.memory if limits.memory is not None else \
-        min(DEFAULT_MEMORY_CAP, _host_memory() // 2)
+        min(DEFAULT_MEMORY_CAP, _host_memory() // 2 // page * page)
     pids = limits.pids if limits.pids is not None else DEFAULT_PIDS
     cpu = limits.cpu
     return ResolvedLimits(None if memory == UNLIMITED else memory,
@@ -202,6 +219,11 @@ def _expected(limits: ResolvedLimits) -> list[tuple[str, str, str]]:
                 out.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory)))
     if limits.pids is not None:
         out.append(("pids", "pids.max", str(limits.pids)))
+    weight = cgroups.controller_version("cpu")   # a default, not a limit: only where it can be
+    if weight == "v2":
+        out.append(("cpu", "cpu.weight", str(DEFAULT_CPU_WEIGHT)))
+    elif weight == "v1":
+        out.append(("cpu", "cpu.shares", str(DEFAULT_CPU_WEIGHT * 1024 // 100)))
     if limits.cpu is not None:
         quota = max(1000, round(limits.cpu * CPU_PERIOD_US))
         if cgroups.controller_version("cpu") == "v2":
@@ -226,27 +248,28 @@ def limit_config(limits: ResolvedLimits) -> list[tuple[str, str]]:
 
 
 def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
-    """Read every limit back from the running container's cgroups; ``SandboxError`` if one
-    is not what was asked (it did not take: the run must not go on unlimited)."""
+    """Read every limit back from the running container's cgroups and compare it with what
+    the kernel keeps of the value written (``cgroups.stored_limit``: memory is rounded down to
+    whole pages); ``SandboxError`` if one differs: it did not take, and the run must not go
+    on with a limit other than the policy's."""
     for controller, name, value in _expected(limits):
         folder = cgroups.process_dir(init_pid, controller)
         try:
             with open(os.path.join(folder or "/nonexistent", name)) as f:
-                actual = f.read().strip()
+                actual = " ".join(f.read().split())
         except OSError as exc:
             raise SandboxError(f"lxc.limits: cannot read back {controller} {name} of the "
                                f"container ({exc.strerror}); refusing to run unlimited") from None
-        if name == "cpu.max":
-            ok = actual.split() == value.split()
-        elif name in ("memory.max", "memory.swap.max", "pids.max"):
-            ok = actual == value
-        else:
-            # v1 rounds memory limits down to whole pages.
-            ok = actual == value or (name.startswith("memory.") and
-                                     abs(int(actual) - int(value)) < os.sysconf("SC_PAGE_SIZE"))
-        if not ok:
-            raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the "
-                               f"container, not {value!r}; refusing to run unlimited")
+        stored = cgroups.stored_limit(name, value)
+        if actual == stored:
+            continue
+        asked = repr(stored) if stored == value else \
+            f"{stored!r} ({value!r} rounded down to whole pages)"
+        what = ("no limit: it did not take; refusing to run unlimited"
+                if cgroups.unlimited(name, actual) else
+                "a different limit: refusing to run with a limit other than the policy's")
+        raise SandboxError(f"lxc.limits: {controller} {name} is {actual!r} in the container, "
+                           f"not {asked}, i.e. {what}")
 
 
 @record

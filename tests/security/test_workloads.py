@@ -72,6 +72,49 @@ def test_nesting_opt_in_gives_mounts_back() -> None:
     assert b"mounted" in r.stdout, r.stderr
 
 
+def _apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def test_apparmor_items_only_for_nesting() -> None:
+    assert not [k for k, _ in security.hardening_config() if k.startswith("lxc.apparmor")]
+    items = dict(security.hardening_config(("nesting",)))
+    assert items["lxc.apparmor.profile"] == "generated"
+    assert items["lxc.apparmor.allow_nesting"] == "1"
+
+
+def _label(pid: int) -> str:
+    """The AppArmor label of ``pid`` as the host sees it (inside liblxc's AppArmor namespace of
+    a nesting container, the workload sees only its namespace's part: ``unconfined``)."""
+    with open(f"/proc/{pid}/attr/current") as f:
+        return f.read().strip()
+
+
+@pytest.mark.skipif(not _apparmor_enabled(), reason="AppArmor is not enabled on this host")
+def test_on_an_apparmor_host_the_documented_profiles_confine_the_workload() -> None:
+    """The default: liblxc's lxc-container-default-cgns, enforced (its mount denial stands
+    behind seccomp's).  ``nesting``: liblxc's generated profile, which allows the mounts and is
+    unloaded from the kernel when the container is gone."""
+    doc = {"version": "0.8.0", "process": {"commandLine": "true"}}
+    with lxcbind.Sandbox(doc) as box:
+        assert box.container.init_pid
+        assert _label(box.container.init_pid) == "lxc-container-default-cgns (enforce)"
+    name = new_name("aa-")
+    with lxcbind.Sandbox({**doc, "containerId": name, "lxc": {"allow": ["nesting"]}}) as box:
+        assert box.container.init_pid
+        label = _label(box.container.init_pid)
+        assert label.startswith(f"lxc-{name}_") and label.endswith("(enforce)"), label
+        r = box.run("mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && "
+                    "mount -o remount,bind,ro /tmp/m && echo remounted")
+        assert r.stdout == b"remounted\n", r.stderr
+    with open("/sys/kernel/security/apparmor/profiles") as f:
+        assert name not in f.read()
+
+
 def test_profile_lists_what_each_opt_in_gives_up() -> None:
     default = security.seccomp_profile()
     assert "perf_event_open errno 1" in default and "mount errno 1" in default
@@ -91,6 +134,69 @@ def test_limits_that_do_not_take_fail_closed() -> None:
         security.verify_limits(pid, security.ResolvedLimits(None, 100, None))
         with pytest.raises(SandboxError, match="pids.max"):
             security.verify_limits(pid, security.ResolvedLimits(None, 101, None))
+
+
+def _memory_limit_file(pid: int) -> str:
+    from lxcbind.lxc import cgroups
+    folder = cgroups.process_dir(pid, "memory")
+    assert folder, "no memory cgroup for the container"
+    v2 = cgroups.controller_version("memory") == "v2"
+    return os.path.join(folder, "memory.max" if v2 else "memory.limit_in_bytes")
+
+
+def test_a_memory_limit_that_is_not_whole_pages_runs_rounded_down() -> None:
+    """100000001 bytes is not a whole number of pages: the kernel keeps the limit rounded down
+    (v1 and v2 alike), and the run goes on with it instead of calling it unlimited."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "100000001"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        with open(_memory_limit_file(pid)) as f:
+            assert int(f.read()) == 100000001 // page * page
+        r = box.run(["sh", "-c", "echo ran"])
+        assert r.returncode == 0 and r.stdout == b"ran\n", r.stderr
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "run", "--no-tty", "-", "--json"],
+                       input=json.dumps({"version": "0.8.0", "process": {"commandLine": "true"},
+                                         "lxc": {"limits": {"memory": "100000001"}}}).encode(),
+                       capture_output=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["exit_code"] == 0
+
+
+def test_a_memory_limit_that_did_not_take_is_named_as_such() -> None:
+    """A container without a memory limit (``max``), read back as if one had been asked:
+    refused, and the message says there is no limit; a different limit is called different."""
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "max"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        kept = 100000001 // os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PAGE_SIZE")
+        with pytest.raises(SandboxError, match=rf"memory\..* is .*, not '{kept}' "
+                           r"\('100000001' rounded down .*no limit: it did not take"):
+            security.verify_limits(pid, security.ResolvedLimits(100000001, None, None))
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"},
+                          "lxc": {"limits": {"memory": "64M"}}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        security.verify_limits(pid, security.ResolvedLimits(64 << 20, None, None))
+        with pytest.raises(SandboxError, match="a different limit") as caught:
+            security.verify_limits(pid, security.ResolvedLimits(128 << 20, None, None))
+        assert "unlimited" not in str(caught.value)
+
+
+def test_a_container_gets_half_the_default_cpu_weight() -> None:
+    """No cap, but a share: under contention the workload yields to the host's default
+    cgroups (v2 cpu.weight 100, v1 cpu.shares 1024)."""
+    from lxcbind.lxc import cgroups
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"}}) as box:
+        pid = box.container.init_pid
+        assert pid
+        folder = cgroups.process_dir(pid, "cpu")
+        assert folder
+        v2 = cgroups.controller_version("cpu") == "v2"
+        with open(os.path.join(folder, "cpu.weight" if v2 else "cpu.shares")) as f:
+            assert int(f.read()) == (50 if v2 else 512)
 
 
 def test_cli_reports_oom_on_stderr_and_in_json(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from lxcbind.errors import LxcError
 from tests.conftest import make_busybox, new_name, requires_lxc, requires_root, run_threads
+from tests.signal_arrival import each_arrival
 
 pytestmark = [requires_root, requires_lxc]
 
@@ -39,6 +40,8 @@ def test_lifecycle_round_trip(container_name):
         c.create("busybox")
         c.clear_config_item("lxc.net")
         c.set_config_item("lxc.net.0.type", "empty")
+        c.clear_config_item("lxc.apparmor.profile")   # as make_busybox: no compile per start
+        c.clear_config_item("lxc.apparmor.allow_nesting")
         c.save_config()
         assert c.defined and container_name in list_containers()
         c.start()
@@ -346,6 +349,44 @@ def test_a_signal_handler_raising_mid_attach_never_orphans_a_child(container_nam
         c.close()
 
 
+def test_a_handler_raising_as_attach_blocks_signals_leaves_no_mask_behind(
+        container_name, monkeypatch):
+    """A signal whose handler raises, arriving before each of attach's pthread_sigmask calls
+    in turn (``tests/signal_arrival.py``): the thread's mask is as it was every time (a CLI
+    whose main thread kept every signal blocked would ignore Ctrl-C and SIGTERM for good), and
+    every child made meanwhile is still owned: stop() reaps them."""
+    c = make_busybox(container_name)
+    try:
+        assert each_arrival(monkeypatch, lambda: c.attach(["sleep", "100"])) >= 2
+        stopper = threading.Thread(target=c.stop)
+        stopper.start()
+        stopper.join(timeout=60)
+        assert not stopper.is_alive(), "stop() hangs: an attached child was never reaped"
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            assert f.read().split() == []
+    finally:
+        c.destroy()
+        c.close()
+
+
+def test_a_handler_raising_as_the_starters_start_blocks_signals_leaves_no_mask_behind(
+        container_name, monkeypatch):
+    """The same for a start through lxcbind-starter (signals are blocked while it runs)."""
+    c = make_busybox(container_name, start=False)
+
+    def stop_if_started() -> None:
+        if c.running:
+            c.stop()
+
+    try:
+        assert each_arrival(monkeypatch, c.start, stop_if_started) >= 2
+        with open(f"/proc/self/task/{os.getpid()}/children") as f:
+            assert f.read().split() == []   # the starter was waited for on every path
+    finally:
+        c.destroy()
+        c.close()
+
+
 @pytest.mark.parametrize("where", ["in-process", "starter"])
 def test_concurrent_starts_leave_the_caller_in_its_own_cgroups(where):
     """Starts in several threads at once (a Pool's starters): the process must end up where
@@ -428,28 +469,56 @@ def test_a_start_the_starter_cannot_make_raises_liblxcs_reason_and_leaves_it_sto
         c.close()
 
 
+def _starter_running() -> bool:
+    """Whether a child of this (main) thread is lxcbind-starter."""
+    with open(f"/proc/self/task/{os.getpid()}/children") as f:
+        pids = f.read().split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "lxcbind-starter":
+                return True
+    return False
+
+
 def test_a_signal_during_a_start_in_the_starter_is_handled_once_it_has_returned(
         container_name):
     """A Python handler that raises (Ctrl-C) cannot cut the wait for the starter short: the
-    container is started and watched when the exception arrives, and the starter reaped."""
+    container is started and watched when the exception arrives, and the starter reaped.
+    The signal is sent to the main thread once the starter runs (not after a fixed delay,
+    which on a slow host lands before the start has begun); a start too quick to be seen
+    gets it just after it returned, which must end the same way."""
     class Interrupted(Exception):
         pass
 
     def handler(signum, frame):
         raise Interrupted
 
+    main = threading.get_ident()
+    returned = threading.Event()
+
+    def send_while_the_starter_runs() -> None:
+        while not returned.is_set() and not _starter_running():
+            time.sleep(0.0002)
+        signal.pthread_kill(main, signal.SIGALRM)
+
     c = make_busybox(container_name, start=False)
     previous = signal.signal(signal.SIGALRM, handler)
+    sender = threading.Thread(target=send_while_the_starter_runs)
     try:
         with pytest.raises(Interrupted):
-            signal.setitimer(signal.ITIMER_REAL, 0.001)   # lands while the starter runs
-            c.start()
-            time.sleep(1)   # (if it had landed after: still raised, here)
+            sender.start()
+            try:
+                c.start()
+            finally:
+                returned.set()
+            sender.join()
+            time.sleep(5)   # the handler runs as soon as the main thread checks for signals
         assert c.running and _monitor_program(c) == "lxcbind-starter"
         with pytest.raises(ChildProcessError):
             os.waitpid(-1, os.WNOHANG)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        returned.set()
+        sender.join()
         signal.signal(signal.SIGALRM, previous)
         c.destroy()
         c.close()

@@ -182,6 +182,7 @@ def test_spawn_interactive_handle(session):
 # -- many commands, threads, batch ----------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)   # ~10 s here; an emulated host is many times slower
 def test_ten_thousand_commands_without_growth(session):
     spawner = session._spawner.pid
     for _ in range(300):  # warm up allocators and caches
@@ -189,11 +190,12 @@ def test_ten_thousand_commands_without_growth(session):
     time.sleep(0.05)
     fds, rss = _fd_count(), _rss_kib()
     sp_fds, sp_rss = len(os.listdir(f"/proc/{spawner}/fd")), _rss_kib(spawner)
-    t = time.monotonic()
+    took = []
     for _ in range(10000):
+        t = time.monotonic()
         r = session.run(["true"])
+        took.append(time.monotonic() - t)
         assert r.returncode == 0
-    elapsed = time.monotonic() - t
     assert _fd_count() == fds
     assert _rss_kib() - rss < 4096, "caller RSS grew"
     # The spawner closes a report socket just after sending EXIT: let the last one go.
@@ -203,7 +205,10 @@ def test_ten_thousand_commands_without_growth(session):
     assert len(os.listdir(f"/proc/{spawner}/fd")) == sp_fds
     assert _rss_kib(spawner) - sp_rss < 256, "spawner RSS grew"
     assert _children(spawner) == []  # no zombies, nothing left running
-    assert elapsed < 60
+    # Nor in time: a command at the end costs what one at the start did (medians: a burst of
+    # load on a shared machine moves a few, not the middle), whatever the host's speed.
+    first, last = sorted(took[:1000])[500], sorted(took[-1000:])[500]
+    assert last < 3 * first, f"a command took {first * 1e3:.2f} ms, then {last * 1e3:.2f} ms"
 
 
 def test_concurrent_threads(session):

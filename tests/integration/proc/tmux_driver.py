@@ -29,6 +29,7 @@ def on_sigterm(signum: int, frame: object) -> None:
 def main() -> int:
     name, result_path = sys.argv[1], sys.argv[2]
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)   # tmux kill-server (a failed test's teardown)
     with open(result_path, "w") as result:
         result.write(f"pid={os.getpid()}\n")
         result.flush()
