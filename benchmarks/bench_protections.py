@@ -22,7 +22,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CURRENT = os.path.dirname(HERE)
@@ -32,59 +31,23 @@ if os.environ.get("BENCH_POLICY_LXC"):   # a side measured with other ``lxc`` it
 KINDS = ("oneshot", "pool", "session", "throughput")
 
 
-def _busy_seconds() -> float:
-    """CPU time the whole machine spent busy so far (every process, the kernel included)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _timed(fn, n: int) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t) * 1000)
-    return statistics.median(out)
-
-
-def _settle(pool) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + 10
-    while not pool.idle and time.monotonic() < deadline:
-        time.sleep(0.005)
-
-
 def worker(kind: str, n: int) -> dict[str, float]:
-    """One figure of one checkout (the ``lxcbind`` this process imports)."""
+    """One figure of one checkout (the ``lxcbind`` this process imports), measured the way
+    ``bench_pool.py`` measures it, under this side's policy."""
+    import bench_pool
+
     import lxcbind
 
+    bench_pool.POLICY = POLICY
     if kind == "oneshot":
-        return {"ms": _timed(lambda: lxcbind.run(["/bin/true"], policy=POLICY), n)}
+        return {"ms": bench_pool.median_ms(lambda: lxcbind.run(["/bin/true"], policy=POLICY), n)}
     if kind == "session":
-        with lxcbind.Session.from_policy(POLICY) as session:
-            return {"ms": _timed(lambda: session.run(["/bin/true"]), n * 5)}
+        return {"ms": bench_pool.session_ms(n * 5)}
     if kind == "pool":
-        with lxcbind.Pool(POLICY, size=4) as pool:
-            samples = []
-            pool.run(["/bin/true"])
-            for _ in range(n):
-                _settle(pool)
-                t = time.perf_counter()
-                pool.run(["/bin/true"])
-                samples.append((time.perf_counter() - t) * 1000)
-            return {"ms": statistics.median(samples)}
+        return {"ms": bench_pool.pool_steady_ms(n, size=4)}
     if kind == "throughput":
-        count = n * 3
-        with lxcbind.Pool(POLICY, size=4) as pool:
-            pool.run(["/bin/true"])
-            _settle(pool)
-            busy = _busy_seconds()
-            t = time.perf_counter()
-            pool.map([["/bin/true"]] * count, workers=4)
-            elapsed = time.perf_counter() - t
-            busy = _busy_seconds() - busy
-        return {"rate": count / elapsed, "cpu_ms": busy / count * 1000}
+        rate, cpu_ms = bench_pool.pool_sustained(n * 3, size=4, starters=2)
+        return {"rate": rate, "cpu_ms": cpu_ms}
     raise ValueError(kind)
 
 
