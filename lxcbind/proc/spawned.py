@@ -256,12 +256,19 @@ class SessionProcess:
     def _recv(self) -> tuple[bytes, list[int]] | None:
         """One record and the descriptors that came with it; None when there is none yet."""
         assert self._sock is not None
-        try:
-            data, ancdata, flags, _ = self._sock.recvmsg(
-                64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
-        except BlockingIOError:
-            return None
-        except ConnectionResetError:
+        for _ in range(2):
+            try:
+                data, ancdata, flags, _ = self._sock.recvmsg(
+                    64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
+                break
+            except BlockingIOError:
+                return None
+            except ConnectionResetError:
+                # The spawner closed its end with records of ours still unread there (a KILL
+                # sent as the command exited).  The kernel reports that once, ahead of what
+                # is queued here: the EXIT record sent before the close is still to be read.
+                continue
+        else:
             return b"", []
         fds: list[int] = []
         for level, kind, payload in ancdata:

@@ -179,6 +179,49 @@ def test_spawn_interactive_handle(session):
         proc.close()
 
 
+def _status_field(pid, name):
+    with open(f"/proc/{pid}/status") as f:
+        return next(line for line in f if line.startswith(name + ":")).split()[1]
+
+
+def _until(check, what):
+    deadline = time.monotonic() + 30
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_an_exit_sent_as_the_spawner_closes_on_an_unread_record_of_ours_is_read(session):
+    """The spawner sends EXIT and closes the report socket.  A record of ours still unread on
+    its side then (here: a no-op KILL it receives after the child's SIGCHLD) makes the kernel
+    fail our next read with ECONNRESET ahead of the queued EXIT: the exit must still be read,
+    not taken for the spawner hanging up.  The spawner is stopped so that the order is certain:
+    SIGCHLD pending first, then the record, both handled in one wakeup (epoll keeps order)."""
+    import select
+
+    from lxcbind.lxc import spawner_wire as wire
+    from lxcbind.proc.spawned import _RECORD
+
+    proc = session.spawn(["sleep", "1000"])
+    spawner = session._spawner_host_pid
+    try:
+        os.kill(spawner, signal.SIGSTOP)
+        _until(lambda: _status_field(spawner, "State") == "T", "the spawner did not stop")
+        signal.pidfd_send_signal(proc._pidfd, signal.SIGKILL)
+        assert select.select([proc._pidfd], [], [], 30)[0]
+        sigchld = 1 << (signal.SIGCHLD - 1)
+        _until(lambda: int(_status_field(spawner, "ShdPnd"), 16) & sigchld,
+               "no SIGCHLD pending for the spawner")
+        proc._sock.send(_RECORD.pack(wire.REC_KILL, 0, 0, 0))   # signal 0: does nothing
+    finally:
+        os.kill(spawner, signal.SIGCONT)
+    try:
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        proc.close()
+    assert session.run(["true"]).returncode == 0   # and the session goes on
+
+
 # -- many commands, threads, batch ----------------------------------------------------------
 
 
