@@ -73,6 +73,26 @@ def _make_controlling_terminal() -> None:
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+def run_cli_on_terminal(args: list[str], master: int, slave: int,
+                        held: list[int]) -> tuple[bytes, int]:
+    """``python -m lxcbind ARGS`` with ``slave`` as its stdio and controlling terminal: what
+    reached the terminal (read from ``master`` until EOF) and the exit status.  ``slave`` is
+    closed here (and taken out of ``held``) so that EOF comes when the CLI is gone."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "lxcbind", *args],
+                            stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
+                            start_new_session=True, preexec_fn=_make_controlling_terminal)
+    os.close(slave)
+    held.remove(slave)
+    try:
+        output = read_until_eof(master, 120)
+        return output, proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("index", [0, 1, 2, 5])
 def test_interactive_run_from_host_pty_number(index: int, tmp_path: Path) -> None:
     name = new_name("pts-")
@@ -83,20 +103,8 @@ def test_interactive_run_from_host_pty_number(index: int, tmp_path: Path) -> Non
     try:
         # Typed ahead, before anything runs: the line waits in the terminal's input queue.
         os.write(master, b"echo hi-$((6*7)); exit 3\n")
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"}
-        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", str(policy), "--",
-                                 "bash", "--norc", "--noprofile"],
-                                stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-                                start_new_session=True, preexec_fn=_make_controlling_terminal)
-        os.close(slave)
-        held.remove(slave)
-        try:
-            output = read_until_eof(master, 120)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        output, code = run_cli_on_terminal(
+            ["run", str(policy), "--", "bash", "--norc", "--noprofile"], master, slave, held)
     finally:
         for fd in held:
             os.close(fd)
@@ -121,19 +129,7 @@ def test_clipboard_and_report_sequences_never_reach_the_terminal(mode: str,
     master, slave = os.openpty()
     held = [master, slave]
     try:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm"}
-        proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "run", mode, str(policy)],
-                                stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=env,
-                                start_new_session=True, preexec_fn=_make_controlling_terminal)
-        os.close(slave)
-        held.remove(slave)
-        try:
-            output = read_until_eof(master, 120)
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        output, code = run_cli_on_terminal(["run", mode, str(policy)], master, slave, held)
     finally:
         for fd in held:
             os.close(fd)
