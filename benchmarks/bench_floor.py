@@ -15,7 +15,10 @@
   * ``Container.start()`` against ``lxc-start`` of the very same container (same config file),
     interleaved, each followed by a hard stop;
   * ``lxcbind.run()`` from a caller holding 1 GiB, with liblxc's start in ``lxcbind-starter``
-    (the default) and in the caller itself.
+    (the default) and in the caller itself;
+  * where ``lxcbind.run()``'s own Python goes (``--phases`` prints only that, for any checkout
+    on ``PYTHONPATH``: an A/B of two checkouts is two runs of it): each step of the set-up and
+    teardown timed exclusively (``perf_counter_ns``; a step's time excludes the steps it calls).
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -97,6 +100,121 @@ def run_breakdown(n: int, pause: float = 0.0) -> tuple[list[float], dict[str, fl
         for name, original in originals.items():
             setattr(_container.Container, name, original)
     return totals, {name: med(xs) for name, xs in spent.items()}
+
+
+# -- run()'s own steps ------------------------------------------------------------------------
+
+# (module, attribute path, label): each step of a run, in the order it happens.  A step missing
+# from a checkout (an older one) is skipped, so the same list measures both sides of an A/B.
+PHASES = (
+    ("lxcbind.sandbox.core", "as_policy", "policy: parse"),
+    ("lxcbind.sandbox.core", "check_call", "command options"),
+    ("lxcbind.sandbox.security", "resolve", "limits: resolve"),
+    ("lxcbind.sandbox.disk", "resolve", "disk: resolve"),
+    ("lxcbind.lxc.cgroups", "prime_migration", "cgroup migration primer"),
+    ("lxcbind.sandbox.cleanup", "collect_garbage", "gc of dead runners"),
+    ("lxcbind.sandbox.core", "_reap_stale_leases", "gc of stale leases"),
+    ("lxcbind.sandbox.cleanup", "ContainerLock.acquire", "name lock: take"),
+    ("lxcbind.sandbox.mounts", "plan_mounts", "filesystem plan"),
+    ("lxcbind.sandbox.cleanup", "OwnershipRecord.save", "ownership record: write"),
+    ("lxcbind.sandbox.idmap", "acquire", "id range: take"),
+    ("lxcbind.sandbox.security", "Isolation.config", "isolation config items"),
+    ("lxcbind.sandbox.initspawner", "InitChannel.__init__", "init channel: make"),
+    ("lxcbind.sandbox.initspawner", "InitChannel.accept", "init channel: accept"),
+    ("lxcbind.sandbox.rootfs", "ensure_base", "base: find (host layout hash)"),
+    ("lxcbind.sandbox.rootfs", "shifted_lower", "base: shifted copy"),
+    ("lxcbind.sandbox.disk", "prepare", "disk: image, loop, mount"),
+    ("lxcbind.sandbox.rootfs", "define_container", "define: the rest"),
+    ("lxcbind.lxc.container", "Container.set_config_item", "liblxc: set_config_item"),
+    ("lxcbind.lxc.container", "Container.save_config", "liblxc: save_config"),
+    ("lxcbind.lxc.container", "Container.get_config_item", "liblxc: get_config_item"),
+    ("lxcbind.sandbox.idmap", "unbind_all", "idmapped binds: unbind"),
+    ("lxcbind.sandbox.disk", "detach", "disk: detach"),
+    ("lxcbind.lxc.container", "Container.start", "liblxc: start"),
+    ("lxcbind.sandbox.security", "verify_limits", "limits: read back"),
+    ("lxcbind.lxc.cgroups", "event_files", "limits: event files"),
+    ("lxcbind.lxc.cgroups", "read_events", "limits: events read"),
+    ("lxcbind.proc.session", "Session.__init__", "init session: wrap"),
+    ("lxcbind.proc.session", "Session._run", "command (spawn, wait, result)"),
+    ("lxcbind.proc.session", "Session.close", "init session: close"),
+    ("lxcbind.sandbox.disk", "Layer.full", "disk: full?"),
+    ("lxcbind.sandbox.rootfs", "remove_container", "remove: the rest"),
+    ("lxcbind.lxc.container", "Container.stop", "liblxc: stop"),
+    ("lxcbind.lxc.container", "Container.destroy", "liblxc: destroy (rmtree incl.)"),
+    ("lxcbind.sandbox.idmap", "release", "id range: give back"),
+    ("lxcbind.sandbox.disk", "Layer.close", "disk: layer close"),
+    ("lxcbind.sandbox.cleanup", "OwnershipRecord.remove", "ownership record: remove"),
+    ("lxcbind.sandbox.cleanup", "ContainerLock.release", "name lock: give back"),
+    ("lxcbind.sandbox.core", "Sandbox.__init__", "Sandbox: the rest of __init__"),
+    ("lxcbind.sandbox.core", "Sandbox.open", "Sandbox.open: the rest"),
+    ("lxcbind.sandbox.core", "Sandbox.close", "Sandbox.close: the rest"),
+)
+
+
+def python_phases(n: int) -> tuple[list[float], dict[str, float]]:
+    """Medians (ms) of ``lxcbind.run()`` and of each of its ``PHASES``, exclusive of the
+    phases called inside it; "the rest" of run() is what no phase covers."""
+    import importlib
+
+    spent: dict[str, list[int]] = collections.defaultdict(list)
+    current: dict[str, int] = collections.defaultdict(int)
+    nested: list[int] = []   # per active call: time of the timed calls made inside it
+    undo = []
+    for module_name, path, label in PHASES:
+        try:
+            owner: object = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        *outer, attr = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part, None)
+        original = getattr(owner, attr, None) if owner is not None else None
+        if original is None:
+            continue
+
+        def timed(*a, _f=original, _n=label, **k):  # type: ignore[no-untyped-def]
+            nested.append(0)
+            t = time.perf_counter_ns()
+            try:
+                return _f(*a, **k)
+            finally:
+                took = time.perf_counter_ns() - t
+                current[_n] += took - nested.pop()
+                if nested:
+                    nested[-1] += took
+        # A function's own module calls it through its global: patch it there (``from x
+        # import f`` copies elsewhere are not timed; the list names the modules that call).
+        setattr(owner, attr, timed)
+        undo.append((owner, attr, original))
+    totals = []
+    try:
+        lxcbind.run(POLICY)
+        for _ in range(n):
+            current.clear()
+            t = time.perf_counter_ns()
+            lxcbind.run(POLICY)
+            took = time.perf_counter_ns() - t
+            totals.append(took / 1e6)
+            current["run(): the rest"] = took - sum(current.values())
+            for label, ns in current.items():
+                spent[label].append(ns)
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+    return totals, {label: med([x / 1e6 for x in xs] + [0.0] * (n - len(xs)))
+                    for label, xs in spent.items()}
+
+
+def print_phases(totals: list[float], phases: dict[str, float]) -> None:
+    print(f"where lxcbind.run() goes, step by step (ms, medians of {len(totals)}; exclusive; "
+          f"run() median {med(totals):.2f}):")
+    order = [label for _, _, label in PHASES] + ["run(): the rest"]
+    for label in order:
+        if label in phases:
+            print(f"  {label:44} {phases[label]:7.3f}")
+    liblxc = sum(v for k, v in phases.items() if k.startswith("liblxc"))
+    print(f"  {'sum of liblxc calls':44} {liblxc:7.3f}; everything else "
+          f"{sum(phases.values()) - liblxc:.3f}")
 
 
 # -- the CLI against python3 -c pass -----------------------------------------------------------
@@ -225,9 +343,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4, help="pool size")
     parser.add_argument("--baseline", metavar="DIR",
                         help="a checkout (built) whose CLI runs interleaved with this one's")
+    parser.add_argument("--phases", action="store_true",
+                        help="only where run()'s time goes, step by step")
     args = parser.parse_args()
     n, size = args.n, args.size
     print(describe())
+    if args.phases:
+        print_phases(*python_phases(n))
+        return
     compileall.compile_dir(PACKAGE, quiet=1)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(POLICY, f)
@@ -244,6 +367,7 @@ def main() -> None:
         copy_ms = bench_pool.lxc_copy_ms(max(5, n // 2))
         ours, theirs, first_start = start_vs_lxc_start(n)
         big = big_caller(max(5, n // 2))
+        steps = python_phases(n)
     finally:
         os.unlink(f.name)
 
@@ -306,6 +430,8 @@ def main() -> None:
     print(f"{'lxcbind.run() from a 1 GiB caller':50} {big['starter']:8.1f}"
           f"   liblxc's start in the caller instead: {big['in-process']:.1f} "
           f"({big['in-process'] / big['starter']:.1f}x)")
+    print()
+    print_phases(*steps)
 
 
 if __name__ == "__main__":

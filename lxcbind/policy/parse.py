@@ -127,10 +127,7 @@ def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>
         PolicyError: invalid JSON (path ``""``) or an invalid field (``.path`` names it).
     """
     if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+        source = _utf8_text(source)
     if isinstance(source, str):
         data = parse_json(source)
     elif isinstance(source, dict):
@@ -138,6 +135,18 @@ def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>
     else:
         raise TypeError(f"load_policy() expects str, bytes or dict, not {type(source).__name__}")
     return _Parser(origin, command_required).policy(data)
+
+
+def _utf8_text(data: bytes | bytearray) -> str:
+    """``data`` decoded as UTF-8 without a leading byte-order mark (what the "utf-8-sig" codec
+    does, without importing it on every CLI run); ``PolicyError`` when it is not UTF-8."""
+    data = bytes(data)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
 
 
 def load_policy_file(path: str | bytes | os.PathLike[str], *,
@@ -171,10 +180,7 @@ def policy_document(source: str | bytes) -> dict[str, Any]:
     (duplicate keys, NaN refused) but not validated: for callers that edit a policy (the CLI's
     ``--env``/``--rw``/... options) before ``load_policy``.  ``PolicyError`` if not an object."""
     if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+        source = _utf8_text(source)
     data = parse_json(source)
     if not isinstance(data, dict):
         raise PolicyError("", f"a policy must be a JSON object, got {jtype(data)}")

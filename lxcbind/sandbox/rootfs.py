@@ -112,8 +112,30 @@ def _host_etc_names() -> list[str]:
     return names
 
 
+# Each host /etc file's digest, by path, with the stat fields it was taken under: a run finds
+# its base twice (the base, then its shifted copy) and a Pool once per container, and reading
+# and hashing the ~40 files each time cost ~0.7 ms.  A changed file gets a new inode, size or
+# change time (ctime cannot be set from user space); a file changed in the last seconds is not
+# remembered, since a second change within one timestamp tick would keep all three.
+_DIGESTS: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
+_SETTLED_NS = 2_000_000_000
+
+
+def _etc_digest(path: str, st: os.stat_result) -> str:
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _DIGESTS.get(path)
+    if known is not None and known[0] == key:
+        return known[1]
+    with open(path, "rb") as f:
+        digest = sha256_hex(f.read())
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
+        _DIGESTS[path] = (key, digest)
+    return digest
+
+
 def _host_layout() -> dict[str, object]:
-    """What the host skeleton is made of; its hash names the base (cheap: a few small files)."""
+    """What the host skeleton is made of; its hash names the base (cheap: a few small files,
+    hashed again only when one changed)."""
     top = {}
     for name in _HOST_TOP:
         path = "/" + name
@@ -124,11 +146,14 @@ def _host_layout() -> dict[str, object]:
     etc = {}
     for name in _host_etc_names():
         path = "/etc/" + name
-        if os.path.islink(path):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
             etc[name] = ["link", os.readlink(path)]
-        elif os.path.isfile(path):
-            with open(path, "rb") as f:
-                etc[name] = ["sha256", sha256_hex(f.read())]
+        elif stat.S_ISREG(st.st_mode):
+            etc[name] = ["sha256", _etc_digest(path, st)]
     return {"top": top, "etc": etc, "files": _ETC_FILES}
 
 
