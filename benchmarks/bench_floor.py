@@ -116,6 +116,8 @@ PHASES = (
     ("lxcbind.sandbox.core", "_reap_stale_leases", "gc of stale leases"),
     ("lxcbind.sandbox.cleanup", "ContainerLock.acquire", "name lock: take"),
     ("lxcbind.sandbox.mounts", "plan_mounts", "filesystem plan"),
+    ("lxcbind.lxc.container", "Container.__init__", "liblxc: a handle (lxc_container_new)"),
+    ("lxcbind.lxc.container", "Container.defined", "liblxc: is_defined"),
     ("lxcbind.sandbox.cleanup", "OwnershipRecord.save", "ownership record: write"),
     ("lxcbind.sandbox.idmap", "acquire", "id range: take"),
     ("lxcbind.sandbox.security", "Isolation.config", "isolation config items"),
@@ -131,6 +133,7 @@ PHASES = (
     ("lxcbind.sandbox.idmap", "unbind_all", "idmapped binds: unbind"),
     ("lxcbind.sandbox.disk", "detach", "disk: detach"),
     ("lxcbind.lxc.container", "Container.start", "liblxc: start"),
+    ("lxcbind.lxc.container", "Container.init_pid", "liblxc: init_pid (monitor)"),
     ("lxcbind.sandbox.security", "verify_limits", "limits: read back"),
     ("lxcbind.lxc.cgroups", "event_files", "limits: event files"),
     ("lxcbind.lxc.cgroups", "read_events", "limits: events read"),
@@ -171,6 +174,9 @@ def python_phases(n: int) -> tuple[list[float], dict[str, float]]:
         original = getattr(owner, attr, None) if owner is not None else None
         if original is None:
             continue
+        prop = vars(owner).get(attr) if isinstance(owner, type) else None
+        if isinstance(prop, property):
+            original = prop.fget
 
         def timed(*a, _f=original, _n=label, **k):  # type: ignore[no-untyped-def]
             nested.append(0)
@@ -184,7 +190,11 @@ def python_phases(n: int) -> tuple[list[float], dict[str, float]]:
                     nested[-1] += took
         # A function's own module calls it through its global: patch it there (``from x
         # import f`` copies elsewhere are not timed; the list names the modules that call).
-        setattr(owner, attr, timed)
+        if isinstance(prop, property):
+            setattr(owner, attr, property(timed))
+            original = prop
+        else:
+            setattr(owner, attr, timed)
         undo.append((owner, attr, original))
     totals = []
     try:
