@@ -54,7 +54,6 @@ Thread-safety: a parse keeps its state in its own ``_Parser``; the result is imm
 
 from __future__ import annotations
 
-import binascii
 import json
 import os
 from typing import Any
@@ -198,6 +197,7 @@ def decode_base64_policy(b64: str | bytes) -> Policy:
 def base64_policy_bytes(b64: str | bytes) -> bytes:
     """The bytes of a policy passed as base64; ``PolicyError`` when it is not valid base64."""
     import base64  # mxc's --config-base64 only: not on every CLI run's import path
+    import binascii
 
     try:
         return base64.b64decode(b64.strip(), validate=True)

@@ -37,7 +37,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -158,6 +157,8 @@ def _host_layout() -> dict[str, object]:
 
 
 def _busybox_binary() -> str:
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     path = shutil.which("busybox") or ""
     if not path:
         raise SandboxError("the busybox rootfs needs busybox on the host "
@@ -201,6 +202,8 @@ def prune_bases(lxcpath: str | None = None) -> list[str]:
     last ``_PRUNE_GRACE`` seconds is kept: a run may be between picking it and saving the
     config that names it.  Returns the removed directories.  Download bases are kept: their
     key never goes stale, and rebuilding one needs the network."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     current = {os.path.basename(base_dir(Rootfs(kind))) for kind in ("host", "busybox")}
     root = lxcpath or default_lxcpath()
     in_use = ""
@@ -264,6 +267,8 @@ def _build_once(key: str, final: str, build: Callable[[str], None]) -> None:
     """Make ``final`` (a directory in ``BASES_ROOT``) with ``build(tmp)`` unless it exists:
     under the base's lock (``key``: concurrent callers wait and reuse), in a temporary
     directory renamed into place, so a directory that exists is complete."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     _prepare_bases_root()
     with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -346,6 +351,8 @@ def _copy_shifted(src: str, dst: str, start: int) -> None:
     """Copy the tree ``src`` to ``dst`` with every owner shifted by ``start``: files, links,
     hard links (kept as such), device nodes and fifos; modes and times preserved; extended
     attributes (file capabilities among them) are not copied."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     seen: dict[tuple[int, int], str] = {}
 
     def one(s: str, d: str, st: os.stat_result) -> None:
@@ -377,6 +384,8 @@ def _copy_shifted(src: str, dst: str, start: int) -> None:
 
 
 def _build_host(tmp: str) -> None:
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     root = os.path.join(tmp, "rootfs")
     os.mkdir(root, 0o755)
     for d, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777),
@@ -418,6 +427,8 @@ def _build_host(tmp: str) -> None:
 def _build_from_template(tmp: str, spec: Rootfs, args: list[str]) -> None:
     """Run liblxc's template (``args`` after ``--``) in a private lxcpath, keep the rootfs
     (and the config lines that matter), throw the rest away."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     lxcpath = os.path.join(tmp, "lxcpath")
     os.mkdir(lxcpath, 0o700)
     name = "base"
