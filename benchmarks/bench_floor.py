@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import bench_pool
 from _common import describe
@@ -51,7 +51,7 @@ PACKAGE = os.path.dirname(os.path.abspath(lxcbind.__file__))
 ROOT = os.path.dirname(PACKAGE)   # ``python -m lxcbind`` from here imports the same lxcbind
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
-TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0, "pool": 2.0,
+TARGETS = {"run": 20.0, "cli_over_pass": 25.0, "own_imports": 15.0, "pool": 2.0,
            "pool_rate": 50.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
@@ -229,11 +229,12 @@ def print_phases(totals: list[float], phases: dict[str, float]) -> None:
 
 # -- the CLI against python3 -c pass -----------------------------------------------------------
 
-def cli_vs_pass(n: int, policy_path: str, baseline: str | None = None) -> dict[str, list[float]]:
+def cli_vs_pass(n: int, policy_path: str,
+                baselines: Sequence[str] = ()) -> dict[str, list[float]]:
     """CLI runs with bytecode ("cli"), without ("cli_nopyc": a copy of the package with no
     ``__pycache__``, ``PYTHONDONTWRITEBYTECODE=1``) and ``python3 -c pass``, interleaved;
-    with ``baseline`` (a checkout with its compiled module, e.g. of an earlier commit) its CLI
-    too ("baseline", with bytecode), for an A/B in one run."""
+    with ``baselines`` (checkouts with their compiled module, e.g. of earlier commits) their
+    CLIs too ("baseline DIR", with bytecode), for an A/B in one run."""
     cli = [sys.executable, "-m", "lxcbind", "run", "--no-tty", policy_path]
     bare = [sys.executable, "-c", "pass"]
     with tempfile.TemporaryDirectory(prefix="lxcbind-bench-") as tmp:
@@ -242,9 +243,9 @@ def cli_vs_pass(n: int, policy_path: str, baseline: str | None = None) -> dict[s
         nopyc = dict(ENV, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=tmp)
         kinds = {"cli": (cli, ROOT, ENV), "cli_nopyc": (cli, tmp, nopyc),
                  "pass": (bare, ROOT, ENV)}
-        if baseline:
+        for baseline in baselines:
             compileall.compile_dir(os.path.join(baseline, "lxcbind"), quiet=1)
-            kinds["baseline"] = (cli, baseline, dict(ENV, PYTHONPATH=baseline))
+            kinds[f"baseline {baseline}"] = (cli, baseline, dict(ENV, PYTHONPATH=baseline))
 
         def once(kind: str) -> float:
             argv, cwd, env = kinds[kind]
@@ -347,19 +348,59 @@ def big_caller(n: int) -> dict[str, float]:
             for mode in ("starter", "in-process")}
 
 
+def import_summary(full: dict[str, int], base: dict[str, int]) -> list[str]:
+    """Lines on lxcbind's own modules and the standard-library ones ``-c pass`` lacks."""
+    own = {k: v for k, v in full.items() if k == "lxcbind" or k.startswith("lxcbind.")}
+    extra = {k: v for k, v in full.items() if k not in own and k not in base}
+    top_extra = sorted(extra.items(), key=lambda kv: -kv[1])[:8]
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:6]
+    return [f"importtime: lxcbind modules (self, sum) {sum(own.values()) / 1000:.1f} ms "
+            f"({len(own)} modules); stdlib beyond -c pass {sum(extra.values()) / 1000:.1f} ms "
+            f"({len(extra)} modules)",
+            "    largest: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top_extra),
+            "    lxcbind: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top_own)]
+
+
+def cli_only(n: int, baselines: Sequence[str]) -> None:
+    """``--cli``: the CLI rows alone (a quick A/B of start-up work)."""
+    compileall.compile_dir(PACKAGE, quiet=1)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(POLICY, f)
+    try:
+        cli = cli_vs_pass(n, f.name, baselines)
+        base = importtime(["-c", "pass"])
+        full = importtime(["-m", "lxcbind", "run", "--no-tty", f.name])
+    finally:
+        os.unlink(f.name)
+    pass_ms = med(cli["pass"])
+    print(f"python -m lxcbind run --no-tty (/bin/true, no network), medians of {n}, interleaved "
+          f"(load {os.getloadavg()[0]:.2f}); target: python3 -c pass + "
+          f"{TARGETS['cli_over_pass']:g} ms")
+    for kind, times in cli.items():
+        label = {"cli": "this checkout (pyc)", "cli_nopyc": "this checkout (no pyc)",
+                 "pass": "python3 -c pass"}.get(kind, kind + " (pyc)")
+        print(f"  {label:60} {med(times):7.1f}  (+{med(times) - pass_ms:.1f})")
+    print("\n".join(import_summary(full, base)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--size", type=int, default=4, help="pool size")
-    parser.add_argument("--baseline", metavar="DIR",
-                        help="a checkout (built) whose CLI runs interleaved with this one's")
+    parser.add_argument("--baseline", metavar="DIR", nargs="+", default=[],
+                        help="checkouts (built) whose CLIs run interleaved with this one's")
     parser.add_argument("--phases", action="store_true",
                         help="only where run()'s time goes, step by step")
+    parser.add_argument("--cli", action="store_true",
+                        help="only the CLI against python3 -c pass (and the baselines)")
     args = parser.parse_args()
     n, size = args.n, args.size
     print(describe())
     if args.phases:
         print_phases(*python_phases(n))
+        return
+    if args.cli:
+        cli_only(n, args.baseline)
         return
     compileall.compile_dir(PACKAGE, quiet=1)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -411,8 +452,8 @@ def main() -> None:
     row("lxc-copy -s/start/attach/destroy", copy_ms)
     row("python -m lxcbind run (pyc)", med(cli["cli"]))
     row("python -m lxcbind run (no pyc, DONTWRITEBYTECODE)", med(cli["cli_nopyc"]))
-    if "baseline" in cli:
-        row(f"python -m lxcbind run, baseline {args.baseline} (pyc)", med(cli["baseline"]))
+    for baseline in args.baseline:
+        row(f"CLI, baseline {baseline} (pyc)", med(cli[f"baseline {baseline}"]))
     row("python3 -c pass", pass_ms)
     print(f"{'  CLI minus python3 -c pass (pyc)':50} {over:8.1f} {'':>10} "
           f"{TARGETS['cli_over_pass']:8.1f} {over / TARGETS['cli_over_pass']:8.2f}x")
