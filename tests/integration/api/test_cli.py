@@ -123,11 +123,13 @@ def test_embedded_example_runs(clean_machine):
 
 # What a pipe-mode run without a network never needs (each cost the CLI 0.2-3 ms at import):
 # OpenSSL's hashlib (through secrets/hmac), the BOM codec, argparse, logging, the network layer,
-# the terminal-only modules, the persistent shell.
+# the terminal-only modules, the persistent shell, libnftables' module, shutil (and the
+# compression modules it loads).
 _NOT_IMPORTED_BY_A_RUN = {
     "argparse", "logging", "concurrent.futures", "hashlib", "_hashlib", "hmac", "secrets",
     "base64", "encodings.utf_8_sig", "termios", "lxcbind.net", "lxcbind.net.network",
-    "lxcbind.proc.shell", "lxcbind.proc.pty", "lxcbind.proc.escapes",
+    "lxcbind.proc.shell", "lxcbind.proc.pty", "lxcbind.proc.escapes", "lxcbind._nft",
+    "shutil", "zlib", "bz2", "lzma", "binascii",
 }
 
 
