@@ -435,7 +435,7 @@ class Sandbox:
                 # is gone the kernel frees the filesystem and the loop device, whoever dies.
                 # (A kept container's layer stays mounted on the host with it, where lxcbind
                 # repairs its /etc between runs; removing the container unmounts it.)
-                disk.detach(cdir)
+                disk.let_go(cdir)
         init_pid = self._container.init_pid
         if init_pid is None:
             why = (": its init, lxcbind's session spawner, exited before it reached the host"
