@@ -5,16 +5,17 @@ Two parts, each side by side in one run, interleaved so that machine noise hits 
 ``--steps`` (the default): one container's writable layer through its whole life, made and
 torn down by each checkout's own ``lxcbind.sandbox.disk`` in a fresh worker process (the
 checkout on ``PYTHONPATH``), without a container around it, so that only the layer is
-measured.  Steps: the sparse copy of the cached image, the loop device's attach, the ext4
-mount, the rest of ``prepare`` (the overlay's directories), an overlay mounted on it (what
-liblxc does at start), the host mount's detach after start (and, where the checkout does it,
-the image's unlink), a small workload (3 files of 8 KiB), the overlay's unmount (the
-container's exit), the layer's close (the filesystem's shutdown and the loop device's
-release: this runs in a background thread in a real run), and what the caller's teardown then
-does with the image (its unlink, or nothing) and the wait for the loop device.  For each
-step: CPU of the thread that ran it (kernel work in it included: ext4, the block layer, the
-loop device's setup) plus CPU the kernel threads spent meanwhile (the loop device's I/O
-workers; other processes' kernel work leaks in, so medians), and wall time.
+measured.  Steps: a reused image taken (where the checkout has them), or the sparse copy of
+the cached image; the loop device's attach; the ext4 mount; the rest of ``prepare`` (the
+overlay's directories); an overlay mounted on it (what liblxc does at start); the host
+mount's detach after start; a small workload (3 files of 8 KiB); the overlay's unmount (the
+container's exit); what the caller's teardown does with the image (liblxc's destroy unlinks
+it, or it is moved aside for reuse); the layer's close (the filesystem's shutdown, the loop
+device's release and, where the checkout reuses images, the image's reset: a background
+thread's work in a real run); the wait for the loop device.  For each step: CPU of the thread
+that ran it (kernel work in it included: ext4, the block layer, the loop device's setup),
+CPU the kernel threads spent meanwhile (the loop device's I/O workers; other processes'
+kernel work leaks in, so medians), and wall time.
 
 ``--runs``: a one-shot ``lxcbind.run()`` of /bin/true, a ``Pool.run`` with a ready container,
 Pool throughput (``Pool.map`` of 20), each with the default limit and with ``"disk": "max"``.
@@ -39,11 +40,11 @@ from collections.abc import Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CURRENT = os.path.dirname(HERE)
-STEPS = ("copy image", "loop attach", "ext4 mount", "prepare: dirs", "overlay mount",
-         "after start", "workload writes", "container exit", "layer close",
-         "caller teardown", "wait released")
-SETUP = STEPS[:6]
-TEARDOWN = STEPS[7:]
+STEPS = ("reused image", "copy image", "loop attach", "ext4 mount", "prepare: rest",
+         "overlay mount", "after start", "workload writes", "container exit", "caller teardown",
+         "layer close", "wait released")
+SETUP = STEPS[:7]
+TEARDOWN = STEPS[8:]
 _PF_KTHREAD = 0x00200000
 
 
@@ -115,17 +116,26 @@ def one_layer(work: str, i: int, size: int, owner: int | None) -> dict[str, list
                 overhead[1] += (time.perf_counter() - t0 - (t1 - t)) * 1000
         return wrapper
 
+    pool = getattr(disk, "diskpool", None)   # a checkout that reuses images
     originals = (disk._copy_sparse, disk._attach_loop, hostmount.mount_device)
     disk._copy_sparse = timed("copy image", disk._copy_sparse)  # type: ignore[assignment]
     disk._attach_loop = timed("loop attach", disk._attach_loop)  # type: ignore[assignment]
     hostmount.mount_device = timed("ext4 mount", hostmount.mount_device)  # type: ignore
+    if pool is not None:
+        claim = pool.claim
+        pool.claim = timed("reused image", claim)
     try:
         steps.time("prepare", lambda: disk.prepare(cdir, size, owner))
     finally:
         disk._copy_sparse, disk._attach_loop, hostmount.mount_device = originals
+        if pool is not None:
+            pool.claim = claim
+    if "copy image" in sub and "reused image" in sub:   # it looked, found none, copied
+        sub["copy image"] = tuple(a + b for a, b in zip(sub["copy image"],  # type: ignore
+                                                        sub.pop("reused image"), strict=True))
     steps.got.update(sub)
     rest = [a - sum(s[j] for s in sub.values()) for j, a in enumerate(steps.got.pop("prepare"))]
-    steps.got["prepare: dirs"] = (rest[0] - overhead[0], rest[1], rest[2] - overhead[1])
+    steps.got["prepare: rest"] = (rest[0] - overhead[0], rest[1], rest[2] - overhead[1])
     layer_dir = os.path.join(cdir, disk.LAYER)
     upper = os.path.join(layer_dir, disk.UPPER)
     workdir = os.path.join(layer_dir, "work")
@@ -142,8 +152,7 @@ def one_layer(work: str, i: int, size: int, owner: int | None) -> dict[str, list
 
     steps.time("overlay mount", overlay)
     layer = disk.Layer(cdir)
-    after_start = getattr(disk, "let_go", disk.detach)   # what the checkout does after start
-    steps.time("after start", lambda: after_start(cdir))
+    steps.time("after start", lambda: disk.detach(cdir))
 
     def workload() -> None:
         for j in range(3):
@@ -152,13 +161,17 @@ def one_layer(work: str, i: int, size: int, owner: int | None) -> dict[str, list
 
     steps.time("workload writes", workload)
     steps.time("container exit", lambda: lib.umount2(rootfs.encode(), 0))
-    steps.time("layer close", layer.close)
 
     def caller_teardown() -> None:   # what liblxc's destroy and rmtree meet in the directory
+        if hasattr(disk, "retire"):
+            disk.retire(cdir)   # moved aside, for the layer to reuse
         if os.path.lexists(os.path.join(cdir, disk.IMAGE)):
             os.unlink(os.path.join(cdir, disk.IMAGE))
 
     steps.time("caller teardown", caller_teardown)
+    # In a run this is a background thread's: the filesystem's shutdown, the loop device's
+    # release and, where the checkout reuses images, the image's reset.
+    steps.time("layer close", layer.close)
     steps.time("wait released", lambda: disk.wait_released(cdir))
     shutil.rmtree(cdir)
     return {name: list(v) for name, v in steps.got.items()}

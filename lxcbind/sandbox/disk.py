@@ -23,11 +23,10 @@ Nothing outlives the container, whoever dies: the loop device is attached with
 ``LO_FLAGS_AUTOCLEAR`` and the host's mount of a throwaway container's layer is detached right
 after it started (its overlay holds the filesystem from then on), so the kernel frees the
 filesystem and then the loop device when the container's last process is gone.  (A kept
-container's layer stays mounted on the host while the container exists.)  A throwaway
-container's image is unlinked right after it started (``let_go``): the loop device holds the
-file, and the kernel frees its blocks when it lets go of the device, so the caller's teardown
-never unlinks it.  A kept container's image is an ordinary file in its directory, removed with
-it.  Teardown (``detach`` before
+container's layer stays mounted on the host while the container exists.)  The image is an
+ordinary file in the container's directory, removed with it, except that a throwaway
+container's image is moved aside at teardown (``retire``) and reused once the kernel has let
+go of it (``diskpool``).  Teardown (``detach`` before
 liblxc's destroy, ``wait_released`` after it, for ``gc``) never walks the workload's tree: the
 whole filesystem goes at once.  While a sandbox runs it keeps an ``O_PATH`` descriptor on the
 filesystem (``Layer``) to tell whether the limit was reached; it lets go of it after the
@@ -44,10 +43,15 @@ import os
 import shutil
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from lxcbind.errors import SandboxError
 from lxcbind.policy.model import UNLIMITED
+from lxcbind.sandbox import diskpool
 from lxcbind.state import STATE_DIR
+
+if TYPE_CHECKING:
+    import threading
 
 IMAGES = STATE_DIR / "disk"    # one cached empty filesystem per size
 LAYER = "disk"                 # the mount point, in the container's directory
@@ -119,10 +123,28 @@ def _mkfs() -> str:
     return path
 
 
+def _template_path(size: int) -> str:
+    return str(IMAGES / f"ext4-{size}-{_SCHEMA}.img")
+
+
+def _template_extents(path: str) -> list[tuple[int, int]]:
+    """The data extents of the cached template at ``path`` (found once per process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino, st.st_size)
+        extents = _EXTENTS.get(key)
+        if extents is None:
+            extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
+        return extents
+    finally:
+        os.close(fd)
+
+
 def template(size: int) -> str:
     """The cached empty ext4 image of ``size`` bytes, made now if it does not exist (under a
     lock: concurrent callers wait and reuse it; a file that exists is complete)."""
-    path = IMAGES / f"ext4-{size}-{_SCHEMA}.img"
+    path = IMAGES / os.path.basename(_template_path(size))
     if path.exists():
         return str(path)
     IMAGES.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -170,23 +192,6 @@ def template(size: int) -> str:
 _EXTENTS: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
 
 
-def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
-    """The (start, end) byte ranges of ``fd`` that hold data (``SEEK_DATA``/``SEEK_HOLE``)."""
-    extents = []
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:   # no data past offset
-                break
-            raise
-        end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end))
-        offset = end
-    return extents
-
-
 def _copy_sparse(src: str, dst: str) -> int:
     """Copy ``src`` to a new file ``dst`` (0600) data extent by data extent, leaving holes;
     returns ``dst`` open read-write."""
@@ -196,7 +201,7 @@ def _copy_sparse(src: str, dst: str) -> int:
         key = (st.st_dev, st.st_ino, st.st_size)
         extents = _EXTENTS.get(key)
         if extents is None:
-            extents = _EXTENTS[key] = _data_extents(fd, st.st_size)
+            extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
         out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
@@ -265,21 +270,6 @@ def _attach_loop(image_fd: int, name: str) -> tuple[str, int]:
         os.close(ctl)
 
 
-def _loops_of(image: str) -> list[str]:
-    """The loop devices (``loopN``) whose backing file is ``image`` (deleted or not)."""
-    found = []
-    with contextlib.suppress(OSError), os.scandir("/sys/block") as entries:
-        for entry in entries:
-            if not entry.name.startswith("loop"):
-                continue
-            with contextlib.suppress(OSError), \
-                    open(f"/sys/block/{entry.name}/loop/backing_file") as f:
-                backing = f.read().rstrip("\n").removesuffix(" (deleted)")
-                if backing == image:
-                    found.append(entry.name)
-    return found
-
-
 # -- one container's layer --------------------------------------------------------------------
 
 def _mount(cdir: str, image_fd: int) -> None:
@@ -306,8 +296,13 @@ def prepare(cdir: str, size: int, owner: int | None) -> None:
     ``<cdir>/disk`` with the overlay's upper and work directories made (owned by ``owner``,
     the container's shifted root, when it is unprivileged).  Raises ``SandboxError``; on
     failure what was made is left for ``detach`` (the caller removes the container)."""
+    dst = os.path.join(cdir, IMAGE)
     try:
-        image = _copy_sparse(template(size), os.path.join(cdir, IMAGE))
+        # A clean image left by an earlier container of this size (``diskpool``), or a copy.
+        if diskpool.claim(size, _SCHEMA, dst):
+            image = os.open(dst, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            image = _copy_sparse(template(size), dst)
     except OSError as exc:
         raise SandboxError(f"lxc.limits.disk: cannot copy the disk image: {exc.strerror}") \
             from None
@@ -358,15 +353,29 @@ def detach(cdir: str) -> None:
             return
 
 
-def let_go(cdir: str) -> None:
-    """After a throwaway container started (or failed to): remove the host's mount of its
-    layer and unlink its image.  The loop device keeps the unlinked file open, so the kernel
-    frees its blocks when it releases the device, after the container's last process and
-    ``Layer.close`` (off the caller's path), instead of the caller unlinking a file of
-    thousands of extents while it tears the container down.  Never raises."""
-    detach(cdir)
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(cdir, IMAGE))
+def retire(cdir: str) -> None:
+    """At a throwaway container's teardown, when this process holds its ``Layer``: move the
+    image out of the container's directory, to ``diskpool``'s ``busy/``, so that liblxc's
+    destroy does not unlink it on the caller's path; once the loop device lets go,
+    ``Layer.close`` (off the caller's path) resets it for a later container, or
+    ``diskpool.sweep`` removes it.  Never raises (an image not moved is destroyed as before)."""
+    image = os.path.join(cdir, IMAGE)
+    if os.path.isfile(image):
+        diskpool.retire(image, os.path.basename(cdir))
+
+
+def sweep() -> list[str]:
+    """Remove the retired images nothing holds any more (``diskpool.sweep``)."""
+    return diskpool.sweep()
+
+
+def _images_of(cdir: str) -> list[str]:
+    """The paths the container in ``cdir``'s image may have: in its directory, or retired."""
+    paths = [os.path.join(cdir, IMAGE)]
+    prefix = os.path.basename(cdir) + "."
+    with contextlib.suppress(OSError), os.scandir(diskpool.BUSY) as entries:
+        paths += [e.path for e in entries if e.name.startswith(prefix)]
+    return paths
 
 
 def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
@@ -375,10 +384,10 @@ def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
     container's exit a little).  Returns the loop devices still attached (after asking them
     to detach), normally none.  Cheap when there is nothing to wait for: one look at the loop
     devices in /sys/block."""
-    image = os.path.join(cdir, IMAGE)   # liblxc's destroy may have removed it already
+    images = _images_of(cdir)   # liblxc's destroy may have removed it already
     deadline = time.monotonic() + timeout
     while True:
-        left = _loops_of(image)
+        left = [name for image in images for name in diskpool.backing_loops(image)]
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.005)
@@ -393,10 +402,14 @@ def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
 
 
 class Layer:
-    """An open handle on a running container's writable layer: whether it is full."""
+    """An open handle on a running container's writable layer: whether it is full.  It also
+    holds the layer's image (``diskpool.hold``) until ``close`` has recycled it."""
 
     def __init__(self, cdir: str) -> None:
         self._fd = os.open(os.path.join(cdir, LAYER), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._image = -1
+        with contextlib.suppress(OSError):   # without it the image is swept, not reused
+            self._image = diskpool.hold(os.path.join(cdir, IMAGE))
 
     def full(self) -> bool:
         """Whether the workload has (nearly) no bytes or no inodes left."""
@@ -412,15 +425,68 @@ class Layer:
     def close(self, background: bool = False) -> None:
         """Let go of the filesystem (it must not outlive the container because of us).  When
         this is the last reference, the close shuts the filesystem and its loop device down;
-        ``background``: in a daemon thread, so the caller does not wait for it (if this
-        process exits first, the kernel closes the descriptor and does the same)."""
+        then a retired image (``retire``) is reset for a later container.  ``background``: in
+        a daemon thread, so the caller does not wait for it (if this process exits first, the
+        kernel closes the descriptors and does the same, and ``diskpool.sweep`` removes the
+        image later)."""
         fd, self._fd = self._fd, -1
+        image, self._image = self._image, -1
         if fd < 0:
             return
         if background:
             import threading
 
-            threading.Thread(target=os.close, args=(fd,), name="lxcbind-disk-release",
-                             daemon=True).start()
+            thread = threading.Thread(target=_release, args=(fd, image),
+                                      name="lxcbind-disk-release", daemon=True)
+            if not _PENDING:
+                import atexit
+
+                atexit.register(_finish_pending)
+            _PENDING.add(thread)
+            thread.start()
         else:
-            os.close(fd)
+            _release(fd, image)
+
+
+# Releases under way in background threads.  At exit (the CLI's too: it runs the ``atexit``
+# handlers) they are waited for, briefly, so that a one-shot run leaves its image reset in
+# ``free/`` rather than half-released in ``busy/`` for a later run's sweep.
+_PENDING: set[threading.Thread] = set()
+
+
+def _finish_pending(timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in list(_PENDING):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _release(fd: int, image: int, timeout: float = 2.0) -> None:
+    """Close the layer's descriptor, then recycle its image once no loop device holds it."""
+    try:
+        _release_now(fd, image, timeout)
+    finally:
+        import threading
+
+        _PENDING.discard(threading.current_thread())
+
+
+def _release_now(fd: int, image: int, timeout: float) -> None:
+    os.close(fd)
+    if image < 0:
+        return
+    try:
+        path = os.readlink(f"/proc/self/fd/{image}")
+        if os.path.dirname(path) != str(diskpool.BUSY):
+            return   # a kept container's image, or one that could not be retired
+        deadline = time.monotonic() + timeout
+        while diskpool.backing_loops(path):   # the loop device's autoclear runs in a worker
+            if time.monotonic() >= deadline:
+                return   # the container still runs (a kept one's twin?): the sweep's
+            time.sleep(0.002)
+        size = os.fstat(image).st_size
+        source = _template_path(size)
+        diskpool.recycle(image, source, _template_extents(source), _SCHEMA)
+    except OSError:
+        pass
+    finally:
+        os.close(image)
