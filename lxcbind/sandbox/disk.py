@@ -407,6 +407,7 @@ class Layer:
 
     def __init__(self, cdir: str) -> None:
         self._fd = os.open(os.path.join(cdir, LAYER), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._device = os.fstat(self._fd).st_dev   # the loop device (when it is mounted)
         self._image = -1
         with contextlib.suppress(OSError):   # without it the image is swept, not reused
             self._image = diskpool.hold(os.path.join(cdir, IMAGE))
@@ -436,7 +437,7 @@ class Layer:
         if background:
             import threading
 
-            thread = threading.Thread(target=_release, args=(fd, image),
+            thread = threading.Thread(target=_release, args=(fd, image, self._device),
                                       name="lxcbind-disk-release", daemon=True)
             if not _PENDING:
                 import atexit
@@ -445,7 +446,7 @@ class Layer:
             _PENDING.add(thread)
             thread.start()
         else:
-            _release(fd, image)
+            _release(fd, image, self._device)
 
 
 # Releases under way in background threads.  At exit (the CLI's too: it runs the ``atexit``
@@ -460,17 +461,26 @@ def _finish_pending(timeout: float = 2.0) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _release(fd: int, image: int, timeout: float = 2.0) -> None:
+def _release(fd: int, image: int, device: int, timeout: float = 2.0) -> None:
     """Close the layer's descriptor, then recycle its image once no loop device holds it."""
     try:
-        _release_now(fd, image, timeout)
+        _release_now(fd, image, device, timeout)
     finally:
         import threading
 
         _PENDING.discard(threading.current_thread())
 
 
-def _release_now(fd: int, image: int, timeout: float) -> None:
+def _backs(device: int, path: str) -> bool:
+    """Whether loop device ``device`` (a dev_t) is still bound to the file at ``path``."""
+    try:
+        with open(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop/backing_file") as f:
+            return f.read().rstrip("\n").removesuffix(" (deleted)") == path
+    except OSError:   # unbound: its loop/ directory is gone
+        return False
+
+
+def _release_now(fd: int, image: int, device: int, timeout: float) -> None:
     os.close(fd)
     if image < 0:
         return
@@ -479,9 +489,11 @@ def _release_now(fd: int, image: int, timeout: float) -> None:
         if os.path.dirname(path) != str(diskpool.BUSY):
             return   # a kept container's image, or one that could not be retired
         deadline = time.monotonic() + timeout
-        while diskpool.backing_loops(path):   # the loop device's autoclear runs in a worker
+        # The loop device's autoclear runs in a worker: watch that one device (recycle then
+        # checks every loop device once, before it touches the image).
+        while _backs(device, path):
             if time.monotonic() >= deadline:
-                return   # the container still runs (a kept one's twin?): the sweep's
+                return   # the container still runs: the sweep's, later
             time.sleep(0.002)
         size = os.fstat(image).st_size
         source = _template_path(size)
