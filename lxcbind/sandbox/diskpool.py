@@ -32,30 +32,38 @@ import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 
 from lxcbind.state import STATE_DIR
 
 FREE = STATE_DIR / "disk" / "free"
 BUSY = STATE_DIR / "disk" / "busy"
 KEEP = 4                        # clean images kept per size (a Pool of 4 recycles all of its)
+# An image that holds more than this is removed, not reset: the reset walks the image's data
+# extents, and a workload decides how many there are (one per other block, in the worst case).
+# Bounded, the walk costs at most a few thousand seeks; removing a large image costs what it
+# did before images were reused.
+MAX_WRITTEN = 64 << 20
 _PUNCH = 0x02 | 0x01            # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
-def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+def iter_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """The (start, end) byte ranges of ``fd`` that hold data (``SEEK_DATA``/``SEEK_HOLE``)."""
-    extents = []
     offset = 0
     while offset < size:
         try:
             start = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:   # no data past offset
-                break
+                return
             raise
         end = os.lseek(fd, start, os.SEEK_HOLE)
-        extents.append((start, end))
+        yield start, end
         offset = end
-    return extents
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    return list(iter_extents(fd, size))
 
 
 def backing_loops(image: str) -> list[str]:
@@ -124,7 +132,7 @@ def _punch_outside(fd: int, size: int, keep: list[tuple[int, int]]) -> None:
     """Punch every data range of ``fd`` that no range of ``keep`` (sorted) covers."""
     from lxcbind.lxc._native import ffi, lib
 
-    for start, end in data_extents(fd, size):
+    for start, end in iter_extents(fd, size):
         at = start
         for k_start, k_end in keep:
             if k_end <= at or k_start >= end:
@@ -146,9 +154,13 @@ def recycle(fd: int, template: str, template_extents: list[tuple[int, int]],
         path = os.readlink(f"/proc/self/fd/{fd}")
         if os.path.dirname(path) != str(BUSY):
             return False   # not a throwaway container's image: nothing to do here
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        size = st.st_size
         if backing_loops(path):
             return False   # still attached: left for a later sweep
+        if st.st_blocks * 512 > MAX_WRITTEN:
+            os.unlink(path)
+            return False
         try:
             with os.scandir(FREE) as entries:
                 kept = sum(1 for e in entries if e.name.startswith(f"ext4-{size}-{schema}."))

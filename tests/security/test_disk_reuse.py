@@ -257,3 +257,21 @@ def test_an_image_whose_runner_was_sigkilled_is_swept_by_gc(
                        timeout=120, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
     assert not os.path.exists(path)
+
+
+def test_an_image_the_workload_wrote_much_into_is_removed_not_reset(
+        scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reset walks the image's extents, as many as the workload made: past a bound the
+    image is removed instead, so no workload decides what the caller's process spends."""
+    source, path = _busy_copy(scratch, monkeypatch)
+    monkeypatch.setattr(diskpool, "MAX_WRITTEN", 1 << 20)
+    with open(path, "r+b") as f:
+        for block in range(0, 8 << 20, 8192):   # every other block: one extent each
+            f.seek(block)
+            f.write(b"w" * 4096)
+    fd = diskpool.hold(path)
+    try:
+        assert not diskpool.recycle(fd, source, disk._template_extents(source), disk._SCHEMA)
+    finally:
+        os.close(fd)
+    assert not os.path.exists(path) and not (scratch / "free").exists()
