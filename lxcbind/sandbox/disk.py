@@ -439,10 +439,12 @@ class Layer:
 
             thread = threading.Thread(target=_release, args=(fd, image, self._device),
                                       name="lxcbind-disk-release", daemon=True)
-            if not _PENDING:
+            global _waits_at_exit
+            if not _waits_at_exit:
                 import atexit
 
                 atexit.register(_finish_pending)
+                _waits_at_exit = True
             _PENDING.add(thread)
             thread.start()
         else:
@@ -453,6 +455,7 @@ class Layer:
 # handlers) they are waited for, briefly, so that a one-shot run leaves its image reset in
 # ``free/`` rather than half-released in ``busy/`` for a later run's sweep.
 _PENDING: set[threading.Thread] = set()
+_waits_at_exit = False
 
 
 def _finish_pending(timeout: float = 2.0) -> None:

@@ -275,3 +275,21 @@ def test_an_image_the_workload_wrote_much_into_is_removed_not_reset(
     finally:
         os.close(fd)
     assert not os.path.exists(path) and not (scratch / "free").exists()
+
+
+def test_a_one_shot_cli_run_leaves_its_image_reset_not_busy(empty_pool: None) -> None:
+    """The CLI ends right after its run: the release under way is waited for at exit, so the
+    image is in ``free/``, reset, and nothing of the run is left in ``busy/``."""
+    import json
+
+    name = new_name()
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "run", "--no-tty", "-"],
+                       input=json.dumps(policy("echo hello > /greeting", containerId=name))
+                       .encode(), capture_output=True, timeout=120, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0, r.stderr
+    busy = os.listdir(diskpool.BUSY) if diskpool.BUSY.exists() else []
+    assert not [n for n in busy if n.startswith(name + ".")]
+    (published,) = free_images()
+    assert (diskpool.FREE / published).read_bytes() == Path(disk.template(SIZE)).read_bytes()
+    assert not os.path.exists(os.path.join(default_lxcpath(), name))
