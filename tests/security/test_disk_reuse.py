@@ -293,3 +293,14 @@ def test_a_one_shot_cli_run_leaves_its_image_reset_not_busy(empty_pool: None) ->
     (published,) = free_images()
     assert (diskpool.FREE / published).read_bytes() == Path(disk.template(SIZE)).read_bytes()
     assert not os.path.exists(os.path.join(default_lxcpath(), name))
+
+
+def test_the_next_run_sweeps_an_image_nothing_holds() -> None:
+    """Not only ``gc``: every run's garbage collection removes a retired image whose runner
+    is gone and that no loop device holds (one directory read when there is none)."""
+    diskpool.BUSY.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = str(diskpool.BUSY / f"{new_name()}.0.img")
+    os.close(disk._copy_sparse(disk.template(SIZE), path))
+    r = lxcbind.run(["true"], policy=policy())
+    assert r.returncode == 0
+    assert not os.path.exists(path)
