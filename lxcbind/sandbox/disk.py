@@ -108,7 +108,7 @@ def upper_dir(cdir: str) -> str:
 
 def has_layer(cdir: str) -> bool:
     """Whether the container in ``cdir`` keeps its writes on a limited layer (its image, or,
-    once a throwaway container's image is unlinked, the layer's mount point)."""
+    once its image is retired, the layer's mount point)."""
     return os.path.isfile(os.path.join(cdir, IMAGE)) or os.path.isdir(os.path.join(cdir, LAYER))
 
 
@@ -127,16 +127,19 @@ def _template_path(size: int) -> str:
     return str(IMAGES / f"ext4-{size}-{_SCHEMA}.img")
 
 
+def _extents_of(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
+    """The data extents of a cached template, open as ``fd`` (found once per process)."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    extents = _EXTENTS.get(key)
+    if extents is None:
+        extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
+    return extents
+
+
 def _template_extents(path: str) -> list[tuple[int, int]]:
-    """The data extents of the cached template at ``path`` (found once per process)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_size)
-        extents = _EXTENTS.get(key)
-        if extents is None:
-            extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
-        return extents
+        return _extents_of(fd, os.fstat(fd))
     finally:
         os.close(fd)
 
@@ -188,8 +191,9 @@ def template(size: int) -> str:
 
 
 # A template's data extents, found once per process (a template never changes once it exists:
-# it is made under another name and renamed into place): (device, inode, size) -> extents.
-_EXTENTS: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
+# it is made under another name and renamed into place; one made again, after the cache was
+# removed, has other times even if it has the same inode number).
+_EXTENTS: dict[tuple[int, ...], list[tuple[int, int]]] = {}
 
 
 def _copy_sparse(src: str, dst: str) -> int:
@@ -198,10 +202,7 @@ def _copy_sparse(src: str, dst: str) -> int:
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino, st.st_size)
-        extents = _EXTENTS.get(key)
-        if extents is None:
-            extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
+        extents = _extents_of(fd, st)
         out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
