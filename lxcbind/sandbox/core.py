@@ -53,6 +53,7 @@ from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
+    from lxcbind.image.snapshot import Snapshot
     from lxcbind.net import network
 
 # ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
@@ -277,10 +278,18 @@ class Sandbox:
     def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
                  log: Log | None = None, warn: Log | None = None,
                  signals: cleanup.FatalSignals | None = None,
-                 lock_timeout: float = 60.0, start_timeout: float = 10.0) -> None:
+                 lock_timeout: float = 60.0, start_timeout: float = 10.0,
+                 image: Snapshot | str | None = None) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
         self.policy = default_policy() if policy is None else \
             as_policy(policy, command_required=False)
+        # ``image``: the root filesystem (a snapshot, or its id or name) instead of the
+        # policy's lxc.rootfs; the policy gives everything else.
+        self.image: Snapshot | None = None
+        if image is not None:
+            from lxcbind.image import snapshot
+
+            self.image = snapshot.load(image)
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self._container: Container | None = None
@@ -342,7 +351,7 @@ class Sandbox:
             self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem
-        spec = self.policy.lxc.rootfs
+        spec = self.image.base if self.image is not None else self.policy.lxc.rootfs
         privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
                                      rootfs_kind=spec.kind, idmapped=not privileged)
@@ -374,6 +383,9 @@ class Sandbox:
             self._record.note("network")
             self._net.prepare()
             net_config = self._net.config
+        if self.reused and self.image is not None:
+            raise SandboxError(f"image: container {self.name!r} is kept (containerId) and keeps "
+                               "the root filesystem it was made with")
         if self.reused:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self._container = probe
@@ -397,7 +409,8 @@ class Sandbox:
                                                      mounts=planned,
                                                      config=net_config + init_config,
                                                      isolation=isolation,
-                                                     disk_size=self._disk_size)
+                                                     disk_size=self._disk_size,
+                                                     layers=self._image_layers())
             if spawner_init:
                 self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
@@ -463,6 +476,28 @@ class Sandbox:
                                          init_control=control,
                                          start_timeout=self._start_timeout)
             self._init_session._disk = self._disk
+
+    def _image_layers(self) -> Callable[[int | None], list[str]] | None:
+        if self.image is None:
+            return None
+        from lxcbind.image import snapshot
+
+        image = self.image
+        return lambda start: snapshot.lowers(image, start)
+
+    def snapshot(self, name: str | None = None) -> Snapshot:
+        """Capture the running sandbox's root filesystem as an image (``lxcbind.sandbox.fork``:
+        processes frozen meanwhile; host binds and tmpfs mounts are not part of it)."""
+        from lxcbind.sandbox import fork
+
+        return fork.snapshot(self, name)
+
+    def fork(self, n: int) -> list[Sandbox]:
+        """``n`` started sandboxes of this policy, each from this one's current filesystem,
+        isolated from it and from each other, each closed on its own (``sandbox.fork``)."""
+        from lxcbind.sandbox import fork
+
+        return fork.fork(self, n)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -791,6 +826,10 @@ class Sandbox:
                 if self._locked:
                     self._lock.release()
                     self._locked = False
+            if removed and self.image is not None and self.image.ephemeral:
+                from lxcbind.image import snapshot  # a fork's: gone with its last user
+
+                snapshot.prune(self.lxcpath, only=self.image.id)
         if self._signals:
             self._signals.check()
 
@@ -800,7 +839,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
         max_output: MaxOutput = None, tty: bool = False,
-        lxcpath: str | None = None) -> CompletedRun:
+        lxcpath: str | None = None, image: Snapshot | str | None = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
 
@@ -810,7 +849,8 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     root filesystem, default isolation).  The other keywords are ``Sandbox.run``'s: ``env``
     merged over ``process.env``, ``cwd`` and ``timeout`` (seconds) replacing ``process.cwd``
     and ``process.timeout``, ``input``, ``text``/``encoding``/``errors``, ``max_output``,
-    ``tty``.  A non-zero exit is a result, not an error, unless ``check`` (then
+    ``tty``.  ``image``: the root filesystem (a snapshot, or its id or name) instead of the
+    policy's ``lxc.rootfs``.  A non-zero exit is a result, not an error, unless ``check`` (then
     ``lxcbind.CalledProcessError`` / ``lxcbind.TimeoutExpired``).
 
     The old form ``run(policy_like, ...)`` still works: a first argument that
@@ -832,7 +872,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     if opts.argv is None and not resolved.process.command_line:
         raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
                           "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
-    with Sandbox(resolved, lxcpath=lxcpath) as box:
+    with Sandbox(resolved, lxcpath=lxcpath, image=image) as box:
         result = box._run(opts, tty=tty)
     if check:
         result.check_returncode()
@@ -908,15 +948,16 @@ class Session(_session.Session):
         return result
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
+    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0,
+                    image: Snapshot | str | None = None) -> Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy, isolation, limits and network rules
         apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy
         variables) is each command's base environment, ``process.cwd`` and ``process.timeout``
         are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
         commands' user.  Closing the session tears the container down like a one-shot run
-        (``destroyOnExit``)."""
-        box = Sandbox(policy, start_timeout=start_timeout)
+        (``destroyOnExit``).  ``image``: as ``Sandbox``'s."""
+        box = Sandbox(policy, start_timeout=start_timeout, image=image)
         try:
             box.open()
             session = box._init_session

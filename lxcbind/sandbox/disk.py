@@ -343,6 +343,13 @@ class Layer:
     def __init__(self, cdir: str) -> None:
         self._fd = os.open(os.path.join(cdir, LAYER), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
+    def upper(self) -> str:
+        """A path to the overlay's upper directory that works after the host's mount of the
+        layer was detached (through this descriptor: ``/proc/self/fd/N``)."""
+        if self._fd < 0:
+            raise ValueError("the layer was closed")
+        return f"/proc/self/fd/{self._fd}/{UPPER}"
+
     def full(self) -> bool:
         """Whether the workload has (nearly) no bytes or no inodes left."""
         if self._fd < 0:

@@ -499,7 +499,8 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
                      mounts: Sequence[MountEntry] = (),
                      config: Sequence[tuple[str, str]] = (),
                      isolation: security.Isolation | None = None,
-                     disk_size: int | None = None) -> Container:
+                     disk_size: int | None = None,
+                     layers: Callable[[int | None], Sequence[str]] | None = None) -> Container:
     """Define (but do not start) container ``name`` on a throwaway copy-on-write root.
 
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
@@ -512,7 +513,9 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
     ``disk_size``: the upper layer lives on a filesystem of that many bytes of its own
     (``disk``), mounted on the host until the caller starts the container and detaches it.
     ``isolation=None`` is a bare privileged container (binding-level tests); the sandbox
-    always passes one.
+    always passes one.  ``layers(start)``: read-only layers (newest first) stacked between
+    the upper layer and the base, for a container whose ids start at ``start`` (None:
+    privileged) — an image's snapshots (``lxcbind.image.snapshot.lowers``).
 
     Raises ``SandboxError`` (a container of that name exists, the base cannot be built, the
     config is refused); on any failure nothing is left: no container, no directory.
@@ -527,6 +530,8 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
         base = ensure_base(spec)
         ids = isolation.ids if isolation is not None else None
         lower = shifted_lower(spec, ids) if ids is not None else _lower(base, spec)
+        if layers is not None:   # overlayfs' lowerdir list, leftmost on top
+            lower = ":".join([*layers(ids.start if ids is not None else None), lower])
         items: list[tuple[str, str]] = []
         if spec.kind == "download":
             with open(os.path.join(base, "lxc.conf")) as f:

@@ -1,0 +1,91 @@
+"""Branching a running sandbox: ``snapshot`` (its root filesystem as an image) and ``fork``
+(fresh sandboxes that start from it).
+
+A snapshot copies the container's overlay upper directory while the cgroup freezer holds
+every process of the container still, so the layer is consistent even while the workload
+writes (``lxcbind.image.snapshot``).  The upper directory of a disk-limited sandbox lives on
+a filesystem whose host mount was detached right after start; the sandbox's open descriptor
+on it (``disk.Layer``) still reaches it.  Only the root filesystem's writable layer is
+captured: writable host binds and tmpfs mounts (``/tmp`` of the ``host`` root, ``/dev/shm``)
+are not part of it.
+
+A fork is a new ``Sandbox`` of the same policy (its own name, id range, writable layer and
+disk limit, network lease and rules) on an *ephemeral* snapshot taken for the fork; the
+snapshot is removed when the last container using it is gone (each fork's ``close``, or
+``lxcbind gc`` after a runner was killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from lxcbind._lite import replace
+from lxcbind.errors import SandboxError
+from lxcbind.image import snapshot as _snapshot
+from lxcbind.lxc import cgroups
+from lxcbind.sandbox import rootfs
+
+if TYPE_CHECKING:
+    from lxcbind.sandbox.core import Sandbox
+
+MAX_FORKS = 256   # a fork is a container and an id range: a typo must not start thousands
+
+
+def snapshot(box: Sandbox, name: str | None = None, *,
+             ephemeral: bool = False) -> _snapshot.Snapshot:
+    """Capture ``box``'s root filesystem (see the module docstring).  Raises ``SandboxError``."""
+    c = box._running("snapshot")
+    init_pid = c.init_pid
+    if init_pid is None:
+        raise SandboxError(f"Sandbox.snapshot(): container {box.name!r} is not running")
+    cdir = os.path.join(box.lxcpath, box.name)
+    upper = box._disk.upper() if box._disk is not None else os.path.join(cdir, rootfs.UPPER)
+
+    @contextlib.contextmanager
+    def frozen() -> Iterator[None]:
+        try:
+            freezer = cgroups.frozen(init_pid)
+            freezer.__enter__()
+        except OSError as exc:
+            raise SandboxError(f"snapshot: cannot freeze container {box.name!r} "
+                               f"({exc.strerror or exc}), so its files could change while "
+                               "they are copied; refusing") from None
+        try:
+            yield
+        finally:
+            freezer.__exit__(None, None, None)
+
+    spec = box.image.base if box.image is not None else box.policy.lxc.rootfs
+    return _snapshot.capture(upper, start=box._ids.start if box._ids is not None else None,
+                             base=spec, parent=box.image, name=name, ephemeral=ephemeral,
+                             frozen=frozen)
+
+
+def fork(box: Sandbox, n: int) -> list[Sandbox]:
+    """``n`` started sandboxes from ``box``'s current filesystem (see the module docstring).
+    All or nothing: if one cannot be set up, those already started are closed and the error
+    is raised."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_FORKS:
+        raise ValueError(f"Sandbox.fork(n): n must be an int from 1 to {MAX_FORKS}, got {n!r}")
+    from lxcbind.sandbox.core import Sandbox
+
+    snap = snapshot(box, ephemeral=True)
+    # Their own names (a containerId would collide) and thrown away when closed.
+    policy = replace(box.policy, container_id=None,
+                     lifecycle=replace(box.policy.lifecycle, destroy_on_exit=True))
+    forks: list[Sandbox] = []
+    try:
+        for _ in range(n):
+            child = Sandbox(policy, lxcpath=box.lxcpath, image=snap, log=box._log,
+                            warn=box._warn, start_timeout=box._start_timeout)
+            forks.append(child)
+            child.open()
+    except BaseException:
+        for child in forks:
+            child.close(failed=True)
+        _snapshot.prune(box.lxcpath, only=snap.id)
+        raise
+    return forks
