@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "egress.default allow, NAT; inbound stays denied)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the effective plan; create nothing")
+    run.add_argument("--image", metavar="SNAPSHOT",
+                     help="the root filesystem: a snapshot's id or name (replaces lxc.rootfs)")
     sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
     ls = sub.add_parser("ls", help="list lxcbind's kept containers (and those in use)")
     ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -251,7 +253,8 @@ def _fast_run(words: list[str]) -> argparse.Namespace | None:
         "verbose": False, "log_level": None, "command": "run", "policy": None, "config": None,
         "config_base64": None, "tty": None, "timeout": None, "cwd": None, "env": [],
         "json": False, "max_output": None, "base64": False, "run_verbose": False,
-        "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False}
+        "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False,
+        "image": None}
     for word in words[1:]:
         flag = _RUN_FLAGS.get(word)
         if flag is not None:
@@ -435,6 +438,15 @@ def _run(args: argparse.Namespace) -> int:
             and not args.json:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy, document, origin = _load_document(args)   # a policy error is 2 even without liblxc
+    image = None
+    if getattr(args, "image", None):
+        from lxcbind.errors import SandboxError
+        from lxcbind.image import snapshot
+
+        try:
+            image = snapshot.load(args.image)
+        except SandboxError as exc:
+            raise _UsageError(str(exc).replace("image:", "--image:", 1)) from None
     from lxcbind.sandbox.cleanup import FatalSignals
     from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
 
@@ -461,7 +473,7 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"lxcbind: {notice}\n")
     with FatalSignals() as signals:
         with Sandbox(policy, log=lambda m: log.info("%s", m),
-                     warn=lambda m: log.warning("%s", m), signals=signals) as box:
+                     warn=lambda m: log.warning("%s", m), signals=signals, image=image) as box:
             if args.json:
                 from lxcbind.result import UNLIMITED, MaxOutput
 

@@ -931,6 +931,10 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
+    from lxcbind.image import snapshot
+
+    for sid in snapshot.prune(default_lxcpath()):
+        log(f"gc: removed snapshot {sid}, a fork's that no container uses any more")
     return removed
 
 

@@ -73,13 +73,15 @@ def fork(box: Sandbox, n: int) -> list[Sandbox]:
     from lxcbind.sandbox.core import Sandbox
 
     snap = snapshot(box, ephemeral=True)
-    # Their own names (a containerId would collide) and thrown away when closed.
-    policy = replace(box.policy, container_id=None,
-                     lifecycle=replace(box.policy.lifecycle, destroy_on_exit=True))
+    # Thrown away when closed, and named after the source (``<source>-f<random>``: a fork is
+    # recognisably the source's, and a containerId would collide).
+    policy = replace(box.policy, lifecycle=replace(box.policy.lifecycle, destroy_on_exit=True))
     forks: list[Sandbox] = []
     try:
         for _ in range(n):
-            child = Sandbox(policy, lxcpath=box.lxcpath, image=snap, log=box._log,
+            name = f"{box.name[:54]}-f{os.urandom(4).hex()}"
+            child = Sandbox(replace(policy, container_id=name), lxcpath=box.lxcpath,
+                            image=snap, log=box._log,
                             warn=box._warn, start_timeout=box._start_timeout)
             forks.append(child)
             child.open()
