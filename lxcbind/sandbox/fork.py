@@ -61,7 +61,7 @@ def snapshot(box: Sandbox, name: str | None = None, *,
     spec = box.image.base if box.image is not None else box.policy.lxc.rootfs
     return _snapshot.capture(upper, start=box._ids.start if box._ids is not None else None,
                              base=spec, parent=box.image, name=name, ephemeral=ephemeral,
-                             frozen=frozen)
+                             source=f"snapshot of {box.name}", frozen=frozen)
 
 
 def fork(box: Sandbox, n: int) -> list[Sandbox]:

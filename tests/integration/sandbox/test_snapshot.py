@@ -17,6 +17,7 @@ import pytest
 import lxcbind
 from lxcbind.errors import SandboxError
 from lxcbind.image import snapshot as snapshots
+from lxcbind.image import store
 from lxcbind.sandbox import idmap
 from tests.conftest import new_name, requires_lxc, requires_root
 
@@ -56,7 +57,7 @@ def made() -> Iterator[list[snapshots.Snapshot]]:
     taken: list[snapshots.Snapshot] = []
     yield taken
     for snap in reversed(taken):
-        if os.path.isdir(snap.path):
+        if store.get(snap.id) is not None:
             snapshots.remove(snap, LXCPATH)
     new = {n for n in set(lxcbind.list_containers()) - before
            if n.startswith("lxcbind-test-snap-")}   # forks are named after their source
@@ -67,7 +68,7 @@ def made() -> Iterator[list[snapshots.Snapshot]]:
         time.sleep(0.02)
     assert not loops_of(os.path.join(LXCPATH, "lxcbind-test-snap-"))
     assert not mounts_mentioning("lxcbind-test-snap-")
-    assert not mounts_mentioning(snapshots.SNAPSHOTS_ROOT)
+    assert not mounts_mentioning(store.IMAGES_ROOT)
 
 
 SETUP = """
@@ -99,8 +100,8 @@ def test_snapshot_keeps_files_owners_deletions_opaque_dirs_links_and_holes(made)
         assert still.stdout == "hello\n"
     assert snapshots.load(snap.name).id == snap.id == snapshots.load(snap.id).id
     # On the host: 0-based owners, root-only, the hole not filled in.
-    layer = Path(snap.path, "root", "layer")
-    assert os.stat(Path(snap.path, "root")).st_mode & 0o777 == 0o700
+    layer = Path(snap.layer)
+    assert os.stat(snap.path).st_mode & 0o777 == 0o700
     assert os.stat(layer / "home/sandbox/work/owned").st_uid == 1000
     a = os.stat(layer / "root/proj/a.txt")
     assert (a.st_uid, a.st_mode & 0o7777) == (0, 0o4755)
@@ -141,7 +142,7 @@ def test_snapshot_of_a_snapshot_is_a_chain(made):
     r = lxcbind.run("cat /root/one /root/two; ls /root/gone", policy=pol(), image=second.id,
                     text=True)
     assert r.stdout == "changed\ntwo\n" and "No such file" in r.stderr
-    with pytest.raises(SandboxError, match="is the base of"):
+    with pytest.raises(SandboxError, match="parent of image"):
         snapshots.remove(first, LXCPATH)   # a later snapshot sits on it
 
 
@@ -175,13 +176,15 @@ def test_fork_gives_isolated_sandboxes_that_outlive_the_source(made):
             assert f.run("cat /root/state", text=True).stdout == "state\n"
         forks[0].close()
         assert forks[1].run("true").returncode == 0
-        assert os.path.isdir(os.path.join(snapshots.SNAPSHOTS_ROOT, snap_id))
+        assert store.get(snap_id) is not None
     finally:
         for f in forks:
             f.close()
         box.close()
     # The fork's snapshot went with its last user.
-    assert not os.path.exists(os.path.join(snapshots.SNAPSHOTS_ROOT, snap_id))
+    assert store.get(snap_id) is None
+    assert not [e for e in os.listdir(store.IMAGES_ROOT)
+                if e.startswith(snap_id.replace(":", "-"))]   # nor its shifted copies
 
 
 def test_pool_session_and_run_from_a_snapshot(made):
@@ -224,7 +227,7 @@ def test_hostile_workload_cannot_make_the_capture_write_outside_or_gain_anything
         snap = box.snapshot()
         made.append(snap)
     assert canary.read_text() == "host\n" and sorted(os.listdir(tmp_path)) == ["canary"]
-    layer = Path(snap.path, "root", "layer")
+    layer = Path(snap.layer)
     for path, _dirs, files in os.walk(layer):
         for name in files:
             st = os.lstat(os.path.join(path, name))
@@ -237,6 +240,7 @@ def test_hostile_workload_cannot_make_the_capture_write_outside_or_gain_anything
     assert os.stat(layer / "root/rootshell").st_mode & 0o6000 == 0o6000
     probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                             "ls", str(layer / "root")], capture_output=True, text=True)
+    assert os.stat(snap.path).st_mode & 0o777 == 0o700
     assert probe.returncode != 0 and "Permission denied" in probe.stderr
     with lxcbind.Sandbox(pol(), image=snap) as box:
         r = box.run("ls /etc/pam.d | grep -c . ; cat /root/canary-link; "
@@ -250,10 +254,12 @@ def test_hostile_workload_cannot_make_the_capture_write_outside_or_gain_anything
         r = box.run("touch /root/hostroot/tmp/from-fork; ls /root/dir/escape/", text=True)
         assert sorted(os.listdir(tmp_path)) == ["canary"]
     # Shifted copies: owned by their range's root, 0700.
-    for entry in os.listdir(snap.path):
-        if entry.startswith("@"):
-            st = os.stat(os.path.join(snap.path, entry))
-            assert st.st_mode & 0o777 == 0o700 and st.st_uid == int(entry[1:])
+    copies = [e for e in os.listdir(store.IMAGES_ROOT)
+              if e.startswith(os.path.basename(snap.path) + "@")]
+    assert copies
+    for entry in copies:
+        st = os.stat(os.path.join(store.IMAGES_ROOT, entry))
+        assert st.st_mode & 0o777 == 0o700 and st.st_uid == int(entry.split("@")[1])
 
 
 def test_a_workload_writing_during_the_snapshot_gets_a_consistent_layer(made):
@@ -280,7 +286,7 @@ def test_snapshot_of_a_privileged_sandbox_without_a_disk_limit(made):
         box.run("echo priv > /root/p; rm -r /etc/skel; mkdir /etc/skel")
         snap = box.snapshot()
         made.append(snap)
-    assert os.getxattr(Path(snap.path, "root/layer/etc/skel"), "trusted.overlay.opaque") == b"y"
+    assert os.getxattr(Path(snap.layer, "etc/skel"), "trusted.overlay.opaque") == b"y"
     r = lxcbind.run("cat /root/p; ls -A /etc/skel | wc -l", policy=pol(), image=snap, text=True)
     assert r.stdout.split() == ["priv", "0"]
     r = lxcbind.run("cat /root/p; ls -A /etc/skel | wc -l", policy=doc, image=snap, text=True)
@@ -334,7 +340,7 @@ def test_gc_removes_a_fork_snapshot_whose_runner_died(made):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env=env, timeout=120)
     sid, *names = done.stdout.split()
-    path = os.path.join(snapshots.SNAPSHOTS_ROOT, sid)
+    path = snapshots.load(sid).path
     assert os.path.isdir(path)
     # Older than the grace period a fresh fork snapshot gets.
     snap = snapshots.load(sid)
