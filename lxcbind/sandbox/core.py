@@ -442,7 +442,7 @@ class Sandbox:
         isolated from it and from each other, each closed on its own (``sandbox.fork``)."""
         from lxcbind.sandbox import fork
 
-        return fork.fork(self, n)
+        return fork.fork(self, n, Sandbox)
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -19,22 +19,44 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from lxcbind._lite import replace
 from lxcbind.errors import SandboxError
 from lxcbind.image import snapshot as _snapshot
 from lxcbind.lxc import cgroups
-from lxcbind.sandbox import rootfs
-
-if TYPE_CHECKING:
-    from lxcbind.sandbox.core import Sandbox
+from lxcbind.policy.model import Policy
+from lxcbind.sandbox import disk, idmap, rootfs
 
 MAX_FORKS = 256   # a fork is a container and an id range: a typo must not start thousands
 
 
-def snapshot(box: Sandbox, name: str | None = None, *,
+class Source(Protocol):
+    """What a snapshot or a fork needs of a running ``Sandbox`` (``core`` imports this module,
+    not the other way round)."""
+
+    name: str
+    lxcpath: str
+    policy: Policy
+    image: _snapshot.Snapshot | None
+    _ids: idmap.IdRange | None
+    _disk: disk.Layer | None
+    _start_timeout: float
+    _log: Callable[[str], None]
+    _warn: Callable[[str], None]
+
+    def _running(self, call: str) -> Any: ...
+
+    def open(self) -> None: ...
+
+    def close(self, failed: bool = False) -> None: ...
+
+
+S = TypeVar("S", bound=Source)
+
+
+def snapshot(box: Source, name: str | None = None, *,
              ephemeral: bool = False) -> _snapshot.Snapshot:
     """Capture ``box``'s root filesystem (see the module docstring).  Raises ``SandboxError``."""
     c = box._running("snapshot")
@@ -64,23 +86,22 @@ def snapshot(box: Sandbox, name: str | None = None, *,
                              source=f"snapshot of {box.name}", frozen=frozen)
 
 
-def fork(box: Sandbox, n: int) -> list[Sandbox]:
+def fork(box: S, n: int, make: Callable[..., S]) -> list[S]:
     """``n`` started sandboxes from ``box``'s current filesystem (see the module docstring).
     All or nothing: if one cannot be set up, those already started are closed and the error
-    is raised."""
+    is raised.  ``make``: the sandbox class (``Sandbox``)."""
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_FORKS:
         raise ValueError(f"Sandbox.fork(n): n must be an int from 1 to {MAX_FORKS}, got {n!r}")
-    from lxcbind.sandbox.core import Sandbox
 
     snap = snapshot(box, ephemeral=True)
     # Thrown away when closed, and named after the source (``<source>-f<random>``: a fork is
     # recognisably the source's, and a containerId would collide).
     policy = replace(box.policy, lifecycle=replace(box.policy.lifecycle, destroy_on_exit=True))
-    forks: list[Sandbox] = []
+    forks: list[S] = []
     try:
         for _ in range(n):
             name = f"{box.name[:54]}-f{os.urandom(4).hex()}"
-            child = Sandbox(replace(policy, container_id=name), lxcpath=box.lxcpath,
+            child = make(replace(policy, container_id=name), lxcpath=box.lxcpath,
                             image=snap, log=box._log,
                             warn=box._warn, start_timeout=box._start_timeout)
             forks.append(child)
