@@ -39,6 +39,7 @@ OPAQUE = ("user.overlay.opaque", "trusted.overlay.opaque")
 _DROP_PREFIXES = ("user.overlay.",)
 
 IdMap = Callable[[int], int]
+WORKERS = 4
 
 
 _CROSS = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}
@@ -120,52 +121,79 @@ def _xattrs(path: str) -> list[tuple[str, bytes]]:
     return kept
 
 
+def _finish(s: str, d: str, st: os.stat_result, uid: IdMap, gid: IdMap,
+            trusted: bool) -> None:
+    """Owner, mode, kept extended attributes and times of the copy ``d`` of ``s``."""
+    mode = st.st_mode
+    os.lchown(d, uid(st.st_uid), gid(st.st_gid))
+    if stat.S_ISLNK(mode):
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        return
+    os.chmod(d, stat.S_IMODE(mode))   # after chown, which clears setuid and setgid
+    for name, value in _xattrs(s):
+        if trusted or not name.startswith("trusted."):
+            os.setxattr(d, name, value, follow_symlinks=False)
+    if not stat.S_ISDIR(mode):   # a directory's, once its entries are made
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
 def copy_layer(src: str, dst: str, uid: IdMap, gid: IdMap, *,
                trusted: bool = True) -> int:
     """Copy the layer ``src`` to a new directory ``dst`` (its parent must exist), owners
     mapped through ``uid``/``gid``; returns the bytes of file data copied.  ``trusted``:
     write the ``trusted.overlay.opaque`` marker too (a layer only unprivileged containers
     read does not need it).  Raises ``OSError``; a partial ``dst`` is the caller's to
-    remove."""
+    remove.
+
+    Plain files (one link) are copied by ``WORKERS`` threads: creating a file is the cost
+    (a journalled create on the host's filesystem, 0.3 to 2 ms on a busy machine), and
+    creates in different directories proceed in parallel; everything else, in walk order."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    def plain(s: str, d: str, st: os.stat_result) -> int:
+        size = _copy_data(s, d, st.st_size)
+        _finish(s, d, st, uid, gid, trusted)
+        return size
+
     seen: dict[tuple[int, int], str] = {}
     dirs: list[tuple[str, os.stat_result]] = []   # their times are set last
     total = 0
+    jobs: list[Future[int]] = []
     stack: list[tuple[str, str]] = [(src, dst)]
-    while stack:
-        s, d = stack.pop()
-        st = os.lstat(s)
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            os.mkdir(d, 0o700)
-            with os.scandir(s) as entries:
-                for entry in entries:
-                    stack.append((entry.path, os.path.join(d, entry.name)))
-            dirs.append((d, st))
-        elif stat.S_ISLNK(mode):
-            os.symlink(os.readlink(s), d)
-        elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen:
-            os.link(seen[(st.st_dev, st.st_ino)], d)
-            continue
-        elif stat.S_ISREG(mode):
-            total += _copy_data(s, d, st.st_size)
-            if st.st_nlink > 1:
-                seen[(st.st_dev, st.st_ino)] = d
-        elif stat.S_ISCHR(mode) and st.st_rdev == 0:
-            os.mknod(d, stat.S_IFCHR | 0o000, 0)   # a whiteout
-        elif stat.S_ISFIFO(mode):
-            os.mkfifo(d, 0o600)
-        else:
-            continue   # devices and sockets are never part of an image
-        os.lchown(d, uid(st.st_uid), gid(st.st_gid))
-        if stat.S_ISLNK(mode):
-            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-            continue
-        os.chmod(d, stat.S_IMODE(mode))   # after chown, which clears setuid and setgid
-        for name, value in _xattrs(s):
-            if trusted or not name.startswith("trusted."):
-                os.setxattr(d, name, value, follow_symlinks=False)
-        if not stat.S_ISDIR(mode):
-            os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="lxcbind-layercopy") as pool:
+        try:
+            while stack:
+                s, d = stack.pop()
+                st = os.lstat(s)
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    os.mkdir(d, 0o700)
+                    with os.scandir(s) as entries:
+                        for entry in entries:
+                            stack.append((entry.path, os.path.join(d, entry.name)))
+                    dirs.append((d, st))
+                elif stat.S_ISREG(mode) and st.st_nlink == 1:
+                    jobs.append(pool.submit(plain, s, d, st))
+                    continue
+                elif stat.S_ISLNK(mode):
+                    os.symlink(os.readlink(s), d)
+                elif st.st_nlink > 1 and (st.st_dev, st.st_ino) in seen:
+                    os.link(seen[(st.st_dev, st.st_ino)], d)
+                    continue
+                elif stat.S_ISREG(mode):
+                    total += _copy_data(s, d, st.st_size)
+                    seen[(st.st_dev, st.st_ino)] = d
+                elif stat.S_ISCHR(mode) and st.st_rdev == 0:
+                    os.mknod(d, stat.S_IFCHR | 0o000, 0)   # a whiteout
+                elif stat.S_ISFIFO(mode):
+                    os.mkfifo(d, 0o600)
+                else:
+                    continue   # devices and sockets are never part of an image
+                _finish(s, d, st, uid, gid, trusted)
+            total += sum(job.result() for job in jobs)   # the first error, raised here
+        finally:
+            for job in jobs:
+                job.cancel()
     for d, st in reversed(dirs):
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
     return total
