@@ -48,11 +48,12 @@ from lxcbind.proc import session as _session
 from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
-from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, imagefs, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
+    from lxcbind.image import Image
     from lxcbind.net import network
 
 # ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
@@ -277,10 +278,12 @@ class Sandbox:
     def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
                  log: Log | None = None, warn: Log | None = None,
                  signals: cleanup.FatalSignals | None = None,
-                 lock_timeout: float = 60.0, start_timeout: float = 10.0) -> None:
+                 lock_timeout: float = 60.0, start_timeout: float = 10.0,
+                 image: object = None) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
-        self.policy = default_policy() if policy is None else \
-            as_policy(policy, command_required=False)
+        self.policy = imagefs.with_image(default_policy() if policy is None else
+                                         as_policy(policy, command_required=False), image)
+        self.image: Image | None = None   # the stored image it runs on, once open
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self._container: Container | None = None
@@ -343,6 +346,8 @@ class Sandbox:
         self._locked = True
         fs = self.policy.filesystem
         spec = self.policy.lxc.rootfs
+        if spec.kind == "image":   # found (or imported) once: everything below names its id
+            self.image, spec = imagefs.resolve(spec)
         privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
                                      rootfs_kind=spec.kind, idmapped=not privileged)
@@ -463,6 +468,7 @@ class Sandbox:
                                          init_control=control,
                                          start_timeout=self._start_timeout)
             self._init_session._disk = self._disk
+            self._init_session._image = self.image.id if self.image else None
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -474,8 +480,9 @@ class Sandbox:
         if self._net is not None:
             env.update(self._net.env())
         lxc = self.policy.lxc
-        return CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
-                               lxc.gid if lxc.uid is not None else None)
+        d = CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
+                            lxc.gid if lxc.uid is not None else None)
+        return d if self.image is None else imagefs.defaults(d, self.image, self.policy)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
@@ -485,6 +492,7 @@ class Sandbox:
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         session._disk = self._disk
+        session._image = self.image.id if self.image else None
         self._sessions.append(session)
         return session
 
@@ -504,11 +512,9 @@ class Sandbox:
         return self._container
 
     def policy_argv(self, call: str = "run") -> list[str]:
-        """The policy's own command (``process.commandLine``) as an argv."""
-        if not self.policy.process.command_line:
-            raise PolicyError("process.commandLine", f"the policy has no command; pass one: "
-                              f"{call}(\"echo hi\") or {call}([\"ls\", \"/\"])")
-        return list(self.policy.process.argv)
+        """The policy's own command (``process.commandLine``) as an argv, else the image's
+        (``Entrypoint + Cmd``)."""
+        return imagefs.argv(self.image, self.policy, call)
 
     def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
@@ -587,6 +593,7 @@ class Sandbox:
                                                cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                                gid=d.gid, start_timeout=self._start_timeout)
                 session._disk = self._disk
+                session._image = self.image.id if self.image else None
             return session
 
     # -- files -------------------------------------------------------------------------------
@@ -670,7 +677,8 @@ class Sandbox:
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
                        pids_limited=after.pids_max > before.pids_max,
-                       disk_limited=self._disk is not None and self._disk.full())
+                       disk_limited=self._disk is not None and self._disk.full(),
+                       image=self.image.id if self.image is not None else None)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -800,7 +808,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
         max_output: MaxOutput = None, tty: bool = False,
-        lxcpath: str | None = None) -> CompletedRun:
+        lxcpath: str | None = None, image: object = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
 
@@ -829,10 +837,11 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
                       max_output=max_output, text=text, encoding=encoding, errors=errors)
     resolved = default_policy() if policy is None else as_policy(policy, command_required=False)
-    if opts.argv is None and not resolved.process.command_line:
+    if opts.argv is None and not resolved.process.command_line and image is None \
+            and resolved.lxc.rootfs.kind != "image":
         raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
                           "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
-    with Sandbox(resolved, lxcpath=lxcpath) as box:
+    with Sandbox(resolved, lxcpath=lxcpath, image=image) as box:
         result = box._run(opts, tty=tty)
     if check:
         result.check_returncode()
@@ -900,23 +909,25 @@ class Session(_session.Session):
     results."""
 
     _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+    _image: str | None = None         # the id of the image the sandbox runs on
 
     def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
         result = super().with_limit_events(result, before)
         if self._disk is not None and self._disk.full():
             result = replace(result, disk_limited=True)
-        return result
+        return result if self._image is None else replace(result, image=self._image)
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
+    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0,
+                    image: object = None) -> Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy, isolation, limits and network rules
         apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy
         variables) is each command's base environment, ``process.cwd`` and ``process.timeout``
         are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
         commands' user.  Closing the session tears the container down like a one-shot run
-        (``destroyOnExit``)."""
-        box = Sandbox(policy, start_timeout=start_timeout)
+        (``destroyOnExit``).  ``image``: the root filesystem (see ``Sandbox``)."""
+        box = Sandbox(policy, start_timeout=start_timeout, image=image)
         try:
             box.open()
             session = box._init_session
@@ -927,6 +938,7 @@ class Session(_session.Session):
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
                 session._disk = box._disk
+                session._image = box.image.id if box.image else None
         except BaseException:
             box.close(failed=True)
             raise
