@@ -689,12 +689,12 @@ class Sandbox:
         if pipes and init is not None and init.alive:
             # Through the spawner that is the container's init (no attach).  A terminal
             # keeps liblxc's attach, and the runner's raw mode and window-size following.
-            opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
+            opts = CallOptions(self.policy_argv("interact"), d.env, d.cwd, None,
                                d.timeout if timeout is None else timeout, DEFAULT_MAX_OUTPUT,
                                None, "replace")
             return init._interact(opts)
         before = self.limit_events()
-        result = _runner.interact_run(container, self.policy.process.argv,
+        result = _runner.interact_run(container, self.policy_argv("interact"),
                                       tty=tty, env=d.env, cwd=d.cwd,
                                       timeout=d.timeout if timeout is None else timeout,
                                       uid=d.uid, gid=d.gid)
