@@ -16,10 +16,10 @@ The public API: ``import_image(ref)``, ``list_images()``, ``get_image(id_or_ref)
 from __future__ import annotations
 
 from lxcbind.image.config import ImageConfig
-from lxcbind.image.load import import_image
+from lxcbind.image.load import import_image, resolve_image
 from lxcbind.image.store import Image, list_images, prune
 from lxcbind.image.store import lookup as get_image
 from lxcbind.image.store import remove as remove_image
 
 __all__ = ["Image", "ImageConfig", "get_image", "import_image", "list_images", "prune",
-           "remove_image"]
+           "remove_image", "resolve_image"]

@@ -43,3 +43,13 @@ def import_image(ref: str, *, max_size: int | None = None) -> store.Image:
 
         return store.add(manifest.key, build, source=ref, config=config,
                          dropped=lambda: tuple(dropped))
+
+
+def resolve_image(ref: str) -> store.Image:
+    """The stored image a root filesystem reference names: ``image:ID`` (an id, a unique
+    prefix of one, or a source reference already imported) is looked up in the store;
+    ``oci:``/``docker-archive:`` references are imported (once: later calls only verify the
+    manifest)."""
+    if ref.startswith("image:"):
+        return store.touch(store.lookup(ref[len("image:"):]))
+    return import_image(ref)

@@ -38,6 +38,22 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
          "s390x": "s390x", "riscv64": "riscv64", "i686": "386"}
 
 
+MAX_HEADER = 1 << 20       # bytes: a longer PAX or GNU long-name header is refused
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A ``TarInfo`` that refuses an extended header (PAX, GNU long name or link) larger than
+    ``MAX_HEADER`` before ``tarfile`` reads it whole into memory."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                         tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK) and \
+                self.size > MAX_HEADER:
+            raise ImageError(f"an extended tar header of {self.size} bytes (more than "
+                             f"{MAX_HEADER})")
+        return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
+
+
 @record(frozen=True)
 class Layer:
     """One layer to apply: where it is (``name``: a blob digest or an archive member), the
@@ -249,8 +265,8 @@ class _Archive(Source):
     def __init__(self, ref: str, path: str) -> None:
         self.ref = ref
         try:
-            self.tar = tarfile.open(path, "r:*")
-        except (OSError, tarfile.TarError) as exc:
+            self.tar = tarfile.open(path, "r:*", tarinfo=BoundedTarInfo)
+        except (OSError, tarfile.TarError, ImageError) as exc:
             raise ImageError(f"image {ref!r}: not a readable tar archive ({exc})") from None
 
     def close(self) -> None:

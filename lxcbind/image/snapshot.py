@@ -94,6 +94,13 @@ def _of(image: store.Image) -> Snapshot | None:
         return None
 
 
+def layered(image: store.Image, spec: Rootfs) -> tuple[Snapshot | None, Rootfs]:
+    """For a container on the stored ``image`` (named by ``spec``): the snapshot it is and
+    the base its layers sit on, or (None, ``spec``) for an imported image."""
+    snap = _of(image)
+    return (snap, snap.base) if snap is not None else (None, spec)
+
+
 def snapshots() -> list[Snapshot]:
     """Every complete snapshot in the store, oldest first."""
     return [snap for image in store.list_images() if (snap := _of(image)) is not None]
@@ -129,11 +136,14 @@ def check_name(name: str | None) -> None:
 
 def capture(upper: str, *, start: int | None, base: Rootfs, parent: Snapshot | None,
             name: str | None = None, ephemeral: bool = False, source: str = "",
+            image: store.Image | None = None,
             frozen: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
             ) -> Snapshot:
     """Copy the overlay upper directory ``upper`` of a container whose ids start at ``start``
     (None: privileged) into a new snapshot on ``base`` (and ``parent``, the image the
-    container itself started from), owners moved back to 0-based ids, and store it.  The copy
+    container itself started from, if it was a snapshot; ``image``: the stored image it ran
+    on, whose config the snapshot inherits and which it depends on), owners moved back to
+    0-based ids, and store it.  The copy
     runs inside ``frozen()`` (the caller's freezer: the workload cannot change the layer
     meanwhile); the records are written after.  Raises ``SandboxError``; nothing is left on
     failure (the store builds in a temporary directory)."""
@@ -157,8 +167,9 @@ def capture(upper: str, *, start: int | None, base: Rootfs, parent: Snapshot | N
         made.append(snap)
         return size
 
-    store.add(sid, build, source=name or source or "snapshot", config=ImageConfig(),
-              parent=parent.id if parent else None)
+    store.add(sid, build, source=name or source or "snapshot",
+              config=image.config if image is not None else ImageConfig(),
+              parent=image.id if image is not None else None)
     return made[0]
 
 

@@ -126,6 +126,8 @@ def _load(dirname: str) -> Image | None:
     data = read_json(Path(top, _RECORD), None)
     if not isinstance(data, dict) or not os.path.isdir(os.path.join(top, "rootfs")):
         return None
+    with contextlib.suppress(OSError):
+        data["last_used"] = os.stat(os.path.join(top, _RECORD)).st_mtime   # see ``touch``
     try:
         return Image(str(data["id"]), os.path.join(top, "rootfs"),
                      ImageConfig.from_json(data.get("config")), data.get("parent"),
@@ -155,10 +157,11 @@ def list_images() -> list[Image]:
 def lookup(id_or_ref: str) -> Image:
     """The stored image named by its id, a unique prefix of its hex digest (at least 4
     digits), or the source reference it was imported from (the newest such)."""
+    if _ID.fullmatch(id_or_ref):
+        exact = get(id_or_ref)
+        if exact is not None:
+            return exact
     images = list_images()
-    for img in images:
-        if id_or_ref == img.id:
-            return img
     by_source = [i for i in images if i.source == id_or_ref]
     if by_source:
         return by_source[-1]
@@ -211,12 +214,11 @@ def add(image_id: str, build: Callable[[str], int], *, source: str, config: Imag
 
 
 def touch(image: Image) -> Image:
-    """Record that ``image`` is used now; returns the updated record."""
+    """Record that ``image`` is used now (the record's modification time: no rewrite, so
+    concurrent users never race on its content); returns the updated record."""
     now = time.time()
-    data = image.to_json()
-    data["last_used"] = now
     with contextlib.suppress(OSError):
-        write_json(Path(os.path.dirname(image.rootfs), _RECORD), data)
+        os.utime(os.path.join(os.path.dirname(image.rootfs), _RECORD), (now, now))
     return Image(image.id, image.rootfs, image.config, image.parent, image.source, image.size,
                  image.created, now, image.dropped)
 

@@ -25,9 +25,10 @@ device node it is dropped, and reported in ``dropped``.  Setuid and setgid bits 
 container's ids are shifted: they give nothing on the host).  Extended attributes are not
 applied.
 
-The budget (``max_size``) bounds the uncompressed bytes of all layers together and counts the
-full size of every regular file (a sparse entry included), so neither a gzip bomb nor a
-sparse giant can fill the host's disk.
+Bounds: no extended (PAX, long-name) header over 1 MiB is read, an image has at most
+``MAX_ENTRIES`` entries, and the budget (``max_size``) bounds the uncompressed bytes of all
+layers together and counts the full size of every regular file (a sparse entry included), so
+neither a gzip bomb nor a sparse giant can fill the host's disk or the caller's memory.
 """
 
 from __future__ import annotations
@@ -42,10 +43,11 @@ import zlib
 from typing import IO
 
 from lxcbind.errors import ImageError
-from lxcbind.image.oci import Layer
+from lxcbind.image.oci import BoundedTarInfo, Layer
 from lxcbind.lxc import rmtree
 
 MAX_DEPTH = 256          # path components: deeper trees are refused (and copied recursively later)
+MAX_ENTRIES = 2_000_000  # tar entries of one image: bounds the memory a layer's bookkeeping takes
 _CHUNK = 1 << 20
 _MAX_DROPPED = 100       # names of dropped entries kept for the record
 _WH = ".wh."
@@ -175,6 +177,7 @@ class Tree:
         self.fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self.budget = budget
         self.dropped: list[str] = []
+        self.entries = 0
         self._cache: tuple[tuple[str, ...], int] | None = None
         self._layer_paths: set[str] = set()
 
@@ -193,11 +196,19 @@ class Tree:
         plain = _Hashing(_Decompressing(blob, where), self.budget, where)
         self._layer_paths = set()
         try:
-            with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=plain, mode="r|",  # type: ignore[call-overload]
+                              tarinfo=BoundedTarInfo) as tar:
                 for member in tar:
+                    self.entries += 1
+                    if self.entries > MAX_ENTRIES:
+                        raise ImageError(f"{where}: more than {MAX_ENTRIES} entries in the image")
                     self._entry(tar, member, where)
         except tarfile.TarError as exc:
             raise ImageError(f"{where}: not a valid tar stream ({exc})") from None
+        except ImageError as exc:
+            if str(exc).startswith("an extended tar header"):
+                raise ImageError(f"{where}: {exc}") from None
+            raise
         plain.drain()  # the end-of-archive padding is part of the diff_id
         blob.drain()
         self._layer_paths = set()

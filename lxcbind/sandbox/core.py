@@ -48,15 +48,17 @@ from lxcbind.proc import session as _session
 from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
-from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, imagefs, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.sandbox.netcheck import network_notice as network_notice  # re-exported
 from lxcbind.sandbox.netcheck import network_refusal as network_refusal
 from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
+    from lxcbind.image import Image
     from lxcbind.image.snapshot import Snapshot
     from lxcbind.net import network
+    from lxcbind.policy.model import Rootfs
 
 # ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
 # paths that need it, so a run with no network device never loads it.
@@ -224,17 +226,13 @@ class Sandbox:
                  log: Log | None = None, warn: Log | None = None,
                  signals: cleanup.FatalSignals | None = None,
                  lock_timeout: float = 60.0, start_timeout: float = 10.0,
-                 image: Snapshot | str | None = None) -> None:
+                 image: object = None) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
-        self.policy = default_policy() if policy is None else \
-            as_policy(policy, command_required=False)
-        # ``image``: the root filesystem (a snapshot, or its id or name) instead of the
-        # policy's lxc.rootfs; the policy gives everything else.
-        self.image: Snapshot | None = None
-        if image is not None:
-            from lxcbind.image import snapshot
-
-            self.image = snapshot.load(image)
+        self.policy = imagefs.with_image(default_policy() if policy is None else
+                                         as_policy(policy, command_required=False), image)
+        self.image: Image | None = None   # the stored image it runs on, once open
+        self._snapshot: Snapshot | None = None   # that image, when it is a snapshot
+        self._base: Rootfs = self.policy.lxc.rootfs   # what the container's base is, once open
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self._container: Container | None = None
@@ -296,7 +294,13 @@ class Sandbox:
             self._lock.acquire()
         self._locked = True
         fs = self.policy.filesystem
-        spec = self.image.base if self.image is not None else self.policy.lxc.rootfs
+        spec = self.policy.lxc.rootfs
+        if spec.kind == "image":   # found (or imported) once: everything below names its id
+            self.image, spec = imagefs.resolve(spec)
+            from lxcbind.image import snapshot  # a snapshot: its layers over its own base
+
+            self._snapshot, spec = snapshot.layered(self.image, spec)
+        self._base = spec
         privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
                                      rootfs_kind=spec.kind, idmapped=not privileged)
@@ -328,9 +332,6 @@ class Sandbox:
             self._record.note("network")
             self._net.prepare()
             net_config = self._net.config
-        if self.reused and self.image is not None:
-            raise SandboxError(f"image: container {self.name!r} is kept (containerId) and keeps "
-                               "the root filesystem it was made with")
         if self.reused:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self._container = probe
@@ -421,14 +422,15 @@ class Sandbox:
                                          init_control=control,
                                          start_timeout=self._start_timeout)
             self._init_session._disk = self._disk
+            self._init_session._image = self.image.id if self.image else None
 
     def _image_layers(self) -> Callable[[int | None], list[str]] | None:
-        if self.image is None:
+        if self._snapshot is None:
             return None
         from lxcbind.image import snapshot
 
-        image = self.image
-        return lambda start: snapshot.lowers(image, start)
+        snap = self._snapshot
+        return lambda start: snapshot.lowers(snap, start)
 
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Capture the running sandbox's root filesystem as an image (``lxcbind.sandbox.fork``:
@@ -454,8 +456,9 @@ class Sandbox:
         if self._net is not None:
             env.update(self._net.env())
         lxc = self.policy.lxc
-        return CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
-                               lxc.gid if lxc.uid is not None else None)
+        d = CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
+                            lxc.gid if lxc.uid is not None else None)
+        return d if self.image is None else imagefs.defaults(d, self.image, self.policy)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
@@ -465,6 +468,7 @@ class Sandbox:
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         session._disk = self._disk
+        session._image = self.image.id if self.image else None
         self._sessions.append(session)
         return session
 
@@ -484,11 +488,9 @@ class Sandbox:
         return self._container
 
     def policy_argv(self, call: str = "run") -> list[str]:
-        """The policy's own command (``process.commandLine``) as an argv."""
-        if not self.policy.process.command_line:
-            raise PolicyError("process.commandLine", f"the policy has no command; pass one: "
-                              f"{call}(\"echo hi\") or {call}([\"ls\", \"/\"])")
-        return list(self.policy.process.argv)
+        """The policy's own command (``process.commandLine``) as an argv, else the image's
+        (``Entrypoint + Cmd``)."""
+        return imagefs.argv(self.image, self.policy, call)
 
     def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
@@ -567,6 +569,7 @@ class Sandbox:
                                                cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                                gid=d.gid, start_timeout=self._start_timeout)
                 session._disk = self._disk
+                session._image = self.image.id if self.image else None
             return session
 
     # -- files -------------------------------------------------------------------------------
@@ -650,7 +653,8 @@ class Sandbox:
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
                        pids_limited=after.pids_max > before.pids_max,
-                       disk_limited=self._disk is not None and self._disk.full())
+                       disk_limited=self._disk is not None and self._disk.full(),
+                       image=self.image.id if self.image is not None else None)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -661,12 +665,12 @@ class Sandbox:
         if pipes and init is not None and init.alive:
             # Through the spawner that is the container's init (no attach).  A terminal
             # keeps liblxc's attach, and the runner's raw mode and window-size following.
-            opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
+            opts = CallOptions(self.policy_argv("interact"), d.env, d.cwd, None,
                                d.timeout if timeout is None else timeout, DEFAULT_MAX_OUTPUT,
                                None, "replace")
             return init._interact(opts)
         before = self.limit_events()
-        result = _runner.interact_run(container, self.policy.process.argv,
+        result = _runner.interact_run(container, self.policy_argv("interact"),
                                       tty=tty, env=d.env, cwd=d.cwd,
                                       timeout=d.timeout if timeout is None else timeout,
                                       uid=d.uid, gid=d.gid)
@@ -771,10 +775,10 @@ class Sandbox:
                 if self._locked:
                     self._lock.release()
                     self._locked = False
-            if removed and self.image is not None and self.image.ephemeral:
+            if removed and self._snapshot is not None and self._snapshot.ephemeral:
                 from lxcbind.image import snapshot  # a fork's: gone with its last user
 
-                snapshot.prune(self.lxcpath, only=self.image.id)
+                snapshot.prune(self.lxcpath, only=self._snapshot.id)
         if self._signals:
             self._signals.check()
 
@@ -784,7 +788,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
         max_output: MaxOutput = None, tty: bool = False,
-        lxcpath: str | None = None, image: Snapshot | str | None = None) -> CompletedRun:
+        lxcpath: str | None = None, image: object = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
 
@@ -794,9 +798,10 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     root filesystem, default isolation).  The other keywords are ``Sandbox.run``'s: ``env``
     merged over ``process.env``, ``cwd`` and ``timeout`` (seconds) replacing ``process.cwd``
     and ``process.timeout``, ``input``, ``text``/``encoding``/``errors``, ``max_output``,
-    ``tty``.  ``image``: the root filesystem (a snapshot, or its id or name) instead of the
-    policy's ``lxc.rootfs``.  A non-zero exit is a result, not an error, unless ``check`` (then
-    ``lxcbind.CalledProcessError`` / ``lxcbind.TimeoutExpired``).
+    ``tty``.  ``image``: the root filesystem (an image reference, a stored image or
+    snapshot, or its id or name) instead of the policy's ``lxc.rootfs``.  A non-zero exit is
+    a result, not an error, unless ``check`` (then ``lxcbind.CalledProcessError`` /
+    ``lxcbind.TimeoutExpired``).
 
     The old form ``run(policy_like, ...)`` still works: a first argument that
     ``is_policy_like`` (a Policy, a mapping, bytes, a path object, JSON object text, or an
@@ -814,7 +819,8 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
                       max_output=max_output, text=text, encoding=encoding, errors=errors)
     resolved = default_policy() if policy is None else as_policy(policy, command_required=False)
-    if opts.argv is None and not resolved.process.command_line:
+    if opts.argv is None and not resolved.process.command_line and image is None \
+            and resolved.lxc.rootfs.kind != "image":
         raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
                           "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
     with Sandbox(resolved, lxcpath=lxcpath, image=image) as box:
@@ -889,23 +895,24 @@ class Session(_session.Session):
     results."""
 
     _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+    _image: str | None = None         # the id of the image the sandbox runs on
 
     def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
         result = super().with_limit_events(result, before)
         if self._disk is not None and self._disk.full():
             result = replace(result, disk_limited=True)
-        return result
+        return result if self._image is None else replace(result, image=self._image)
 
     @classmethod
     def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0,
-                    image: Snapshot | str | None = None) -> Session:
+                    image: object = None) -> Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy, isolation, limits and network rules
         apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy
         variables) is each command's base environment, ``process.cwd`` and ``process.timeout``
         are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
         commands' user.  Closing the session tears the container down like a one-shot run
-        (``destroyOnExit``).  ``image``: as ``Sandbox``'s."""
+        (``destroyOnExit``).  ``image``: the root filesystem (see ``Sandbox``)."""
         box = Sandbox(policy, start_timeout=start_timeout, image=image)
         try:
             box.open()
@@ -917,6 +924,7 @@ class Session(_session.Session):
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
                 session._disk = box._disk
+                session._image = box.image.id if box.image else None
         except BaseException:
             box.close(failed=True)
             raise

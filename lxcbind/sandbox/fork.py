@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 from lxcbind._lite import replace
 from lxcbind.errors import SandboxError
 from lxcbind.image import snapshot as _snapshot
+from lxcbind.image import store
 from lxcbind.lxc import cgroups
-from lxcbind.policy.model import Policy
+from lxcbind.policy.model import Policy, Rootfs
 from lxcbind.sandbox import disk, idmap, rootfs
 
 MAX_FORKS = 256   # a fork is a container and an id range: a typo must not start thousands
@@ -39,7 +40,9 @@ class Source(Protocol):
     name: str
     lxcpath: str
     policy: Policy
-    image: _snapshot.Snapshot | None
+    image: store.Image | None
+    _snapshot: _snapshot.Snapshot | None
+    _base: Rootfs
     _ids: idmap.IdRange | None
     _disk: disk.Layer | None
     _start_timeout: float
@@ -80,10 +83,10 @@ def snapshot(box: Source, name: str | None = None, *,
         finally:
             freezer.__exit__(None, None, None)
 
-    spec = box.image.base if box.image is not None else box.policy.lxc.rootfs
     return _snapshot.capture(upper, start=box._ids.start if box._ids is not None else None,
-                             base=spec, parent=box.image, name=name, ephemeral=ephemeral,
-                             source=f"snapshot of {box.name}", frozen=frozen)
+                             base=box._base, parent=box._snapshot, image=box.image, name=name,
+                             ephemeral=ephemeral, source=f"snapshot of {box.name}",
+                             frozen=frozen)
 
 
 def fork(box: S, n: int, make: Callable[..., S]) -> list[S]:

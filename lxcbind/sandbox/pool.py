@@ -20,15 +20,13 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Unpack
+from typing import Unpack
 
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
 from lxcbind.result import CompletedRun, MaxOutput
+from lxcbind.sandbox import imagefs
 from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
-
-if TYPE_CHECKING:
-    from lxcbind.image.snapshot import Snapshot
 
 
 class PoolClosed(LxcbindError):
@@ -44,17 +42,15 @@ class Pool:
     """
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0, image: Snapshot | str | None = None) -> None:
+                 start_timeout: float = 60.0, image: object = None) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"Pool size must be a positive int, got {size!r}")
-        self.policy = as_policy(policy, command_required=False)  # commands come from run()
-        # ``image``: every container's root filesystem (a snapshot, or its id or name),
-        # resolved once, so a missing one fails here and not in a starter.
-        self.image: Snapshot | None = None
-        if image is not None:
-            from lxcbind.image import snapshot
-
-            self.image = snapshot.load(image)
+        # Commands come from run().  An image is resolved (imported) once, here: every
+        # container then names it by id.
+        self.policy = imagefs.with_image(as_policy(policy, command_required=False), image)
+        if self.policy.lxc.rootfs.kind == "image":
+            self.policy = imagefs.with_image(self.policy, imagefs.resolve(
+                self.policy.lxc.rootfs)[0])
         self.size = size
         self._start_timeout = start_timeout
         self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed
@@ -84,7 +80,7 @@ class Pool:
         try:
             if self._closed:
                 return
-            session = Session.from_policy(self.policy, image=self.image)
+            session = Session.from_policy(self.policy)
         except BaseException as exc:  # handed to the next run() that waits
             with self._lock:
                 self._wanted -= 1

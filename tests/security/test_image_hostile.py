@@ -306,3 +306,24 @@ def test_gzip_of_a_valid_tar_then_garbage(tmp_path: Path, host: str,
             "rootfs": {"type": "layers", "diff_ids": [sha(tar)]}}
     ref = write_layout(layout, [tar], full_config=full, blobs=[blob], how="gzip")
     _refused(imported, ref, "layer 0")
+
+
+def test_huge_extended_header(tmp_path: Path, host: str, imported: Imported) -> None:
+    """A PAX header is read whole by tarfile: one over 1 MiB is refused before it is read."""
+    ti = tarfile.TarInfo("a")
+    ti.pax_headers = {"comment": "x" * (2 << 20)}
+    out = __import__("io").BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(ti, __import__("io").BytesIO(b""))
+    ref = write_layout(str(tmp_path / "l"), [out.getvalue()])
+    _refused(imported, ref, "layer 0", "extended tar header")
+
+
+def test_store_is_host_root_only(tmp_path: Path, host: str, imported: Imported) -> None:
+    """A setuid-root file of an image is kept (it only matters inside the container, where
+    its owner is the container's root), so the store keeps host users out of every image."""
+    image = imported(write_layout(str(tmp_path / "l"), [[f("bin/su", b"#!", 0o4755)]]))
+    st = os.stat(image.rootfs + "/bin/su")
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o4755)
+    assert stat.S_IMODE(os.stat(os.path.dirname(image.rootfs)).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(store.IMAGES_ROOT).st_mode) == 0o711
