@@ -4,6 +4,7 @@ every image a test imported (removed in teardown, even when the test fails)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 
@@ -39,8 +40,28 @@ def imported() -> Iterator[Imported]:
 
 
 def store_leftovers() -> list[str]:
-    """Half-built images in the store (there must never be any after an import returns)."""
+    """Half-built images in the store that no builder is working on (there must never be
+    any after an import returns; other runs on this machine may be building right now, and
+    hold the image's lock while they do)."""
     try:
-        return [e for e in os.listdir(store.IMAGES_ROOT) if e.startswith(".build-")]
+        entries = [e for e in os.listdir(store.IMAGES_ROOT) if e.startswith(".build-")]
     except FileNotFoundError:
         return []
+    left = []
+    for entry in entries:
+        rest = entry[len(".build-"):]
+        dirname = rest.split("@")[0] if "@" in rest else rest.rsplit("-", 1)[0]
+        try:
+            fd = os.open(os.path.join(store.IMAGES_ROOT, f".{dirname}.lock"), os.O_RDONLY)
+        except FileNotFoundError:
+            left.append(entry)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue   # being built
+        finally:
+            os.close(fd)
+        if os.path.lexists(os.path.join(store.IMAGES_ROOT, entry)):
+            left.append(entry)
+    return left

@@ -17,6 +17,7 @@ from benchmarks._imagebuild import (
     hard,
     manifest_digest,
     opq,
+    sha,
     sym,
     wh,
     write_docker_archive,
@@ -74,6 +75,8 @@ def test_multilayer_oci_whiteouts_and_opaque(tmp_path: str, imported: Imported) 
 
 @pytest.mark.parametrize("how", ["none", "zstd"])
 def test_uncompressed_and_zstd_layers(tmp_path: str, imported: Imported, how: str) -> None:
+    if how == "zstd":
+        pytest.importorskip("zstandard")   # an optional module (python3-zstandard)
     ref = write_layout(str(tmp_path / "l"), [[f("a", b"one")], [f("b", how.encode())]], how=how)
     image = imported(ref)
     assert open(f"{image.rootfs}/a").read() == "one"
@@ -121,3 +124,30 @@ def test_bad_references(tmp_path: str, imported: Imported) -> None:
                        (f"oci:{tmp_path}", "oci-layout")]:
         with pytest.raises(ImageError, match=match):
             imported(ref)
+
+
+def test_zstd_without_a_decompressor_is_a_clear_error(tmp_path: str, imported: Imported,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "zstandard", None)   # as if it were not installed
+    blob = b"\x28\xb5\x2f\xfd" + b"\0" * 64           # zstd's magic: nothing more is read
+    ref = write_layout(str(tmp_path / "l"), [b""], blobs=[blob], how="none",
+                       full_config={"architecture": "amd64", "os": "linux",
+                                    "rootfs": {"type": "layers", "diff_ids": []}})
+    # The manifest names the blob written above: point its only layer at it.
+    import json
+
+    layout = str(tmp_path / "l")
+    index = json.load(open(os.path.join(layout, "index.json")))
+    mpath = os.path.join(layout, "blobs", "sha256", index["manifests"][0]["digest"][7:])
+    manifest = json.load(open(mpath))
+    manifest["layers"] = [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd",
+                           "digest": sha(blob), "size": len(blob)}]
+    data = json.dumps(manifest).encode()
+    open(os.path.join(layout, "blobs", "sha256", sha(data)[7:]), "wb").write(data)
+    index["manifests"][0].update(digest=sha(data), size=len(data))
+    json.dump(index, open(os.path.join(layout, "index.json"), "w"))
+    with pytest.raises(ImageError, match="layer 0 .*zstd-compressed.*python3-zstandard"):
+        imported(ref)
+    assert store_leftovers() == []
