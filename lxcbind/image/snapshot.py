@@ -24,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
-from lxcbind._lite import lazy_re, record
+from lxcbind._lite import lazy_re, record, replace
 from lxcbind.errors import ImageError, SandboxError
 from lxcbind.image import layercopy, store
 from lxcbind.image.config import ImageConfig
@@ -99,6 +100,29 @@ def layered(image: store.Image, spec: Rootfs) -> tuple[Snapshot | None, Rootfs]:
     the base its layers sit on, or (None, ``spec``) for an imported image."""
     snap = _of(image)
     return (snap, snap.base) if snap is not None else (None, spec)
+
+
+def accounts(snap: Snapshot, image: store.Image) -> store.Image:
+    """``image`` (the snapshot's stored record) with the ``rootfs`` whose ``etc/passwd`` and
+    ``etc/group`` a container on ``snap`` sees, for the image config's ``User``: the newest
+    layer that has an ``etc/passwd`` entry (a file, or a whiteout: then there is none), else
+    the base image's root filesystem.  Nothing is followed through a link of a layer."""
+    for sid in snap.layers:
+        layer = store.get(sid)
+        if layer is None:
+            continue
+        try:
+            if not stat.S_ISDIR(os.lstat(os.path.join(layer.rootfs, "etc")).st_mode):
+                continue
+            os.lstat(os.path.join(layer.rootfs, "etc", "passwd"))
+        except OSError:
+            continue
+        return replace(image, rootfs=layer.rootfs)
+    if snap.base.kind == "image" and snap.base.path:
+        base = store.get(snap.base.path.removeprefix("image:"))
+        if base is not None:
+            return replace(image, rootfs=base.rootfs)
+    return image
 
 
 def snapshots() -> list[Snapshot]:

@@ -458,7 +458,14 @@ class Sandbox:
         lxc = self.policy.lxc
         d = CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
                             lxc.gid if lxc.uid is not None else None)
-        return d if self.image is None else imagefs.defaults(d, self.image, self.policy)
+        if self.image is None:
+            return d
+        image = self.image
+        if self._snapshot is not None:   # its account files may be in any of its layers
+            from lxcbind.image import snapshot
+
+            image = snapshot.accounts(self._snapshot, image)
+        return imagefs.defaults(d, image, self.policy)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,

@@ -355,3 +355,40 @@ def test_gc_removes_a_fork_snapshot_whose_runner_died(made):
     lxcbind.gc()
     assert not set(names) & set(lxcbind.list_containers())
     assert not os.path.exists(path)
+
+
+def test_snapshot_of_a_sandbox_on_an_imported_image_is_in_the_store(made, tmp_path):
+    import json
+    import sys
+
+    from tests.integration.image.test_run_image import CONFIG, busybox_image
+
+    ref = busybox_image(str(tmp_path / "layout"), CONFIG)
+    image = lxcbind.image.import_image(ref)
+    try:
+        # As root (the policy's lxc.uid over the image's User, app, who may not write /work).
+        with lxcbind.Sandbox(pol(lxc={"uid": 0}), image=ref) as box:
+            done = box.run(["/bin/sh", "-c", "echo set-up > /work/state; rm /work/hello"])
+            assert done.returncode == 0, done
+            snap = box.snapshot(name=new_name("oci-"))
+            made.append(snap)
+        assert snap.base.kind == "image" and store.get(snap.id).parent == image.id
+        assert store.get(snap.id).config == image.config   # the image's defaults carry over
+        # Without a command: the image's Entrypoint + Cmd, with its Env, WorkingDir, User.
+        r = lxcbind.run(policy=pol(), image=snap.name, text=True)
+        assert r.stdout.split("\n")[:3] == ["image image", "1000", "/work"], r
+        r = lxcbind.run(["/bin/sh", "-c", "cat /work/state; ls /work"], policy=pol(),
+                        image=snap, text=True)
+        assert r.stdout.split() == ["set-up", "state"]   # the deletion kept, over the image
+        with pytest.raises(SandboxError, match="parent of image"):
+            store.remove(image.id)   # the snapshot sits on it
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+        done = subprocess.run([sys.executable, "-m", "lxcbind", "image", "ls", "--json"],
+                              capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert snap.id in done.stdout and json.loads(done.stdout)
+    finally:
+        for s in reversed(made):
+            if store.get(s.id) is not None:
+                snapshots.remove(s, LXCPATH)
+        store.remove(image.id)
