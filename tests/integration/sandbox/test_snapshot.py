@@ -392,3 +392,18 @@ def test_snapshot_of_a_sandbox_on_an_imported_image_is_in_the_store(made, tmp_pa
             if store.get(s.id) is not None:
                 snapshots.remove(s, LXCPATH)
         store.remove(image.id)
+
+
+def test_a_tree_deeper_than_a_path_can_be_fails_cleanly_and_thaws(made):
+    # Each level's name is 200 bytes: 30 levels are a 6 KB path, past PATH_MAX (4096).
+    deep = ("cd /root && i=0; while [ $i -lt 30 ]; do d=$(printf 'd%.0s' $(seq 200)); "
+            "mkdir $d && cd $d; i=$((i+1)); done; echo bottom > f")
+    with lxcbind.Sandbox(pol()) as box:
+        assert box.run(deep).returncode == 0
+        before = {s.id for s in snapshots.snapshots()}
+        with pytest.raises(SandboxError, match="cannot copy the writable layer"):
+            box.snapshot()
+        assert {s.id for s in snapshots.snapshots()} == before
+        assert not [e for e in os.listdir(store.IMAGES_ROOT) if e.startswith(".build-snap-")]
+        # Thawed: the workload runs on.
+        assert box.run("echo alive", timeout=30).stdout == b"alive\n"
