@@ -162,18 +162,21 @@ def manifest_digest(ref: str) -> str:
 
 def write_docker_archive(path: str, layers: list[list[Entry]], *,
                          config: dict[str, Any] | None = None,
-                         tags: tuple[str, ...] = ("test/image:latest",)) -> str:
-    """Write a legacy ``docker save`` archive (``<id>/layer.tar``, ``<hex>.json``,
-    ``manifest.json``) and return its ``docker-archive:`` reference (without a name)."""
+                         tags: tuple[str, ...] = ("test/image:latest",),
+                         blobs: bool = False) -> str:
+    """Write a ``docker save`` archive and return its ``docker-archive:`` reference (without
+    a name): the legacy shape (``<id>/layer.tar``, ``<hex>.json``, ``manifest.json``), or with
+    ``blobs`` Docker 25's (``blobs/sha256/<hex>`` for the config and the layers)."""
     tars = [make_tar(entries) for entries in layers]
     cfg = json.dumps(image_config(tars, config)).encode()
     files: list[tuple[str, bytes]] = []
     names = []
     for i, tar in enumerate(tars):
-        name = f"{hashlib.sha256(b'layer%d' % i + tar).hexdigest()}/layer.tar"
+        name = f"blobs/sha256/{sha(tar)[7:]}" if blobs else \
+            f"{hashlib.sha256(b'layer%d' % i + tar).hexdigest()}/layer.tar"
         files.append((name, tar))
         names.append(name)
-    cname = sha(cfg)[7:] + ".json"
+    cname = f"blobs/sha256/{sha(cfg)[7:]}" if blobs else sha(cfg)[7:] + ".json"
     files.append((cname, cfg))
     files.append(("manifest.json", json.dumps(
         [{"Config": cname, "RepoTags": list(tags), "Layers": names}]).encode()))
@@ -190,4 +193,5 @@ def config_digest(archive_ref: str) -> str:
     with tarfile.open(archive_ref.split(":", 1)[1].split(":")[0]) as tar:
         member = tar.extractfile("manifest.json")
         assert member is not None
-        return "sha256:" + json.load(member)[0]["Config"][:-5]
+        name = json.load(member)[0]["Config"]
+        return "sha256:" + name.rsplit("/", 1)[-1].removesuffix(".json")

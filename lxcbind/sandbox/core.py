@@ -900,6 +900,10 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
+    from lxcbind.image import store as images
+
+    for path in images.prune(unused_for=float("inf")):   # images stay: only what is unused
+        log(f"gc: removed {path}")                       # below them (copies, killed imports)
     return removed
 
 

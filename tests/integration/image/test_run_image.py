@@ -119,6 +119,20 @@ def test_session_sandbox_and_pool(image_ref: str) -> None:
         assert {r.image for r in results} == {image_id}
 
 
+def test_privileged_container_on_an_image(image_ref: str) -> None:
+    """No user namespace: the image's own rootfs is the lower layer (no shifted copy), and
+    the container's writes still go to its own layer."""
+    image = store.lookup(image_ref)
+    before = _tree_digest(image.rootfs)
+    policy = {"version": "0.8.0", "lxc": {"privileged": True, "uid": 0}}
+    result = lxcbind.run("touch /work/new && cat /work/hello && ls /work", policy=policy,
+                         image=image_ref, text=True)
+    assert result.stdout == "from the image\nhello\nnew\n", result
+    assert _tree_digest(image.rootfs) == before
+    top = os.path.basename(os.path.dirname(image.rootfs))
+    assert not any(e.startswith(f"{top}@") for e in os.listdir(store.IMAGES_ROOT))
+
+
 def test_kept_sandbox_on_an_image(image_ref: str) -> None:
     """A kept container has no spawner as init: it gets liblxc's init.lxc running busybox's
     sleep, and what a run writes is still there for the next."""
