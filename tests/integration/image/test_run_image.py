@@ -155,3 +155,22 @@ def test_image_record_json_shape(image_ref: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         data = json.load(open(os.path.join(os.path.dirname(image.rootfs), "image.json")))
         assert data["config"]["user"] == "app"
+
+
+def test_python_project_image_graded_in_a_pool(tmp_path: Path, imported: Imported) -> None:
+    """The README's kind of use: an image with the host's Python and a small project; each
+    variant of the project is graded in a fresh container of a Pool."""
+    from benchmarks._imagebuild import python_image
+
+    ref = python_image(str(tmp_path / "py"))
+    image = imported(ref)
+    result = lxcbind.run(image=image, text=True)            # the image's Cmd: its grader
+    assert json.loads(result.stdout) == {"passed": 3, "total": 3}, result
+    variants = ["a + b", "a - b", "b + a", "a * b"]
+    commands = [f"sed -i 's/return a + b/return {v}/' calc/ops.py && python3 grade.py"
+                for v in variants]
+    with lxcbind.Pool({"version": "0.8.0"}, size=2, image=image) as pool:
+        results = pool.map(commands)
+    assert [json.loads(r.stdout)["passed"] for r in results] == [3, 0, 3, 0]
+    assert [r.returncode for r in results] == [0, 1, 0, 1]
+    assert {r.image for r in results} == {image.id}
