@@ -162,18 +162,21 @@ def manifest_digest(ref: str) -> str:
 
 def write_docker_archive(path: str, layers: list[list[Entry]], *,
                          config: dict[str, Any] | None = None,
-                         tags: tuple[str, ...] = ("test/image:latest",)) -> str:
-    """Write a legacy ``docker save`` archive (``<id>/layer.tar``, ``<hex>.json``,
-    ``manifest.json``) and return its ``docker-archive:`` reference (without a name)."""
+                         tags: tuple[str, ...] = ("test/image:latest",),
+                         blobs: bool = False) -> str:
+    """Write a ``docker save`` archive and return its ``docker-archive:`` reference (without
+    a name): the legacy shape (``<id>/layer.tar``, ``<hex>.json``, ``manifest.json``), or with
+    ``blobs`` Docker 25's (``blobs/sha256/<hex>`` for the config and the layers)."""
     tars = [make_tar(entries) for entries in layers]
     cfg = json.dumps(image_config(tars, config)).encode()
     files: list[tuple[str, bytes]] = []
     names = []
     for i, tar in enumerate(tars):
-        name = f"{hashlib.sha256(b'layer%d' % i + tar).hexdigest()}/layer.tar"
+        name = f"blobs/sha256/{sha(tar)[7:]}" if blobs else \
+            f"{hashlib.sha256(b'layer%d' % i + tar).hexdigest()}/layer.tar"
         files.append((name, tar))
         names.append(name)
-    cname = sha(cfg)[7:] + ".json"
+    cname = f"blobs/sha256/{sha(cfg)[7:]}" if blobs else sha(cfg)[7:] + ".json"
     files.append((cname, cfg))
     files.append(("manifest.json", json.dumps(
         [{"Config": cname, "RepoTags": list(tags), "Layers": names}]).encode()))
@@ -190,4 +193,111 @@ def config_digest(archive_ref: str) -> str:
     with tarfile.open(archive_ref.split(":", 1)[1].split(":")[0]) as tar:
         member = tar.extractfile("manifest.json")
         assert member is not None
-        return "sha256:" + json.load(member)[0]["Config"][:-5]
+        name = json.load(member)[0]["Config"]
+        return "sha256:" + name.rsplit("/", 1)[-1].removesuffix(".json")
+
+
+# -- an image with a small Python project, from the host's files ---------------------------
+
+_SKIP = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+         "pydoc_data", "__pycache__", "site-packages", "dist-packages"}
+
+PROJECT = {
+    "calc/__init__.py": "",
+    "calc/ops.py": "def add(a, b):\n    return a + b\n\n\ndef mul(a, b):\n    return a * b\n",
+    "grade.py": (
+        "import json, sys\n"
+        "from calc import ops\n"
+        "cases = [((2, 3), 5), ((-1, 1), 0), ((10, 5), 15)]\n"
+        "passed = sum(ops.add(*args) == want for args, want in cases)\n"
+        "print(json.dumps({'passed': passed, 'total': len(cases)}))\n"
+        "sys.exit(0 if passed == len(cases) else 1)\n"),
+}
+
+
+def _tree_entries(paths: list[str], made: set[str]) -> list[Entry]:
+    """Entries for host files (and directories walked), their parent directories first; a
+    symbolic link is kept as a link."""
+    out: list[Entry] = []
+
+    def parents(rel: str) -> None:
+        parts = rel.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in made:
+                made.add(parent)
+                out.append(d(parent))
+
+    def one(path: str) -> None:
+        rel = path.lstrip("/")
+        if rel in made:
+            return
+        parents(rel)
+        made.add(rel)
+        if os.path.islink(path):
+            out.append(sym(rel, os.readlink(path)))
+        elif os.path.isdir(path):
+            out.append(d(rel))
+            for name in sorted(os.listdir(path)):
+                if name not in _SKIP:
+                    one(os.path.join(path, name))
+        elif os.path.isfile(path):
+            with open(path, "rb") as fh:
+                out.append(f(rel, fh.read(), os.stat(path).st_mode & 0o777))
+
+    def chain(path: str) -> None:
+        # The directories resolved (the image has the host's top-level links), then the
+        # file itself and, if it is a link, what it points to (ld.so is a chain of them).
+        path = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        one(path)
+        if os.path.islink(path):
+            chain(os.path.join(os.path.dirname(path), os.readlink(path)))
+
+    for path in paths:
+        chain(path)
+    return out
+
+
+def _libraries(program: str) -> list[str]:
+    import subprocess
+
+    out = subprocess.run(["ldd", program], capture_output=True, text=True, check=True).stdout
+    libs = []
+    for line in out.splitlines():
+        words = line.split()
+        path = words[2] if "=>" in words and len(words) > 2 else words[0] if words else ""
+        if path.startswith("/"):
+            libs.append(path)
+    return libs
+
+
+def python_image(layout: str, project: dict[str, str] | None = None) -> str:
+    """An OCI layout of three layers: busybox and the merged-/usr links, the host's Python
+    (its interpreter, the libraries it links, its standard library without tests and GUI),
+    and a small project in ``/work/project`` (``PROJECT``: a package and a grader printing
+    JSON).  Config: ``WorkingDir`` the project, ``Cmd`` its grader.  About 45 MB."""
+    made: set[str] = set()
+    with open("/bin/busybox", "rb") as fh:
+        base = [d("usr"), d("usr/bin"), f("usr/bin/busybox", fh.read(), 0o755)]
+    made |= {"usr", "usr/bin"}
+    base += [sym(f"usr/bin/{a}", "busybox") for a in ("sh", "ls", "cat", "echo", "true",
+                                                       "env", "cp", "mkdir", "rm", "sed")]
+    for top in ("bin", "lib", "lib64", "sbin"):
+        if os.path.islink("/" + top):
+            base.append(sym(top, os.readlink("/" + top)))
+            made.add(top)
+    base += [d("etc"), f("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"),
+             f("etc/group", b"root:x:0:\n"), d("tmp", 0o1777), d("root", 0o700)]
+    made |= {"etc", "tmp", "root"}
+    version = os.path.basename(os.path.realpath("/usr/bin/python3"))      # python3.11
+    runtime = _tree_entries(["/usr/bin/python3"] + _libraries("/usr/bin/python3") +
+                            [f"/usr/lib/{version}"], made)
+    files = project or PROJECT
+    code = [d("work"), d("work/project")] + [
+        f(f"work/project/{name}", text.encode()) for name, text in sorted(files.items())
+        if not name.endswith("/")]
+    dirs = sorted({os.path.dirname(n) for n in files if "/" in n})
+    code[2:2] = [d(f"work/project/{x}") for x in dirs]
+    return write_layout(layout, [base, runtime, code], config={
+        "Env": ["PATH=/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
+        "WorkingDir": "/work/project", "Cmd": ["python3", "grade.py"]})

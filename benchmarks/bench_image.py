@@ -169,11 +169,14 @@ def main() -> int:
         first, copies = warm_ranges(ref, image)
         print(f"run() in an id range new to the image: {first:9.1f} ms (its shifted copy is "
               f"made; {copies} ranges warmed)")
-        host = median(samples_ms(lambda: lxcbind.run(["/bin/true"]), args.n, warm=2))
-        from_ref = median(samples_ms(lambda: lxcbind.run(["/bin/true"], image=ref),
-                                     args.n, warm=2))
-        from_id = median(samples_ms(lambda: lxcbind.run(["/bin/true"], image=by_id),
-                                    args.n, warm=2))
+        # Interleaved, so that load from other jobs falls on every row alike.
+        rows: dict[str | None, list[float]] = {None: [], ref: [], by_id: []}
+        for _ in range(args.n):
+            for image_ref, samples in rows.items():
+                t = time.perf_counter()
+                lxcbind.run(["/bin/true"], image=image_ref)
+                samples.append((time.perf_counter() - t) * 1000)
+        host, from_ref, from_id = (median(rows[k]) for k in (None, ref, by_id))
         print(f"run() host base       {host:9.2f} ms")
         print(f"run() image (oci ref) {from_ref:9.2f} ms   ({from_ref / host:.2f}x host)")
         print(f"run() image (by id)   {from_id:9.2f} ms   ({from_id / host:.2f}x host)")

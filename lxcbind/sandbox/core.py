@@ -890,9 +890,12 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
     from lxcbind.image import snapshot
+    from lxcbind.image import store as images
 
     for sid in snapshot.prune(default_lxcpath()):
         log(f"gc: removed snapshot {sid}, a fork's that no container uses any more")
+    for path in images.prune(unused_for=float("inf")):   # images stay: only what is unused
+        log(f"gc: removed {path}")                       # below them (copies, killed imports)
     return removed
 
 

@@ -118,6 +118,15 @@ def test_docker_archive(tmp_path: str, imported: Imported) -> None:
         imported(ref + ":my/img:3")
 
 
+def test_docker_archive_with_blobs(tmp_path: str, imported: Imported) -> None:
+    """Docker 25's ``docker save``: config and layers named blobs/sha256/<hex>."""
+    ref = write_docker_archive(str(tmp_path / "img.tar"), layers_with_whiteouts()[:2],
+                               blobs=True)
+    image = imported(ref)
+    assert image.id == config_digest(ref)
+    assert open(image.rootfs + "/etc/keep").read() == "changed\n"
+
+
 def test_bad_references(tmp_path: str, imported: Imported) -> None:
     for ref, match in [("docker:/x", "expected oci:"), ("oci:relative", "absolute"),
                        (f"oci:{tmp_path}/missing", "does not exist"),

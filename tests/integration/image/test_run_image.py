@@ -119,6 +119,20 @@ def test_session_sandbox_and_pool(image_ref: str) -> None:
         assert {r.image for r in results} == {image_id}
 
 
+def test_privileged_container_on_an_image(image_ref: str) -> None:
+    """No user namespace: the image's own rootfs is the lower layer (no shifted copy), and
+    the container's writes still go to its own layer."""
+    image = store.lookup(image_ref)
+    before = _tree_digest(image.rootfs)
+    policy = {"version": "0.8.0", "lxc": {"privileged": True, "uid": 0}}
+    result = lxcbind.run("touch /work/new && cat /work/hello && ls /work", policy=policy,
+                         image=image_ref, text=True)
+    assert result.stdout == "from the image\nhello\nnew\n", result
+    assert _tree_digest(image.rootfs) == before
+    top = os.path.basename(os.path.dirname(image.rootfs))
+    assert not any(e.startswith(f"{top}@") for e in os.listdir(store.IMAGES_ROOT))
+
+
 def test_kept_sandbox_on_an_image(image_ref: str) -> None:
     """A kept container has no spawner as init: it gets liblxc's init.lxc running busybox's
     sleep, and what a run writes is still there for the next."""
@@ -141,3 +155,22 @@ def test_image_record_json_shape(image_ref: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         data = json.load(open(os.path.join(os.path.dirname(image.rootfs), "image.json")))
         assert data["config"]["user"] == "app"
+
+
+def test_python_project_image_graded_in_a_pool(tmp_path: Path, imported: Imported) -> None:
+    """The README's kind of use: an image with the host's Python and a small project; each
+    variant of the project is graded in a fresh container of a Pool."""
+    from benchmarks._imagebuild import python_image
+
+    ref = python_image(str(tmp_path / "py"))
+    image = imported(ref)
+    result = lxcbind.run(image=image, text=True)            # the image's Cmd: its grader
+    assert json.loads(result.stdout) == {"passed": 3, "total": 3}, result
+    variants = ["a + b", "a - b", "b + a", "a * b"]
+    commands = [f"sed -i 's/return a + b/return {v}/' calc/ops.py && python3 grade.py"
+                for v in variants]
+    with lxcbind.Pool({"version": "0.8.0"}, size=2, image=image) as pool:
+        results = pool.map(commands)
+    assert [json.loads(r.stdout)["passed"] for r in results] == [3, 0, 3, 0]
+    assert [r.returncode for r in results] == [0, 1, 0, 1]
+    assert {r.image for r in results} == {image.id}

@@ -142,3 +142,51 @@ def test_record_is_json(tmp_path: Path, imported: Imported) -> None:
     assert data["id"] == image.id and data["parent"] is None
     assert data["config"]["user"] == "1000" and data["config"]["cmd"] == ["x"]
     assert set(data) >= {"source", "size", "created", "last_used"}
+
+
+_KILLED_IMPORT = """
+import os, sys, time
+from lxcbind.image import import_image, unpack
+real = unpack.Tree._entry
+def entry(self, *args):
+    real(self, *args)
+    open(sys.argv[2], "w").close()   # one entry is written: now kill me
+    time.sleep(3600)
+unpack.Tree._entry = entry
+import_image(sys.argv[1])
+"""
+
+
+def test_an_import_killed_midway_leaves_nothing_used(tmp_path: Path, imported: Imported,
+                                                     private_store: str) -> None:
+    """SIGKILL during an import: the half-built tree is never an image; the next import
+    builds it (and removes the leftover), and ``prune`` removes such leftovers too."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ref = write_layout(str(tmp_path / "l"), [[f("a", b"1"), f("b", b"2")]])
+    ready = tmp_path / "ready"
+    env = {**os.environ, "LXCBIND_STATE_DIR": str(Path(private_store).parent),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, ref, str(ready)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ready.exists()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    leftovers = [e for e in os.listdir(private_store) if e.startswith(".build-")]
+    assert len(leftovers) == 1
+    assert store.get(manifest_digest(ref)) is None
+    assert list_images() == []
+    # gc's pass keeps every image and removes what is below them.
+    assert [os.path.basename(p) for p in prune(unused_for=float("inf"))] == leftovers
+    os.mkdir(os.path.join(private_store, leftovers[0]))          # as if killed again
+    image = imported(ref)
+    assert sorted(os.listdir(image.rootfs)) == ["a", "b"]
+    assert [e for e in os.listdir(private_store) if e.startswith(".build-")] == []
+    assert prune(unused_for=float("inf")) == [] and store.get(image.id) is not None
