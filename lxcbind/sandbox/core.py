@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,7 @@ from lxcbind.proc import session as _session
 from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
-from lxcbind.sandbox import cleanup, disk, idmap, imagefs, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, imagefs, kept, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.sandbox.netcheck import network_notice as network_notice  # re-exported
 from lxcbind.sandbox.netcheck import network_refusal as network_refusal
@@ -102,18 +101,6 @@ def is_policy_like(obj: object) -> bool:
             return False
     return text == obj and obj.endswith(".json") and not any(c.isspace() for c in obj) \
         and os.path.isfile(obj)
-
-
-def _check_kept_isolation(c: Container, ids: idmap.IdRange | None) -> None:
-    """A kept container is reused only with the isolation it was made with: its id mapping
-    is in its files' owners and cannot change underneath them."""
-    have = sorted(line for line in c.get_config_item("lxc.idmap").split("\n") if line.strip())
-    want = sorted(value for _, value in ids.config()) if ids is not None else []
-    if have != want:
-        kind = "privileged" if not have else "unprivileged"
-        raise SandboxError(f"containerId {c.name!r}: the kept container was made {kind} with "
-                           f"other id mappings ({'; '.join(have) or 'none'}); this policy "
-                           "needs a new one: remove the kept container first")
 
 
 def _remove_named(name: str, lxcpath: str) -> None:
@@ -178,31 +165,6 @@ def _reap_stale_leases(log: Log) -> None:
             network.teardown_orphan(name)
         finally:
             lock.release()
-
-
-def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
-    """A kept container's init and the processes it runs before any command (what a run
-    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
-    (the host root filesystem's) forks its program just after it starts: wait for that child
-    (bounded; missing it would only stop the kept container at the end of the run)."""
-    try:
-        init_cmd = c.get_config_item("lxc.init.cmd")
-    except KeyError:
-        init_cmd = ""
-    if " -- " in init_cmd:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
-                    if f.read().strip():
-                        break
-            except OSError:
-                break
-            time.sleep(0.002)
-    try:
-        return init_pid, cgroups.processes(init_pid)
-    except OSError:
-        return None   # no freezer: ``_stop_workload`` stops the container instead
 
 
 def _warning(message: str) -> None:
@@ -336,7 +298,7 @@ class Sandbox:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self._container = probe
             probe.stop()  # mount entries only apply at start
-            _check_kept_isolation(probe, self._ids)
+            kept.check_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
             cdir = os.path.join(self.lxcpath, self.name)
             if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
@@ -410,7 +372,7 @@ class Sandbox:
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
             if not self.policy.lifecycle.destroy_on_exit:
-                self._spare = _init_processes(self._container, init_pid)
+                self._spare = kept.init_processes(self._container, init_pid)
         except BaseException:
             if control is not None:
                 control.close()
@@ -883,8 +845,6 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     for name in cleanup.remove_stale_temporaries():
         log(f"gc: removed {name!r}, a record a killed runner was writing")
     network.prune_tables(log)
-    from lxcbind.sandbox import kept
-
     for name in kept.prune():
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
