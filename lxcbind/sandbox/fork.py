@@ -31,6 +31,7 @@ from lxcbind.policy.model import Policy, Rootfs
 from lxcbind.sandbox import disk, idmap, rootfs
 
 MAX_FORKS = 256   # a fork is a container and an id range: a typo must not start thousands
+STARTERS = 2      # forks set up at a time
 
 
 class Source(Protocol):
@@ -100,15 +101,17 @@ def fork(box: S, n: int, make: Callable[..., S]) -> list[S]:
     # Thrown away when closed, and named after the source (``<source>-f<random>``: a fork is
     # recognisably the source's, and a containerId would collide).
     policy = replace(box.policy, lifecycle=replace(box.policy.lifecycle, destroy_on_exit=True))
-    forks: list[S] = []
+    forks = [make(replace(policy, container_id=f"{box.name[:54]}-f{os.urandom(4).hex()}"),
+                  lxcpath=box.lxcpath, image=snap, log=box._log, warn=box._warn,
+                  start_timeout=box._start_timeout)
+             for _ in range(n)]   # nothing exists yet: a Sandbox is made by open()
     try:
-        for _ in range(n):
-            name = f"{box.name[:54]}-f{os.urandom(4).hex()}"
-            child = make(replace(policy, container_id=name), lxcpath=box.lxcpath,
-                            image=snap, log=box._log,
-                            warn=box._warn, start_timeout=box._start_timeout)
-            forks.append(child)
-            child.open()
+        # Started ``STARTERS`` at a time, as a Pool's are (the set-up is CPU-bound).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(n, STARTERS), thread_name_prefix="lxcbind-fork") as pool:
+            for job in [pool.submit(child.open) for child in forks]:
+                job.result()   # the first failure, once every open has returned
     except BaseException:
         for child in forks:
             child.close(failed=True)
