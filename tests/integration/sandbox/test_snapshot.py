@@ -407,3 +407,21 @@ def test_a_tree_deeper_than_a_path_can_be_fails_cleanly_and_thaws(made):
         assert not [e for e in os.listdir(store.IMAGES_ROOT) if e.startswith(".build-snap-")]
         # Thawed: the workload runs on.
         assert box.run("echo alive", timeout=30).stdout == b"alive\n"
+
+
+def test_fork_is_all_or_nothing(made, tmp_path):
+    # The forks cannot be set up (their policy binds a host directory that is gone by then):
+    # fork() raises, and neither a fork nor its snapshot is left.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    doc = pol(filesystem={"readwritePaths": [str(shared)]})
+    with lxcbind.Sandbox(doc) as box:
+        before = {s.id for s in snapshots.snapshots()}
+        names_before = set(lxcbind.list_containers())
+        shared.rmdir()
+        with pytest.raises(SandboxError, match=str(shared)):
+            box.fork(3)
+        assert {s.id for s in snapshots.snapshots()} == before
+        assert not {n for n in set(lxcbind.list_containers()) - names_before
+                    if n.startswith(box.name)}
+        assert box.run("echo alive").stdout == b"alive\n"
