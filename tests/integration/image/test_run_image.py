@@ -20,7 +20,7 @@ from lxcbind.sandbox.core import delete_container
 from tests.conftest import new_name
 from tests.integration.image.conftest import Imported
 
-APPLETS = ("sh", "cat", "id", "pwd", "env", "true", "echo", "ls", "touch", "rm", "sleep")
+APPLETS = ("sh", "cat", "id", "pwd", "env", "true", "echo", "ls", "touch", "rm", "sleep", "mkdir")
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
 GROUP = b"root:x:0:\napp:x:1000:\n"
 
