@@ -321,8 +321,11 @@ class Tree:
                 victim = name[len(_WH):]
                 if victim in ("", ".", ".."):
                     raise ImageError(f"{here}: invalid whiteout")
+                target = parts[:-1] + [victim]
+                if "/".join(target) in self._layer_paths:
+                    return   # a whiteout hides only what lower layers have (OCI)
                 with contextlib.suppress(FileNotFoundError):
-                    self._remove(pfd, victim, parts[:-1] + [victim])
+                    self._remove(pfd, victim, target)
         except OSError as exc:
             raise ImageError(f"{here}: {exc.strerror}") from None
         finally:
