@@ -1,6 +1,6 @@
 """The local image store: content-addressed, read-only root filesystems with a record each.
 
-Layout under ``IMAGES_ROOT`` (``$STATE_DIR/images``, 0711 so a container's mapped root can
+Layout under ``IMAGES_ROOT`` (``/var/lib/lxcbind/images``, 0711 so a container's mapped root can
 reach its own shifted copy; everything else in it is 0700, host root only)::
 
     <algo>-<hex>/rootfs/        the image's root filesystem, in the image's own (unshifted) ids
@@ -34,9 +34,12 @@ from lxcbind._lite import lazy_re, record
 from lxcbind.errors import ImageError
 from lxcbind.image.config import ImageConfig
 from lxcbind.lxc import rmtree
-from lxcbind.state import STATE_DIR, read_json, write_json
+from lxcbind.state import read_json, write_json
 
-IMAGES_ROOT = os.path.join(STATE_DIR, "images")
+# Not below ``STATE_DIR`` when that is moved (``$LXCBIND_STATE_DIR``, e.g. a private temporary
+# directory): an unprivileged container's root must be able to traverse every directory above
+# its shifted copy, as for ``sandbox.rootfs.BASES_ROOT``.  ``$LXCBIND_IMAGES_DIR`` moves it.
+IMAGES_ROOT = os.environ.get("LXCBIND_IMAGES_DIR", "/var/lib/lxcbind/images")
 GRACE = 600                 # seconds a shifted copy stays after its last use
 _ID = lazy_re(r"[a-z0-9]{1,16}:[0-9a-f]{12,128}")
 _RECORD = "image.json"

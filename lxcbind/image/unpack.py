@@ -305,9 +305,12 @@ class Tree:
     def _whiteout(self, parts: list[str], here: str) -> None:
         name = parts[-1]
         self._forget()
-        pfd = self._walk(parts[:-1], create=True, here=here)
+        opaque = name == _OPAQUE   # its directory exists in this layer; a whiteout's may not
+        pfd = self._walk(parts[:-1], create=opaque, here=here, missing_ok=not opaque)
+        if pfd < 0:
+            return   # nothing there to remove
         try:
-            if name == _OPAQUE:
+            if opaque:
                 prefix = "/".join(parts[:-1])
                 with os.scandir(pfd) as entries:
                     names = [e.name for e in entries]
@@ -318,8 +321,11 @@ class Tree:
                 victim = name[len(_WH):]
                 if victim in ("", ".", ".."):
                     raise ImageError(f"{here}: invalid whiteout")
+                target = parts[:-1] + [victim]
+                if "/".join(target) in self._layer_paths:
+                    return   # a whiteout hides only what lower layers have (OCI)
                 with contextlib.suppress(FileNotFoundError):
-                    self._remove(pfd, victim, parts[:-1] + [victim])
+                    self._remove(pfd, victim, target)
         except OSError as exc:
             raise ImageError(f"{here}: {exc.strerror}") from None
         finally:
@@ -337,9 +343,11 @@ class Tree:
         self._cache = (key, fd)
         return fd
 
-    def _walk(self, parts: list[str], *, create: bool, here: str) -> int:
+    def _walk(self, parts: list[str], *, create: bool, here: str,
+              missing_ok: bool = False) -> int:
         """A new descriptor of the directory ``parts`` below the root, reached without
-        following a symbolic link; missing directories are made (0755, root) if ``create``."""
+        following a symbolic link; missing directories are made (0755, root) if ``create``,
+        else -1 if ``missing_ok``."""
         fd = os.dup(self.fd)
         try:
             for i, part in enumerate(parts):
@@ -361,6 +369,8 @@ class Tree:
                 raise ImageError(f"{here}: {at} is a symbolic link or not a directory: "
                                  "nothing is written through it") from None
             if isinstance(exc, FileNotFoundError):
+                if missing_ok:
+                    return -1
                 raise ImageError(f"{here}: {at} is not in the image") from None
             raise ImageError(f"{here}: {at}: {exc.strerror}") from None
         return fd

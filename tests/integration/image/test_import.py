@@ -42,9 +42,10 @@ def layers_with_whiteouts() -> list[list[tuple]]:  # type: ignore[type-arg]
             f("var/cache/sub/b", b"b"), d("home", 0o755), d("home/u", 0o700, 1000, 1000),
             f("home/u/suid", b"#!/bin/sh\n", 0o4755, 1000, 1000), fifo("run-fifo")]
     upper = [wh("etc/motd"), opq("var/cache"), f("var/cache/new", b"new"),
+             f("same-layer", b"kept"), wh("same-layer"),   # hides only lower layers' files
              f("etc/keep", b"changed\n", 0o600), hard("etc/keep2", "etc/keep")]
     top = [f("etc/motd", b"back\n"), wh("var/cache/new"), dev("dev-null", 1, 3),
-           dev("char00", 0, 0)]
+           dev("char00", 0, 0), wh("no/such/dir/x")]     # a whiteout of nothing: no-op
     return [base, upper, top]
 
 
@@ -67,6 +68,8 @@ def test_multilayer_oci_whiteouts_and_opaque(tmp_path: str, imported: Imported) 
     # Device nodes are dropped, char 0/0 included (it is not a whiteout in an OCI layer).
     assert not os.path.lexists(f"{root}/dev-null") and not os.path.lexists(f"{root}/char00")
     assert set(image.dropped) == {"dev-null", "char00"}
+    assert not os.path.exists(f"{root}/no")
+    assert open(f"{root}/same-layer").read() == "kept"
     assert image.config.env == ("A=1",) and image.config.argv == ("/bin/sh",)
     assert image.size > len(_busybox())
     assert store_leftovers() == []

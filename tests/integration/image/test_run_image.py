@@ -20,7 +20,7 @@ from lxcbind.sandbox.core import delete_container
 from tests.conftest import new_name
 from tests.integration.image.conftest import Imported
 
-APPLETS = ("sh", "cat", "id", "pwd", "env", "true", "echo", "ls", "touch", "rm", "sleep")
+APPLETS = ("sh", "cat", "id", "pwd", "env", "true", "echo", "ls", "touch", "rm", "sleep", "mkdir")
 PASSWD = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
 GROUP = b"root:x:0:\napp:x:1000:\n"
 
@@ -174,3 +174,22 @@ def test_python_project_image_graded_in_a_pool(tmp_path: Path, imported: Importe
     assert [json.loads(r.stdout)["passed"] for r in results] == [3, 0, 3, 0]
     assert [r.returncode for r in results] == [0, 1, 0, 1]
     assert {r.image for r in results} == {image.id}
+
+
+def test_asyncio_session_and_pool(image_ref: str) -> None:
+    import asyncio
+
+    async def main() -> tuple[bytes, list[bytes]]:
+        async with lxcbind.AsyncSession.from_policy({"version": "0.8.0"},
+                                                    image=image_ref) as session:
+            one = (await session.run(["cat", "/work/hello"])).stdout
+        pool = lxcbind.AsyncPool({"version": "0.8.0"}, size=2, image=image_ref)
+        try:
+            many = [r.stdout for r in await asyncio.gather(
+                *(pool.run(["cat", "/work/hello"]) for _ in range(3)))]
+        finally:
+            await pool.close()
+        return one, many
+
+    one, many = asyncio.run(main())
+    assert one == b"from the image\n" and many == [b"from the image\n"] * 3

@@ -168,7 +168,7 @@ def test_an_import_killed_midway_leaves_nothing_used(tmp_path: Path, imported: I
 
     ref = write_layout(str(tmp_path / "l"), [[f("a", b"1"), f("b", b"2")]])
     ready = tmp_path / "ready"
-    env = {**os.environ, "LXCBIND_STATE_DIR": str(Path(private_store).parent),
+    env = {**os.environ, "LXCBIND_IMAGES_DIR": private_store,
            "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     child = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, ref, str(ready)], env=env)
     try:
