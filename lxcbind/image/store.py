@@ -255,8 +255,8 @@ def shifted(image: Image, start: int, build: Callable[[str], None]) -> str:
 
 
 def users(image: Image, lxcpath: str | None = None) -> list[str]:
-    """Names of the containers under ``lxcpath`` whose config names ``image``'s directory
-    (its rootfs or a shifted copy of it)."""
+    """Names of the containers under ``lxcpath`` whose config (or ``USES`` record) names
+    ``image``'s directory (its rootfs or a shifted copy of it)."""
     from lxcbind.lxc.container import default_lxcpath
 
     root = lxcpath or default_lxcpath()
@@ -264,11 +264,35 @@ def users(image: Image, lxcpath: str | None = None) -> list[str]:
     found = []
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(root)):
-            with contextlib.suppress(OSError), open(os.path.join(root, name, "config")) as f:
-                text = f.read()
-                if f"{mark}/" in text or f"{mark}@" in text:
-                    found.append(name)
+            text = _uses(os.path.join(root, name))
+            if f"{mark}/" in text or f"{mark}@" in text:
+                found.append(name)
     return found
+
+
+USES = ".lxcbind-images"   # in a container's directory: the store paths it uses, one a line
+
+
+def record_uses(cdir: str, paths: list[str]) -> None:
+    """Note that the container in ``cdir`` uses these store directories although its config
+    does not name them (its overlay's lower layers are idmapped mounts of them)."""
+    with open(os.path.join(cdir, USES), "w") as f:
+        f.write("".join(f"{p}\n" for p in paths))
+
+
+def recorded_uses(cdir: str) -> list[str]:
+    with contextlib.suppress(OSError), open(os.path.join(cdir, USES)) as f:
+        return [line for line in f.read().split("\n") if line]
+    return []
+
+
+def _uses(cdir: str) -> str:
+    """The config of the container in ``cdir`` and its ``USES`` record."""
+    text = ""
+    for name in ("config", USES):
+        with contextlib.suppress(OSError), open(os.path.join(cdir, name)) as f:
+            text += f.read() + "\n"
+    return text
 
 
 def _children(image: Image, images: list[Image]) -> list[Image]:
@@ -367,8 +391,7 @@ def _configs(lxcpath: str | None) -> str:
     text = ""
     with contextlib.suppress(OSError):
         for name in os.listdir(root):
-            with contextlib.suppress(OSError), open(os.path.join(root, name, "config")) as f:
-                text += f.read()
+            text += _uses(os.path.join(root, name))
     return text
 
 

@@ -303,6 +303,7 @@ class Sandbox:
             cdir = os.path.join(self.lxcpath, self.name)
             if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
                 disk.mount_existing(cdir)   # after a reboot, or a run that failed to start
+            imagefs.rebind_layers(cdir, self._ids)   # detached after its last start
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -389,10 +390,8 @@ class Sandbox:
     def _image_layers(self) -> Callable[[int | None], list[str]] | None:
         if self._snapshot is None:
             return None
-        from lxcbind.image import snapshot
-
-        snap = self._snapshot
-        return lambda start: snapshot.lowers(snap, start)
+        snap, cdir = self._snapshot, os.path.join(self.lxcpath, self.name)
+        return lambda start: imagefs.lowers(snap, cdir, self._ids)
 
     def snapshot(self, name: str | None = None) -> Snapshot:
         """Capture the running sandbox's root filesystem as an image (``lxcbind.sandbox.fork``:

@@ -16,18 +16,22 @@ names a command.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from typing import TYPE_CHECKING
 
 from lxcbind._lite import replace
 from lxcbind.command import CommandDefaults
-from lxcbind.errors import ImageError, PolicyError
+from lxcbind.errors import ImageError, PolicyError, SandboxError
 from lxcbind.policy.model import Policy, Rootfs
 from lxcbind.policy.parse import IMAGE_PREFIXES, image_ref
+from lxcbind.sandbox import idmap
 
 if TYPE_CHECKING:
     from lxcbind.image import Image
+    from lxcbind.image.snapshot import Snapshot
+    from lxcbind.sandbox.idmap import IdRange
 
 
 def with_image(policy: Policy, image: object) -> Policy:
@@ -120,6 +124,65 @@ def _read(root: str, relative: str) -> bytes:
         return data
     finally:
         os.close(fd)
+
+
+# -- a snapshot's layers, idmapped -----------------------------------------------------------
+
+# Set once the kernel refused an idmapped mount of a layer (no mount_setattr, or the store's
+# filesystem cannot be idmapped): from then on, each id range gets its own shifted copy.
+_NO_IDMAP: list[int] = []
+_UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
+
+
+def lowers(snap: Snapshot, cdir: str, ids: IdRange | None) -> list[str]:
+    """The overlay lower layers of ``snap``'s chain (newest first) for the container in
+    ``cdir`` whose ids are ``ids`` (None: privileged, the stored 0-based layers as they are).
+
+    An unprivileged container gets an idmapped, read-only mount of each stored layer in its
+    directory (``idmap.bind_layer``): one stored copy serves every id range, and a fork costs
+    a mount per layer instead of a copy.  The mounts are detached right after the container
+    started (its overlay holds them) and on every teardown (``idmap.unbind_all``).  Where the
+    kernel cannot idmap them, each range gets its own shifted copy (``snapshot.lowers``)."""
+    from lxcbind.image import snapshot
+
+    sources = snapshot.lowers(snap, None)
+    if ids is None:
+        return sources
+    if not _NO_IDMAP:
+        try:
+            return bind_layers(cdir, sources, ids)
+        except OSError as exc:
+            if exc.errno not in _UNSUPPORTED:
+                raise SandboxError(f"cannot mount snapshot layer {exc.filename} for the "
+                                   f"container: {exc.strerror}") from None
+            _NO_IDMAP.append(exc.errno or 0)
+            idmap.unbind_all(cdir)
+    return snapshot.lowers(snap, ids.start)
+
+
+def bind_layers(cdir: str, sources: list[str], ids: IdRange) -> list[str]:
+    """Idmapped mounts of the stored layers ``sources`` in ``cdir``; the use is recorded first
+    (``store.record_uses``), so the store never removes a layer a container is about to use."""
+    from lxcbind.image import store
+
+    os.makedirs(cdir, 0o755, exist_ok=True)
+    store.record_uses(cdir, sources)
+    return [idmap.bind_layer(cdir, i, source, ids) for i, source in enumerate(sources)]
+
+
+def rebind_layers(cdir: str, ids: IdRange | None) -> None:
+    """Mount again the idmapped layers a kept container's overlay names (they were detached
+    after its last start).  Raises ``SandboxError``."""
+    from lxcbind.image import store
+
+    sources = store.recorded_uses(cdir)
+    if ids is None or not sources:
+        return
+    try:
+        bind_layers(cdir, sources, ids)
+    except OSError as exc:
+        raise SandboxError(f"cannot mount snapshot layer {exc.filename} for the container: "
+                           f"{exc.strerror}") from None
 
 
 # -- a kept container's init ---------------------------------------------------------------
