@@ -6,7 +6,11 @@
     and against ``lxc-copy -s -B overlay`` of a stopped busybox container holding the same
     files (what LXC calls a snapshot: a new empty overlay over the original, nothing copied,
     and the original must be stopped);
-  * ``fork(8)``: from the call until all 8 sandboxes are ready to run a command;
+  * the floor under ``snapshot()`` on this host: creating as many empty files and directories
+    as the layer holds on the store's filesystem (no data, no owners, no times), and the
+    freeze + thaw of the sandbox's processes;
+  * ``fork(8)``: from the call until all 8 sandboxes are ready to run a command (a fork reads
+    the snapshot's layer through an idmapped mount: nothing is copied per fork);
   * ``Pool.run("/bin/true")`` at steady state from a snapshot (10 MB layer) against the same
     from the ``host`` base.
 Prints medians and ratios; asserts nothing.
@@ -67,6 +71,51 @@ def cp_ms(box: lxcbind.Sandbox, n: int) -> float:
         quiet("cp", "-a", upper + "/", target)
         samples.append((time.perf_counter() - t) * 1000)
         shutil.rmtree(target)
+    return median(samples)
+
+
+def entries(root: str) -> tuple[int, int]:
+    """(directories, other entries) below ``root``."""
+    dirs = files = 0
+    for _path, d, f in os.walk(root):
+        dirs += len(d)
+        files += len(f)
+    return dirs, files
+
+
+def create_floor_ms(box: lxcbind.Sandbox, n: int) -> float:
+    """Creating the layer's directories and (empty) files on the store's filesystem: what a
+    copy of the layer cannot go below."""
+    upper = box._disk.upper() if box._disk is not None else ""   # noqa: SLF001 - a benchmark
+    ndirs, nfiles = entries(upper)
+    os.makedirs(SCRATCH, 0o700, exist_ok=True)
+    samples = []
+    for _ in range(n):
+        target = os.path.join(SCRATCH, uuid.uuid4().hex)
+        t = time.perf_counter()
+        os.mkdir(target)
+        for i in range(ndirs):
+            os.mkdir(os.path.join(target, f"d{i}"))
+        for i in range(nfiles):   # spread over the directories, as a layer's files are
+            d = os.path.join(target, f"d{i % ndirs}") if ndirs else target
+            os.close(os.open(os.path.join(d, str(i)), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o600))
+        samples.append((time.perf_counter() - t) * 1000)
+        shutil.rmtree(target)
+    return median(samples)
+
+
+def freeze_ms(box: lxcbind.Sandbox, n: int) -> float:
+    from lxcbind.lxc import cgroups
+
+    pid = box._container.init_pid   # noqa: SLF001 - a benchmark
+    assert pid is not None
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        with cgroups.frozen(pid):
+            pass
+        samples.append((time.perf_counter() - t) * 1000)
     return median(samples)
 
 
@@ -132,11 +181,14 @@ def main() -> None:
             assert done.returncode == 0, done.stderr
             snap = snapshot_ms(box, args.n)
             cp = cp_ms(box, args.n)
+            floor = create_floor_ms(box, args.n)
+            frozen = freeze_ms(box, args.n)
+            count = sum(entries(box._disk.upper() if box._disk else ""))   # noqa: SLF001
             if mb == 10:
                 image = box.snapshot()
                 forked = fork_ms(box, 8, max(1, args.n // 2))
         lxc = lxc_copy_ms(total, args.n)
-        rows.append((mb, snap, cp, lxc))
+        rows.append((mb, snap, cp, lxc, floor, frozen, count))
     assert image is not None
     try:
         from_base = pool_steady_ms(args.pool_n, None)
@@ -145,10 +197,11 @@ def main() -> None:
         snapshots.remove(image, lxcbind.default_lxcpath())
         shutil.rmtree(SCRATCH, ignore_errors=True)
     print(f"{'writable layer':>15} {'snapshot()':>11} {'cp -a':>9} {'ratio':>6} "
-          f"{'lxc-copy -s':>12} {'ratio':>6}")
-    for mb, snap, cp, lxc in rows:
+          f"{'lxc-copy -s':>12} {'ratio':>6} {'creates only':>13} {'freeze+thaw':>12}")
+    for mb, snap, cp, lxc, floor, frozen, count in rows:
         lxc_text = f"{lxc:9.1f} ms {snap / lxc:6.2f}" if lxc else f"{'n/a':>12} {'':>6}"
-        print(f"{mb:>12} MB {snap:8.1f} ms {cp:6.1f} ms {snap / cp:6.2f} {lxc_text}")
+        print(f"{mb:>12} MB {snap:8.1f} ms {cp:6.1f} ms {snap / cp:6.2f} {lxc_text} "
+              f"{floor:10.1f} ms {frozen:9.2f} ms   ({count} entries)")
     print(f"fork(8) until all 8 ready: {forked:.0f} ms ({forked / 8:.0f} ms per fork)")
     print(f"Pool.run /bin/true, steady state: from the host base {from_base:.2f} ms, "
           f"from a 10 MB snapshot {from_snap:.2f} ms (ratio {from_snap / from_base:.2f})")

@@ -145,3 +145,36 @@ def test_a_kept_container_on_a_snapshot_starts_again(made):
     finally:
         lxcbind.sandbox.core.delete_container(name)
     assert not mounts_mentioning(os.path.join(LXCPATH, name))
+
+
+def test_a_runner_killed_with_the_layers_mounted_leaves_nothing_after_gc(made):
+    import subprocess
+    import sys
+    import textwrap
+
+    with lxcbind.Sandbox(pol()) as box:
+        box.run("echo x > /root/x")
+        snap = box.snapshot()
+        made.append(snap)
+    name = new_name("snap-killed-")
+    # The runner dies where the layers are mounted on the host and liblxc would start.
+    script = textwrap.dedent(f"""
+        import os, lxcbind
+        from lxcbind.lxc.container import Container
+        def die(self, *args, **kwargs):
+            print(open("/proc/self/mountinfo").read().count("/{name}/"), flush=True)
+            os.kill(os.getpid(), 9)
+        Container.start = die
+        lxcbind.Sandbox({pol(containerId=name)!r}, image={snap.id!r}).open()
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert int(done.stdout) >= 1   # the layer's mount was there when it died
+    assert mounts_mentioning(os.path.join(LXCPATH, name, idmap.STAGING))
+    assert name in store.users(store.get(snap.id), LXCPATH)
+    lxcbind.gc()
+    assert name not in lxcbind.list_containers()
+    assert not mounts_mentioning(os.path.join(LXCPATH, name))
+    assert not os.path.lexists(os.path.join(LXCPATH, name))
