@@ -178,3 +178,28 @@ def test_a_runner_killed_with_the_layers_mounted_leaves_nothing_after_gc(made):
     assert name not in lxcbind.list_containers()
     assert not mounts_mentioning(os.path.join(LXCPATH, name))
     assert not os.path.lexists(os.path.join(LXCPATH, name))
+
+
+def test_where_the_kernel_cannot_idmap_a_layer_each_range_gets_a_shifted_copy(made, monkeypatch):
+    import errno
+
+    from lxcbind.lxc import hostmount
+    from lxcbind.sandbox import imagefs
+
+    with lxcbind.Sandbox(pol()) as box:
+        box.run("echo x > /root/x && chown 1000 /root/x")
+        snap = box.snapshot()
+        made.append(snap)
+
+    def refused(source: str, *args: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument", source)   # what 6.1 says for tmpfs
+
+    monkeypatch.setattr(imagefs, "_NO_IDMAP", [])
+    monkeypatch.setattr(hostmount, "idmapped_bind", refused)
+    with lxcbind.Sandbox(pol(), image=snap) as box:
+        assert box.run("stat -c %u /root/x; cat /root/x", text=True).stdout.split() == \
+            ["1000", "x"]
+        start = idmap.held_ranges()[box.name].start
+        copy = os.path.join(store.IMAGES_ROOT, f"{os.path.basename(snap.path)}@{start}")
+        assert os.stat(os.path.join(copy, "rootfs", "root", "x")).st_uid == start + 1000
+    assert imagefs._NO_IDMAP == [errno.EINVAL]
