@@ -10,13 +10,14 @@ top; see ``rootfs.define_container``).
 
 Snapshots live in the image store (``store``), so ``lxcbind image ls`` lists them and its
 removal, in-use and parent rules apply: the image id is ``snap:<12 hex>``, its ``rootfs`` is
-the layer with 0-based owners (what privileged containers use, and what every shifted copy is
+the layer with 0-based owners (what privileged containers use, what an unprivileged one reads
+through an idmapped mount, ``sandbox.imagefs.lowers``, and what a fallback shifted copy is
 made from), its ``source`` the snapshot's name (or ``snapshot of <container>``), its
 ``parent`` the parent snapshot's id.  What only a snapshot has (the base it sits on, the chain
-of layers, whether it is ephemeral) is in ``snapshot.json`` beside ``image.json``.  A copy
-shifted into a container's id range is the store's ``<dir>@<start>/rootfs``, made on first
-use by a container of that range.  An ``ephemeral`` snapshot (made by ``fork``) is removed by
-``prune`` as soon as no container uses it.
+of layers, whether it is ephemeral) is in ``snapshot.json`` beside ``image.json``.  Where
+the kernel cannot idmap a layer, a copy shifted into a container's id range is the store's
+``<dir>@<start>/rootfs``, made on first use by a container of that range.  An ``ephemeral``
+snapshot (made by ``fork``) is removed by ``prune`` as soon as no container uses it.
 """
 
 from __future__ import annotations

@@ -16,9 +16,11 @@ that exists is complete, a half-written image is never used, and concurrent impo
 image do the work once (the others wait on the lock and find it there).
 
 An image is *in use* while a container defined under the lxcpath names its directory (its
-``rootfs`` or a shifted copy) in its config; ``remove`` refuses such an image, and an image that
-is another stored image's ``parent``.  A shifted copy touched in the last ``GRACE`` seconds is
-also kept by ``prune``: a run may be between choosing it and saving the config that names it.
+``rootfs`` or a shifted copy) in its config, or in its ``USES`` record (a snapshot layer it
+reads through an idmapped mount that its config names by the mount's path); ``remove``
+refuses such an image, and an image that is another stored image's ``parent``.  A shifted
+copy touched in the last ``GRACE`` seconds is also kept by ``prune``: a run may be between
+choosing it and saving the config that names it.
 """
 
 from __future__ import annotations
