@@ -203,3 +203,35 @@ def test_where_the_kernel_cannot_idmap_a_layer_each_range_gets_a_shifted_copy(ma
         copy = os.path.join(store.IMAGES_ROOT, f"{os.path.basename(snap.path)}@{start}")
         assert os.stat(os.path.join(copy, "rootfs", "root", "x")).st_uid == start + 1000
     assert imagefs._NO_IDMAP == [errno.EINVAL]
+
+
+def test_the_idmapped_layer_mount_shifts_owners_and_is_read_only_nosuid_nodev(tmp_path):
+    from lxcbind.lxc import hostmount
+
+    layer, target = tmp_path / "layer", tmp_path / "mnt"
+    (layer / "d").mkdir(parents=True)
+    (layer / "d" / "f").write_text("stored\n")
+    os.chown(layer / "d" / "f", 1000, 1001)
+    os.chown(layer / "d", 70000, 0)   # beyond the range: the overflow id
+    target.mkdir()
+    start = idmap.FIRST_ID + 12345 * idmap.RANGE   # a range no container holds
+    hostmount.idmapped_bind(str(layer), str(target), start, idmap.RANGE)
+    try:
+        line = [m for m in mounts_mentioning(str(target)) if f" {target} " in m][0]
+        options = line.split()[5].split(",")
+        assert {"ro", "nosuid", "nodev", "idmapped"} <= set(options), line
+        assert os.stat(target / "d" / "f")[4:6] == (start + 1000, start + 1001)
+        assert os.stat(target)[4:6] == (start, start)
+        assert os.stat(target / "d").st_uid == 65534
+        for attempt in (lambda: (target / "d" / "f").write_text("x"),
+                        lambda: os.chmod(target / "d" / "f", 0o777),
+                        lambda: os.chown(target / "d" / "f", 0, 0),
+                        lambda: (target / "new").touch()):
+            with pytest.raises(OSError) as caught:   # even host root
+                attempt()
+            assert caught.value.errno == 30   # EROFS
+    finally:
+        assert hostmount.detach(str(target))
+    assert not mounts_mentioning(str(target))
+    assert (layer / "d" / "f").read_text() == "stored\n"
+    assert os.stat(layer / "d" / "f")[4:6] == (1000, 1001)
