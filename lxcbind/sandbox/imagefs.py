@@ -126,7 +126,7 @@ def _read(root: str, relative: str) -> bytes:
         os.close(fd)
 
 
-# -- a snapshot's layers, idmapped -----------------------------------------------------------
+# -- stored layers, idmapped --------------------------------------------------------------
 
 # Set once the kernel refused an idmapped mount of a layer (no mount_setattr, or the store's
 # filesystem cannot be idmapped): from then on, each id range gets its own shifted copy.
@@ -136,38 +136,78 @@ _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP}
 
 def lowers(snap: Snapshot, cdir: str, ids: IdRange | None) -> list[str]:
     """The overlay lower layers of ``snap``'s chain (newest first) for the container in
-    ``cdir`` whose ids are ``ids`` (None: privileged, the stored 0-based layers as they are).
-
-    An unprivileged container gets an idmapped, read-only mount of each stored layer in its
-    directory (``idmap.bind_layer``): one stored copy serves every id range, and a fork costs
-    a mount per layer instead of a copy.  The mounts are detached right after the container
-    started (its overlay holds them) and on every teardown (``idmap.unbind_all``).  Where the
-    kernel cannot idmap them, each range gets its own shifted copy (``snapshot.lowers``)."""
+    ``cdir`` whose ids are ``ids`` (None: privileged, the stored 0-based layers as they are):
+    ``idmapped`` mounts of them, or where the kernel cannot, each range's shifted copies
+    (``snapshot.lowers``)."""
     from lxcbind.image import snapshot
 
     sources = snapshot.lowers(snap, None)
     if ids is None:
         return sources
-    if not _NO_IDMAP:
-        try:
-            return bind_layers(cdir, sources, ids)
-        except OSError as exc:
-            if exc.errno not in _UNSUPPORTED:
-                raise SandboxError(f"cannot mount snapshot layer {exc.filename} for the "
-                                   f"container: {exc.strerror}") from None
-            _NO_IDMAP.append(exc.errno or 0)
-            idmap.unbind_all(cdir)
-    return snapshot.lowers(snap, ids.start)
+    return idmapped(cdir, sources, ids) or snapshot.lowers(snap, ids.start)
+
+
+def idmapped(cdir: str, sources: list[str], ids: IdRange) -> list[str] | None:
+    """Idmapped, read-only mounts in ``cdir`` of the stored 0-based layers ``sources`` (an
+    image's root filesystem, a snapshot's layers) for the container whose ids are ``ids``;
+    None where the kernel cannot idmap them (the caller makes shifted copies instead).
+
+    One stored copy serves every id range: a container costs a mount per layer instead of a
+    copy (``idmap.bind_layer``).  The mounts are detached right after the container started
+    (its overlay holds them) and on every teardown (``idmap.unbind_all``); a kept container
+    gets them again at each start (``rebind_layers``).  Raises ``SandboxError``."""
+    if _NO_IDMAP:
+        return None
+    try:
+        return bind_layers(cdir, sources, ids)
+    except OSError as exc:
+        if exc.errno not in _UNSUPPORTED:
+            raise SandboxError(f"cannot mount the stored layer {exc.filename} for the "
+                               f"container: {exc.strerror}") from None
+        _NO_IDMAP.append(exc.errno or 0)
+        idmap.unbind_all(cdir)
+        return None
+
+
+def owners_in_range(root: str) -> bool:
+    """Whether every owner in the stored tree ``root`` is below ``idmap.RANGE``, so that an
+    idmapped mount shows the container the same ids a shifted copy would.  (An imported image
+    may own files by ids up to 2**32: through the mount they stay unmapped, and not even the
+    container's root could change them; a shifted copy makes them ``nobody``.)  Walked once,
+    the answer kept beside the tree (an image never changes)."""
+    yes, no = (os.path.join(os.path.dirname(root), f".owners-{w}") for w in ("in-range", "not"))
+    if os.path.exists(yes) or os.path.exists(no):
+        return os.path.exists(yes)
+    inside = True
+    stack = [root]
+    while stack and inside:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_uid >= idmap.RANGE or st.st_gid >= idmap.RANGE:
+                    inside = False
+                    break
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    with contextlib.suppress(OSError), open(yes if inside else no, "w"):
+        pass
+    return inside
 
 
 def bind_layers(cdir: str, sources: list[str], ids: IdRange) -> list[str]:
-    """Idmapped mounts of the stored layers ``sources`` in ``cdir``; the use is recorded first
-    (``store.record_uses``), so the store never removes a layer a container is about to use."""
+    """Idmapped mounts of the stored layers ``sources`` in ``cdir``, each named after its place
+    in the container's record of the store paths it uses (``store.record_uses``, written
+    first, so the store never removes a layer a container is about to use).  Raises
+    ``OSError``."""
     from lxcbind.image import store
 
     os.makedirs(cdir, 0o755, exist_ok=True)
-    store.record_uses(cdir, sources)
-    return [idmap.bind_layer(cdir, i, source, ids) for i, source in enumerate(sources)]
+    used = store.recorded_uses(cdir)
+    added = [source for source in sources if source not in used]
+    if added:
+        store.record_uses(cdir, used + added)
+        used += added
+    return [idmap.bind_layer(cdir, used.index(source), source, ids) for source in sources]
 
 
 def rebind_layers(cdir: str, ids: IdRange | None) -> None:
@@ -181,7 +221,7 @@ def rebind_layers(cdir: str, ids: IdRange | None) -> None:
     try:
         bind_layers(cdir, sources, ids)
     except OSError as exc:
-        raise SandboxError(f"cannot mount snapshot layer {exc.filename} for the container: "
+        raise SandboxError(f"cannot mount the stored layer {exc.filename} for the container: "
                            f"{exc.strerror}") from None
 
 

@@ -551,7 +551,15 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
     try:
         base = ensure_base(spec)
         ids = isolation.ids if isolation is not None else None
-        lower = shifted_lower(spec, ids) if ids is not None else _lower(base, spec)
+        if ids is None:
+            lower = _lower(base, spec)
+        elif spec.kind == "image":   # an imported image: one stored copy, idmapped per range
+            source = _lower(base, spec)
+            found = imagefs.idmapped(cdir, [source], ids) \
+                if imagefs.owners_in_range(source) else None
+            lower = found[0] if found else shifted_lower(spec, ids)
+        else:
+            lower = shifted_lower(spec, ids)
         if layers is not None:   # overlayfs' lowerdir list, leftmost on top
             lower = ":".join([*layers(ids.start if ids is not None else None), lower])
         items: list[tuple[str, str]] = []

@@ -101,6 +101,52 @@ def test_writes_never_reach_the_store(image_ref: str) -> None:
     assert open(image.rootfs + "/work/hello").read() == "from the image\n"
 
 
+def test_unprivileged_containers_read_the_one_stored_copy_idmapped(image_ref: str) -> None:
+    """No copy per id range: each container reads the stored rootfs through an idmapped,
+    read-only mount, gone from the host once it started; its root changes files only in its
+    own layer."""
+    image = store.lookup(image_ref)
+    before = _tree_digest(image.rootfs)
+    top = os.path.basename(os.path.dirname(image.rootfs))
+    policy = {"version": "0.8.0", "lxc": {"uid": 0}}
+    with lxcbind.Sandbox(policy, image=image_ref) as a, \
+            lxcbind.Sandbox(policy, image=image_ref) as b:
+        assert not [line for line in open("/proc/self/mountinfo")
+                    if f"/{a.name}/" in line or f"/{b.name}/" in line]
+        for box in (a, b):
+            assert box.run("ls -ln /home | grep app", text=True).stdout.split()[2:4] == \
+                ["1000", "1000"]
+        r = a.run("chmod 777 /bin/busybox && chown 5:5 /work/hello && echo x >> /work/hello "
+                  "&& rm /etc/group && ls -ln /work/hello", text=True)
+        assert r.returncode == 0 and r.stdout.split()[2:4] == ["5", "5"], r
+        assert b.run("cat /work/hello /etc/group", text=True).stdout.startswith(
+            "from the image\nroot:x:0:")
+    assert not any(e.startswith(f"{top}@") for e in os.listdir(store.IMAGES_ROOT))
+    assert _tree_digest(image.rootfs) == before
+    assert open(image.rootfs + "/work/hello").read() == "from the image\n"
+
+
+def test_an_image_owning_files_beyond_the_range_gets_a_shifted_copy(tmp_path: Path,
+                                                                     imported: Imported) -> None:
+    """Through an idmapped mount a file owned by id 100000 would stay unmapped (not even the
+    container's root could change it); such an image gets the shifted copy, where it is
+    ``nobody``'s like any out-of-range owner."""
+    with open("/bin/busybox", "rb") as fh:
+        bb = fh.read()
+    tree = [d("bin"), f("bin/busybox", bb, 0o755)] + [sym(f"bin/{a}", "busybox")
+                                                       for a in APPLETS]
+    tree += [d("etc"), f("etc/passwd", PASSWD), f("etc/group", GROUP), d("tmp", 0o1777),
+             d("big", 0o777, 100000, 100000), f("big/file", b"big\n", 0o666, 100000, 100000)]
+    image = imported(write_layout(str(tmp_path / "layout"), [tree]))
+    top = os.path.basename(os.path.dirname(image.rootfs))
+    r = lxcbind.run("ls -ln /big/file; echo more >> /big/file && chown 0 /big/file && "
+                    "touch /big/new && echo changed", image=image.id,
+                    policy={"version": "0.8.0", "lxc": {"uid": 0}}, text=True)
+    assert r.stdout.split()[2:4] == ["65534", "65534"] and r.stdout.endswith("changed\n"), r
+    assert any(e.startswith(f"{top}@") for e in os.listdir(store.IMAGES_ROOT))
+    assert open(image.rootfs + "/big/file").read() == "big\n"
+
+
 def test_session_sandbox_and_pool(image_ref: str) -> None:
     image_id = store.lookup(image_ref).id
     session = lxcbind.Session.from_policy({"version": "0.8.0"}, image=image_ref)
