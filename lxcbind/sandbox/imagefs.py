@@ -156,16 +156,20 @@ def idmapped(cdir: str, sources: list[str], ids: IdRange) -> list[str] | None:
     copy (``idmap.bind_layer``).  The mounts are detached right after the container started
     (its overlay holds them) and on every teardown (``idmap.unbind_all``); a kept container
     gets them again at each start (``rebind_layers``).  Raises ``SandboxError``."""
+    from lxcbind.image import store
+
     if _NO_IDMAP:
         return None
+    earlier = store.recorded_uses(cdir)   # this container's base, already idmapped
     try:
         return bind_layers(cdir, sources, ids)
     except OSError as exc:
-        if exc.errno not in _UNSUPPORTED:
+        if exc.errno not in _UNSUPPORTED or earlier:
             raise SandboxError(f"cannot mount the stored layer {exc.filename} for the "
                                f"container: {exc.strerror}") from None
         _NO_IDMAP.append(exc.errno or 0)
         idmap.unbind_all(cdir)
+        store.record_uses(cdir, [])   # a kept container must not mount them at its next start
         return None
 
 
