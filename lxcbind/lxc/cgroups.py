@@ -315,6 +315,24 @@ def kill_newcomers(init_pid: int, spare: set[tuple[int, str]], timeout: float = 
     return True
 
 
+@contextlib.contextmanager
+def frozen(init_pid: int, timeout: float = 5.0) -> Iterator[None]:
+    """Freeze every process of the container whose init is ``init_pid`` for the ``with`` block
+    (v1 freezer, else cgroup2 ``cgroup.freeze``), thawed on every path.  Raises ``OSError``
+    (no freezer, or not frozen within ``timeout``: a process in an uninterruptible sleep)."""
+    _base, state, frozen_value, thawed, is_frozen = _freezer(init_pid)
+    _write(state, frozen_value)
+    try:
+        deadline = time.monotonic() + timeout
+        while not is_frozen():
+            if time.monotonic() >= deadline:
+                raise OSError(errno.ETIMEDOUT, "the container's processes did not freeze")
+            time.sleep(0.001)
+        yield
+    finally:
+        _write(state, thawed)
+
+
 def _starttime(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat") as f:

@@ -18,7 +18,8 @@ Idmapped bind mounts (a read-write host directory whose files must land owned by
 directory's owner, not by the container's range) need a user namespace *file* mapping the
 owner to the container's root: ``bind_userns`` makes one inside the container's directory, and
 ``unbind_all`` removes them once the container has started (liblxc has used them by then) and
-on every teardown path.
+on every teardown path.  The same goes for ``bind_layer``'s idmapped read-only mounts of an
+image's layers (overlay lower layers: the overlay keeps its own reference once mounted).
 """
 
 from __future__ import annotations
@@ -213,6 +214,19 @@ def stage_bind(cdir: str, source: str) -> str:
     except OSError as exc:
         raise SandboxError(f"could not stage {source!r} for the container "
                            f"({exc.strerror})") from None
+    return path
+
+
+def bind_layer(cdir: str, index: int, source: str, ids: IdRange) -> str:
+    """An idmapped, read-only mount of the 0-based image layer ``source`` in ``cdir``, for an
+    overlay lower layer: the container sees the layer's owners as its own ids, and nothing
+    is copied.  Raises ``OSError`` (the kernel refused: an older one may lack idmapped
+    mounts on this filesystem)."""
+    path = os.path.join(_staging(cdir), f"layer-{index}")
+    if _is_mountpoint(path):
+        return path
+    os.makedirs(path, 0o755, exist_ok=True)
+    hostmount.idmapped_bind(source, path, ids.start, ids.size)
     return path
 
 

@@ -25,6 +25,7 @@ from typing import Unpack
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
 from lxcbind.result import CompletedRun, MaxOutput
+from lxcbind.sandbox import imagefs
 from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
 
 
@@ -41,10 +42,15 @@ class Pool:
     """
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, image: object = None) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"Pool size must be a positive int, got {size!r}")
-        self.policy = as_policy(policy, command_required=False)  # commands come from run()
+        # Commands come from run().  An image is resolved (imported) once, here: every
+        # container then names it by id.
+        self.policy = imagefs.with_image(as_policy(policy, command_required=False), image)
+        if self.policy.lxc.rootfs.kind == "image":
+            self.policy = imagefs.with_image(self.policy, imagefs.resolve(
+                self.policy.lxc.rootfs)[0])
         self.size = size
         self._start_timeout = start_timeout
         self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed
