@@ -15,7 +15,16 @@
   * ``Container.start()`` against ``lxc-start`` of the very same container (same config file),
     interleaved, each followed by a hard stop;
   * ``lxcbind.run()`` from a caller holding 1 GiB, with liblxc's start in ``lxcbind-starter``
-    (the default) and in the caller itself.
+    (the default) and in the caller itself;
+  * issue #23: the machine CPU of one fresh container, setup and teardown, per phase (the
+    sandbox's steps), per mechanism (cgroup fs, mounts, namespaces, exec, seccomp ...) and per
+    process (runner, starter, liblxc's monitor, the container's init), from ``perf record -a``
+    (``_cpuphases``: only this run's processes and kernel threads count, so another job's CPU
+    does not), with the CPU of ``bwrap --unshare-all`` and of an ``lxc-start``/``lxc-stop`` of
+    the same container (liblxc's own floor) measured the same way, and the number of cgroup
+    hierarchies a container touches;
+  * with ``--baseline DIR``: Pool throughput, CPU per fresh container and ``run()`` of that
+    checkout and this one, alternately in one run (each in a process of its own).
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -36,9 +45,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
+import _cpuphases
 import bench_pool
-from _common import describe
+from _common import bwrap_true, describe, ensure_bwrap
 
 import lxcbind
 from lxcbind.lxc import container as _container
@@ -48,6 +59,9 @@ PACKAGE = os.path.dirname(os.path.abspath(lxcbind.__file__))
 ROOT = os.path.dirname(PACKAGE)   # ``python -m lxcbind`` from here imports the same lxcbind
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
+# A container that can be started again once stopped (a throwaway's disk layer is gone with
+# its first stop): for starting the same container over and over.
+RESTARTABLE = dict(POLICY, lxc={"limits": {"disk": "max"}})
 TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0, "pool": 2.0,
            "pool_rate": 50.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -156,7 +170,7 @@ def start_vs_lxc_start(n: int) -> tuple[list[float], list[float], float]:
     if not shutil.which("lxc-start"):
         return [], [], 0.0
     ours, theirs = [], []
-    with lxcbind.Sandbox(POLICY) as box:
+    with lxcbind.Sandbox(RESTARTABLE) as box:
         c = box.container
         assert c is not None
         cdir = os.path.join(box.lxcpath, box.name)
@@ -219,14 +233,144 @@ def big_caller(n: int) -> dict[str, float]:
             for mode in ("starter", "in-process")}
 
 
+# -- issue #23: machine CPU per fresh container, by phase -------------------------------------
+
+def phase_breakdown(n: int) -> dict[str, Any] | None:
+    """``_cpuphases`` over ``n`` sequential ``lxcbind.run()`` calls, 0.1 s apart (what a run
+    hands to the kernel lands between them, in "after the run")."""
+    def workload(marks: _cpuphases.Marks) -> int:
+        _cpuphases.install(marks)
+        for _ in range(n):
+            lxcbind.run(POLICY)
+            time.sleep(0.1)
+        return n
+    lxcbind.run(POLICY)
+    return _cpuphases.profile(workload)
+
+
+def pool_cpu(count: int, size: int) -> float | None:
+    """Machine CPU (perf, ours and kernel threads) per fresh container of a Pool that runs
+    ``count`` commands: ``count + size`` containers set up and torn down in all."""
+    def workload(marks: _cpuphases.Marks) -> int:
+        with lxcbind.Pool(POLICY, size=size) as pool:
+            pool.map([["/bin/true"]] * count, workers=size)
+        return count + size
+    result = _cpuphases.profile(workload)
+    return None if result is None else float(result["total"])
+
+
+def lxc_start_cpu(n: int) -> float | None:
+    """Machine CPU of ``lxc-start`` + ``lxc-stop -k`` of one sandbox's container (same config
+    file, its init connecting to a fresh channel each time): liblxc's own floor."""
+    if not shutil.which("lxc-start"):
+        return None
+    with lxcbind.Sandbox(RESTARTABLE) as box:
+        c = box.container
+        assert c is not None
+        cdir = os.path.join(box.lxcpath, box.name)
+        c.stop()
+
+        def cycle() -> None:
+            channel = InitChannel(cdir)
+            try:
+                subprocess.run(["lxc-start", "-n", box.name, "-P", box.lxcpath], check=True,
+                               stdin=subprocess.DEVNULL)
+            finally:
+                subprocess.run(["lxc-stop", "-k", "-n", box.name, "-P", box.lxcpath],
+                               check=True, stdin=subprocess.DEVNULL)
+                channel.close()
+        return _cpuphases.cpu_per_call(cycle, n)
+
+
+def cgroup_hierarchies() -> tuple[int, int]:
+    """(cgroup hierarchies on this host, those a running container's init is placed in a
+    cgroup of its own: liblxc makes and removes a payload and a monitor cgroup in each)."""
+    with lxcbind.Sandbox(POLICY) as box:
+        assert box.container is not None and box.container.init_pid is not None
+        with open(f"/proc/{box.container.init_pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    return len(lines), sum(box.name in line for line in lines)
+
+
+WORKER = "--worker"
+
+
+def worker(n: int, size: int) -> None:
+    """One round of the A/B figures, as JSON on stdout (lxcbind from PYTHONPATH)."""
+    rate, stat_cpu = bench_pool.pool_sustained(n * 6, size)
+    runs = []
+    lxcbind.run(POLICY)
+    for _ in range(n):
+        t = time.perf_counter()
+        lxcbind.run(POLICY)
+        runs.append((time.perf_counter() - t) * 1000)
+    print(json.dumps({"rate": rate, "stat_cpu": stat_cpu, "run": med(runs),
+                      "perf_cpu": pool_cpu(n * 2, size)}))
+
+
+def ab_rounds(baseline: str, n: int, size: int,
+              rounds: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """``worker`` of ``baseline`` and of this checkout, alternately, ``rounds`` times each."""
+    out: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    here = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(rounds):
+        for side, root in (("baseline", os.path.abspath(baseline)), ("this", ROOT)):
+            env = dict(ENV, PYTHONPATH=os.pathsep.join([root, here]))
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), WORKER,
+                                   "-n", str(n), "--size", str(size)], cwd=here, env=env,
+                                  check=True, capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL)
+            out[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def print_phases(result: dict[str, Any] | None, floors: dict[str, float | None],
+                 hierarchies: tuple[int, int]) -> None:
+    if result is None:
+        print("per-phase CPU: n/a (needs perf and root)")
+        return
+    print(f"machine CPU per fresh container, lxcbind.run() of /bin/true, by phase (perf -a: "
+          f"this run's processes + kernel threads; {result['foreign']:.1f} ms/run of other "
+          f"processes' CPU left out): {result['total']:.1f} ms")
+    for phase, ms in sorted(result["phase"].items(), key=lambda kv: -kv[1]):
+        mech = sorted(result["mechanism"][phase].items(), key=lambda kv: -kv[1])[:5]
+        print(f"  {ms:6.2f}  {phase:40} " + ", ".join(f"{k} {v:.2f}" for k, v in mech))
+    print("  by process: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(result["process"].items(), key=lambda kv: -kv[1])
+        if v >= 0.05) + "   (lxcbind-starter [1] the starter, [2] its daemonizing fork, "
+        "[3] liblxc's monitor, [4+] the container's init before its exec)")
+    totals: dict[str, float] = collections.Counter()
+    for mechs in result["mechanism"].values():
+        for k, v in mechs.items():
+            totals[k] += v
+    print("  by mechanism: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:14]))
+    print(f"  cgroup hierarchies: {hierarchies[1]} of the host's {hierarchies[0]} hold the "
+          "container's init in a cgroup of its own (liblxc creates and removes a payload and "
+          "a monitor cgroup in each)")
+    for label, cpu in floors.items():
+        print(f"  {label:58} " + (f"{cpu:6.2f} ms CPU" if cpu is not None else "n/a"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--size", type=int, default=4, help="pool size")
     parser.add_argument("--baseline", metavar="DIR",
-                        help="a checkout (built) whose CLI runs interleaved with this one's")
+                        help="a checkout (built) whose CLI, Pool and run() are measured "
+                             "alternately with this one's")
+    parser.add_argument("--phases-only", action="store_true",
+                        help="only issue #23's CPU breakdown (and the A/B with --baseline)")
+    parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, size = args.n, args.size
+    if args.worker:
+        worker(n, size)
+        return
+    if args.phases_only:
+        print(describe())
+        floors_only(n, size, args.baseline)
+        return
     print(describe())
     compileall.compile_dir(PACKAGE, quiet=1)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -306,6 +450,33 @@ def main() -> None:
     print(f"{'lxcbind.run() from a 1 GiB caller':50} {big['starter']:8.1f}"
           f"   liblxc's start in the caller instead: {big['in-process']:.1f} "
           f"({big['in-process'] / big['starter']:.1f}x)")
+    print()
+    floors_only(n, size, args.baseline)
+
+
+def floors_only(n: int, size: int, baseline: str | None) -> None:
+    """Issue #23's figures: the per-phase CPU, the floors, and the A/B against ``baseline``."""
+    phases = phase_breakdown(n)
+    floors = {
+        "Pool: CPU per fresh container (map, perf)": pool_cpu(n * 3, size),
+        "lxc-start + lxc-stop -k of one container, no disk layer": lxc_start_cpu(
+            max(5, n // 2)),
+        "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
+                                          if ensure_bwrap() else None),
+    }
+    print_phases(phases, floors, cgroup_hierarchies())
+    if baseline:
+        ab = ab_rounds(baseline, n, size)
+        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}): "
+              f"{'':10} {'Pool runs/s':>12} {'CPU/container':>14} {'(/proc/stat)':>13} "
+              f"{'run() ms':>9}")
+        for side, rows in ab.items():
+            label = baseline if side == "baseline" else "this checkout"
+            for r in rows:
+                perf_cpu = f"{r['perf_cpu']:14.1f}" if r["perf_cpu"] is not None else \
+                    f"{'n/a':>14}"
+                print(f"  {label[-40:]:40} {r['rate']:12.1f} {perf_cpu} {r['stat_cpu']:13.1f} "
+                      f"{r['run']:9.1f}")
 
 
 if __name__ == "__main__":
