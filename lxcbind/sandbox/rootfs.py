@@ -112,8 +112,57 @@ def _host_etc_names() -> list[str]:
     return names
 
 
+def _lstat_marks(paths: Sequence[str]) -> tuple[tuple[int, ...] | None, ...]:
+    """What tells a path changed without reading it: its inode, type, size, and modification
+    and change times (any write or rename touches ctime), or None when it is missing."""
+    marks: list[tuple[int, ...] | None] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            marks.append(None)
+            continue
+        marks.append((st.st_ino, st.st_dev, st.st_mode, st.st_size, st.st_mtime_ns,
+                      st.st_ctime_ns))
+    return tuple(marks)
+
+
+class _HostMemo:
+    """The host skeleton's layout and system mounts, computed again only when one of the
+    paths they were read from changed (``_lstat_marks``): every fresh host-kind container
+    asked for both (reading and hashing ~30 /etc files twice, resolving the system binds:
+    ~2 ms of a run's CPU), and they change only when the host's packages do."""
+
+    def __init__(self) -> None:
+        self.names: tuple[tuple[object, ...], list[str]] | None = None
+        self.layout: tuple[tuple[object, ...], dict[str, object]] | None = None
+        self.mounts: tuple[tuple[object, ...], list[MountEntry]] | None = None
+
+    def etc_names(self) -> tuple[tuple[object, ...], list[str]]:
+        dirs = _lstat_marks(["/etc/" + d for d in _HOST_ETC_DIRS])
+        memo = self.names   # one read: another thread may replace it meanwhile
+        if memo is None or memo[0] != dirs:   # a file added to or removed from a directory
+            memo = self.names = (dirs, _host_etc_names())
+        return memo
+
+
+_host_memo = _HostMemo()
+
+
 def _host_layout() -> dict[str, object]:
-    """What the host skeleton is made of; its hash names the base (cheap: a few small files)."""
+    """What the host skeleton is made of; its hash names the base (cheap: a few small files,
+    and only read again when one of them changed)."""
+    dirs, names = _host_memo.etc_names()
+    marks = (dirs, _lstat_marks(["/" + n for n in _HOST_TOP] + ["/etc/" + n for n in names]))
+    memo = _host_memo.layout
+    if memo is not None and memo[0] == marks:
+        return memo[1]
+    layout = _read_host_layout(names)
+    _host_memo.layout = (marks, layout)
+    return layout
+
+
+def _read_host_layout(names: list[str]) -> dict[str, object]:
     top = {}
     for name in _HOST_TOP:
         path = "/" + name
@@ -122,7 +171,7 @@ def _host_layout() -> dict[str, object]:
         elif os.path.isdir(path):
             top[name] = ["dir"]
     etc = {}
-    for name in _host_etc_names():
+    for name in names:
         path = "/etc/" + name
         if os.path.islink(path):
             etc[name] = ["link", os.readlink(path)]
@@ -474,12 +523,21 @@ def _host_init(name: str) -> str:
 
 
 def _host_mounts() -> list[MountEntry]:
+    """The system binds of a host-kind container, planned again only when one of the paths
+    they come from changed (the bind sources and the directories their links resolve in)."""
+    sources = ["/usr", "/etc", "/etc/ssl"] + ["/" + n for n in _HOST_TOP] + \
+        ["/etc/" + n for n in _HOST_ETC_BIND]
+    marks = _lstat_marks(sources)
+    memo = _host_memo.mounts
+    if memo is not None and memo[0] == marks:
+        return list(memo[1])
     system = ["/usr"] + ["/" + n for n in _HOST_TOP
                          if not os.path.islink("/" + n) and os.path.isdir("/" + n)]
     extra = ["/etc/" + n for n in _HOST_ETC_BIND if os.path.exists("/etc/" + n)]
     entries = plan_mounts([], system + extra, [], rootfs_kind="host")
     entries.append(MountEntry("tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777"))
-    return entries
+    _host_memo.mounts = (marks, entries)
+    return list(entries)
 
 
 def _security_config(kind: str) -> list[tuple[str, str]]:
