@@ -199,50 +199,39 @@ def cpu_per_call(fn: Callable[[], object], n: int) -> float | None:
 
 def _attribute(script: str, marks: Marks, start_ns: int, end_ns: int,
                count: int, me: int | None = None) -> dict[str, Any]:
-    parent: dict[int, int] = {}
-    samples: list[tuple[str, int, int, list[str]]] = []
-    for block in script.split("\n\n"):
-        lines = block.strip("\n").split("\n")
-        if not lines or not lines[0]:
-            continue
-        fork = _FORK.search(lines[0])
-        if fork:
-            parent.setdefault(int(fork.group(1)), int(fork.group(2)))
-            continue
-        for i, line in enumerate(lines):   # task events may precede a sample in a block
-            head = _HEADER.match(line)
-            if head and "PERF_RECORD" not in line:
-                fork = None
-                samples.append((head.group(1), int(head.group(2)),
-                                int(float(head.group(4)) * 1e9), lines[i + 1:]))
-                break
-            fork = _FORK.search(line)
-            if fork:
-                parent.setdefault(int(fork.group(1)), int(fork.group(2)))
+    """Sum ``perf script``'s samples in order (pids are recycled: a process's parent is the
+    one its latest fork event names, as of the sample)."""
     me = os.getpid() if me is None else me
-    ours: dict[int, bool] = {me: True}
-
-    def is_ours(pid: int) -> bool:
-        seen = []
-        while pid not in ours and pid in parent and pid not in seen:
-            seen.append(pid)
-            pid = parent[pid]
-        verdict = ours.get(pid, False)
-        for p in seen:
-            ours[p] = verdict
-        return verdict
-
+    parent: dict[int, int] = {}
     ms = PERIOD_NS / 1e6 / count
     by_phase: dict[str, float] = collections.Counter()
     by_mech: dict[str, dict[str, float]] = collections.defaultdict(collections.Counter)
     by_proc: dict[str, float] = collections.Counter()
     by_phase_proc: dict[str, dict[str, float]] = collections.defaultdict(collections.Counter)
     dropped = 0.0
-    for comm, pid, ns, chain in samples:
+    for block in script.split("\n\n"):
+        lines = block.strip("\n").split("\n")
+        sample = None
+        for i, line in enumerate(lines):   # task events may precede a sample in a block
+            fork = _FORK.search(line)
+            if fork:
+                child, father = int(fork.group(1)), int(fork.group(2))
+                if child != father:   # not a new thread of the same process
+                    parent[child] = father
+                continue
+            head = _HEADER.match(line)
+            if head and "PERF_RECORD" not in line:
+                sample = (head.group(1), int(head.group(2)), int(float(head.group(4)) * 1e9),
+                          lines[i + 1:])
+                break
+        if sample is None:
+            continue
+        comm, pid, ns, chain = sample
         if not start_ns <= ns <= end_ns or comm == "swapper" or pid == 0:
             continue
-        if is_ours(pid):
-            proc = f"{comm} [{_depth(pid, parent, me)}]" if comm == "lxcbind-starter" else comm
+        depth = _depth(pid, parent, me)
+        if depth is not None:
+            proc = f"{comm} [{depth}]" if comm == "lxcbind-starter" else comm
         elif _KTHREAD.match(comm):
             proc = "kernel threads"
         else:
@@ -259,13 +248,16 @@ def _attribute(script: str, marks: Marks, start_ns: int, end_ns: int,
             "total": sum(by_phase.values()), "foreign": dropped, "count": count}
 
 
-def _depth(pid: int, parent: dict[int, int], me: int) -> str:
-    """A starter process's place under this one: 1 the starter, 2 its daemonizing fork, 3
-    the monitor, 4+ the container's init before its exec (liblxc's clone and what it forks)."""
+def _depth(pid: int, parent: dict[int, int], me: int) -> int | None:
+    """How many forks below this process ``pid`` is (None: not below it).  For a starter
+    process: 1 the starter, 2 its daemonizing fork, 3 liblxc's monitor, 4+ the container's
+    init before its exec (liblxc's clone and what it forks)."""
     depth = 0
-    while pid != me and pid in parent and depth < 9:
+    while pid != me:
+        if pid not in parent or depth > 64:
+            return None
         pid, depth = parent[pid], depth + 1
-    return str(depth)
+    return depth
 
 
 def _mechanism(chain: list[str]) -> str:
