@@ -227,7 +227,7 @@ def _attribute(script: str, marks: Marks, start_ns: int, end_ns: int,
         if sample is None:
             continue
         comm, pid, ns, chain = sample
-        if not start_ns <= ns <= end_ns or comm == "swapper" or pid == 0:
+        if not start_ns <= ns <= end_ns or comm in ("swapper", "perf") or pid == 0:
             continue
         depth = _depth(pid, parent, me)
         if depth is not None:

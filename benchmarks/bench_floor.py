@@ -248,15 +248,26 @@ def phase_breakdown(n: int) -> dict[str, Any] | None:
     return _cpuphases.profile(workload)
 
 
-def pool_cpu(count: int, size: int) -> float | None:
-    """Machine CPU (perf, ours and kernel threads) per fresh container of a Pool that runs
-    ``count`` commands: ``count + size`` containers set up and torn down in all."""
+def pool_cpu(count: int, size: int) -> dict[str, Any] | None:
+    """``_cpuphases``' figures per fresh container of a Pool that runs ``count`` commands:
+    ``count + size`` containers set up and torn down in all."""
     def workload(marks: _cpuphases.Marks) -> int:
         with lxcbind.Pool(POLICY, size=size) as pool:
             pool.map([["/bin/true"]] * count, workers=size)
         return count + size
-    result = _cpuphases.profile(workload)
-    return None if result is None else float(result["total"])
+    return _cpuphases.profile(workload)
+
+
+def _split(result: dict[str, Any] | None) -> dict[str, float] | None:
+    """Per container: all, the runner (this Python process), the other processes of ours
+    (starter, monitor, init, command), kernel threads (which also serve other jobs)."""
+    if result is None:
+        return None
+    proc = result["process"]
+    runner = proc.get("python3", 0.0)
+    kernel = proc.get("kernel threads", 0.0)
+    return {"total": result["total"], "runner": runner, "kernel": kernel,
+            "others": result["total"] - runner - kernel}
 
 
 def lxc_start_cpu(n: int) -> float | None:
@@ -305,7 +316,7 @@ def worker(n: int, size: int) -> None:
         lxcbind.run(POLICY)
         runs.append((time.perf_counter() - t) * 1000)
     print(json.dumps({"rate": rate, "stat_cpu": stat_cpu, "run": med(runs),
-                      "perf_cpu": pool_cpu(n * 2, size)}))
+                      "perf_cpu": _split(pool_cpu(n * 2, size))}))
 
 
 def ab_rounds(baseline: str, n: int, size: int,
@@ -457,8 +468,9 @@ def main() -> None:
 def floors_only(n: int, size: int, baseline: str | None) -> None:
     """Issue #23's figures: the per-phase CPU, the floors, and the A/B against ``baseline``."""
     phases = phase_breakdown(n)
+    pool = _split(pool_cpu(n * 3, size))
     floors = {
-        "Pool: CPU per fresh container (map, perf)": pool_cpu(n * 3, size),
+        "Pool: CPU per fresh container (map, perf)": pool["total"] if pool else None,
         "lxc-start + lxc-stop -k of one container, no disk layer": lxc_start_cpu(
             max(5, n // 2)),
         "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
@@ -467,16 +479,18 @@ def floors_only(n: int, size: int, baseline: str | None) -> None:
     print_phases(phases, floors, cgroup_hierarchies())
     if baseline:
         ab = ab_rounds(baseline, n, size)
-        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}): "
-              f"{'':10} {'Pool runs/s':>12} {'CPU/container':>14} {'(/proc/stat)':>13} "
-              f"{'run() ms':>9}")
+        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}); Pool CPU per "
+              "fresh container (perf): all = runner + other processes of ours + kernel threads")
+        print(f"  {'':36} {'runs/s':>7} {'all':>6} {'runner':>7} {'others':>7} "
+              f"{'kernel':>7} {'/proc/stat':>10} {'run() ms':>9}")
         for side, rows in ab.items():
             label = baseline if side == "baseline" else "this checkout"
             for r in rows:
-                perf_cpu = f"{r['perf_cpu']:14.1f}" if r["perf_cpu"] is not None else \
-                    f"{'n/a':>14}"
-                print(f"  {label[-40:]:40} {r['rate']:12.1f} {perf_cpu} {r['stat_cpu']:13.1f} "
-                      f"{r['run']:9.1f}")
+                c = r["perf_cpu"] or {"total": 0.0, "runner": 0.0, "others": 0.0,
+                                      "kernel": 0.0}
+                print(f"  {label[-36:]:36} {r['rate']:7.1f} {c['total']:6.1f} "
+                      f"{c['runner']:7.1f} {c['others']:7.1f} {c['kernel']:7.1f} "
+                      f"{r['stat_cpu']:10.1f} {r['run']:9.1f}")
 
 
 if __name__ == "__main__":
