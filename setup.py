@@ -25,8 +25,10 @@ class BuildExt(build_ext):
         builder.build_starter(root / "lxcbind" / builder.STARTER_NAME)
 
 
-# The module is built against the stable ABI (cffi's abi3, ``_lxc.abi3.so``) and the spawner
+# The modules are built against the stable ABI (cffi's abi3, ``_lxc.abi3.so``, ``_nft.abi3.so``:
+# libnftables apart, loaded by networked runs only) and the spawner
 # is a static executable: tag the wheel so, for every CPython from 3.11 (requires-python) on.
-setup(cffi_modules=["lxcbind/_build.py:ffibuilder"], zip_safe=False,
+setup(cffi_modules=["lxcbind/_build.py:ffibuilder", "lxcbind/_build.py:nftbuilder"],
+      zip_safe=False,
       cmdclass={"build_ext": BuildExt},
       options={"bdist_wheel": {"py_limited_api": "cp311"}})

@@ -16,15 +16,18 @@
     interleaved, each followed by a hard stop;
   * ``lxcbind.run()`` from a caller holding 1 GiB, with liblxc's start in ``lxcbind-starter``
     (the default) and in the caller itself;
-  * issue #23: the machine CPU of one fresh container, setup and teardown, per phase (the
-    sandbox's steps), per mechanism (cgroup fs, mounts, namespaces, exec, seccomp ...) and per
-    process (runner, starter, liblxc's monitor, the container's init), from ``perf record -a``
-    (``_cpuphases``: only this run's processes and kernel threads count, so another job's CPU
-    does not), with the CPU of ``bwrap --unshare-all`` and of an ``lxc-start``/``lxc-stop`` of
-    the same container (liblxc's own floor) measured the same way, and the number of cgroup
-    hierarchies a container touches;
-  * with ``--baseline DIR``: Pool throughput, CPU per fresh container and ``run()`` of that
-    checkout and this one, alternately in one run (each in a process of its own).
+  * where ``lxcbind.run()``'s own Python goes (``--phases`` prints only that, for any checkout
+    on ``PYTHONPATH``: an A/B of two checkouts is two runs of it): each step of the set-up and
+    teardown timed exclusively (``perf_counter_ns``; a step's time excludes the steps it calls);
+  * issue #23 (``--cpu`` prints only this): the machine CPU of one fresh container, setup and
+    teardown, per step of the sandbox, per mechanism (cgroup fs, mounts, namespaces, exec,
+    seccomp ...) and per process (runner, starter, liblxc's monitor, the container's init),
+    from ``perf record -a`` (``_cpuphases``: only this run's processes and kernel threads
+    count, so another job's CPU does not), with the CPU of ``bwrap --unshare-all`` and of an
+    ``lxc-start``/``lxc-stop`` of one container (liblxc's own floor) measured the same way, the
+    cgroup hierarchies a container touches, and with ``--baseline DIR...`` the Pool's
+    throughput, CPU per fresh container and ``run()`` of each baseline and this checkout,
+    alternately, each in a process of its own.
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -44,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import _cpuphases
@@ -62,7 +65,7 @@ POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: 
 # A container that can be started again once stopped (a throwaway's disk layer is gone with
 # its first stop): for starting the same container over and over.
 RESTARTABLE = dict(POLICY, lxc={"limits": {"disk": "max"}})
-TARGETS = {"run": 20.0, "cli_over_pass": 40.0, "own_imports": 15.0, "pool": 2.0,
+TARGETS = {"run": 20.0, "cli_over_pass": 25.0, "own_imports": 15.0, "pool": 2.0,
            "pool_rate": 50.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 ENV["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
@@ -113,13 +116,145 @@ def run_breakdown(n: int, pause: float = 0.0) -> tuple[list[float], dict[str, fl
     return totals, {name: med(xs) for name, xs in spent.items()}
 
 
+# -- run()'s own steps ------------------------------------------------------------------------
+
+# (module, attribute path, label): each step of a run, in the order it happens.  A step missing
+# from a checkout (an older one) is skipped, so the same list measures both sides of an A/B.
+PHASES = (
+    ("lxcbind.sandbox.core", "as_policy", "policy: parse"),
+    ("lxcbind.sandbox.core", "check_call", "command options"),
+    ("lxcbind.sandbox.security", "resolve", "limits: resolve"),
+    ("lxcbind.sandbox.disk", "resolve", "disk: resolve"),
+    ("lxcbind.lxc.cgroups", "prime_migration", "cgroup migration primer"),
+    ("lxcbind.sandbox.cleanup", "collect_garbage", "gc of dead runners"),
+    ("lxcbind.sandbox.core", "_reap_stale_leases", "gc of stale leases"),
+    ("lxcbind.sandbox.cleanup", "ContainerLock.acquire", "name lock: take"),
+    ("lxcbind.sandbox.mounts", "plan_mounts", "filesystem plan"),
+    ("lxcbind.lxc.container", "Container.__init__", "liblxc: a handle (lxc_container_new)"),
+    ("lxcbind.lxc.container", "Container.defined", "liblxc: is_defined"),
+    ("lxcbind.sandbox.cleanup", "OwnershipRecord.save", "ownership record: write"),
+    ("lxcbind.sandbox.idmap", "acquire", "id range: take"),
+    ("lxcbind.sandbox.security", "Isolation.config", "isolation config items"),
+    ("lxcbind.sandbox.initspawner", "InitChannel.__init__", "init channel: make"),
+    ("lxcbind.sandbox.initspawner", "InitChannel.accept", "init channel: accept"),
+    ("lxcbind.sandbox.rootfs", "ensure_base", "base: find (host layout hash)"),
+    ("lxcbind.sandbox.rootfs", "shifted_lower", "base: shifted copy"),
+    ("lxcbind.sandbox.disk", "prepare", "disk: image, loop, mount"),
+    ("lxcbind.sandbox.rootfs", "define_container", "define: the rest"),
+    ("lxcbind.lxc.container", "Container.set_config_item", "liblxc: set_config_item"),
+    ("lxcbind.lxc.container", "Container.save_config", "liblxc: save_config"),
+    ("lxcbind.lxc.container", "Container.get_config_item", "liblxc: get_config_item"),
+    ("lxcbind.sandbox.idmap", "unbind_all", "idmapped binds: unbind"),
+    ("lxcbind.sandbox.disk", "detach", "disk: detach"),
+    ("lxcbind.lxc.container", "Container.start", "liblxc: start"),
+    ("lxcbind.lxc.container", "Container.init_pid", "liblxc: init_pid (monitor)"),
+    ("lxcbind.sandbox.security", "verify_limits", "limits: read back"),
+    ("lxcbind.lxc.cgroups", "event_files", "limits: event files"),
+    ("lxcbind.lxc.cgroups", "read_events", "limits: events read"),
+    ("lxcbind.proc.session", "Session.__init__", "init session: wrap"),
+    ("lxcbind.proc.session", "Session._run", "command (spawn, wait, result)"),
+    ("lxcbind.proc.session", "Session.close", "init session: close"),
+    ("lxcbind.sandbox.disk", "Layer.full", "disk: full?"),
+    ("lxcbind.sandbox.rootfs", "remove_container", "remove: the rest"),
+    ("lxcbind.lxc.container", "Container.stop", "liblxc: stop"),
+    ("lxcbind.lxc.container", "Container.destroy", "liblxc: destroy (rmtree incl.)"),
+    ("lxcbind.sandbox.idmap", "release", "id range: give back"),
+    ("lxcbind.sandbox.disk", "Layer.close", "disk: layer close"),
+    ("lxcbind.sandbox.cleanup", "OwnershipRecord.remove", "ownership record: remove"),
+    ("lxcbind.sandbox.cleanup", "ContainerLock.release", "name lock: give back"),
+    ("lxcbind.sandbox.core", "Sandbox.__init__", "Sandbox: the rest of __init__"),
+    ("lxcbind.sandbox.core", "Sandbox.open", "Sandbox.open: the rest"),
+    ("lxcbind.sandbox.core", "Sandbox.close", "Sandbox.close: the rest"),
+)
+
+
+def python_phases(n: int) -> tuple[list[float], dict[str, float]]:
+    """Medians (ms) of ``lxcbind.run()`` and of each of its ``PHASES``, exclusive of the
+    phases called inside it; "the rest" of run() is what no phase covers."""
+    import importlib
+
+    spent: dict[str, list[int]] = collections.defaultdict(list)
+    current: dict[str, int] = collections.defaultdict(int)
+    nested: list[int] = []   # per active call: time of the timed calls made inside it
+    undo = []
+    for module_name, path, label in PHASES:
+        try:
+            owner: object = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        *outer, attr = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part, None)
+        original = getattr(owner, attr, None) if owner is not None else None
+        if original is None:
+            continue
+        prop = vars(owner).get(attr) if isinstance(owner, type) else None
+        if isinstance(prop, property):
+            original = prop.fget
+
+        def timed(*a, _f=original, _n=label, **k):  # type: ignore[no-untyped-def]
+            nested.append(0)
+            t = time.perf_counter_ns()
+            try:
+                return _f(*a, **k)
+            finally:
+                took = time.perf_counter_ns() - t
+                current[_n] += took - nested.pop()
+                if nested:
+                    nested[-1] += took
+        # A function's own module calls it through its global: patch it there (``from x
+        # import f`` copies elsewhere are not timed; the list names the modules that call).
+        if isinstance(prop, property):
+            setattr(owner, attr, property(timed))
+            original = prop
+        else:
+            setattr(owner, attr, timed)
+        undo.append((owner, attr, original))
+    totals = []
+    try:
+        lxcbind.run(POLICY)
+        for _ in range(n):
+            current.clear()
+            t = time.perf_counter_ns()
+            lxcbind.run(POLICY)
+            took = time.perf_counter_ns() - t
+            totals.append(took / 1e6)
+            current["run(): the rest"] = took - sum(current.values())
+            for label, ns in current.items():
+                spent[label].append(ns)
+    finally:
+        for owner, attr, original in reversed(undo):
+            setattr(owner, attr, original)
+    return totals, {label: med([x / 1e6 for x in xs] + [0.0] * (n - len(xs)))
+                    for label, xs in spent.items()}
+
+
+def print_phases(totals: list[float], phases: dict[str, float]) -> None:
+    print(f"where lxcbind.run() goes, step by step (ms, medians of {len(totals)}; exclusive; "
+          f"run() median {med(totals):.2f}):")
+    order = [label for _, _, label in PHASES] + ["run(): the rest"]
+    for label in order:
+        if label in phases:
+            print(f"  {label:44} {phases[label]:7.3f}")
+    liblxc = sum(v for k, v in phases.items() if k.startswith("liblxc"))
+    print(f"  {'sum of liblxc calls':44} {liblxc:7.3f}; everything else "
+          f"{sum(phases.values()) - liblxc:.3f}")
+
+
 # -- the CLI against python3 -c pass -----------------------------------------------------------
 
-def cli_vs_pass(n: int, policy_path: str, baseline: str | None = None) -> dict[str, list[float]]:
+# CPU time (ms, user + system) of each process cli_vs_pass ran, by kind: the runner's own work,
+# which the machine's load changes far less than the wall time (the container's init, the
+# command and liblxc's monitor are not its children: not counted).
+CLI_CPU: dict[str, list[float]] = collections.defaultdict(list)
+
+
+def cli_vs_pass(n: int, policy_path: str,
+                baselines: Sequence[str] = ()) -> dict[str, list[float]]:
     """CLI runs with bytecode ("cli"), without ("cli_nopyc": a copy of the package with no
     ``__pycache__``, ``PYTHONDONTWRITEBYTECODE=1``) and ``python3 -c pass``, interleaved;
-    with ``baseline`` (a checkout with its compiled module, e.g. of an earlier commit) its CLI
-    too ("baseline", with bytecode), for an A/B in one run."""
+    with ``baselines`` (checkouts with their compiled module, e.g. of earlier commits) their
+    CLIs too ("baseline DIR", with bytecode), for an A/B in one run."""
     cli = [sys.executable, "-m", "lxcbind", "run", "--no-tty", policy_path]
     bare = [sys.executable, "-c", "pass"]
     with tempfile.TemporaryDirectory(prefix="lxcbind-bench-") as tmp:
@@ -128,16 +263,22 @@ def cli_vs_pass(n: int, policy_path: str, baseline: str | None = None) -> dict[s
         nopyc = dict(ENV, PYTHONDONTWRITEBYTECODE="1", PYTHONPATH=tmp)
         kinds = {"cli": (cli, ROOT, ENV), "cli_nopyc": (cli, tmp, nopyc),
                  "pass": (bare, ROOT, ENV)}
-        if baseline:
+        for baseline in baselines:
             compileall.compile_dir(os.path.join(baseline, "lxcbind"), quiet=1)
-            kinds["baseline"] = (cli, baseline, dict(ENV, PYTHONPATH=baseline))
+            kinds[f"baseline {baseline}"] = (cli, baseline, dict(ENV, PYTHONPATH=baseline))
 
         def once(kind: str) -> float:
             argv, cwd, env = kinds[kind]
             time.sleep(0.2)   # as a command typed or run by a tool: not back to back
             t = time.perf_counter()
-            subprocess.run(argv, check=True, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
-            return (time.perf_counter() - t) * 1000
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            took = (time.perf_counter() - t) * 1000
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                raise subprocess.CalledProcessError(proc.returncode, argv)
+            CLI_CPU[kind].append((usage.ru_utime + usage.ru_stime) * 1000)
+            return took
 
         for kind in kinds:
             once(kind)
@@ -170,7 +311,9 @@ def start_vs_lxc_start(n: int) -> tuple[list[float], list[float], float]:
     if not shutil.which("lxc-start"):
         return [], [], 0.0
     ours, theirs = [], []
-    with lxcbind.Sandbox(RESTARTABLE) as box:
+    # No disk limit: its layer is handed to the container at the first start and gone from the
+    # host afterwards, so a stopped container cannot start again (a fresh run makes a new one).
+    with lxcbind.Sandbox({**POLICY, "lxc": {"limits": {"disk": "max"}}}) as box:
         c = box.container
         assert c is not None
         cdir = os.path.join(box.lxcpath, box.name)
@@ -231,6 +374,45 @@ def big_caller(n: int) -> dict[str, float]:
                                        check=True, capture_output=True, cwd=ROOT, env=ENV,
                                        text=True).stdout)
             for mode in ("starter", "in-process")}
+
+
+def import_summary(full: dict[str, int], base: dict[str, int]) -> list[str]:
+    """Lines on lxcbind's own modules and the standard-library ones ``-c pass`` lacks."""
+    own = {k: v for k, v in full.items() if k == "lxcbind" or k.startswith("lxcbind.")}
+    extra = {k: v for k, v in full.items() if k not in own and k not in base}
+    top_extra = sorted(extra.items(), key=lambda kv: -kv[1])[:8]
+    top_own = sorted(own.items(), key=lambda kv: -kv[1])[:6]
+    return [f"importtime: lxcbind modules (self, sum) {sum(own.values()) / 1000:.1f} ms "
+            f"({len(own)} modules); stdlib beyond -c pass {sum(extra.values()) / 1000:.1f} ms "
+            f"({len(extra)} modules)",
+            "    largest: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top_extra),
+            "    lxcbind: " + ", ".join(f"{k} {v / 1000:.1f}" for k, v in top_own)]
+
+
+def cli_only(n: int, baselines: Sequence[str]) -> None:
+    """``--cli``: the CLI rows alone (a quick A/B of start-up work)."""
+    compileall.compile_dir(PACKAGE, quiet=1)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(POLICY, f)
+    try:
+        cli = cli_vs_pass(n, f.name, baselines)
+        base = importtime(["-c", "pass"])
+        full = importtime(["-m", "lxcbind", "run", "--no-tty", f.name])
+    finally:
+        os.unlink(f.name)
+    pass_ms = med(cli["pass"])
+    print(f"python -m lxcbind run --no-tty (/bin/true, no network), medians of {n}, interleaved "
+          f"(load {os.getloadavg()[0]:.2f}); target: python3 -c pass + "
+          f"{TARGETS['cli_over_pass']:g} ms")
+    pass_cpu = med(CLI_CPU["pass"])
+    print(f"  {'':54} {'wall ms':>12} {'CPU ms (the process and its children)':>40}")
+    for kind, times in cli.items():
+        label = {"cli": "this checkout (pyc)", "cli_nopyc": "this checkout (no pyc)",
+                 "pass": "python3 -c pass"}.get(kind, kind + " (pyc)")
+        cpu = med(CLI_CPU[kind])
+        print(f"  {label:54} {med(times):7.1f} (+{med(times) - pass_ms:5.1f})"
+              f" {cpu:12.1f} (+{cpu - pass_cpu:5.1f})")
+    print("\n".join(import_summary(full, base)))
 
 
 # -- issue #23: machine CPU per fresh container, by phase -------------------------------------
@@ -335,7 +517,7 @@ def ab_rounds(baseline: str, n: int, size: int,
     return out
 
 
-def print_phases(result: dict[str, Any] | None, floors: dict[str, float | None],
+def print_cpu_phases(result: dict[str, Any] | None, floors: dict[str, float | None],
                  hierarchies: tuple[int, int]) -> None:
     if result is None:
         print("per-phase CPU: n/a (needs perf and root)")
@@ -363,26 +545,63 @@ def print_phases(result: dict[str, Any] | None, floors: dict[str, float | None],
         print(f"  {label:58} " + (f"{cpu:6.2f} ms CPU" if cpu is not None else "n/a"))
 
 
+def cpu_only(n: int, size: int, baselines: Sequence[str]) -> None:
+    """Issue #23's figures: the per-phase CPU, the floors, and an A/B against each baseline."""
+    phases = phase_breakdown(n)
+    pool = _split(pool_cpu(n * 3, size))
+    floors = {
+        "Pool: CPU per fresh container (map, perf)": pool["total"] if pool else None,
+        "lxc-start + lxc-stop -k of one container, no disk layer": lxc_start_cpu(
+            max(5, n // 2)),
+        "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
+                                          if ensure_bwrap() else None),
+    }
+    print_cpu_phases(phases, floors, cgroup_hierarchies())
+    for baseline in baselines:
+        ab = ab_rounds(baseline, n, size)
+        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}); Pool CPU per "
+              "fresh container (perf): all = runner + other processes of ours + kernel threads")
+        print(f"  {'':36} {'runs/s':>7} {'all':>6} {'runner':>7} {'others':>7} "
+              f"{'kernel':>7} {'/proc/stat':>10} {'run() ms':>9}")
+        for side, rows in ab.items():
+            label = baseline if side == "baseline" else "this checkout"
+            for r in rows:
+                c = r["perf_cpu"] or {"total": 0.0, "runner": 0.0, "others": 0.0,
+                                      "kernel": 0.0}
+                print(f"  {label[-36:]:36} {r['rate']:7.1f} {c['total']:6.1f} "
+                      f"{c['runner']:7.1f} {c['others']:7.1f} {c['kernel']:7.1f} "
+                      f"{r['stat_cpu']:10.1f} {r['run']:9.1f}")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
     parser.add_argument("--size", type=int, default=4, help="pool size")
-    parser.add_argument("--baseline", metavar="DIR",
-                        help="a checkout (built) whose CLI, Pool and run() are measured "
-                             "alternately with this one's")
-    parser.add_argument("--phases-only", action="store_true",
-                        help="only issue #23's CPU breakdown (and the A/B with --baseline)")
+    parser.add_argument("--baseline", metavar="DIR", nargs="+", default=[],
+                        help="checkouts (built) whose CLIs run interleaved with this one's")
+    parser.add_argument("--phases", action="store_true",
+                        help="only where run()'s time goes, step by step")
+    parser.add_argument("--cli", action="store_true",
+                        help="only the CLI against python3 -c pass (and the baselines)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="only issue #23's CPU per fresh container (and the baselines' A/B)")
     parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, size = args.n, args.size
     if args.worker:
         worker(n, size)
         return
-    if args.phases_only:
-        print(describe())
-        floors_only(n, size, args.baseline)
-        return
     print(describe())
+    if args.cpu:
+        cpu_only(n, size, args.baseline)
+        return
+    if args.phases:
+        print_phases(*python_phases(n))
+        return
+    if args.cli:
+        cli_only(n, args.baseline)
+        return
     compileall.compile_dir(PACKAGE, quiet=1)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(POLICY, f)
@@ -399,6 +618,7 @@ def main() -> None:
         copy_ms = bench_pool.lxc_copy_ms(max(5, n // 2))
         ours, theirs, first_start = start_vs_lxc_start(n)
         big = big_caller(max(5, n // 2))
+        steps = python_phases(n)
     finally:
         os.unlink(f.name)
 
@@ -432,8 +652,8 @@ def main() -> None:
     row("lxc-copy -s/start/attach/destroy", copy_ms)
     row("python -m lxcbind run (pyc)", med(cli["cli"]))
     row("python -m lxcbind run (no pyc, DONTWRITEBYTECODE)", med(cli["cli_nopyc"]))
-    if "baseline" in cli:
-        row(f"python -m lxcbind run, baseline {args.baseline} (pyc)", med(cli["baseline"]))
+    for baseline in args.baseline:
+        row(f"CLI, baseline {baseline} (pyc)", med(cli[f"baseline {baseline}"]))
     row("python3 -c pass", pass_ms)
     print(f"{'  CLI minus python3 -c pass (pyc)':50} {over:8.1f} {'':>10} "
           f"{TARGETS['cli_over_pass']:8.1f} {over / TARGETS['cli_over_pass']:8.2f}x")
@@ -462,35 +682,9 @@ def main() -> None:
           f"   liblxc's start in the caller instead: {big['in-process']:.1f} "
           f"({big['in-process'] / big['starter']:.1f}x)")
     print()
-    floors_only(n, size, args.baseline)
-
-
-def floors_only(n: int, size: int, baseline: str | None) -> None:
-    """Issue #23's figures: the per-phase CPU, the floors, and the A/B against ``baseline``."""
-    phases = phase_breakdown(n)
-    pool = _split(pool_cpu(n * 3, size))
-    floors = {
-        "Pool: CPU per fresh container (map, perf)": pool["total"] if pool else None,
-        "lxc-start + lxc-stop -k of one container, no disk layer": lxc_start_cpu(
-            max(5, n // 2)),
-        "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
-                                          if ensure_bwrap() else None),
-    }
-    print_phases(phases, floors, cgroup_hierarchies())
-    if baseline:
-        ab = ab_rounds(baseline, n, size)
-        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}); Pool CPU per "
-              "fresh container (perf): all = runner + other processes of ours + kernel threads")
-        print(f"  {'':36} {'runs/s':>7} {'all':>6} {'runner':>7} {'others':>7} "
-              f"{'kernel':>7} {'/proc/stat':>10} {'run() ms':>9}")
-        for side, rows in ab.items():
-            label = baseline if side == "baseline" else "this checkout"
-            for r in rows:
-                c = r["perf_cpu"] or {"total": 0.0, "runner": 0.0, "others": 0.0,
-                                      "kernel": 0.0}
-                print(f"  {label[-36:]:36} {r['rate']:7.1f} {c['total']:6.1f} "
-                      f"{c['runner']:7.1f} {c['others']:7.1f} {c['kernel']:7.1f} "
-                      f"{r['stat_cpu']:10.1f} {r['run']:9.1f}")
+    print_phases(*steps)
+    print()
+    cpu_only(n, size, args.baseline)
 
 
 if __name__ == "__main__":

@@ -197,10 +197,12 @@ def remove_monitor_cgroups(name: str) -> None:
             pass  # absent, or still in use by a live monitor
 
 
+@functools.cache
 def controller_version(controller: str) -> str | None:
     """``"v1"`` when ``controller`` has a legacy hierarchy here, ``"v2"`` when the unified
     hierarchy offers it, else None.  liblxc silently ignores ``lxc.cgroup2.*`` items on a
-    legacy hierarchy (and ``lxc.cgroup.*`` on a unified one), so callers pick by this."""
+    legacy hierarchy (and ``lxc.cgroup.*`` on a unified one), so callers pick by this.
+    Remembered, like the mount points it is read from (a run asks ~20 times)."""
     mounts = _mountpoints()
     if any(controller in key.split(",") for key in mounts if key):
         return "v1"

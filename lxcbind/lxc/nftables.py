@@ -55,8 +55,15 @@ class NftError(LxcbindError):
 
 
 def _lib() -> tuple[Any, Any]:
-    from lxcbind.lxc._native import ffi, lib
-
+    # libnftables is a compiled module of its own (``lxcbind._nft``): a run without a network
+    # device never loads it, nor the five libraries it links.
+    try:
+        from lxcbind._nft import ffi, lib
+    except ImportError as exc:  # pragma: no cover - depends on the build
+        raise ImportError(
+            f"lxcbind's compiled module lxcbind._nft is missing or cannot load ({exc}). "
+            "Install libnftables (apt-get install libnftables-dev pkg-config) and rebuild: "
+            "pip install -e .") from exc
     return ffi, lib
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import stat
 
 from lxcbind.errors import SandboxError
@@ -83,7 +82,9 @@ class _Remover:
         tree never needs one: two metadata writes saved on every teardown)."""
         if self.hold_fd < 0:
             while True:
-                name = f".lxcbind-rm-{secrets.token_hex(6)}"
+                # os.urandom, not ``secrets``: that imports hmac and OpenSSL's hashlib (~3 ms
+                # of every CLI run) for a name that only has to be unlikely to exist.
+                name = f".lxcbind-rm-{os.urandom(6).hex()}"
                 try:
                     os.mkdir(name, 0o700, dir_fd=self.root_fd)
                     break

@@ -54,8 +54,6 @@ Thread-safety: a parse keeps its state in its own ``_Parser``; the result is imm
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 from typing import Any
@@ -127,10 +125,7 @@ def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>
         PolicyError: invalid JSON (path ``""``) or an invalid field (``.path`` names it).
     """
     if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+        source = _utf8_text(source)
     if isinstance(source, str):
         data = parse_json(source)
     elif isinstance(source, dict):
@@ -138,6 +133,18 @@ def load_policy(source: str | bytes | dict[str, Any], *, origin: str = "<policy>
     else:
         raise TypeError(f"load_policy() expects str, bytes or dict, not {type(source).__name__}")
     return _Parser(origin, command_required).policy(data)
+
+
+def _utf8_text(data: bytes | bytearray) -> str:
+    """``data`` decoded as UTF-8 without a leading byte-order mark (what the "utf-8-sig" codec
+    does, without importing it on every CLI run); ``PolicyError`` when it is not UTF-8."""
+    data = bytes(data)
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
 
 
 def load_policy_file(path: str | bytes | os.PathLike[str], *,
@@ -171,10 +178,7 @@ def policy_document(source: str | bytes) -> dict[str, Any]:
     (duplicate keys, NaN refused) but not validated: for callers that edit a policy (the CLI's
     ``--env``/``--rw``/... options) before ``load_policy``.  ``PolicyError`` if not an object."""
     if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise PolicyError("", f"policy is not valid UTF-8 (byte {exc.start})") from None
+        source = _utf8_text(source)
     data = parse_json(source)
     if not isinstance(data, dict):
         raise PolicyError("", f"a policy must be a JSON object, got {jtype(data)}")
@@ -192,6 +196,9 @@ def decode_base64_policy(b64: str | bytes) -> Policy:
 
 def base64_policy_bytes(b64: str | bytes) -> bytes:
     """The bytes of a policy passed as base64; ``PolicyError`` when it is not valid base64."""
+    import base64  # mxc's --config-base64 only: not on every CLI run's import path
+    import binascii
+
     try:
         return base64.b64decode(b64.strip(), validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -46,10 +46,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from lxcbind.proc import pty as _pty
-from lxcbind.proc.escapes import EscapeFilter
+if TYPE_CHECKING:
+    from lxcbind.proc import pty as _pty
+    from lxcbind.proc.escapes import EscapeFilter
+# ``pty`` (with termios) and ``escapes`` are imported where a terminal is involved: a run
+# through pipes never needs them, and the CLI pays every import.
 
 __all__ = ["Bridge", "Writable"]
 
@@ -185,8 +188,13 @@ class Bridge:
         self._open_sources = [fd for fd, _ in every]
         self._pending: dict[int, bytearray] = {s: bytearray() for _, s in every
                                                if isinstance(s, int)}
-        self._filters = {fd: EscapeFilter() for fd, s in every
-                         if filter_terminals and isinstance(s, int) and os.isatty(s)}
+        terminals = [fd for fd, s in every
+                     if filter_terminals and isinstance(s, int) and os.isatty(s)]
+        self._filters: dict[int, EscapeFilter] = {}
+        if terminals:
+            from lxcbind.proc.escapes import EscapeFilter
+
+            self._filters = {fd: EscapeFilter() for fd in terminals}
         self._dead_sinks: set[int] = set()
         self._registered: dict[int, int] = {}
         self._always_ready: set[int] = set()
@@ -520,6 +528,8 @@ class Bridge:
         if self.to_child is None:
             return
         if self.to_child == self.pty_master:
+            from lxcbind.proc import pty as _pty
+
             eof = _pty.eof_bytes(self.to_child, self._last_byte)
             if eof:
                 self._inbuf += eof
@@ -623,6 +633,8 @@ class Bridge:
     def _copy_winsize(self) -> None:
         if self.pty_master is None or self.winsize_from is None:
             return
+        from lxcbind.proc import pty as _pty
+
         size = _pty.get_winsize(self.winsize_from)
         if size:
             try:
@@ -642,6 +654,8 @@ class Bridge:
             except ProcessLookupError:
                 pass
         if self.pty_master is not None:
+            from lxcbind.proc import pty as _pty
+
             # A job-control shell runs its foreground job in a group of its own; the terminal
             # knows which one it is.
             fg = _pty.foreground_pgrp(self.pty_master)

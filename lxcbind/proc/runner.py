@@ -36,16 +36,18 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxcbind._lite import record
 from lxcbind.command import check_max_output
 from lxcbind.errors import LxcError
 from lxcbind.lxc.attach import pipe
 from lxcbind.lxc.container import Container as _BareContainer
-from lxcbind.proc import pty as _pty
 from lxcbind.proc.bridge import Bridge, Sink
 from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
+
+if TYPE_CHECKING:
+    from lxcbind.proc import pty as _pty
 
 __all__ = ["run", "interact", "interact_run"]
 
@@ -57,6 +59,8 @@ def _pipe() -> tuple[int, int]:
 
 
 def _open_pty(container: _BareContainer, rows_cols: tuple[int, int]) -> _pty.PtyPair:
+    from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
+
     devpts = -1
     try:
         devpts = container.devpts_fd()
@@ -109,6 +113,8 @@ def _execute(container: _BareContainer, argv: Sequence[str], plan: Plan,
              attach_kw: dict[str, Any]) -> tuple[Any, Bridge]:
     """Attach, bridge, reap.  Returns ``(process, bridge)``; the process is always reaped and
     every fd closed, whatever happens."""
+    from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
+
     pair: _pty.PtyPair | None = None
     parent_fds: list[int] = []  # our ends: closed at the end
     child_fds: list[int] = []  # the child's ends: closed right after attach
@@ -224,6 +230,8 @@ def run(
     Raises ``LxcError`` when the command cannot be attached; a missing program or cwd is a
     result (``returncode`` 127/126, ``exec_error`` set), not an exception.
     """
+    from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
+
     if isinstance(input, str):
         input = input.encode()
     limit = check_max_output(max_output, "Container.run")
@@ -263,6 +271,8 @@ def interact_run(
 ) -> CompletedRun:
     """Like ``interact`` but returns a ``CompletedRun`` (empty ``stdout``/``stderr``: they went
     to the caller's fds) so that ``timed_out`` and ``exec_error`` are known."""
+    from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
+
     if tty is None:
         tty = os.isatty(stdin) and os.isatty(stdout)
     env_map = dict(env or {})

@@ -97,7 +97,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, Unpack
 
 from lxcbind._lite import replace as _replace
 from lxcbind.command import (
@@ -125,10 +125,8 @@ from lxcbind.lxc.attach import (
 )
 from lxcbind.lxc.container import Container
 from lxcbind.proc import files as _files
-from lxcbind.proc import pty as _pty
 from lxcbind.proc import users as _users
 from lxcbind.proc.bridge import Bridge, Writable
-from lxcbind.proc.shell import Shell
 from lxcbind.proc.spawned import (
     DEVNULL,
     EXIT_GRACE,
@@ -143,8 +141,22 @@ from lxcbind.proc.spawner import spawner_image
 from lxcbind.proc.streams import OutputCallback, Tee
 from lxcbind.result import CompletedRun, MaxOutput, OutputBuffer
 
+if TYPE_CHECKING:
+    from lxcbind.proc import pty as _pty
+    from lxcbind.proc.shell import Shell
+
 __all__ = ["Session", "SessionProcess", "Shell", "SessionError", "SpawnerDied", "ShellDied",
            "PIPE", "DEVNULL", "STDOUT"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Shell``, imported on first use: a run that opens no persistent shell (the CLI's, a
+    one-shot ``run()``) does not pay for its module."""
+    if name == "Shell":
+        from lxcbind.proc.shell import Shell
+
+        return Shell
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _RECORD = wire.RECORD
@@ -464,6 +476,8 @@ class Session:
         return SessionProcess(self, mine, argv, argv[0], cwd)
 
     def _pty(self) -> _pty.PtyPair:
+        from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
+
         if self._devpts == -2:
             try:
                 self._devpts = self.container.devpts_fd()
@@ -740,6 +754,8 @@ class Session:
             spec = _users.check_user(user, "Session.shell")
             user = None if spec is None else self._user(spec, "Session.shell")
         env_ = opts.env if user is None else _users.merged_env(user, opts.env)
+        from lxcbind.proc.shell import Shell
+
         return Shell(self, program=program, env=env_,
                      cwd=opts.cwd if opts.cwd is not None else self.cwd, restart=bool(restart),
                      user=user)

@@ -174,7 +174,12 @@ def remove_stale_temporaries() -> list[str]:
 
 class ContainerLock:
     """An exclusive lock on one container name, held for a whole run (flock: released by the
-    kernel if the holder dies, so a killed runner never blocks the next one)."""
+    kernel if the holder dies, so a killed runner never blocks the next one).
+
+    The holder removes the lock file before it lets go (one file per run would otherwise pile
+    up: tens of thousands in one folder).  So a waiter may get the lock on a file that is no
+    longer there, which locks nothing: it checks, after taking the lock, that the path still
+    names the file it holds, and starts over if not."""
 
     def __init__(self, name: str, timeout: float = 60.0) -> None:
         self.name = name
@@ -188,32 +193,64 @@ class ContainerLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / "locks" / f"{self.name}.lock"
+
     def acquire(self, blocking: bool = True) -> bool:
-        locks = STATE_DIR / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        fd = os.open(locks / f"{self.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.timeout
         while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
+                os.close(fd)
                 if not blocking:
-                    os.close(fd)
                     return False
                 if time.monotonic() >= deadline:
-                    os.close(fd)
                     raise SandboxError(
                         f"container {self.name!r} is in use by another lxcbind run; "
                         f"gave up waiting after {self.timeout:g}s") from None
                 time.sleep(0.05)
-        self._fd = fd
-        return True
+                continue
+            if _same_file(fd, path):
+                self._fd = fd
+                return True
+            os.close(fd)   # its holder removed it meanwhile: lock the one the path names now
 
     def release(self) -> None:
         if self._fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)   # while held: see the class docstring
             os.close(self._fd)
             self._fd = -1
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def remove_stale_locks() -> int:
+    """Remove the lock files nobody holds (the ones runs of older versions left, one per
+    run); for ``lxcbind gc``.  Returns how many."""
+    try:
+        names = [e.name for e in os.scandir(STATE_DIR / "locks") if e.name.endswith(".lock")]
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        lock = ContainerLock(name[:-len(".lock")])
+        if lock.acquire(blocking=False):
+            lock.release()
+            removed += 1
+    return removed
 
 
 def collect_garbage(destroy: Callable[[str, str], None], *,

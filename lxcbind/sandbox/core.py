@@ -884,6 +884,8 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: released the id range of {name!r}")
     for name in cleanup.remove_stale_temporaries():
         log(f"gc: removed {name!r}, a record a killed runner was writing")
+    if (locks := cleanup.remove_stale_locks()):
+        log(f"gc: removed {locks} unused lock files")
     network.prune_tables(log)
     from lxcbind.sandbox import kept
 

@@ -35,7 +35,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import shutil
 import struct
 import time
 
@@ -98,6 +97,8 @@ def has_layer(cdir: str) -> bool:
 # -- the cached empty filesystems -------------------------------------------------------------
 
 def _mkfs() -> str:
+    import shutil  # once per size, like subprocess: not on a run's import path
+
     path = shutil.which("mkfs.ext4", path="/usr/sbin:/sbin:" + os.environ.get("PATH", ""))
     if not path:
         raise SandboxError("lxc.limits.disk: mkfs.ext4 is not installed (apt-get install "

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -257,4 +256,6 @@ def unbind_all(cdir: str) -> None:
         return
     for mount in reversed(mountinfo.below(folder)):  # deepest first
         hostmount.detach(mount.point)
+    import shutil  # only when something was staged: not on a default run's import path
+
     shutil.rmtree(folder, ignore_errors=True)

@@ -37,7 +37,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -112,9 +111,30 @@ def _host_etc_names() -> list[str]:
     return names
 
 
+# Each host /etc file's digest, by path, with the stat fields it was taken under: a run finds
+# its base twice (the base, then its shifted copy) and a Pool once per container, and reading
+# and hashing the ~40 files each time cost ~0.7 ms.  A changed file gets a new inode, size or
+# change time (ctime cannot be set from user space); a file changed in the last seconds is not
+# remembered, since a second change within one timestamp tick would keep all three.
+_DIGESTS: dict[str, tuple[tuple[int, int, int, int, int], str]] = {}
+_SETTLED_NS = 2_000_000_000
+
+
+def _etc_digest(path: str, st: os.stat_result) -> str:
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _DIGESTS.get(path)
+    if known is not None and known[0] == key:
+        return known[1]
+    with open(path, "rb") as f:
+        digest = sha256_hex(f.read())
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _SETTLED_NS:
+        _DIGESTS[path] = (key, digest)
+    return digest
+
+
 def _lstat_marks(paths: Sequence[str]) -> tuple[tuple[int, ...] | None, ...]:
-    """What tells a path changed without reading it: its inode, type, size, and modification
-    and change times (any write or rename touches ctime), or None when it is missing."""
+    """What tells a path was replaced, created or removed without reading it: its inode, type,
+    size, and modification and change times, or None when it is missing."""
     marks: list[tuple[int, ...] | None] = []
     for path in paths:
         try:
@@ -127,42 +147,15 @@ def _lstat_marks(paths: Sequence[str]) -> tuple[tuple[int, ...] | None, ...]:
     return tuple(marks)
 
 
-class _HostMemo:
-    """The host skeleton's layout and system mounts, computed again only when one of the
-    paths they were read from changed (``_lstat_marks``): every fresh host-kind container
-    asked for both (reading and hashing ~30 /etc files twice, resolving the system binds:
-    ~2 ms of a run's CPU), and they change only when the host's packages do."""
-
-    def __init__(self) -> None:
-        self.names: tuple[tuple[object, ...], list[str]] | None = None
-        self.layout: tuple[tuple[object, ...], dict[str, object]] | None = None
-        self.mounts: tuple[tuple[object, ...], list[MountEntry]] | None = None
-
-    def etc_names(self) -> tuple[tuple[object, ...], list[str]]:
-        dirs = _lstat_marks(["/etc/" + d for d in _HOST_ETC_DIRS])
-        memo = self.names   # one read: another thread may replace it meanwhile
-        if memo is None or memo[0] != dirs:   # a file added to or removed from a directory
-            memo = self.names = (dirs, _host_etc_names())
-        return memo
-
-
-_host_memo = _HostMemo()
+# The host's system binds as last planned, with the ``_lstat_marks`` of the paths they come
+# from: every fresh host-kind container asked for them (realpaths of ~10 paths), and they
+# change only when a package replaces one of those paths.
+_HOST_MOUNTS: tuple[tuple[tuple[int, ...] | None, ...], list[MountEntry]] | None = None
 
 
 def _host_layout() -> dict[str, object]:
     """What the host skeleton is made of; its hash names the base (cheap: a few small files,
-    and only read again when one of them changed)."""
-    dirs, names = _host_memo.etc_names()
-    marks = (dirs, _lstat_marks(["/" + n for n in _HOST_TOP] + ["/etc/" + n for n in names]))
-    memo = _host_memo.layout
-    if memo is not None and memo[0] == marks:
-        return memo[1]
-    layout = _read_host_layout(names)
-    _host_memo.layout = (marks, layout)
-    return layout
-
-
-def _read_host_layout(names: list[str]) -> dict[str, object]:
+    hashed again only when one changed)."""
     top = {}
     for name in _HOST_TOP:
         path = "/" + name
@@ -171,17 +164,22 @@ def _read_host_layout(names: list[str]) -> dict[str, object]:
         elif os.path.isdir(path):
             top[name] = ["dir"]
     etc = {}
-    for name in names:
+    for name in _host_etc_names():
         path = "/etc/" + name
-        if os.path.islink(path):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
             etc[name] = ["link", os.readlink(path)]
-        elif os.path.isfile(path):
-            with open(path, "rb") as f:
-                etc[name] = ["sha256", sha256_hex(f.read())]
+        elif stat.S_ISREG(st.st_mode):
+            etc[name] = ["sha256", _etc_digest(path, st)]
     return {"top": top, "etc": etc, "files": _ETC_FILES}
 
 
 def _busybox_binary() -> str:
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     path = shutil.which("busybox") or ""
     if not path:
         raise SandboxError("the busybox rootfs needs busybox on the host "
@@ -225,6 +223,8 @@ def prune_bases(lxcpath: str | None = None) -> list[str]:
     last ``_PRUNE_GRACE`` seconds is kept: a run may be between picking it and saving the
     config that names it.  Returns the removed directories.  Download bases are kept: their
     key never goes stale, and rebuilding one needs the network."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     current = {os.path.basename(base_dir(Rootfs(kind))) for kind in ("host", "busybox")}
     root = lxcpath or default_lxcpath()
     in_use = ""
@@ -288,6 +288,8 @@ def _build_once(key: str, final: str, build: Callable[[str], None]) -> None:
     """Make ``final`` (a directory in ``BASES_ROOT``) with ``build(tmp)`` unless it exists:
     under the base's lock (``key``: concurrent callers wait and reuse), in a temporary
     directory renamed into place, so a directory that exists is complete."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     _prepare_bases_root()
     with open(os.path.join(BASES_ROOT, f".{key}.lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -370,6 +372,8 @@ def _copy_shifted(src: str, dst: str, start: int) -> None:
     """Copy the tree ``src`` to ``dst`` with every owner shifted by ``start``: files, links,
     hard links (kept as such), device nodes and fifos; modes and times preserved; extended
     attributes (file capabilities among them) are not copied."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     seen: dict[tuple[int, int], str] = {}
 
     def one(s: str, d: str, st: os.stat_result) -> None:
@@ -401,6 +405,8 @@ def _copy_shifted(src: str, dst: str, start: int) -> None:
 
 
 def _build_host(tmp: str) -> None:
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     root = os.path.join(tmp, "rootfs")
     os.mkdir(root, 0o755)
     for d, mode in (("dev", 0o755), ("proc", 0o555), ("sys", 0o555), ("tmp", 0o1777),
@@ -442,6 +448,8 @@ def _build_host(tmp: str) -> None:
 def _build_from_template(tmp: str, spec: Rootfs, args: list[str]) -> None:
     """Run liblxc's template (``args`` after ``--``) in a private lxcpath, keep the rootfs
     (and the config lines that matter), throw the rest away."""
+    import shutil  # building, pruning or busybox only: not on a host run's import path
+
     lxcpath = os.path.join(tmp, "lxcpath")
     os.mkdir(lxcpath, 0o700)
     name = "base"
@@ -524,19 +532,20 @@ def _host_init(name: str) -> str:
 
 def _host_mounts() -> list[MountEntry]:
     """The system binds of a host-kind container, planned again only when one of the paths
-    they come from changed (the bind sources and the directories their links resolve in)."""
+    they come from (or a directory their links resolve in) was replaced, created or removed."""
+    global _HOST_MOUNTS
     sources = ["/usr", "/etc", "/etc/ssl"] + ["/" + n for n in _HOST_TOP] + \
         ["/etc/" + n for n in _HOST_ETC_BIND]
     marks = _lstat_marks(sources)
-    memo = _host_memo.mounts
-    if memo is not None and memo[0] == marks:
-        return list(memo[1])
+    known = _HOST_MOUNTS
+    if known is not None and known[0] == marks:
+        return list(known[1])
     system = ["/usr"] + ["/" + n for n in _HOST_TOP
                          if not os.path.islink("/" + n) and os.path.isdir("/" + n)]
     extra = ["/etc/" + n for n in _HOST_ETC_BIND if os.path.exists("/etc/" + n)]
     entries = plan_mounts([], system + extra, [], rootfs_kind="host")
     entries.append(MountEntry("tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777"))
-    _host_memo.mounts = (marks, entries)
+    _HOST_MOUNTS = (marks, entries)
     return list(entries)
 
 

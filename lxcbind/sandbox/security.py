@@ -252,8 +252,11 @@ def verify_limits(init_pid: int, limits: ResolvedLimits) -> None:
     the kernel keeps of the value written (``cgroups.stored_limit``: memory is rounded down to
     whole pages); ``SandboxError`` if one differs: it did not take, and the run must not go
     on with a limit other than the policy's."""
+    folders: dict[str, str | None] = {}   # /proc/PID/cgroup read once per controller
     for controller, name, value in _expected(limits):
-        folder = cgroups.process_dir(init_pid, controller)
+        if controller not in folders:
+            folders[controller] = cgroups.process_dir(init_pid, controller)
+        folder = folders[controller]
         try:
             with open(os.path.join(folder or "/nonexistent", name)) as f:
                 actual = " ".join(f.read().split())

@@ -121,6 +121,41 @@ def test_embedded_example_runs(clean_machine):
     assert r.stdout.startswith(b"hello from lxcbind-") and b" as root\n" in r.stdout
 
 
+# What a pipe-mode run without a network never needs (each cost the CLI 0.2-3 ms at import):
+# OpenSSL's hashlib (through secrets/hmac), the BOM codec, argparse, logging, the network layer,
+# the terminal-only modules, the persistent shell, libnftables' module, shutil (and the
+# compression modules it loads).
+_NOT_IMPORTED_BY_A_RUN = {
+    "argparse", "logging", "concurrent.futures", "hashlib", "_hashlib", "hmac", "secrets",
+    "base64", "encodings.utf_8_sig", "termios", "lxcbind.net", "lxcbind.net.network",
+    "lxcbind.proc.shell", "lxcbind.proc.pty", "lxcbind.proc.escapes", "lxcbind._nft",
+    "shutil", "zlib", "bz2", "lzma", "binascii",
+}
+
+
+def _imported(*args: str, input: bytes | None = None) -> tuple[set[str], int]:
+    """The modules ``python3 -X importtime ARGS`` imports, and its exit status."""
+    r = subprocess.run([sys.executable, "-X", "importtime", *args], input=input,
+                       stdin=None if input is not None else subprocess.DEVNULL,
+                       capture_output=True, timeout=60, cwd=ROOT)
+    names = {line.split("|")[2].strip() for line in r.stderr.decode().splitlines()
+             if line.startswith("import time:") and "self [us]" not in line}
+    return names, r.returncode
+
+
+def test_a_pipe_run_imports_only_what_it_needs(clean_machine):
+    """The CLI's start-up is most of its cost over the interpreter's: a run through pipes with
+    no network loads none of the modules only other paths use (the interpreter's own start-up,
+    ``python3 -c pass`` here, may load some of them itself: those are not counted)."""
+    at_start, code = _imported("-c", "pass")
+    assert code == 0
+    doc = json.dumps(policy("echo ran")).encode()
+    names, code = _imported("-m", "lxcbind", "run", "--no-tty", "-", input=doc)
+    assert code == 0
+    assert "lxcbind.sandbox.core" in names   # it did run
+    assert (names & _NOT_IMPORTED_BY_A_RUN) - at_start == set()
+
+
 @pytest.mark.parametrize("command,code", [
     ("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", 143), ("kill -KILL $$", 137),
     ("no-such-program-xyz", 127), ("/etc/passwd", 126),

@@ -61,7 +61,7 @@ TABLES_MADE: set[str] = set()   # every table name this module applied (in its n
 
 def in_netns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` on a fresh thread that entered network namespace ``ns``; return its result."""
-    from lxcbind.lxc._native import ffi, lib
+    from lxcbind._nft import ffi, lib  # setns() is declared with libnftables' module
 
     box: dict[str, Any] = {}
 

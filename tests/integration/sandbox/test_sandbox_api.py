@@ -54,6 +54,18 @@ def test_run_a_shell_string_or_an_argv_with_env_cwd_and_text(left_behind):
     assert r.args == ["printf", "%s|", "a b", "$HOME"]
 
 
+def test_a_run_leaves_no_lock_or_record_file(left_behind):
+    """Its name's lock file goes with the run (it used to stay: one file per run)."""
+    from lxcbind.state import STATE_DIR
+
+    doc = pol("true")
+    r = lxcbind.run(policy=doc)
+    assert r.returncode == 0
+    name = doc["containerId"]
+    assert not (STATE_DIR / "locks" / f"{name}.lock").exists()
+    assert not (STATE_DIR / "owners" / f"{name}.json").exists()
+
+
 def test_default_policy_is_deny_all_on_the_host_rootfs(left_behind):
     # No policy: schema 0.8 deny-all (no network device but lo), the host's /usr read-only.
     r = lxcbind.run("ls /sys/class/net; touch /usr/lxcbind-i12 2>&1; id -u", text=True)

@@ -338,6 +338,25 @@ def test_load_policy_rejects_non_utf8() -> None:
     assert info.value.path == "" and "UTF-8" in info.value.message
 
 
+@pytest.mark.parametrize("data", [b'{"a": "\xff"}', b'\xef\xbb\xbf{"a": "\xff"}', b"\xef\xbb",
+                                  b"\xef\xbb\xbf\xef\xbb\xbf{}", b"\xef\xbb\xbf", b"{\xc3",
+                                  "\u00e9\ufeff".encode()])
+def test_policy_bytes_decode_as_the_utf8_sig_codec(data: bytes) -> None:
+    """The parser strips the BOM itself (no codec import on a CLI run): same text, same
+    error position as ``bytes.decode("utf-8-sig")``."""
+    from lxcbind.policy.parse import _utf8_text
+
+    try:
+        expected: str | int = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        expected = exc.start
+    try:
+        got: str | int = _utf8_text(data)
+    except PolicyError as exc:
+        got = int(exc.message.rsplit("byte ", 1)[1].rstrip(")"))
+    assert got == expected
+
+
 def test_policy_is_frozen() -> None:
     p = load_policy(MINIMAL)
     with pytest.raises(AttributeError):

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[3] / "lxcbind"
 LAYERS = [
     ("leaf", ("lxcbind.errors", "lxcbind.result", "lxcbind.state", "lxcbind.policy",
               "lxcbind._lite", "lxcbind.command", "lxcbind._early")),
-    ("binding", ("lxcbind.lxc", "lxcbind._lxc")),
+    ("binding", ("lxcbind.lxc", "lxcbind._lxc", "lxcbind._nft")),
     ("process", ("lxcbind.proc",)),
     ("network", ("lxcbind.net",)),
     ("sandbox", ("lxcbind.sandbox",)),
@@ -77,11 +77,11 @@ def test_layers_import_only_downward() -> None:
     assert not bad, "\n".join(bad)
 
 
-def test_only_the_binding_layer_touches_the_cffi_module() -> None:
+def test_only_the_binding_layer_touches_the_cffi_modules() -> None:
     bad = [f"{module} imports {target}"
            for module, path in modules().items() if not module.startswith("lxcbind.lxc.")
            for target, _ in imports_of(module, path)
-           if target.startswith(("lxcbind._lxc", "lxcbind.lxc._native"))]
+           if target.startswith(("lxcbind._lxc", "lxcbind._nft", "lxcbind.lxc._native"))]
     assert not bad, bad
 
 

@@ -1,6 +1,6 @@
-"""What a fresh container no longer reads from the host every time (issue #23): the host
-skeleton's layout, the subid delegation and the runner's identity are remembered, and read
-again as soon as what they came from changes."""
+"""What a fresh container no longer reads from the host every time (issue #23): the host's
+system binds, the subid delegation and the runner's identity are remembered, and read again
+as soon as what they came from changes."""
 
 from __future__ import annotations
 
@@ -16,59 +16,28 @@ from lxcbind import state  # noqa: E402
 from lxcbind.sandbox import idmap, rootfs  # noqa: E402
 
 
-def _under_etc(path: os.PathLike[str] | str) -> str:
-    """A name ``/etc/<name>`` resolves to ``path`` by (the layout reads only below /etc)."""
-    return os.path.relpath(os.fspath(path), "/etc")
-
-
-@pytest.fixture
-def layout_files(tmp_path, monkeypatch):
-    """The layout built from two files of a temporary directory instead of the host's /etc."""
-    files = [tmp_path / "one", tmp_path / "two"]
-    for f in files:
-        f.write_text("first\n")
-    monkeypatch.setattr(rootfs, "_HOST_ETC_COPY", tuple(_under_etc(f) for f in files))
-    monkeypatch.setattr(rootfs, "_HOST_ETC_DIRS", ())
-    monkeypatch.setattr(rootfs, "_host_memo", rootfs._HostMemo())
-    reads = []
-    real = rootfs._read_host_layout
-    monkeypatch.setattr(rootfs, "_read_host_layout", lambda names: reads.append(1) or real(names))
-    return files, reads
-
-
-def test_the_layout_is_read_once_while_nothing_changes(layout_files):
-    _, reads = layout_files
-    first = rootfs._fingerprint(rootfs._host_layout())
-    assert rootfs._fingerprint(rootfs._host_layout()) == first
-    assert len(reads) == 1
-
-
-def test_a_changed_file_changes_the_base_key_at_once(layout_files):
-    files, reads = layout_files
-    first = rootfs._fingerprint(rootfs._host_layout())
-    files[1].write_text("other\n")   # same size, same second: ctime and content differ
-    assert rootfs._fingerprint(rootfs._host_layout()) != first
-    assert len(reads) == 2
-
-
-def test_a_file_replaced_by_rename_or_removed_is_noticed(layout_files):
-    files, _ = layout_files
-    first = rootfs._fingerprint(rootfs._host_layout())
-    replacement = files[0].with_name("new")
-    replacement.write_text("first\n")   # same content, another inode (a package upgrade)
-    os.replace(replacement, files[0])
-    second = rootfs._fingerprint(rootfs._host_layout())
-    files[0].unlink()
-    third = rootfs._fingerprint(rootfs._host_layout())
-    assert second == first   # the content is the key: an identical file is the same base
-    assert third != first
-
-
-def test_host_mounts_are_a_copy(monkeypatch):
-    monkeypatch.setattr(rootfs, "_host_memo", rootfs._HostMemo())
+def test_host_mounts_are_planned_once_and_handed_out_as_copies(monkeypatch):
+    monkeypatch.setattr(rootfs, "_HOST_MOUNTS", None)
+    plans = []
+    real = rootfs.plan_mounts
+    monkeypatch.setattr(rootfs, "plan_mounts", lambda *a, **k: plans.append(1) or real(*a, **k))
     first = rootfs._host_mounts()
     first.clear()   # a caller changing its list changes nothing remembered
     assert rootfs._host_mounts() == rootfs._host_mounts() != []
+    assert len(plans) == 1
+
+
+def test_host_mounts_are_planned_again_when_a_source_changes(monkeypatch, tmp_path):
+    # A bind source below /etc that a package replaces (here: one made for the test, named
+    # through /etc/.. so that nothing of the host's /etc is touched).
+    source = tmp_path / "certs"
+    source.mkdir()
+    monkeypatch.setattr(rootfs, "_HOST_ETC_BIND", (os.path.relpath(source, "/etc"),))
+    monkeypatch.setattr(rootfs, "_HOST_MOUNTS", None)
+    before = rootfs._host_mounts()
+    source.rmdir()
+    after = rootfs._host_mounts()
+    assert len(after) == len(before) - 1   # its bind is gone at once, not remembered
 
 
 @pytest.fixture
