@@ -332,6 +332,7 @@ class Sandbox:
         cgroups.prime_migration()   # the grace period start() waits for, off its path
         cleanup.collect_garbage(_remove_named, release=_release_orphan, log=self._log,
                                 warn=self._warn)
+        disk.sweep()   # images a killed runner's containers used (one directory read)
         _reap_stale_leases(self._log)
         self._log(f"locking container name {self.name!r}")
         if not self._lock.acquire(blocking=False):
@@ -893,6 +894,8 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
         log(f"gc: removed stale base {base}")
+    for image in disk.sweep():
+        log(f"gc: removed disk image {image}, left by a killed runner")
     return removed
 
 

@@ -10,18 +10,23 @@ inside shows both (overlayfs reports its upper filesystem).
 
 Cost on the hot path: no ``mkfs`` per run.  An empty filesystem of each size is made once
 with ``mkfs.ext4`` (no journal, no resize inode, lazily initialised inode tables: about 160 KiB
-of data in a 10 GiB sparse file) and cached under ``<STATE_DIR>/disk``; a run copies only its
-data extents (``SEEK_DATA``/``SEEK_HOLE`` + ``copy_file_range``, a reflink where the host's
-filesystem has them) into a new sparse file, attaches it with ``LOOP_CONFIGURE`` and mounts it
-with ``noinit_itable`` (no background zeroing that would grow the file).  Works on any host
-filesystem with sparse files (ext4, xfs, btrfs) and either cgroup version.
+of data in a 10 GiB sparse file; the overlay's upper and work directories already in it) and
+cached under ``<STATE_DIR>/disk``; a run copies only its data extents (found once per process
+with ``SEEK_DATA``/``SEEK_HOLE``; ``copy_file_range``, a reflink where the host's filesystem
+has them) into a new sparse file, attaches it with ``LOOP_CONFIGURE`` and mounts it with
+``noinit_itable`` (no background zeroing that would grow the file) and ``nobarrier`` (no cache
+flush at unmount, which the loop device would turn into an fsync of the image on the host).
+Works on any host filesystem with sparse files (ext4, xfs, btrfs) and either cgroup version.
+``benchmarks/bench_disk.py`` measures each step in CPU and wall time.
 
 Nothing outlives the container, whoever dies: the loop device is attached with
 ``LO_FLAGS_AUTOCLEAR`` and the host's mount of a throwaway container's layer is detached right
 after it started (its overlay holds the filesystem from then on), so the kernel frees the
 filesystem and then the loop device when the container's last process is gone.  (A kept
 container's layer stays mounted on the host while the container exists.)  The image is an
-ordinary file in the container's directory, removed with it.  Teardown (``detach`` before
+ordinary file in the container's directory, removed with it, except that a throwaway
+container's image is moved aside at teardown (``retire``) and reused once the kernel has let
+go of it (``diskpool``).  Teardown (``detach`` before
 liblxc's destroy, ``wait_released`` after it, for ``gc``) never walks the workload's tree: the
 whole filesystem goes at once.  While a sandbox runs it keeps an ``O_PATH`` descriptor on the
 filesystem (``Layer``) to tell whether the limit was reached; it lets go of it after the
@@ -37,10 +42,15 @@ import fcntl
 import os
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from lxcbind.errors import SandboxError
 from lxcbind.policy.model import UNLIMITED
+from lxcbind.sandbox import diskpool
 from lxcbind.state import STATE_DIR
+
+if TYPE_CHECKING:
+    import threading
 
 IMAGES = STATE_DIR / "disk"    # one cached empty filesystem per size
 LAYER = "disk"                 # the mount point, in the container's directory
@@ -54,7 +64,13 @@ MAX_INODES = 1 << 31           # ext4 counts inodes in 32 bits (a limit past 32 
 # "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
 # ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
 FULL_MARGIN = 2 << 20
-_SCHEMA = "1"                  # bump when the mkfs options change
+_SCHEMA = "2"                  # bump when the mkfs options or the tree in the image change
+WORK = "work"                  # liblxc's overlay work dir, beside the upper one (liblxc 4, 5)
+# nobarrier: no cache flush at unmount, which the loop device turns into an fsync of the image
+# on the host (a journal commit there): ~1 ms of CPU and 3 to 20 ms of waiting per container,
+# for a layer that is thrown away.  noinit_itable: no background thread zeroing inode tables
+# (it would fill the sparse file).
+MOUNT_OPTIONS = "noinit_itable,nobarrier"
 
 _LOOP_CTL_GET_FREE = 0x4C82
 _LOOP_SET_FD = 0x4C00
@@ -90,8 +106,9 @@ def upper_dir(cdir: str) -> str:
 
 
 def has_layer(cdir: str) -> bool:
-    """Whether the container in ``cdir`` keeps its writes on a limited layer."""
-    return os.path.isfile(os.path.join(cdir, IMAGE))
+    """Whether the container in ``cdir`` keeps its writes on a limited layer (its image, or,
+    once its image is retired, the layer's mount point)."""
+    return os.path.isfile(os.path.join(cdir, IMAGE)) or os.path.isdir(os.path.join(cdir, LAYER))
 
 
 # -- the cached empty filesystems -------------------------------------------------------------
@@ -107,10 +124,31 @@ def _mkfs() -> str:
     return path
 
 
+def _template_path(size: int) -> str:
+    return str(IMAGES / f"ext4-{size}-{_SCHEMA}.img")
+
+
+def _extents_of(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
+    """The data extents of a cached template, open as ``fd`` (found once per process)."""
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    extents = _EXTENTS.get(key)
+    if extents is None:
+        extents = _EXTENTS[key] = diskpool.data_extents(fd, st.st_size)
+    return extents
+
+
+def _template_extents(path: str) -> list[tuple[int, int]]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return _extents_of(fd, os.fstat(fd))
+    finally:
+        os.close(fd)
+
+
 def template(size: int) -> str:
     """The cached empty ext4 image of ``size`` bytes, made now if it does not exist (under a
     lock: concurrent callers wait and reuse it; a file that exists is complete)."""
-    path = IMAGES / f"ext4-{size}-{_SCHEMA}.img"
+    path = IMAGES / os.path.basename(_template_path(size))
     if path.exists():
         return str(path)
     IMAGES.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -121,14 +159,20 @@ def template(size: int) -> str:
         import subprocess  # once per size: not on a run's import path
 
         tmp = IMAGES / f".{path.name}.{os.getpid()}.tmp"
+        tree = IMAGES / f".{path.name}.{os.getpid()}.tree"
         try:
+            # The overlay's upper and work directories are in the image already: made at run
+            # time they cost two directory allocations (ext4 spreads top-level directories
+            # over the block groups: two bitmaps read per group touched).
+            for name in ("", UPPER, WORK):
+                os.makedirs(tree / name, 0o755, exist_ok=True)
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.truncate(size)
             inodes = min(max(64, size // INODE_RATIO), MAX_INODES)
             done = subprocess.run(
                 [_mkfs(), "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", str(inodes),
                  "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
-                 "-L", "lxcbind", str(tmp)],
+                 "-L", "lxcbind", "-d", str(tree), str(tmp)],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 check=False)
             if done.returncode != 0:
@@ -141,7 +185,16 @@ def template(size: int) -> str:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            for name in (UPPER, WORK, ""):
+                with contextlib.suppress(OSError):
+                    os.rmdir(tree / name)
     return str(path)
+
+
+# A template's data extents, found once per process (a template never changes once it exists:
+# it is made under another name and renamed into place; one made again, after the cache was
+# removed, has other times even if it has the same inode number).
+_EXTENTS: dict[tuple[int, ...], list[tuple[int, int]]] = {}
 
 
 def _copy_sparse(src: str, dst: str) -> int:
@@ -149,27 +202,19 @@ def _copy_sparse(src: str, dst: str) -> int:
     returns ``dst`` open read-write."""
     fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        extents = _extents_of(fd, st)
         out = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
-            os.ftruncate(out, size)
-            offset = 0
-            while offset < size:
-                try:
-                    start = os.lseek(fd, offset, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:   # no data past offset
-                        break
-                    raise
-                end = os.lseek(fd, start, os.SEEK_HOLE)
+            os.ftruncate(out, st.st_size)
+            for start, end in extents:
                 at = start
                 while at < end:
                     copied = os.copy_file_range(fd, out, end - at, at, at)
                     if copied <= 0:
                         raise OSError(errno.EIO, "short copy", dst)
                     at += copied
-                offset = end
         except BaseException:
             os.close(out)
             raise
@@ -227,21 +272,6 @@ def _attach_loop(image_fd: int, name: str) -> tuple[str, int]:
         os.close(ctl)
 
 
-def _loops_of(image: str) -> list[str]:
-    """The loop devices (``loopN``) whose backing file is ``image`` (deleted or not)."""
-    found = []
-    with contextlib.suppress(OSError), os.scandir("/sys/block") as entries:
-        for entry in entries:
-            if not entry.name.startswith("loop"):
-                continue
-            with contextlib.suppress(OSError), \
-                    open(f"/sys/block/{entry.name}/loop/backing_file") as f:
-                backing = f.read().rstrip("\n").removesuffix(" (deleted)")
-                if backing == image:
-                    found.append(entry.name)
-    return found
-
-
 # -- one container's layer --------------------------------------------------------------------
 
 def _mount(cdir: str, image_fd: int) -> None:
@@ -255,8 +285,7 @@ def _mount(cdir: str, image_fd: int) -> None:
         raise SandboxError(f"lxc.limits.disk: cannot attach a loop device: {exc.strerror}") \
             from None
     try:
-        # noinit_itable: no background thread zeroing inode tables (it would fill the file).
-        hostmount.mount_device(device, target, "ext4", "noinit_itable")
+        hostmount.mount_device(device, target, "ext4", MOUNT_OPTIONS)
     except OSError as exc:
         raise SandboxError(f"lxc.limits.disk: cannot mount the container's disk layer: "
                            f"{exc.strerror}") from None
@@ -269,8 +298,13 @@ def prepare(cdir: str, size: int, owner: int | None) -> None:
     ``<cdir>/disk`` with the overlay's upper and work directories made (owned by ``owner``,
     the container's shifted root, when it is unprivileged).  Raises ``SandboxError``; on
     failure what was made is left for ``detach`` (the caller removes the container)."""
+    dst = os.path.join(cdir, IMAGE)
     try:
-        image = _copy_sparse(template(size), os.path.join(cdir, IMAGE))
+        # A clean image left by an earlier container of this size (``diskpool``), or a copy.
+        if diskpool.claim(size, _SCHEMA, dst):
+            image = os.open(dst, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            image = _copy_sparse(template(size), dst)
     except OSError as exc:
         raise SandboxError(f"lxc.limits.disk: cannot copy the disk image: {exc.strerror}") \
             from None
@@ -278,13 +312,15 @@ def prepare(cdir: str, size: int, owner: int | None) -> None:
         _mount(cdir, image)
     finally:
         os.close(image)
-    upper = os.path.join(cdir, LAYER, UPPER)
-    os.mkdir(upper, 0o755)
+    layer = os.path.join(cdir, LAYER)
+    for name in (UPPER, WORK):   # in the image (an image of an older schema: made here)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(os.path.join(layer, name), 0o755)
     if owner is not None:
-        # liblxc makes the overlay's work directory beside the upper one, as the container's
-        # root ("work" or "olwork" by version): the layer's root is that root's too.
-        os.chown(upper, owner, owner)
-        os.chown(os.path.join(cdir, LAYER), owner, owner)
+        # liblxc uses the work directory, or makes its own beside the upper one ("olwork" in
+        # some versions), as the container's root: the layer's root is that root's too.
+        for name in (UPPER, WORK, ""):
+            os.chown(os.path.join(layer, name), owner, owner)
 
 
 def mount_existing(cdir: str) -> None:
@@ -296,7 +332,11 @@ def mount_existing(cdir: str) -> None:
     if wait_released(cdir):
         raise SandboxError(f"lxc.limits.disk: the disk layer of {os.path.basename(cdir)!r} "
                            "is still in use by an earlier start; try again")
-    image = os.open(os.path.join(cdir, IMAGE), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        image = os.open(os.path.join(cdir, IMAGE), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SandboxError(f"lxc.limits.disk: the disk image of {os.path.basename(cdir)!r} "
+                           f"cannot be opened: {exc.strerror}") from None
     try:
         _mount(cdir, image)
     finally:
@@ -315,16 +355,41 @@ def detach(cdir: str) -> None:
             return
 
 
+def retire(cdir: str) -> None:
+    """At a throwaway container's teardown, when this process holds its ``Layer``: move the
+    image out of the container's directory, to ``diskpool``'s ``busy/``, so that liblxc's
+    destroy does not unlink it on the caller's path; once the loop device lets go,
+    ``Layer.close`` (off the caller's path) resets it for a later container, or
+    ``diskpool.sweep`` removes it.  Never raises (an image not moved is destroyed as before)."""
+    image = os.path.join(cdir, IMAGE)
+    if os.path.isfile(image):
+        diskpool.retire(image, os.path.basename(cdir))
+
+
+def sweep() -> list[str]:
+    """Remove the retired images nothing holds any more (``diskpool.sweep``)."""
+    return diskpool.sweep()
+
+
+def _images_of(cdir: str) -> list[str]:
+    """The paths the container in ``cdir``'s image may have: in its directory, or retired."""
+    paths = [os.path.join(cdir, IMAGE)]
+    prefix = os.path.basename(cdir) + "."
+    with contextlib.suppress(OSError), os.scandir(diskpool.BUSY) as entries:
+        paths += [e.path for e in entries if e.name.startswith(prefix)]
+    return paths
+
+
 def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
     """After the container stopped: wait until the kernel has let go of the layer's loop
     device (autoclear runs when the last mount of the filesystem goes, which can lag the
     container's exit a little).  Returns the loop devices still attached (after asking them
     to detach), normally none.  Cheap when there is nothing to wait for: one look at the loop
     devices in /sys/block."""
-    image = os.path.join(cdir, IMAGE)   # liblxc's destroy may have removed it already
+    images = _images_of(cdir)   # liblxc's destroy may have removed it already
     deadline = time.monotonic() + timeout
     while True:
-        left = _loops_of(image)
+        left = [name for image in images for name in diskpool.backing_loops(image)]
         if not left or time.monotonic() >= deadline:
             break
         time.sleep(0.005)
@@ -339,10 +404,15 @@ def wait_released(cdir: str, timeout: float = 5.0) -> list[str]:
 
 
 class Layer:
-    """An open handle on a running container's writable layer: whether it is full."""
+    """An open handle on a running container's writable layer: whether it is full.  It also
+    holds the layer's image (``diskpool.hold``) until ``close`` has recycled it."""
 
     def __init__(self, cdir: str) -> None:
         self._fd = os.open(os.path.join(cdir, LAYER), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._device = os.fstat(self._fd).st_dev   # the loop device (when it is mounted)
+        self._image = -1
+        with contextlib.suppress(OSError):   # without it the image is swept, not reused
+            self._image = diskpool.hold(os.path.join(cdir, IMAGE))
 
     def full(self) -> bool:
         """Whether the workload has (nearly) no bytes or no inodes left."""
@@ -358,15 +428,82 @@ class Layer:
     def close(self, background: bool = False) -> None:
         """Let go of the filesystem (it must not outlive the container because of us).  When
         this is the last reference, the close shuts the filesystem and its loop device down;
-        ``background``: in a daemon thread, so the caller does not wait for it (if this
-        process exits first, the kernel closes the descriptor and does the same)."""
+        then a retired image (``retire``) is reset for a later container.  ``background``: in
+        a daemon thread, so the caller does not wait for it (if this process exits first, the
+        kernel closes the descriptors and does the same, and ``diskpool.sweep`` removes the
+        image later)."""
         fd, self._fd = self._fd, -1
+        image, self._image = self._image, -1
         if fd < 0:
             return
         if background:
             import threading
 
-            threading.Thread(target=os.close, args=(fd,), name="lxcbind-disk-release",
-                             daemon=True).start()
+            thread = threading.Thread(target=_release, args=(fd, image, self._device),
+                                      name="lxcbind-disk-release", daemon=True)
+            global _waits_at_exit
+            if not _waits_at_exit:
+                import atexit
+
+                atexit.register(_finish_pending)
+                _waits_at_exit = True
+            _PENDING.add(thread)
+            thread.start()
         else:
-            os.close(fd)
+            _release(fd, image, self._device)
+
+
+# Releases under way in background threads.  At exit (the CLI's too: it runs the ``atexit``
+# handlers) they are waited for, briefly, so that a one-shot run leaves its image reset in
+# ``free/`` rather than half-released in ``busy/`` for a later run's sweep.
+_PENDING: set[threading.Thread] = set()
+_waits_at_exit = False
+
+
+def _finish_pending(timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    for thread in list(_PENDING):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _release(fd: int, image: int, device: int, timeout: float = 2.0) -> None:
+    """Close the layer's descriptor, then recycle its image once no loop device holds it."""
+    try:
+        _release_now(fd, image, device, timeout)
+    finally:
+        import threading
+
+        _PENDING.discard(threading.current_thread())
+
+
+def _backs(device: int, path: str) -> bool:
+    """Whether loop device ``device`` (a dev_t) is still bound to the file at ``path``."""
+    try:
+        with open(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/loop/backing_file") as f:
+            return f.read().rstrip("\n").removesuffix(" (deleted)") == path
+    except OSError:   # unbound: its loop/ directory is gone
+        return False
+
+
+def _release_now(fd: int, image: int, device: int, timeout: float) -> None:
+    os.close(fd)
+    if image < 0:
+        return
+    try:
+        path = os.readlink(f"/proc/self/fd/{image}")
+        if os.path.dirname(path) != str(diskpool.BUSY):
+            return   # a kept container's image, or one that could not be retired
+        deadline = time.monotonic() + timeout
+        # The loop device's autoclear runs in a worker: watch that one device (recycle then
+        # checks every loop device once, before it touches the image).
+        while _backs(device, path):
+            if time.monotonic() >= deadline:
+                return   # the container still runs: the sweep's, later
+            time.sleep(0.002)
+        size = os.fstat(image).st_size
+        source = _template_path(size)
+        diskpool.recycle(image, source, _template_extents(source), _SCHEMA)
+    except OSError:
+        pass
+    finally:
+        os.close(image)

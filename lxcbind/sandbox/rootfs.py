@@ -686,7 +686,8 @@ def remove_container(c: LxcContainer, *, wait_layer: bool = True) -> None:
     """Stop (hard) and destroy ``c``, then remove whatever of its directory is left (overlay
     upper and work dirs included).  Idempotent; the handle stays open (the caller closes it).
     ``wait_layer``: wait until the kernel has released a disk-limited layer's loop device
-    (False when the caller still holds the layer open and lets it go afterwards).
+    (False when the caller still holds the layer open and lets it go afterwards: then the
+    image is moved aside for the layer to reuse, ``disk.retire``).
 
     Never recursive on the caller's stack, whatever the workload left (``rmtree``); what cannot
     be removed raises ``rmtree.RemovalError`` and the container stays, for ``gc`` to report."""
@@ -695,6 +696,8 @@ def remove_container(c: LxcContainer, *, wait_layer: bool = True) -> None:
     idmap.unbind_all(cdir)  # a runner killed between define and start left them mounted
     layered = disk.has_layer(cdir)
     disk.detach(cdir)       # the whole limited layer goes at once: nothing for destroy to walk
+    if layered and not wait_layer:
+        disk.retire(cdir)   # the caller's layer reuses the image: destroy does not unlink it
     try:
         if handle.defined:
             try:

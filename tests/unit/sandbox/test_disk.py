@@ -39,3 +39,19 @@ def test_the_sparse_copy_keeps_data_and_holes(tmp_path: Path) -> None:
     assert dst.read_bytes() == src.read_bytes()
     assert os.stat(dst).st_blocks * 512 <= os.stat(src).st_blocks * 512 + (1 << 20)
     assert os.stat(dst).st_mode & 0o777 == 0o600
+
+
+def test_a_file_made_again_in_place_of_another_is_copied_as_it_is_now(tmp_path: Path) -> None:
+    """The data extents are remembered per file; a file made again with the same device,
+    inode number and size (as a removed cache's template could be) is not copied with the old
+    file's map: here the same inode, emptied and written elsewhere."""
+    src = tmp_path / "src"
+    for offset in (0, 9 << 20):
+        with open(src, "r+b" if src.exists() else "wb") as f:
+            f.truncate(0)
+            f.truncate(16 << 20)
+            f.seek(offset)
+            f.write(os.urandom(4096))
+        dst = tmp_path / f"dst{offset}"
+        os.close(disk._copy_sparse(str(src), str(dst)))
+        assert dst.read_bytes() == src.read_bytes()
