@@ -24,6 +24,7 @@ from typing import Unpack
 
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
+from lxcbind.lxc import cgroups
 from lxcbind.result import CompletedRun, MaxOutput
 from lxcbind.sandbox import imagefs
 from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
@@ -80,7 +81,9 @@ class Pool:
         try:
             if self._closed:
                 return
-            session = Session.from_policy(self.policy)
+            # A replacement is set up off every caller's path: not worth the primer's CPU.
+            with cgroups.unprimed():
+                session = Session.from_policy(self.policy)
         except BaseException as exc:  # handed to the next run() that waits
             with self._lock:
                 self._wanted -= 1

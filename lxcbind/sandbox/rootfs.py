@@ -139,6 +139,27 @@ def _etc_digest(path: str, st: os.stat_result) -> str:
     return digest
 
 
+def _lstat_marks(paths: Sequence[str]) -> tuple[tuple[int, ...] | None, ...]:
+    """What tells a path was replaced, created or removed without reading it: its inode, type,
+    size, and modification and change times, or None when it is missing."""
+    marks: list[tuple[int, ...] | None] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            marks.append(None)
+            continue
+        marks.append((st.st_ino, st.st_dev, st.st_mode, st.st_size, st.st_mtime_ns,
+                      st.st_ctime_ns))
+    return tuple(marks)
+
+
+# The host's system binds as last planned, with the ``_lstat_marks`` of the paths they come
+# from: every fresh host-kind container asked for them (realpaths of ~10 paths), and they
+# change only when a package replaces one of those paths.
+_HOST_MOUNTS: tuple[tuple[tuple[int, ...] | None, ...], list[MountEntry]] | None = None
+
+
 def _host_layout() -> dict[str, object]:
     """What the host skeleton is made of; its hash names the base (cheap: a few small files,
     hashed again only when one changed)."""
@@ -532,12 +553,22 @@ def _host_init(name: str) -> str:
 
 
 def _host_mounts() -> list[MountEntry]:
+    """The system binds of a host-kind container, planned again only when one of the paths
+    they come from (or a directory their links resolve in) was replaced, created or removed."""
+    global _HOST_MOUNTS
+    sources = ["/usr", "/etc", "/etc/ssl"] + ["/" + n for n in _HOST_TOP] + \
+        ["/etc/" + n for n in _HOST_ETC_BIND]
+    marks = _lstat_marks(sources)
+    known = _HOST_MOUNTS
+    if known is not None and known[0] == marks:
+        return list(known[1])
     system = ["/usr"] + ["/" + n for n in _HOST_TOP
                          if not os.path.islink("/" + n) and os.path.isdir("/" + n)]
     extra = ["/etc/" + n for n in _HOST_ETC_BIND if os.path.exists("/etc/" + n)]
     entries = plan_mounts([], system + extra, [], rootfs_kind="host")
     entries.append(MountEntry("tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777"))
-    return entries
+    _HOST_MOUNTS = (marks, entries)
+    return list(entries)
 
 
 def _security_config(kind: str) -> list[tuple[str, str]]:
