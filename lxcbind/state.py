@@ -1,9 +1,12 @@
 """Host state shared by concurrent runs: one flock per file family, JSON written atomically,
 and the identity of a runner process (pid + start time + boot id) that outlives a reboot check.
 
-Everything lxcbind keeps on the host lives under ``STATE_DIR`` (``/var/lib/lxcbind``, or
-``$LXCBIND_STATE_DIR``).  A reader that needs a consistent view takes the family's lock;
-writers always do, and replace the file with ``rename()`` so a crash never leaves half a file.
+Everything lxcbind keeps on the host lives under ``STATE_ROOT`` (``/var/lib/lxcbind``, or
+``$LXCBIND_STATE_DIR``), a ``str``: the run path never imports ``pathlib`` (with the
+``urllib.parse`` and ``ipaddress`` it loads, ~3 ms of an installed CLI's start-up, issue #23).
+``STATE_DIR``, the same directory as a ``Path``, is still here for callers, built on first
+use.  A reader that needs a consistent view takes the family's lock; writers always do, and
+replace the file with ``rename()`` so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -13,17 +16,33 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-STATE_DIR = Path(os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind"))
+if TYPE_CHECKING:
+    from pathlib import Path
+
+STATE_ROOT = os.environ.get("LXCBIND_STATE_DIR", "/var/lib/lxcbind")
+
+StrPath = str | os.PathLike[str]   # what the helpers below take: a str or a Path
+
+
+def __getattr__(name: str) -> Path:
+    # PEP 562: ``STATE_DIR`` (a Path, as before) costs pathlib only to code that asks for it.
+    if name == "STATE_DIR":
+        from pathlib import Path
+        return Path(STATE_ROOT)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _make_parent(path: StrPath) -> None:
+    os.makedirs(os.path.dirname(os.fspath(path)), exist_ok=True)
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
+def locked(path: StrPath) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (created 0600) for the ``with`` block; the kernel
     drops it if the holder dies, so a killed runner never blocks the next one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -32,19 +51,22 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def read_json(path: Path, default: Any) -> Any:
+def read_json(path: StrPath, default: Any) -> Any:
     """The JSON document at ``path``, or ``default`` when it is missing or unreadable."""
     try:
-        return json.loads(path.read_text())
+        with open(path, "rb") as f:
+            return json.loads(f.read())
     except (OSError, ValueError):
         return default
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: StrPath, data: Any) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True))   # no indent: the C encoder
+    _make_parent(path)
+    folder, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, sort_keys=True))   # no indent: the C encoder
     os.replace(tmp, path)
 
 
@@ -73,7 +95,8 @@ def boot_id() -> str:
     global _boot_id
     if not _boot_id:
         try:
-            _boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _boot_id = f.read().strip()
         except OSError:
             return ""
     return _boot_id

@@ -8,13 +8,14 @@ import errno
 import fcntl
 import os
 import threading
-from pathlib import Path
 
 from lxcbind.errors import SessionError
 
 __all__ = ["spawner_image", "SPAWNER_PROGRAM"]
 
-SPAWNER_PROGRAM = Path(__file__).parent.parent / "lxcbind-spawner"  # built by setup.py
+# built by setup.py; a str: pathlib is not on the run path (issue #23)
+SPAWNER_PROGRAM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               "lxcbind-spawner")
 _MFD_EXEC = 0x10  # linux/memfd.h; refused (EINVAL) by kernels before 6.3, which need no flag
 _image_lock = threading.Lock()
 _image_fd = -1
@@ -30,9 +31,10 @@ def spawner_image() -> int:
         if _image_fd >= 0:
             return _image_fd
         try:
-            program = SPAWNER_PROGRAM.read_bytes()
+            with open(SPAWNER_PROGRAM, "rb") as f:
+                program = f.read()
         except FileNotFoundError:
-            raise SessionError(f"the session spawner program {str(SPAWNER_PROGRAM)!r} is "
+            raise SessionError(f"the session spawner program {SPAWNER_PROGRAM!r} is "
                                "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
         flags = os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING
         try:

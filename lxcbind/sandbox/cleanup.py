@@ -28,11 +28,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from lxcbind._lite import as_dict, factory, record
 from lxcbind.errors import SandboxError, Terminated
-from lxcbind.state import STATE_DIR, boot_id, process_start_time
+from lxcbind.state import STATE_ROOT, boot_id, process_start_time
 
 FATAL_SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -100,14 +99,16 @@ class OwnershipRecord:
     created: list[str] = factory(default_factory=list)
 
     @property
-    def path(self) -> Path:
-        return STATE_DIR / "owners" / f"{self.container}.json"
+    def path(self) -> str:
+        return os.path.join(STATE_ROOT, "owners", f"{self.container}.json")
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(as_dict(self)))
-        os.replace(tmp, self.path)
+        path = self.path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path[:-len('.json')]}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(as_dict(self)))
+        os.replace(tmp, path)
 
     def note(self, what: str) -> None:
         """Record one more created resource (written through at once)."""
@@ -116,7 +117,7 @@ class OwnershipRecord:
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            os.unlink(self.path)
 
     @classmethod
     def for_this_process(cls, container: str, lxcpath: str, destroy: bool) -> OwnershipRecord:
@@ -132,13 +133,13 @@ class OwnershipRecord:
 def _load_records() -> list[OwnershipRecord]:
     records: list[OwnershipRecord] = []
     try:   # os.scandir, not Path.glob: no pattern to compile on every run
-        names = sorted(e.name for e in os.scandir(STATE_DIR / "owners")
+        names = sorted(e.name for e in os.scandir(os.path.join(STATE_ROOT, "owners"))
                        if e.name.endswith(".json") and not e.name.startswith("."))
     except FileNotFoundError:
         return records
     for name in names:
         try:
-            with open(STATE_DIR / "owners" / name, "rb") as f:
+            with open(os.path.join(STATE_ROOT, "owners", name), "rb") as f:
                 records.append(OwnershipRecord(**json.loads(f.read())))
         except (OSError, ValueError, TypeError):
             continue  # being written, or not ours: leave it
@@ -152,7 +153,7 @@ def remove_stale_temporaries() -> list[str]:
     ``lxcbind gc`` (a run's own cheap pass skips it)."""
     removed: list[str] = []
     try:
-        entries = [e.name for e in os.scandir(STATE_DIR / "owners")]
+        entries = [e.name for e in os.scandir(os.path.join(STATE_ROOT, "owners"))]
     except FileNotFoundError:
         return removed
     for name in entries:
@@ -167,7 +168,7 @@ def remove_stale_temporaries() -> list[str]:
         except PermissionError:
             continue   # alive, someone else's
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(STATE_DIR / "owners" / name)
+            os.unlink(os.path.join(STATE_ROOT, "owners", name))
             removed.append(name)
     return removed
 
@@ -194,12 +195,12 @@ class ContainerLock:
         self.release()
 
     @property
-    def path(self) -> Path:
-        return STATE_DIR / "locks" / f"{self.name}.lock"
+    def path(self) -> str:
+        return os.path.join(STATE_ROOT, "locks", f"{self.name}.lock")
 
     def acquire(self, blocking: bool = True) -> bool:
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         deadline = time.monotonic() + self.timeout
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -228,7 +229,7 @@ class ContainerLock:
             self._fd = -1
 
 
-def _same_file(fd: int, path: Path) -> bool:
+def _same_file(fd: int, path: str) -> bool:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -241,7 +242,8 @@ def remove_stale_locks() -> int:
     """Remove the lock files nobody holds (the ones runs of older versions left, one per
     run); for ``lxcbind gc``.  Returns how many."""
     try:
-        names = [e.name for e in os.scandir(STATE_DIR / "locks") if e.name.endswith(".lock")]
+        names = [e.name for e in os.scandir(os.path.join(STATE_ROOT, "locks"))
+                 if e.name.endswith(".lock")]
     except FileNotFoundError:
         return 0
     removed = 0

@@ -51,7 +51,7 @@ from lxcbind.sandbox import cleanup, disk, idmap, imagefs, kept, mounts, rootfs,
 from lxcbind.sandbox.initspawner import InitChannel
 from lxcbind.sandbox.netcheck import network_notice as network_notice  # re-exported
 from lxcbind.sandbox.netcheck import network_refusal as network_refusal
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 if TYPE_CHECKING:
     from lxcbind.image import Image
@@ -129,15 +129,16 @@ def _any_unowned_lease() -> bool:
     belongs to a run starting now, which ``leases.leases()`` would not have seen either.
     When in doubt (unreadable, malformed), True: the full check decides."""
     try:
-        with open(STATE_DIR / "net" / "leases.json", "rb") as f:
+        with open(os.path.join(STATE_ROOT, "net", "leases.json"), "rb") as f:
             leases = json.loads(f.read())["leases"]
         names = list(leases)
     except FileNotFoundError:
         return False
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    owners = STATE_DIR / "owners"
-    return any(not isinstance(n, str) or not (owners / f"{n}.json").exists() for n in names)
+    owners = os.path.join(STATE_ROOT, "owners")
+    return any(not isinstance(n, str) or not os.path.exists(os.path.join(owners, f"{n}.json"))
+               for n in names)
 
 
 def _reap_stale_leases(log: Log) -> None:
@@ -149,7 +150,8 @@ def _reap_stale_leases(log: Log) -> None:
     from lxcbind.net import leases, network
 
     for name, lease in leases.leases().items():
-        if lease.runner_alive() or (STATE_DIR / "owners" / f"{name}.json").exists():
+        owned = os.path.exists(os.path.join(STATE_ROOT, "owners", f"{name}.json"))
+        if lease.runner_alive() or owned:
             continue
         lock = cleanup.ContainerLock(name)
         if not lock.acquire(blocking=False):
@@ -823,7 +825,8 @@ def delete_container(name: str, *, lxcpath: str | None = None, log: Log | None =
         if leftover:
             log(f"removing the network state left for {name!r}")
             network.teardown_orphan(name)
-        STATE_DIR.joinpath("owners", f"{name}.json").unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(STATE_ROOT, "owners", f"{name}.json"))
         return existed or leftover
     finally:
         lock.release()

@@ -47,12 +47,12 @@ from typing import TYPE_CHECKING
 from lxcbind.errors import SandboxError
 from lxcbind.policy.model import UNLIMITED
 from lxcbind.sandbox import diskpool
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 if TYPE_CHECKING:
     import threading
 
-IMAGES = STATE_DIR / "disk"    # one cached empty filesystem per size
+IMAGES = os.path.join(STATE_ROOT, "disk")    # one cached empty filesystem per size
 LAYER = "disk"                 # the mount point, in the container's directory
 IMAGE = "disk.img"             # the container's filesystem, in its directory
 UPPER = "delta0"               # overlay upper dir inside the layer (liblxc's work dir beside)
@@ -125,7 +125,7 @@ def _mkfs() -> str:
 
 
 def _template_path(size: int) -> str:
-    return str(IMAGES / f"ext4-{size}-{_SCHEMA}.img")
+    return os.path.join(IMAGES, f"ext4-{size}-{_SCHEMA}.img")
 
 
 def _extents_of(fd: int, st: os.stat_result) -> list[tuple[int, int]]:
@@ -148,31 +148,32 @@ def _template_extents(path: str) -> list[tuple[int, int]]:
 def template(size: int) -> str:
     """The cached empty ext4 image of ``size`` bytes, made now if it does not exist (under a
     lock: concurrent callers wait and reuse it; a file that exists is complete)."""
-    path = IMAGES / os.path.basename(_template_path(size))
-    if path.exists():
-        return str(path)
-    IMAGES.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(IMAGES / ".lock", "a") as lock:
+    path = _template_path(size)
+    if os.path.exists(path):
+        return path
+    os.makedirs(IMAGES, mode=0o700, exist_ok=True)
+    with open(os.path.join(IMAGES, ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if path.exists():
-            return str(path)
+        if os.path.exists(path):
+            return path
         import subprocess  # once per size: not on a run's import path
 
-        tmp = IMAGES / f".{path.name}.{os.getpid()}.tmp"
-        tree = IMAGES / f".{path.name}.{os.getpid()}.tree"
+        base = os.path.basename(path)
+        tmp = os.path.join(IMAGES, f".{base}.{os.getpid()}.tmp")
+        tree = os.path.join(IMAGES, f".{base}.{os.getpid()}.tree")
         try:
             # The overlay's upper and work directories are in the image already: made at run
             # time they cost two directory allocations (ext4 spreads top-level directories
             # over the block groups: two bitmaps read per group touched).
             for name in ("", UPPER, WORK):
-                os.makedirs(tree / name, 0o755, exist_ok=True)
+                os.makedirs(os.path.join(tree, name), 0o755, exist_ok=True)
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 f.truncate(size)
             inodes = min(max(64, size // INODE_RATIO), MAX_INODES)
             done = subprocess.run(
                 [_mkfs(), "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", str(inodes),
                  "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard",
-                 "-L", "lxcbind", "-d", str(tree), str(tmp)],
+                 "-L", "lxcbind", "-d", tree, tmp],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 check=False)
             if done.returncode != 0:
@@ -187,8 +188,8 @@ def template(size: int) -> str:
                 os.unlink(tmp)
             for name in (UPPER, WORK, ""):
                 with contextlib.suppress(OSError):
-                    os.rmdir(tree / name)
-    return str(path)
+                    os.rmdir(os.path.join(tree, name))
+    return path
 
 
 # A template's data extents, found once per process (a template never changes once it exists:
@@ -498,7 +499,7 @@ def _release_now(fd: int, image: int, device: int, timeout: float) -> None:
         return
     try:
         path = os.readlink(f"/proc/self/fd/{image}")
-        if os.path.dirname(path) != str(diskpool.BUSY):
+        if os.path.dirname(path) != diskpool.BUSY:
             return   # a kept container's image, or one that could not be retired
         deadline = time.monotonic() + timeout
         # The loop device's autoclear runs in a worker: watch that one device (recycle then

@@ -34,10 +34,10 @@ import fcntl
 import os
 from collections.abc import Iterator
 
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
-FREE = STATE_DIR / "disk" / "free"
-BUSY = STATE_DIR / "disk" / "busy"
+FREE = os.path.join(STATE_ROOT, "disk", "free")
+BUSY = os.path.join(STATE_ROOT, "disk", "busy")
 KEEP = 4                        # clean images kept per size (a Pool of 4 recycles all of its)
 # An image that holds more than this is removed, not reset: the reset walks the image's data
 # extents, and a workload decides how many there are (one per other block, in the worst case).
@@ -92,7 +92,7 @@ def claim(size: int, schema: str, dst: str) -> bool:
         return False
     for name in names:
         try:
-            os.rename(FREE / name, dst)
+            os.rename(os.path.join(FREE, name), dst)
         except FileNotFoundError:
             continue   # another run took it
         except OSError:
@@ -107,7 +107,7 @@ def retire(image: str, owner: str) -> str | None:
     stays where it is, removed with the container)."""
     with contextlib.suppress(FileExistsError):
         os.mkdir(BUSY, 0o700)
-    target = str(BUSY / f"{owner}.{os.urandom(4).hex()}.img")
+    target = os.path.join(BUSY, f"{owner}.{os.urandom(4).hex()}.img")
     try:
         os.rename(image, target)
     except OSError:
@@ -151,7 +151,7 @@ def recycle(fd: int, template: str, template_extents: list[tuple[int, int]],
     path = ""
     try:
         path = os.readlink(f"/proc/self/fd/{fd}")
-        if os.path.dirname(path) != str(BUSY):
+        if os.path.dirname(path) != BUSY:
             return False   # not a throwaway container's image: nothing to do here
         st = os.fstat(fd)
         size = st.st_size
@@ -189,10 +189,10 @@ def recycle(fd: int, template: str, template_extents: list[tuple[int, int]],
             return False
         with contextlib.suppress(FileExistsError):
             os.mkdir(FREE, 0o700)
-        os.rename(path, FREE / f"ext4-{size}-{schema}.{os.urandom(4).hex()}.img")
+        os.rename(path, os.path.join(FREE, f"ext4-{size}-{schema}.{os.urandom(4).hex()}.img"))
         return True
     except OSError:
-        if path.startswith(str(BUSY) + "/"):
+        if path.startswith(BUSY + "/"):
             with contextlib.suppress(OSError):
                 os.unlink(path)
         return False
@@ -209,7 +209,7 @@ def sweep() -> list[str]:
     except OSError:
         return removed
     for name in names:
-        path = str(BUSY / name)
+        path = os.path.join(BUSY, name)
         try:
             fd = hold(path)
         except OSError:   # its runner holds it (EWOULDBLOCK), or it is gone

@@ -26,7 +26,7 @@ from lxcbind.lxc.container import Container as _BareContainer
 from lxcbind.proc.runner import Container, interact_run
 from lxcbind.result import CompletedRun
 from lxcbind.sandbox.cleanup import OwnershipRecord
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 DEFAULT_COMMAND = ("/bin/sh", "-l")
 
@@ -34,7 +34,7 @@ DEFAULT_COMMAND = ("/bin/sh", "-l")
 def live_record(name: str) -> OwnershipRecord | None:
     """The ownership record of sandbox ``name`` when its runner is alive, else None."""
     try:
-        with open(STATE_DIR / "owners" / f"{name}.json", "rb") as f:
+        with open(os.path.join(STATE_ROOT, "owners", f"{name}.json"), "rb") as f:
             record = OwnershipRecord(**json.loads(f.read()))
     except (OSError, ValueError, TypeError):
         return None

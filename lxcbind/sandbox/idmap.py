@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Any
 
 from lxcbind import state
@@ -39,7 +38,9 @@ RANGE = 65536
 SLOTS = 4096                # up to FIRST_ID + 2**28: well below 2**32 - 1
 # Host uids are a host-wide resource: every installation (every LXCBIND_STATE_DIR) shares one
 # pool, so two of them never hand out the same range.
-_DIR = Path("/var/lib/lxcbind/idmap")
+_DIR = "/var/lib/lxcbind/idmap"
+_RANGES = os.path.join(_DIR, "ranges.json")
+_LOCK = os.path.join(_DIR, "lock")
 _SUBID_FILES = ("/etc/subuid", "/etc/subgid")
 
 
@@ -111,7 +112,8 @@ def _delegate_pool() -> None:
     line = f"root:{FIRST_ID}:{SLOTS * RANGE}"
     for path in _SUBID_FILES:
         try:
-            text = Path(path).read_text()
+            with open(path) as f:
+                text = f.read()
         except FileNotFoundError:
             text = ""
         except OSError as exc:
@@ -131,7 +133,7 @@ def _held(record: dict[str, Any]) -> bool:
 
 
 def _load() -> dict[str, dict[str, Any]]:
-    data = state.read_json(_DIR / "ranges.json", {})
+    data = state.read_json(_RANGES, {})
     return data if isinstance(data, dict) else {}
 
 
@@ -139,12 +141,12 @@ def acquire(container: str, lxcpath: str) -> IdRange:
     """The range of ``container`` (its existing one if it has one: a kept container), else the
     lowest free slot.  Raises ``SandboxError`` when every slot is in use."""
     foreign = ensure_host_delegation()
-    with state.locked(_DIR / "lock"):
+    with state.locked(_LOCK):
         ranges = _load()
         for slot, record in ranges.items():
             if record.get("container") == container and record.get("lxcpath") == lxcpath:
                 record.update(state.runner_identity())
-                state.write_json(_DIR / "ranges.json", ranges)
+                state.write_json(_RANGES, ranges)
                 return IdRange(FIRST_ID + int(slot) * RANGE)
         ranges = {slot: r for slot, r in ranges.items() if _held(r)}
         for index in range(SLOTS):
@@ -155,28 +157,28 @@ def acquire(container: str, lxcpath: str) -> IdRange:
                 continue  # delegated to someone else on this host: never share ids with it
             ranges[str(index)] = {"container": container, "lxcpath": lxcpath,
                                  **state.runner_identity()}
-            state.write_json(_DIR / "ranges.json", ranges)
+            state.write_json(_RANGES, ranges)
             return IdRange(start)
     raise SandboxError(f"all {SLOTS} user-namespace id ranges are in use")
 
 
 def release(container: str, lxcpath: str) -> None:
     """Give ``container``'s range back (after it is destroyed)."""
-    with state.locked(_DIR / "lock"):
+    with state.locked(_LOCK):
         ranges = _load()
         kept = {slot: r for slot, r in ranges.items()
                 if not (r.get("container") == container and r.get("lxcpath") == lxcpath)}
         if kept != ranges:
-            state.write_json(_DIR / "ranges.json", kept)
+            state.write_json(_RANGES, kept)
 
 
 def reap() -> list[str]:
     """Free the ranges no container and no live runner holds; returns their containers."""
-    with state.locked(_DIR / "lock"):
+    with state.locked(_LOCK):
         ranges = _load()
         kept = {slot: r for slot, r in ranges.items() if _held(r)}
         if kept != ranges:
-            state.write_json(_DIR / "ranges.json", kept)
+            state.write_json(_RANGES, kept)
     return sorted(str(r.get("container")) for s, r in ranges.items() if s not in kept)
 
 

@@ -136,7 +136,7 @@ def _place_program(target: str) -> None:
         os.link(SPAWNER_PROGRAM, target)
     except OSError as exc:
         if exc.errno == errno.ENOENT and not os.path.exists(SPAWNER_PROGRAM):
-            raise SandboxError(f"the session spawner program {str(SPAWNER_PROGRAM)!r} is "
+            raise SandboxError(f"the session spawner program {SPAWNER_PROGRAM!r} is "
                                "missing: rebuild lxcbind (python3 setup.py build_ext)") from None
         if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK):
             raise

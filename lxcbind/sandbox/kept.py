@@ -2,7 +2,7 @@
 was kept with, for ``lxcbind ls`` / ``exec`` / ``rm``; and what a run that reuses one checks
 (its id mapping) and spares (its init and what that started: ``init_processes``).
 
-A CLI run that keeps its container writes ``<STATE_DIR>/kept/<name>.json``: the policy document
+A CLI run that keeps its container writes ``<STATE_ROOT>/kept/<name>.json``: the policy document
 it ran (with ``containerId`` set to the container's name) and where it came from.  ``exec``
 runs a command under that same document (so the same mounts, isolation and network rules),
 ``rm`` removes the container and the record.  A record whose container is gone (a later run
@@ -23,7 +23,7 @@ from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import Container, default_lxcpath, list_containers
 from lxcbind.sandbox import cleanup, idmap, rootfs
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 
 class Kept(NamedTuple):
@@ -33,7 +33,7 @@ class Kept(NamedTuple):
 
 
 def _path(name: str) -> str:
-    return str(STATE_DIR / "kept" / f"{name}.json")
+    return os.path.join(STATE_ROOT, "kept", f"{name}.json")
 
 
 def save(name: str, document: dict[str, Any], origin: str) -> None:
@@ -98,13 +98,16 @@ def listing(lxcpath: str | None = None) -> list[Kept]:
 def prune(lxcpath: str | None = None) -> list[str]:
     """Drop the records whose container is gone (``ls`` and ``gc`` call it); their names."""
     lxcpath = lxcpath or default_lxcpath()
-    kept_dir = STATE_DIR / "kept"
     gone = []
-    if kept_dir.is_dir():
-        for entry in kept_dir.glob("*.json"):
-            if not os.path.isdir(os.path.join(lxcpath, entry.stem)):
-                remove(entry.stem)
-                gone.append(entry.stem)
+    try:
+        names = [n[:-len(".json")] for n in os.listdir(os.path.join(STATE_ROOT, "kept"))
+                 if n.endswith(".json") and n != ".json"]
+    except (FileNotFoundError, NotADirectoryError):
+        names = []
+    for name in names:
+        if not os.path.isdir(os.path.join(lxcpath, name)):
+            remove(name)
+            gone.append(name)
     return gone
 
 

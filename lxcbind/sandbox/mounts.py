@@ -34,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from lxcbind._lite import record, sha256_hex
 from lxcbind.errors import PolicyError, SandboxError
 from lxcbind.lxc import mountinfo as _mountinfo
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 RW, RO, DENIED = "rw", "ro", "denied"
 # Higher rank wins a tie at the same depth (it is mounted later).
@@ -274,7 +274,7 @@ def plan_mounts(readwrite: Sequence[str], readonly: Sequence[str], denied: Seque
     return _idmap_entries(entries, {it.real: it for it in chosen}) if idmapped else entries
 
 
-MASK_ROOT = str(STATE_DIR / "masks")
+MASK_ROOT = os.path.join(STATE_ROOT, "masks")
 
 
 def _mask_source(is_dir: bool, mountpoints: Sequence[tuple[str, bool]] = ()) -> str:

@@ -52,7 +52,7 @@ from lxcbind.lxc.cgroups import Events as Events
 from lxcbind.lxc.cgroups import events as events
 from lxcbind.policy.model import UNLIMITED, Limits
 from lxcbind.sandbox.idmap import IdRange
-from lxcbind.state import STATE_DIR
+from lxcbind.state import STATE_ROOT
 
 KEEP_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
              "net_bind_service", "net_raw", "sys_chroot", "mknod", "audit_write")
@@ -142,14 +142,16 @@ def seccomp_profile(allow: tuple[str, ...] = (), deny_setid: bool = False) -> st
 def _profile_file(text: str) -> str:
     """Write ``text`` once, content-addressed (liblxc re-reads it on every attach, so it must
     outlive the container; identical profiles share one file)."""
-    folder = STATE_DIR / "seccomp"
-    path = folder / f"{sha256_hex(text.encode())[:16]}.seccomp"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{path.name}.{os.getpid()}.tmp"
-        tmp.write_text(text)
+    folder = os.path.join(STATE_ROOT, "seccomp")
+    name = f"{sha256_hex(text.encode())[:16]}.seccomp"
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            f.write(text)
         os.replace(tmp, path)
-    return str(path)
+    return path
 
 
 def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False

@@ -45,7 +45,7 @@ def policy(command: str = "true", **extra: object) -> dict:
 
 def free_images() -> set[str]:
     try:
-        return {n for n in os.listdir(diskpool.FREE) if n.startswith(PREFIX)}
+        return {n for n in os.listdir(Path(diskpool.FREE)) if n.startswith(PREFIX)}
     except FileNotFoundError:
         return set()
 
@@ -63,14 +63,14 @@ def wait_for(predicate: object, timeout: float = 15.0) -> bool:
 def empty_pool() -> Iterator[None]:
     """No clean 16 MiB image to start with (they are a cache: removing them is harmless)."""
     for name in free_images():
-        os.unlink(diskpool.FREE / name)
+        os.unlink(Path(diskpool.FREE) / name)
     yield
 
 
 @pytest.fixture
 def scratch() -> Iterator[Path]:
     """A directory on the state directory's filesystem (where images live), removed after."""
-    path = diskpool.FREE.parent / f"test-{uuid.uuid4().hex[:8]}"
+    path = Path(diskpool.FREE).parent / f"test-{uuid.uuid4().hex[:8]}"
     path.mkdir(mode=0o700, parents=True)
     try:
         yield path
@@ -88,7 +88,7 @@ def test_the_next_container_gets_nothing_of_the_last_workload(empty_pool: None) 
     # Its image, reset, is published once the kernel has let go of it.
     assert wait_for(lambda: len(free_images()) == 1)
     (published,) = free_images()
-    raw = (diskpool.FREE / published).read_bytes()
+    raw = (Path(diskpool.FREE) / published).read_bytes()
     assert secret.encode() not in raw and b"x" * 4096 not in raw
     template = Path(disk.template(SIZE)).read_bytes()
     assert raw == template   # byte for byte the empty filesystem
@@ -147,7 +147,7 @@ def test_racing_runs_never_share_an_image(empty_pool: None) -> None:
 
 def test_a_claim_is_one_rename_and_only_one_run_wins(scratch: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(diskpool, "FREE", scratch / "free")
+    monkeypatch.setattr(diskpool, "FREE", str(scratch / "free"))
     (scratch / "free").mkdir()
     (scratch / "free" / f"ext4-{SIZE}-x.0.img").write_bytes(b"image")
     wins: list[str] = []
@@ -172,8 +172,8 @@ def test_a_claim_is_one_rename_and_only_one_run_wins(scratch: Path,
 def _busy_copy(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
     """A copy of the 16 MiB template in a scratch ``busy/`` (``FREE`` a scratch one too),
     dirtied inside and outside the template's data, as a workload's filesystem would be."""
-    monkeypatch.setattr(diskpool, "FREE", scratch / "free")
-    monkeypatch.setattr(diskpool, "BUSY", scratch / "busy")
+    monkeypatch.setattr(diskpool, "FREE", str(scratch / "free"))
+    monkeypatch.setattr(diskpool, "BUSY", str(scratch / "busy"))
     (scratch / "busy").mkdir()
     source = disk.template(SIZE)
     path = str(scratch / "busy" / "c.0.img")
@@ -233,9 +233,9 @@ def test_an_image_whose_runner_was_sigkilled_is_swept_by_gc(
         scratch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A runner killed while it held a retired image: its flock goes with it, and ``lxcbind
     gc`` (the real ``busy/``) removes the image; while the runner lives, nothing touches it."""
-    diskpool.BUSY.mkdir(mode=0o700, parents=True, exist_ok=True)
+    Path(diskpool.BUSY).mkdir(mode=0o700, parents=True, exist_ok=True)
     name = new_name()
-    path = str(diskpool.BUSY / f"{name}.0.img")
+    path = str(Path(diskpool.BUSY) / f"{name}.0.img")
     os.close(disk._copy_sparse(disk.template(SIZE), path))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from lxcbind.sandbox import diskpool; "
@@ -288,18 +288,19 @@ def test_a_one_shot_cli_run_leaves_its_image_reset_not_busy(empty_pool: None) ->
                        .encode(), capture_output=True, timeout=120, cwd=ROOT,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr
-    busy = os.listdir(diskpool.BUSY) if diskpool.BUSY.exists() else []
+    busy = os.listdir(Path(diskpool.BUSY)) if Path(diskpool.BUSY).exists() else []
     assert not [n for n in busy if n.startswith(name + ".")]
     (published,) = free_images()
-    assert (diskpool.FREE / published).read_bytes() == Path(disk.template(SIZE)).read_bytes()
+    template = Path(disk.template(SIZE)).read_bytes()
+    assert (Path(diskpool.FREE) / published).read_bytes() == template
     assert not os.path.exists(os.path.join(default_lxcpath(), name))
 
 
 def test_the_next_run_sweeps_an_image_nothing_holds() -> None:
     """Not only ``gc``: every run's garbage collection removes a retired image whose runner
     is gone and that no loop device holds (one directory read when there is none)."""
-    diskpool.BUSY.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = str(diskpool.BUSY / f"{new_name()}.0.img")
+    Path(diskpool.BUSY).mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = str(Path(diskpool.BUSY) / f"{new_name()}.0.img")
     os.close(disk._copy_sparse(disk.template(SIZE), path))
     r = lxcbind.run(["true"], policy=policy())
     assert r.returncode == 0

@@ -175,7 +175,7 @@ def test_a_run_waiting_on_another_runs_container_id_says_so_once():
 
 def test_gc_drops_records_of_kept_containers_that_are_gone():
     from lxcbind.sandbox import kept
-    from lxcbind.sandbox.cleanup import STATE_DIR
+    from lxcbind.state import STATE_DIR
 
     name = new_name("i12-")   # never created: its record is stale from the start
     kept.save(name, {"version": "0.8.0"}, "<test>")

@@ -17,7 +17,7 @@ from lxcbind.sandbox import cleanup  # noqa: E402
 
 @pytest.fixture
 def state(tmp_path, monkeypatch):
-    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(cleanup, "STATE_ROOT", str(tmp_path))
     return tmp_path / "locks"
 
 

@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_the_folder_holds_the_program_and_one_listener_and_close_removes_both(tm
     try:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o755
         program = folder / "lxcbind-spawner"
-        assert program.read_bytes() == SPAWNER_PROGRAM.read_bytes()
+        assert program.read_bytes() == Path(SPAWNER_PROGRAM).read_bytes()
         assert stat.S_IMODE(program.stat().st_mode) & 0o555 == 0o555
         control = folder / "control"
         assert stat.S_ISSOCK(control.stat().st_mode)

@@ -42,7 +42,7 @@ def test_a_live_runner_counts_as_alive():
 def test_gc_removes_the_half_written_records_of_dead_runners_only(tmp_path, monkeypatch):
     from lxcbind.sandbox import cleanup
 
-    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(cleanup, "STATE_ROOT", str(tmp_path))
     owners = tmp_path / "owners"
     owners.mkdir()
     pid = os.fork()
@@ -63,7 +63,7 @@ def test_gc_reports_and_skips_what_it_cannot_remove(tmp_path, monkeypatch):
     stop the others (the real shapes: tests/security/test_teardown_shapes.py)."""
     from lxcbind.sandbox import cleanup
 
-    monkeypatch.setattr(cleanup, "STATE_DIR", tmp_path)
+    monkeypatch.setattr(cleanup, "STATE_ROOT", str(tmp_path))
     pid = os.fork()
     if pid == 0:
         os._exit(0)
