@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from lxcbind.net.etcfiles import read_etc_file, write_etc_file
-from lxcbind.policy.network import EgressPlan
+from lxcbind.policy.egress import EgressPlan
 
 __all__ = ["PIN_MARKER", "host_nameservers", "pin_hosts", "resolv_conf", "resolv_conf_path",
            "unpin_hosts"]

@@ -1,6 +1,6 @@
 """The host's own addresses and directly connected networks, which open egress leaves out.
 
-``lxcbind.policy.network.carve`` keeps a catch-all accept (``egress.default: allow``, ``--net``,
+``lxcbind.policy.egress.carve`` keeps a catch-all accept (``egress.default: allow``, ``--net``,
 an allow rule for ``0.0.0.0/0`` or ``::/0``) away from the static ``not_everything()`` ranges and
 from what this module reads: every address of every interface of the host (the gateway on the
 anchor included), and every network a host interface is directly on (a LAN in a public range,

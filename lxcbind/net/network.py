@@ -47,7 +47,8 @@ from lxcbind.net.leases import (
 )
 from lxcbind.net.links import delete_link, open_nft, veth_name
 from lxcbind.net.ruleset import Resolved
-from lxcbind.policy.network import EffectiveNetwork, EgressPlan, egress_plan
+from lxcbind.policy.egress import EgressPlan, egress_plan
+from lxcbind.policy.network import EffectiveNetwork
 
 __all__ = ["PROXY_VARS", "ContainerNetwork", "configure_existing", "has_table", "off_host",
            "prune_tables", "proxy_env", "table_name", "teardown_orphan"]

@@ -4,7 +4,7 @@
 failing closed where mxc does; ``compile_ruleset`` turns the policy plus those addresses into
 one nft script that ``lxcbind.lxc.nftables.Nft.apply`` installs in a single transaction.
 ``table_name`` names the tables, ``teardown_script`` removes them.  What the egress policy
-*means* is not decided here: ``lxcbind.policy.network.egress_plan`` writes it once as ordered
+*means* is not decided here: ``lxcbind.policy.egress.egress_plan`` writes it once as ordered
 first-match decisions, and this module compiles that plan.  Behaviour reference: mxc's LXC
 backend (https://github.com/microsoft/mxc, ``src/backends/lxc/common/src/network_iptables.rs``
 and ``network_ingress.rs``), bugs and gaps fixed as noted.
@@ -86,16 +86,8 @@ from typing import Any
 from lxcbind._lite import lazy_re, record
 from lxcbind.errors import SandboxError
 from lxcbind.net.hostnets import HostView
-from lxcbind.policy.network import (
-    Decision,
-    EffectiveNetwork,
-    EgressPlan,
-    EgressRule,
-    IPAddress,
-    IPNetwork,
-    Ports,
-    egress_plan,
-)
+from lxcbind.policy.egress import Decision, EgressPlan, Ports, egress_plan
+from lxcbind.policy.network import EffectiveNetwork, EgressRule, IPAddress, IPNetwork
 
 __all__ = ["MAX_PROXY_ADDRESSES", "TABLE_FAMILIES", "TABLE_PREFIX", "Resolved", "compile_ruleset",
            "resolve_destinations", "table_name", "teardown_script"]

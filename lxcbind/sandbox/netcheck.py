@@ -43,7 +43,7 @@ def network_notice(policy: Policy) -> str | None:
     policy in mxc's capabilities mode (schema < 0.8 without ``enforcementMode`` firewall/both);
     None when the network policy is enforced.  Such a run gets what mxc gives it: a network
     device with open egress (NAT) and open inbound; only what open egress always leaves out
-    (``lxcbind.policy.network.carve``) is filtered."""
+    (``lxcbind.policy.egress.carve``) is filtered."""
     if policy.network.effective().firewall:
         return None
     if policy.version is None:

@@ -125,13 +125,13 @@ def test_embedded_example_runs(clean_machine):
 # OpenSSL's hashlib (through secrets/hmac), the BOM codec, argparse, logging, the network layer,
 # the terminal-only modules, the persistent shell, libnftables' module, shutil (and the
 # compression modules it loads), pathlib (with urllib.parse, ipaddress and fnmatch: ~3 ms in an
-# installed package).
+# installed package), the egress semantics (NamedTuples built at import).
 _NOT_IMPORTED_BY_A_RUN = {
     "argparse", "logging", "concurrent.futures", "hashlib", "_hashlib", "hmac", "secrets",
     "base64", "encodings.utf_8_sig", "termios", "lxcbind.net", "lxcbind.net.network",
     "lxcbind.proc.shell", "lxcbind.proc.pty", "lxcbind.proc.escapes", "lxcbind._nft",
     "shutil", "zlib", "bz2", "lzma", "binascii", "pathlib", "urllib.parse", "ipaddress",
-    "fnmatch",
+    "fnmatch", "lxcbind.policy.egress",
 }
 
 

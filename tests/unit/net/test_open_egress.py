@@ -16,7 +16,8 @@ import pytest
 
 from lxcbind.net.hostnets import HostView, connected_v4, connected_v6
 from lxcbind.net.ruleset import compile_ruleset, resolve_destinations, table_name
-from lxcbind.policy.network import EffectiveNetwork, EgressPlan, egress_plan
+from lxcbind.policy.egress import EgressPlan, egress_plan
+from lxcbind.policy.network import EffectiveNetwork
 from tests.unit.net.test_netrules import NO_DNS, eff_of
 
 # A host on a public LAN (as on cloud VMs whose VPC is not an RFC 1918 range), with lxcbind's
@@ -234,7 +235,7 @@ def test_host_addresses_and_connected_networks_from_proc() -> None:
 
 def test_outside_is_exact_and_minimal() -> None:
     """The integer carving equals ``ipaddress``'s own exclusion, piece for piece."""
-    from lxcbind.policy.network import _outside, not_everything
+    from lxcbind.policy.egress import _outside, not_everything
 
     holes = [*not_everything(), *HOST.local, ipaddress.ip_network("fe80::1/128")]
     for text in ("0.0.0.0/0", "::/0", "0.0.0.0/1", "10.0.0.0/8", "192.0.0.0/16", "8.8.8.8/32",

@@ -1,4 +1,4 @@
-"""The effective network semantics (``lxcbind.policy.network.egress_plan``), evaluated in
+"""The effective network semantics (``lxcbind.policy.egress.egress_plan``), evaluated in
 Python: what a policy lets a new connection reach.  The nft rules are compiled from the same
 plan (``tests/unit/net/test_netrules.py`` reads them as text, ``tests/integration/net/test_nft.py``
 sends packets through them)."""
@@ -12,13 +12,8 @@ from typing import Any
 from lxcbind.net.dns import resolv_conf
 from lxcbind.net.network import off_host
 from lxcbind.net.ruleset import Resolved
-from lxcbind.policy.network import (
-    Decision,
-    EffectiveNetwork,
-    EgressRule,
-    Ports,
-    egress_plan,
-)
+from lxcbind.policy.egress import Decision, Ports, egress_plan
+from lxcbind.policy.network import EffectiveNetwork, EgressRule
 from lxcbind.policy.parse import load_policy
 
 
