@@ -12,7 +12,6 @@ keyword and the call.
 Nothing here touches liblxc or the host: the CLI and the unit tests import it freely.
 """
 
-from __future__ import annotations
 
 import os
 import subprocess
@@ -81,7 +80,7 @@ class CommandDefaults(NamedTuple):
     uid: int | None
     gid: int | None
 
-    def overridden(self, opts: CallOptions) -> CommandDefaults:
+    def overridden(self, opts: CallOptions) -> "CommandDefaults":
         """These defaults with what one call names (``opts``) in their place."""
         return self._replace(env={**self.env, **opts.env}, cwd=opts.cwd or self.cwd,
                              timeout=self.timeout if opts.timeout is None else opts.timeout)

@@ -1,6 +1,5 @@
 """``/proc/self/mountinfo``, parsed once and unescaped (mount points may hold spaces)."""
 
-from __future__ import annotations
 
 from typing import NamedTuple
 

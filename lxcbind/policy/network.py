@@ -16,7 +16,7 @@ The records and the lowering sit together because ``Network.effective()`` (and s
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from lxcbind._lite import record
 
@@ -27,8 +27,14 @@ __all__ = ["EffectiveNetwork", "Egress", "EgressRule", "IPAddress", "IPNetwork",
            "LegacyNetwork", "Network", "NetworkHost", "Peer", "PortSelector", "Proxy", "Rule",
            "Verdict"]
 
-IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
-IPAddress = Union["ipaddress.IPv4Address", "ipaddress.IPv6Address"]
+if TYPE_CHECKING:
+    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+else:
+    # Only annotations (strings in these modules) name them.  Unions of the names as strings
+    # would make typing compile() each name at import (~1 ms for the first compile() of a
+    # process, issue #23); the real types would need ipaddress on every run.
+    IPNetwork = IPAddress = Any
 Verdict = Literal["accept", "drop"]
 
 
@@ -97,17 +103,17 @@ class Ingress:
     host_loopback: Literal["allow", "deny"] = "deny"
 
 
-class EgressRule(NamedTuple):
+# The fields in the call form, as objects: declared in the class body they would be strings
+# here (``from __future__ import annotations``), each one compile()d by typing at import.
+class EgressRule(NamedTuple("EgressRule", [("cidr", str), ("excepts", tuple[str, ...]),
+                                           ("protocol", str), ("port_min", int | None),
+                                           ("port_max", int | None)])):
     """One normalized egress match: destination, excluded sub-ranges, protocol, port range.
 
     ``protocol`` ``any`` with a port means TCP and UDP; ports are None for "all ports".
     """
 
-    cidr: str
-    excepts: tuple[str, ...]
-    protocol: str
-    port_min: int | None
-    port_max: int | None
+    __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"cidr": self.cidr, "except": list(self.excepts), "protocol": self.protocol,

@@ -84,7 +84,6 @@ capability to drop, but a setuid-root program inside could regain it unless no_n
 (liblxc's default here).
 """
 
-from __future__ import annotations
 
 import array
 import errno
@@ -357,7 +356,7 @@ class Session:
             except OSError:
                 pass  # no freezer: what the spawner's own cleanup got is all we can do
 
-    def __enter__(self) -> Session:
+    def __enter__(self) -> "Session":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -475,7 +474,7 @@ class Session:
         mine.setblocking(False)
         return SessionProcess(self, mine, argv, argv[0], cwd)
 
-    def _pty(self) -> _pty.PtyPair:
+    def _pty(self) -> "_pty.PtyPair":
         from lxcbind.proc import pty as _pty  # a terminal's: not on a pipe run's import path
 
         if self._devpts == -2:
@@ -743,7 +742,7 @@ class Session:
 
     def shell(self, *, program: str = "/bin/sh", env: Mapping[str, str] | None = None,
               cwd: str | None = None, restart: bool = False,
-              user: str | int | _users.User | None = None) -> Shell:
+              user: str | int | _users.User | None = None) -> "Shell":
         """A persistent shell whose state (cwd, variables, functions) carries across calls
         (bash, dash, ash; see ``Shell``).  ``restart=True``: a shell that dies is replaced at
         once (its state is lost) and the call's result has ``shell_restarted=True``; otherwise

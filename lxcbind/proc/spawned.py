@@ -19,7 +19,6 @@ The module is one class over 500 lines: the record handling, the pidfd checks an
 signalling from the host are one trust boundary and read best in one place.
 """
 
-from __future__ import annotations
 
 import array
 import io
@@ -544,7 +543,7 @@ class SessionProcess:
             if rest:
                 yield name, rest
 
-    def __enter__(self) -> SessionProcess:
+    def __enter__(self) -> "SessionProcess":
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -13,7 +13,6 @@ The spawner gets ``"uid:gid:g1,g2,..."`` and, in the command's child, calls setg
 setgid, then setuid before chdir and exec: a non-root user keeps no capabilities.
 """
 
-from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, NamedTuple

@@ -12,7 +12,6 @@ lxcbind never lists, runs in or removes a container it did not make: only a cont
 record, or whose root filesystem is an overlay on one of lxcbind's bases, counts as its own.
 """
 
-from __future__ import annotations
 
 import json
 import os
