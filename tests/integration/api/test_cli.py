@@ -179,6 +179,31 @@ def test_a_pipe_run_imports_only_what_it_needs_without_site(clean_machine):
     assert (names & _NOT_IMPORTED_BY_A_RUN) - at_start == set()
 
 
+_COMPILE_WATCH = """
+import os, sys
+def hook(event, args):
+    # typing's ForwardRef: one compile() per string annotation of a NamedTuple/TypedDict field,
+    # and the first compile() of a process builds the AST types (~1 ms)
+    if event == "compile" and sys._getframe(1).f_code.co_filename.endswith("typing.py"):
+        os.write(2, b"typing compiled " + repr(args[0]).encode() + b"\\n")
+sys.addaudithook(hook)
+sys.argv = ["lxcbind", "run", "--no-tty", "-"]
+import runpy
+runpy.run_module("lxcbind", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_pipe_run_makes_typing_compile_nothing(clean_machine):
+    """No NamedTuple or TypedDict on a pipe run's import path declares its fields as strings
+    (``from __future__ import annotations``): typing would compile() each one."""
+    doc = json.dumps(policy("echo ran")).encode()
+    r = subprocess.run([sys.executable, "-c", _COMPILE_WATCH], input=doc, capture_output=True,
+                       timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ran\n"
+    assert b"typing compiled" not in r.stderr, r.stderr.decode()
+
+
 @pytest.mark.parametrize("command,code", [
     ("exit 0", 0), ("exit 3", 3), ("kill -TERM $$", 143), ("kill -KILL $$", 137),
     ("no-such-program-xyz", 127), ("/etc/passwd", 126),
