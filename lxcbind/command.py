@@ -12,7 +12,9 @@ keyword and the call.
 Nothing here touches liblxc or the host: the CLI and the unit tests import it freely.
 """
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 import os
 import subprocess
 from collections.abc import Mapping, Sequence

@@ -1,6 +1,8 @@
 """``/proc/self/mountinfo``, parsed once and unescaped (mount points may hold spaces)."""
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 from typing import NamedTuple
 
 

@@ -84,7 +84,9 @@ capability to drop, but a setuid-root program inside could regain it unless no_n
 (liblxc's default here).
 """
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 import array
 import errno
 import os

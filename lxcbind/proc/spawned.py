@@ -19,7 +19,9 @@ The module is one class over 500 lines: the record handling, the pidfd checks an
 signalling from the host are one trust boundary and read best in one place.
 """
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 import array
 import io
 import os

@@ -13,7 +13,9 @@ The spawner gets ``"uid:gid:g1,g2,..."`` and, in the command's child, calls setg
 setgid, then setuid before chdir and exec: a non-root user keeps no capabilities.
 """
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 

@@ -12,7 +12,9 @@ lxcbind never lists, runs in or removes a container it did not make: only a cont
 record, or whose root filesystem is an overlay on one of lxcbind's bases, counts as its own.
 """
 
-
+# No ``from __future__ import annotations``: its string fields make typing compile() each
+# field of a NamedTuple/TypedDict at import, and a process's first compile() costs ~1 ms
+# (issue #23; tests/integration/api/test_cli.py checks a pipe run compiles none).
 import json
 import os
 import time
