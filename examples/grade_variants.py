@@ -7,8 +7,8 @@ fresh container that starts from the set-up state.
     python3 examples/grade_variants.py oci:/srv/img/calc:latest   # or takes one (same project)
     python3 examples/grade_variants.py --json --rm-image
 
-The snapshot is removed at the end; the imported image is kept (a second run imports it in
-well under a millisecond) unless ``--rm-image``.  Needs root and liblxc, like every run.
+The snapshot is removed at the end; the imported image is kept (a second run finds it
+stored, in about a millisecond) unless ``--rm-image``.  Needs root and liblxc, like every run.
 """
 
 from __future__ import annotations
