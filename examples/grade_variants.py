@@ -118,7 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print every verdict as JSON")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="grade-variants-") as workdir:
-        report = grade(args.image or build_image(workdir), args.rm_image)
+        try:
+            report = grade(args.image or build_image(workdir), args.rm_image)
+        except lxcbind.LxcbindError as exc:    # a bad reference, a refused image, a failed setup
+            print(f"grade_variants: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(report))
         return 0

@@ -107,6 +107,16 @@ def test_grade_variants_takes_an_image_and_keeps_it(tmp_path: Path,
     assert [s for s in snapshots.snapshots() if image.id in repr(s.base)] == []
 
 
+def test_grade_variants_bad_reference_is_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-layout"
+    r = run_example("grade_variants.py", f"oci:{missing}", tmpdir=tmp_path)
+    err = r.stderr.decode()
+    assert r.returncode == 1 and r.stdout == b"", err
+    assert err.startswith("grade_variants: ") and str(missing) in err, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_snapshot_fork_example_runs(tmp_path: Path) -> None:
     r = run_example("snapshot_fork.py", tmpdir=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
