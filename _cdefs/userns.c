@@ -7,7 +7,9 @@
  * The child only makes async-signal-safe system calls: this runs in a threaded interpreter. */
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/mount.h>
 
 static int lxcbind_write_file(const char *path, const char *text)
 {
@@ -88,4 +90,105 @@ static int lxcbind_bind_private(const char *source, const char *target)
         return err;
     }
     return 0;
+}
+
+/* The new mount API, by number: glibc 2.36 has no wrappers (same numbers on every arch). */
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
+/* A user namespace with these maps, as an open file (O_CLOEXEC), or -errno.  Same dance as
+ * lxcbind_userns_bind: a child unshares, the parent writes its maps and opens its ns file. */
+static int lxcbind_userns_open(const char *uid_map, const char *gid_map)
+{
+    int ready[2], hold[2];
+    if (pipe2(ready, O_CLOEXEC) < 0)
+        return -errno;
+    if (pipe2(hold, O_CLOEXEC) < 0) {
+        int err = -errno;
+        close(ready[0]);
+        close(ready[1]);
+        return err;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        int err = -errno;
+        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
+        return err;
+    }
+    if (pid == 0) {
+        close(ready[0]);
+        close(hold[1]);
+        char byte = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
+        if (write(ready[1], &byte, 1) != 1)
+            _exit(1);
+        while (read(hold[0], &byte, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    char byte = 0;
+    ssize_t n;
+    do {
+        n = read(ready[0], &byte, 1);
+    } while (n < 0 && errno == EINTR);
+    int err = (n == 1 && byte == 1) ? 0 : -EPERM;
+    char path[64];
+    if (!err) {
+        snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+        err = lxcbind_write_file(path, uid_map);
+    }
+    if (!err) {
+        snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+        err = lxcbind_write_file(path, gid_map);
+    }
+    int fd = -1;
+    if (!err) {
+        snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            err = -errno;
+    }
+    close(ready[0]);
+    close(hold[1]);  /* the child exits now; the open file keeps the namespace */
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return err ? err : fd;
+}
+
+static int lxcbind_idmapped_bind(const char *source, const char *target, const char *map)
+{
+    int ns = lxcbind_userns_open(map, map);
+    if (ns < 0)
+        return ns;
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, source,
+                            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_NO_AUTOMOUNT);
+    if (tree < 0) {
+        int err = -errno;
+        close(ns);
+        return err;
+    }
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.attr_set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    attr.userns_fd = (unsigned long long)ns;
+    int err = 0;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof(attr)) < 0)
+        err = -errno;
+    close(ns);  /* the mount holds the mapping from now on */
+    if (!err && syscall(SYS_move_mount, tree, "", AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH) < 0)
+        err = -errno;
+    close(tree);
+    if (!err && mount(NULL, target, NULL, MS_PRIVATE, NULL) < 0) {
+        err = -errno;
+        umount2(target, MNT_DETACH);
+    }
+    return err;
 }

@@ -5,6 +5,12 @@
  * `idmap=<target>` on a mount entry.  Returns 0 or -errno. */
 int lxcbind_userns_bind(const char *target, const char *uid_map, const char *gid_map);
 
+/* Mount an idmapped, read-only, nosuid, nodev clone of the directory `source` at `target` (an
+ * existing empty directory), private: files owned by layer id N appear owned by the host id
+ * `map` gives N ("0 <start> 65536\n", for uids and gids).  The new mount API (open_tree,
+ * mount_setattr, move_mount).  Returns 0 or -errno. */
+int lxcbind_idmapped_bind(const char *source, const char *target, const char *map);
+
 /* Undo lxcbind_userns_bind (libc). */
 #define MNT_DETACH ...
 int umount2(const char *target, int flags);

@@ -18,7 +18,16 @@
     (the default) and in the caller itself;
   * where ``lxcbind.run()``'s own Python goes (``--phases`` prints only that, for any checkout
     on ``PYTHONPATH``: an A/B of two checkouts is two runs of it): each step of the set-up and
-    teardown timed exclusively (``perf_counter_ns``; a step's time excludes the steps it calls).
+    teardown timed exclusively (``perf_counter_ns``; a step's time excludes the steps it calls);
+  * issue #23 (``--cpu`` prints only this): the machine CPU of one fresh container, setup and
+    teardown, per step of the sandbox, per mechanism (cgroup fs, mounts, namespaces, exec,
+    seccomp ...) and per process (runner, starter, liblxc's monitor, the container's init),
+    from ``perf record -a`` (``_cpuphases``: only this run's processes and kernel threads
+    count, so another job's CPU does not), with the CPU of ``bwrap --unshare-all`` and of an
+    ``lxc-start``/``lxc-stop`` of one container (liblxc's own floor) measured the same way, the
+    cgroup hierarchies a container touches, and with ``--baseline DIR...`` the Pool's
+    throughput, CPU per fresh container and ``run()`` of each baseline and this checkout,
+    alternately, each in a process of its own.
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -39,9 +48,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
+import _cpuphases
 import bench_pool
-from _common import describe
+from _common import bwrap_true, describe, ensure_bwrap
 
 import lxcbind
 from lxcbind.lxc import container as _container
@@ -51,6 +62,9 @@ PACKAGE = os.path.dirname(os.path.abspath(lxcbind.__file__))
 ROOT = os.path.dirname(PACKAGE)   # ``python -m lxcbind`` from here imports the same lxcbind
 
 POLICY = {"version": "0.8.0", "process": {"commandLine": "/bin/true"}}   # 0.8: no network
+# A container that can be started again once stopped (a throwaway's disk layer is gone with
+# its first stop): for starting the same container over and over.
+RESTARTABLE = dict(POLICY, lxc={"limits": {"disk": "max"}})
 TARGETS = {"run": 20.0, "cli_over_pass": 25.0, "own_imports": 15.0, "pool": 2.0,
            "pool_rate": 50.0}
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -401,6 +415,165 @@ def cli_only(n: int, baselines: Sequence[str]) -> None:
     print("\n".join(import_summary(full, base)))
 
 
+# -- issue #23: machine CPU per fresh container, by phase -------------------------------------
+
+def phase_breakdown(n: int) -> dict[str, Any] | None:
+    """``_cpuphases`` over ``n`` sequential ``lxcbind.run()`` calls, 0.1 s apart (what a run
+    hands to the kernel lands between them, in "after the run")."""
+    def workload(marks: _cpuphases.Marks) -> int:
+        _cpuphases.install(marks)
+        for _ in range(n):
+            lxcbind.run(POLICY)
+            time.sleep(0.1)
+        return n
+    lxcbind.run(POLICY)
+    return _cpuphases.profile(workload)
+
+
+def pool_cpu(count: int, size: int) -> dict[str, Any] | None:
+    """``_cpuphases``' figures per fresh container of a Pool that runs ``count`` commands:
+    ``count + size`` containers set up and torn down in all."""
+    def workload(marks: _cpuphases.Marks) -> int:
+        with lxcbind.Pool(POLICY, size=size) as pool:
+            pool.map([["/bin/true"]] * count, workers=size)
+        return count + size
+    return _cpuphases.profile(workload)
+
+
+def _split(result: dict[str, Any] | None) -> dict[str, float] | None:
+    """Per container: all, the runner (this Python process), the other processes of ours
+    (starter, monitor, init, command), kernel threads (which also serve other jobs)."""
+    if result is None:
+        return None
+    proc = result["process"]
+    runner = proc.get("python3", 0.0)
+    kernel = proc.get("kernel threads", 0.0)
+    return {"total": result["total"], "runner": runner, "kernel": kernel,
+            "others": result["total"] - runner - kernel}
+
+
+def lxc_start_cpu(n: int) -> float | None:
+    """Machine CPU of ``lxc-start`` + ``lxc-stop -k`` of one sandbox's container (same config
+    file, its init connecting to a fresh channel each time): liblxc's own floor."""
+    if not shutil.which("lxc-start"):
+        return None
+    with lxcbind.Sandbox(RESTARTABLE) as box:
+        c = box.container
+        assert c is not None
+        cdir = os.path.join(box.lxcpath, box.name)
+        c.stop()
+
+        def cycle() -> None:
+            channel = InitChannel(cdir)
+            try:
+                subprocess.run(["lxc-start", "-n", box.name, "-P", box.lxcpath], check=True,
+                               stdin=subprocess.DEVNULL)
+            finally:
+                subprocess.run(["lxc-stop", "-k", "-n", box.name, "-P", box.lxcpath],
+                               check=True, stdin=subprocess.DEVNULL)
+                channel.close()
+        return _cpuphases.cpu_per_call(cycle, n)
+
+
+def cgroup_hierarchies() -> tuple[int, int]:
+    """(cgroup hierarchies on this host, those a running container's init is placed in a
+    cgroup of its own: liblxc makes and removes a payload and a monitor cgroup in each)."""
+    with lxcbind.Sandbox(POLICY) as box:
+        assert box.container is not None and box.container.init_pid is not None
+        with open(f"/proc/{box.container.init_pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    return len(lines), sum(box.name in line for line in lines)
+
+
+WORKER = "--worker"
+
+
+def worker(n: int, size: int) -> None:
+    """One round of the A/B figures, as JSON on stdout (lxcbind from PYTHONPATH)."""
+    rate, stat_cpu = bench_pool.pool_sustained(n * 6, size)
+    runs = []
+    lxcbind.run(POLICY)
+    for _ in range(n):
+        t = time.perf_counter()
+        lxcbind.run(POLICY)
+        runs.append((time.perf_counter() - t) * 1000)
+    print(json.dumps({"rate": rate, "stat_cpu": stat_cpu, "run": med(runs),
+                      "perf_cpu": _split(pool_cpu(n * 2, size))}))
+
+
+def ab_rounds(baseline: str, n: int, size: int,
+              rounds: int = 2) -> dict[str, list[dict[str, Any]]]:
+    """``worker`` of ``baseline`` and of this checkout, alternately, ``rounds`` times each."""
+    out: dict[str, list[dict[str, Any]]] = {"baseline": [], "this": []}
+    here = os.path.dirname(os.path.abspath(__file__))
+    for _ in range(rounds):
+        for side, root in (("baseline", os.path.abspath(baseline)), ("this", ROOT)):
+            env = dict(ENV, PYTHONPATH=os.pathsep.join([root, here]))
+            done = subprocess.run([sys.executable, os.path.abspath(__file__), WORKER,
+                                   "-n", str(n), "--size", str(size)], cwd=here, env=env,
+                                  check=True, capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL)
+            out[side].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def print_cpu_phases(result: dict[str, Any] | None, floors: dict[str, float | None],
+                 hierarchies: tuple[int, int]) -> None:
+    if result is None:
+        print("per-phase CPU: n/a (needs perf and root)")
+        return
+    print(f"machine CPU per fresh container, lxcbind.run() of /bin/true, by phase (perf -a: "
+          f"this run's processes + kernel threads; {result['foreign']:.1f} ms/run of other "
+          f"processes' CPU left out): {result['total']:.1f} ms")
+    for phase, ms in sorted(result["phase"].items(), key=lambda kv: -kv[1]):
+        mech = sorted(result["mechanism"][phase].items(), key=lambda kv: -kv[1])[:5]
+        print(f"  {ms:6.2f}  {phase:40} " + ", ".join(f"{k} {v:.2f}" for k, v in mech))
+    print("  by process: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(result["process"].items(), key=lambda kv: -kv[1])
+        if v >= 0.05) + "   (lxcbind-starter [1] the starter, [2] its daemonizing fork, "
+        "[3] liblxc's monitor, [4+] the container's init before its exec)")
+    totals: dict[str, float] = collections.Counter()
+    for mechs in result["mechanism"].values():
+        for k, v in mechs.items():
+            totals[k] += v
+    print("  by mechanism: " + ", ".join(
+        f"{k} {v:.2f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:14]))
+    print(f"  cgroup hierarchies: {hierarchies[1]} of the host's {hierarchies[0]} hold the "
+          "container's init in a cgroup of its own (liblxc creates and removes a payload and "
+          "a monitor cgroup in each)")
+    for label, cpu in floors.items():
+        print(f"  {label:58} " + (f"{cpu:6.2f} ms CPU" if cpu is not None else "n/a"))
+
+
+def cpu_only(n: int, size: int, baselines: Sequence[str]) -> None:
+    """Issue #23's figures: the per-phase CPU, the floors, and an A/B against each baseline."""
+    phases = phase_breakdown(n)
+    pool = _split(pool_cpu(n * 3, size))
+    floors = {
+        "Pool: CPU per fresh container (map, perf)": pool["total"] if pool else None,
+        "lxc-start + lxc-stop -k of one container, no disk layer": lxc_start_cpu(
+            max(5, n // 2)),
+        "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
+                                          if ensure_bwrap() else None),
+    }
+    print_cpu_phases(phases, floors, cgroup_hierarchies())
+    for baseline in baselines:
+        ab = ab_rounds(baseline, n, size)
+        print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}); Pool CPU per "
+              "fresh container (perf): all = runner + other processes of ours + kernel threads")
+        print(f"  {'':36} {'runs/s':>7} {'all':>6} {'runner':>7} {'others':>7} "
+              f"{'kernel':>7} {'/proc/stat':>10} {'run() ms':>9}")
+        for side, rows in ab.items():
+            label = baseline if side == "baseline" else "this checkout"
+            for r in rows:
+                c = r["perf_cpu"] or {"total": 0.0, "runner": 0.0, "others": 0.0,
+                                      "kernel": 0.0}
+                print(f"  {label[-36:]:36} {r['rate']:7.1f} {c['total']:6.1f} "
+                      f"{c['runner']:7.1f} {c['others']:7.1f} {c['kernel']:7.1f} "
+                      f"{r['stat_cpu']:10.1f} {r['run']:9.1f}")
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20)
@@ -411,9 +584,18 @@ def main() -> None:
                         help="only where run()'s time goes, step by step")
     parser.add_argument("--cli", action="store_true",
                         help="only the CLI against python3 -c pass (and the baselines)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="only issue #23's CPU per fresh container (and the baselines' A/B)")
+    parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, size = args.n, args.size
+    if args.worker:
+        worker(n, size)
+        return
     print(describe())
+    if args.cpu:
+        cpu_only(n, size, args.baseline)
+        return
     if args.phases:
         print_phases(*python_phases(n))
         return
@@ -501,6 +683,8 @@ def main() -> None:
           f"({big['in-process'] / big['starter']:.1f}x)")
     print()
     print_phases(*steps)
+    print()
+    cpu_only(n, size, args.baseline)
 
 
 if __name__ == "__main__":

@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "egress.default allow, NAT; inbound stays denied)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the effective plan; create nothing")
+    run.add_argument("--image", metavar="REF",
+                     help="root filesystem from an image (replaces lxc.rootfs): oci:/PATH[:TAG], "
+                          "docker-archive:/PATH.tar[:NAME:TAG] or a stored image's id; without "
+                          "a command, the image's Entrypoint+Cmd runs")
     sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
     ls = sub.add_parser("ls", help="list lxcbind's kept containers (and those in use)")
     ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -228,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     at.add_argument("--no-tty", dest="tty", action="store_false", help="pipes, never a pty")
     rm = sub.add_parser("rm", help="remove kept containers and everything they own")
     rm.add_argument("ids", nargs="+", metavar="ID", help="container names")
+    from lxcbind.cli_image import add_parser as add_image_parser
+
+    add_image_parser(sub)
     return parser
 
 
@@ -251,7 +258,8 @@ def _fast_run(words: list[str]) -> argparse.Namespace | None:
         "verbose": False, "log_level": None, "command": "run", "policy": None, "config": None,
         "config_base64": None, "tty": None, "timeout": None, "cwd": None, "env": [],
         "json": False, "max_output": None, "base64": False, "run_verbose": False,
-        "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False}
+        "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False,
+        "image": None}
     for word in words[1:]:
         flag = _RUN_FLAGS.get(word)
         if flag is not None:
@@ -333,14 +341,15 @@ def _load_document(args: argparse.Namespace) -> tuple[Any, dict[str, Any], str]:
         doc, origin = policy_document(sys.stdin.buffer.read()), "<stdin>"
     elif source is not None:
         doc, origin = policy_document(read_policy_file(source)), source
-    elif getattr(args, "cmd", None):
+    elif getattr(args, "cmd", None) or getattr(args, "image", None):
         doc, origin = json.loads(json.dumps(DEFAULT_POLICY)), "<default>"
     else:
         raise _UsageError("no policy and no command: pass a policy (a path, -, --config PATH "
                           "or --config-base64 B64) or a command after -- (e.g. lxcbind run -- "
                           "uname -a)")
     _override(doc, args)
-    return load_policy(doc, origin=origin), doc, origin
+    image = getattr(args, "image", None) or ""
+    return load_policy(doc, origin=origin, command_required=not image), doc, origin
 
 
 def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -384,6 +393,11 @@ def _override(doc: dict[str, Any], args: argparse.Namespace) -> None:
         fs = _section(doc, "filesystem")
         for key, items in lists:
             _append(fs, key, items or [])
+    if getattr(args, "image", None):
+        from lxcbind.policy.parse import IMAGE_PREFIXES, image_ref
+
+        ref = args.image if args.image.startswith(IMAGE_PREFIXES) else f"image:{args.image}"
+        _section(doc, "lxc")["rootfs"] = image_ref(ref, "--image")
     if getattr(args, "net", False):
         # Open egress, enforced: under schema 0.8 an egress default of allow (NAT, inbound
         # denied); under 0.6/0.7 the same in legacy firewall mode.
@@ -500,7 +514,7 @@ def _run(args: argparse.Namespace) -> int:
         _emit({"exit_code": code, "returncode": result.returncode, "signal": result.signal,
                "timed_out": result.timed_out, "duration": round(result.duration, 6),
                "oom_killed": result.oom_killed, "pids_limited": result.pids_limited,
-               "disk_limited": result.disk_limited,
+               "disk_limited": result.disk_limited, "image": result.image,
                "container": name, "network_enforced": notice is None,
                "network_notice": notice, **_json_output(result, args.base64)})
     return code
@@ -643,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _exec_kept(args)
         if args.command == "attach":
             return _attach(args)
+        if args.command == "image":
+            from lxcbind.cli_image import main as image_main
+
+            return image_main(args, _emit)
         return _run(args)
     except _UsageError as exc:
         return _error("usage", str(exc), EXIT_USAGE, as_json)

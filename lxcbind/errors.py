@@ -6,6 +6,7 @@
     ├── LxcError (OSError)        a liblxc call failed: errno, operation, container, log tail
     ├── ExecError (OSError)       the command could not be started inside the container
     ├── SandboxError              setting up or tearing down the sandbox failed (CLI exit 125)
+    │   └── ImageError            an image cannot be imported or used (names the layer and entry)
     ├── SessionError              a Session cannot run commands any more
     │   ├── SpawnerDied           its resident spawner is gone
     │   └── ShellDied             its persistent shell exited (``returncode``)
@@ -61,6 +62,11 @@ class ContainerNotFound(LxcbindError, LookupError):
 
 class SandboxError(LxcbindError):
     """The sandbox could not be set up or failed (root filesystem, mounts, network)."""
+
+
+class ImageError(SandboxError):
+    """An image could not be imported, found or removed: the message names the image and,
+    for a refused layer, the layer and the entry."""
 
 
 class SessionError(LxcbindError):

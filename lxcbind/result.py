@@ -34,6 +34,8 @@ class CompletedRun:
     process / its process limit refused a fork (set by sandbox runs, which know the limits).
     ``disk_limited``: when it ended, the sandbox's writable layer (``lxc.limits.disk``) was full
     (bytes or inodes): a write may have failed with ENOSPC.
+    ``image``: the id of the stored image the sandbox's root filesystem came from (None for
+    the other root filesystems).
     ``shell_restarted``: the persistent shell running it died and a new one replaced it (its
     cwd, variables and functions are lost; ``Session.shell(restart=True)``).
     """
@@ -53,6 +55,7 @@ class CompletedRun:
     pids_limited: bool = False      # a fork was refused at the container's process limit
     disk_limited: bool = False      # the container's writable layer was full when it ended
     shell_restarted: bool = False   # a persistent shell died in this call and was restarted
+    image: str | None = None        # the id of the stored image the sandbox ran on
 
     @property
     def signal(self) -> int | None:

@@ -44,7 +44,7 @@ def write_json(path: Path, data: Any) -> None:
     """Replace ``path`` with ``data`` atomically (temporary file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True, indent=1))
+    tmp.write_text(json.dumps(data, sort_keys=True))   # no indent: the C encoder
     os.replace(tmp, path)
 
 
@@ -65,17 +65,31 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+_boot_id = ""                            # read once: it cannot change while a process runs
+_identity: dict[str, Any] | None = None   # this process's, for its pid (a fork has another)
+
+
 def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+    global _boot_id
+    if not _boot_id:
+        try:
+            _boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
+    return _boot_id
 
 
 def runner_identity() -> dict[str, Any]:
-    """Who this process is, in a form ``runner_alive`` can check later (from any process)."""
+    """Who this process is, in a form ``runner_alive`` can check later (from any process).
+    Read once per process (every fresh container's records ask several times): a pid and its
+    start time do not change while the process lives."""
+    global _identity
     pid = os.getpid()
-    return {"runner_pid": pid, "runner_start": process_start_time(pid), "boot_id": boot_id()}
+    known = _identity
+    if known is None or known["runner_pid"] != pid:
+        known = _identity = {"runner_pid": pid, "runner_start": process_start_time(pid),
+                             "boot_id": boot_id()}
+    return dict(known)
 
 
 def runner_alive(identity: dict[str, Any]) -> bool:

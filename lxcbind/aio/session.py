@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -159,25 +160,29 @@ class AsyncSession:
     wraps a started ``Session`` (the caller keeps owning it).
     """
 
-    def __init__(self, session: Session | None = None, *, policy: PolicyLike | None = None
-                 ) -> None:
+    def __init__(self, session: Session | None = None, *, policy: PolicyLike | None = None,
+                 image: object = None) -> None:
         if session is not None and not isinstance(session, Session):
             raise TypeError("AsyncSession() takes a Session; use AsyncSession.from_policy("
                             "policy) for a new sandbox")
         self.session = session
         self._policy = policy
+        self._image = image
         self._owned = session is None
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike) -> AsyncSession:
-        return cls(policy=policy)
+    def from_policy(cls, policy: PolicyLike, *, image: object = None) -> AsyncSession:
+        """An unstarted session for ``policy`` (``image``: its root filesystem, as for
+        ``Session.from_policy``)."""
+        return cls(policy=policy, image=image)
 
     async def start(self) -> AsyncSession:
         if self.session is None:
             if self._policy is None:
                 raise RuntimeError("this AsyncSession has no policy to start from")
             loop = asyncio.get_running_loop()
-            task = loop.run_in_executor(None, Session.from_policy, self._policy)
+            task = loop.run_in_executor(None, functools.partial(
+                Session.from_policy, self._policy, image=self._image))
             try:
                 self.session = await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -353,8 +358,9 @@ class AsyncPool:
     loop's executor."""
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0) -> None:
-        self.pool = Pool(policy, size, starters=starters, start_timeout=start_timeout)
+                 start_timeout: float = 60.0, image: object = None) -> None:
+        self.pool = Pool(policy, size, starters=starters, start_timeout=start_timeout,
+                         image=image)
 
     async def run(self, command: Command, **keywords: Unpack[RunKeywords]) -> CompletedRun:
         """``Pool.run`` for asyncio (``run``'s keywords); cancelling it kills the command."""

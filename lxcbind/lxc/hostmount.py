@@ -1,6 +1,6 @@
 """Host-side mounts that only C can make: a user namespace as a file (for ``idmap=``), a
-private bind, a block device's filesystem, a lazy unmount.  Each returns 0 or raises
-``OSError``."""
+private bind, an idmapped read-only bind, a block device's filesystem, a lazy unmount.  Each
+returns 0 or raises ``OSError``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,15 @@ def bind_private(source: str, target: str) -> None:
     """Bind ``source`` onto ``target`` and make the new mount private (no propagation)."""
     _check(lib.lxcbind_bind_private(os.fsencode(source), os.fsencode(target)),
            "cannot bind", source)
+
+
+def idmapped_bind(source: str, target: str, start: int, size: int) -> None:
+    """Mount a read-only, nosuid, nodev, private clone of directory ``source`` at ``target``
+    (an existing empty directory), idmapped so that the owner N of a file appears as host
+    id ``start + N`` (N below ``size``; any other owner appears as the overflow id)."""
+    _check(lib.lxcbind_idmapped_bind(os.fsencode(source), os.fsencode(target),
+                                     f"0 {start} {size}\n".encode()),
+           "cannot make an idmapped mount", source)
 
 
 def detach(path: str) -> bool:

@@ -67,7 +67,8 @@ def write_etc_file(rootfs_path: str, name: str, content: str) -> None:
     refused = SandboxError(f"network: /etc/{name} in the container's upper layer is not a "
                            "regular file in a directory; refusing to write through it")
     try:
-        etc = _open_etc(upper, create_from=os.path.join(lower, "etc"))
+        # The bottom lower layer (the base): a snapshot's layers stack above it ("a:b:base").
+        etc = _open_etc(upper, create_from=os.path.join(lower.rsplit(":", 1)[-1], "etc"))
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
             raise refused from None

@@ -55,8 +55,8 @@ class Filesystem:
 class Rootfs:
     """Where the root filesystem comes from (lxcbind extension ``lxc.rootfs``)."""
 
-    kind: Literal["host", "busybox", "download", "dir"]
-    path: str | None = None           # only for ``dir``
+    kind: Literal["host", "busybox", "download", "dir", "image"]
+    path: str | None = None           # ``dir``: the directory; ``image``: the image reference
     distribution: str | None = None   # only for ``download`` (lxc.distribution, lxc.release)
     release: str | None = None
     arch: str | None = None           # for ``download``: None = this machine's

@@ -44,7 +44,9 @@ Contract and the choices made where the format is silent (or where mxc has a gap
   ``\\040``.  Lists are kept verbatim; merging rw/ro/denied conflicts is the mounts layer's job.
 * **lxc**: ``distribution``/``release`` must be given together, each a non-empty
   ``[A-Za-z0-9][A-Za-z0-9._-]*`` (they become template arguments and cache paths).  The lxcbind
-  extension ``lxc.rootfs`` is ``"host" | "busybox" | "download" | "dir:/abs/path"``, default
+  extension ``lxc.rootfs`` is ``"host" | "busybox" | "download" | "dir:/abs/path"`` or an
+  image (``image_ref``: ``oci:/abs/path[:tag]``, ``docker-archive:/abs/path[:name:tag]``,
+  ``image:ID`` of the local store; only the syntax is checked here), default
   ``download`` when distribution+release are given, else ``host``.  ``download`` without them
   is an error; another rootfs with them set is allowed (the explicit choice wins; a warning).
 * **network** (``network``, ``runtimeConfig``): see ``lxcbind.policy.netparse``.
@@ -207,6 +209,21 @@ def base64_policy_bytes(b64: str | bytes) -> bytes:
 
 # --------------------------------------------------------------------------- the parser
 
+IMAGE_PREFIXES = ("oci:", "docker-archive:", "image:")
+
+
+def image_ref(text: str, path: str) -> str:
+    """An image reference's syntax (``IMAGE_PREFIXES``; a source's path absolute); the image
+    itself is found or imported when a sandbox starts."""
+    kind, _, rest = text.partition(":")
+    if not rest or any(ord(c) < 32 or c == "\x7f" for c in rest):
+        raise PolicyError(path, f"{kind}: needs a reference without control characters, "
+                                f"got {json.dumps(text)}")
+    if kind != "image" and not rest.startswith("/"):
+        raise PolicyError(path, f"{kind}: the path must be absolute, got {json.dumps(text)}")
+    return text
+
+
 class _Parser:
     def __init__(self, origin: str, command_required: bool = True) -> None:
         self.origin = origin
@@ -363,11 +380,15 @@ class _Parser:
                 rootfs = Rootfs("dir", abs_path(text[4:], "lxc.rootfs"))
             elif text == "download":
                 rootfs = Rootfs("download", distribution=dist, release=rel)
+            elif text.startswith(IMAGE_PREFIXES):
+                rootfs = Rootfs("image", image_ref(text, "lxc.rootfs"))
             elif text in ("host", "busybox"):
                 rootfs = Rootfs(text)  # type: ignore[arg-type]
             else:
-                raise PolicyError("lxc.rootfs", 'expected "host", "busybox", "download" or '
-                                                f'"dir:/absolute/path", got {json.dumps(text)}')
+                raise PolicyError("lxc.rootfs", 'expected "host", "busybox", "download", '
+                                                '"dir:/absolute/path", "oci:/path[:tag]", '
+                                                '"docker-archive:/path.tar[:name:tag]" or '
+                                                f'"image:ID", got {json.dumps(text)}')
             if rootfs.kind == "download" and not dist:
                 raise PolicyError("lxc.rootfs", '"download" needs lxc.distribution and '
                                                 "lxc.release")

@@ -19,8 +19,10 @@ Pieces: ``LxcbindSandboxBackend`` (a ``BaseSandboxBackend``), ``LxcbindSandboxRu
 
 What maps, and what is refused rather than silently weakened (fail closed):
 
-* ``image``: an lxcbind root filesystem, not an OCI image: ``"host"`` (default), ``"busybox"``
-  or ``"dir:/abs/path"``; anything else is a ``SandboxCreationError``.
+* ``image``: an lxcbind root filesystem: ``"host"`` (default), ``"busybox"``,
+  ``"dir:/abs/path"``, or a local image (``"oci:/path[:tag]"``,
+  ``"docker-archive:/path.tar[:name:tag]"``, ``"image:ID"`` of the store: imported on the
+  worker's machine on first use); a registry name is a ``SandboxCreationError``.
 * ``network``: ``"none"`` only (no network device but loopback).  Egress rules are lxcbind
   policy: pass ``policy={"network": ...}``, it is the base of every sandbox's policy.
 * ``readonly=True`` (Ray's default) is refused: lxcbind gives each sandbox a private
@@ -85,11 +87,15 @@ class _RootfsImages:
 
 
 def _rootfs(image: str) -> str:
-    if image in _IMAGES or (image.startswith("dir:/") and len(image) > 5):
+    from lxcbind.policy.parse import IMAGE_PREFIXES
+
+    if image in _IMAGES or (image.startswith("dir:/") and len(image) > 5) or \
+            image.startswith(IMAGE_PREFIXES):
         return image
     raise SandboxCreationError(
         f"image {image!r}: the lxcbind backend runs lxcbind root filesystems ('host', "
-        "'busybox', 'dir:/abs/path'), not OCI images")
+        "'busybox', 'dir:/abs/path') and local images ('oci:/path[:tag]', "
+        "'docker-archive:/path.tar[:name:tag]', 'image:ID'), not OCI images from a registry")
 
 
 def _refuse(config: SandboxConfig) -> None:

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -48,12 +47,17 @@ from lxcbind.proc import session as _session
 from lxcbind.proc import users as _users
 from lxcbind.proc.runner import Container
 from lxcbind.result import DEFAULT_MAX_OUTPUT, CompletedRun, MaxOutput
-from lxcbind.sandbox import cleanup, disk, idmap, mounts, rootfs, security
+from lxcbind.sandbox import cleanup, disk, idmap, imagefs, kept, mounts, rootfs, security
 from lxcbind.sandbox.initspawner import InitChannel
+from lxcbind.sandbox.netcheck import network_notice as network_notice  # re-exported
+from lxcbind.sandbox.netcheck import network_refusal as network_refusal
 from lxcbind.state import STATE_DIR
 
 if TYPE_CHECKING:
+    from lxcbind.image import Image
+    from lxcbind.image.snapshot import Snapshot
     from lxcbind.net import network
+    from lxcbind.policy.model import Rootfs
 
 # ``network`` (and what it imports: socket, netlink, nftables) is imported only by the code
 # paths that need it, so a run with no network device never loads it.
@@ -97,75 +101,6 @@ def is_policy_like(obj: object) -> bool:
             return False
     return text == obj and obj.endswith(".json") and not any(c.isspace() for c in obj) \
         and os.path.isfile(obj)
-
-
-def network_refusal(policy: Policy) -> str | None:
-    """Why the policy's network cannot be enforced (None when it can).
-
-    A deny-everything policy runs with no network device at all, which is stronger than any
-    rule set and cannot be undone from inside.  Egress rules, open egress, the legacy DNS
-    exemption and a reachable proxy are enforced by ``network`` (routed veth + the container's
-    nftables table, installed before start).  A policy that asks for no firewall (mxc's
-    capabilities mode) is not refused: it runs open, as under mxc, and ``network_notice`` says
-    so.  What stays refused, rather than run with less protection than asked, is named here.
-    Host-independent: ``--dry-run`` calls it.
-    """
-    effective = policy.network.effective()
-    if effective.is_deny_all() or not effective.firewall:
-        return None
-    reason = None
-    if not effective.ingress_deny:
-        field = ("network.allowLocalNetwork" if policy.network.shape == "legacy"
-                 else "network.ingress.default")
-        reason = f"{field} allows inbound traffic, which lxcbind does not implement"
-    elif not effective.host_loopback_deny:
-        reason = "network.ingress.hostLoopback allows inbound traffic, which lxcbind does not " \
-                 "implement"
-    elif effective.proxy is not None and effective.proxy.source.startswith("runtimeConfig"):
-        reason = (f"{effective.proxy.source}: a proxy on the host's loopback cannot be reached "
-                  "from the container's network namespace")
-    elif effective.proxy is not None and ":" in effective.proxy.host:
-        reason = f"{effective.proxy.source}: IPv6 proxy endpoints are not supported (IPv4 only)"
-    if reason is None:
-        return None
-    return f"network: {reason}; refusing to run instead of running with less protection"
-
-
-def _check_kept_isolation(c: Container, ids: idmap.IdRange | None) -> None:
-    """A kept container is reused only with the isolation it was made with: its id mapping
-    is in its files' owners and cannot change underneath them."""
-    have = sorted(line for line in c.get_config_item("lxc.idmap").split("\n") if line.strip())
-    want = sorted(value for _, value in ids.config()) if ids is not None else []
-    if have != want:
-        kind = "privileged" if not have else "unprivileged"
-        raise SandboxError(f"containerId {c.name!r}: the kept container was made {kind} with "
-                           f"other id mappings ({'; '.join(have) or 'none'}); this policy "
-                           "needs a new one: remove the kept container first")
-
-
-def network_notice(policy: Policy) -> str | None:
-    """One line saying that the network is *not* enforced, and how to enforce it, for a
-    policy in mxc's capabilities mode (schema < 0.8 without ``enforcementMode`` firewall/both);
-    None when the network policy is enforced.  Such a run gets what mxc gives it: a network
-    device with open egress (NAT) and open inbound; only what open egress always leaves out
-    (``lxcbind.policy.network.carve``) is filtered."""
-    if policy.network.effective().firewall:
-        return None
-    if policy.version is None:
-        why = ("the policy has no \"version\", so it is read as schema 0.6/0.7, whose default "
-               "network.enforcementMode \"capabilities\" requests no firewall")
-        how = "set \"version\": \"0.8.0\" (or network.enforcementMode \"firewall\")"
-    elif policy.network.specified:
-        why = (f"schema {policy.version} without network.enforcementMode \"firewall\"/\"both\" "
-               "requests no firewall: defaultPolicy, allowedHosts and blockedHosts are "
-               "declarations only")
-        how = "set network.enforcementMode to \"firewall\" (or use schema 0.8)"
-    else:
-        why = (f"schema {policy.version} with no network section requests no firewall")
-        how = "declare a network section under schema 0.8 (no section there means deny-all)"
-    return (f"network: not enforced: {why}; inbound is open and egress reaches the internet "
-            "(not the host, its networks or private ranges), as under mxc; "
-            f"to enforce it, {how}")
 
 
 def _remove_named(name: str, lxcpath: str) -> None:
@@ -232,31 +167,6 @@ def _reap_stale_leases(log: Log) -> None:
             lock.release()
 
 
-def _init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
-    """A kept container's init and the processes it runs before any command (what a run
-    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
-    (the host root filesystem's) forks its program just after it starts: wait for that child
-    (bounded; missing it would only stop the kept container at the end of the run)."""
-    try:
-        init_cmd = c.get_config_item("lxc.init.cmd")
-    except KeyError:
-        init_cmd = ""
-    if " -- " in init_cmd:
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
-                    if f.read().strip():
-                        break
-            except OSError:
-                break
-            time.sleep(0.002)
-    try:
-        return init_pid, cgroups.processes(init_pid)
-    except OSError:
-        return None   # no freezer: ``_stop_workload`` stops the container instead
-
-
 def _warning(message: str) -> None:
     """A library's warning: through ``logging`` (imported only when there is one to give)."""
     import logging
@@ -277,10 +187,14 @@ class Sandbox:
     def __init__(self, policy: PolicyLike | None = None, *, lxcpath: str | None = None,
                  log: Log | None = None, warn: Log | None = None,
                  signals: cleanup.FatalSignals | None = None,
-                 lock_timeout: float = 60.0, start_timeout: float = 10.0) -> None:
+                 lock_timeout: float = 60.0, start_timeout: float = 10.0,
+                 image: object = None) -> None:
         # The commands come from run(cmd): process.commandLine is optional here.
-        self.policy = default_policy() if policy is None else \
-            as_policy(policy, command_required=False)
+        self.policy = imagefs.with_image(default_policy() if policy is None else
+                                         as_policy(policy, command_required=False), image)
+        self.image: Image | None = None   # the stored image it runs on, once open
+        self._snapshot: Snapshot | None = None   # that image, when it is a snapshot
+        self._base: Rootfs = self.policy.lxc.rootfs   # what the container's base is, once open
         self.lxcpath = lxcpath or default_lxcpath()
         self.name = self.policy.container_id or f"lxcbind-{os.urandom(4).hex()}"
         self._container: Container | None = None
@@ -344,6 +258,12 @@ class Sandbox:
         self._locked = True
         fs = self.policy.filesystem
         spec = self.policy.lxc.rootfs
+        if spec.kind == "image":   # found (or imported) once: everything below names its id
+            self.image, spec = imagefs.resolve(spec)
+            from lxcbind.image import snapshot  # a snapshot: its layers over its own base
+
+            self._snapshot, spec = snapshot.layered(self.image, spec)
+        self._base = spec
         privileged = self.policy.lxc.privileged
         planned = mounts.plan_mounts(fs.readwrite_paths, fs.readonly_paths, fs.denied_paths,
                                      rootfs_kind=spec.kind, idmapped=not privileged)
@@ -379,11 +299,12 @@ class Sandbox:
             self._log(f"reusing kept container {self.name!r} with the current policy")
             self._container = probe
             probe.stop()  # mount entries only apply at start
-            _check_kept_isolation(probe, self._ids)
+            kept.check_isolation(probe, self._ids)
             rootfs.replace_mounts(probe, spec, planned, isolation)
             cdir = os.path.join(self.lxcpath, self.name)
             if disk.has_layer(cdir):   # its writes are in its image; the size it was made with
                 disk.mount_existing(cdir)   # after a reboot, or a run that failed to start
+            imagefs.rebind_layers(cdir, self._ids)   # detached after its last start
             from lxcbind.net import network
 
             network.configure_existing(probe, net_config)
@@ -398,7 +319,8 @@ class Sandbox:
                                                      mounts=planned,
                                                      config=net_config + init_config,
                                                      isolation=isolation,
-                                                     disk_size=self._disk_size)
+                                                     disk_size=self._disk_size,
+                                                     layers=self._image_layers())
             if spawner_init:
                 self._init_channel = InitChannel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
@@ -452,7 +374,7 @@ class Sandbox:
             # for the init's pid and /proc for its cgroups twice per command.
             self._event_files = cgroups.event_files(init_pid)
             if not self.policy.lifecycle.destroy_on_exit:
-                self._spare = _init_processes(self._container, init_pid)
+                self._spare = kept.init_processes(self._container, init_pid)
         except BaseException:
             if control is not None:
                 control.close()
@@ -464,6 +386,27 @@ class Sandbox:
                                          init_control=control,
                                          start_timeout=self._start_timeout)
             self._init_session._disk = self._disk
+            self._init_session._image = self.image.id if self.image else None
+
+    def _image_layers(self) -> Callable[[int | None], list[str]] | None:
+        if self._snapshot is None:
+            return None
+        snap, cdir = self._snapshot, os.path.join(self.lxcpath, self.name)
+        return lambda start: imagefs.lowers(snap, cdir, self._ids)
+
+    def snapshot(self, name: str | None = None) -> Snapshot:
+        """Capture the running sandbox's root filesystem as an image (``lxcbind.sandbox.fork``:
+        processes frozen meanwhile; host binds and tmpfs mounts are not part of it)."""
+        from lxcbind.sandbox import fork
+
+        return fork.snapshot(self, name)
+
+    def fork(self, n: int) -> list[Sandbox]:
+        """``n`` started sandboxes of this policy, each from this one's current filesystem,
+        isolated from it and from each other, each closed on its own (``sandbox.fork``)."""
+        from lxcbind.sandbox import fork
+
+        return fork.fork(self, n, Sandbox)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -475,8 +418,16 @@ class Sandbox:
         if self._net is not None:
             env.update(self._net.env())
         lxc = self.policy.lxc
-        return CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
-                               lxc.gid if lxc.uid is not None else None)
+        d = CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
+                            lxc.gid if lxc.uid is not None else None)
+        if self.image is None:
+            return d
+        image = self.image
+        if self._snapshot is not None:   # its account files may be in any of its layers
+            from lxcbind.image import snapshot
+
+            image = snapshot.accounts(self._snapshot, image)
+        return imagefs.defaults(d, image, self.policy)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
@@ -486,6 +437,7 @@ class Sandbox:
         session = Session(self._running("session"), env=d.env or None, cwd=d.cwd,
                           timeout=d.timeout, uid=d.uid, gid=d.gid, start_timeout=start_timeout)
         session._disk = self._disk
+        session._image = self.image.id if self.image else None
         self._sessions.append(session)
         return session
 
@@ -505,11 +457,9 @@ class Sandbox:
         return self._container
 
     def policy_argv(self, call: str = "run") -> list[str]:
-        """The policy's own command (``process.commandLine``) as an argv."""
-        if not self.policy.process.command_line:
-            raise PolicyError("process.commandLine", f"the policy has no command; pass one: "
-                              f"{call}(\"echo hi\") or {call}([\"ls\", \"/\"])")
-        return list(self.policy.process.argv)
+        """The policy's own command (``process.commandLine``) as an argv, else the image's
+        (``Entrypoint + Cmd``)."""
+        return imagefs.argv(self.image, self.policy, call)
 
     def run(self, cmd: Command | None = None, *, env: Mapping[str, str] | None = None,
             cwd: str | None = None, input: bytes | str | None = None, text: bool = False,
@@ -588,6 +538,7 @@ class Sandbox:
                                                cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                                gid=d.gid, start_timeout=self._start_timeout)
                 session._disk = self._disk
+                session._image = self.image.id if self.image else None
             return session
 
     # -- files -------------------------------------------------------------------------------
@@ -671,7 +622,8 @@ class Sandbox:
         after = self.limit_events()
         return replace(result, oom_killed=after.oom_kills > before.oom_kills,
                        pids_limited=after.pids_max > before.pids_max,
-                       disk_limited=self._disk is not None and self._disk.full())
+                       disk_limited=self._disk is not None and self._disk.full(),
+                       image=self.image.id if self.image is not None else None)
 
     def interact(self, *, timeout: float | None = None, tty: bool | None = None) -> CompletedRun:
         """Run the policy's command bridged to this process's stdio (see ``runner``)."""
@@ -682,12 +634,12 @@ class Sandbox:
         if pipes and init is not None and init.alive:
             # Through the spawner that is the container's init (no attach).  A terminal
             # keeps liblxc's attach, and the runner's raw mode and window-size following.
-            opts = CallOptions(list(self.policy.process.argv), d.env, d.cwd, None,
+            opts = CallOptions(self.policy_argv("interact"), d.env, d.cwd, None,
                                d.timeout if timeout is None else timeout, DEFAULT_MAX_OUTPUT,
                                None, "replace")
             return init._interact(opts)
         before = self.limit_events()
-        result = _runner.interact_run(container, self.policy.process.argv,
+        result = _runner.interact_run(container, self.policy_argv("interact"),
                                       tty=tty, env=d.env, cwd=d.cwd,
                                       timeout=d.timeout if timeout is None else timeout,
                                       uid=d.uid, gid=d.gid)
@@ -792,6 +744,10 @@ class Sandbox:
                 if self._locked:
                     self._lock.release()
                     self._locked = False
+            if removed and self._snapshot is not None and self._snapshot.ephemeral:
+                from lxcbind.image import snapshot  # a fork's: gone with its last user
+
+                snapshot.prune(self.lxcpath, only=self._snapshot.id)
         if self._signals:
             self._signals.check()
 
@@ -801,7 +757,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
         max_output: MaxOutput = None, tty: bool = False,
-        lxcpath: str | None = None) -> CompletedRun:
+        lxcpath: str | None = None, image: object = None) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
 
@@ -811,8 +767,10 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     root filesystem, default isolation).  The other keywords are ``Sandbox.run``'s: ``env``
     merged over ``process.env``, ``cwd`` and ``timeout`` (seconds) replacing ``process.cwd``
     and ``process.timeout``, ``input``, ``text``/``encoding``/``errors``, ``max_output``,
-    ``tty``.  A non-zero exit is a result, not an error, unless ``check`` (then
-    ``lxcbind.CalledProcessError`` / ``lxcbind.TimeoutExpired``).
+    ``tty``.  ``image``: the root filesystem (an image reference, a stored image or
+    snapshot, or its id or name) instead of the policy's ``lxc.rootfs``.  A non-zero exit is
+    a result, not an error, unless ``check`` (then ``lxcbind.CalledProcessError`` /
+    ``lxcbind.TimeoutExpired``).
 
     The old form ``run(policy_like, ...)`` still works: a first argument that
     ``is_policy_like`` (a Policy, a mapping, bytes, a path object, JSON object text, or an
@@ -830,10 +788,11 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     opts = check_call(cmd, env=env, cwd=cwd, input=input, timeout=timeout,
                       max_output=max_output, text=text, encoding=encoding, errors=errors)
     resolved = default_policy() if policy is None else as_policy(policy, command_required=False)
-    if opts.argv is None and not resolved.process.command_line:
+    if opts.argv is None and not resolved.process.command_line and image is None \
+            and resolved.lxc.rootfs.kind != "image":
         raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
                           "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
-    with Sandbox(resolved, lxcpath=lxcpath) as box:
+    with Sandbox(resolved, lxcpath=lxcpath, image=image) as box:
         result = box._run(opts, tty=tty)
     if check:
         result.check_returncode()
@@ -888,8 +847,6 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
     if (locks := cleanup.remove_stale_locks()):
         log(f"gc: removed {locks} unused lock files")
     network.prune_tables(log)
-    from lxcbind.sandbox import kept
-
     for name in kept.prune():
         log(f"gc: dropped the kept-container record of {name!r} (the container is gone)")
     for base in rootfs.prune_bases():
@@ -898,6 +855,13 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: removed disk image {image}, left by a killed runner")
     for image in disk.prune():
         log(f"gc: removed cached disk image {image}, of no use to this version")
+    from lxcbind.image import snapshot
+    from lxcbind.image import store as images
+
+    for sid in snapshot.prune(default_lxcpath()):
+        log(f"gc: removed snapshot {sid}, a fork's that no container uses any more")
+    for path in images.prune(unused_for=float("inf")):   # images stay: only what is unused
+        log(f"gc: removed {path}")                       # below them (copies, killed imports)
     return removed
 
 
@@ -907,23 +871,25 @@ class Session(_session.Session):
     results."""
 
     _disk: disk.Layer | None = None   # the sandbox's writable layer (the sandbox closes it)
+    _image: str | None = None         # the id of the image the sandbox runs on
 
     def with_limit_events(self, result: CompletedRun, before: cgroups.Events) -> CompletedRun:
         result = super().with_limit_events(result, before)
         if self._disk is not None and self._disk.full():
             result = replace(result, disk_limited=True)
-        return result
+        return result if self._image is None else replace(result, image=self._image)
 
     @classmethod
-    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0) -> Session:
+    def from_policy(cls, policy: PolicyLike, *, start_timeout: float = 10.0,
+                    image: object = None) -> Session:
         """A Session in a fresh container set up for ``policy`` (a ``Policy``, dict, JSON text
         or path), whose root filesystem, filesystem policy, isolation, limits and network rules
         apply to every command; the policy's ``process.env`` (plus, in proxy mode, the proxy
         variables) is each command's base environment, ``process.cwd`` and ``process.timeout``
         are the defaults of every call that names none, and ``lxc.uid``/``lxc.gid`` the
         commands' user.  Closing the session tears the container down like a one-shot run
-        (``destroyOnExit``)."""
-        box = Sandbox(policy, start_timeout=start_timeout)
+        (``destroyOnExit``).  ``image``: the root filesystem (see ``Sandbox``)."""
+        box = Sandbox(policy, start_timeout=start_timeout, image=image)
         try:
             box.open()
             session = box._init_session
@@ -934,6 +900,7 @@ class Session(_session.Session):
                 session = cls(box.container, env=d.env or None, cwd=d.cwd, timeout=d.timeout,
                               uid=d.uid, gid=d.gid, start_timeout=start_timeout)
                 session._disk = box._disk
+                session._image = box.image.id if box.image else None
         except BaseException:
             box.close(failed=True)
             raise

@@ -451,6 +451,13 @@ class Layer:
         with contextlib.suppress(OSError):   # without it the image is swept, not reused
             self._image = diskpool.hold(os.path.join(cdir, IMAGE))
 
+    def upper(self) -> str:
+        """A path to the overlay's upper directory that works after the host's mount of the
+        layer was detached (through this descriptor: ``/proc/self/fd/N``)."""
+        if self._fd < 0:
+            raise ValueError("the layer was closed")
+        return f"/proc/self/fd/{self._fd}/{UPPER}"
+
     def full(self) -> bool:
         """Whether the workload has (nearly) no bytes or no inodes left."""
         if self._fd < 0:

@@ -45,7 +45,6 @@ KEEP = 4                        # clean images kept per size (a Pool of 4 recycl
 # Bounded, the walk costs at most a few thousand seeks; removing a large image costs what it
 # did before images were reused.
 MAX_WRITTEN = 64 << 20
-_PUNCH = 0x02 | 0x01            # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
 
 
 def iter_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
@@ -131,18 +130,18 @@ def hold(image: str) -> int:
 
 def _punch_outside(fd: int, size: int, keep: list[tuple[int, int]]) -> None:
     """Punch every data range of ``fd`` that no range of ``keep`` (sorted) covers."""
-    from lxcbind.lxc._native import ffi, lib
+    from lxcbind.lxc.holes import punch_hole
 
     for start, end in iter_extents(fd, size):
         at = start
         for k_start, k_end in keep:
             if k_end <= at or k_start >= end:
                 continue
-            if k_start > at and lib.fallocate(fd, _PUNCH, at, k_start - at) != 0:
-                raise OSError(ffi.errno, os.strerror(ffi.errno))
+            if k_start > at:
+                punch_hole(fd, at, k_start - at)
             at = max(at, k_end)
-        if at < end and lib.fallocate(fd, _PUNCH, at, end - at) != 0:
-            raise OSError(ffi.errno, os.strerror(ffi.errno))
+        if at < end:
+            punch_hole(fd, at, end - at)
 
 
 def recycle(fd: int, template: str, template_extents: list[tuple[int, int]],

@@ -18,7 +18,8 @@ Idmapped bind mounts (a read-write host directory whose files must land owned by
 directory's owner, not by the container's range) need a user namespace *file* mapping the
 owner to the container's root: ``bind_userns`` makes one inside the container's directory, and
 ``unbind_all`` removes them once the container has started (liblxc has used them by then) and
-on every teardown path.
+on every teardown path.  The same goes for ``bind_layer``'s idmapped read-only mounts of an
+image's layers (overlay lower layers: the overlay keeps its own reference once mounted).
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ class IdRange:
                 ("lxc.idmap", f"g 0 {self.start} {self.size}")]
 
 
+def _subid_marks() -> tuple[tuple[int, ...] | None, ...]:
+    """What tells the subid files changed without reading them (inode, size, times)."""
+    marks: list[tuple[int, ...] | None] = []
+    for path in _SUBID_FILES:
+        try:
+            st = os.stat(path)
+        except OSError:
+            marks.append(None)
+            continue
+        marks.append((st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(marks)
+
+
+# The subid files as this process last found them delegating the pool to root, and the
+# ranges they delegate to others: read again only when they change (every fresh container
+# asked for both; they change when an administrator adds a user).
+_delegated: tuple[tuple[tuple[int, ...] | None, ...], list[tuple[int, int]]] | None = None
+
+
 def _foreign_ranges() -> list[tuple[int, int]]:
     """(start, end) of subordinate ranges delegated to anyone but our own pool line."""
     found = []
@@ -70,9 +90,24 @@ def _foreign_ranges() -> list[tuple[int, int]]:
     return found
 
 
-def ensure_host_delegation() -> None:
+def ensure_host_delegation() -> list[tuple[int, int]]:
     """Give root the pool in ``/etc/subuid`` and ``/etc/subgid`` unless a line already does
-    (idempotent; the files are replaced atomically, other lines kept)."""
+    (idempotent; the files are replaced atomically, other lines kept); returns the ranges the
+    files delegate to others (``_foreign_ranges``).  Reads the files only when they changed
+    since this process last did."""
+    global _delegated
+    marks = _subid_marks()
+    known = _delegated
+    if known is not None and known[0] == marks:
+        return known[1]
+    _delegate_pool()
+    marks = _subid_marks()   # after any write of ours; a change meanwhile: read next time
+    foreign = _foreign_ranges()
+    _delegated = (marks, foreign)
+    return foreign
+
+
+def _delegate_pool() -> None:
     line = f"root:{FIRST_ID}:{SLOTS * RANGE}"
     for path in _SUBID_FILES:
         try:
@@ -103,7 +138,7 @@ def _load() -> dict[str, dict[str, Any]]:
 def acquire(container: str, lxcpath: str) -> IdRange:
     """The range of ``container`` (its existing one if it has one: a kept container), else the
     lowest free slot.  Raises ``SandboxError`` when every slot is in use."""
-    ensure_host_delegation()
+    foreign = ensure_host_delegation()
     with state.locked(_DIR / "lock"):
         ranges = _load()
         for slot, record in ranges.items():
@@ -112,7 +147,6 @@ def acquire(container: str, lxcpath: str) -> IdRange:
                 state.write_json(_DIR / "ranges.json", ranges)
                 return IdRange(FIRST_ID + int(slot) * RANGE)
         ranges = {slot: r for slot, r in ranges.items() if _held(r)}
-        foreign = _foreign_ranges()
         for index in range(SLOTS):
             start = FIRST_ID + index * RANGE
             if str(index) in ranges:
@@ -213,6 +247,19 @@ def stage_bind(cdir: str, source: str) -> str:
     except OSError as exc:
         raise SandboxError(f"could not stage {source!r} for the container "
                            f"({exc.strerror})") from None
+    return path
+
+
+def bind_layer(cdir: str, index: int, source: str, ids: IdRange) -> str:
+    """An idmapped, read-only mount of the 0-based image layer ``source`` in ``cdir``, for an
+    overlay lower layer: the container sees the layer's owners as its own ids, and nothing
+    is copied.  Raises ``OSError`` (the kernel refused: an older one may lack idmapped
+    mounts on this filesystem)."""
+    path = os.path.join(_staging(cdir), f"layer-{index}")
+    if _is_mountpoint(path):
+        return path
+    os.makedirs(path, 0o755, exist_ok=True)
+    hostmount.idmapped_bind(source, path, ids.start, ids.size)
     return path
 
 

@@ -1,5 +1,6 @@
 """Kept containers (``lifecycle.destroyOnExit: false``): which there are, and the policy each
-was kept with, for ``lxcbind ls`` / ``exec`` / ``rm``.
+was kept with, for ``lxcbind ls`` / ``exec`` / ``rm``; and what a run that reuses one checks
+(its id mapping) and spares (its init and what that started: ``init_processes``).
 
 A CLI run that keeps its container writes ``<STATE_DIR>/kept/<name>.json``: the policy document
 it ran (with ``containerId`` set to the container's name) and where it came from.  ``exec``
@@ -15,10 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, NamedTuple
 
+from lxcbind.errors import SandboxError
+from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import Container, default_lxcpath, list_containers
-from lxcbind.sandbox import cleanup, rootfs
+from lxcbind.sandbox import cleanup, idmap, rootfs
 from lxcbind.state import STATE_DIR
 
 
@@ -102,3 +106,42 @@ def prune(lxcpath: str | None = None) -> list[str]:
                 remove(entry.stem)
                 gone.append(entry.stem)
     return gone
+
+
+# -- a run that reuses a kept container -------------------------------------------------------
+
+def check_isolation(c: Container, ids: idmap.IdRange | None) -> None:
+    """A kept container is reused only with the isolation it was made with: its id mapping
+    is in its files' owners and cannot change underneath them."""
+    have = sorted(line for line in c.get_config_item("lxc.idmap").split("\n") if line.strip())
+    want = sorted(value for _, value in ids.config()) if ids is not None else []
+    if have != want:
+        kind = "privileged" if not have else "unprivileged"
+        raise SandboxError(f"containerId {c.name!r}: the kept container was made {kind} with "
+                           f"other id mappings ({'; '.join(have) or 'none'}); this policy "
+                           "needs a new one: remove the kept container first")
+
+
+def init_processes(c: Container, init_pid: int) -> tuple[int, set[tuple[int, str]]] | None:
+    """A kept container's init and the processes it runs before any command (what a run
+    spares when it ends), or None without a freezer.  An ``init.lxc ... -- PROGRAM`` init
+    (the host root filesystem's) forks its program just after it starts: wait for that child
+    (bounded; missing it would only stop the kept container at the end of the run)."""
+    try:
+        init_cmd = c.get_config_item("lxc.init.cmd")
+    except KeyError:
+        init_cmd = ""
+    if " -- " in init_cmd:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+                    if f.read().strip():
+                        break
+            except OSError:
+                break
+            time.sleep(0.002)
+    try:
+        return init_pid, cgroups.processes(init_pid)
+    except OSError:
+        return None   # no freezer: ``_stop_workload`` stops the container instead

@@ -24,7 +24,9 @@ from typing import Unpack
 
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
+from lxcbind.lxc import cgroups
 from lxcbind.result import CompletedRun, MaxOutput
+from lxcbind.sandbox import imagefs
 from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
 
 
@@ -41,10 +43,15 @@ class Pool:
     """
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, image: object = None) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"Pool size must be a positive int, got {size!r}")
-        self.policy = as_policy(policy, command_required=False)  # commands come from run()
+        # Commands come from run().  An image is resolved (imported) once, here: every
+        # container then names it by id.
+        self.policy = imagefs.with_image(as_policy(policy, command_required=False), image)
+        if self.policy.lxc.rootfs.kind == "image":
+            self.policy = imagefs.with_image(self.policy, imagefs.resolve(
+                self.policy.lxc.rootfs)[0])
         self.size = size
         self._start_timeout = start_timeout
         self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed
@@ -74,7 +81,9 @@ class Pool:
         try:
             if self._closed:
                 return
-            session = Session.from_policy(self.policy)
+            # A replacement is set up off every caller's path: not worth the primer's CPU.
+            with cgroups.unprimed():
+                session = Session.from_policy(self.policy)
         except BaseException as exc:  # handed to the next run() that waits
             with self._lock:
                 self._wanted -= 1

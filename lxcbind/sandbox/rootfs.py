@@ -21,6 +21,9 @@ Kinds of base (``Rootfs.kind``):
 ``download``  liblxc's download template, run once, and only from LXC's local image cache
               (``--force-cache``): build machines are offline.
 ``dir``       an existing root filesystem directory, used as the lower layer as it is.
+``image``     an image of the local store (``lxcbind.image``; the sandbox resolves the policy's
+              reference to ``image:<id>`` first): its read-only rootfs is the base, and its
+              shifted copies live in the store, beside it.
 
 Bases are built once under ``BASES_ROOT`` and shared by concurrent runs: building holds an
 ``flock`` on the base's lock file, happens in a temporary directory, and ends with a
@@ -40,6 +43,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from lxcbind._lite import sha256_hex
 from lxcbind.errors import LxcbindError, SandboxError
@@ -48,9 +52,12 @@ from lxcbind.lxc.container import Container as LxcContainer
 from lxcbind.lxc.container import default_lxcpath
 from lxcbind.policy.model import Rootfs
 from lxcbind.proc.runner import Container
-from lxcbind.sandbox import disk, idmap, security
+from lxcbind.sandbox import disk, idmap, imagefs, security
 from lxcbind.sandbox.idmap import RANGE, IdRange
 from lxcbind.sandbox.mounts import MountEntry, plan_mounts
+
+if TYPE_CHECKING:
+    from lxcbind.image import Image
 
 BASES_ROOT = "/var/lib/lxcbind/bases"
 DOWNLOAD_CACHE = "/var/cache/lxc/download"
@@ -132,6 +139,27 @@ def _etc_digest(path: str, st: os.stat_result) -> str:
     return digest
 
 
+def _lstat_marks(paths: Sequence[str]) -> tuple[tuple[int, ...] | None, ...]:
+    """What tells a path was replaced, created or removed without reading it: its inode, type,
+    size, and modification and change times, or None when it is missing."""
+    marks: list[tuple[int, ...] | None] = []
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            marks.append(None)
+            continue
+        marks.append((st.st_ino, st.st_dev, st.st_mode, st.st_size, st.st_mtime_ns,
+                      st.st_ctime_ns))
+    return tuple(marks)
+
+
+# The host's system binds as last planned, with the ``_lstat_marks`` of the paths they come
+# from: every fresh host-kind container asked for them (realpaths of ~10 paths), and they
+# change only when a package replaces one of those paths.
+_HOST_MOUNTS: tuple[tuple[tuple[int, ...] | None, ...], list[MountEntry]] | None = None
+
+
 def _host_layout() -> dict[str, object]:
     """What the host skeleton is made of; its hash names the base (cheap: a few small files,
     hashed again only when one changed)."""
@@ -184,6 +212,8 @@ def base_dir(spec: Rootfs) -> str:
     spec = _resolve_spec(spec)
     if spec.kind == "dir":
         return os.path.realpath(spec.path or "")
+    if spec.kind == "image":
+        return os.path.dirname(_stored_image(spec).rootfs)
     if spec.kind == "host":
         key = "host-" + _fingerprint(_host_layout())
     elif spec.kind == "busybox":
@@ -246,6 +276,8 @@ def ensure_base(spec: Rootfs) -> str:
     if spec.kind == "dir":
         _check_dir_rootfs(base, spec.path or "")
         return base
+    if spec.kind == "image":
+        return base  # stored images are complete (the store renames them into place)
     if os.path.isdir(base):  # complete: bases appear only by rename()
         return base
     # Refuse an uncached download before taking a lock (which would leave a lock file).
@@ -324,8 +356,19 @@ def shifted_lower(spec: Rootfs, ids: IdRange) -> str:
     ``<BASES_ROOT>/<key>@<start>/`` (0700, owned by the range's root: no host user can reach
     inside)."""
     spec = _resolve_spec(spec)
-    base = ensure_base(spec)
+    image = _stored_image(spec) if spec.kind == "image" else None
+    base = os.path.dirname(image.rootfs) if image is not None else ensure_base(spec)
     source = _lower(base, spec)
+
+    def build(tmp: str) -> None:
+        _copy_shifted(source, os.path.join(tmp, "rootfs"), ids.start)
+        os.chown(tmp, ids.start, ids.start)
+        os.chmod(tmp, 0o700)
+
+    if image is not None:  # the store keeps an image's copies with it (removed with it)
+        from lxcbind.image import store
+
+        return store.shifted(image, ids.start, build)
     key = _dir_key(base) if spec.kind == "dir" else os.path.basename(base)
     top = os.path.join(BASES_ROOT, f"{key}@{ids.start}")
     lower = os.path.join(top, "rootfs")
@@ -333,14 +376,14 @@ def shifted_lower(spec: Rootfs, ids: IdRange) -> str:
         with contextlib.suppress(OSError):
             os.utime(top)  # "in use": gc keeps copies used lately (see prune_bases)
         return lower
-
-    def build(tmp: str) -> None:
-        _copy_shifted(source, os.path.join(tmp, "rootfs"), ids.start)
-        os.chown(tmp, ids.start, ids.start)
-        os.chmod(tmp, 0o700)
-
     _build_once(key, top, build)
     return lower
+
+
+def _stored_image(spec: Rootfs) -> Image:
+    from lxcbind.image import resolve_image
+
+    return resolve_image(spec.path or "")
 
 
 def _shift(value: int, start: int) -> int:
@@ -510,12 +553,22 @@ def _host_init(name: str) -> str:
 
 
 def _host_mounts() -> list[MountEntry]:
+    """The system binds of a host-kind container, planned again only when one of the paths
+    they come from (or a directory their links resolve in) was replaced, created or removed."""
+    global _HOST_MOUNTS
+    sources = ["/usr", "/etc", "/etc/ssl"] + ["/" + n for n in _HOST_TOP] + \
+        ["/etc/" + n for n in _HOST_ETC_BIND]
+    marks = _lstat_marks(sources)
+    known = _HOST_MOUNTS
+    if known is not None and known[0] == marks:
+        return list(known[1])
     system = ["/usr"] + ["/" + n for n in _HOST_TOP
                          if not os.path.islink("/" + n) and os.path.isdir("/" + n)]
     extra = ["/etc/" + n for n in _HOST_ETC_BIND if os.path.exists("/etc/" + n)]
     entries = plan_mounts([], system + extra, [], rootfs_kind="host")
     entries.append(MountEntry("tmpfs", "tmp", "tmpfs", "rw,nosuid,nodev,mode=1777"))
-    return entries
+    _HOST_MOUNTS = (marks, entries)
+    return list(entries)
 
 
 def _security_config(kind: str) -> list[tuple[str, str]]:
@@ -535,7 +588,8 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
                      mounts: Sequence[MountEntry] = (),
                      config: Sequence[tuple[str, str]] = (),
                      isolation: security.Isolation | None = None,
-                     disk_size: int | None = None) -> Container:
+                     disk_size: int | None = None,
+                     layers: Callable[[int | None], Sequence[str]] | None = None) -> Container:
     """Define (but do not start) container ``name`` on a throwaway copy-on-write root.
 
     The rootfs is an overlay whose lower layer is the cached base for ``spec`` (built first if
@@ -548,7 +602,9 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
     ``disk_size``: the upper layer lives on a filesystem of that many bytes of its own
     (``disk``), mounted on the host until the caller starts the container and detaches it.
     ``isolation=None`` is a bare privileged container (binding-level tests); the sandbox
-    always passes one.
+    always passes one.  ``layers(start)``: read-only layers (newest first) stacked between
+    the upper layer and the base, for a container whose ids start at ``start`` (None:
+    privileged) — an image's snapshots (``lxcbind.image.snapshot.lowers``).
 
     Raises ``SandboxError`` (a container of that name exists, the base cannot be built, the
     config is refused); on any failure nothing is left: no container, no directory.
@@ -562,7 +618,17 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
     try:
         base = ensure_base(spec)
         ids = isolation.ids if isolation is not None else None
-        lower = shifted_lower(spec, ids) if ids is not None else _lower(base, spec)
+        if ids is None:
+            lower = _lower(base, spec)
+        elif spec.kind == "image":   # an imported image: one stored copy, idmapped per range
+            source = _lower(base, spec)
+            found = imagefs.idmapped(cdir, [source], ids) \
+                if imagefs.owners_in_range(source) else None
+            lower = found[0] if found else shifted_lower(spec, ids)
+        else:
+            lower = shifted_lower(spec, ids)
+        if layers is not None:   # overlayfs' lowerdir list, leftmost on top
+            lower = ":".join([*layers(ids.start if ids is not None else None), lower])
         items: list[tuple[str, str]] = []
         if spec.kind == "download":
             with open(os.path.join(base, "lxc.conf")) as f:
@@ -589,6 +655,9 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
         if spec.kind == "host":
             items.append(("lxc.init.cmd", _host_init(name)))
             items += [("lxc.mount.entry", e.config_value()) for e in _host_mounts()]
+        keep_image = spec.kind == "image" and not any(k == "lxc.init.cmd" for k, _ in config)
+        if keep_image:
+            items += imagefs.keep_init(cdir, name)
         if spec.kind == "dir" and not any(k == "lxc.init.cmd" for k, _ in config) \
                 and not os.path.lexists(os.path.join(lower, "sbin", "init")):
             raise SandboxError(f"rootfs dir {spec.path!r} has no /sbin/init; pass "
@@ -604,6 +673,8 @@ def define_container(name: str, spec: Rootfs, *, lxcpath: str | None = None,
             c.save_config()
         except LxcbindError as exc:
             raise SandboxError(f"could not save the config of {name!r}: {exc}") from None
+        if keep_image:
+            imagefs.place_init(cdir)
         if disk_size is not None:
             disk.prepare(cdir, disk_size, ids.start if ids is not None else None)
         elif ids is not None:
@@ -644,6 +715,8 @@ def replace_mounts(c: Container, spec: Rootfs, mounts: Sequence[MountEntry],
         c.clear_config_item("lxc.mount.entry")
         for key, value in _system_mount_items(spec):
             c.set_config_item(key, value)
+        if spec.kind == "image":   # a kept container on an image: its init's binaries
+            c.set_config_item("lxc.mount.entry", imagefs.keep_mount(cdir))
         for entry in mounts:
             c.set_config_item("lxc.mount.entry", entry.config_value(cdir))
         c.save_config()

@@ -404,6 +404,24 @@ def test_sandbox_backend_create_exec_write_read_status_delete(prefix):
         rt.exec(box, "true")
 
 
+def test_sandbox_backend_runs_a_local_image(prefix, tmp_path):
+    from lxcbind.image import store
+    from lxcbind.ray.sandbox import LxcbindSandboxRuntime
+    from tests.integration.image.test_run_image import busybox_image
+
+    ref = busybox_image(str(tmp_path / "layout"))
+    rt = LxcbindSandboxRuntime(name_prefix=prefix)
+    try:
+        box = rt.create(image=ref, workdir="/work", readonly=False, shell="/bin/sh")
+        try:
+            r = rt.exec(box, "cat /work/hello")
+            assert (r.exit_code, r.stdout) == (0, "from the image\n")
+        finally:
+            rt.delete(box)
+    finally:
+        store.remove(ref)
+
+
 @requires_sandbox_api
 @pytest.mark.parametrize("kwargs, words", [
     ({"image": "python:3.12"}, "not OCI images"),

@@ -15,6 +15,7 @@ LAYERS = [
     ("binding", ("lxcbind.lxc", "lxcbind._lxc", "lxcbind._nft")),
     ("process", ("lxcbind.proc",)),
     ("network", ("lxcbind.net",)),
+    ("image", ("lxcbind.image",)),
     ("sandbox", ("lxcbind.sandbox",)),
     ("api", ("lxcbind.aio", "lxcbind.cli", "lxcbind.fanout", "lxcbind.ray", "lxcbind.inspect",
              "lxcbind.__init__", "lxcbind.__main__", "lxcbind")),
@@ -135,7 +136,7 @@ def test_tests_mirror_the_layers() -> None:
     """tests/unit and tests/integration have one folder per layer (``base`` for the leaves,
     ``api`` for the ways in, ``project`` for repository-wide checks) and no loose test files."""
     tests = PACKAGE.parent / "tests"
-    layers = {"base", "policy", "lxc", "proc", "net", "sandbox", "api", "project"}
+    layers = {"base", "policy", "lxc", "proc", "net", "image", "sandbox", "api", "project"}
     for kind in ("unit", "integration"):
         folders = {p.name for p in (tests / kind).iterdir()
                    if p.is_dir() and p.name != "__pycache__"}
