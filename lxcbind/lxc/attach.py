@@ -183,6 +183,11 @@ class AttachRequest:
     program: str
     cwd: str | None
 
+    def close(self) -> None:
+        """Close what of the request is still open (for a caller whose attach never ran, or
+        raised): idempotent, and never a descriptor twice."""
+        lib.lxcbind_close_held(self.fds, self.nfds)
+
 
 def build_attach(
     argv: Sequence[str],

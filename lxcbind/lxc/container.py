@@ -451,7 +451,7 @@ class Container:
         try:
             return self.attach_request(request, list(argv))
         except BaseException:   # one raised before attach_request's own guard: idempotent
-            lib.lxcbind_close_held(request.fds, request.nfds)
+            request.close()
             raise
 
     def attach_request(self, request: AttachRequest, args: Sequence[str],
