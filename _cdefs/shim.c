@@ -222,6 +222,27 @@ static int lxcbind_spawner_exec(void *payload)
     return lxcbind_fail(x->status_fd, LXCBIND_STAGE_EXEC, errno, 126);
 }
 
+/* One C call each, so that no Python signal handler runs in between: see shim.h. */
+static void lxcbind_close_held(int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int fd = fds[i];
+        fds[i] = -1;
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
+static int lxcbind_pidfd_open_into(pid_t pid, int *out)
+{
+    *out = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (*out < 0) {
+        *out = -1;
+        return errno;
+    }
+    return 0; /* close-on-exec: pidfd_open always sets it */
+}
+
 static int lxcbind_same_file(int a, int b)
 {
     pid_t self = getpid();

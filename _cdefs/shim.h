@@ -33,4 +33,11 @@ void lxcbind_attach_options_init(lxc_attach_options_t *opts);
 int lxcbind_attach(struct lxc_container *c, struct lxcbind_exec *payload,
                    lxc_attach_options_t *opts, pid_t *pid, pid_t init_pid, int mode);
 int lxcbind_devpts_fd(struct lxc_container *c);
+
+/* Descriptors kept in C memory, so that a Python signal handler that raises can never run
+ * between a descriptor's creation (or closing) and the record of it (lxcbind/lxc/attach.py):
+ * close every fds[i] >= 0 of fds[0, n) and set it to -1; open a pidfd of pid into *out (-1 on
+ * failure; the errno is returned). */
+void lxcbind_close_held(int *fds, int n);
+int lxcbind_pidfd_open_into(pid_t pid, int *out);
 int lxcbind_init_pidfd(struct lxc_container *c);

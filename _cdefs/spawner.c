@@ -136,6 +136,7 @@ struct lxcbind_spawner {
     struct lxcbind_slot *slots;
     int used;                    /* slots[0, used) may be occupied */
     int live;
+    int blind;                   /* our children could not be listed: serve no more */
 };
 
 /* One record, with at most one descriptor attached (the START record's pidfd). */
@@ -459,23 +460,41 @@ refuse:
     close(report);
 }
 
-/* SIGKILL every child of ours and its process group; the first ``room`` pids signalled are
- * stored in ``killed`` (may be NULL); returns how many were signalled.  As the subreaper, our
- * children are the commands and whatever they orphaned (a daemon that setsid'd and
- * double-forked included): a process cannot leave the subtree of its subreaper. */
-static int lxcbind_kill_children(pid_t *killed, int room)
+/* Our /proc/<pid>/task/<pid>/children, opened once at start (main) and re-read from offset 0
+ * each time (a seq_file: every read from 0 lists the children of that moment).  Looked up
+ * again at each kill, the path would be the workload's to change: a command that may mount
+ * (the ``nesting`` opt-in, a privileged container) could bury /proc under a tmpfs, and the
+ * kill would find nobody to kill.  An open file cannot be redirected by any later mount. */
+static int lxcbind_children_fd = -1;
+
+static int lxcbind_open_children(void)
 {
     char path[64];
     snprintf(path, sizeof(path), "/proc/self/task/%d/children", (int)getpid());
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
+    lxcbind_children_fd = open(path, O_RDONLY | O_CLOEXEC);
+    return lxcbind_children_fd;
+}
+
+/* SIGKILL every child of ours and its process group; the first ``room`` pids signalled are
+ * stored in ``killed`` (may be NULL); returns how many were signalled, or -1 when the list of
+ * children could not be read (the caller must then fail closed: a leftover may live).  As the
+ * subreaper, our children are the commands and whatever they orphaned (a daemon that setsid'd
+ * and double-forked included): a process cannot leave the subtree of its subreaper. */
+static int lxcbind_kill_children(pid_t *killed, int room)
+{
+    int fd = lxcbind_children_fd;
+    if (fd < 0 || lseek(fd, 0, SEEK_SET) != 0)
+        return -1;
     char buf[4096];
     size_t have = 0;
     int count = 0;
     for (;;) {
         ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
-        if (n <= 0)
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
             break;
         have += (size_t)n;
         buf[have] = '\0';
@@ -495,7 +514,6 @@ static int lxcbind_kill_children(pid_t *killed, int room)
         have = strlen(p);
         memmove(buf, p, have);
     }
-    close(fd);
     return count;
 }
 
@@ -505,8 +523,9 @@ static int lxcbind_kill_children(pid_t *killed, int room)
  * earlier command started can then touch a later one (ptrace it, write its memory, stop or
  * kill it), since every later command starts after this returns (one thread).  Only our own
  * subtree: never the container's own init or services, nor processes attached by liblxc
- * (their parent is the host's caller).  A child we may not signal (EPERM) is left alone. */
-static void lxcbind_kill_leftovers(void)
+ * (their parent is the host's caller).  A child we may not signal (EPERM) is left alone.
+ * Returns -1 when the children could not be listed: nothing is known to be clean. */
+static int lxcbind_kill_leftovers(void)
 {
     pid_t killed[256];
     int n;
@@ -516,6 +535,7 @@ static void lxcbind_kill_leftovers(void)
                 ;
         }
     }
+    return n;
 }
 
 static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
@@ -534,9 +554,13 @@ static void lxcbind_spawner_reap(struct lxcbind_spawner *s)
         s->slots[i].pid = 0;
         s->live--;
         /* The last running command is gone: whatever the commands left behind goes before
-         * its result is reported (see lxcbind_kill_leftovers). */
-        if (s->live == 0)
-            lxcbind_kill_leftovers();
+         * its result is reported (see lxcbind_kill_leftovers).  If that cannot be done, fail
+         * closed: no EXIT record (the caller sees the spawner hang up, an error, never a
+         * clean result) and no further command; the loop ends and we exit. */
+        if (s->live == 0 && lxcbind_kill_leftovers() < 0) {
+            s->blind = 1;
+            return;
+        }
         if (s->slots[i].report >= 0)
             lxcbind_record_send(s->slots[i].report, LXCBIND_REC_EXIT, pid, status, 0, -1);
         lxcbind_slot_hangup(s, i);
@@ -655,6 +679,10 @@ static int lxcbind_spawner_loop(void)
             } else {
                 lxcbind_spawner_slot_event(&s, tag, events[i].events);
             }
+            if (s.blind) {
+                running = 0;
+                break;
+            }
         }
     }
 
@@ -663,8 +691,15 @@ static int lxcbind_spawner_loop(void)
     for (int i = 0; i < s.used; i++)
         if (s.slots[i].pid > 0)
             lxcbind_kill_command(s.slots[i].pid, SIGKILL, 1);
+    /* Blind (our children cannot be listed): what is left cannot be found, so we cannot wait
+     * for it either.  Exit: as the container's init that kills the rest of the container; an
+     * attached spawner's caller sees us gone and its close() kills what is left through the
+     * cgroup. */
+    if (s.blind || lxcbind_children_fd < 0)
+        return 125;
     for (;;) {
-        lxcbind_kill_children(NULL, 0);
+        if (lxcbind_kill_children(NULL, 0) < 0)
+            return 125;
         int status;
         pid_t pid = waitpid(-1, &status, 0);
         if (pid < 0 && errno == EINTR)
@@ -784,6 +819,10 @@ int main(int argc, char **argv)
     }
     for (int fd = 0; fd < 3; fd++)
         fcntl(fd, F_SETFD, FD_CLOEXEC);
+    /* Before any command runs, hence before any could hide /proc: without it no leftover
+     * could be killed, and a command's result would not be its own. */
+    if (lxcbind_open_children() < 0)
+        return 125;
     if (chdir("/") < 0) {
         /* stay where liblxc put us; commands chdir for themselves */
     }

@@ -193,7 +193,7 @@ def config_digest(archive_ref: str) -> str:
     with tarfile.open(archive_ref.split(":", 1)[1].split(":")[0]) as tar:
         member = tar.extractfile("manifest.json")
         assert member is not None
-        name = json.load(member)[0]["Config"]
+        name: str = json.load(member)[0]["Config"]
         return "sha256:" + name.rsplit("/", 1)[-1].removesuffix(".json")
 
 

@@ -174,10 +174,19 @@ class AttachRequest:
     options: Any
     payload: Any
     keepalive: list[Any]
-    status_read: int
-    owned_fds: list[int]
+    # C memory (``int[nfds]``): [status pipe's read end, pidfd slot (-1), fds closed once
+    # liblxc has forked...].  Kept there, and closed by ``lib.lxcbind_close_held``, so that a
+    # signal handler raising mid-attach finds each one either open and listed or closed and
+    # -1: ``Container.attach_request`` closes what is left, never one twice.
+    fds: Any
+    nfds: int
     program: str
     cwd: str | None
+
+    def close(self) -> None:
+        """Close what of the request is still open (for a caller whose attach never ran, or
+        raised): idempotent, and never a descriptor twice."""
+        lib.lxcbind_close_held(self.fds, self.nfds)
 
 
 def build_attach(
@@ -234,7 +243,7 @@ def build_attach(
         keep += [envp, env_keep, argv_c, argv_keep]
 
         status_read, status_write = pipe()
-        owned.append(status_write)
+        owned += (status_write, status_read)   # the read end too, until it is in ``held``
 
         payload = ffi.new("struct lxcbind_exec *")
         payload.file = argv_keep[0]
@@ -269,7 +278,8 @@ def build_attach(
         options.stdin_fd = in_fd
         options.stdout_fd = out_fd
         options.stderr_fd = err_fd
-        return AttachRequest(options, payload, keep, status_read, owned, str(argv[0]), cwd)
+        held = ffi.new("int[]", [status_read, -1, *owned[:-1]])
+        return AttachRequest(options, payload, keep, held, len(owned) + 1, str(argv[0]), cwd)
     except BaseException:
         for fd in owned:
             os.close(fd)
@@ -298,7 +308,10 @@ class Process:
     Thread-safety: ``wait``/``poll`` may be called from several threads; exactly one reaps.
     """
 
-    def __init__(self, pid: int, status_read: int, program: str, cwd: str | None) -> None:
+    def __init__(self, pid: int, held: Any, program: str, cwd: str | None) -> None:
+        """``held``: an attach request's ``fds`` (C ``int[]``), whose first two the Process
+        owns from here: the status pipe's read end, and the slot its pidfd is opened into
+        (in C, so that no raising signal handler can come between the open and the record)."""
         self.pid = pid
         self.args: Sequence[str] = ()
         self.returncode: int | None = None
@@ -306,25 +319,27 @@ class Process:
         self.attach_failed = False
         self._program = program
         self._cwd = cwd
-        self._status_read = status_read
+        self._held = held
         self._lock = threading.Lock()
-        try:
-            self.pidfd = os.pidfd_open(pid)
-        except OSError:
-            self.pidfd = -1
-        self._finalizer = weakref.finalize(self, Process._finalize, pid, self.pidfd, status_read)
+        self.pidfd = -1
+        # Before the pidfd exists: from here on a dropped Process closes both.
+        self._finalizer = weakref.finalize(self, Process._finalize, pid, held)
+        lib.lxcbind_pidfd_open_into(pid, held + 1)
+        self.pidfd = held[1]
+
+    @property
+    def _status_read(self) -> int:
+        return int(self._held[0])
 
     @staticmethod
-    def _finalize(pid: int, pidfd: int, status_read: int) -> None:
+    def _finalize(pid: int, held: Any) -> None:
         # Backstop for a leaked handle: never leave a zombie (it would block stop()).
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         _reap(pid)
-        for fd in (pidfd, status_read):
-            if fd >= 0:
-                os.close(fd)
+        lib.lxcbind_close_held(held, 2)
 
     def fileno(self) -> int:
         """The pidfd: readable once the process has exited (for select/epoll)."""
@@ -346,10 +361,8 @@ class Process:
         self.attach_failed = not reached
         self.returncode = returncode
         self._finalizer.detach()
-        for fd in (self.pidfd, self._status_read):
-            if fd >= 0:
-                os.close(fd)
-        self.pidfd = self._status_read = -1
+        lib.lxcbind_close_held(self._held, 2)
+        self.pidfd = -1
 
     def poll(self) -> int | None:
         """The return code if the process has exited (reaping it), else None."""

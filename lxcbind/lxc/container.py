@@ -448,7 +448,11 @@ class Container:
         request = build_attach(argv, env=env, clear_env=clear_env, cwd=cwd, uid=uid, gid=gid,
                                stdin=stdin, stdout=stdout, stderr=stderr,
                                namespaces=namespaces, flags=flags, ctty=ctty)
-        return self.attach_request(request, list(argv))
+        try:
+            return self.attach_request(request, list(argv))
+        except BaseException:   # one raised before attach_request's own guard: idempotent
+            request.close()
+            raise
 
     def attach_request(self, request: AttachRequest, args: Sequence[str],
                        mode: int = lib.LXCBIND_EXEC_COMMAND) -> Process:
@@ -463,30 +467,45 @@ class Container:
         # thread may still take a signal, whose Python handler then runs here anyway, the
         # buffer liblxc writes the pid into is listed on the container *before* the fork:
         # wherever an exception lands, kill_attached() finds the child and reaps it.
-        pid_out = ffi.new("pid_t *")
-        self._unowned.append(pid_out)
-        with sigmask.blocked(_HANDLED_SIGNALS):
-            try:
-                with self._lock:
-                    c = self._handle()
-                    if self._init_pid is None:
-                        self._init_pid = max(c.init_pid(c), 0)
-                    rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
-                                            self._init_pid, mode)
-            finally:
-                for fd in request.owned_fds:
-                    os.close(fd)
-            if rc < 0 or pid_out[0] <= 0:
+        # The request's descriptors live in C memory and are closed by one C call each
+        # (lib.lxcbind_close_held sets them to -1), and the pidfd is opened into it by C: so
+        # wherever a raising handler lands, each is either still listed there or closed, and
+        # the ``except`` below closes exactly what is left, never one twice.
+        held, nfds = request.fds, request.nfds
+        proc: Process | None = None
+        pid_out: Any = None
+        try:
+            pid_out = ffi.new("pid_t *")
+            self._unowned.append(pid_out)
+            with sigmask.blocked(_HANDLED_SIGNALS):
+                try:
+                    with self._lock:
+                        c = self._handle()
+                        if self._init_pid is None:
+                            self._init_pid = max(c.init_pid(c), 0)
+                        rc = lib.lxcbind_attach(c, request.payload, request.options, pid_out,
+                                                self._init_pid, mode)
+                finally:
+                    lib.lxcbind_close_held(held + 2, nfds - 2)   # the child has its copies
+                if rc < 0 or pid_out[0] <= 0:
+                    self._unowned.remove(pid_out)
+                    self._init_pid = None
+                    err = -rc if rc < 0 else errno.EIO
+                    detail = "container is not running" if err == errno.ECONNREFUSED else ""
+                    raise self._error("attach", err, detail)
+                proc = Process(pid_out[0], held, request.program, request.cwd)
+                proc.args = list(args)
+                self._attached.add(proc)
                 self._unowned.remove(pid_out)
-                os.close(request.status_read)
-                self._init_pid = None
-                err = -rc if rc < 0 else errno.EIO
-                detail = "container is not running" if err == errno.ECONNREFUSED else ""
-                raise self._error("attach", err, detail)
-            proc = Process(pid_out[0], request.status_read, request.program, request.cwd)
-            proc.args = list(args)
-            self._attached.add(proc)
-            self._unowned.remove(pid_out)
+        except BaseException:
+            # The caller gets no Process: its child goes now.  One made but not yet bound to
+            # ``proc`` was dropped already (its finalizer killed, reaped and closed).
+            if proc is not None:
+                proc.close()
+            lib.lxcbind_close_held(held, nfds)
+            if pid_out is not None:
+                self._reap_unowned(pid_out, {p.pid for p in self._attached})
+            raise
         return proc
 
     def __repr__(self) -> str:

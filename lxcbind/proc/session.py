@@ -252,9 +252,13 @@ class Session:
                                    uid=self.uid, gid=self.gid, stdin=theirs.fileno(),
                                    stdout=self._devnull, stderr=self._devnull,
                                    namespaces=None, flags=None, ctty=None)
-            request.payload.exe_fd = image
-            self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
-                                                          wire.EXEC_SPAWNER)
+            try:
+                request.payload.exe_fd = image
+                self._spawner = self.container.attach_request(request, ["lxcbind-spawner"],
+                                                              wire.EXEC_SPAWNER)
+            except BaseException:   # raised before attach_request's own guard (idempotent)
+                request.close()
+                raise
         finally:
             theirs.close()
         self._hello(start_timeout)

@@ -856,6 +856,8 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: removed stale base {base}")
     for image in disk.sweep():
         log(f"gc: removed disk image {image}, left by a killed runner")
+    for image in disk.prune():
+        log(f"gc: removed cached disk image {image}, of no use to this version")
     from lxcbind.image import snapshot
     from lxcbind.image import store as images
 

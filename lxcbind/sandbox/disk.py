@@ -192,6 +192,43 @@ def template(size: int) -> str:
     return path
 
 
+def prune() -> list[str]:
+    """``lxcbind gc``: remove the cached empty filesystems of another schema (an older
+    lxcbind's: this one never uses them, and each may be gigabytes of apparent size), what a
+    killed ``template()`` left half made, and the ``free/`` images this version would never
+    claim (``diskpool.prune_free``).  Returns what went, as paths under ``IMAGES``.  Under the
+    templates' lock, so no ``template()`` is making one meanwhile (a ``.tmp``/``.tree`` seen
+    then is a dead maker's)."""
+    removed: list[str] = []
+    try:
+        lock = open(os.path.join(IMAGES, ".lock"), "a")
+    except OSError:
+        return removed   # no cache here at all
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with os.scandir(IMAGES) as entries:
+            found = [(e.name, e.is_dir(follow_symlinks=False)) for e in entries]
+        for name, is_dir in found:
+            fields = name[:-len(".img")].split("-") if name.endswith(".img") else []
+            stale_template = (len(fields) == 3 and fields[0] == "ext4" and fields[1].isdigit()
+                              and fields[2] != _SCHEMA and not is_dir)
+            half_made = name.startswith(".ext4-") and name.endswith((".tmp", ".tree"))
+            if not (stale_template or half_made):
+                continue
+            try:
+                if is_dir:
+                    import shutil  # only when a maker died: not on a run's import path
+
+                    shutil.rmtree(os.path.join(IMAGES, name))
+                else:
+                    os.unlink(os.path.join(IMAGES, name))
+            except OSError:
+                continue
+            removed.append(name)
+    removed += [f"free/{name}" for name in diskpool.prune_free(_SCHEMA)]
+    return removed
+
+
 # A template's data extents, found once per process (a template never changes once it exists:
 # it is made under another name and renamed into place; one made again, after the cache was
 # removed, has other times even if it has the same inode number).

@@ -23,7 +23,8 @@ Where images are (all under ``<STATE_DIR>/disk``, root's, 0700):
 Nothing is left behind whoever dies: an image in ``busy/`` whose runner died (no ``flock``
 holder) and that no loop device holds any more is removed by ``sweep`` (every run's garbage
 collection, and ``lxcbind gc``).  Its blocks were the workload's: nothing of them ever reaches
-``free/``.  ``free/`` is a bounded cache like the templates (``KEEP`` small images per size).
+``free/``.  ``free/`` is a bounded cache like the templates (``KEEP`` small images per size);
+``lxcbind gc`` also removes what this version can never claim (``prune_free``).
 """
 
 from __future__ import annotations
@@ -222,4 +223,35 @@ def sweep() -> list[str]:
             pass
         finally:
             os.close(fd)
+    return removed
+
+
+def prune_free(schema: str) -> list[str]:
+    """``lxcbind gc``: remove the images of ``free/`` this version would never claim (another
+    schema's: an image is its template's data, and another schema's template is not ours; a
+    name of no image), and those beyond ``KEEP`` per size (two runs recycling at once may both
+    have counted ``KEEP - 1``).  Returns their names.  Safe beside running claims: an image
+    is removed by its name in ``free/``, and one claimed meanwhile has left that name (the
+    ``unlink`` finds nothing)."""
+    removed: list[str] = []
+    try:
+        with os.scandir(FREE) as entries:
+            names = sorted(e.name for e in entries)
+    except OSError:
+        return removed
+    kept: dict[str, int] = {}
+    for name in names:
+        parts = name.split(".")
+        fields = parts[0].split("-")
+        ours = (len(parts) == 3 and parts[2] == "img" and len(fields) == 3
+                and fields[0] == "ext4" and fields[1].isdigit() and fields[2] == schema)
+        if ours:
+            kept[fields[1]] = kept.get(fields[1], 0) + 1
+            if kept[fields[1]] <= KEEP:
+                continue
+        try:
+            os.unlink(os.path.join(FREE, name))
+        except OSError:
+            continue   # claimed meanwhile, or not ours to remove
+        removed.append(name)
     return removed

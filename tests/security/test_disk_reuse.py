@@ -10,6 +10,7 @@ to ``recycle`` dirty and still attached; a runner that holds an image is SIGKILL
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -236,13 +237,17 @@ def test_an_image_whose_runner_was_sigkilled_is_swept_by_gc(
     Path(diskpool.BUSY).mkdir(mode=0o700, parents=True, exist_ok=True)
     name = new_name()
     path = str(Path(diskpool.BUSY) / f"{name}.0.img")
-    os.close(disk._copy_sparse(disk.template(SIZE), path))
+    # Made outside busy/ and moved in only once held, as a runner's retire does: unheld in
+    # busy/ even for a moment, any run's sweep on the machine may remove it meanwhile.
+    made = str(Path(diskpool.BUSY).parent / f".{name}.0.img")
+    os.close(disk._copy_sparse(disk.template(SIZE), made))
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from lxcbind.sandbox import diskpool; "
-         f"diskpool.hold({path!r}); print('held', flush=True); time.sleep(100)"],
+         f"diskpool.hold({made!r}); print('held', flush=True); time.sleep(100)"],
         stdout=subprocess.PIPE, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     try:
         assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        os.rename(made, path)
         assert os.path.basename(path) not in diskpool.sweep()
         assert os.path.exists(path)
         holder.send_signal(signal.SIGKILL)
@@ -253,6 +258,8 @@ def test_an_image_whose_runner_was_sigkilled_is_swept_by_gc(
             holder.wait()
         assert holder.stdout is not None
         holder.stdout.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(made)   # the holder never held it (it failed before the rename)
     r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
                        timeout=120, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, r.stderr

@@ -41,7 +41,8 @@ def _digest(path: os.PathLike[str] | str) -> bytes:
 
 
 def _listeners(fragment: str) -> list[str]:
-    """Unix sockets bound on the host whose path contains ``fragment``."""
+    """Unix sockets bound on the host whose path contains ``fragment``: a path of the test's
+    own container (other suites on the machine have channels of their own meanwhile)."""
     with open("/proc/net/unix") as f:
         return [line.split()[-1] for line in f if fragment in line]
 
@@ -88,8 +89,9 @@ def test_the_init_channel_is_gone_before_a_command_runs_and_cannot_be_reopened()
     with Sandbox(policy()) as box:
         cdir = os.path.join(box.container.lxcpath, box.name)
         # Host side, before any command: no folder, no listener.
-        assert not os.path.exists(os.path.join(cdir, ".lxcbind-init"))
-        assert _listeners(".lxcbind-init") == []
+        channel = os.path.join(cdir, ".lxcbind-init")
+        assert not os.path.exists(channel)
+        assert _listeners(channel) == []
         r = box.run([PY, "-c", textwrap.dedent(PROBE_CHANNEL)], timeout=60)
         assert r.returncode == 0, r
         out = json.loads(r.stdout)
@@ -104,7 +106,7 @@ def test_the_init_channel_is_gone_before_a_command_runs_and_cannot_be_reopened()
         assert box.run("echo still served").stdout == b"still served\n"
         assert not os.path.exists(os.path.join(cdir, ".lxcbind-init"))
     assert _digest(SPAWNER_PROGRAM) == program             # the host's program untouched
-    assert _listeners(".lxcbind-init") == []
+    assert _listeners(channel) == []
 
 
 WRITE_INIT_PROGRAM = r"""
@@ -233,8 +235,9 @@ def test_an_init_that_cannot_reach_the_host_fails_the_run_clearly_and_leaves_not
     else:
         assert "init" in str(caught.value)
     assert doc["containerId"] not in lxcbind.list_containers()
-    assert not os.path.exists(os.path.join(default_lxcpath(), str(doc["containerId"])))
-    assert _listeners(".lxcbind-init") == []
+    cdir = os.path.join(default_lxcpath(), str(doc["containerId"]))
+    assert not os.path.exists(cdir)
+    assert _listeners(os.path.join(cdir, ".lxcbind-init")) == []
 
 
 def test_a_run_whose_caller_sigkills_itself_leaves_the_init_spawner_to_stop_the_container():
@@ -262,3 +265,15 @@ def test_a_run_whose_caller_sigkills_itself_leaves_the_init_spawner_to_stop_the_
         c.close()
     assert name in lxcbind.gc()
     assert name not in lxcbind.list_containers()
+
+
+def test_the_listener_check_sees_a_live_channel(tmp_path):
+    """The per-container ``_listeners`` check above can fail: a channel's listener shows by
+    its container's path while it exists, and only its own."""
+    channel = initspawner.InitChannel(str(tmp_path))
+    try:
+        assert _listeners(os.path.join(str(tmp_path), ".lxcbind-init")) != []
+        assert _listeners(os.path.join(str(tmp_path) + "x", ".lxcbind-init")) == []
+    finally:
+        channel.close()
+    assert _listeners(os.path.join(str(tmp_path), ".lxcbind-init")) == []

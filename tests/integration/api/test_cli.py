@@ -22,6 +22,7 @@ pytestmark = [requires_root, requires_lxc]
 ROOT = Path(__file__).resolve().parents[3]
 INVALID = sorted((ROOT / "tests/data/policies/invalid").glob("*.json"))
 STATE = Path("/var/lib/lxcbind/owners")
+_REAL_POPEN = subprocess.Popen   # another suite's runs, which clean_machine must not count
 
 
 def lxcbind_containers() -> set[str]:
@@ -42,13 +43,80 @@ def records() -> set[str]:
     return {f"{n}.json" for n in names if n in _NAMES_MADE or not n.startswith("lxcbind-test-")}
 
 
+def _runner(record: str) -> tuple[int, int] | None:
+    """(runner_pid, runner_start) of an ownership record; None once it is gone."""
+    try:
+        data = json.loads((STATE / record).read_text())
+    except (OSError, ValueError):
+        return None
+    return int(data.get("runner_pid", 0)), int(data.get("runner_start", 0))
+
+
+class _Made:
+    """What one test's own runs are: the CLI processes it started (pid and start time, the
+    pair ownership records name their runner by), and the container names their ``--json``
+    results gave.  Another suite's default-named runs on the machine meanwhile are neither."""
+
+    def __init__(self) -> None:
+        self.runners: set[tuple[int, int]] = set()
+        self.names: set[str] = set()
+        self.before: tuple[set[str], set[str]] = (set(), set())
+
+    def ours(self, name: str, record: tuple[int, int] | None) -> bool:
+        from tests.conftest import _NAMES_MADE
+
+        return name in _NAMES_MADE or name in self.names or record in self.runners
+
+    def left(self) -> tuple[set[str], set[str]]:
+        """(containers, records) of this test's runs that exist now and did not before."""
+        before_c, before_r = self.before
+        new_r = {r: _runner(r) for r in records() - before_r}
+        left_r = {r for r, runner in new_r.items() if self.ours(r[:-len(".json")], runner)}
+        left_c = {n for n in lxcbind_containers() - before_c
+                  if self.ours(n, new_r.get(f"{n}.json")) or f"{n}.json" in left_r}
+        return left_c, left_r
+
+
+_MADE: list[_Made] = []   # the running test's, while clean_machine is active
+
+
 @pytest.fixture
-def clean_machine():
-    """Assert the test created no container and no ownership record that outlived it."""
-    before_c, before_r = lxcbind_containers(), records()
-    yield
-    assert lxcbind_containers() - before_c == set()
-    assert records() - before_r == set()
+def clean_machine(monkeypatch):
+    """Assert the test created no container and no ownership record that outlived it: of
+    those that appeared meanwhile, the ones its own runs made (their records name one of its
+    CLI processes as runner, or the name is one it chose or was told), so that other suites
+    running at the same time do not count."""
+    from lxcbind.state import process_start_time
+
+    made = _Made()
+    real = subprocess.Popen
+
+    class Tracked(real):   # type: ignore[misc,valid-type]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.runners.add((self.pid, process_start_time(self.pid) or 0))
+
+    monkeypatch.setattr(subprocess, "Popen", Tracked)
+    _MADE.append(made)
+    made.before = lxcbind_containers(), records()
+    try:
+        yield made
+    finally:
+        _MADE.remove(made)
+        monkeypatch.setattr(subprocess, "Popen", real)
+    assert made.left() == (set(), set())
+
+
+def _learn(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The container names a ``--json`` run reports: the running test's own."""
+    for line in r.stdout.decode(errors="replace").splitlines():
+        try:
+            name = json.loads(line).get("container")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(name, str) and _MADE:
+            _MADE[-1].names.add(name)
+    return r
 
 
 def policy(command: str, **extra) -> dict:
@@ -67,9 +135,10 @@ def cli(doc: dict | None, *args: str, input: bytes | None = None, timeout: float
         argv.append("-")
         input = json.dumps(doc).encode()
     if input is None:  # never the test runner's own stdin (CI may have none)
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, cwd=ROOT)
-    return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, cwd=ROOT)
+        return _learn(subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                                     timeout=timeout, cwd=ROOT))
+    return _learn(subprocess.run(argv, input=input, capture_output=True, timeout=timeout,
+                                 cwd=ROOT))
 
 
 def spawn(doc: dict, *args: str) -> subprocess.Popen:
@@ -501,3 +570,51 @@ def test_sigkill_of_the_runner_then_gc_leaves_nothing(clean_machine):
     assert r.returncode == 0 and f"removed {name}".encode() in r.stdout
     assert name not in list_containers()  # ... until gc reaps it
     assert f"{name}.json" not in records()
+
+
+# -- clean_machine itself: only the test's own runs count ----------------------------------
+
+def _default_named_run(popen, command: str) -> subprocess.Popen:
+    """A run without a containerId (a default ``lxcbind-<hex>`` name), started by ``popen``."""
+    proc = popen([sys.executable, "-m", "lxcbind", "run", "--no-tty", "-"],
+                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 cwd=ROOT)
+    proc.stdin.write(json.dumps(policy(command)).encode())
+    proc.stdin.close()
+    proc.stdin = None
+    assert proc.stdout.readline() == b"started\n"
+    return proc
+
+
+@pytest.fixture
+def other_suite():
+    """Another suite's run on the machine, started by the test (after clean_machine looked)
+    and ended only after clean_machine's own check (fixtures end in reverse order)."""
+    procs: list[subprocess.Popen] = []
+    yield lambda: procs.append(_default_named_run(_REAL_POPEN, "echo started; sleep 100"))
+    for proc in procs:
+        proc.terminate()
+        proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM
+
+
+def test_clean_machine_ignores_another_suites_runs(other_suite, clean_machine):
+    before = lxcbind_containers()
+    other_suite()
+    assert lxcbind_containers() - before   # a default-named container appeared meanwhile ...
+    assert clean_machine.left() == (set(), set())   # ... and is not this test's
+
+
+def test_clean_machine_still_finds_what_a_test_left(clean_machine):
+    """A default-named run of the test itself, SIGKILLed: its container and record count."""
+    proc = _default_named_run(subprocess.Popen, "echo started; sleep 100")
+    proc.kill()
+    proc.communicate(timeout=10)
+    containers, recs = clean_machine.left()
+    try:
+        assert len(containers) == 1 and recs == {f"{next(iter(containers))}.json"}
+    finally:
+        r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
+                           timeout=60, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+    assert clean_machine.left() == (set(), set())

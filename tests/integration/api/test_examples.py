@@ -49,7 +49,9 @@ def test_async_agent_example_runs():
     assert "shell after a cancelled call: /tmp 1" in out
 
 
-PY_EXAMPLES = {"agent_bash_tool.py", "async_agent.py", "parallel_grader.py"}
+# grade_variants.py and snapshot_fork.py are run in tests/integration/image/test_examples.py.
+PY_EXAMPLES = {"agent_bash_tool.py", "async_agent.py", "parallel_grader.py",
+               "grade_variants.py", "snapshot_fork.py"}
 
 
 def test_every_python_example_is_covered():

@@ -4,7 +4,6 @@ environment, building attach options (needs the compiled module)."""
 from __future__ import annotations
 
 import errno
-import os
 import struct
 
 import pytest
@@ -49,8 +48,8 @@ def test_build_attach_never_hands_fd_0_to_liblxc_and_starts_from_defaults():
         assert req.options.namespaces == -1  # "detect": all of the container's namespaces
         assert req.options.env_policy == lib.LXC_ATTACH_CLEAR_ENV
     finally:
-        for fd in req.owned_fds + [req.status_read]:
-            os.close(fd)
+        lib.lxcbind_close_held(req.fds, req.nfds)
+    assert list(req.fds) == [-1] * req.nfds   # each one closed, and recorded as closed
 
 
 def test_build_attach_rejects_bad_env_and_argv():
