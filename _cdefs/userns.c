@@ -23,6 +23,29 @@ static int lxcbind_write_file(const char *path, const char *text)
     return err;
 }
 
+/* In a child forked from a threaded caller: close every descriptor but `keep_a` and `keep_b`.
+ * Another thread may have pipes of its own open at the moment of the fork (two starters
+ * making idmapped mounts at once); a child that kept their write ends would keep the other
+ * child from ever seeing its EOF, and both callers would wait in waitpid() forever. */
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+static void lxcbind_close_all_but(int keep_a, int keep_b)
+{
+    int lo = keep_a < keep_b ? keep_a : keep_b, hi = keep_a < keep_b ? keep_b : keep_a;
+    if (lo > 3 && syscall(SYS_close_range, 3U, (unsigned)(lo - 1), 0U) < 0)
+        goto slow;
+    if (hi > lo + 1 && syscall(SYS_close_range, (unsigned)(lo + 1), (unsigned)(hi - 1), 0U) < 0)
+        goto slow;
+    if (syscall(SYS_close_range, (unsigned)(hi + 1), ~0U, 0U) < 0)
+        goto slow;
+    return;
+slow:  /* a kernel before 5.9 */
+    for (int fd = 3; fd < 65536; fd++)
+        if (fd != keep_a && fd != keep_b)
+            close(fd);
+}
+
 static int lxcbind_userns_bind(const char *target, const char *uid_map, const char *gid_map)
 {
     int ready[2], hold[2];
@@ -41,8 +64,7 @@ static int lxcbind_userns_bind(const char *target, const char *uid_map, const ch
         return err;
     }
     if (pid == 0) {
-        close(ready[0]);
-        close(hold[1]);  /* else the read below never sees EOF */
+        lxcbind_close_all_but(ready[1], hold[0]);  /* hold[1] too: else no EOF below */
         char byte = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
         if (write(ready[1], &byte, 1) != 1)
             _exit(1);
@@ -123,8 +145,7 @@ static int lxcbind_userns_open(const char *uid_map, const char *gid_map)
         return err;
     }
     if (pid == 0) {
-        close(ready[0]);
-        close(hold[1]);
+        lxcbind_close_all_but(ready[1], hold[0]);
         char byte = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
         if (write(ready[1], &byte, 1) != 1)
             _exit(1);

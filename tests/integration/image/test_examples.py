@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,23 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_example(name: str, *args: str, tmpdir: Path) -> subprocess.CompletedProcess[bytes]:
+    """Run an example; a hung one is SIGINTed (it cleans up as a user's Ctrl-C makes it) well
+    before the suite's own per-test timeout, which would leave it running."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmpdir)}   # this checkout
-    return subprocess.run([sys.executable, f"examples/{name}", *args], cwd=ROOT, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, timeout=600)
+    proc = subprocess.Popen([sys.executable, f"examples/{name}", *args], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=200)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"examples/{name} did not finish in 200 s:\n{err.decode(errors='replace')}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def expected(patch: str) -> tuple[str, int | None]:
