@@ -16,8 +16,8 @@ Names are imported on first use (PEP 562), so ``python -m lxcbind`` and ``import
 pay only for the modules they touch: the CLI's start-up is part of every one-shot run.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here nor in _early: on a stock python3 that
+# imports the ``__future__`` module, before the handler (the annotations need no postponing).
 # The command line's signal handling first, before anything else is imported: a SIGINT while
 # the CLI is still loading ends it quietly.  A library import only pays for the test (see
 # lxcbind._early: it imports nothing the interpreter has not loaded already).

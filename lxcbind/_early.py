@@ -9,8 +9,6 @@ import in which a SIGINT would still be a ``KeyboardInterrupt``) are used, to in
 the handler; see ``_entry``'s docstring for what is out of reach.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -196,7 +196,12 @@ class SessionProcess:
         if len(data) != _RECORD.size:
             for fd in fds:
                 os.close(fd)
-            raise self._spawner_gone("the spawner hung up")
+            # Which one it was tells a spawner that died or dropped a record (EOF) from one
+            # that speaks nonsense.
+            raise self._spawner_gone(
+                "the spawner hung up (the command's report socket ended before its EXIT "
+                "record)" if not data else
+                f"the spawner sent a malformed record ({len(data)} bytes)")
         kind, pid, a, b = _RECORD.unpack(data)
         if kind == wire.REC_START and self.pid is None:
             if pid < 0:
@@ -255,20 +260,34 @@ class SessionProcess:
         self.host_pid = host_pid
 
     def _recv(self) -> tuple[bytes, list[int]] | None:
-        """One record and the descriptors that came with it; None when there is none yet."""
+        """One record and the descriptors that came with it; None when there is none yet;
+        ``(b"", [])`` once the spawner closed its end with nothing more queued."""
         assert self._sock is not None
-        for _ in range(2):
+        # An EOF is only believed when a read made after an end was seen says it again:
+        # - a non-blocking SEQPACKET read that finds the queue empty checks for the peer's
+        #   shutdown only afterwards, so when the spawner sends EXIT and closes in between,
+        #   the read says EOF with the EXIT record queued (a kernel race: about once in 10^5
+        #   commands here, once in a run of 10,000 under emulation);
+        # - ECONNRESET: the spawner closed its end with records of ours still unread there
+        #   (a KILL sent as the command exited); the kernel says so once, ahead of the queue.
+        # Once either was seen, the spawner's end is closed and all it sent is queued: the
+        # next reads give those records, then EOF for good.  Worst order: EOF (the race),
+        # ECONNRESET, record.
+        ended = False
+        for _ in range(3):
             try:
                 data, ancdata, flags, _ = self._sock.recvmsg(
                     64, socket.CMSG_SPACE(4 * _RECORD.size), socket.MSG_CMSG_CLOEXEC)
-                break
             except BlockingIOError:
                 return None
             except ConnectionResetError:
-                # The spawner closed its end with records of ours still unread there (a KILL
-                # sent as the command exited).  The kernel reports that once, ahead of what
-                # is queued here: the EXIT record sent before the close is still to be read.
+                ended = True
                 continue
+            if data or ancdata:
+                break
+            if ended:
+                return b"", []
+            ended = True
         else:
             return b"", []
         fds: list[int] = []

@@ -20,6 +20,12 @@ OUT="${HOSTS_OUT:-/tmp/lxcbind-hosts}"
 TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/proc tests/integration/api tests/integration/net}"
 BUDGET="${HOSTS_BUDGET:-5400}"
 mkdir -p "$OUT"
+# A copy of a git worktree carries a .git file that points outside the host: the project's
+# tests that list tracked files (git ls-files) need a repository.  The copy holds the tracked
+# and untracked-not-ignored files, so a fresh one that adds them all lists the same.
+if ! git rev-parse --git-dir > /dev/null 2>&1; then
+    rm -rf .git && git init -q && git add -A
+fi
 if [ -n "${HOSTS_WHEELS:-}" ]; then
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$HOSTS_WHEELS"
 fi

@@ -19,6 +19,8 @@
 #                                        cannot boot a stock Debian kernel
 #   HOSTS_TIMEOUT=10800                  seconds per VM; qemu is killed after that
 #   HOSTS_TESTS, HOSTS_BUDGET, HOSTS_LINT  passed to guest.sh (see there)
+#   HOSTS_BUILD_ONLY=1                   build the images and fetch the wheels, boot nothing
+#                                        (e.g. niced, while another VM uses the CPUs)
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 CHECKOUT="$(cd "$HERE/../.." && pwd)"
@@ -46,7 +48,9 @@ pyver() { case "$1" in bookworm) echo 3.11 ;; trixie) echo 3.13 ;; *) die "unkno
 
 image() {   # $1 = release: $CACHE/<release>/{disk.qcow2,vmlinuz,initrd.img}, made once
     local rel="$1" dir="$CACHE/$1" root="$CACHE/$1/root" stamp
-    stamp="$(printf '%s\n' "$MIRROR" $PACKAGES "$(sha256sum "$0" | cut -c1-16)" | sha256sum | cut -c1-16)"
+    # Rebuilt when what makes the image changes (this function included), not for any edit
+    # of this script.
+    stamp="$(printf '%s\n' "$MIRROR" $PACKAGES "$(declare -f image)" | sha256sum | cut -c1-16)"
     if [ -f "$dir/disk.qcow2" ] && [ "$(cat "$dir/stamp" 2>/dev/null)" = "$stamp" ]; then return; fi
     log "$rel: building the image (debootstrap and apt-get: several minutes)"
     rm -rf "$dir"; mkdir -p "$dir"
@@ -56,12 +60,14 @@ image() {   # $1 = release: $CACHE/<release>/{disk.qcow2,vmlinuz,initrd.img}, ma
     mkdir -p "$root/etc/initramfs-tools"
     printf 'virtio_pci\nvirtio_blk\nvirtio_rng\next4\n' > "$root/etc/initramfs-tools/modules"
     printf '#!/bin/sh\nexit 101\n' > "$root/usr/sbin/policy-rc.d"; chmod +x "$root/usr/sbin/policy-rc.d"
+    # A devpts of its own: apt-get logs through a pty (without one: "Can not write log").
     mount -t proc proc "$root/proc"; mount --bind /dev "$root/dev"
+    mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"
     local rc=0
     chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive \
         sh -c "apt-get update -qq && apt-get install -y -q $(echo $PACKAGES) && apt-get clean" \
         >> "$dir/build.log" 2>&1 || rc=$?
-    umount "$root/dev" "$root/proc"
+    umount "$root/dev/pts" "$root/dev" "$root/proc"
     rm -f "$root/usr/sbin/policy-rc.d"
     [ "$rc" = 0 ] || { tail -20 "$dir/build.log"; die "apt-get install failed"; }
     echo lxcbind-host > "$root/etc/hostname"
@@ -175,4 +181,7 @@ run_one() {  # $1 = release
 
 mkdir -p "$CACHE"
 [ $# -gt 0 ] || set -- bookworm trixie
-for rel in "$@"; do run_one "$rel"; done
+for rel in "$@"; do
+    if [ "${HOSTS_BUILD_ONLY:-0}" = 1 ]; then image "$rel"; wheels "$rel" > /dev/null
+    else run_one "$rel"; fi
+done

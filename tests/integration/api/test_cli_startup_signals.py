@@ -49,6 +49,9 @@ SPY = textwrap.dedent("""
 
     sys.addaudithook(hook)
     atexit.register(report)
+    # A stock python3 (Debian's) has not imported __future__ by now; some installations' .pth
+    # files have.  Forgotten, so that an import of it by lxcbind shows here too.
+    sys.modules.pop("__future__", None)
 """)
 
 

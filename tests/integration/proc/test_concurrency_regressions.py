@@ -195,6 +195,8 @@ t = threading.Thread(target=sender, daemon=True)
 t.start()
 interrupted, kept = 0, []
 for _ in range(150):
+    if interrupted >= 30:   # the window was exercised enough: fewer attaches on a slow host
+        break
     try:
         armed.set()
         proc = c.attach(["sleep", "100"])
@@ -220,8 +222,10 @@ def test_a_signal_taken_by_another_thread_mid_attach_loses_no_child(container_na
     import sys
 
     make_busybox(container_name).close()
+    # The bug was a hang forever: the bound only has to be far above the run's time (a few
+    # seconds here, over 90 s on an emulated VM) and below the test's own timeout.
     r = subprocess.run([sys.executable, "-c", _INTERRUPTED_ATTACHES, container_name],
-                       capture_output=True, text=True, timeout=90)
+                       capture_output=True, text=True, timeout=270)
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
     assert result["interrupted"] > 0, "no attach was interrupted: the window was not exercised"
