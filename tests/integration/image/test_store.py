@@ -4,8 +4,9 @@ removal refuses an image in use, prune removes what is unused and what builders 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,19 +28,23 @@ def private_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return root
 
 
-def _import_in_child(ref: str, queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    from lxcbind.image import import_image, unpack
+# Run as its own interpreter (not multiprocessing: its resource tracker would outlive the
+# test as a child of the suite, which the binding tests' "no child left" checks then find).
+_IMPORT_IN_CHILD = """
+import json, os, sys
+from lxcbind.image import import_image, unpack
 
-    builds = []
-    apply = unpack.Tree.apply
+builds = []
+apply = unpack.Tree.apply
 
-    def counting(self: unpack.Tree, *args: object) -> None:
-        builds.append(1)
-        apply(self, *args)  # type: ignore[arg-type]
+def counting(self, *args):
+    builds.append(1)
+    apply(self, *args)
 
-    unpack.Tree.apply = counting  # type: ignore[method-assign]
-    image = import_image(ref)
-    queue.put((image.id, image.created, os.stat(image.rootfs).st_ino, len(builds)))
+unpack.Tree.apply = counting
+image = import_image(sys.argv[1])
+print(json.dumps([image.id, image.created, os.stat(image.rootfs).st_ino, len(builds)]))
+"""
 
 
 def test_concurrent_imports_build_once(tmp_path: Path, imported: Imported) -> None:
@@ -47,15 +52,15 @@ def test_concurrent_imports_build_once(tmp_path: Path, imported: Imported) -> No
     layers = [[f(f"file{i}", os.urandom(1 << 20)) for i in range(24)]] * 2
     ref = write_layout(str(tmp_path / "l"), layers)
     imported.forget(manifest_digest(ref))
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_import_in_child, args=(ref, queue)) for _ in range(2)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, "-c", _IMPORT_IN_CHILD, ref], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = []
     for p in procs:
-        p.start()
-    results = [queue.get(timeout=300) for _ in procs]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0
+        results.append(json.loads(out))
     (id1, created1, ino1, n1), (id2, created2, ino2, n2) = results
     assert id1 == id2 == manifest_digest(ref)
     assert (created1, ino1) == (created2, ino2)
