@@ -2,7 +2,8 @@
  *
  * liblxc's `idmap=<path>` mount option wants a path to a user-namespace file.  Nothing needs to
  * run in that namespace: a child process unshares it, the parent writes the maps and
- * bind-mounts /proc/<child>/ns/user onto `target`, and the child exits.  The bind mount keeps the
+ * opens /proc/<child>/ns/user (lxcbind_userns_open), the child exits, and the open file is
+ * bind-mounted onto `target` (lxcbind_userns_bind).  The bind mount keeps the
  * namespace alive until the caller unmounts it (right after the container started).
  * The child only makes async-signal-safe system calls: this runs in a threaded interpreter. */
 #include <sched.h>
@@ -46,59 +47,18 @@ slow:  /* a kernel before 5.9 */
             close(fd);
 }
 
+/* Defined below: a user namespace with these maps, as an open file, or -errno. */
+static int lxcbind_userns_open(const char *uid_map, const char *gid_map);
+
 static int lxcbind_userns_bind(const char *target, const char *uid_map, const char *gid_map)
 {
-    int ready[2], hold[2];
-    if (pipe2(ready, O_CLOEXEC) < 0)
-        return -errno;
-    if (pipe2(hold, O_CLOEXEC) < 0) {
-        int err = -errno;
-        close(ready[0]);
-        close(ready[1]);
-        return err;
-    }
-    pid_t pid = fork();
-    if (pid < 0) {
-        int err = -errno;
-        close(ready[0]); close(ready[1]); close(hold[0]); close(hold[1]);
-        return err;
-    }
-    if (pid == 0) {
-        lxcbind_close_all_but(ready[1], hold[0]);  /* hold[1] too: else no EOF below */
-        char byte = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
-        if (write(ready[1], &byte, 1) != 1)
-            _exit(1);
-        /* Wait until the parent is done with our namespace (EOF on `hold`). */
-        while (read(hold[0], &byte, 1) < 0 && errno == EINTR)
-            ;
-        _exit(0);
-    }
-    close(ready[1]);
-    close(hold[0]);
-    char byte = 0;
-    ssize_t n;
-    do {
-        n = read(ready[0], &byte, 1);
-    } while (n < 0 && errno == EINTR);
-    int err = (n == 1 && byte == 1) ? 0 : -EPERM;
+    int ns = lxcbind_userns_open(uid_map, gid_map);
+    if (ns < 0)
+        return ns;
     char path[64];
-    if (!err) {
-        snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
-        err = lxcbind_write_file(path, uid_map);
-    }
-    if (!err) {
-        snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
-        err = lxcbind_write_file(path, gid_map);
-    }
-    if (!err) {
-        snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
-        if (mount(path, target, NULL, MS_BIND, NULL) < 0)
-            err = -errno;
-    }
-    close(ready[0]);
-    close(hold[1]);  /* the child exits now */
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", ns);
+    int err = mount(path, target, NULL, MS_BIND, NULL) < 0 ? -errno : 0;
+    close(ns);  /* the bind mount keeps the namespace */
     return err;
 }
 
@@ -126,7 +86,7 @@ static int lxcbind_bind_private(const char *source, const char *target)
 #endif
 
 /* A user namespace with these maps, as an open file (O_CLOEXEC), or -errno.  Same dance as
- * lxcbind_userns_bind: a child unshares, the parent writes its maps and opens its ns file. */
+ * a child unshares, the parent writes its maps and opens its ns file. */
 static int lxcbind_userns_open(const char *uid_map, const char *gid_map)
 {
     int ready[2], hold[2];
