@@ -286,7 +286,7 @@ static scmp_filter_ctx lxcbind_scmp_context(uint32_t default_action)
 static int lxcbind_scmp_export(scmp_filter_ctx ctx, struct sock_fprog *prog)
 {
     struct stat st;
-    size_t done = 0;
+    size_t size = 0, done = 0;
     int fd, ret;
 
     fd = (int)syscall(SYS_memfd_create, "lxcbind-seccomp", 1U /* MFD_CLOEXEC */);
@@ -295,18 +295,20 @@ static int lxcbind_scmp_export(scmp_filter_ctx ctx, struct sock_fprog *prog)
     ret = seccomp_export_bpf(ctx, fd);
     if (ret == 0 && fstat(fd, &st) < 0)
         ret = -errno;
-    if (ret == 0 && (st.st_size <= 0 || st.st_size % sizeof(struct sock_filter) != 0))
-        ret = -EIO;
-    if (ret == 0 && (size_t)st.st_size / sizeof(struct sock_filter) > BPF_MAXINSNS)
-        ret = -E2BIG;   /* the kernel would refuse it */
     if (ret == 0) {
-        prog->filter = malloc((size_t)st.st_size);
+        size = st.st_size > 0 ? (size_t)st.st_size : 0;
+        if (size == 0 || size % sizeof(struct sock_filter) != 0)
+            ret = -EIO;
+        else if (size / sizeof(struct sock_filter) > BPF_MAXINSNS)
+            ret = -E2BIG;   /* the kernel would refuse it */
+    }
+    if (ret == 0) {
+        prog->filter = malloc(size);
         if (prog->filter == NULL)
             ret = -ENOMEM;
     }
-    while (ret == 0 && done < (size_t)st.st_size) {
-        ssize_t n = pread(fd, (char *)prog->filter + done, (size_t)st.st_size - done,
-                          (off_t)done);
+    while (ret == 0 && done < size) {
+        ssize_t n = pread(fd, (char *)prog->filter + done, size - done, (off_t)done);
 
         if (n < 0 && errno == EINTR)
             continue;
@@ -317,7 +319,7 @@ static int lxcbind_scmp_export(scmp_filter_ctx ctx, struct sock_fprog *prog)
     }
     close(fd);
     if (ret == 0) {
-        prog->len = (unsigned short)(st.st_size / sizeof(struct sock_filter));
+        prog->len = (unsigned short)(size / sizeof(struct sock_filter));
     } else {
         free(prog->filter);
         prog->filter = NULL;
