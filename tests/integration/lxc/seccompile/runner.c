@@ -112,6 +112,7 @@ int main(int argc, char **argv)
     ret = lxcbind_seccomp_compile(text, &prog);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     fds = fds == count_fds();
+    free(text);
     if (ret < 0) {
         printf("error=%d fds=%s\n", ret, fds ? "same" : "leaked");
         return 3;
