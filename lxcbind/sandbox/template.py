@@ -34,7 +34,6 @@ import struct
 import threading
 
 import lxcbind
-from lxcbind._lite import replace
 from lxcbind.command import CommandDefaults
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
@@ -187,9 +186,8 @@ class Template:
         profile = security.seccomp_profile(policy.lxc.allow,
                                            mounts.maps_host_root_writable(planned))
         self._lock = threading.Lock()
-        # Its own name: a policy's containerId names the clones' hostname, not the template.
-        self.box = _TemplateSandbox(replace(policy, container_id=None),
-                                    start_timeout=start_timeout)
+        # A policy's containerId names the template (clones have hostnames of their own).
+        self.box = _TemplateSandbox(policy, start_timeout=start_timeout)
         try:
             self.box.open()
             self.limits = security.resolve(policy.lxc.limits)
