@@ -101,15 +101,15 @@ def build_spawner(target: Path) -> None:
 def build_cloner(target: Path) -> None:
     """Compile the template's init (``_cdefs/cloner.c``) into a static executable at
     ``target``: static for the spawner's reason (it runs in a container whose root
-    filesystem may be anything), linked with libseccomp when ``_cdefs/seccompile.h`` is
-    there (the clones' filter is compiled once per template).  Called by build_ext."""
+    filesystem may be anything), with libseccomp (``_cdefs/seccompile.h``: the clones'
+    filter is compiled once per template).  Called by setup.py's build_ext."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         sys.exit("lxcbind: a C compiler (gcc) is needed to build the template's cloner")
+    cflags, libs = seccomp_flags()
     target.parent.mkdir(parents=True, exist_ok=True)
-    libs = ["-lseccomp"] if (CDEFS / "seccompile.h").exists() else []
     command = [cc, "-static", "-O2", "-s", "-Wall", "-Werror=implicit-function-declaration",
-               "-I", str(CDEFS), "-o", str(target), str(CDEFS / CLONER_SOURCE), *libs]
+               *cflags, "-o", str(target), str(CDEFS / CLONER_SOURCE), *libs]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         hint = ("\nA static libseccomp is needed (Debian/Ubuntu: apt-get install "

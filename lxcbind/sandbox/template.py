@@ -237,8 +237,6 @@ class Template:
                 os.close(fd)
             what = _STEPS.get(step, f"step {step}")
             reason = os.strerror(status) if status else "a malformed reply"
-            if op == _OP_PROFILE and status == 38:   # ENOSYS: built without seccompile.h
-                reason = "the cloner was built without the seccomp compiler"
             raise SandboxError(f"the Pool's template refused a clone: {what}: {reason}")
         return pid, received[0] if received else -1
 
