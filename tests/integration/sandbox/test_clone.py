@@ -286,3 +286,26 @@ def test_a_policy_clones_cannot_serve_is_refused_by_field(extra: dict[str, objec
     with pytest.raises(ValueError, match=f"clones=True\\): {field}:"):
         lxcbind.Pool(p, size=1, clones=True)
     assert str(p["containerId"]) not in lxcbind.list_containers()
+
+
+@pytest.mark.parametrize("limits", [{}, {"pids": 64}])
+def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
+                                                               limits: dict[str, int]) -> None:
+    """The BPF programs on a clone's init (the spawner) are byte for byte those on a pooled
+    container's init for the same policy: liblxc's compiled profile, then the spawner's
+    i386 socket filter."""
+    from tests.integration.lxc.test_seccompile import Tools
+
+    tools = Tools(tmp_path)
+    p = policy(limits=limits)
+    with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
+        want = tools.filters(container._spawner_host_pid)
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        deadline = time.monotonic() + 30
+        while not pool.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        session = pool._ready.queue[0]
+        assert session is not None
+        got = tools.filters(session._spawner_host_pid)
+    assert len(want) == 2 and len(got) == 2
+    assert got == want
