@@ -328,3 +328,17 @@ def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
         got = tools.filters(session._spawner_host_pid)
     assert len(want) == 2 and len(got) == 2
     assert got == want
+
+
+def test_async_pool_takes_clones() -> None:
+    import asyncio
+
+    async def main() -> list[bytes]:
+        pool = lxcbind.AsyncPool(policy(), size=2, clones=True)
+        try:
+            return [r.stdout for r in await pool.map(["hostname"] * 4)]
+        finally:
+            await pool.close()
+
+    names = asyncio.run(main())
+    assert len(set(names)) == 4
