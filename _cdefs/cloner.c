@@ -194,10 +194,11 @@ static void lxcbind_mountpoint(const char *point, char *target)
 }
 
 /* The template's mounts below its root (the host's system directories, the policy's
- * read-only binds, the masks of denied paths), bound again, read-only, at the same place in
- * the clone's root: the overlay shows only the root filesystem itself.  /proc, /sys, /dev and
- * /tmp are the clone's own (below).  Mount flags the template's mount had are kept (they are
- * locked: a less privileged mount namespace cannot clear them anyway). */
+ * read-only binds, the masks of denied paths), bound again with what is below them, the top
+ * one remounted read-only, at the same place in the clone's root: the overlay shows only the
+ * root filesystem itself.  /proc, /sys, /dev and /tmp are the clone's own.  Mount flags the
+ * template's mounts had are kept (they are locked: a less privileged mount namespace cannot
+ * clear them anyway). */
 static void lxcbind_rebind_submounts(void)
 {
     char *buf = mmap(NULL, LXCBIND_MOUNTINFO_MAX, PROT_READ | PROT_WRITE,
@@ -225,6 +226,10 @@ static void lxcbind_rebind_submounts(void)
     close(fd);
     buf[used] = '\0';
     char target[PATH_MAX + sizeof(LXCBIND_NEWROOT)];
+    /* The last mount bound with its subtree: what is below it came along (a mount with
+     * mounts below it can only be bound whole in a less privileged mount namespace: the
+     * kernel locks them together). */
+    char done[PATH_MAX] = "";
     for (char *line = buf, *next; line && *line; line = next) {
         next = strchr(line, '\n');
         if (next)
@@ -244,7 +249,7 @@ static void lxcbind_rebind_submounts(void)
         lxcbind_unescape(point);
         if (strcmp(point, "/") == 0 || lxcbind_under(point, "/proc") ||
             lxcbind_under(point, "/sys") || lxcbind_under(point, "/dev") ||
-            strcmp(point, "/tmp") == 0)
+            strcmp(point, "/tmp") == 0 || (done[0] && lxcbind_under(point, done)))
             continue;
         if ((size_t)snprintf(target, sizeof(target), "%s%s", LXCBIND_NEWROOT, point) >=
             sizeof(target)) {
@@ -270,8 +275,9 @@ static void lxcbind_rebind_submounts(void)
                 flags |= MS_STRICTATIME;
         }
         lxcbind_mountpoint(point, target);
-        if (mount(point, target, NULL, MS_BIND, NULL) < 0)
+        if (mount(point, target, NULL, MS_BIND | MS_REC, NULL) < 0)
             lxcbind_die("bind a template mount");
+        snprintf(done, sizeof(done), "%s", point);
         if (mount(NULL, target, NULL, flags, NULL) < 0)
             lxcbind_die("remount a bind read-only");
     }
@@ -380,7 +386,13 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
         lxcbind_die("make mounts private");
     /* The writable layer: a tmpfs of the policy's disk size, charged to the clone's memory
      * cgroup, gone with the clone's mount namespace (nothing on the host to clean up). */
-    snprintf(opts, sizeof(opts), "size=%llu,mode=0755", (unsigned long long)tmpfs_size);
+    /* One inode per 16 KiB, as the ext4 layer of a container (sandbox/disk.py). */
+    if (tmpfs_size)
+        snprintf(opts, sizeof(opts), "size=%llu,nr_inodes=%llu,mode=0755",
+                 (unsigned long long)tmpfs_size,
+                 (unsigned long long)(tmpfs_size / 16384 > 1024 ? tmpfs_size / 16384 : 1024));
+    else
+        snprintf(opts, sizeof(opts), "mode=0755");
     if (mount("lxcbind-layer", LXCBIND_SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
         lxcbind_die("mount the writable layer");
     lxcbind_mkdir(LXCBIND_SCRATCH "/upper", 0755);
@@ -407,11 +419,16 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
     }
     if (mount("overlay", LXCBIND_NEWROOT, "overlay", 0, options) < 0)
         lxcbind_die("mount the root overlay");
-    lxcbind_rebind_submounts();
 
     const char *r = LXCBIND_NEWROOT;
     char path[sizeof(LXCBIND_NEWROOT) + 64];
 #define AT(sub) (snprintf(path, sizeof(path), "%s%s", r, sub), path)
+    /* /tmp first: the policy's binds below it go on top of the clone's own tmpfs. */
+    struct stat st;
+    if (stat(AT("/tmp"), &st) == 0 && S_ISDIR(st.st_mode) &&
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+        lxcbind_die("mount /tmp");
+    lxcbind_rebind_submounts();
     lxcbind_mkdir(AT("/dev"), 0755);
     if (mount("none", AT("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC, "size=500000,mode=0755") < 0)
         lxcbind_die("mount /dev");
@@ -465,10 +482,6 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
               NULL) < 0)
         lxcbind_die("mount /sys");
     lxcbind_mount_cgroups(AT("/sys/fs/cgroup"));
-    struct stat st;
-    if (stat(AT("/tmp"), &st) == 0 && S_ISDIR(st.st_mode) &&
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-        lxcbind_die("mount /tmp");
 #undef AT
 
     /* The new root; the template's is detached: nothing of it stays reachable. */

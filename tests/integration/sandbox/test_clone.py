@@ -342,3 +342,25 @@ def test_async_pool_takes_clones() -> None:
 
     names = asyncio.run(main())
     assert len(set(names)) == 4
+
+
+def test_read_only_and_denied_paths_hold_in_a_clone(tmp_path: Path) -> None:
+    """The template's binds and masks again in every clone, also below /tmp (the clone's own
+    tmpfs goes under them, not over them)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello").write_text("hi\n")
+    (shared / "secret").write_text("s3cret\n")
+    (shared / "hidden").mkdir()
+    (shared / "hidden" / "key").write_text("k3y\n")
+    p = policy()
+    p["filesystem"] = {"readonlyPaths": [str(shared)],
+                       "deniedPaths": [str(shared / "secret"), str(shared / "hidden")]}
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        r = pool.run(f"cd {shared} && cat hello; cat secret; ls hidden; echo x > new; "
+                     "mount -o remount,rw . ; echo x > hello; true", timeout=30)
+    out = r.stdout.decode() + r.stderr.decode()
+    assert r.stdout.startswith(b"hi\n"), out
+    assert "s3cret" not in out and "key" not in out
+    assert "Read-only file system" in out
+    assert (shared / "hello").read_text() == "hi\n" and not (shared / "new").exists()
