@@ -511,6 +511,23 @@ static void lxcbind_loopback_up(void)
     close(s);
 }
 
+/* On an AppArmor host the template runs under liblxc's generated profile with nesting (the
+ * cloner mounts); a clone's exec changes to the profile liblxc gives a container, or the
+ * clone does not start (never a weaker profile than a container's). */
+static void lxcbind_apparmor(void)
+{
+    char label[256];
+    int fd = open("/proc/self/attr/apparmor/current", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* no AppArmor in this kernel */
+    ssize_t n = read(fd, label, sizeof(label) - 1);
+    close(fd);
+    if (n <= 0 || strncmp(label, "unconfined", 10) == 0)
+        return; /* AppArmor off, or nothing confines the template: as for a container */
+    if (lxcbind_write_file("/proc/self/attr/apparmor/exec", "exec lxc-container-default-cgns") < 0)
+        lxcbind_die("AppArmor: change to lxc-container-default-cgns at exec");
+}
+
 /* A container init's privileges: the bounding set and capabilities cut to ``keep``, no
  * ambient capabilities, no_new_privs, and the template's compiled seccomp filter. */
 static void lxcbind_drop_privileges(uint64_t keep)
@@ -572,6 +589,7 @@ static void lxcbind_clone_child(const struct lxcbind_clone_request *req, int cha
         lxcbind_die("sethostname");
     lxcbind_loopback_up();
     lxcbind_make_root(req->tmpfs_size);
+    lxcbind_apparmor();
     lxcbind_drop_privileges(req->caps);
     char ids[2][24];
     snprintf(ids[0], sizeof(ids[0]), "%lld", (long long)req->uid);

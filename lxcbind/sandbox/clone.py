@@ -121,7 +121,7 @@ class Clone:
         try:
             self._pidfd = template.request(theirs, self.name, writable_size(template))
             self.pid = _host_pid(self._pidfd)
-            dirs = cgroups.child_dirs(template.init_pid, self._cgroup)
+            dirs = cgroups.child_dirs(template.cgroup_parents, self._cgroup)
             try:
                 cgroups.make_child(dirs, security.limit_files(template.limits))
             except OSError as exc:
