@@ -512,9 +512,9 @@ static void lxcbind_loopback_up(void)
     close(s);
 }
 
-/* On an AppArmor host the template runs under liblxc's generated profile with nesting (the
- * cloner mounts) or unconfined; a clone's exec changes to the profile liblxc gives a
- * container, or the clone does not start (never a weaker profile than a container's). */
+/* On an AppArmor host the template runs unconfined (the cloner mounts); a clone's exec
+ * changes to the profile liblxc gives a container, or the clone does not start (never a
+ * weaker profile than a container's). */
 static void lxcbind_apparmor(void)
 {
     char label[256];
@@ -525,8 +525,6 @@ static void lxcbind_apparmor(void)
     close(fd);
     if (n <= 0)
         return; /* AppArmor is not the active LSM */
-    /* Whatever the template runs under (liblxc leaves an unprivileged one unconfined on some
-     * hosts), the clone's commands get the container default. */
     if (lxcbind_write_file("/proc/self/attr/apparmor/exec", "exec lxc-container-default-cgns") < 0)
         lxcbind_die("AppArmor: change to lxc-container-default-cgns at exec");
 }

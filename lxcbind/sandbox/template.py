@@ -7,9 +7,11 @@ policy, ownership record, cleanup, ``lxcbind gc`` after a SIGKILL), with three d
 * its init is ``lxcbind-cloner`` (``_cdefs/cloner.c``), not the session spawner, and it
   connects to the host over the same checked channel (``InitChannel``: SO_PEERCRED of the
   container's init, one connection ever);
-* it has no ``lxc.seccomp.profile`` (the cloner must create namespaces and mount) and keeps
-  ``setfcap`` besides ``security.KEEP_CAPS`` (the kernel lets only a holder of it map the
-  template's root into a clone's user namespace); no_new_privs is set as for any container.
+* it has no ``lxc.seccomp.profile`` (the cloner must create namespaces and mount), no
+  AppArmor profile (unconfined on an AppArmor host: every clone changes to liblxc's
+  container default at its exec) and keeps ``setfcap`` besides ``security.KEEP_CAPS`` (the
+  kernel lets only a holder of it map the template's root into a clone's user namespace);
+  no_new_privs is set as for any container.
   No workload ever runs in the template: the cloner is all that runs there, the host is the
   only one that talks to it, and every clone drops back to a container's privileges;
 * its own limits are none (every workload process lives in a clone's limited cgroup), it has
