@@ -76,6 +76,15 @@ def clone_dirs(pool: lxcbind.Pool) -> dict[str, list[str]]:
     return out
 
 
+def procs(cgroup: str) -> list[str]:
+    """The processes of a clone's cgroup ([] once the clone is gone: they come and go)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
 def host_state(name: str) -> tuple[list[str], list[str], set[int]]:
     """What template ``name`` and its clones could leave on the host: mounts and loop
     devices naming it, its cloner processes."""
@@ -160,9 +169,8 @@ def test_limits_are_in_the_clones_own_cgroup() -> None:
             while time.monotonic() < deadline and len(busy) < 3:
                 for controller, dirs in clone_dirs(pool).items():
                     for d in dirs:
-                        with open(os.path.join(d, "cgroup.procs")) as f:
-                            if len(f.read().split()) >= 2:   # the spawner and `sleep`
-                                busy[controller] = d
+                        if len(procs(d)) >= 2:   # the spawner and `sleep`
+                            busy[controller] = d
                 time.sleep(0.05)
             assert len(busy) == 3, busy
             v2 = cgroups.controller_version("memory") == "v2"
@@ -414,16 +422,15 @@ def test_descriptors_in_flight_in_one_clone_do_not_stop_another() -> None:
             deadline = time.monotonic() + 90
             while not hog_pid and time.monotonic() < deadline:
                 for d in clone_dirs(pool)["pids"]:
-                    with open(os.path.join(d, "cgroup.procs")) as f:
-                        for pid in f.read().split():
-                            try:
-                                with open(f"/proc/{pid}/cmdline", "rb") as c:
-                                    python = c.read().startswith(b"python3")
-                                filled = os.path.exists(f"/proc/{pid}/root/tmp/filled")
-                            except OSError:
-                                continue
-                            if python and filled:
-                                hog_pid = int(pid)
+                    for pid in procs(d):
+                        try:
+                            with open(f"/proc/{pid}/cmdline", "rb") as c:
+                                python = c.read().startswith(b"python3")
+                            filled = os.path.exists(f"/proc/{pid}/root/tmp/filled")
+                        except OSError:
+                            continue
+                        if python and filled:
+                            hog_pid = int(pid)
                 time.sleep(0.05)
             assert hog_pid, "the hog did not fill its quota"
             victim = pool.run("echo ok", timeout=60)
