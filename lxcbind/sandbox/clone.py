@@ -154,6 +154,7 @@ class Clone:
                                    env=d.env or None, cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                    gid=d.gid, start_timeout=self._start_timeout)
             session._disk = self._layer
+            session._image = template.box.image.id if template.box.image else None
         except BaseException:
             ours.close()
             self.close()
