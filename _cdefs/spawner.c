@@ -76,6 +76,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -168,6 +169,14 @@ static void lxcbind_record_send(int fd, int32_t type, int32_t pid, int32_t a, in
 
 /* The command's side of the vfork: runs on the spawner's memory until execve or _exit, so it
  * only makes system calls and writes its failure into *k (the spawner is suspended meanwhile). */
+/* In a clone (--init-fd): the descriptor limit its commands get, below the spawner's own.
+ * The kernel counts descriptors in flight over unix sockets per host uid, which the clones of
+ * one template share, and refuses a sender once the count passes the sender's RLIMIT_NOFILE:
+ * with commands capped at half the spawner's limit, no clone can make the spawners of the
+ * others fail to send their START records (each a pidfd). */
+static struct rlimit lxcbind_child_nofile;
+static int lxcbind_cap_nofile;
+
 static int lxcbind_spawn_child_main(void *arg)
 {
     struct lxcbind_spawn_child *k = arg;
@@ -175,6 +184,11 @@ static int lxcbind_spawn_child_main(void *arg)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* the spawner blocks SIGCHLD for its signalfd */
     setsid();
+    if (lxcbind_cap_nofile && setrlimit(RLIMIT_NOFILE, &lxcbind_child_nofile) < 0) {
+        k->stage = LXCBIND_STAGE_SPAWN;
+        k->err = errno;
+        _exit(126);
+    }
 
     /* Move the received descriptors to 0, 1, 2, 3 ... in two steps so that no source is
      * overwritten before it is copied: first above every target, then into place (dup2
@@ -743,6 +757,29 @@ static int lxcbind_connect_control(const char *path)
     return 0;
 }
 
+/* Init mode of a clone (lxcbind-cloner, see _cdefs/cloner.c): the control socket is the
+ * inherited, already connected descriptor ``text``; it becomes fd 0 as with --init. */
+static int lxcbind_take_control(const char *text)
+{
+    char *end;
+    errno = 0;
+    long fd = strtol(text, &end, 10);
+    if (errno || *text < '0' || *text > '9' || *end || fd < 3 || fd > 65535)
+        return -1;
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_SEQPACKET)
+        return -1;
+    if (dup2((int)fd, 0) < 0)
+        return -1;
+    close((int)fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+        return -1;
+    close(null);
+    return 0;
+}
+
 /* A decimal id of 0..2^32-2 (the user-namespace range), or -1. */
 static long lxcbind_parse_id(const char *text)
 {
@@ -770,6 +807,8 @@ static int lxcbind_become(long uid, long gid)
 }
 
 /* ``lxcbind-spawner``: attached by Session, control socket on fd 0.
+ * ``lxcbind-spawner --init-fd N [UID GID]``: the same, as a clone's init (lxcbind-cloner),
+ * with the control socket inherited as fd N instead of connected to a path.
  * ``lxcbind-spawner --init PATH [UID GID]``: the container's init (lxc.init.cmd) of a fresh
  * sandbox, which then needs no attach at all; its control socket connects to PATH, and with
  * UID and GID (-1: unchanged) it serves as that user.  As pid 1 it also reaps every orphan of
@@ -780,7 +819,9 @@ int main(int argc, char **argv)
      * us, read /proc/<us>/mem|environ|fd, or pidfd_getfd our sockets.  (The exec cleared the
      * flag the exec function had set: a plain exec makes a process dumpable again.) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    int as_init = (argc == 3 || argc == 5) && strcmp(argv[1], "--init") == 0;
+    int as_init = (argc == 3 || argc == 5) &&
+                  (strcmp(argv[1], "--init") == 0 || strcmp(argv[1], "--init-fd") == 0);
+    int by_fd = as_init && strcmp(argv[1], "--init-fd") == 0;
     long uid = -1, gid = -1;
     if (as_init && argc == 5) {
         uid = strcmp(argv[3], "-1") == 0 ? -1 : lxcbind_parse_id(argv[3]);
@@ -789,8 +830,18 @@ int main(int argc, char **argv)
             return 125;
     }
     prctl(PR_SET_NAME, as_init ? "lxcbind-init" : "lxcbind-spawn", 0, 0, 0);
-    if (as_init && lxcbind_connect_control(argv[2]) < 0)
+    if (as_init && (by_fd ? lxcbind_take_control(argv[2])
+                          : lxcbind_connect_control(argv[2])) < 0)
         return 125;
+    struct rlimit nofile;
+    if (by_fd && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max >= 2048) {
+        lxcbind_child_nofile.rlim_max = nofile.rlim_max / 2;
+        lxcbind_child_nofile.rlim_cur = nofile.rlim_cur < nofile.rlim_max / 2
+                                            ? nofile.rlim_cur : nofile.rlim_max / 2;
+        lxcbind_cap_nofile = 1;
+        nofile.rlim_cur = nofile.rlim_max; /* ours: the whole hard limit */
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     /* What a command orphans (a daemon that setsid'd out of its group) comes to us rather than
      * to the container's init, so that close() can still find and kill it. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
