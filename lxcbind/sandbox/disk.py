@@ -235,6 +235,18 @@ def prune() -> list[str]:
 _EXTENTS: dict[tuple[int, ...], list[tuple[int, int]]] = {}
 
 
+_NO_KERNEL_COPY = (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
+
+
+def _copy_range(src: int, dst: int, at: int, length: int) -> int:
+    """Copy up to 1 MiB at offset ``at`` through user space; returns how much was copied."""
+    data = os.pread(src, min(length, 1 << 20), at)
+    done = 0
+    while done < len(data):
+        done += os.pwrite(dst, data[done:], at + done)
+    return done
+
+
 def _copy_sparse(src: str, dst: str) -> int:
     """Copy ``src`` to a new file ``dst`` (0600) data extent by data extent, leaving holes;
     returns ``dst`` open read-write."""
@@ -246,10 +258,23 @@ def _copy_sparse(src: str, dst: str) -> int:
                       0o600)
         try:
             os.ftruncate(out, st.st_size)
+            in_kernel = True
             for start, end in extents:
                 at = start
                 while at < end:
-                    copied = os.copy_file_range(fd, out, end - at, at, at)
+                    if in_kernel:
+                        try:
+                            copied = os.copy_file_range(fd, out, end - at, at, at)
+                        except OSError as exc:
+                            # Since Linux 5.19 a copy between two filesystems that have no
+                            # copy_file_range of their own (ext4, tmpfs) is EXDEV: the cache
+                            # and the container directory may well be on different ones.
+                            if exc.errno not in _NO_KERNEL_COPY:
+                                raise
+                            in_kernel = False
+                            continue
+                    else:
+                        copied = _copy_range(fd, out, at, end - at)
                     if copied <= 0:
                         raise OSError(errno.EIO, "short copy", dst)
                     at += copied

@@ -17,7 +17,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 OUT="${HOSTS_OUT:-/tmp/lxcbind-hosts}"
-TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/proc tests/integration/api tests/integration/net}"
+TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/image tests/integration/proc tests/integration/api tests/integration/net}"
 BUDGET="${HOSTS_BUDGET:-5400}"
 mkdir -p "$OUT"
 # A copy of a git worktree carries a .git file that points outside the host: the project's

@@ -21,7 +21,7 @@ import pytest
 
 import lxcbind
 from lxcbind.lxc.container import default_lxcpath
-from lxcbind.sandbox import core, disk
+from lxcbind.sandbox import core, disk, diskpool
 from tests.conftest import _NAMES_MADE, IS_ROOT, NATIVE_ERROR, new_name
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
@@ -330,3 +330,38 @@ def test_a_signal_during_setup_leaves_no_layer(host_unchanged, tmp_path: Path,
     assert proc.returncode in (143, -signal.SIGTERM), (proc.returncode, out, err)
     assert b"Traceback" not in err
     assert not os.path.exists(os.path.join(default_lxcpath(), name))
+
+
+@pytest.fixture
+def cache_on_another_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The image cache on a tmpfs of its own (as under a state directory in a tmpfs /tmp, or a
+    /var/lib/lxc on its own volume), the container directories where they are."""
+    images = tmp_path / "disk"
+    images.mkdir(mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700,size=256M", "lxcbind-test",
+                    str(images)], check=True)
+    try:
+        monkeypatch.setattr(disk, "IMAGES", str(images))
+        monkeypatch.setattr(diskpool, "FREE", str(images / "free"))
+        monkeypatch.setattr(diskpool, "BUSY", str(images / "busy"))
+        yield images
+    finally:
+        # A retired image stays open by its loop device until the kernel frees it.
+        deadline = time.monotonic() + 10
+        while subprocess.run(["umount", str(images)], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, f"{images} still busy"
+            time.sleep(0.05)
+
+
+def test_the_limit_holds_with_the_cache_on_another_filesystem(
+        host_unchanged, cache_on_another_filesystem: Path) -> None:
+    """Copying the cached image into the container's directory crosses filesystems (EXDEV for
+    copy_file_range since Linux 5.19): it is copied all the same and the limit holds, twice
+    (the second run after the first one's image went back to the cache)."""
+    assert os.stat(cache_on_another_filesystem).st_dev != os.stat(default_lxcpath()).st_dev
+    for _ in range(2):
+        r = lxcbind.run(doc(py(FILL), "32M"), timeout=120)
+        what, mib = field(r.stdout, "FILL")
+        assert what == "ENOSPC", (r.stdout, r.stderr)
+        assert 16 <= mib < 32, mib
+        assert r.disk_limited

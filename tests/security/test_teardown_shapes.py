@@ -30,17 +30,59 @@ from lxcbind.sandbox import idmap
 from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
-              pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
+              pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}"),
+              # The bounds are the callers' own timeouts below; a slow host (an emulated VM:
+              # a 20,000-level tree made and removed) needs more than pytest's default 300 s.
+              pytest.mark.timeout(1800)]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXIT = 7   # the workload's own exit status, which every caller must report
 
-# Runs inside the container as its root: argv is depth, width, what to make.
+# Runs inside the container as its root: argv is depth, width, what to make.  Deep and long
+# trees are made in pieces of at most PIECE bytes of path, each piece then moved under the
+# next (rename of a short source into a piece's bottom): what a workload confined by AppArmor
+# does to get past its path limit (2 x PATH_MAX: every mkdir deeper than that is ENAMETOOLONG),
+# so the trees are as deep on every host.
 SHAPE = r"""
 import os, socket, sys
 depth, width, kinds = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
+PIECE = 3000
 os.makedirs("/root/t", exist_ok=True)
 os.chdir("/root/t")
+
+def chained(name, levels, size, mk):
+    # /root/t/<name>: ``levels`` levels of ``size`` bytes of path made by mk(i) (which makes
+    # one in the current directory and enters it), in pieces of at most PIECE bytes.
+    top = os.open("/root/t", os.O_RDONLY | os.O_DIRECTORY)
+    done = 0
+    while done < levels:
+        os.chdir("/root/t")
+        os.mkdir(".piece")
+        os.chdir(".piece")
+        made = 0
+        while done + made < levels and (made + 1) * size <= PIECE:
+            mk(done + made)
+            made += 1
+        if done:   # what is made so far goes under this piece's bottom
+            bottom = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+            os.rename(name, "rest", src_dir_fd=top, dst_dir_fd=bottom)
+            os.close(bottom)
+        os.chdir("/root/t")
+        os.rename(".piece", name, src_dir_fd=top, dst_dir_fd=top)
+        done += made
+    os.close(top)
+
+def long_level(i):
+    os.mkdir("L" * 255)
+    os.chdir("L" * 255)
+    os.mkfifo("p")
+
+def deep_level(i):
+    os.mkdir("d")
+    os.chdir("d")
+    if i % 500 == 499:
+        os.chmod(".", 0)                 # unreadable levels on the way down
+
 if "special" in kinds:
     os.mkfifo("fifo")
     s = socket.socket(socket.AF_UNIX)
@@ -56,18 +98,9 @@ if width:
     for i in range(width):
         os.close(os.open(f"wide/{i:0200d}", os.O_CREAT | os.O_WRONLY, 0o644))
 if "long" in kinds:
-    os.mkdir("long")
-    os.chdir("long")
-    for i in range(40):                  # 40 x 256 bytes: far past PATH_MAX (4096)
-        os.mkdir("L" * 255)
-        os.chdir("L" * 255)
-        os.mkfifo("p")
-    os.chdir("/root/t")
-for i in range(depth):
-    os.mkdir("d")
-    os.chdir("d")
-    if i % 500 == 499:
-        os.chmod(".", 0)                 # unreadable levels on the way down
+    chained("long", 40, 256, long_level)   # 40 x 256 bytes: far past PATH_MAX (4096)
+if depth:
+    chained("d", depth, 2, deep_level)
 print("shaped", flush=True)
 sys.exit(EXIT)
 """.replace("EXIT", str(EXIT))

@@ -63,6 +63,9 @@ def _raise_at(index: int) -> tuple[list[int], Any]:
 
     def start(frame: types.FrameType, event: str, arg: object) -> Any:
         if frame.f_code in TRACED:
+            # The frame's f_trace first: on Python 3.13 (Debian 13) f_trace_opcodes set in
+            # the call event turns nothing on while the frame has none.
+            frame.f_trace = local
             frame.f_trace_opcodes = True
             return local
         return None
@@ -88,6 +91,9 @@ def test_a_handler_raising_at_any_instruction_of_attach_leaks_no_descriptor(box)
     while True:
         seen, tracer = _raise_at(index)
         sys.settrace(tracer)
+        # Python 3.12 delivers opcode events to a called frame only once some frame of the
+        # thread has asked for them (this one has no f_trace: it gets none).
+        sys._getframe().f_trace_opcodes = True
         try:
             proc = box.attach(["sleep", "100"])
         except Raised:

@@ -19,6 +19,7 @@ from tests.conftest import make_busybox, requires_lxc, requires_root, run_thread
 pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(300)]
 
 
+@pytest.mark.timeout(600)
 def test_attach_leak_cleanup_never_closes_another_threads_pidfds(shared_busybox):
     """liblxc leaks the init pidfd of every attach and lxcbind closes it; a pidfd of the same
     init that another thread opens meanwhile (pidfd_open, or another handle's init_pidfd())
@@ -53,7 +54,10 @@ def test_attach_leak_cleanup_never_closes_another_threads_pidfds(shared_busybox)
     try:
         for t in threads:
             t.start()
-        errors = run_threads(attacher, 2)
+        # The attachers run until the opener's 3000 rounds end: 3 s here, over 120 s (the
+        # default bound) on an emulated Debian 13 VM with the machine loaded.  A bound for a
+        # hang, not a speed.
+        errors = run_threads(attacher, 2, timeout=540)
     finally:
         stop.set()
         for t in threads:
