@@ -1,0 +1,270 @@
+"""The attack suite of issue #23: a clone of a warm template (``Pool(clones=True)``) keeps every
+isolation property of a pooled container (``Pool(clones=False)``).
+
+Every attack runs as the workload, container root, with real syscalls (python3's ctypes on the
+host rootfs), in both modes (``container`` and ``clone`` ids), and asserts both the refusal and
+that the host, another sandbox running at the same time, and (for clones) the template are
+unchanged.  Attack scripts print ``NAME=RESULT`` lines (``OK`` or an errno name) that the tests
+parse.  ``sandbox_probes`` has the host side: holding a sandbox alive while the host looks at
+it, fingerprints, namespaces and cgroups of a host pid.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from lxcbind.sandbox import security
+
+from ..conftest import requires_lxc, requires_root
+from .sandbox_probes import (
+    CLONES,
+    HOLD,
+    PY,
+    make_pool,
+    parse,
+)
+from .test_escape import PRELUDE
+from .test_socket_families import COMPAT
+
+pytestmark = [requires_root, requires_lxc, pytest.mark.timeout(600)]
+
+MODES = [pytest.param(False, id="container"),
+         pytest.param(True, id="clone", marks=pytest.mark.skipif(
+             not CLONES, reason="Pool(clones=True) is not on this branch yet"))]
+
+REFUSED = ("EPERM", "EACCES")
+NAMESPACE_FLAGS = {"NEWNS": 0x00020000, "NEWCGROUP": 0x02000000, "NEWUTS": 0x04000000,
+                   "NEWIPC": 0x08000000, "NEWUSER": 0x10000000, "NEWPID": 0x20000000,
+                   "NEWNET": 0x40000000, "NEWTIME": 0x00000080}
+
+
+def script(body: str, hold: bool = False) -> list[str]:
+    """argv running ``body`` (after ``PRELUDE``'s ``report``/``sc`` helpers) in python3."""
+    code = PRELUDE + textwrap.dedent(body) + (HOLD if hold else "")
+    return [PY, "-c", code]
+
+
+def hold_script(body: str) -> str:
+    return PRELUDE + textwrap.dedent(body) + HOLD
+
+
+@pytest.fixture(scope="module", params=MODES)
+def pool(request: pytest.FixtureRequest):
+    """One pool per mode for the attacks that need nothing but the default policy."""
+    with make_pool(request.param, size=2) as p:
+        p.clones = request.param  # type: ignore[attr-defined]  # for the tests' messages
+        yield p
+
+
+# -- namespaces, mounts, privileges -----------------------------------------------------------
+
+NAMESPACE_ATTACK = """
+    import struct
+    FLAGS = %(flags)r
+    for name, flag in FLAGS.items():
+        sc("UNSHARE_" + name, 272, flag)
+        if name != "NEWTIME":   # 0x80 is in clone()'s exit-signal byte: clone3/unshare only
+            rc = libc.syscall(56, ctypes.c_long(flag | 17), 0, 0, 0, 0)   # clone(flag|SIGCHLD)
+            if rc == 0:
+                os._exit(0)                                          # a child: it got through
+            report("CLONE_" + name, rc)
+            if rc > 0:
+                os.waitpid(rc, 0x40000000)
+        args = (ctypes.c_uint64 * 11)(flag, 0, 0, 0, 17)             # clone3, exit_signal SIGCHLD
+        rc = libc.syscall(435, args, ctypes.c_long(88))
+        if rc == 0:
+            os._exit(0)
+        report("CLONE3_" + name, rc)
+        if rc > 0:
+            os.waitpid(rc, 0x40000000)
+    for ns in ("user", "pid", "mnt", "ipc", "uts", "net", "cgroup", "time"):
+        fd = os.open(f"/proc/self/ns/{ns}", os.O_RDONLY)
+        sc("SETNS_" + ns, 308, fd, 0)
+        os.close(fd)
+    pidfd = libc.syscall(434, 1, 0)                                  # pidfd_open(1): its init
+    sc("SETNS_PIDFD_INIT", 308, pidfd, 0x7E020000 | 0x80)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    os.makedirs("/tmp/m", exist_ok=True)
+    report("MOUNT_PROC", libc.mount(b"proc", b"/tmp/m", b"proc", 0, None))
+    report("MOUNT_TMPFS", libc.mount(b"t", b"/tmp/m", b"tmpfs", 0, None))
+    report("MOUNT_BIND_ROOT", libc.mount(b"/", b"/tmp/m", None, 4096 | 16384, None))
+    report("REMOUNT_ROOT_RO", libc.mount(None, b"/", None, 32 | 1, None))
+    report("REMOUNT_USR_RW", libc.mount(None, b"/usr", None, 32 | 4096, None))
+    report("REMOUNT_SYS_RW", libc.mount(None, b"/sys", None, 32, None))
+    report("REMOUNT_PROCSYS_RW", libc.mount(None, b"/proc/sys", None, 32 | 4096, None))
+    report("MAKE_SHARED", libc.mount(None, b"/", None, 1 << 20 | 16384, None))
+    for target in (b"/proc", b"/proc/sys", b"/sys", b"/sys/fs/cgroup", b"/dev/.lxcbind",
+                   b"/usr", b"/tmp", b"/dev/shm", b"/dev/pts", b"/"):
+        report("UMOUNT_" + target.decode().strip("/").replace("/", "_").upper(),
+               libc.umount2(target, 2))                               # MNT_DETACH
+    os.chdir("/")
+    sc("PIVOT_ROOT", 155, b".", b".")
+    sc("CHROOT_THEN_PIVOT", 155, b"/tmp", b"/tmp/m")
+    sc("OPEN_TREE_CLONE", 428, -100, b"/", 1 | 0x8000)                # OPEN_TREE_CLONE|RECURSIVE
+    sc("OPEN_TREE_PLAIN", 428, -100, b"/usr", 0)
+    sc("MOVE_MOUNT", 429, -100, b"/usr", -100, b"/tmp/m", 0)
+    sc("FSOPEN_TMPFS", 430, b"tmpfs", 0)
+    sc("FSOPEN_PROC", 430, b"proc", 0)
+    sc("FSCONFIG", 431, 3, 6, 0, 0, 0)                                # fd 3, CMD_CREATE
+    sc("FSMOUNT", 432, 3, 0, 0)
+    sc("FSPICK_ROOT", 433, -100, b"/", 0)
+    attr = (ctypes.c_uint64 * 4)(0, 1, 0, 0)                          # clear MOUNT_ATTR_RDONLY
+    sc("MOUNT_SETATTR_USR", 442, -100, b"/usr", 0, attr, 32)
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_namespaces_and_mounts_refused(clones: bool) -> None:
+    """Every way to a new namespace, into another one, or to change the mount table."""
+    with make_pool(clones, size=1) as pool:
+        r = parse(pool.run(script(NAMESPACE_ATTACK % {"flags": NAMESPACE_FLAGS}), timeout=120))
+    for name in NAMESPACE_FLAGS:
+        assert r["UNSHARE_" + name] == "EPERM", (name, r)
+        assert r.get("CLONE_" + name, "EPERM") == "EPERM", (name, r)
+        assert r["CLONE3_" + name] == "ENOSYS", (name, r)   # libc then falls back to clone
+    others = {k: v for k, v in r.items() if not k.startswith(("UNSHARE_", "CLONE"))}
+    assert len(others) == 38, others   # every attempt above reported
+    for name, outcome in others.items():
+        assert outcome == "EPERM", (name, r)
+
+
+STATUS_FIELDS = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+                 "Seccomp_filters")
+STATUS = "grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status /proc/1/status; id -u"
+
+
+def _keep_mask() -> int:
+    names = {"chown": 0, "dac_override": 1, "fowner": 3, "fsetid": 4, "kill": 5, "setgid": 6,
+             "setuid": 7, "setpcap": 8, "net_bind_service": 10, "net_raw": 13,
+             "sys_chroot": 18, "mknod": 27, "audit_write": 29}
+    return sum(1 << names[cap] for cap in security.KEEP_CAPS)
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_privileges_of_the_workload(clones: bool) -> None:
+    """Root inside with exactly KEEP_CAPS (effective, permitted, bounding), no ambient or
+    inheritable, no_new_privs, a seccomp filter; the same for the sandbox's init."""
+    with make_pool(clones, size=1) as pool:
+        r = pool.run(STATUS, timeout=60)
+    assert r.returncode == 0, r
+    lines = r.stdout.decode().splitlines()
+    assert lines[-1] == "0"
+    for who in ("/proc/self/status", "/proc/1/status"):
+        fields = dict(line[len(who) + 1:].split(":\t") for line in lines if line.startswith(who))
+        for cap in ("CapPrm", "CapEff", "CapBnd"):
+            assert int(fields[cap], 16) == _keep_mask(), (who, cap, fields)
+        assert int(fields["CapAmb"], 16) == int(fields["CapInh"], 16) == 0, (who, fields)
+        assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2", (who, fields)
+
+
+@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+def test_clone_privileges_equal_a_pooled_containers() -> None:
+    """Field by field: the capability sets, no_new_privs and the seccomp mode and number of
+    filters of a clone's command and of its init are those of a pooled container's."""
+    seen = {}
+    for clones in (False, True):
+        with make_pool(clones, size=1) as pool:
+            r = pool.run(STATUS, timeout=60)
+        assert r.returncode == 0, r
+        seen[clones] = sorted(r.stdout.decode().splitlines())
+    assert seen[True] == seen[False]
+    assert len(seen[True]) == 2 * len(STATUS_FIELDS) + 1
+
+
+SYSCALL_SURVEY = """
+    sc("KEYCTL_SESSION", 250, 0, -3)
+    sc("KEYCTL_USER", 250, 0, -4)
+    sc("ADD_KEY", 248, b"user", b"k", b"v", 1, -4)
+    sc("REQUEST_KEY", 249, b"user", b"k", 0, 0)
+    attr = (ctypes.c_uint32 * 30)(1, 4, 4, 1)
+    sc("BPF", 321, 0, attr, 120)
+    pattr = (ctypes.c_uint32 * 32)(0, 128, 0)
+    sc("PERF", 298, pattr, 0, -1, -1, 0)
+    sc("PTRACE_TRACEME", 101, 0, 0, 0, 0)
+    sc("PROCESS_VM_READV", 310, os.getpid(), 0, 0, 0, 0, 0)
+    sc("PIDFD_GETFD", 438, libc.syscall(434, os.getpid(), 0), 0, 0)
+    handle = (ctypes.c_char * 136)()
+    ctypes.memmove(handle, (ctypes.c_uint32 * 2)(8, 1), 8)
+    sc("OPEN_BY_HANDLE_AT", 304, os.open("/", os.O_RDONLY), handle, 0)
+    sc("NAME_TO_HANDLE_AT", 303, -100, b"/", handle, (ctypes.c_int * 1)(), 0)
+    sc("USERFAULTFD", 323, 0)
+    sc("IO_URING_SETUP", 425, 1, (ctypes.c_char * 120)())
+    sc("KEXEC_LOAD", 246, 0, 0, 0, 0)
+    sc("INIT_MODULE", 175, 0, 0, b"")
+    sc("DELETE_MODULE", 176, b"loop", 0)
+    sc("SWAPOFF", 168, b"/dev/null")
+    sc("REBOOT", 169, 0xfee1dead, 672274793, 0x4321FEDC, 0)
+    sc("SYSLOG", 103, 3, 0, 0)
+    sc("ACCT", 163, 0)
+    sc("SETTIMEOFDAY", 164, 0, 0)
+    sc("CLOCK_SETTIME", 227, 0, (ctypes.c_long * 2)(0, 0))
+    sc("IOPL", 172, 3)
+    sc("SETHOSTNAME", 170, b"evil", 4)
+    sc("SETDOMAINNAME", 171, b"evil", 4)
+    sc("FANOTIFY_INIT", 300, 0, 0)
+    sc("VHANGUP", 153)
+    sc("QUOTACTL", 179, 0, b"/", 0, 0)
+    sc("SETNS_BAD_FD", 308, 9999, 0)
+    sc("MKNOD_BLOCK", 133, b"/tmp/sda", 0o60600, os.makedev(8, 0))
+    sc("MKNOD_CHAR_MEM", 133, b"/tmp/mem", 0o20600, os.makedev(1, 1))
+    sc("SOCKET_VSOCK", 41, 40, 1, 0)
+    sc("SOCKET_ALG", 41, 38, 5, 0)
+    sc("SOCKET_UNIX", 41, 1, 1, 0)
+    sc("SOCKET_INET", 41, 2, 2, 0)
+    sc("SOCKET_PACKET", 41, 17, 3, 0)
+    sc("SOCKET_NETLINK", 41, 16, 3, 0)
+    sc("CHROOT", 161, b"/tmp")                       # allowed (sys_chroot): last, it moves /
+    sc("SETUID_1000", 105, 1000)
+"""
+
+
+SURVEY_ALLOWED = {"SOCKET_UNIX", "SOCKET_INET", "SOCKET_PACKET", "SOCKET_NETLINK", "CHROOT",
+                  "SETUID_1000"}
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_kernel_interfaces_refused(clones: bool) -> None:
+    """Keyrings, bpf, perf, the ptrace family, handles, kexec, modules, clocks, io_uring,
+    block devices, uts names, socket families: refused; ordinary root work still allowed."""
+    with make_pool(clones, size=1) as pool:
+        r = parse(pool.run(script(SYSCALL_SURVEY), timeout=60))
+    for name, outcome in r.items():
+        if name in SURVEY_ALLOWED:
+            assert outcome == "OK", (name, r)
+        elif name == "SETNS_BAD_FD":
+            assert outcome in ("EPERM", "EBADF"), outcome
+        else:
+            assert outcome in ("EPERM", "EACCES", "ENOSYS"), (name, outcome, r)
+    assert len(r) == SYSCALL_SURVEY.count('sc("')   # every attempt reported
+
+
+@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+def test_clone_answers_every_syscall_as_a_container() -> None:
+    """The same survey: the same outcome, errno for errno, in a clone as in a pooled
+    container (the same seccomp profile, capabilities and device rules)."""
+    seen = {}
+    for clones in (False, True):
+        with make_pool(clones, size=1) as pool:
+            seen[clones] = parse(pool.run(script(SYSCALL_SURVEY), timeout=60))
+    assert seen[True] == seen[False]
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_vsock_refused_native_and_int80(clones: bool) -> None:
+    """AF_VSOCK reaches the hypervisor from any namespace: refused through socket(),
+    socketpair(), garbage high bits and both i386 entry points."""
+    with make_pool(clones, size=1) as pool:
+        r = parse(pool.run(script(COMPAT + textwrap.dedent("""
+            pair = (ctypes.c_int * 2)()
+            sc("STREAM", 41, 40, 1, 0)
+            sc("DGRAM", 41, 40, 2, 0)
+            sc("PAIR", 53, 40, 1, 0, pair)
+            sc("HIGH_BITS", 41, 0x1_0000_0028, 1, 0)
+            compat_socket("COMPAT", 40, 1)
+            compat_socket("COMPAT_INET", 2, 1)
+        """)), timeout=60))
+    for key in ("STREAM", "DGRAM", "PAIR", "HIGH_BITS", "COMPAT_SOCKETCALL", "COMPAT_SOCKET32"):
+        assert r[key] == "EPERM", (key, r)
+    assert r["COMPAT_INET_SOCKET32"] == "OK", r   # the filter is a filter, not a broken ABI
