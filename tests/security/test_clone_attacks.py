@@ -11,6 +11,8 @@ it, fingerprints, namespaces and cgroups of a host pid.
 
 from __future__ import annotations
 
+import os
+import secrets
 import textwrap
 
 import pytest
@@ -22,7 +24,9 @@ from .sandbox_probes import (
     CLONES,
     HOLD,
     PY,
+    Held,
     make_pool,
+    namespaces,
     parse,
 )
 from .test_escape import PRELUDE
@@ -268,3 +272,185 @@ def test_vsock_refused_native_and_int80(clones: bool) -> None:
     for key in ("STREAM", "DGRAM", "PAIR", "HIGH_BITS", "COMPAT_SOCKETCALL", "COMPAT_SOCKET32"):
         assert r[key] == "EPERM", (key, r)
     assert r["COMPAT_INET_SOCKET32"] == "OK", r   # the filter is a filter, not a broken ABI
+
+
+# -- another sandbox of the same pool, alive at the same time ---------------------------------
+
+SYSV = """
+    libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    libc.msgrcv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long,
+                            ctypes.c_int]
+    IPC_CREAT, IPC_EXCL, IPC_NOWAIT = 0o1000, 0o2000, 0o4000
+"""
+
+VICTIM = """
+    import socket
+    T, KEY, PORT = %(token)r, %(key)d, %(port)d
+    for path in (f"/tmp/{T}", f"/dev/shm/{T}", f"/{T}", f"/root/{T}", f"/etc/{T}"):
+        with open(path, "w") as f:
+            f.write(T)
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract.bind("\\0" + T)
+    abstract.listen()
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    named.bind(f"/tmp/{T}.sock")
+    named.listen()
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", PORT))
+    tcp.listen()
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", PORT))
+    shm = libc.shmget(KEY, 4096, IPC_CREAT | 0o666)
+    at = libc.shmat(shm, None, 0)
+    ctypes.memmove(at, T.encode(), len(T))
+    msq = libc.msgget(KEY, IPC_CREAT | 0o666)
+    sem = libc.semget(KEY, 1, IPC_CREAT | 0o666)
+    report("SHM", shm)
+    report("MSG", msq)
+    report("SEM", sem)
+    node = os.uname().nodename
+    print("NODE=" + node, flush=True)
+    print("NS=" + " ".join(os.readlink(f"/proc/self/ns/{n}") for n in
+                           ("user", "pid", "mnt", "ipc", "uts", "net", "cgroup")), flush=True)
+"""
+
+VICTIM_AFTER = """
+    # the host let the command go on: is everything as it was left?
+    for s in (abstract, named, tcp, udp):
+        s.setblocking(False)
+        try:
+            s.recv(1) if s is udp else s.accept()
+            print("VISITED=" + str(s), flush=True)
+        except BlockingIOError:
+            pass
+    intact = all(open(p).read() == T for p in
+                 (f"/tmp/{T}", f"/dev/shm/{T}", f"/{T}", f"/root/{T}", f"/etc/{T}"))
+    print("FILES_INTACT=" + str(intact))
+    print("SHM_INTACT=" + str(ctypes.string_at(at, len(T)) == T.encode()))
+    buf = ctypes.create_string_buffer(64)
+    report("MSGRCV", libc.msgrcv(msq, buf, 32, 0, IPC_NOWAIT))
+    print("NODE_AFTER=" + os.uname().nodename)
+    planted = [os.path.join(d, n) for d in ("/", "/tmp", "/dev/shm", "/root", "/etc")
+               for n in os.listdir(d) if "evil" in n]
+    print("PLANTED=" + ",".join(planted))
+"""
+
+ATTACKER = """
+    import socket
+    T, KEY, PORT = %(token)r, %(key)d, %(port)d
+    mine = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    seen = []
+    for pid in mine - {os.getpid()}:    # its own argv holds the token
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                data = f.read()
+            if T.encode() in data or b"%(mark)s" in data:
+                seen.append(pid)
+        except OSError:
+            pass
+    print("PROC_SEEN=" + ",".join(map(str, seen)))
+    alive = []
+    for pid in range(1, 4097):
+        if libc.kill(pid, 0) == 0 or ctypes.get_errno() == errno.EPERM:
+            alive.append(pid)
+    after = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+    print("KILL_FOUND_OTHERS=" + ",".join(str(p) for p in alive if p not in mine | after))
+    found = []
+    for top in ("/", "/tmp", "/dev", "/run", "/var", "/root", "/etc", "/home"):
+        for folder, dirs, files in os.walk(top):
+            if folder == "/":
+                dirs[:] = [d for d in dirs if d not in ("proc", "sys", "usr")]
+            found += [os.path.join(folder, n) for n in dirs + files if T in n]
+    print("FILES_FOUND=" + ",".join(sorted(set(found))))
+    def connect(name, family, kind, address):
+        s = socket.socket(family, kind)
+        try:
+            s.connect(address)
+            if kind == socket.SOCK_DGRAM:
+                s.send(b"x")
+                s.recv(1)
+            print(f"{name}=OK")
+        except OSError as exc:
+            print(f"{name}=" + errno.errorcode[exc.errno])
+    connect("ABSTRACT", socket.AF_UNIX, socket.SOCK_STREAM, "\\0" + T)
+    connect("NAMED", socket.AF_UNIX, socket.SOCK_STREAM, f"/tmp/{T}.sock")
+    connect("TCP", socket.AF_INET, socket.SOCK_STREAM, ("127.0.0.1", PORT))
+    connect("UDP", socket.AF_INET, socket.SOCK_DGRAM, ("127.0.0.1", PORT))
+    with open("/proc/net/unix") as f:
+        print("UNIX_LISTED=" + str(T in f.read()))
+    # the same names are free here: a separate namespace, not a refusal that hides a share
+    for name, make, address in (("BIND_ABSTRACT", socket.AF_UNIX, "\\0" + T),
+                                ("BIND_TCP", socket.AF_INET, ("127.0.0.1", PORT))):
+        try:
+            socket.socket(make, socket.SOCK_STREAM).bind(address)
+            print(f"{name}=OK")
+        except OSError as exc:
+            print(f"{name}=" + errno.errorcode[exc.errno])
+    report("SHMGET", libc.shmget(KEY, 0, 0))
+    report("MSGGET", libc.msgget(KEY, 0))
+    report("SEMGET", libc.semget(KEY, 0, 0))
+    listed = ""
+    for kind in ("shm", "msg", "sem"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            listed += f.read()
+    print("SYSV_LISTED=" + str(str(KEY) in listed.split()))
+    report("SHM_OWN", libc.shmget(KEY, 4096, IPC_CREAT | IPC_EXCL | 0o600))
+    report("SETHOSTNAME", libc.sethostname(b"evil-" + T.encode(), 5 + len(T)))
+    print("NODE=" + os.uname().nodename)
+    print("NETDEVS=" + ",".join(sorted(os.listdir("/sys/class/net"))))
+    print("IFNAMES=" + ",".join(n for _, n in socket.if_nameindex()))
+    sc("KEYCTL", 250, 0, -3)
+    sc("ADD_KEY", 248, b"user", T.encode(), b"v", 1, -3)
+    print("NS=" + " ".join(os.readlink(f"/proc/self/ns/{n}") for n in
+                           ("user", "pid", "mnt", "ipc", "uts", "net", "cgroup")), flush=True)
+    for path in ("/", "/tmp", "/dev/shm", "/root", "/etc"):
+        with open(os.path.join(path, f"evil-{T}"), "w") as f:
+            f.write("evil")
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_another_sandbox_is_out_of_reach(clones: bool) -> None:
+    """Two sandboxes of one pool alive at once: the second one, as root, cannot see or touch
+    the first's processes (/proc, kill -0 on pids 1..4096), files (/, /tmp, /dev/shm, /root,
+    /etc: each its own upper layer and tmpfs), sockets (abstract and named unix, TCP, UDP on
+    loopback), SysV IPC (shm, msg, sem by key), hostname, network (lo only), keyrings; it finds
+    the same names free in its own namespaces; the first one finds everything as it left it.
+    The host checks that every namespace of the two differs, and from the host's."""
+    token = f"cla{secrets.token_hex(6)}"
+    values = {"token": token, "key": 0x10000 + secrets.randbelow(1 << 30),
+              "port": 20000 + secrets.randbelow(30000)}
+    with make_pool(clones, size=2) as pool:
+        victim = Held(pool, hold_script(SYSV + VICTIM % values) + textwrap.dedent(
+            VICTIM_AFTER))
+        try:
+            victim_ns = namespaces(victim.pid)
+            attacker = parse(pool.run(script(SYSV + ATTACKER % dict(values, mark=victim.mark)),
+                                      timeout=120))
+        finally:
+            after = parse(victim.release())
+    assert after["SHM"] == after["MSG"] == after["SEM"] == "OK", after
+    assert attacker["PROC_SEEN"] == "" and attacker["KILL_FOUND_OTHERS"] == "", attacker
+    assert attacker["FILES_FOUND"] == "", attacker
+    assert attacker["ABSTRACT"] == "ECONNREFUSED" and attacker["TCP"] == "ECONNREFUSED"
+    assert attacker["NAMED"] == "ENOENT" and attacker["UDP"] == "ECONNREFUSED", attacker
+    assert attacker["UNIX_LISTED"] == "False" and attacker["SYSV_LISTED"] == "False"
+    assert attacker["BIND_ABSTRACT"] == attacker["BIND_TCP"] == "OK", attacker
+    assert attacker["SHMGET"] == attacker["MSGGET"] == attacker["SEMGET"] == "ENOENT"
+    assert attacker["SHM_OWN"] == "OK", attacker
+    assert attacker["SETHOSTNAME"] == "EPERM" and attacker["NODE"] != f"evil-{token}"
+    assert attacker["NETDEVS"] == attacker["IFNAMES"] == "lo", attacker
+    assert attacker["KEYCTL"] in REFUSED and attacker["ADD_KEY"] in REFUSED, attacker
+    assert "VISITED" not in after, after
+    assert after["FILES_INTACT"] == after["SHM_INTACT"] == "True", after
+    assert after["MSGRCV"] == "ENOMSG", after
+    assert after["NODE_AFTER"] == after["NODE"] and after["PLANTED"] == "", after
+    # namespaces, as the sandboxes saw them and as the host sees them
+    theirs = after["NS"].split(), attacker["NS"].split()
+    assert all(a != b for a, b in zip(*theirs, strict=True)), theirs
+    assert theirs[0] == [victim_ns[n] for n in ("user", "pid", "mnt", "ipc", "uts", "net",
+                                                "cgroup")]
+    host = namespaces(os.getpid())
+    assert not set(host.values()) & (set(theirs[0]) | set(theirs[1])), (host, theirs)
