@@ -25,9 +25,16 @@ from .sandbox_probes import (
     HOLD,
     PY,
     Held,
+    cgroup_dirs,
+    fingerprint,
+    host_pids,
     make_pool,
     namespaces,
     parse,
+    read,
+    root_lowerdirs,
+    sandbox_init,
+    status,
 )
 from .test_escape import PRELUDE
 from .test_socket_families import COMPAT
@@ -454,3 +461,165 @@ def test_another_sandbox_is_out_of_reach(clones: bool) -> None:
                                                 "cgroup")]
     host = namespaces(os.getpid())
     assert not set(host.values()) & (set(theirs[0]) | set(theirs[1])), (host, theirs)
+
+
+# -- limits: each sandbox's own, a neighbour unaffected ---------------------------------------
+
+BYSTANDER = """
+    import hashlib
+    data = bytearray(os.urandom(1 << 20)) * 16                      # 16 MiB of its own memory
+    digest = hashlib.sha256(data).hexdigest()
+    with open("/tmp/mine", "wb") as f:
+        f.write(data[:1 << 20])
+"""
+
+BYSTANDER_AFTER = """
+    print("MEMORY_INTACT=" + str(hashlib.sha256(data).hexdigest() == digest))
+    with open("/tmp/mine", "rb") as f:
+        print("FILE_INTACT=" + str(f.read() == data[:1 << 20]))
+    children = []
+    for _ in range(20):                                             # it can still fork ...
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        children.append(pid)
+    print("FORKS=" + str(sum(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) == 7
+                             for p in children)))
+    with open("/tmp/more", "wb") as f:                              # ... and write
+        f.write(os.urandom(4 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+    print("WROTE=OK")
+"""
+
+BOMBS = {
+    "memory": ("exec python3 -c \"b = bytearray(600 << 20); print('survived')\"",
+               {"memory": "200M"}),
+    "fork": ("python3 -c \"\nimport os, time\nn = 0\ntry:\n    while True:\n"
+             "        if os.fork() == 0:\n            time.sleep(60); os._exit(0)\n"
+             "        n += 1\nexcept OSError as exc:\n    print('refused after', n, exc.errno)\n\"",
+             {"pids": 64}),
+    "disk": ("dd if=/dev/zero of=/fill bs=1M count=200 2>&1; echo dd=$?; "
+             "i=0; while touch /f$i 2>/dev/null; do i=$((i+1)); done; echo files=$i",
+             {"disk": "32M"}),
+}
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+@pytest.mark.parametrize("clones", MODES)
+def test_a_bomb_is_stopped_in_its_sandbox_and_a_neighbour_runs_on(clones: bool,
+                                                                    bomb: str) -> None:
+    """A memory bomb is OOM-killed, a fork bomb meets the pids limit, a disk filler gets
+    ENOSPC (bytes and inodes), each reported in its result; a sandbox of the same pool alive
+    meanwhile keeps its memory and files and can still fork and write."""
+    command, limits = BOMBS[bomb]
+    with make_pool(clones, size=2, limits=limits) as pool:
+        neighbour = Held(pool, hold_script(BYSTANDER) + textwrap.dedent(BYSTANDER_AFTER))
+        try:
+            r = pool.run(command, timeout=180)
+        finally:
+            after = parse(neighbour.release())
+    out = r.stdout.decode()
+    if bomb == "memory":
+        assert r.oom_killed and r.returncode == -9 and "survived" not in out, r
+    elif bomb == "fork":
+        assert r.pids_limited and "refused after" in out, r
+        assert int(out.split()[2]) < 64, out
+    else:
+        assert r.disk_limited and "No space left" in out and "dd=1" in out, r
+        assert int(out.rsplit("files=", 1)[1]) < 32 << 20 >> 10, out   # inodes ran out too
+    assert after == {"MEMORY_INTACT": "True", "FILE_INTACT": "True", "FORKS": "20",
+                     "WROTE": "OK"}, after
+    assert not (neighbour.result and (neighbour.result.oom_killed or
+                                      neighbour.result.pids_limited or
+                                      neighbour.result.disk_limited)), neighbour.result
+
+
+CGROUP_ATTACK = """
+    import glob
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    base = "/sys/fs/cgroup"
+    wanted = {"pids.max": "max", "memory.limit_in_bytes": "-1", "memory.max": "max",
+              "memory.memsw.limit_in_bytes": "-1", "memory.swap.max": "max",
+              "cpu.cfs_quota_us": "-1", "cpu.max": "max", "cpu.shares": "262144",
+              "cpu.weight": "10000"}
+    for path in sorted(glob.glob(base + "/*/*") + glob.glob(base + "/*")):
+        name = os.path.basename(path)
+        if name in wanted:
+            try:
+                with open(path, "w") as f:
+                    f.write(wanted[name])
+                print(f"RAISED_{path}=OK")
+            except OSError as exc:
+                print(f"RAISED_{path}=" + errno.errorcode[exc.errno])
+    report("CHMOD_LIMIT", libc.chmod(next(iter(glob.glob(base + "/*/pids.max") +
+                                               glob.glob(base + "/pids.max"))).encode(), 0o777))
+    # out of its cgroup: the parent's procs file, if any path reaches it
+    for path in glob.glob(base + "/*/../cgroup.procs") + glob.glob(base + "/../cgroup.procs"):
+        try:
+            with open(path, "w") as f:
+                f.write(str(os.getpid()))
+            print(f"MOVED_UP_{path}=OK")
+        except OSError as exc:
+            print(f"MOVED_UP_{path}=" + errno.errorcode[exc.errno])
+    # a sub-cgroup where it may make one: lift its limits there, move in, then bomb memory
+    moved = []
+    for ctrl in ("pids", "memory", ""):
+        sub = os.path.join(base, ctrl, "evil") if ctrl else os.path.join(base, "unified", "evil")
+        try:
+            os.mkdir(sub)
+            for name in ("pids.max", "memory.limit_in_bytes", "memory.max"):
+                if os.path.exists(os.path.join(sub, name)):
+                    with open(os.path.join(sub, name), "w") as f:
+                        f.write(wanted[name])
+            with open(os.path.join(sub, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+            moved.append(ctrl or "unified")
+        except OSError as exc:
+            print(f"SUB_{ctrl or 'unified'}=" + errno.errorcode[exc.errno])
+    print("SUB_MOVED=" + ",".join(moved))
+    report("MOUNT_CGROUP", libc.mount(b"cgroup", b"/tmp", b"cgroup", 0, b"pids"))
+"""
+
+CGROUP_BOMB = """
+    pid = os.fork()
+    if pid == 0:
+        b = bytearray(600 << 20)
+        os._exit(0)
+    print("BOMB=" + str(os.waitpid(pid, 0)[1]))
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
+    """Root writes every limit file it sees, moves itself up, or into a sub-cgroup of its own
+    (where one can be made) with the limits lifted there: the host reads the sandbox's limits
+    unchanged, the process still inside the sandbox's cgroup, a memory bomb from the
+    sub-cgroup still OOM-killed, and no cgroup of the sandbox is left after the pool."""
+    with make_pool(clones, size=1, limits={"pids": 77, "memory": "300M"}) as pool:
+        held = Held(pool, hold_script(CGROUP_ATTACK) + textwrap.dedent(CGROUP_BOMB))
+        try:
+            init = sandbox_init(held.pid)
+            theirs, mine = cgroup_dirs(init), cgroup_dirs(held.pid)
+            for controller, folder in theirs.items():
+                assert folder and (mine[controller] or "").startswith(folder), (theirs, mine)
+            limits = {name: read(os.path.join(theirs[c] or "", name))
+                      for c, name in (("pids", "pids.max"), ("memory", "memory.limit_in_bytes"),
+                                      ("memory", "memory.max"))
+                      if os.path.exists(os.path.join(theirs[c] or "", name))}
+        finally:
+            r = held.release()
+    out = parse(r)
+    assert limits.get("pids.max") == "77", limits
+    memory = limits.get("memory.limit_in_bytes") or limits.get("memory.max")
+    assert memory == str(300 << 20), limits
+    assert not [k for k, v in out.items() if k.startswith(("RAISED_", "MOVED_UP_")) and
+                v == "OK"], out
+    assert out["CHMOD_LIMIT"] in REFUSED and out["MOUNT_CGROUP"] == "EPERM", out
+    assert out["BOMB"] == "9", out       # SIGKILLed by the sandbox's own memory limit
+    if "memory" not in out["SUB_MOVED"].split(","):
+        # (a container's root may make sub-cgroups, and the kernel counts an OOM kill in
+        # the cgroup of the killed process: not reported then; the report says so)
+        assert r.oom_killed, r
+    for folder in theirs.values():
+        assert folder and not os.path.exists(folder), f"{folder} left behind"
