@@ -623,3 +623,220 @@ def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
         assert r.oom_killed, r
     for folder in theirs.values():
         assert folder and not os.path.exists(folder), f"{folder} left behind"
+
+
+# -- the template (for clones), the sandbox's own init and base ------------------------------
+
+LOOK_AROUND = """
+    import socket, stat
+    T = %(token)r
+    others = sorted(int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) not in
+                    (1, os.getpid()))
+    print("OTHER_PROCS=" + ",".join(map(str, others)))
+    with open("/proc/1/cmdline", "rb") as f:
+        argv = f.read().split(b"\\0")
+    print("INIT=" + os.path.basename(argv[0].decode()) + " " + argv[1].decode().split("=")[0])
+    fds = os.listdir("/proc/1/fd")   # names only (the directory is root's): not the files
+    print(f"PROC1_FDS={len(fds)}")
+    for what in ("fd", "root", "cwd", "exe", "environ", "mem", "maps"):
+        try:
+            if what == "fd":
+                for fd in fds:
+                    os.readlink(f"/proc/1/fd/{fd}")
+                    os.open(f"/proc/1/fd/{fd}", os.O_RDONLY)
+            elif what in ("root", "cwd", "exe"):
+                os.readlink(f"/proc/1/{what}")
+            else:
+                open(f"/proc/1/{what}").read(1)
+            print(f"PROC1_{what}=OK")
+        except OSError as exc:
+            print(f"PROC1_{what}=" + errno.errorcode[exc.errno])
+    print("DEV_LXCBIND=" + ",".join(sorted(os.listdir("/dev/.lxcbind"))))
+    print("FDS=" + ",".join(sorted(os.listdir("/proc/self/fd"), key=int)))
+    found, sockets = [], []
+    for folder, dirs, files in os.walk("/"):
+        if folder == "/":
+            dirs[:] = [d for d in dirs if d not in ("proc", "sys", "usr")]
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if T in name:
+                found.append(path)
+            try:
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    sockets.append(path)
+            except OSError:
+                pass
+    print("CANARIES=" + ",".join(found))
+    print("SOCKET_FILES=" + ",".join(sockets))
+    reached = []
+    with open("/proc/net/unix") as f:
+        for line in f.read().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) < 8:
+                continue
+            name = fields[7]
+            address = "\\0" + name[1:] if name.startswith("@") else name
+            for kind in (socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM):
+                s = socket.socket(socket.AF_UNIX, kind)
+                try:
+                    s.connect(address)
+                    reached.append(name)
+                except OSError:
+                    pass
+                s.close()
+    print("UNIX_REACHED=" + ",".join(reached))
+    with open("/proc/self/mountinfo") as f:
+        print("MOUNTINFO=" + f.read().replace("\\n", "|"))
+    print("UIDMAP=" + open("/proc/self/uid_map").read().split("\\n")[0])
+"""
+
+
+def _template_of(pid: int) -> int | None:
+    """For a clone, the host pid of its template's cloner: the parent of the clone's init, in
+    the pid namespace one level up.  None for a container (its init's parent is liblxc's
+    monitor, on the host)."""
+    parent = int(status(sandbox_init(pid))["PPid"])
+    nspid = status(parent)["NSpid"].split()
+    return parent if len(nspid) > 1 else None
+
+
+def _container_name(pid: int) -> str:
+    """The liblxc container a host pid runs in (from its pids cgroup: lxc.payload.<name>)."""
+    folder = cgroup_dirs(pid)["pids"] or ""
+    parts = [p for p in folder.split("/") if p.startswith("lxc.payload.")]
+    assert parts, folder
+    return parts[0][len("lxc.payload."):]
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_nothing_of_the_template_or_host_is_reachable(clones: bool) -> None:
+    """From inside: /proc shows only the sandbox's own init (the spawner, not dumpable: its
+    fds, root, memory are closed to root inside) and the command; /dev/.lxcbind holds at most
+    the spawner; no socket file, no listed unix socket answers; no fd beyond stdio.  For a
+    clone, the host plants canaries in the template's root, /tmp, /dev and /dev/shm and the
+    clone finds none; its namespaces all differ from the template's; its mountinfo never names
+    the template; its root maps to an unprivileged host range."""
+    token = f"cla{secrets.token_hex(6)}"
+    planted: list[str] = []
+    with make_pool(clones, size=2) as pool:
+        held = Held(pool, hold_script("pass\n"))
+        try:
+            template = _template_of(held.pid)
+            assert (template is not None) == clones
+            if template is not None:
+                for folder in ("", "tmp", "dev", "dev/shm", "run", "root", "etc"):
+                    path = os.path.join(f"/proc/{template}/root", folder, f"canary-{token}")
+                    if os.path.isdir(os.path.dirname(path)):
+                        with open(path, "w") as f:
+                            f.write(token)
+                        planted.append(path)
+                assert planted
+                template_ns = namespaces(template)
+                name = _container_name(template)
+            uid_map = open(f"/proc/{held.pid}/uid_map").read().split()
+            r = parse(pool.run(script(LOOK_AROUND % {"token": token}), timeout=120))
+            if template is not None:
+                clone_ns = namespaces(held.pid)
+                assert all(clone_ns[n] != template_ns[n] for n in clone_ns), (clone_ns,
+                                                                              template_ns)
+        finally:
+            for path in planted:
+                os.unlink(path)
+            held.release()
+    assert r["OTHER_PROCS"] == "", r
+    assert r["INIT"] == "lxcbind-spawner --init", r
+    for what in ("fd", "root", "cwd", "exe", "environ", "mem", "maps"):
+        assert r[f"PROC1_{what}"] in REFUSED, (what, r)
+    assert int(r["PROC1_FDS"]) > 0, r       # so the fd attempt above was made
+    assert r["DEV_LXCBIND"] in ("", "lxcbind-spawner"), r
+    assert r["FDS"] == "0,1,2,3", r          # stdio and the listing's own
+    assert r["CANARIES"] == "" and r["SOCKET_FILES"] == "" and r["UNIX_REACHED"] == "", r
+    assert uid_map[0] == "0" and int(uid_map[1]) >= 1 << 30 and uid_map[2] == "65536", uid_map
+    if clones:
+        assert name not in r["MOUNTINFO"], r["MOUNTINFO"]
+
+
+DESTROY = """
+    import shutil
+    for top in os.listdir("/"):
+        if top not in ("proc", "sys", "usr", "dev"):
+            shutil.rmtree(os.path.join("/", top), ignore_errors=True)
+    for path in ("/", "/tmp", "/dev/shm", "/dev", "/etc"):
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "planted"), "w") as f:
+            f.write("x")
+        report("CHMOD_" + path, libc.chmod(path.encode(), 0o777))
+        report("CHOWN_" + path, libc.chown(path.encode(), 1234, 1234))
+        report("XATTR_" + path, libc.setxattr(path.encode(), b"user.x", b"1", 1, 0))
+        report("TRUSTED_" + path, libc.setxattr(path.encode(), b"trusted.overlay.opaque", b"y",
+                                                1, 0))
+    for path in ("/usr/planted", "/usr/bin/planted", "/dev/.lxcbind/planted"):
+        try:
+            open(path, "w").close()
+            print(f"WROTE_{path}=OK")
+        except OSError as exc:
+            print(f"WROTE_{path}=" + errno.errorcode[exc.errno])
+    report("LINK_USR", libc.link(b"/usr/bin/env", b"/tmp/env"))
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_template_and_base_never_change(clones: bool) -> None:
+    """Root deletes everything it can reach, plants files, chmods, chowns and sets xattrs on
+    /, /tmp, /dev, /dev/shm, /etc, tries the read-only host paths and /dev/.lxcbind: the
+    template's root (for a clone, as the host sees it through the cloner) and the base layer
+    under the sandbox's overlay are the same inode for inode before and after, and the next
+    sandbox starts from an intact tree."""
+    with make_pool(clones, size=2) as pool:
+        held = Held(pool, hold_script("pass\n"))
+        try:
+            template = _template_of(held.pid)
+            owner = template if template is not None else sandbox_init(held.pid)
+            lowers = [p for p in root_lowerdirs(owner) if os.path.isdir(p)]
+            assert lowers, root_lowerdirs(owner)
+            roots = lowers + ([f"/proc/{template}/root"] if template is not None else [])
+            before = [fingerprint(root) for root in roots]
+            r = parse(pool.run(script(DESTROY), timeout=120))
+            after = [fingerprint(root) for root in roots]
+        finally:
+            held.release()
+        fresh = pool.run("cat /etc/passwd >/dev/null && ls /tmp /dev/shm / | grep -c planted",
+                         timeout=60)
+    assert before == after
+    assert all(before), "nothing fingerprinted"
+    for path in ("/usr/planted", "/usr/bin/planted", "/dev/.lxcbind/planted"):
+        assert r[f"WROTE_{path}"] in ("EROFS", "EACCES", "EPERM", "ENOENT"), r
+        assert not os.path.exists(path)
+    assert r["LINK_USR"] in ("EXDEV", "EPERM", "EACCES"), r
+    assert (fresh.returncode, fresh.stdout) == (1, b"0\n"), fresh   # grep found nothing
+
+
+# -- leftovers --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("clones", MODES)
+def test_leftovers_are_gone_before_the_result(clones: bool) -> None:
+    """setsid'd, double-forked, SIGTERM-ignoring and plain background processes left by a
+    command are gone (on the host) when its result comes back."""
+    token = str(10**7 + secrets.randbelow(10**7))
+    command = (f"setsid sh -c 'trap \"\" TERM HUP; sleep 1{token}1' </dev/null >/dev/null 2>&1 &"
+               f" (sh -c 'trap \"\" TERM; exec sleep 2{token}2' &) ;"
+               f" sleep 3{token}3 & sleep 0.2; ps -eo args")
+    with make_pool(clones, size=1) as pool:
+        r = pool.run(command, timeout=60)
+        assert r.returncode == 0, r
+        assert all(f"sleep {i}{token}{i}".encode() in r.stdout for i in (1, 2, 3)), r
+        assert not host_pids(token.encode()), "a leftover outlived its command"
+
+
+@pytest.mark.parametrize("mode", ["ptrace", "mem", "SIGKILL"])
+@pytest.mark.parametrize("clones", MODES)
+def test_a_leftover_cannot_forge_the_next_result(clones: bool, mode: str) -> None:
+    """test_command_integrity's forger, left by one pooled command, against the next."""
+    from .test_command_integrity import _check_script, _plant
+
+    token = secrets.token_hex(8)
+    with make_pool(clones, size=1) as pool:
+        _plant(pool.run, token, mode)
+        r = pool.run(["/bin/sh", "-c", _check_script(token)], timeout=60)
+        assert (r.returncode, r.stdout) == (3, f"REAL-RESULT-{token}\n".encode()), r
+    assert not host_pids(token.encode())
