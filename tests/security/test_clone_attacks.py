@@ -11,6 +11,7 @@ it, fingerprints, namespaces and cgroups of a host pid.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import textwrap
@@ -840,3 +841,102 @@ def test_a_leftover_cannot_forge_the_next_result(clones: bool, mode: str) -> Non
         r = pool.run(["/bin/sh", "-c", _check_script(token)], timeout=60)
         assert (r.returncode, r.stdout) == (3, f"REAL-RESULT-{token}\n".encode()), r
     assert not host_pids(token.encode())
+
+
+# -- the host: unchanged, nothing left behind -------------------------------------------------
+
+MESS = """
+    import subprocess
+    for ctrl in ("pids", "memory", "cpu", "freezer", "unified", ""):
+        folder = os.path.join("/sys/fs/cgroup", ctrl, "left", "deeper")
+        try:
+            os.makedirs(folder)
+            with open(os.path.join(folder, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError:
+            pass
+    subprocess.Popen(["setsid", "sh", "-c", "trap '' TERM; sleep 100000 & exec sleep 100001"],
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+    with open("/dev/shm/big", "wb") as f:
+        f.write(os.urandom(8 << 20))
+    with open("/big", "wb") as f:
+        f.write(os.urandom(8 << 20))
+    os.mkfifo("/tmp/fifo")
+    import socket
+    socket.socket(socket.AF_UNIX).bind("/tmp/sock")
+"""
+
+
+def _host_state() -> dict[str, set[str]]:
+    from lxcbind.lxc.container import list_containers
+
+    with open("/proc/self/mountinfo") as f:
+        mounts = set(f.read().splitlines())
+    loops = set()
+    for dev in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                loops.add(f"{dev} {f.read().strip()}")
+        except OSError:
+            pass
+    groups = set()
+    for top in os.listdir("/sys/fs/cgroup"):
+        for folder, dirs, _ in os.walk(os.path.join("/sys/fs/cgroup", top)):
+            groups.update(os.path.join(folder, d) for d in dirs)
+    owners = set(os.listdir(os.path.join(security.STATE_ROOT, "owners")))
+    from lxcbind.sandbox import idmap
+    return {"containers": set(list_containers()), "mounts": mounts, "loops": loops,
+            "cgroups": groups, "owners": owners, "ranges": set(idmap.held_ranges()),
+            "lxcdirs": set(os.listdir("/var/lib/lxc"))}
+
+
+def _ours() -> set[str]:
+    """Names of the sandboxes this test process owns now (its ownership records)."""
+    folder = os.path.join(security.STATE_ROOT, "owners")
+    names = set()
+    for entry in os.listdir(folder):
+        try:
+            with open(os.path.join(folder, entry)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if record.get("runner_pid") == os.getpid():
+            names.add(record["container"])
+    return names
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_nothing_left_on_the_host(clones: bool) -> None:
+    """Commands leave sub-cgroups with a process in them (where they can make them), a
+    setsid'd TERM-ignoring daemon, tmpfs and upper-layer data, a FIFO and a socket; after the
+    pool is closed no container, mount, loop device, cgroup, ownership record, id range or
+    lxc directory that names one of its sandboxes (for clones: the template) is left, no
+    process of theirs runs."""
+    before = _host_state()
+    pool = make_pool(clones, size=2)
+    try:
+        held = Held(pool, hold_script(MESS))
+        try:
+            names = _ours()
+            template = _template_of(held.pid)
+            if template is not None:
+                names.add(_container_name(template))
+            sandbox = _container_name(held.pid)
+            names.add(sandbox)
+            pids = {held.pid, sandbox_init(held.pid)} | ({template} if template else set())
+            r = pool.run([PY, "-c", PRELUDE + textwrap.dedent(MESS)], timeout=60)
+            assert r.returncode == 0, r
+        finally:
+            assert held.release().returncode in (0, -9)
+        pool.run("true", timeout=60)
+    finally:
+        pool.close()
+    assert names
+    after = _host_state()
+    for kind, now in after.items():
+        left = [entry for entry in now - before[kind] if any(n in entry for n in names)]
+        assert not left, (kind, left)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}"), f"process {pid} outlived the pool"
+    assert not host_pids(b"sleep\x0010000"), "a daemon outlived the pool"
