@@ -23,6 +23,7 @@ class BuildExt(build_ext):
         root = Path(__file__).resolve().parent if self.inplace else Path(self.build_lib)
         builder.build_spawner(root / "lxcbind" / builder.SPAWNER_NAME)
         builder.build_starter(root / "lxcbind" / builder.STARTER_NAME)
+        builder.build_cloner(root / "lxcbind" / builder.CLONER_NAME)
 
 
 # The modules are built against the stable ABI (cffi's abi3, ``_lxc.abi3.so``, ``_nft.abi3.so``:

@@ -743,6 +743,29 @@ static int lxcbind_connect_control(const char *path)
     return 0;
 }
 
+/* Init mode of a clone (lxcbind-cloner, see _cdefs/cloner.c): the control socket is the
+ * inherited, already connected descriptor ``text``; it becomes fd 0 as with --init. */
+static int lxcbind_take_control(const char *text)
+{
+    char *end;
+    errno = 0;
+    long fd = strtol(text, &end, 10);
+    if (errno || *text < '0' || *text > '9' || *end || fd < 3 || fd > 65535)
+        return -1;
+    int type = 0;
+    socklen_t len = sizeof(type);
+    if (getsockopt((int)fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_SEQPACKET)
+        return -1;
+    if (dup2((int)fd, 0) < 0)
+        return -1;
+    close((int)fd);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
+        return -1;
+    close(null);
+    return 0;
+}
+
 /* A decimal id of 0..2^32-2 (the user-namespace range), or -1. */
 static long lxcbind_parse_id(const char *text)
 {
@@ -770,6 +793,8 @@ static int lxcbind_become(long uid, long gid)
 }
 
 /* ``lxcbind-spawner``: attached by Session, control socket on fd 0.
+ * ``lxcbind-spawner --init-fd N [UID GID]``: the same, as a clone's init (lxcbind-cloner),
+ * with the control socket inherited as fd N instead of connected to a path.
  * ``lxcbind-spawner --init PATH [UID GID]``: the container's init (lxc.init.cmd) of a fresh
  * sandbox, which then needs no attach at all; its control socket connects to PATH, and with
  * UID and GID (-1: unchanged) it serves as that user.  As pid 1 it also reaps every orphan of
@@ -780,7 +805,9 @@ int main(int argc, char **argv)
      * us, read /proc/<us>/mem|environ|fd, or pidfd_getfd our sockets.  (The exec cleared the
      * flag the exec function had set: a plain exec makes a process dumpable again.) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    int as_init = (argc == 3 || argc == 5) && strcmp(argv[1], "--init") == 0;
+    int as_init = (argc == 3 || argc == 5) &&
+                  (strcmp(argv[1], "--init") == 0 || strcmp(argv[1], "--init-fd") == 0);
+    int by_fd = as_init && strcmp(argv[1], "--init-fd") == 0;
     long uid = -1, gid = -1;
     if (as_init && argc == 5) {
         uid = strcmp(argv[3], "-1") == 0 ? -1 : lxcbind_parse_id(argv[3]);
@@ -789,7 +816,8 @@ int main(int argc, char **argv)
             return 125;
     }
     prctl(PR_SET_NAME, as_init ? "lxcbind-init" : "lxcbind-spawn", 0, 0, 0);
-    if (as_init && lxcbind_connect_control(argv[2]) < 0)
+    if (as_init && (by_fd ? lxcbind_take_control(argv[2])
+                          : lxcbind_connect_control(argv[2])) < 0)
         return 125;
     /* What a command orphans (a daemon that setsid'd out of its group) comes to us rather than
      * to the container's init, so that close() can still find and kill it. */

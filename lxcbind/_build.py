@@ -27,6 +27,9 @@ NFT_SOURCES = ["nft.c"]
 # starter, liblxc's start in a small process (see build_starter).
 SPAWNER_SOURCE = "spawner.c"
 SPAWNER_NAME = "lxcbind-spawner"
+# The cloner, a Pool's template init that makes light clones (issue #23), is static too.
+CLONER_SOURCE = "cloner.c"
+CLONER_NAME = "lxcbind-cloner"
 STARTER_SOURCE = "starter.c"
 STARTER_NAME = "lxcbind-starter"
 
@@ -87,6 +90,25 @@ def build_spawner(target: Path) -> None:
         hint = ("\nA static libc is needed (Debian/Ubuntu: apt-get install libc6-dev)"
                 if "cannot find -lc" in done.stderr else "")
         sys.exit(f"lxcbind: building the session spawner failed:\n{done.stderr}{hint}")
+
+
+def build_cloner(target: Path) -> None:
+    """Compile the template's init (``_cdefs/cloner.c``) into a static executable at
+    ``target``: static for the spawner's reason (it runs in a container whose root
+    filesystem may be anything), linked with libseccomp when ``_cdefs/seccompile.h`` is
+    there (the clones' filter is compiled once per template).  Called by build_ext."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        sys.exit("lxcbind: a C compiler (gcc) is needed to build the template's cloner")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    libs = ["-lseccomp"] if (CDEFS / "seccompile.h").exists() else []
+    command = [cc, "-static", "-O2", "-s", "-Wall", "-Werror=implicit-function-declaration",
+               "-I", str(CDEFS), "-o", str(target), str(CDEFS / CLONER_SOURCE), *libs]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        hint = ("\nA static libseccomp is needed (Debian/Ubuntu: apt-get install "
+                "libseccomp-dev)" if "lseccomp" in done.stderr else "")
+        sys.exit(f"lxcbind: building the template's cloner failed:\n{done.stderr}{hint}")
 
 
 def build_starter(target: Path) -> None:

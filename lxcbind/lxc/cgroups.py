@@ -480,3 +480,93 @@ def read_events(files: tuple[str | None, str | None]) -> Events:
 def events(init_pid: int | None) -> Events:
     """OOM kills and refused forks so far in the container (0 when unknown)."""
     return read_events(event_files(init_pid))
+
+
+# -- a cgroup of our own below a container's (a Pool's clones: ``sandbox.clone``) -------------
+
+_CHILD_CONTROLLERS = ("memory", "pids", "cpu")
+
+
+def child_dirs(parent_pid: int, name: str) -> dict[str, str]:
+    """Per controller (memory, pids, cpu), the directory of a cgroup ``name`` below process
+    ``parent_pid``'s own: one per v1 hierarchy (co-mounted controllers share it), the one
+    unified directory on v2.  ``OSError`` when a controller is missing: a limit could not
+    be enforced."""
+    dirs: dict[str, str] = {}
+    for controller in _CHILD_CONTROLLERS:
+        base = process_dir(parent_pid, controller)
+        if base is None:
+            raise OSError(errno.ENOENT, f"no {controller} cgroup for process {parent_pid}")
+        dirs[controller] = os.path.join(base, name)
+    return dirs
+
+
+def _unique(dirs: dict[str, str]) -> list[str]:
+    return list(dict.fromkeys(dirs.values()))
+
+
+def delegate_v2(parent_pid: int) -> None:
+    """On cgroup v2, make process ``parent_pid``'s cgroup able to hold children with the
+    memory, pids and cpu controllers: its processes move to an inner leaf (``init``; the
+    kernel enables controllers only for a cgroup without processes of its own), then the
+    controllers are enabled for its children.  Nothing to do on v1."""
+    if controller_version("memory") != "v2":
+        return
+    base = process_dir(parent_pid, "memory")
+    if base is None:
+        raise OSError(errno.ENOENT, f"no cgroup for process {parent_pid}")
+    leaf = os.path.join(base, "init")
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(leaf)
+    for pid in _read(os.path.join(base, "cgroup.procs")).split():
+        with contextlib.suppress(ProcessLookupError):
+            _write(os.path.join(leaf, "cgroup.procs"), pid)
+    enabled = set(_read(os.path.join(base, "cgroup.subtree_control")).split())
+    wanted = [c for c in _CHILD_CONTROLLERS if c not in enabled]
+    if wanted:
+        _write(os.path.join(base, "cgroup.subtree_control"),
+               " ".join(f"+{c}" for c in wanted))
+
+
+def make_child(dirs: dict[str, str], limits: list[tuple[str, str, str]]) -> None:
+    """Create ``dirs`` (from ``child_dirs``) and write ``limits`` ((controller, file,
+    value), in order) into each controller's directory.  On error what was made is removed
+    again and the error raised."""
+    made: list[str] = []
+    try:
+        for path in _unique(dirs):
+            os.mkdir(path)
+            made.append(path)
+        for controller, name, value in limits:
+            _write(os.path.join(dirs[controller], name), value)
+    except BaseException:
+        remove_child({str(i): p for i, p in enumerate(made)}, timeout=0)
+        raise
+
+
+def enter_child(dirs: dict[str, str], pid: int) -> None:
+    """Move process ``pid`` (a host pid) into every one of ``dirs``."""
+    for path in _unique(dirs):
+        _write(os.path.join(path, "cgroup.procs"), str(pid))
+
+
+def remove_child(dirs: dict[str, str], timeout: float = 5.0) -> bool:
+    """Remove ``dirs``, waiting up to ``timeout`` seconds for the last exiting processes to
+    leave them (rmdir says EBUSY meanwhile); True when all are gone.  Only called once every
+    process in them has been killed."""
+    deadline = time.monotonic() + timeout
+    left = _unique(dirs)
+    while True:
+        for path in list(left):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                continue
+            left.remove(path)
+        if not left or time.monotonic() >= deadline:
+            return not left
+        time.sleep(0.002)

@@ -284,7 +284,7 @@ class Sandbox:
             self._ids = idmap.acquire(self.name, self.lxcpath)
         isolation = security.Isolation(
             self._ids, self.policy.lxc.allow, self._limits,
-            deny_setid=mounts.maps_host_root_writable(planned))
+            deny_setid=mounts.maps_host_root_writable(planned), template=self._template)
         effective = self.policy.network.effective()
         net_config: list[tuple[str, str]] = []
         if not effective.is_deny_all():
@@ -315,7 +315,7 @@ class Sandbox:
             cdir = os.path.join(self.lxcpath, self.name)
             spawner_init = self.policy.lifecycle.destroy_on_exit
             d = self.command_defaults()
-            init_config = InitChannel.config(cdir, d.uid, d.gid) if spawner_init else []
+            init_config = self._init_config(cdir, d) if spawner_init else []
             self._log(f"defining container {self.name!r} on a {spec.kind} root filesystem")
             self._container = rootfs.define_container(self.name, spec, lxcpath=self.lxcpath,
                                                      mounts=planned,
@@ -324,7 +324,7 @@ class Sandbox:
                                                      disk_size=self._disk_size,
                                                      layers=self._image_layers())
             if spawner_init:
-                self._init_channel = InitChannel(cdir)
+                self._init_channel = self._make_init_channel(cdir)
         rootfs_path = self._rootfs_path = self._container.get_config_item("lxc.rootfs.path")
         # A fresh container on one of lxcbind's own bases starts from an empty upper layer over
         # a base nothing writes to, so only a kept container or a caller's directory (which mxc
@@ -382,13 +382,28 @@ class Sandbox:
                 control.close()
             raise
         if control is not None:
-            d = self.command_defaults()
-            self._init_session = Session(self._container, env=d.env or None, cwd=d.cwd,
-                                         timeout=d.timeout, uid=d.uid, gid=d.gid,
-                                         init_control=control,
-                                         start_timeout=self._start_timeout)
-            self._init_session._disk = self._disk
-            self._init_session._image = self.image.id if self.image else None
+            self._adopt_init(control)
+
+    # Hooks for a container whose init is not the session spawner (``sandbox.template``: a
+    # Pool's warm template, whose init is the cloner).
+
+    _template = False   # a Pool's template: see security.hardening_config
+
+    def _init_config(self, cdir: str, d: CommandDefaults) -> list[tuple[str, str]]:
+        return InitChannel.config(cdir, d.uid, d.gid)
+
+    def _make_init_channel(self, cdir: str) -> InitChannel:
+        return InitChannel(cdir)
+
+    def _adopt_init(self, control: Any) -> None:
+        """The init connected (``control``, its checked socket): make it the sandbox's
+        session."""
+        d = self.command_defaults()
+        self._init_session = Session(self._running("run"), env=d.env or None, cwd=d.cwd,
+                                     timeout=d.timeout, uid=d.uid, gid=d.gid,
+                                     init_control=control, start_timeout=self._start_timeout)
+        self._init_session._disk = self._disk
+        self._init_session._image = self.image.id if self.image else None
 
     def _image_layers(self) -> Callable[[int | None], list[str]] | None:
         if self._snapshot is None:

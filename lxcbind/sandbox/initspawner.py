@@ -54,6 +54,8 @@ class InitChannel:
     timeout)`` returns the spawner's control socket once it has connected; ``close()``
     removes what is left (idempotent)."""
 
+    _names: tuple[str, ...] = (_PROGRAM, _SOCKET)   # what close() removes
+
     def __init__(self, cdir: str) -> None:
         self.folder = os.path.join(cdir, _FOLDER)
         self._listener: socket.socket | None = None
@@ -121,7 +123,7 @@ class InitChannel:
             self._listener = None
         # Its two entries by name, not ``shutil`` (~2 ms of imports for every CLI run, zlib,
         # bz2 and lzma included); anything else in it is removed with the container.
-        for name in (_PROGRAM, _SOCKET):
+        for name in self._names:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.folder, name))
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Unpack
+from typing import TYPE_CHECKING, Unpack
 
 from lxcbind.command import Command, RunKeywords, check_call, check_keywords
 from lxcbind.errors import LxcbindError
@@ -28,6 +28,9 @@ from lxcbind.lxc import cgroups
 from lxcbind.result import CompletedRun, MaxOutput
 from lxcbind.sandbox import imagefs
 from lxcbind.sandbox.core import PolicyLike, Session, _warning, as_policy
+
+if TYPE_CHECKING:
+    from lxcbind.sandbox.template import Template
 
 
 class PoolClosed(LxcbindError):
@@ -43,9 +46,12 @@ class Pool:
     """
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0, image: object = None) -> None:
+                 start_timeout: float = 60.0, image: object = None,
+                 clones: bool = False) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"Pool size must be a positive int, got {size!r}")
+        if not isinstance(clones, bool):
+            raise TypeError(f"Pool clones must be a bool, got {clones!r}")
         # Commands come from run().  An image is resolved (imported) once, here: every
         # container then names it by id.
         self.policy = imagefs.with_image(as_policy(policy, command_required=False), image)
@@ -54,6 +60,17 @@ class Pool:
                 self.policy.lxc.rootfs)[0])
         self.size = size
         self._start_timeout = start_timeout
+        # clones=True: one warm template container, and a light clone of it per command
+        # (``sandbox.template``, ``sandbox.clone``); ValueError naming the policy field
+        # when clones cannot serve this policy.
+        self._template: Template | None = None
+        if clones:
+            from lxcbind.sandbox.template import Template, refusal
+
+            why = refusal(self.policy)
+            if why is not None:
+                raise ValueError(f"Pool(clones=True): {why[0]}: {why[1]}")
+            self._template = Template(self.policy)
         self._ready: queue.Queue[Session | None] = queue.Queue()  # None: a starter failed
         self._used: queue.Queue[Session | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -81,9 +98,12 @@ class Pool:
         try:
             if self._closed:
                 return
-            # A replacement is set up off every caller's path: not worth the primer's CPU.
-            with cgroups.unprimed():
-                session = Session.from_policy(self.policy)
+            if self._template is not None:
+                session = self._clone()
+            else:
+                # A replacement is set up off every caller's path: not worth the primer's CPU.
+                with cgroups.unprimed():
+                    session = Session.from_policy(self.policy)
         except BaseException as exc:  # handed to the next run() that waits
             with self._lock:
                 self._wanted -= 1
@@ -92,8 +112,10 @@ class Pool:
             return
         try:
             # The first command of a spawner pays for first touches (~1 ms): pay it here, in
-            # the background, with a command that leaves nothing behind.
-            session.run(["/bin/true"], timeout=10)
+            # the background, with a command that leaves nothing behind.  (Not for a clone:
+            # its setup is the cost being saved.)
+            if self._template is None:
+                session.run(["/bin/true"], timeout=10)
         except Exception:  # noqa: BLE001 - a broken session is not handed out
             pass
         with self._lock:
@@ -103,6 +125,12 @@ class Pool:
             self._used.put(session)
         else:
             self._ready.put(session)
+
+    def _clone(self) -> Session:
+        from lxcbind.sandbox.clone import Clone
+
+        assert self._template is not None
+        return Clone(self._template, start_timeout=min(self._start_timeout, 10.0)).open()
 
     def _reap(self) -> None:
         while True:
@@ -206,6 +234,8 @@ class Pool:
                 self._used.put(session)
         self._used.put(None)
         self._reaper.join()
+        if self._template is not None:
+            self._template.close()   # stops it, and every clone it still has
 
     def __enter__(self) -> Pool:
         return self

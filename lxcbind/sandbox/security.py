@@ -154,16 +154,23 @@ def _profile_file(text: str) -> str:
     return path
 
 
-def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False
-                     ) -> list[tuple[str, str]]:
-    """Capabilities, no_new_privs and seccomp items for one container."""
-    caps = list(KEEP_CAPS) + (["sys_admin"] if "nesting" in allow else [])
+def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False,
+                     template: bool = False) -> list[tuple[str, str]]:
+    """Capabilities, no_new_privs and seccomp items for one container.
+
+    ``template``: a Pool's template (``sandbox.template``), whose init, the cloner, runs no
+    workload: no seccomp profile (it makes namespaces and mounts), and ``setfcap`` kept
+    (the kernel maps a parent's root into a new user namespace, each clone's, only for a
+    writer holding it); every clone drops both back to a container's."""
+    caps = list(KEEP_CAPS) + (["sys_admin"] if "nesting" in allow else []) + \
+        (["setfcap"] if template else [])
     items = [
         ("lxc.cap.drop", ""),  # keep and drop are exclusive in liblxc: clear any drop list
         ("lxc.cap.keep", " ".join(caps)),
         ("lxc.no_new_privs", "1"),
-        ("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))),
     ]
+    if not template:
+        items.append(("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))))
     if "nesting" in allow:
         # On an AppArmor host every container otherwise runs under liblxc's default profile
         # (lxc-container-default-cgns), which denies the mounts this opt-in exists to give.
@@ -236,6 +243,12 @@ def _expected(limits: ResolvedLimits) -> list[tuple[str, str, str]]:
     return out
 
 
+def limit_files(limits: ResolvedLimits) -> list[tuple[str, str, str]]:
+    """(controller, file, value) of every limit on this host's cgroup family, in the order
+    they must be written (a clone's cgroup is written by the host: ``sandbox.clone``)."""
+    return _expected(limits)
+
+
 def limit_config(limits: ResolvedLimits) -> list[tuple[str, str]]:
     """The ``lxc.cgroup[2].*`` items; fails closed if a controller is missing here."""
     items = []
@@ -285,10 +298,11 @@ class Isolation:
     allow: tuple[str, ...] = ()
     limits: ResolvedLimits | None = None      # None: no limits at all (binding-level callers)
     deny_setid: bool = False
+    template: bool = False                    # a Pool's template (see hardening_config)
 
     def config(self) -> list[tuple[str, str]]:
         items = self.ids.config() if self.ids is not None else []
-        items += hardening_config(self.allow, self.deny_setid)
+        items += hardening_config(self.allow, self.deny_setid, self.template)
         if self.limits is not None:
             items += limit_config(self.limits)
         return items

@@ -1,0 +1,166 @@
+"""One clone of a Pool's warm template: a fresh light sandbox for one command (issue #23).
+
+``Clone(template).open()`` returns a ``Session`` (the same class a pooled container hands
+out, so the Pool's run path is unchanged) whose spawner is the clone's init:
+
+1. a socketpair for the spawner's channel; the clone's end goes to the template's cloner
+   (``Template.request``), which ``clone3``s the clone's init with new user, pid, mount, ipc,
+   uts and network namespaces, writes its id maps (the template's ids 0..65535, one to one)
+   and hands the host a pidfd of it; the init waits;
+2. the host creates the clone's own cgroup below the template's (memory with swap, pids,
+   cpu: the values ``security`` gives a container of the policy, read back afterwards),
+   moves the init into it, and says go on the channel;
+3. the init makes its cgroup namespace, hostname, loopback, its root (an overlay of the
+   template's root under a tmpfs of its own, the template's read-only binds and masks again,
+   a fresh /dev, devpts, /dev/shm, /dev/mqueue, /proc as proc:mixed, /sys read-only, /tmp),
+   pivots into it and detaches the template's, drops to the capabilities of a container's
+   init, sets no_new_privs, loads the policy's seccomp filter and execs the spawner
+   (``_cdefs/cloner.c``), which says HELLO as any init spawner does.
+
+Teardown (``close``, the session's owner: after the session closed the channel): SIGKILL the
+init through its pidfd (its pid namespace dies with it, and the cloner's kernel-reaped child is
+gone once the pidfd says so), then remove its cgroup.  Nothing of a clone is on the host
+but that cgroup: its writable layer is a tmpfs in its own mount namespace (charged to its
+memory cgroup).  A request that fails half-way undoes what it made in the same way; a
+SIGKILLed owner leaves the template's ownership record, and ``lxcbind gc`` destroys the
+template, with every clone and clone cgroup in it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+from typing import Any
+
+from lxcbind.errors import SandboxError
+from lxcbind.lxc import cgroups
+from lxcbind.lxc.container import Container
+from lxcbind.policy.model import UNLIMITED
+from lxcbind.proc.session import _START_BOUND, _InitSpawner
+from lxcbind.sandbox import core, security
+from lxcbind.sandbox.template import Template
+
+__all__ = ["Clone", "CloneSession"]
+
+_HELLO_SIZE = struct.calcsize("=4i")
+
+
+class CloneSession(core.Session):
+    """A Session whose spawner is a clone's init (the channel is a socketpair: its peer
+    credentials are the host's, so the init's host pid is given, not read from it)."""
+
+    def __init__(self, container: Container, *, init_pid: int, control: socket.socket,
+                 **kwargs: Any) -> None:
+        self._clone_pid = init_pid
+        super().__init__(container, init_control=control, **kwargs)
+
+    def _adopt(self, control: socket.socket, start_timeout: float) -> None:
+        self._ctrl = control
+        control.settimeout(_START_BOUND)
+        try:
+            self._spawner = _InitSpawner(self._clone_pid)
+        except ProcessLookupError:
+            raise SandboxError("the clone's init is gone") from None
+        self._hello(start_timeout)
+        self._event_files = cgroups.event_files(self._clone_pid)
+
+
+def _host_pid(pidfd: int) -> int:
+    with open(f"/proc/self/fdinfo/{pidfd}") as f:
+        for line in f:
+            if line.startswith("Pid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise SandboxError("the clone's init exited before it could be placed in its cgroup")
+
+
+def writable_size(template: Template) -> int:
+    """Bytes of a clone's writable layer (a tmpfs): the policy's disk limit, else its memory
+    limit (which the tmpfs is charged to anyway), else the kernel's default (0)."""
+    limits = template.policy.lxc.limits
+    if limits.disk is not None and limits.disk != UNLIMITED:
+        return limits.disk
+    return template.limits.memory or 0
+
+
+class Clone:
+    """One clone of ``template``; ``open()`` makes it and returns its Session, whose close
+    tears the clone down (``close``, idempotent)."""
+
+    def __init__(self, template: Template, *, start_timeout: float = 10.0) -> None:
+        self.template = template
+        tag = os.urandom(4).hex()
+        self.name = f"lxcbind-{tag}"              # its hostname
+        self._cgroup = f"clone-{tag}"
+        self._start_timeout = start_timeout
+        self._pidfd = -1
+        self.pid = 0                               # the init's host pid, once made
+        self._dirs: dict[str, str] = {}
+
+    def open(self) -> CloneSession:
+        template = self.template
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._pidfd = template.request(theirs, self.name, writable_size(template))
+            self.pid = _host_pid(self._pidfd)
+            dirs = cgroups.child_dirs(template.init_pid, self._cgroup)
+            try:
+                cgroups.make_child(dirs, security.limit_files(template.limits))
+            except OSError as exc:
+                raise SandboxError(f"lxc.limits: cannot set up the clone's cgroup ({exc})"
+                                   ) from None
+            self._dirs = dirs
+            try:
+                cgroups.enter_child(dirs, self.pid)
+            except OSError as exc:
+                raise SandboxError(f"cannot move the clone into its cgroup ({exc})") from None
+            ours.send(b"G")
+            self._wait_hello(ours)
+            security.verify_limits(self.pid, template.limits)
+            d = template.defaults
+            session = CloneSession(template.box.container, init_pid=self.pid, control=ours,
+                                   env=d.env or None, cwd=d.cwd, timeout=d.timeout, uid=d.uid,
+                                   gid=d.gid, start_timeout=self._start_timeout)
+        except BaseException:
+            ours.close()
+            self.close()
+            raise
+        session._owner = self
+        return session
+
+    def _wait_hello(self, channel: socket.socket) -> None:
+        """Until the spawner's HELLO is there (left for the Session to read), or the clone's
+        own report of the step that failed."""
+        ready, _, _ = select.select([channel.fileno(), self._pidfd], [], [],
+                                    self._start_timeout)
+        if channel.fileno() in ready:
+            first = channel.recv(256, socket.MSG_PEEK)
+            if len(first) == _HELLO_SIZE:
+                return
+            if first:
+                raise SandboxError(f"a clone could not be set up: "
+                                   f"{first.decode(errors='replace')}")
+        why = "exited" if ready else f"did not start within {self._start_timeout:g}s"
+        raise SandboxError(f"a clone's init {why}")
+
+    def close(self) -> None:
+        """Kill the clone's init (its pid namespace dies with it), wait until it is gone, and
+        remove its cgroup.  Idempotent."""
+        pidfd, self._pidfd = self._pidfd, -1
+        if pidfd >= 0:
+            try:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                select.select([pidfd], [], [], 10.0)
+            finally:
+                os.close(pidfd)
+        dirs, self._dirs = self._dirs, {}
+        if dirs and not cgroups.remove_child(dirs):
+            core._warning(f"Pool: the cgroup of clone {self.name} is still busy; it goes "
+                          f"with the template {self.template.name!r}")
