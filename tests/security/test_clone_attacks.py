@@ -710,6 +710,30 @@ def _template_of(pid: int) -> int | None:
     return parent if len(nspid) > 1 else None
 
 
+def _write_as_root_of(pid: int, path: str, text: str) -> None:
+    """Write ``path`` as the host uid that is root in ``pid``'s user namespace (host root is
+    not mapped there: its files would be EOVERFLOW on the namespace's own mounts)."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        host_root = int(f.read().split()[1])
+    folder = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)  # as host root
+    try:
+        child = os.fork()
+        if child == 0:
+            try:
+                os.setgroups([])
+                os.setresgid(host_root, host_root, host_root)
+                os.setresuid(host_root, host_root, host_root)
+                fd = os.open(os.path.basename(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                             0o644, dir_fd=folder)
+                os.write(fd, text.encode())
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+    finally:
+        os.close(folder)
+    assert os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) == 0, f"could not plant {path}"
+
+
 def _container_name(pid: int) -> str:
     """The liblxc container a host pid runs in (from its pids cgroup: lxc.payload.<name>)."""
     folder = cgroup_dirs(pid)["pids"] or ""
@@ -739,8 +763,7 @@ def test_nothing_of_the_template_or_host_is_reachable(clones: bool) -> None:
                 for folder in ("tmp", "dev", "dev/shm"):
                     path = os.path.join(f"/proc/{template}/root", folder, f"canary-{token}")
                     if os.path.isdir(os.path.dirname(path)):
-                        with open(path, "w") as f:
-                            f.write(token)
+                        _write_as_root_of(template, path, token)
                         planted.append(path)
                 assert planted
                 template_ns = namespaces(template)
@@ -1050,3 +1073,105 @@ def test_clones_refuse_what_they_cannot_isolate(field: str, extra: dict[str, obj
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         lxcbind.Pool(doc, size=1, clones=True)  # type: ignore[call-arg]
     assert _ours() == before
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_boot_id_is_the_sandboxs_own(clones: bool) -> None:
+    """The host's boot id (a stable machine identifier, which liblxc replaces with a random
+    one per container) is not shown to the workload."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        host = f.read().strip()
+    with make_pool(clones, size=1) as pool:
+        r = pool.run("cat /proc/sys/kernel/random/boot_id", timeout=60)
+    assert r.returncode == 0 and len(r.stdout.strip()) == 36, r
+    assert r.stdout.decode().strip() != host
+
+
+# -- per-user kernel quotas: counted per host uid, which clones of one template share ---------
+
+QUOTA_HOG = """
+    import signal
+    libc.inotify_init1.restype = ctypes.c_int
+    held = 0
+    while held < 4096 and libc.inotify_init1(0) >= 0:
+        held += 1
+    print(f"INOTIFY_HELD={held}", flush=True)
+    class MqAttr(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                    ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+    queues = 0
+    while queues < 256:
+        attr = MqAttr(0, 10, 4096, 0)
+        if libc.syscall(240, f"hog{queues}".encode(), ctypes.c_long(os.O_CREAT | os.O_RDWR),
+                        ctypes.c_long(0o600), ctypes.byref(attr)) < 0:
+            break
+        queues += 1
+    print(f"MQ_HELD={queues}", flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+    info = (ctypes.c_int * 32)(signal.SIGRTMIN, 0, -1)         # si_code SI_QUEUE
+    queued = 0
+    while queued < 200000 and libc.syscall(129, os.getpid(), signal.SIGRTMIN, info) == 0:
+        queued += 1
+    print(f"SIGQUEUE_HELD={queued}", flush=True)
+"""
+
+QUOTA_VICTIM = """
+    import signal
+    class MqAttr(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                    ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+    sc("INOTIFY", 294, 0)
+    attr = MqAttr(0, 1, 64, 0)
+    sc("MQ_OPEN", 240, b"victim", os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(attr))
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+    sc("SIGQUEUE", 129, os.getpid(), signal.SIGRTMIN, (ctypes.c_int * 32)(signal.SIGRTMIN, 0, -1))
+"""
+
+
+def _host_root_quotas() -> dict[str, str]:
+    """What host root itself gets now: an inotify instance, a queued real-time signal (in a
+    child, so that the signal stays out of the test process)."""
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = {}
+    fd = libc.inotify_init1(0)
+    out["INOTIFY"] = "OK" if fd >= 0 else os.strerror(ctypes.get_errno())
+    if fd >= 0:
+        os.close(fd)
+    child = os.fork()
+    if child == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+        info = (ctypes.c_int * 32)(signal.SIGRTMIN, 0, -1)
+        os._exit(0 if libc.syscall(129, os.getpid(), signal.SIGRTMIN, info) == 0 else 1)
+    code = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    out["SIGQUEUE"] = "OK" if code == 0 else "EAGAIN"
+    return out
+
+
+KNOWN_QUOTAS = pytest.mark.xfail(strict=True, reason=(
+    "the kernel charges every nested user namespace's per-user quotas (inotify instances, "
+    "queued signals) to the namespace's OWNER one level up: liblxc creates each container's "
+    "as host root, so one container takes host root's 128 inotify instances and 96k queued "
+    "signals from the host and every other container (FINDINGS, pre-existing)"))
+
+
+@KNOWN_QUOTAS
+@pytest.mark.parametrize("clones", MODES)
+def test_per_user_quotas_are_not_shared(clones: bool) -> None:
+    """The kernel counts inotify instances, POSIX message queue bytes and queued signals per
+    user, at every level of nested user namespaces.  One sandbox takes all it may (root
+    inside, as far as its own limits let it): another sandbox of the pool, and host root,
+    keep theirs."""
+    with make_pool(clones, size=2) as pool:
+        hog = Held(pool, hold_script(QUOTA_HOG))
+        try:
+            victim = parse(pool.run(script(QUOTA_VICTIM), timeout=60))
+            host = _host_root_quotas()
+        finally:
+            held = parse(hog.release())
+    assert int(held["INOTIFY_HELD"]) > 0 and int(held["MQ_HELD"]) > 0, held
+    assert int(held["SIGQUEUE_HELD"]) > 0, held
+    assert host == {"INOTIFY": "OK", "SIGQUEUE": "OK"}, (host, held)
+    assert victim == {"INOTIFY": "OK", "MQ_OPEN": "OK", "SIGQUEUE": "OK"}, (victim, held)
