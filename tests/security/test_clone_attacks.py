@@ -603,7 +603,7 @@ def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
     (where one can be made) with the limits lifted there: the host reads the sandbox's limits
     unchanged, the process still inside the sandbox's cgroup, a memory bomb from the
     sub-cgroup still OOM-killed, and no cgroup of the sandbox is left after the pool."""
-    with make_pool(clones, size=1, limits={"pids": 77, "memory": "300M"}) as pool:
+    with make_pool(clones, size=1, limits={"pids": 77, "memory": "300M", "cpu": 0.5}) as pool:
         held = Held(pool, hold_script(CGROUP_ATTACK) + textwrap.dedent(CGROUP_BOMB))
         try:
             init = sandbox_init(held.pid)
@@ -612,7 +612,9 @@ def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
                 assert folder and (mine[controller] or "").startswith(folder), (theirs, mine)
             limits = {name: read(os.path.join(theirs[c] or "", name))
                       for c, name in (("pids", "pids.max"), ("memory", "memory.limit_in_bytes"),
-                                      ("memory", "memory.max"))
+                                      ("memory", "memory.max"), ("cpu", "cpu.cfs_quota_us"),
+                                      ("cpu", "cpu.cfs_period_us"), ("cpu", "cpu.max"),
+                                      ("cpu", "cpu.shares"), ("cpu", "cpu.weight"))
                       if os.path.exists(os.path.join(theirs[c] or "", name))}
         finally:
             r = held.release()
@@ -620,6 +622,12 @@ def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
     assert limits.get("pids.max") == "77", limits
     memory = limits.get("memory.limit_in_bytes") or limits.get("memory.max")
     assert memory == str(300 << 20), limits
+    cpu = limits.get("cpu.max") or " ".join((limits.get("cpu.cfs_quota_us", "?"),
+                                             limits.get("cpu.cfs_period_us", "?")))
+    assert cpu == "50000 100000", limits
+    weight = limits.get("cpu.weight") or limits.get("cpu.shares")
+    assert weight in (str(security.DEFAULT_CPU_WEIGHT),
+                      str(security.DEFAULT_CPU_WEIGHT * 1024 // 100)), limits
     assert not [k for k, v in out.items() if k.startswith(("RAISED_", "MOVED_UP_")) and
                 v == "OK"], out
     assert out.get("CHMOD_LIMIT", "EPERM") in REFUSED and out["MOUNT_CGROUP"] == "EPERM", out
@@ -1175,3 +1183,58 @@ def test_per_user_quotas_are_not_shared(clones: bool) -> None:
     assert int(held["SIGQUEUE_HELD"]) > 0, held
     assert host == {"INOTIFY": "OK", "SIGQUEUE": "OK"}, (host, held)
     assert victim == {"INOTIFY": "OK", "MQ_OPEN": "OK", "SIGQUEUE": "OK"}, (victim, held)
+
+
+# -- the kernel surface a clone shows, against a container's ---------------------------------
+
+SURFACE = """
+    import json, stat
+    writable, readable = [], []
+    def walk(top, skip_pids=True):
+        for folder, dirs, files in os.walk(top):
+            if skip_pids:
+                dirs[:] = [d for d in dirs if not d.isdigit() and d not in ("self", "thread-self")]
+            for name in files:
+                yield os.path.join(folder, name)
+    paths = list(walk("/proc/sys")) + [os.path.join("/proc", n) for n in os.listdir("/proc")
+                                       if not n[0].isdigit() and n not in ("self", "thread-self")]
+    paths += [os.path.join("/proc/self", n) for n in os.listdir("/proc/self")]
+    paths += [os.path.join("/dev", n) for n in os.listdir("/dev")]
+    paths += ["/sys/kernel/uevent_helper", "/sys/power/state", "/sys/kernel/mm/ksm/run",
+              "/sys/fs/cgroup/cgroup.procs", "/sys/kernel/security", "/sys/firmware/efi"]
+    for path in sorted(set(paths)):
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            continue
+        for flags, into in ((os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY, writable),
+                            (os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY, readable)):
+            try:
+                os.close(os.open(path, flags))
+                into.append(path)
+            except OSError:
+                pass
+    print("WRITABLE=" + json.dumps(writable))
+    print("READABLE=" + json.dumps(readable))
+"""
+
+
+@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+def test_clone_kernel_surface_is_no_wider_than_a_containers() -> None:
+    """Every file of /proc (its sysctls, its top level, the process's own), of /dev and a few
+    of /sys that root can open for writing (or reading) in a clone can be opened so in a pooled
+    container too: the clone's proc, sysfs and /dev are mounted no more openly than liblxc's
+    (proc:mixed, sys:ro)."""
+    seen = {}
+    for clones in (False, True):
+        with make_pool(clones, size=1) as pool:
+            r = parse(pool.run(script(SURFACE), timeout=120))
+        seen[clones] = {k: set(json.loads(r[k])) for k in ("WRITABLE", "READABLE")}
+    wider = seen[True]["WRITABLE"] - seen[False]["WRITABLE"]
+    assert not wider, sorted(wider)
+    assert not [p for p in seen[True]["WRITABLE"] if p.startswith("/proc/sys/")], seen[True]
+    more = seen[True]["READABLE"] - seen[False]["READABLE"]
+    assert not more, sorted(more)
+    assert seen[True]["WRITABLE"] and seen[True]["READABLE"]   # the probe did open things
