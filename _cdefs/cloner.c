@@ -55,10 +55,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#if __has_include("seccompile.h")
 #include "seccompile.h"
-#define LXCBIND_HAVE_SECCOMPILE 1
-#endif
 
 #define LXCBIND_CLONE_MAGIC 0x4c58434cu /* "LXCL" */
 #define LXCBIND_CLONE_OP_PROFILE 1u
@@ -440,16 +437,12 @@ static void lxcbind_drop_privileges(uint64_t keep)
         lxcbind_die("capset");
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         lxcbind_die("no_new_privs");
-#ifdef LXCBIND_CLONER_UNFILTERED
-    (void)lxcbind_filter; /* development builds only: never shipped */
-#else
-    if (lxcbind_filter.len == 0) {
+    if (lxcbind_filter.len == 0) { /* never a clone without its filter */
         errno = ENOPROTOOPT;
         lxcbind_die("no seccomp filter");
     }
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &lxcbind_filter, 0, 0) < 0)
         lxcbind_die("load the seccomp filter");
-#endif
 }
 
 static void lxcbind_clone_child(const struct lxcbind_clone_request *req, int channel)
@@ -536,23 +529,16 @@ static void lxcbind_clone(int ctl, const struct lxcbind_clone_request *req, int 
     close(pidfd);
 }
 
+/* The profile text, compiled once per template; every clone loads the same program. */
 static void lxcbind_profile(int ctl, const char *text)
 {
-#ifdef LXCBIND_HAVE_SECCOMPILE
+    (void)lxcbind_seccomp_free; /* the program lives as long as the template */
     if (lxcbind_filter.len != 0) {
-        lxcbind_send(ctl, EEXIST, 0, 3, -1); /* once per template: never replaced */
+        lxcbind_send(ctl, EEXIST, 0, 3, -1); /* never replaced */
         return;
     }
     int rc = lxcbind_seccomp_compile(text, &lxcbind_filter);
     lxcbind_send(ctl, rc < 0 ? -rc : 0, 0, 3, -1);
-#else
-    (void)text;
-#ifdef LXCBIND_CLONER_UNFILTERED
-    lxcbind_send(ctl, 0, 0, 3, -1);
-#else
-    lxcbind_send(ctl, ENOSYS, 0, 3, -1);
-#endif
-#endif
 }
 
 static int lxcbind_connect(const char *path)

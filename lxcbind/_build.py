@@ -45,6 +45,12 @@ MISSING_NFT = (
 )
 
 
+MISSING_SECCOMP = (
+    "lxcbind: libseccomp and its headers were not found ({why}).\n"
+    "On Debian/Ubuntu install them with:  apt-get install libseccomp-dev pkg-config"
+)
+
+
 def _pkg_flags(package: str, missing: str) -> dict[str, list[str]]:
     """Compiler and linker flags for one library from pkg-config, failing with a package hint."""
     if shutil.which("pkg-config") is None:
@@ -95,15 +101,15 @@ def build_spawner(target: Path) -> None:
 def build_cloner(target: Path) -> None:
     """Compile the template's init (``_cdefs/cloner.c``) into a static executable at
     ``target``: static for the spawner's reason (it runs in a container whose root
-    filesystem may be anything), linked with libseccomp when ``_cdefs/seccompile.h`` is
-    there (the clones' filter is compiled once per template).  Called by build_ext."""
+    filesystem may be anything), with libseccomp (``_cdefs/seccompile.h``: the clones'
+    filter is compiled once per template).  Called by setup.py's build_ext."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         sys.exit("lxcbind: a C compiler (gcc) is needed to build the template's cloner")
+    cflags, libs = seccomp_flags()
     target.parent.mkdir(parents=True, exist_ok=True)
-    libs = ["-lseccomp"] if (CDEFS / "seccompile.h").exists() else []
     command = [cc, "-static", "-O2", "-s", "-Wall", "-Werror=implicit-function-declaration",
-               "-I", str(CDEFS), "-o", str(target), str(CDEFS / CLONER_SOURCE), *libs]
+               *cflags, "-o", str(target), str(CDEFS / CLONER_SOURCE), *libs]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         hint = ("\nA static libseccomp is needed (Debian/Ubuntu: apt-get install "
@@ -127,6 +133,16 @@ def build_starter(target: Path) -> None:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"lxcbind: building the container starter failed:\n{done.stderr}")
+
+
+def seccomp_flags() -> tuple[list[str], list[str]]:
+    """(compile flags, link flags) for a program including ``_cdefs/seccompile.h``, which
+    compiles the container's seccomp profile with libseccomp (the template's cloner; the
+    link flags go after the sources, and libseccomp.a also links statically)."""
+    flags = _pkg_flags("libseccomp", MISSING_SECCOMP)
+    return ([*(f"-I{d}" for d in flags["include_dirs"]), "-I", str(CDEFS)],
+            [*(f"-L{d}" for d in flags["library_dirs"]),
+             *(f"-l{name}" for name in flags["libraries"])])
 
 
 _STRICT = ["-Werror=incompatible-pointer-types", "-Werror=implicit-function-declaration"]

@@ -202,7 +202,17 @@ class Pool:
     def _give_back(self, session: Session) -> None:
         """A used container goes to the reaper, and its replacement is ordered: after the
         command, not during it (the set-up is CPU-bound Python and would compete for the
-        interpreter with the command)."""
+        interpreter with the command).  After ``close`` (the reaper is gone) it is torn
+        down here."""
+        with self._lock:
+            closed = self._closed
+        if closed:
+            try:
+                session.close()
+            except Exception as exc:  # noqa: BLE001 - the record stays for gc
+                _warning(f"Pool: tearing a used container down failed (left for "
+                         f"`lxcbind gc` once this process ends): {exc}")
+            return
         self._used.put(session)
         self._order_one()
 

@@ -34,7 +34,6 @@ import struct
 import threading
 
 import lxcbind
-from lxcbind._lite import replace
 from lxcbind.command import CommandDefaults
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
@@ -187,9 +186,8 @@ class Template:
         profile = security.seccomp_profile(policy.lxc.allow,
                                            mounts.maps_host_root_writable(planned))
         self._lock = threading.Lock()
-        # Its own name: a policy's containerId names the clones' hostname, not the template.
-        self.box = _TemplateSandbox(replace(policy, container_id=None),
-                                    start_timeout=start_timeout)
+        # A policy's containerId names the template (clones have hostnames of their own).
+        self.box = _TemplateSandbox(policy, start_timeout=start_timeout)
         try:
             self.box.open()
             self.limits = security.resolve(policy.lxc.limits)
@@ -239,8 +237,6 @@ class Template:
                 os.close(fd)
             what = _STEPS.get(step, f"step {step}")
             reason = os.strerror(status) if status else "a malformed reply"
-            if op == _OP_PROFILE and status == 38:   # ENOSYS: built without seccompile.h
-                reason = "the cloner was built without the seccomp compiler"
             raise SandboxError(f"the Pool's template refused a clone: {what}: {reason}")
         return pid, received[0] if received else -1
 

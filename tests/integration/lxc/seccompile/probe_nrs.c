@@ -15,6 +15,16 @@
 #endif
 #include "probe.h"
 
+/* Calls newer than Debian 12's kernel headers (the kernel may well have them): the number is
+ * the same on every ABI since the tables were unified (424+), x32 with its bit. */
+#ifndef __NR_fchmodat2
+#if defined(PROBE_X32)
+#define __NR_fchmodat2 (__X32_SYSCALL_BIT + 452)
+#else
+#define __NR_fchmodat2 452
+#endif
+#endif
+
 const struct probe_nr TABLE[] = {
 #include "names.h"
     {0, 0},

@@ -1,12 +1,15 @@
 /* Test helper for test_seccompile.py, compiled at test time against _cdefs/seccompile.h.
  *
  *   runner compile PROFILE OUT   compile the profile text in file PROFILE, write the BPF
- *                                program to OUT; prints "len=N usec=T", or "error=-E" (exit 3)
+ *                                program to OUT; prints "len=N fds=same usec=T", or
+ *                                "error=-E fds=same" (exit 3); "fds=leaked" if the call left
+ *                                a descriptor open
  *   runner exec PROFILE PROG...  compile, then load as a clone's init will (no_new_privs, the
  *                                filter, the spawner's i386 socket filter) and exec PROG
  *   runner filters PID OUT       write every seccomp filter of process PID to OUT.0, OUT.1, ...
  *                                (0 = newest; PTRACE_SECCOMP_GET_FILTER); prints "count=N" */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +49,19 @@ static int write_file(const char *path, const void *data, size_t len)
     return fclose(f);
 }
 
+static int count_fds(void)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    int n = 0;
+
+    if (dir == NULL)
+        return -1;
+    while (readdir(dir) != NULL)
+        n++;
+    closedir(dir);
+    return n;
+}
+
 static int dump_filters(pid_t pid, const char *prefix)
 {
     struct sock_filter buf[BPF_MAXINSNS];
@@ -83,7 +99,7 @@ int main(int argc, char **argv)
     struct sock_fprog prog;
     struct timespec t0, t1;
     char *text;
-    int ret;
+    int ret, fds;
 
     if (argc >= 4 && strcmp(argv[1], "filters") == 0)
         return dump_filters(atoi(argv[2]), argv[3]);
@@ -91,17 +107,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: runner compile PROFILE OUT | exec PROFILE PROG...\n");
         return 2;
     }
+    fds = count_fds();
     clock_gettime(CLOCK_MONOTONIC, &t0);
     ret = lxcbind_seccomp_compile(text, &prog);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    fds = fds == count_fds();
     if (ret < 0) {
-        printf("error=%d\n", ret);
+        printf("error=%d fds=%s\n", ret, fds ? "same" : "leaked");
         return 3;
     }
     if (strcmp(argv[1], "compile") == 0) {
         if (write_file(argv[3], prog.filter, prog.len * sizeof(prog.filter[0])) < 0)
             return 1;
-        printf("len=%u usec=%ld\n", prog.len,
+        printf("len=%u fds=%s usec=%ld\n", prog.len, fds ? "same" : "leaked",
                (t1.tv_sec - t0.tv_sec) * 1000000L + (t1.tv_nsec - t0.tv_nsec) / 1000);
         lxcbind_seccomp_free(&prog);
         return 0;

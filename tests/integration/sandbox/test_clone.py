@@ -1,0 +1,311 @@
+"""Pool(clones=True): a light clone of a warm template per command (issue #23).
+
+Real containers: the template is a liblxc container of the policy, every clone a real set of
+namespaces made by lxcbind-cloner in it.  The attack suite is tests/security/
+test_clone_attacks.py; here: results are exact, every run is fresh, limits hold per clone,
+and nothing is left behind (close, 200 runs, a SIGKILLed owner + gc)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import lxcbind
+from lxcbind.lxc import cgroups
+from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
+
+pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
+              pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def policy(**lxc: object) -> dict[str, object]:
+    """A deny-all policy (no network device) named for the leftover check."""
+    return {"version": "0.8.0", "containerId": new_name("clone-"),
+            "process": {"commandLine": "true"}, "lxc": dict(lxc)}
+
+
+def cloner_pids(name: str) -> set[int]:
+    """The cloners of template ``name`` (other suites may run templates meanwhile)."""
+    pids = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    comm = f.read().strip()
+                with open(f"/proc/{entry}/cgroup") as f:
+                    mine = f"lxc.payload.{name}" in f.read()
+            except OSError:
+                continue
+            if comm == "lxcbind-cloner" and mine:
+                pids.add(int(entry))
+    return pids
+
+
+def payload_dirs(name: str) -> list[str]:
+    """Every cgroup directory (any hierarchy) named for container ``name``."""
+    found = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        for d in dirs:
+            if name in d:
+                found.append(os.path.join(top, d))
+        dirs[:] = [d for d in dirs if d.startswith(("lxc", "unified")) or
+                   top == "/sys/fs/cgroup"]
+    return found
+
+
+def clone_dirs(pool: lxcbind.Pool) -> dict[str, list[str]]:
+    """The clones' cgroups below the template's, per controller (host paths)."""
+    template = pool._template
+    assert template is not None
+    out: dict[str, list[str]] = {}
+    for controller in ("memory", "pids", "cpu"):
+        base = cgroups.process_dir(template.init_pid, controller)
+        assert base is not None
+        out[controller] = sorted(os.path.join(base, d) for d in os.listdir(base)
+                                 if d.startswith("clone-"))
+    return out
+
+
+def host_state(name: str) -> tuple[list[str], list[str], set[int]]:
+    """What template ``name`` and its clones could leave on the host: mounts and loop
+    devices naming it, its cloner processes."""
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line for line in f if name in line]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    return mounts, [line for line in loops.splitlines() if name in line], cloner_pids(name)
+
+
+@pytest.fixture
+def pool() -> Iterator[lxcbind.Pool]:
+    with lxcbind.Pool(policy(), size=2, clones=True) as p:
+        yield p
+
+
+def test_exit_status_stdout_and_stderr_are_exact(pool: lxcbind.Pool) -> None:
+    r = pool.run(["sh", "-c", "printf 'a\\nb'; printf err >&2; exit 7"], timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"a\nb", b"err")
+    r = pool.run("cat", input=b"x" * 100_000, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"x" * 100_000
+    r = pool.run(["/nonexistent"], timeout=30)
+    assert r.returncode == 127
+
+
+def test_clone_is_a_container_init_with_the_policy_filter(pool: lxcbind.Pool) -> None:
+    r = pool.run("grep -E '^(NoNewPrivs|Seccomp|CapBnd|CapEff):' /proc/self/status; "
+                 "cat /proc/1/comm; id -u; ls /dev/.lxcbind* 2>&1 | head -1; "
+                 "unshare -U true; echo unshare=$?; mount -t tmpfs x /mnt 2>/dev/null; "
+                 "echo mount=$?", timeout=30)
+    out = r.stdout.decode()
+    status = dict(line.split(":\t") for line in out.splitlines() if ":\t" in line)
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    keep = 0x280425FB & ~(1 << 31)   # security.KEEP_CAPS: no setfcap, sys_admin, sys_ptrace
+    from lxcbind.sandbox.template import caps_mask
+
+    assert int(status["CapBnd"], 16) == caps_mask() == int(status["CapEff"], 16)
+    assert caps_mask() & ~keep == 0
+    assert "lxcbind-init" in out and "\n0\n" in out
+    assert "No such file" in out            # nothing of the template's /dev is reachable
+    assert "unshare=1" in out and "mount=32" in out or "mount=1" in out
+
+
+def test_each_run_sees_a_fresh_filesystem_and_host(pool: lxcbind.Pool) -> None:
+    first = pool.run("hostname; echo planted > /tmp/mark; echo planted > /root/mark; "
+                     "echo planted > /dev/shm/mark; echo planted > /etc/mark; "
+                     "sleep 301 >/dev/null 2>&1 & true", timeout=30)
+    assert first.returncode == 0, first.stderr
+    second = pool.run("hostname; cat /tmp/mark /root/mark /dev/shm/mark /etc/mark 2>&1; "
+                      "ps -eo args 2>/dev/null | grep -c '^sleep 301'; true", timeout=30)
+    assert first.stdout.split()[0] != second.stdout.split()[0]
+    assert b"planted" not in second.stdout
+    assert second.stdout.split()[-1] == b"0"
+
+
+def test_root_is_the_template_base_and_writable_per_clone(pool: lxcbind.Pool) -> None:
+    r = pool.run("test -x /usr/bin/env && echo usr; touch /usr/x 2>/dev/null || echo usr-ro; "
+                 "echo hi > /newfile && cat /newfile; grep -c . /etc/passwd >/dev/null && "
+                 "echo etc", timeout=30)
+    assert r.stdout.split() == [b"usr", b"usr-ro", b"hi", b"etc"], r.stderr
+
+
+def test_limits_are_in_the_clones_own_cgroup() -> None:
+    limits = {"memory": 96 << 20, "pids": 40, "cpu": 0.5}
+    with lxcbind.Pool(policy(limits=limits), size=1, clones=True) as pool:
+        done = threading.Event()
+        result: list[lxcbind.CompletedRun] = []
+        worker = threading.Thread(target=lambda: (result.append(
+            pool.run("sleep 3; cat /proc/self/cgroup | head -3", timeout=30)), done.set()))
+        worker.start()
+        try:
+            deadline = time.monotonic() + 20
+            busy: dict[str, str] = {}
+            while time.monotonic() < deadline and len(busy) < 3:
+                for controller, dirs in clone_dirs(pool).items():
+                    for d in dirs:
+                        with open(os.path.join(d, "cgroup.procs")) as f:
+                            if len(f.read().split()) >= 2:   # the spawner and `sleep`
+                                busy[controller] = d
+                time.sleep(0.05)
+            assert len(busy) == 3, busy
+            v2 = cgroups.controller_version("memory") == "v2"
+
+            def read(controller: str, name: str) -> str:
+                with open(os.path.join(busy[controller], name)) as f:
+                    return f.read().strip()
+
+            if v2:
+                assert read("memory", "memory.max") == str(96 << 20)
+                assert read("memory", "memory.swap.max") == "0"
+                assert read("cpu", "cpu.max") == "50000 100000"
+            else:
+                assert read("memory", "memory.limit_in_bytes") == str(96 << 20)
+                assert read("cpu", "cpu.cfs_quota_us") == "50000"
+            assert read("pids", "pids.max") == "40"
+        finally:
+            worker.join(60)
+        assert done.is_set() and result[0].returncode == 0
+        assert all(line.endswith(b":/") for line in result[0].stdout.splitlines())
+
+
+def test_a_bomb_is_stopped_in_its_clone_while_another_works() -> None:
+    limits = {"memory": 64 << 20, "pids": 30}
+    with lxcbind.Pool(policy(limits=limits), size=2, clones=True) as pool:
+        out: dict[str, lxcbind.CompletedRun] = {}
+
+        def bomb() -> None:
+            out["memory"] = pool.run(
+                ["python3", "-c", "a = []\nwhile True: a.append(bytearray(1 << 20))"],
+                timeout=60)
+
+        worker = threading.Thread(target=bomb)
+        worker.start()
+        calm = pool.run("echo ok", timeout=60)
+        worker.join(90)
+        assert calm.stdout == b"ok\n"
+        assert out["memory"].returncode != 0 and out["memory"].oom_killed
+        forks = pool.run("for i in $(seq 60); do sleep 5 & done 2>/dev/null; wait; true",
+                         timeout=60)
+        assert forks.pids_limited
+        assert pool.run("echo ok", timeout=60).stdout == b"ok\n"
+
+
+def test_200_runs_leave_nothing_behind() -> None:
+    p = policy()
+    name = str(p["containerId"])
+    with lxcbind.Pool(p, size=4, clones=True) as pool:
+        results = pool.map(["echo $$; hostname"] * 200, workers=4)
+        assert [r.stdout.split()[0] for r in results] == [b"2"] * 200   # 1 is the spawner
+        assert len({r.stdout.split()[1] for r in results}) == 200
+        deadline = time.monotonic() + 30
+        while not pool.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the ready clones only: none of the 200 used ones left a cgroup
+        assert all(len(dirs) == 4 for dirs in clone_dirs(pool).values())
+        template_pid = pool._template.init_pid if pool._template else 0
+    assert not os.path.exists(f"/proc/{template_pid}")
+    assert host_state(name) == ([], [], set())
+    assert not payload_dirs(name)
+    assert name not in lxcbind.list_containers()
+
+
+def test_close_with_a_command_still_running_leaves_nothing() -> None:
+    p = policy()
+    name = str(p["containerId"])
+    pool = lxcbind.Pool(p, size=2, clones=True)
+    outcome: list[object] = []
+
+    def long_run() -> None:
+        try:
+            outcome.append(pool.run("sleep 300", timeout=120))
+        except lxcbind.LxcbindError as exc:   # the spawner went with the template
+            outcome.append(exc)
+
+    worker = threading.Thread(target=long_run, daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 30
+    while pool._template and not any(clone_dirs(pool)["pids"]) and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    pool.close()
+    worker.join(30)
+    assert not worker.is_alive() and outcome
+    assert host_state(name) == ([], [], set())
+    assert not payload_dirs(name)
+    assert name not in lxcbind.list_containers()
+
+
+def test_sigkilled_owner_leaves_nothing_after_gc() -> None:
+    p = policy()
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import lxcbind
+        pool = lxcbind.Pool({json.dumps(p)}, size=2, clones=True)
+        print(pool.run("hostname").stdout.decode().strip(), flush=True)
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    name = str(p["containerId"])
+    assert name in lxcbind.list_containers()
+    assert payload_dirs(name)
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert name not in lxcbind.list_containers()
+    assert not payload_dirs(name)
+    assert host_state(name) == ([], [], set())
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"network": {"egress": {"default": "allow"}}}, "network"),
+    ({"filesystem": {"readwritePaths": ["/srv"]}}, "filesystem.readwritePaths"),
+    ({"lxc": {"allow": ["ptrace"]}}, "lxc.allow"),
+    ({"lxc": {"privileged": True}}, "lxc.privileged"),
+])
+def test_a_policy_clones_cannot_serve_is_refused_by_field(extra: dict[str, object],
+                                                          field: str) -> None:
+    p = {**policy(), **extra}
+    with pytest.raises(ValueError, match=f"clones=True\\): {field}:"):
+        lxcbind.Pool(p, size=1, clones=True)
+    assert str(p["containerId"]) not in lxcbind.list_containers()
+
+
+@pytest.mark.parametrize("limits", [{}, {"pids": 64}])
+def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
+                                                               limits: dict[str, int]) -> None:
+    """The BPF programs on a clone's init (the spawner) are byte for byte those on a pooled
+    container's init for the same policy: liblxc's compiled profile, then the spawner's
+    i386 socket filter."""
+    from tests.integration.lxc.test_seccompile import Tools
+
+    tools = Tools(tmp_path)
+    p = policy(limits=limits)
+    with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
+        want = tools.filters(container._spawner_host_pid)
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        deadline = time.monotonic() + 30
+        while not pool.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        session = pool._ready.queue[0]
+        assert session is not None
+        got = tools.filters(session._spawner_host_pid)
+    assert len(want) == 2 and len(got) == 2
+    assert got == want
