@@ -1238,3 +1238,49 @@ def test_clone_kernel_surface_is_no_wider_than_a_containers() -> None:
     more = seen[True]["READABLE"] - seen[False]["READABLE"]
     assert not more, sorted(more)
     assert seen[True]["WRITABLE"] and seen[True]["READABLE"]   # the probe did open things
+
+
+PIPE_HOG = """
+    import fcntl
+    F_GETPIPE_SZ = 1032
+    pipes = []
+    while len(pipes) < 4000:                     # 16 pages each: past pipe-user-pages-soft
+        try:
+            r, w = os.pipe()
+        except OSError:
+            break
+        pipes.append((r, w))
+        if fcntl.fcntl(w, F_GETPIPE_SZ) < 65536:
+            break                                  # its user is over the soft limit now
+    print(f"PIPES={len(pipes)}")
+    print(f"LAST_SIZE={fcntl.fcntl(pipes[-1][1], F_GETPIPE_SZ)}", flush=True)
+"""
+
+PIPE_VICTIM = """
+    import fcntl
+    r, w = os.pipe()
+    print(f"SIZE={fcntl.fcntl(w, 1032)}")
+    try:
+        fcntl.fcntl(w, 1031, 1 << 20)              # F_SETPIPE_SZ: 1 MiB, within pipe-max-size
+        print("GROW=OK")
+    except OSError as exc:
+        print("GROW=" + errno.errorcode[exc.errno])
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_pipe_buffer_quota_is_not_shared(clones: bool) -> None:
+    """The kernel keeps pipe buffer pages per host uid (fs.pipe-user-pages-soft, 16,384 pages):
+    past it a user's new pipes get one or two pages and cannot grow.  One sandbox that goes past it
+    (1,024 pipes) leaves another sandbox's pipes their normal 64 KiB and growable."""
+    with open("/proc/sys/fs/pipe-user-pages-soft") as f:
+        if int(f.read()) == 0:
+            pytest.skip("fs.pipe-user-pages-soft is 0 here: no per-user pipe quota")
+    with make_pool(clones, size=2) as pool:
+        hog = Held(pool, hold_script(PIPE_HOG))
+        try:
+            victim = parse(pool.run(script(PIPE_VICTIM), timeout=60))
+        finally:
+            held = parse(hog.release())
+    assert int(held["LAST_SIZE"]) < 65536, held       # the hog did reach its user's quota
+    assert victim == {"SIZE": "65536", "GROW": "OK"}, (victim, held)
