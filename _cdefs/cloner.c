@@ -297,6 +297,81 @@ static void lxcbind_mkdir(const char *path, mode_t mode)
         lxcbind_die("mkdir");
 }
 
+/* A boot id of the clone's own (liblxc gives every container one): the host's would tell
+ * clones apart from nothing and link them to the host. */
+static void lxcbind_boot_id(const char *path)
+{
+    unsigned char r[16];
+    if (syscall(SYS_getrandom, r, sizeof(r), 0) != (long)sizeof(r))
+        lxcbind_die("getrandom");
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40); /* a version 4 UUID, as the kernel's */
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    char text[40];
+    snprintf(text, sizeof(text),
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x\n",
+             r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12],
+             r[13], r[14], r[15]);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0444);
+    if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text))
+        lxcbind_die("write the clone's boot_id");
+    close(fd);
+}
+
+/* /sys/fs/cgroup as a container's cgroup:mixed shows it, read-only: the hierarchies of the
+ * clone's limits (memory, pids, cpu), each at the clone's own cgroup (its cgroup namespace's
+ * root), or the unified hierarchy on a cgroup v2 host.  Read-only: the host made the clone's
+ * cgroup and keeps it; the workload cannot make sub-cgroups. */
+static void lxcbind_mount_cgroups(const char *top)
+{
+    const unsigned long ro = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    char buf[4096];
+    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        lxcbind_die("open /proc/self/cgroup");
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        lxcbind_die("read /proc/self/cgroup");
+    buf[n] = '\0';
+    int legacy = 0;
+    for (char *line = buf; *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : "")
+        legacy |= strncmp(line, "0::", 3) != 0;
+    if (!legacy) {
+        if (mount("cgroup2", top, "cgroup2", ro, NULL) < 0)
+            lxcbind_die("mount cgroup2");
+        return;
+    }
+    if (mount("cgroup", top, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "mode=0755,size=64k") < 0)
+        lxcbind_die("mount /sys/fs/cgroup");
+    for (char *line = buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *controllers = strchr(line, ':');
+        char *end = controllers ? strchr(controllers + 1, ':') : NULL;
+        if (!end)
+            continue;
+        *end = '\0';
+        controllers++;
+        int wanted = 0;
+        char copy[256];
+        snprintf(copy, sizeof(copy), "%s", controllers);
+        for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ","))
+            wanted |= strcmp(tok, "memory") == 0 || strcmp(tok, "pids") == 0 ||
+                      strcmp(tok, "cpu") == 0;
+        if (!wanted)
+            continue;
+        char where[PATH_MAX];
+        snprintf(where, sizeof(where), "%s/%s", top, controllers);
+        lxcbind_mkdir(where, 0755);
+        if (mount("cgroup", where, "cgroup", ro, controllers) < 0)
+            lxcbind_die("mount a cgroup hierarchy");
+    }
+    if (mount(NULL, top, NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+              "mode=0755,size=64k") < 0)
+        lxcbind_die("make /sys/fs/cgroup read-only");
+}
+
 /* What liblxc gives a container, made again in the clone's own namespaces. */
 static void lxcbind_make_root(uint64_t tmpfs_size)
 {
@@ -377,10 +452,19 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
                   NULL) < 0)
             lxcbind_die("make /proc/sys read-only");
     }
+    /* On top of the read-only /proc/sys (a bind below it would be hidden by that one). */
+    char boot_id[sizeof(path)];
+    snprintf(boot_id, sizeof(boot_id), "%s/dev/.lxc-boot-id", r);
+    lxcbind_boot_id(boot_id);
+    if (mount(boot_id, AT("/proc/sys/kernel/random/boot_id"), NULL, MS_BIND, NULL) < 0 ||
+        mount(NULL, path, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV |
+              MS_NOEXEC, NULL) < 0)
+        lxcbind_die("bind the clone's boot_id");
     lxcbind_mkdir(AT("/sys"), 0555);
     if (mount("sysfs", AT("/sys"), "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
               NULL) < 0)
         lxcbind_die("mount /sys");
+    lxcbind_mount_cgroups(AT("/sys/fs/cgroup"));
     struct stat st;
     if (stat(AT("/tmp"), &st) == 0 && S_ISDIR(st.st_mode) &&
         mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)

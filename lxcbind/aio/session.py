@@ -358,9 +358,10 @@ class AsyncPool:
     loop's executor."""
 
     def __init__(self, policy: PolicyLike, size: int = 4, *, starters: int = 2,
-                 start_timeout: float = 60.0, image: object = None) -> None:
+                 start_timeout: float = 60.0, image: object = None,
+                 clones: bool = False) -> None:
         self.pool = Pool(policy, size, starters=starters, start_timeout=start_timeout,
-                         image=image)
+                         image=image, clones=clones)
 
     async def run(self, command: Command, **keywords: Unpack[RunKeywords]) -> CompletedRun:
         """``Pool.run`` for asyncio (``run``'s keywords); cancelling it kills the command."""

@@ -118,7 +118,10 @@ class Clone:
                 cgroups.enter_child(dirs, self.pid)
             except OSError as exc:
                 raise SandboxError(f"cannot move the clone into its cgroup ({exc})") from None
-            ours.send(b"G")
+            try:
+                ours.send(b"G")
+            except OSError:
+                raise SandboxError("a clone's init exited before it was started") from None
             self._wait_hello(ours)
             security.verify_limits(self.pid, template.limits)
             d = template.defaults

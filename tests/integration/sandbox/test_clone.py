@@ -132,6 +132,15 @@ def test_each_run_sees_a_fresh_filesystem_and_host(pool: lxcbind.Pool) -> None:
     assert second.stdout.split()[-1] == b"0"
 
 
+def test_each_clone_has_a_boot_id_of_its_own(pool: lxcbind.Pool) -> None:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        host = f.read()
+    ids = [pool.run("cat /proc/sys/kernel/random/boot_id", timeout=30).stdout.decode()
+           for _ in range(2)]
+    assert len(set(ids)) == 2 and host not in ids
+    assert all(len(i.strip()) == 36 for i in ids)
+
+
 def test_root_is_the_template_base_and_writable_per_clone(pool: lxcbind.Pool) -> None:
     r = pool.run("test -x /usr/bin/env && echo usr; touch /usr/x 2>/dev/null || echo usr-ro; "
                  "echo hi > /newfile && cat /newfile; grep -c . /etc/passwd >/dev/null && "
@@ -176,6 +185,16 @@ def test_limits_are_in_the_clones_own_cgroup() -> None:
             worker.join(60)
         assert done.is_set() and result[0].returncode == 0
         assert all(line.endswith(b":/") for line in result[0].stdout.splitlines())
+        # and inside, read-only, as the clone's cgroup namespace shows them
+        v2 = cgroups.controller_version("memory") == "v2"
+        files = ("memory.max pids.max cpu.max" if v2 else
+                 "memory/memory.limit_in_bytes pids/pids.max cpu*/cpu.cfs_quota_us")
+        r = pool.run(f"cd /sys/fs/cgroup && cat {files}; mkdir pids/x x 2>&1; true",
+                     timeout=30)
+        lines = r.stdout.decode().splitlines()
+        assert lines[:3] == ([str(96 << 20), "40", "50000 100000"] if v2 else
+                             [str(96 << 20), "40", "50000"]), r.stdout
+        assert "Read-only file system" in r.stdout.decode()
 
 
 def test_a_bomb_is_stopped_in_its_clone_while_another_works() -> None:
@@ -309,3 +328,17 @@ def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
         got = tools.filters(session._spawner_host_pid)
     assert len(want) == 2 and len(got) == 2
     assert got == want
+
+
+def test_async_pool_takes_clones() -> None:
+    import asyncio
+
+    async def main() -> list[bytes]:
+        pool = lxcbind.AsyncPool(policy(), size=2, clones=True)
+        try:
+            return [r.stdout for r in await pool.map(["hostname"] * 4)]
+        finally:
+            await pool.close()
+
+    names = asyncio.run(main())
+    assert len(set(names)) == 4
