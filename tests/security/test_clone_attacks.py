@@ -1284,3 +1284,70 @@ def test_pipe_buffer_quota_is_not_shared(clones: bool) -> None:
             held = parse(hog.release())
     assert int(held["LAST_SIZE"]) < 65536, held       # the hog did reach its user's quota
     assert victim == {"SIZE": "65536", "GROW": "OK"}, (victim, held)
+
+
+# -- the owner dies while a hostile command runs ---------------------------------------------
+
+OWNER = """
+import sys, threading, time
+sys.path.insert(0, %(root)r)
+sys.path.insert(0, %(root)r + "/tests/security")
+from sandbox_probes import make_pool
+pool = make_pool(%(clones)r, size=2)
+command = ("setsid sh -c 'trap \\"\\" TERM HUP; sleep 1%(token)s1' </dev/null >/dev/null 2>&1 &"
+           " (trap '' TERM; sleep 2%(token)s2) & sleep 3%(token)s3")
+threading.Thread(target=pool.run, args=(command,), daemon=True).start()
+time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_sigkilled_owner_with_a_hostile_command_running_leaves_nothing_after_gc(
+        clones: bool) -> None:
+    """The pool's owner is SIGKILLed while a command runs with a TERM-ignoring setsid'd daemon
+    and a background job: ``lxcbind gc`` then reaps the sandbox (for clones: the template and
+    every clone), so that no process, container, cgroup or mount of it is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    token = str(10**7 + secrets.randbelow(10**7))
+    owner = subprocess.Popen([sys.executable, "-c", OWNER % {"root": root, "clones": clones,
+                                                              "token": token}],
+                             cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    def inside() -> list[int]:   # the owner's own argv holds the token too
+        found = []
+        for pid in host_pids(token.encode()):
+            try:
+                if len(status(pid)["NSpid"].split()) > 1:
+                    found.append(pid)
+            except OSError:
+                pass                 # gone meanwhile
+        return found
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(inside()) < 3 and time.monotonic() < deadline:
+            assert owner.poll() is None, "the owner died on its own"
+            time.sleep(0.05)
+        pids = inside()
+        assert len(pids) >= 3, pids
+        template = _template_of(pids[0])
+        names = {_container_name(pids[0])} | ({_container_name(template)} if template else set())
+        groups = {d for pid in pids for d in cgroup_dirs(pid).values() if d}
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=30)
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
+                       timeout=180, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    assert r.returncode == 0, r.stderr
+    from lxcbind.lxc.container import list_containers
+
+    assert not names & set(list_containers()), names
+    assert not inside(), "a process of the dead owner's sandbox survived gc"
+    assert not [g for g in groups if os.path.exists(g)], groups
+    with open("/proc/self/mountinfo") as f:
+        mounts = f.read()
+    assert not [n for n in names if n in mounts], names
