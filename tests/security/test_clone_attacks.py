@@ -1351,3 +1351,85 @@ def test_sigkilled_owner_with_a_hostile_command_running_leaves_nothing_after_gc(
     with open("/proc/self/mountinfo") as f:
         mounts = f.read()
     assert not [n for n in names if n in mounts], names
+
+
+INFLIGHT_HOG = """
+    import socket
+    null = os.open("/dev/null", os.O_RDONLY)
+    pairs, sent, outcome = [], 0, "OK"
+    while sent < 40000 and outcome == "OK":
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        pairs.append((a, b))
+        a.setblocking(False)
+        for _ in range(64):
+            try:
+                socket.send_fds(a, [b"x"], [null] * 250)   # never received: in flight
+                sent += 250
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                outcome = errno.errorcode[exc.errno]
+                break
+    print(f"INFLIGHT={sent}")
+    print(f"STOPPED={outcome}", flush=True)
+"""
+
+INFLIGHT_VICTIM = """
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        socket.send_fds(a, [b"x"], [0])
+        print("SEND_FD=OK")
+    except OSError as exc:
+        print("SEND_FD=" + errno.errorcode[exc.errno])
+"""
+
+
+IN_FLIGHT_OWNER = """
+import json, sys
+sys.path.insert(0, %(root)r)
+from tests.security.sandbox_probes import Held, make_pool, parse
+from tests.security.test_clone_attacks import INFLIGHT_HOG, INFLIGHT_VICTIM, hold_script, script
+out = {}
+with make_pool(%(clones)r, size=2) as pool:
+    hog = Held(pool, hold_script(INFLIGHT_HOG))
+    try:
+        out["victim"] = parse(pool.run(script(INFLIGHT_VICTIM), timeout=60))
+        out["next"] = [pool.run("echo ok", timeout=60).stdout.decode() for _ in range(3)]
+    except Exception as exc:
+        out["error"] = repr(exc)
+    finally:
+        out["hog"] = parse(hog.release())
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> None:
+    """The kernel counts file descriptors in flight in unix sockets per host uid, and refuses
+    more (ETOOMANYREFS) past the sender's open-files limit.  One sandbox keeps more than that
+    in flight: another sandbox can still pass a descriptor, and the pool still makes new
+    sandboxes (three more runs).  The pool's owner runs in a subprocess: a pool that hangs is
+    killed after a deadline and reaped by ``lxcbind gc``, and the test fails."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    owner = subprocess.Popen([sys.executable, "-c", IN_FLIGHT_OWNER % {"root": root,
+                                                                        "clones": clones}],
+                             cwd=root, env=dict(os.environ, PYTHONPATH=root),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = owner.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        owner.kill()
+        owner.communicate()
+        subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
+                       timeout=180, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+        pytest.fail("the pool hung while one sandbox kept file descriptors in flight")
+    assert owner.returncode == 0, stderr.decode()
+    out = json.loads(stdout.decode().splitlines()[-1])
+    assert out["hog"]["STOPPED"] == "ETOOMANYREFS", out   # the hog did reach its uid's quota
+    assert "error" not in out, out
+    assert out["next"] == ["ok\n"] * 3, out
+    assert out["victim"] == {"SEND_FD": "OK"}, out
