@@ -194,10 +194,11 @@ static void lxcbind_mountpoint(const char *point, char *target)
 }
 
 /* The template's mounts below its root (the host's system directories, the policy's
- * read-only binds, the masks of denied paths), bound again, read-only, at the same place in
- * the clone's root: the overlay shows only the root filesystem itself.  /proc, /sys, /dev and
- * /tmp are the clone's own (below).  Mount flags the template's mount had are kept (they are
- * locked: a less privileged mount namespace cannot clear them anyway). */
+ * read-only binds, the masks of denied paths), bound again with what is below them, the top
+ * one remounted read-only, at the same place in the clone's root: the overlay shows only the
+ * root filesystem itself.  /proc, /sys, /dev and /tmp are the clone's own.  Mount flags the
+ * template's mounts had are kept (they are locked: a less privileged mount namespace cannot
+ * clear them anyway). */
 static void lxcbind_rebind_submounts(void)
 {
     char *buf = mmap(NULL, LXCBIND_MOUNTINFO_MAX, PROT_READ | PROT_WRITE,
@@ -225,6 +226,10 @@ static void lxcbind_rebind_submounts(void)
     close(fd);
     buf[used] = '\0';
     char target[PATH_MAX + sizeof(LXCBIND_NEWROOT)];
+    /* The last mount bound with its subtree: what is below it came along (a mount with
+     * mounts below it can only be bound whole in a less privileged mount namespace: the
+     * kernel locks them together). */
+    char done[PATH_MAX] = "";
     for (char *line = buf, *next; line && *line; line = next) {
         next = strchr(line, '\n');
         if (next)
@@ -244,7 +249,7 @@ static void lxcbind_rebind_submounts(void)
         lxcbind_unescape(point);
         if (strcmp(point, "/") == 0 || lxcbind_under(point, "/proc") ||
             lxcbind_under(point, "/sys") || lxcbind_under(point, "/dev") ||
-            strcmp(point, "/tmp") == 0)
+            strcmp(point, "/tmp") == 0 || (done[0] && lxcbind_under(point, done)))
             continue;
         if ((size_t)snprintf(target, sizeof(target), "%s%s", LXCBIND_NEWROOT, point) >=
             sizeof(target)) {
@@ -270,8 +275,9 @@ static void lxcbind_rebind_submounts(void)
                 flags |= MS_STRICTATIME;
         }
         lxcbind_mountpoint(point, target);
-        if (mount(point, target, NULL, MS_BIND, NULL) < 0)
+        if (mount(point, target, NULL, MS_BIND | MS_REC, NULL) < 0)
             lxcbind_die("bind a template mount");
+        snprintf(done, sizeof(done), "%s", point);
         if (mount(NULL, target, NULL, flags, NULL) < 0)
             lxcbind_die("remount a bind read-only");
     }
@@ -380,7 +386,13 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
         lxcbind_die("make mounts private");
     /* The writable layer: a tmpfs of the policy's disk size, charged to the clone's memory
      * cgroup, gone with the clone's mount namespace (nothing on the host to clean up). */
-    snprintf(opts, sizeof(opts), "size=%llu,mode=0755", (unsigned long long)tmpfs_size);
+    /* One inode per 16 KiB, as the ext4 layer of a container (sandbox/disk.py). */
+    if (tmpfs_size)
+        snprintf(opts, sizeof(opts), "size=%llu,nr_inodes=%llu,mode=0755",
+                 (unsigned long long)tmpfs_size,
+                 (unsigned long long)(tmpfs_size / 16384 > 1024 ? tmpfs_size / 16384 : 1024));
+    else
+        snprintf(opts, sizeof(opts), "mode=0755");
     if (mount("lxcbind-layer", LXCBIND_SCRATCH, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
         lxcbind_die("mount the writable layer");
     lxcbind_mkdir(LXCBIND_SCRATCH "/upper", 0755);
@@ -407,11 +419,16 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
     }
     if (mount("overlay", LXCBIND_NEWROOT, "overlay", 0, options) < 0)
         lxcbind_die("mount the root overlay");
-    lxcbind_rebind_submounts();
 
     const char *r = LXCBIND_NEWROOT;
     char path[sizeof(LXCBIND_NEWROOT) + 64];
 #define AT(sub) (snprintf(path, sizeof(path), "%s%s", r, sub), path)
+    /* /tmp first: the policy's binds below it go on top of the clone's own tmpfs. */
+    struct stat st;
+    if (stat(AT("/tmp"), &st) == 0 && S_ISDIR(st.st_mode) &&
+        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
+        lxcbind_die("mount /tmp");
+    lxcbind_rebind_submounts();
     lxcbind_mkdir(AT("/dev"), 0755);
     if (mount("none", AT("/dev"), "tmpfs", MS_NOSUID | MS_NOEXEC, "size=500000,mode=0755") < 0)
         lxcbind_die("mount /dev");
@@ -465,10 +482,6 @@ static void lxcbind_make_root(uint64_t tmpfs_size)
               NULL) < 0)
         lxcbind_die("mount /sys");
     lxcbind_mount_cgroups(AT("/sys/fs/cgroup"));
-    struct stat st;
-    if (stat(AT("/tmp"), &st) == 0 && S_ISDIR(st.st_mode) &&
-        mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") < 0)
-        lxcbind_die("mount /tmp");
 #undef AT
 
     /* The new root; the template's is detached: nothing of it stays reachable. */
@@ -496,6 +509,23 @@ static void lxcbind_loopback_up(void)
     if (ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
         lxcbind_die("bring lo up");
     close(s);
+}
+
+/* On an AppArmor host the template runs under liblxc's generated profile with nesting (the
+ * cloner mounts); a clone's exec changes to the profile liblxc gives a container, or the
+ * clone does not start (never a weaker profile than a container's). */
+static void lxcbind_apparmor(void)
+{
+    char label[256];
+    int fd = open("/proc/self/attr/apparmor/current", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return; /* no AppArmor in this kernel */
+    ssize_t n = read(fd, label, sizeof(label) - 1);
+    close(fd);
+    if (n <= 0 || strncmp(label, "unconfined", 10) == 0)
+        return; /* AppArmor off, or nothing confines the template: as for a container */
+    if (lxcbind_write_file("/proc/self/attr/apparmor/exec", "exec lxc-container-default-cgns") < 0)
+        lxcbind_die("AppArmor: change to lxc-container-default-cgns at exec");
 }
 
 /* A container init's privileges: the bounding set and capabilities cut to ``keep``, no
@@ -559,6 +589,7 @@ static void lxcbind_clone_child(const struct lxcbind_clone_request *req, int cha
         lxcbind_die("sethostname");
     lxcbind_loopback_up();
     lxcbind_make_root(req->tmpfs_size);
+    lxcbind_apparmor();
     lxcbind_drop_privileges(req->caps);
     char ids[2][24];
     snprintf(ids[0], sizeof(ids[0]), "%lld", (long long)req->uid);

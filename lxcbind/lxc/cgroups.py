@@ -487,18 +487,25 @@ def events(init_pid: int | None) -> Events:
 _CHILD_CONTROLLERS = ("memory", "pids", "cpu")
 
 
-def child_dirs(parent_pid: int, name: str) -> dict[str, str]:
-    """Per controller (memory, pids, cpu), the directory of a cgroup ``name`` below process
-    ``parent_pid``'s own: one per v1 hierarchy (co-mounted controllers share it), the one
-    unified directory on v2.  ``OSError`` when a controller is missing: a limit could not
+def parent_dirs(pid: int) -> dict[str, str]:
+    """Per controller (memory, pids, cpu), the cgroup directory of process ``pid``: where
+    cgroups of its own go (``child_dirs``; on v2 call it before ``delegate_v2`` moves the
+    process one level down).  ``OSError`` when a controller is missing: a limit could not
     be enforced."""
     dirs: dict[str, str] = {}
     for controller in _CHILD_CONTROLLERS:
-        base = process_dir(parent_pid, controller)
+        base = process_dir(pid, controller)
         if base is None:
-            raise OSError(errno.ENOENT, f"no {controller} cgroup for process {parent_pid}")
-        dirs[controller] = os.path.join(base, name)
+            raise OSError(errno.ENOENT, f"no {controller} cgroup for process {pid}")
+        dirs[controller] = base
     return dirs
+
+
+def child_dirs(parents: dict[str, str], name: str) -> dict[str, str]:
+    """Per controller, the directory of a cgroup ``name`` below ``parents``
+    (``parent_dirs``): one per v1 hierarchy (co-mounted controllers share it), the one
+    unified directory on v2."""
+    return {controller: os.path.join(base, name) for controller, base in parents.items()}
 
 
 def _unique(dirs: dict[str, str]) -> list[str]:

@@ -40,12 +40,25 @@ from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import Container
 from lxcbind.policy.model import UNLIMITED
 from lxcbind.proc.session import _START_BOUND, _InitSpawner
-from lxcbind.sandbox import core, security
+from lxcbind.sandbox import core, disk, security
 from lxcbind.sandbox.template import Template
 
 __all__ = ["Clone", "CloneSession"]
 
 _HELLO_SIZE = struct.calcsize("=4i")
+
+
+class _TmpfsLayer(disk.Layer):
+    """A clone's writable layer seen from the host, for ``disk_limited``: its root, whose
+    statfs is its upper layer's (the tmpfs), through a descriptor (``disk.Layer.full``)."""
+
+    def __init__(self, pid: int) -> None:   # not Layer's: no image, no loop device
+        self._fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self, background: bool = False) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class CloneSession(core.Session):
@@ -100,6 +113,7 @@ class Clone:
         self._pidfd = -1
         self.pid = 0                               # the init's host pid, once made
         self._dirs: dict[str, str] = {}
+        self._layer: _TmpfsLayer | None = None
 
     def open(self) -> CloneSession:
         template = self.template
@@ -107,7 +121,7 @@ class Clone:
         try:
             self._pidfd = template.request(theirs, self.name, writable_size(template))
             self.pid = _host_pid(self._pidfd)
-            dirs = cgroups.child_dirs(template.init_pid, self._cgroup)
+            dirs = cgroups.child_dirs(template.cgroup_parents, self._cgroup)
             try:
                 cgroups.make_child(dirs, security.limit_files(template.limits))
             except OSError as exc:
@@ -125,9 +139,11 @@ class Clone:
             self._wait_hello(ours)
             security.verify_limits(self.pid, template.limits)
             d = template.defaults
+            self._layer = _TmpfsLayer(self.pid)
             session = CloneSession(template.box.container, init_pid=self.pid, control=ours,
                                    env=d.env or None, cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                    gid=d.gid, start_timeout=self._start_timeout)
+            session._disk = self._layer
         except BaseException:
             ours.close()
             self.close()
@@ -163,6 +179,9 @@ class Clone:
                 select.select([pidfd], [], [], 10.0)
             finally:
                 os.close(pidfd)
+        layer, self._layer = self._layer, None
+        if layer is not None:
+            layer.close()
         dirs, self._dirs = self._dirs, {}
         if dirs and not cgroups.remove_child(dirs):
             core._warning(f"Pool: the cgroup of clone {self.name} is still busy; it goes "

@@ -171,6 +171,11 @@ def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False,
     ]
     if not template:
         items.append(("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))))
+    if template:
+        # The cloner mounts (each clone's root): liblxc's generated profile with nesting on
+        # an AppArmor host; every clone changes to the container default before its exec
+        # (_cdefs/cloner.c).  Without AppArmor liblxc ignores both items.
+        items += [("lxc.apparmor.profile", "generated"), ("lxc.apparmor.allow_nesting", "1")]
     if "nesting" in allow:
         # On an AppArmor host every container otherwise runs under liblxc's default profile
         # (lxc-container-default-cgns), which denies the mounts this opt-in exists to give.

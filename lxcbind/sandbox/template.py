@@ -196,6 +196,9 @@ class Template:
             if init is None or self.box.control is None:
                 raise SandboxError("the template's cloner did not start")
             self.init_pid = init
+            # Where the clones' cgroups go: below the template's own (on v2 its init then
+            # moves to an inner leaf, so that the controllers can be given to children).
+            self.cgroup_parents = cgroups.parent_dirs(init)
             cgroups.delegate_v2(init)
             self._ask(_OP_PROFILE, profile.encode())
         except BaseException:

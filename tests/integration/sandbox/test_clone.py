@@ -70,9 +70,7 @@ def clone_dirs(pool: lxcbind.Pool) -> dict[str, list[str]]:
     template = pool._template
     assert template is not None
     out: dict[str, list[str]] = {}
-    for controller in ("memory", "pids", "cpu"):
-        base = cgroups.process_dir(template.init_pid, controller)
-        assert base is not None
+    for controller, base in template.cgroup_parents.items():
         out[controller] = sorted(os.path.join(base, d) for d in os.listdir(base)
                                  if d.startswith("clone-"))
     return out
@@ -342,3 +340,37 @@ def test_async_pool_takes_clones() -> None:
 
     names = asyncio.run(main())
     assert len(set(names)) == 4
+
+
+def test_read_only_and_denied_paths_hold_in_a_clone(tmp_path: Path) -> None:
+    """The template's binds and masks again in every clone, also below /tmp (the clone's own
+    tmpfs goes under them, not over them)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "hello").write_text("hi\n")
+    (shared / "secret").write_text("s3cret\n")
+    (shared / "hidden").mkdir()
+    (shared / "hidden" / "key").write_text("k3y\n")
+    p = policy()
+    p["filesystem"] = {"readonlyPaths": [str(shared)],
+                       "deniedPaths": [str(shared / "secret"), str(shared / "hidden")]}
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        r = pool.run(f"cd {shared} && cat hello; cat secret; ls hidden; echo x > new; "
+                     "mount -o remount,rw . ; echo x > hello; true", timeout=30)
+    out = r.stdout.decode() + r.stderr.decode()
+    assert r.stdout.startswith(b"hi\n"), out
+    assert "s3cret" not in out and "key" not in out
+    assert "Read-only file system" in out
+    assert (shared / "hello").read_text() == "hi\n" and not (shared / "new").exists()
+
+
+def test_clone_runs_under_the_lsm_label_of_a_container() -> None:
+    """On an AppArmor host, the profile a container's command runs under (liblxc's default),
+    not the template's nesting one; elsewhere the same nothing."""
+    probe = "cat /proc/self/attr/apparmor/current 2>/dev/null || cat /proc/self/attr/current"
+    p = policy()
+    with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
+        want = container.run(probe, timeout=30).stdout
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        got = pool.run(probe, timeout=30).stdout
+    assert got == want
