@@ -630,7 +630,10 @@ def test_limits_cannot_be_raised_or_left(clones: bool) -> None:
                       str(security.DEFAULT_CPU_WEIGHT * 1024 // 100)), limits
     assert not [k for k, v in out.items() if k.startswith(("RAISED_", "MOVED_UP_")) and
                 v == "OK"], out
-    assert out.get("CHMOD_LIMIT", "EPERM") in REFUSED and out["MOUNT_CGROUP"] == "EPERM", out
+    assert out.get("CHMOD_LIMIT", "EPERM") in (*REFUSED, "EROFS"), out
+    assert out["MOUNT_CGROUP"] == "EPERM", out
+    if clones:   # the host makes a clone's cgroup and shows it read-only
+        assert out["SUB_MOVED"] == "", out
     assert out["BOMB"] == "9", out       # SIGKILLed by the sandbox's own memory limit
     if "memory" not in out["SUB_MOVED"].split(","):
         # (a container's root may make sub-cgroups, and the kernel counts an OOM kill in
@@ -1268,7 +1271,13 @@ PIPE_VICTIM = """
 """
 
 
-@pytest.mark.parametrize("clones", MODES)
+SHARED_UID = pytest.mark.xfail(strict=True, reason=(
+    "by design (README, clones: what the kernel counts per host user is shared between the "
+    "clones of one pool): all clones of a template run as one host uid"))
+
+
+@pytest.mark.parametrize("clones", [MODES[0], pytest.param(
+    True, id="clone", marks=[*MODES[1].marks, SHARED_UID])])
 def test_pipe_buffer_quota_is_not_shared(clones: bool) -> None:
     """The kernel keeps pipe buffer pages per host uid (fs.pipe-user-pages-soft, 16,384 pages):
     past it a user's new pipes get one or two pages and cannot grow.  One sandbox that goes past it
@@ -1394,10 +1403,18 @@ out = {}
 with make_pool(%(clones)r, size=2) as pool:
     hog = Held(pool, hold_script(INFLIGHT_HOG))
     try:
-        out["victim"] = parse(pool.run(script(INFLIGHT_VICTIM), timeout=60))
-        out["next"] = [pool.run("echo ok", timeout=60).stdout.decode() for _ in range(3)]
-    except Exception as exc:
-        out["error"] = repr(exc)
+        try:
+            out["victim"] = parse(pool.run(script(INFLIGHT_VICTIM), timeout=60))
+        except Exception as exc:
+            out["victim"] = repr(exc)
+        print("victim:", out["victim"], flush=True)          # progress, for a hang's report
+        out["next"] = []
+        for _ in range(3):
+            try:
+                out["next"].append(pool.run("echo ok", timeout=60).stdout.decode())
+            except Exception as exc:
+                out["next"].append(repr(exc))
+            print("next:", out["next"][-1], flush=True)
     finally:
         out["hog"] = parse(hog.release())
 print(json.dumps(out), flush=True)
@@ -1423,13 +1440,13 @@ def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> No
         stdout, stderr = owner.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         owner.kill()
-        owner.communicate()
+        stdout, _ = owner.communicate()
         subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
                        timeout=180, cwd=root, env=dict(os.environ, PYTHONPATH=root))
-        pytest.fail("the pool hung while one sandbox kept file descriptors in flight")
+        pytest.fail("the pool hung while one sandbox kept file descriptors in flight; it got "
+                    f"as far as: {stdout.decode(errors='replace')!r}")
     assert owner.returncode == 0, stderr.decode()
     out = json.loads(stdout.decode().splitlines()[-1])
     assert out["hog"]["STOPPED"] == "ETOOMANYREFS", out   # the hog did reach its uid's quota
-    assert "error" not in out, out
     assert out["next"] == ["ok\n"] * 3, out
     assert out["victim"] == {"SEND_FD": "OK"}, out
