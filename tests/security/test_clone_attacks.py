@@ -1450,3 +1450,40 @@ def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> No
     assert out["hog"]["STOPPED"] == "ETOOMANYREFS", out   # the hog did reach its uid's quota
     assert out["next"] == ["ok\n"] * 3, out
     assert out["victim"] == {"SEND_FD": "OK"}, out
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_a_non_root_workload_has_no_capabilities(clones: bool) -> None:
+    """``lxc.uid``/``lxc.gid`` 1000: the command runs as that user with no capability at all
+    (effective, permitted, bounding kept as a container's), no_new_privs and the filter."""
+    with make_pool(clones, size=1, uid=1000, gid=1000) as pool:
+        r = pool.run(STATUS, timeout=60)
+    assert r.returncode == 0, r
+    lines = r.stdout.decode().splitlines()
+    assert lines[-1] == "1000", lines
+    mine = dict(line[len("/proc/self/status") + 1:].split(":\t") for line in lines
+                if line.startswith("/proc/self/status"))
+    assert int(mine["CapEff"], 16) == int(mine["CapPrm"], 16) == 0, mine
+    assert int(mine["CapAmb"], 16) == int(mine["CapInh"], 16) == 0, mine
+    assert int(mine["CapBnd"], 16) == _keep_mask(), mine
+    assert mine["NoNewPrivs"] == "1" and mine["Seccomp"] == "2", mine
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_the_deadline_holds_against_a_command_that_stops_its_init(clones: bool) -> None:
+    """The command stops everything it can (SIGSTOP to its init and to -1), ignores SIGTERM
+    and leaves a setsid'd child: ``timeout=`` still ends the run from the host, the result
+    says so, and nothing of it is left."""
+    import time
+
+    token = str(10**7 + secrets.randbelow(10**7))
+    command = (f"trap '' TERM HUP INT; setsid sh -c 'trap \"\" TERM; sleep 1{token}1' &"
+               f" kill -STOP 1; kill -STOP -1; sleep 2{token}2")
+    with make_pool(clones, size=1) as pool:
+        began = time.monotonic()
+        r = pool.run(command, timeout=3)
+        took = time.monotonic() - began
+        assert r.timed_out, r
+        assert took < 60, took           # not the command's own 2xxxxxxx2 seconds
+        assert not host_pids(token.encode()), "a process outlived the deadline"
+        assert pool.run("echo next", timeout=60).stdout == b"next\n"
