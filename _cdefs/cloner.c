@@ -17,8 +17,9 @@
  *                   hostname}; op PROFILE: the seccomp profile text follows in the same
  *                   datagram (liblxc's v2 format, compiled once here); op CLONE: SCM_RIGHTS
  *                   [the clone's end of its spawner channel].
- *   cloner -> host  struct lxcbind_clone_reply {magic, status (0 or an errno), pid, step};
- *                   for a CLONE that worked, SCM_RIGHTS [pidfd of the clone's init].
+ *   cloner -> host  struct lxcbind_clone_reply {magic, status (0 or an errno), pid, step}:
+ *                   pid is the clone's init in the template's pid namespace; the host finds
+ *                   it among the cloner's children and opens its pidfd itself.
  * A clone's init (the child) then waits for one byte on its spawner channel: the host sends it
  * once it has put the child into the clone's own cgroup.  The child then sets itself up (see
  * lxcbind_clone_child) and execs ``lxcbind-spawner --init-fd N``; if a step fails it writes
@@ -511,9 +512,9 @@ static void lxcbind_loopback_up(void)
     close(s);
 }
 
-/* On an AppArmor host the template runs under liblxc's generated profile with nesting (the
- * cloner mounts); a clone's exec changes to the profile liblxc gives a container, or the
- * clone does not start (never a weaker profile than a container's). */
+/* On an AppArmor host the template runs unconfined (the cloner mounts); a clone's exec
+ * changes to the profile liblxc gives a container, or the clone does not start (never a
+ * weaker profile than a container's). */
 static void lxcbind_apparmor(void)
 {
     char label[256];
@@ -522,8 +523,8 @@ static void lxcbind_apparmor(void)
         return; /* no AppArmor in this kernel */
     ssize_t n = read(fd, label, sizeof(label) - 1);
     close(fd);
-    if (n <= 0 || strncmp(label, "unconfined", 10) == 0)
-        return; /* AppArmor off, or nothing confines the template: as for a container */
+    if (n <= 0)
+        return; /* AppArmor is not the active LSM */
     if (lxcbind_write_file("/proc/self/attr/apparmor/exec", "exec lxc-container-default-cgns") < 0)
         lxcbind_die("AppArmor: change to lxc-container-default-cgns at exec");
 }
@@ -640,8 +641,12 @@ static void lxcbind_clone(int ctl, const struct lxcbind_clone_request *req, int 
         lxcbind_send(ctl, saved, 0, step, -1);
         return;
     }
-    lxcbind_send(ctl, 0, (int32_t)pid, 0, pidfd);
+    /* No descriptor in the reply: the host opens the pidfd itself (it finds the child among
+     * ours).  An SCM_RIGHTS message from here would count against the unix sockets' in-flight
+     * limit of the template's host uid, which every clone shares: a clone holding fds in
+     * flight could make that send fail. */
     close(pidfd);
+    lxcbind_send(ctl, 0, (int32_t)pid, 0, -1);
 }
 
 /* The profile text, compiled once per template; every clone loads the same program. */

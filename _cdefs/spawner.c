@@ -76,6 +76,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -168,6 +169,14 @@ static void lxcbind_record_send(int fd, int32_t type, int32_t pid, int32_t a, in
 
 /* The command's side of the vfork: runs on the spawner's memory until execve or _exit, so it
  * only makes system calls and writes its failure into *k (the spawner is suspended meanwhile). */
+/* In a clone (--init-fd): the descriptor limit its commands get, below the spawner's own.
+ * The kernel counts descriptors in flight over unix sockets per host uid, which the clones of
+ * one template share, and refuses a sender once the count passes the sender's RLIMIT_NOFILE:
+ * with commands capped at half the spawner's limit, no clone can make the spawners of the
+ * others fail to send their START records (each a pidfd). */
+static struct rlimit lxcbind_child_nofile;
+static int lxcbind_cap_nofile;
+
 static int lxcbind_spawn_child_main(void *arg)
 {
     struct lxcbind_spawn_child *k = arg;
@@ -175,6 +184,11 @@ static int lxcbind_spawn_child_main(void *arg)
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL); /* the spawner blocks SIGCHLD for its signalfd */
     setsid();
+    if (lxcbind_cap_nofile && setrlimit(RLIMIT_NOFILE, &lxcbind_child_nofile) < 0) {
+        k->stage = LXCBIND_STAGE_SPAWN;
+        k->err = errno;
+        _exit(126);
+    }
 
     /* Move the received descriptors to 0, 1, 2, 3 ... in two steps so that no source is
      * overwritten before it is copied: first above every target, then into place (dup2
@@ -819,6 +833,15 @@ int main(int argc, char **argv)
     if (as_init && (by_fd ? lxcbind_take_control(argv[2])
                           : lxcbind_connect_control(argv[2])) < 0)
         return 125;
+    struct rlimit nofile;
+    if (by_fd && getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_max >= 2048) {
+        lxcbind_child_nofile.rlim_max = nofile.rlim_max / 2;
+        lxcbind_child_nofile.rlim_cur = nofile.rlim_cur < nofile.rlim_max / 2
+                                            ? nofile.rlim_cur : nofile.rlim_max / 2;
+        lxcbind_cap_nofile = 1;
+        nofile.rlim_cur = nofile.rlim_max; /* ours: the whole hard limit */
+        setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     /* What a command orphans (a daemon that setsid'd out of its group) comes to us rather than
      * to the container's init, so that close() can still find and kill it. */
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);

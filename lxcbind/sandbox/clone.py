@@ -5,8 +5,9 @@ out, so the Pool's run path is unchanged) whose spawner is the clone's init:
 
 1. a socketpair for the spawner's channel; the clone's end goes to the template's cloner
    (``Template.request``), which ``clone3``s the clone's init with new user, pid, mount, ipc,
-   uts and network namespaces, writes its id maps (the template's ids 0..65535, one to one)
-   and hands the host a pidfd of it; the init waits;
+   uts and network namespaces and writes its id maps (the template's ids 0..65535, one to
+   one); the host finds the init among the cloner's children and opens a pidfd of it (the
+   cloner sends no descriptor: see ``_cdefs/cloner.c``); the init waits;
 2. the host creates the clone's own cgroup below the template's (memory with swap, pids,
    cpu: the values ``security`` gives a container of the policy, read back afterwards),
    moves the init into it, and says go on the channel;
@@ -24,6 +25,15 @@ but that cgroup: its writable layer is a tmpfs in its own mount namespace (charg
 memory cgroup).  A request that fails half-way undoes what it made in the same way; a
 SIGKILLed owner leaves the template's ownership record, and ``lxcbind gc`` destroys the
 template, with every clone and clone cgroup in it.
+
+Deviations from the design sketch (issue #23's CLONE-SPEC), each for a reason: the writable
+layer is a tmpfs in the clone's own mount namespace, not a per-clone ext4 from
+``sandbox.diskpool`` (nothing to mount, hand over or give back on the host, and nothing left
+by a SIGKILL; ``lxc.limits.disk`` is its size, one inode per 16 KiB, charged to the memory
+limit); the spawner is exec'd from a descriptor the cloner opened, not from
+``/dev/.lxcbind``; the host opens the clone's pidfd itself; a clone's commands get half the
+spawner's ``RLIMIT_NOFILE`` (descriptors in flight are counted per host uid, which clones
+share).
 """
 
 from __future__ import annotations
@@ -144,6 +154,7 @@ class Clone:
                                    env=d.env or None, cwd=d.cwd, timeout=d.timeout, uid=d.uid,
                                    gid=d.gid, start_timeout=self._start_timeout)
             session._disk = self._layer
+            session._image = template.box.image.id if template.box.image else None
         except BaseException:
             ours.close()
             self.close()

@@ -172,10 +172,12 @@ def hardening_config(allow: tuple[str, ...] = (), deny_setid: bool = False,
     if not template:
         items.append(("lxc.seccomp.profile", _profile_file(seccomp_profile(allow, deny_setid))))
     if template:
-        # The cloner mounts (each clone's root): liblxc's generated profile with nesting on
-        # an AppArmor host; every clone changes to the container default before its exec
-        # (_cdefs/cloner.c).  Without AppArmor liblxc ignores both items.
-        items += [("lxc.apparmor.profile", "generated"), ("lxc.apparmor.allow_nesting", "1")]
+        # The cloner mounts (each clone's root): on an AppArmor host it runs unconfined (the
+        # default profile denies those mounts, and liblxc's generated one with nesting puts
+        # the container in an AppArmor namespace where the default profile cannot be
+        # named); every clone changes to the container default, lxc-container-default-cgns,
+        # at its exec (_cdefs/cloner.c).  Without AppArmor liblxc ignores the item.
+        items.append(("lxc.apparmor.profile", "unconfined"))
     if "nesting" in allow:
         # On an AppArmor host every container otherwise runs under liblxc's default profile
         # (lxc-container-default-cgns), which denies the mounts this opt-in exists to give.

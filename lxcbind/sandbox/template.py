@@ -7,9 +7,11 @@ policy, ownership record, cleanup, ``lxcbind gc`` after a SIGKILL), with three d
 * its init is ``lxcbind-cloner`` (``_cdefs/cloner.c``), not the session spawner, and it
   connects to the host over the same checked channel (``InitChannel``: SO_PEERCRED of the
   container's init, one connection ever);
-* it has no ``lxc.seccomp.profile`` (the cloner must create namespaces and mount) and keeps
-  ``setfcap`` besides ``security.KEEP_CAPS`` (the kernel lets only a holder of it map the
-  template's root into a clone's user namespace); no_new_privs is set as for any container.
+* it has no ``lxc.seccomp.profile`` (the cloner must create namespaces and mount), no
+  AppArmor profile (unconfined on an AppArmor host: every clone changes to liblxc's
+  container default at its exec) and keeps ``setfcap`` besides ``security.KEEP_CAPS`` (the
+  kernel lets only a holder of it map the template's root into a clone's user namespace);
+  no_new_privs is set as for any container.
   No workload ever runs in the template: the cloner is all that runs there, the host is the
   only one that talks to it, and every clone drops back to a container's privileges;
 * its own limits are none (every workload process lives in a clone's limited cgroup), it has
@@ -186,6 +188,8 @@ class Template:
         profile = security.seccomp_profile(policy.lxc.allow,
                                            mounts.maps_host_root_writable(planned))
         self._lock = threading.Lock()
+        self._timeout = start_timeout
+        self._broken = ""   # why no more requests go to the cloner
         # A policy's containerId names the template (clones have hostnames of their own).
         self.box = _TemplateSandbox(policy, start_timeout=start_timeout)
         try:
@@ -215,33 +219,62 @@ class Template:
         control = self.box.control
         if control is None:
             raise SandboxError("the Pool's template is closed")
+        if self._broken:
+            raise SandboxError(self._broken)
         head = _REQUEST.pack(_MAGIC, op, caps_mask(), tmpfs_size, uid, gid,
                              hostname.encode()[:63])
         fds = [fd] if fd >= 0 else []
         with self._lock:
             try:
+                control.settimeout(self._timeout)
                 control.sendmsg([head + data],
                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
                                 if fds else [])
-                message, ancillary, _, _ = control.recvmsg(
-                    _REPLY.size, socket.CMSG_SPACE(4))
+                message = control.recv(_REPLY.size + 1)
             except OSError as exc:
-                raise SandboxError(f"the Pool's template does not answer ({exc})") from None
-        received = [fd for level, kind, data in ancillary
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-                    for fd in array.array("i", data[:len(data) - len(data) % 4])]
-        if len(message) != _REPLY.size:
-            for fd in received:
-                os.close(fd)
-            raise SandboxError("the Pool's template hung up (its cloner exited)")
-        magic, status, pid, step = _REPLY.unpack(message)
-        if magic != _MAGIC or status != 0 or (op == _OP_CLONE and len(received) != 1):
-            for fd in received:
-                os.close(fd)
-            what = _STEPS.get(step, f"step {step}")
-            reason = os.strerror(status) if status else "a malformed reply"
-            raise SandboxError(f"the Pool's template refused a clone: {what}: {reason}")
-        return pid, received[0] if received else -1
+                # A reply that comes later would answer the next request: no more requests.
+                self._broken = f"the Pool's template does not answer ({exc})"
+                raise SandboxError(self._broken) from None
+            if len(message) != _REPLY.size:
+                self._broken = "the Pool's template hung up (its cloner exited)"
+                raise SandboxError(self._broken)
+            magic, status, pid, step = _REPLY.unpack(message)
+            if magic != _MAGIC or status != 0:
+                what = _STEPS.get(step, f"step {step}")
+                reason = os.strerror(status) if status else "a malformed reply"
+                raise SandboxError(f"the Pool's template refused a clone: {what}: {reason}")
+            return pid, self._pidfd_of_child(pid) if op == _OP_CLONE else -1
+
+    def _pidfd_of_child(self, pid: int) -> int:
+        """A pidfd of the cloner's child whose pid in the template is ``pid`` (it waits for
+        its go, so it cannot exit meanwhile; checked again once the pidfd pins it)."""
+        def matches(host_pid: str) -> bool:
+            try:
+                with open(f"/proc/{host_pid}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                return False
+            nspid = fields.get("NSpid", "").split()
+            return fields.get("PPid", "").strip() == str(self.init_pid) and \
+                len(nspid) >= 2 and nspid[1] == str(pid)
+
+        try:
+            with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children") as f:
+                children = f.read().split()
+        except OSError as exc:
+            raise SandboxError(f"cannot find the clone in the template ({exc})") from None
+        for child in children:
+            if not matches(child):
+                continue
+            try:
+                pidfd = os.pidfd_open(int(child))
+            except OSError:
+                break
+            if matches(child):
+                return pidfd
+            os.close(pidfd)
+            break
+        raise SandboxError("the clone's init exited before it could be started")
 
     def request(self, channel: socket.socket, hostname: str, tmpfs_size: int) -> int:
         """Ask for one clone whose spawner talks over ``channel`` (the clone's end: sent,

@@ -76,6 +76,15 @@ def clone_dirs(pool: lxcbind.Pool) -> dict[str, list[str]]:
     return out
 
 
+def procs(cgroup: str) -> list[str]:
+    """The processes of a clone's cgroup ([] once the clone is gone: they come and go)."""
+    try:
+        with open(os.path.join(cgroup, "cgroup.procs")) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
 def host_state(name: str) -> tuple[list[str], list[str], set[int]]:
     """What template ``name`` and its clones could leave on the host: mounts and loop
     devices naming it, its cloner processes."""
@@ -160,9 +169,8 @@ def test_limits_are_in_the_clones_own_cgroup() -> None:
             while time.monotonic() < deadline and len(busy) < 3:
                 for controller, dirs in clone_dirs(pool).items():
                     for d in dirs:
-                        with open(os.path.join(d, "cgroup.procs")) as f:
-                            if len(f.read().split()) >= 2:   # the spawner and `sleep`
-                                busy[controller] = d
+                        if len(procs(d)) >= 2:   # the spawner and `sleep`
+                            busy[controller] = d
                 time.sleep(0.05)
             assert len(busy) == 3, busy
             v2 = cgroups.controller_version("memory") == "v2"
@@ -374,3 +382,61 @@ def test_clone_runs_under_the_lsm_label_of_a_container() -> None:
     with lxcbind.Pool(p, size=1, clones=True) as pool:
         got = pool.run(probe, timeout=30).stdout
     assert got == want
+
+
+HOG = r'''
+import array, os, signal, socket, time
+released = []
+signal.signal(signal.SIGUSR1, lambda *_: released.append(1))
+fd = os.open("/dev/null", os.O_RDONLY)
+held, n, err = [], 0, None
+while err is None or err == 11:          # EAGAIN: this socket is full, take another
+    x, y = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    x.setblocking(False)
+    held.append((x, y))
+    try:
+        while True:
+            x.sendmsg([b"x"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                array.array("i", [fd] * 250))])
+            n += 250
+    except OSError as exc:
+        err = exc.errno
+open("/tmp/filled", "w").close()
+while not released:
+    time.sleep(0.05)
+print(n, err)
+'''
+
+
+def test_descriptors_in_flight_in_one_clone_do_not_stop_another() -> None:
+    """The kernel counts descriptors in flight over unix sockets per host uid, which the clones
+    of a template share: a clone that holds as many as it may (ETOOMANYREFS) must leave the
+    spawner of another clone able to send its START records (each a pidfd)."""
+    with lxcbind.Pool(policy(), size=2, clones=True) as pool:
+        out: list[lxcbind.CompletedRun] = []
+        hog = threading.Thread(target=lambda: out.append(
+            pool.run(["python3", "-c", HOG], timeout=120)))
+        hog.start()
+        hog_pid = 0
+        try:
+            deadline = time.monotonic() + 90
+            while not hog_pid and time.monotonic() < deadline:
+                for d in clone_dirs(pool)["pids"]:
+                    for pid in procs(d):
+                        try:
+                            with open(f"/proc/{pid}/cmdline", "rb") as c:
+                                python = c.read().startswith(b"python3")
+                            filled = os.path.exists(f"/proc/{pid}/root/tmp/filled")
+                        except OSError:
+                            continue
+                        if python and filled:
+                            hog_pid = int(pid)
+                time.sleep(0.05)
+            assert hog_pid, "the hog did not fill its quota"
+            victim = pool.run("echo ok", timeout=60)
+            assert (victim.returncode, victim.stdout) == (0, b"ok\n")
+        finally:
+            if hog_pid:
+                os.kill(hog_pid, signal.SIGUSR1)
+            hog.join(120)
+        assert out and out[0].stdout.split()[1] == b"109", out   # ETOOMANYREFS: it was full

@@ -50,3 +50,4 @@ def test_only_the_template_drops_the_profile_and_keeps_setfcap() -> None:
     assert "setfcap" not in plain["lxc.cap.keep"].split()
     assert template["lxc.cap.keep"].split() == [*plain["lxc.cap.keep"].split(), "setfcap"]
     assert template["lxc.no_new_privs"] == "1"
+    assert template["lxc.apparmor.profile"] == "unconfined" and "lxc.apparmor.profile" not in plain
