@@ -63,14 +63,6 @@ def hold_script(body: str) -> str:
     return PRELUDE + textwrap.dedent(body) + HOLD
 
 
-@pytest.fixture(scope="module", params=MODES)
-def pool(request: pytest.FixtureRequest):
-    """One pool per mode for the attacks that need nothing but the default policy."""
-    with make_pool(request.param, size=2) as p:
-        p.clones = request.param  # type: ignore[attr-defined]  # for the tests' messages
-        yield p
-
-
 # -- namespaces, mounts, privileges -----------------------------------------------------------
 
 NAMESPACE_ATTACK = """
