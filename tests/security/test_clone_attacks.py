@@ -1479,3 +1479,51 @@ def test_the_deadline_holds_against_a_command_that_stops_its_init(clones: bool) 
         assert took < 60, took           # not the command's own 2xxxxxxx2 seconds
         assert not host_pids(token.encode()), "a process outlived the deadline"
         assert pool.run("echo next", timeout=60).stdout == b"next\n"
+
+
+SNAPSHOT_ATTACK = """
+    import shutil
+    for name in ("snapfile", "snapdir/inner"):
+        path = "/" + name
+        report("WRITE_" + name, libc.truncate(path.encode(), 0))
+        report("CHMOD_" + name, libc.chmod(path.encode(), 0o6777))
+        report("CHOWN_" + name, libc.chown(path.encode(), 1234, 1234))
+        report("XATTR_" + name, libc.setxattr(path.encode(), b"user.x", b"1", 1, 0))
+        report("UTIME_" + name, libc.utime(path.encode(), None))
+    report("RENAME_DIR", libc.rename(b"/snapdir", b"/moved"))   # EXDEV: overlay, no redirect
+    with open("/snapfile", "w") as f:
+        f.write("overwritten")
+    shutil.rmtree("/moved" if os.path.exists("/moved") else "/snapdir")
+"""
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_a_snapshot_under_the_sandbox_never_changes(clones: bool) -> None:
+    """A pool on a snapshot (its layer stacked under every sandbox, idmapped or shifted):
+    root truncates, chmods (setuid), chowns, sets xattrs on, renames and deletes the
+    snapshot's files, then the template-or-base attack of ``DESTROY``: the snapshot's stored
+    layer is the same inode for inode, and the next sandbox reads the snapshot intact."""
+    from lxcbind.image import store
+
+    token = secrets.token_hex(8)
+    with lxcbind.Sandbox({"version": "0.8.0", "process": {"commandLine": "true"}}) as box:
+        made = box.run(f"mkdir /snapdir && echo {token} > /snapfile && "
+                       f"echo {token} > /snapdir/inner")
+        assert made.returncode == 0, made
+        snap = box.snapshot()
+    try:
+        before = fingerprint(snap.layer)
+        doc = {"version": "0.8.0", "process": {"commandLine": "true"}}
+        pool = (lxcbind.Pool(doc, size=1, image=snap, clones=True)  # type: ignore[call-arg]
+                if clones else lxcbind.Pool(doc, size=1, image=snap))
+        with pool:
+            r = parse(pool.run(script(textwrap.dedent(SNAPSHOT_ATTACK) + textwrap.dedent(DESTROY)),
+                               timeout=120))
+            after = fingerprint(snap.layer)
+            fresh = pool.run("cat /snapfile /snapdir/inner", timeout=60)
+        assert r["WRITE_snapfile"] == "OK", r     # the writes happened, in its own layer
+        assert before == after
+        assert len(before) >= 4, before
+        assert fresh.stdout == f"{token}\n{token}\n".encode(), fresh
+    finally:
+        store.remove(snap.id)
