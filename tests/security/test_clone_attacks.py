@@ -1429,7 +1429,7 @@ def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> No
                              cwd=root, env=dict(os.environ, PYTHONPATH=root),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        stdout, stderr = owner.communicate(timeout=300)
+        stdout, stderr = owner.communicate(timeout=180)
     except subprocess.TimeoutExpired:
         owner.kill()
         stdout, _ = owner.communicate()
