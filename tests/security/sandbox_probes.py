@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import secrets
 import signal
 import stat
+import textwrap
 import threading
 import time
 from typing import Any
 
+import pytest
+
 import lxcbind
 from lxcbind.lxc import cgroups
+from lxcbind.state import STATE_ROOT
+
+from .test_escape import PRELUDE
 
 PY = "/usr/bin/python3"
 CLONES = "clones" in inspect.signature(lxcbind.Pool).parameters
@@ -123,6 +130,54 @@ class Held:
 
 # The end of a held script: python3 waits in a child ``sleep`` the host finds and kills.
 HOLD = "import subprocess; subprocess.run(['sleep', '@MARK@'])\n"
+
+MODES = [pytest.param(False, id="container"),
+         pytest.param(True, id="clone", marks=pytest.mark.skipif(
+             not CLONES, reason="Pool(clones=True) is not on this branch yet"))]
+
+REFUSED = ("EPERM", "EACCES")
+
+
+def script(body: str, hold: bool = False) -> list[str]:
+    """argv running ``body`` (after ``PRELUDE``'s ``report``/``sc`` helpers) in python3."""
+    code = PRELUDE + textwrap.dedent(body) + (HOLD if hold else "")
+    return [PY, "-c", code]
+
+
+def hold_script(body: str) -> str:
+    return PRELUDE + textwrap.dedent(body) + HOLD
+
+
+def template_of(pid: int) -> int | None:
+    """For a clone, the host pid of its template's cloner: the parent of the clone's init, in
+    the pid namespace one level up.  None for a container (its init's parent is liblxc's
+    monitor, on the host)."""
+    parent = int(status(sandbox_init(pid))["PPid"])
+    nspid = status(parent)["NSpid"].split()
+    return parent if len(nspid) > 1 else None
+
+
+def container_name(pid: int) -> str:
+    """The liblxc container a host pid runs in (from its pids cgroup: lxc.payload.<name>)."""
+    folder = cgroup_dirs(pid)["pids"] or ""
+    parts = [p for p in folder.split("/") if p.startswith("lxc.payload.")]
+    assert parts, folder
+    return parts[0][len("lxc.payload."):]
+
+
+def ours() -> set[str]:
+    """Names of the sandboxes this test process owns now (its ownership records)."""
+    folder = os.path.join(STATE_ROOT, "owners")
+    names = set()
+    for entry in os.listdir(folder):
+        try:
+            with open(os.path.join(folder, entry)) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if record.get("runner_pid") == os.getpid():
+            names.add(record["container"])
+    return names
 
 
 def parse(result: lxcbind.CompletedRun) -> dict[str, str]:
