@@ -341,12 +341,13 @@ QUOTA_HOG = """
         _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
                     ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
     queues = 0
-    while queues < 256:
-        attr = MqAttr(0, 10, 4096, 0)
-        if libc.syscall(240, f"hog{queues}".encode(), ctypes.c_long(os.O_CREAT | os.O_RDWR),
-                        ctypes.c_long(0o600), ctypes.byref(attr)) < 0:
-            break
-        queues += 1
+    for size in (4096, 256, 16, 1):                 # big queues first, then fill the rest
+        while queues < 1024:
+            attr = MqAttr(0, 10 if size > 1 else 1, size, 0)
+            if libc.syscall(240, f"hog{queues}".encode(), ctypes.c_long(os.O_CREAT | os.O_RDWR),
+                            ctypes.c_long(0o600), ctypes.byref(attr)) < 0:
+                break
+            queues += 1
     print(f"MQ_HELD={queues}", flush=True)
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
     info = (ctypes.c_int * 32)(signal.SIGRTMIN, 0, -1)         # si_code SI_QUEUE
@@ -370,8 +371,8 @@ QUOTA_VICTIM = """
 
 
 def _host_root_quotas() -> dict[str, str]:
-    """What host root itself gets now: an inotify instance, a queued real-time signal (in a
-    child, so that the signal stays out of the test process)."""
+    """What host root itself gets now: an inotify instance, a small POSIX message queue, a
+    queued real-time signal (in a child, so that the signal stays out of the test process)."""
     import ctypes
     import signal
 
@@ -381,6 +382,17 @@ def _host_root_quotas() -> dict[str, str]:
     out["INOTIFY"] = "OK" if fd >= 0 else os.strerror(ctypes.get_errno())
     if fd >= 0:
         os.close(fd)
+    class MqAttr(ctypes.Structure):
+        _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long),
+                    ("msgsize", ctypes.c_long), ("curmsgs", ctypes.c_long),
+                    ("pad", ctypes.c_long * 4)]
+    name = f"lxcbind-cla-{os.getpid()}".encode()
+    mq = libc.syscall(240, name, ctypes.c_long(os.O_CREAT | os.O_RDWR), ctypes.c_long(0o600),
+                      ctypes.byref(MqAttr(0, 1, 64, 0)))
+    out["MQ_OPEN"] = "OK" if mq >= 0 else os.strerror(ctypes.get_errno())
+    if mq >= 0:
+        os.close(mq)
+        libc.syscall(241, name)                      # mq_unlink
     child = os.fork()
     if child == 0:
         signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
@@ -414,7 +426,7 @@ def test_per_user_quotas_are_not_shared(clones: bool) -> None:
             held = parse(hog.release())
     assert int(held["INOTIFY_HELD"]) > 0 and int(held["MQ_HELD"]) > 0, held
     assert int(held["SIGQUEUE_HELD"]) > 0, held
-    assert host == {"INOTIFY": "OK", "SIGQUEUE": "OK"}, (host, held)
+    assert host == {"INOTIFY": "OK", "MQ_OPEN": "OK", "SIGQUEUE": "OK"}, (host, held)
     assert victim == {"INOTIFY": "OK", "MQ_OPEN": "OK", "SIGQUEUE": "OK"}, (victim, held)
 
 
