@@ -145,8 +145,10 @@ CGROUP_ATTACK = """
             print(f"MOVED_UP_{path}=" + errno.errorcode[exc.errno])
     # a sub-cgroup where it may make one: lift its limits there, move in, then bomb memory
     moved = []
-    for ctrl in ("pids", "memory", ""):
-        sub = os.path.join(base, ctrl, "evil") if ctrl else os.path.join(base, "unified", "evil")
+    for ctrl in ("pids", "memory", "unified", ""):    # "": a cgroup v2 host's own mount
+        sub = os.path.join(base, ctrl, "evil")
+        if ctrl == "" and os.path.exists(os.path.join(base, "pids")):
+            continue                                     # v1: nothing to make at the top
         try:
             os.mkdir(sub)
             for name in ("pids.max", "memory.limit_in_bytes", "memory.max"):
@@ -155,9 +157,9 @@ CGROUP_ATTACK = """
                         f.write(wanted[name])
             with open(os.path.join(sub, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
-            moved.append(ctrl or "unified")
+            moved.append(ctrl or "v2")
         except OSError as exc:
-            print(f"SUB_{ctrl or 'unified'}=" + errno.errorcode[exc.errno])
+            print(f"SUB_{ctrl or 'v2'}=" + errno.errorcode[exc.errno])
     print("SUB_MOVED=" + ",".join(moved))
     report("MOUNT_CGROUP", libc.mount(b"cgroup", b"/tmp", b"cgroup", 0, b"pids"))
 """
