@@ -557,10 +557,12 @@ def test_sigkilled_owner_with_a_hostile_command_running_leaves_nothing_after_gc(
 
 
 INFLIGHT_HOG = """
-    import socket
+    import resource, socket
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # its quota: up to the hard limit
     null = os.open("/dev/null", os.O_RDONLY)
     pairs, sent, outcome = [], 0, "OK"
-    while sent < 40000 and outcome == "OK":
+    while sent < min(hard, 1 << 21) + 1000 and outcome == "OK":
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         pairs.append((a, b))
         a.setblocking(False)
