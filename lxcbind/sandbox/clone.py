@@ -76,8 +76,9 @@ class CloneSession(core.Session):
     credentials are the host's, so the init's host pid is given, not read from it)."""
 
     def __init__(self, container: Container, *, init_pid: int, control: socket.socket,
-                 **kwargs: Any) -> None:
+                 cgroup: dict[str, str], **kwargs: Any) -> None:
         self._clone_pid = init_pid
+        self._cgroup_dirs = cgroup
         super().__init__(container, init_control=control, **kwargs)
 
     def _adopt(self, control: socket.socket, start_timeout: float) -> None:
@@ -88,7 +89,13 @@ class CloneSession(core.Session):
         except ProcessLookupError:
             raise SandboxError("the clone's init is gone") from None
         self._hello(start_timeout)
-        self._event_files = cgroups.event_files(self._clone_pid)
+        # The clone's own cgroup, which the host made and put it in (as event_files would
+        # find it through /proc, twice).
+        memory, pids = self._cgroup_dirs["memory"], self._cgroup_dirs["pids"]
+        self._event_files = (
+            os.path.join(memory, "memory.events" if cgroups.controller_version("memory") ==
+                         "v2" else "memory.oom_control"),
+            os.path.join(pids, "pids.events"))
 
 
 def _host_pid(pidfd: int) -> int:
@@ -133,7 +140,7 @@ class Clone:
             self.pid = _host_pid(self._pidfd)
             dirs = cgroups.child_dirs(template.cgroup_parents, self._cgroup)
             try:
-                cgroups.make_child(dirs, security.limit_files(template.limits))
+                cgroups.make_child(dirs, template.limit_files)
             except OSError as exc:
                 raise SandboxError(f"lxc.limits: cannot set up the clone's cgroup ({exc})"
                                    ) from None
@@ -151,8 +158,9 @@ class Clone:
             d = template.defaults
             self._layer = _TmpfsLayer(self.pid)
             session = CloneSession(template.box.container, init_pid=self.pid, control=ours,
-                                   env=d.env or None, cwd=d.cwd, timeout=d.timeout, uid=d.uid,
-                                   gid=d.gid, start_timeout=self._start_timeout)
+                                   cgroup=dirs, env=d.env or None, cwd=d.cwd,
+                                   timeout=d.timeout, uid=d.uid, gid=d.gid,
+                                   start_timeout=self._start_timeout)
             session._disk = self._layer
             session._image = template.box.image.id if template.box.image else None
         except BaseException:

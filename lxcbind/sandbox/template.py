@@ -195,6 +195,7 @@ class Template:
         try:
             self.box.open()
             self.limits = security.resolve(policy.lxc.limits)
+            self.limit_files = security.limit_files(self.limits)   # what each clone gets
             self.defaults = self.box.command_defaults()
             init = self.box.container.init_pid
             if init is None or self.box.control is None:

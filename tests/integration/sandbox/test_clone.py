@@ -124,7 +124,7 @@ def test_clone_is_a_container_init_with_the_policy_filter(pool: lxcbind.Pool) ->
     assert caps_mask() & ~keep == 0
     assert "lxcbind-init" in out and "\n0\n" in out
     assert "No such file" in out            # nothing of the template's /dev is reachable
-    assert "unshare=1" in out and "mount=32" in out or "mount=1" in out
+    assert "unshare=1" in out and ("mount=32" in out or "mount=1" in out)
 
 
 def test_each_run_sees_a_fresh_filesystem_and_host(pool: lxcbind.Pool) -> None:
