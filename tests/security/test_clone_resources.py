@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -618,13 +619,10 @@ print(json.dumps(out), flush=True)
 """
 
 
-@pytest.mark.parametrize("clones", MODES)
-def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> None:
-    """The kernel counts file descriptors in flight in unix sockets per host uid, and refuses
-    more (ETOOMANYREFS) past the sender's open-files limit.  One sandbox keeps more than that
-    in flight: another sandbox can still pass a descriptor, and the pool still makes new
-    sandboxes (three more runs).  The pool's owner runs in a subprocess: a pool that hangs is
-    killed after a deadline and reaped by ``lxcbind gc``, and the test fails."""
+def _in_flight(clones: bool) -> dict[str, Any]:
+    """One sandbox keeps more descriptors in flight than its open-files limit lets it; another
+    tries to pass one, and the pool makes three more sandboxes.  The pool's owner runs in a
+    subprocess: a pool that hangs is killed after a deadline and reaped by ``lxcbind gc``."""
     import subprocess
     import sys
 
@@ -643,9 +641,27 @@ def test_in_flight_fds_stop_neither_a_neighbour_nor_the_pool(clones: bool) -> No
         pytest.fail("the pool hung while one sandbox kept file descriptors in flight; it got "
                     f"as far as: {stdout.decode(errors='replace')!r}")
     assert owner.returncode == 0, stderr.decode()
-    out = json.loads(stdout.decode().splitlines()[-1])
+    out: dict[str, Any] = json.loads(stdout.decode().splitlines()[-1])
     assert out["hog"]["STOPPED"] == "ETOOMANYREFS", out   # the hog did reach its uid's quota
+    return out
+
+
+@pytest.mark.parametrize("clones", MODES)
+def test_in_flight_fds_do_not_stop_the_pool(clones: bool) -> None:
+    """The kernel counts file descriptors in flight in unix sockets per host uid and refuses
+    more (ETOOMANYREFS) past the sender's open-files limit.  While one sandbox holds all it
+    may, the pool still makes new sandboxes and runs commands in them (for clones: nothing the
+    host needs travels as SCM_RIGHTS from the clones' uid, and a command's limit is below the
+    spawner's)."""
+    out = _in_flight(clones)
     assert out["next"] == ["ok\n"] * 3, out
+
+
+@pytest.mark.parametrize("clones", [MODES[0], pytest.param(
+    True, id="clone", marks=[*MODES[1].marks, SHARED_UID])])
+def test_in_flight_fd_quota_is_not_shared(clones: bool) -> None:
+    """... and another sandbox of the pool can still pass a descriptor."""
+    out = _in_flight(clones)
     assert out["victim"] == {"SEND_FD": "OK"}, out
 
 
