@@ -3,9 +3,27 @@ dropped, what passes unchanged, and the same answer however the stream is cut in
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Iterator
+
 import pytest
 
+from lxcbind.proc import escapes
 from lxcbind.proc.escapes import HOLD_MAX, EscapeFilter
+
+
+@pytest.fixture(autouse=True, params=["possessive", "greedy"])
+def fast_path(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test with each form of the fast path: the possessive run (CPython >= 3.11.5) and
+    the greedy one older CPythons get (their possessive repeats mismatch: gh-100061)."""
+    if request.param == "possessive" and sys.version_info < (3, 11, 5):
+        pytest.skip("this CPython's possessive repeats are the buggy ones; it uses the greedy run")
+    pattern = escapes._SAFE_RUN if request.param == "possessive" else escapes._GREEDY_RUN
+    saved = escapes._safe
+    escapes._safe = re.compile(pattern).match
+    yield
+    escapes._safe = saved
 
 E = b"\x1b"
 ST = E + b"\\"
