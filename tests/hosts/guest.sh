@@ -75,6 +75,9 @@ for folder in $TESTS; do
     timeout --kill-after=30 "$left" "$PY" -m pytest -q -p no:cacheprovider \
         --junitxml="$OUT/junit-$name.xml" "$folder" > "$OUT/pytest-$name.log" 2>&1
     echo "pytest-$name $? $(( $(date +%s) - t0 ))s" | tee -a "$OUT/commands.txt"
+    # After each folder: the kernel's ring buffer wraps within a whole suite (every container
+    # start logs), and a denial read only at the end would be lost.
+    dmesg | grep 'apparmor="DENIED"' >> "$OUT/.denials"
     tail -1 "$OUT/pytest-$name.log"
 done
 
@@ -101,7 +104,8 @@ for path in sorted(glob.glob(os.path.join(out, "junit-*.xml"))):
     print("\n".join(failed)) if failed else None
 PY
 cat "$OUT/skipped.txt" 2>/dev/null
-dmesg | grep -F -x -v -f "$OUT/.dmesg-before" | grep 'apparmor="DENIED"' > "$OUT/apparmor.txt"
+dmesg | grep 'apparmor="DENIED"' >> "$OUT/.denials"
+sort -u "$OUT/.denials" | grep -F -x -v -f "$OUT/.dmesg-before" > "$OUT/apparmor.txt"
 echo "AppArmor denials during the run: $(wc -l < "$OUT/apparmor.txt")"
 echo "containers left: $(lxc-ls -1 2>/dev/null | tr '\n' ' ')"
 exit 0
