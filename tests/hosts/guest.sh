@@ -7,7 +7,7 @@
 #   HOSTS_WHEELS   a directory of wheels pip installs from (no index: the host has no network);
 #                  unset: pip uses its index as configured
 #   HOSTS_TESTS    pytest folders, each its own pytest process (default: every folder)
-#   HOSTS_BUDGET   seconds for all folders together (default 5400); a folder that would start
+#   HOSTS_BUDGET   seconds for all folders together (default 7800); a folder that would start
 #                  with less than a minute left is skipped and reported as such
 #   HOSTS_LINT=0   skip ruff and mypy (host-independent; mypy needs the ray extra, which an
 #                  offline host does not get)
@@ -18,7 +18,7 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT="${HOSTS_OUT:-/tmp/lxcbind-hosts}"
 TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/image tests/integration/proc tests/integration/api tests/integration/net}"
-BUDGET="${HOSTS_BUDGET:-5400}"
+BUDGET="${HOSTS_BUDGET:-7800}"
 mkdir -p "$OUT"
 # A copy of a git worktree carries a .git file that points outside the host: the project's
 # tests that list tracked files (git ls-files) need a repository.  The copy holds the tracked
