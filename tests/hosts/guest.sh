@@ -7,7 +7,7 @@
 #   HOSTS_WHEELS   a directory of wheels pip installs from (no index: the host has no network);
 #                  unset: pip uses its index as configured
 #   HOSTS_TESTS    pytest folders, each its own pytest process (default: every folder)
-#   HOSTS_BUDGET   seconds for all folders together (default 5400); a folder that would start
+#   HOSTS_BUDGET   seconds for all folders together (default 7800); a folder that would start
 #                  with less than a minute left is skipped and reported as such
 #   HOSTS_LINT=0   skip ruff and mypy (host-independent; mypy needs the ray extra, which an
 #                  offline host does not get)
@@ -18,7 +18,7 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT="${HOSTS_OUT:-/tmp/lxcbind-hosts}"
 TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/image tests/integration/proc tests/integration/api tests/integration/net}"
-BUDGET="${HOSTS_BUDGET:-5400}"
+BUDGET="${HOSTS_BUDGET:-7800}"
 mkdir -p "$OUT"
 # A copy of a git worktree carries a .git file that points outside the host: the project's
 # tests that list tracked files (git ls-files) need a repository.  The copy holds the tracked
@@ -75,6 +75,9 @@ for folder in $TESTS; do
     timeout --kill-after=30 "$left" "$PY" -m pytest -q -p no:cacheprovider \
         --junitxml="$OUT/junit-$name.xml" "$folder" > "$OUT/pytest-$name.log" 2>&1
     echo "pytest-$name $? $(( $(date +%s) - t0 ))s" | tee -a "$OUT/commands.txt"
+    # After each folder: the kernel's ring buffer wraps within a whole suite (every container
+    # start logs), and a denial read only at the end would be lost.
+    dmesg | grep 'apparmor="DENIED"' >> "$OUT/.denials"
     tail -1 "$OUT/pytest-$name.log"
 done
 
@@ -101,7 +104,8 @@ for path in sorted(glob.glob(os.path.join(out, "junit-*.xml"))):
     print("\n".join(failed)) if failed else None
 PY
 cat "$OUT/skipped.txt" 2>/dev/null
-dmesg | grep -F -x -v -f "$OUT/.dmesg-before" | grep 'apparmor="DENIED"' > "$OUT/apparmor.txt"
+dmesg | grep 'apparmor="DENIED"' >> "$OUT/.denials"
+sort -u "$OUT/.denials" | grep -F -x -v -f "$OUT/.dmesg-before" > "$OUT/apparmor.txt"
 echo "AppArmor denials during the run: $(wc -l < "$OUT/apparmor.txt")"
 echo "containers left: $(lxc-ls -1 2>/dev/null | tr '\n' ' ')"
 exit 0

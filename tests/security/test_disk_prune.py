@@ -11,6 +11,9 @@ is shared by other lxcbind versions that run meanwhile and is not this test's to
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,19 @@ OLD = "1" if disk._SCHEMA != "1" else "0"
 
 
 @pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    images = tmp_path / "disk"
+def cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Beside the real cache, not in the test's tmp_path: an image goes back to ``free/`` by a
+    # rename from the container's directory, which a tmpfs /tmp (Debian 13) cannot take.
+    os.makedirs(os.path.dirname(disk.IMAGES), exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".test-cache-", dir=os.path.dirname(disk.IMAGES)))
+    try:
+        yield _scratch_cache(scratch, monkeypatch)
+    finally:
+        shutil.rmtree(scratch)
+
+
+def _scratch_cache(scratch: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    images = scratch / "disk"
     monkeypatch.setattr(disk, "IMAGES", str(images))
     monkeypatch.setattr(diskpool, "FREE", str(images / "free"))
     monkeypatch.setattr(diskpool, "BUSY", str(images / "busy"))
