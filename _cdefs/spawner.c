@@ -776,7 +776,8 @@ static int lxcbind_take_control(const char *text)
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);
     if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0)
         return -1;
-    close(null);
+    if (null > 2) /* a clone's init comes with 0-2 closed: null is then 1 itself */
+        close(null);
     return 0;
 }
 

@@ -336,6 +336,26 @@ def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
     assert got == want
 
 
+def test_clone_init_has_the_stdio_of_a_container_init() -> None:
+    """The spawner as a clone's init holds the channel on fd 0 and /dev/null on 1 and 2, as a
+    container's init does (the cloner hands it 0-2 closed: closing its /dev/null, then fd 1,
+    left 1 free for the next file the spawner opened)."""
+    p = policy()
+    with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
+        want = [os.readlink(f"/proc/{container._spawner_host_pid}/fd/{n}") for n in (1, 2)]
+    with lxcbind.Pool(p, size=1, clones=True) as pool:
+        deadline = time.monotonic() + 30
+        while not pool.idle and time.monotonic() < deadline:
+            time.sleep(0.02)
+        session = pool._ready.queue[0]
+        assert session is not None
+        pid = session._spawner_host_pid
+        got = [os.readlink(f"/proc/{pid}/fd/{n}") for n in (1, 2)]
+        assert os.readlink(f"/proc/{pid}/fd/0").startswith("socket:")
+    assert want == ["/dev/null", "/dev/null"]
+    assert got == want
+
+
 def test_async_pool_takes_clones() -> None:
     import asyncio
 
