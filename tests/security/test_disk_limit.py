@@ -346,6 +346,7 @@ def cache_on_another_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(diskpool, "BUSY", str(images / "busy"))
         yield images
     finally:
+        disk._finish_pending(timeout=30)   # recycling threads read the patched paths
         # A retired image stays open by its loop device until the kernel frees it.
         deadline = time.monotonic() + 10
         while subprocess.run(["umount", str(images)], capture_output=True).returncode != 0:

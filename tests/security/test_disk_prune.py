@@ -38,6 +38,10 @@ def cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield _scratch_cache(scratch, monkeypatch)
     finally:
+        # A sandbox's image is recycled by a thread that outlives the test; it reads the
+        # cache's paths when it runs.  Let it finish while they are still the scratch ones, or
+        # it publishes a scratch template's copy into the real free/ (seen once on Debian 12).
+        disk._finish_pending(timeout=30)
         shutil.rmtree(scratch)
 
 
