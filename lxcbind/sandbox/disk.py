@@ -536,8 +536,10 @@ def _finish_pending(timeout: float = 2.0) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _release(fd: int, image: int, device: int, timeout: float = 2.0) -> None:
-    """Close the layer's descriptor, then recycle its image once no loop device holds it."""
+def _release(fd: int, image: int, device: int, timeout: float = 10.0) -> None:
+    """Close the layer's descriptor, then recycle its image once no loop device holds it
+    (within ``timeout``: the kernel's release can take seconds on a slow host, and this runs
+    off the caller's path; an exiting process waits for it at most ``_finish_pending``'s)."""
     try:
         _release_now(fd, image, device, timeout)
     finally:

@@ -108,5 +108,6 @@ def test_a_disk_limited_sandbox_runs_on_the_pruned_cache(cache: Path):
         with Sandbox(doc) as box:
             r = box.run("head -c 64M /dev/zero > /f")   # the limit holds: 16 MiB
             assert r.returncode != 0 and b"No space left" in r.stderr, r
+        disk._finish_pending(timeout=30)   # its image is recycled by a thread of its own
     assert [n.startswith(f"ext4-{SIZE}-{disk._SCHEMA}.") for n in os.listdir(diskpool.FREE)] \
         == [True]
