@@ -35,6 +35,19 @@ NATIVE_ERROR = _native_available()
 # tests/security starts containers and carries both; ``pytest_collection_modifyitems`` turns a
 # marker into a skip where the machine lacks what it names.
 requires_root = pytest.mark.requires_root
+
+
+def _clone_refusal() -> str | None:
+    """Why this kernel cannot make clones (``template.host_refusal``), or None."""
+    if NATIVE_ERROR:
+        return f"no binding: {NATIVE_ERROR}"
+    from lxcbind.sandbox.template import host_refusal
+
+    return host_refusal()
+
+
+CLONE_REFUSAL = _clone_refusal()
+requires_clones = pytest.mark.skipif(CLONE_REFUSAL is not None, reason=str(CLONE_REFUSAL))
 requires_lxc = pytest.mark.requires_lxc
 _CONTAINER_DIRS = {"integration", "security"}
 # Without the compiled module those directories cannot even be imported: not collected at all

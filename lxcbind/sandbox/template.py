@@ -45,7 +45,7 @@ from lxcbind.sandbox.core import Sandbox
 from lxcbind.sandbox.initspawner import INSIDE, InitChannel
 from lxcbind.sandbox.mounts import MountEntry
 
-__all__ = ["Template", "refusal", "CLONER_PROGRAM"]
+__all__ = ["Template", "refusal", "host_refusal", "CLONER_PROGRAM"]
 
 CLONER_PROGRAM = os.path.join(os.path.dirname(os.path.abspath(lxcbind.__file__)),
                               "lxcbind-cloner")
@@ -83,6 +83,34 @@ def refusal(policy: Policy) -> tuple[str, str] | None:
     if not policy.lifecycle.destroy_on_exit:
         return ("lifecycle.destroyOnExit", "a Pool's clones are never kept")
     return None
+
+
+_HOST_REFUSAL: list[str | None] = []
+
+
+def host_refusal() -> str | None:
+    """Why this kernel cannot make clones, or None (probed once per process).
+
+    A clone's writable layer is an overlay whose upper directory is on a tmpfs, mounted in the
+    clone's user namespace, where overlayfs keeps its whiteouts' and opaque directories'
+    marks in ``user.*`` extended attributes (``userxattr``).  tmpfs has those only since
+    Linux 6.6: on older kernels (Debian 12's 6.1) the overlay mounts, but removing a directory
+    of the image, or making one where such a directory was, fails with EIO.  Probed on a
+    memfd (the kernel's internal tmpfs: the same extended-attribute handlers)."""
+    if not _HOST_REFUSAL:
+        why = None
+        fd = os.memfd_create("lxcbind-xattr-probe", os.MFD_CLOEXEC)
+        try:
+            os.setxattr(fd, "user.lxcbind", b"1")
+        except OSError as exc:
+            why = (f"a clone's writable layer needs user extended attributes on tmpfs (Linux "
+                   f"6.6 or later; this kernel, {os.uname().release}, says "
+                   f"{os.strerror(exc.errno or 0)}): without them, removing a directory of "
+                   f"the image would fail with EIO in a clone; use clones=False here")
+        finally:
+            os.close(fd)
+        _HOST_REFUSAL.append(why)
+    return _HOST_REFUSAL[0]
 
 
 def caps_mask() -> int:
@@ -180,6 +208,9 @@ class Template:
         why = refusal(policy)
         if why is not None:
             raise ValueError(f"Pool(clones=True): {why[0]}: {why[1]}")
+        host = host_refusal()
+        if host is not None:
+            raise SandboxError(f"Pool(clones=True): {host}")
         self.policy = policy
         planned = mounts.plan_mounts(policy.filesystem.readwrite_paths,
                                      policy.filesystem.readonly_paths,

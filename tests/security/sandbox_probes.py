@@ -11,7 +11,6 @@ into a failure), and the command waits for the host.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import secrets
@@ -28,10 +27,10 @@ import lxcbind
 from lxcbind.lxc import cgroups
 from lxcbind.state import STATE_ROOT
 
+from ..conftest import requires_clones
 from .test_escape import PRELUDE
 
 PY = "/usr/bin/python3"
-CLONES = "clones" in inspect.signature(lxcbind.Pool).parameters
 
 
 def make_pool(clones: bool, size: int = 2, **lxc: object) -> lxcbind.Pool:
@@ -132,8 +131,7 @@ class Held:
 HOLD = "import subprocess; subprocess.run(['sleep', '@MARK@'])\n"
 
 MODES = [pytest.param(False, id="container"),
-         pytest.param(True, id="clone", marks=pytest.mark.skipif(
-             not CLONES, reason="Pool(clones=True) is not on this branch yet"))]
+         pytest.param(True, id="clone", marks=requires_clones)]
 
 REFUSED = ("EPERM", "EACCES")
 

@@ -22,9 +22,8 @@ import pytest
 import lxcbind
 from lxcbind.sandbox import security
 
-from ..conftest import requires_lxc, requires_root
+from ..conftest import requires_clones, requires_lxc, requires_root
 from .sandbox_probes import (
-    CLONES,
     MODES,
     REFUSED,
     Held,
@@ -150,7 +149,7 @@ def test_privileges_of_the_workload(clones: bool) -> None:
         assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2", (who, fields)
 
 
-@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+@requires_clones
 def test_clone_privileges_equal_a_pooled_containers() -> None:
     """Field by field: the capability sets, no_new_privs and the seccomp mode and number of
     filters of a clone's command and of its init are those of a pooled container's."""
@@ -231,7 +230,7 @@ def test_kernel_interfaces_refused(clones: bool) -> None:
     assert len(r) == SYSCALL_SURVEY.count('sc("')   # every attempt reported
 
 
-@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+@requires_clones
 def test_clone_answers_every_syscall_as_a_container() -> None:
     """The same survey: the same outcome, errno for errno, in a clone as in a pooled
     container (the same seccomp profile, capabilities and device rules)."""
@@ -724,7 +723,7 @@ def test_denied_paths_stay_masked(clones: bool) -> None:
         shutil.rmtree(work)
 
 
-@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+@requires_clones
 @pytest.mark.parametrize("field,extra", [
     ("network", {"network": {"defaultPolicy": "allow"}}),
     ("filesystem.readwritePaths", {"filesystem": {"readwritePaths": ["/var/tmp"]}}),
@@ -791,7 +790,7 @@ SURFACE = """
 """
 
 
-@pytest.mark.skipif(not CLONES, reason="Pool(clones=True) is not on this branch yet")
+@requires_clones
 def test_clone_kernel_surface_is_no_wider_than_a_containers() -> None:
     """Every file of /proc (its sysctls, its top level, the process's own), of /dev and a few
     of /sys that root can open for writing (or reading) in a clone can be opened so in a pooled

@@ -9,11 +9,11 @@ import pytest
 
 import lxcbind
 from lxcbind.image import store
-from tests.conftest import IS_ROOT, NATIVE_ERROR
+from tests.conftest import IS_ROOT, NATIVE_ERROR, requires_clones
 from tests.integration.image.conftest import Imported
 from tests.integration.image.test_run_image import CONFIG, busybox_image
 
-pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
+pytestmark = [requires_clones, pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
 
 

@@ -22,9 +22,9 @@ import pytest
 
 import lxcbind
 from lxcbind.lxc import cgroups
-from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
+from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name, requires_clones
 
-pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
+pytestmark = [requires_clones, pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
 
 ROOT = Path(__file__).resolve().parents[3]
