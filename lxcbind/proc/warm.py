@@ -29,6 +29,8 @@ sends nothing more; its close (or death) is the end of the clone.
 """
 
 import array
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -44,7 +46,7 @@ from lxcbind.policy.model import Limits, Policy, Process
 from lxcbind.proc.session import Session, _InitSpawner
 from lxcbind.result import CompletedRun
 
-__all__ = ["WARM_DIR", "WarmSession", "open_clone", "socket_path", "template_key"]
+__all__ = ["WARM_DIR", "WarmSession", "open_clone", "socket_path", "sweep", "template_key"]
 
 WARM_DIR = os.environ.get("LXCBIND_WARM_DIR", "/run/lxcbind/warm")
 VERSION = 1
@@ -76,6 +78,37 @@ def request(policy: Policy, key: str) -> dict[str, Any]:
             "limits": {"memory": lxc.limits.memory, "pids": lxc.limits.pids,
                        "cpu": lxc.limits.cpu, "disk": lxc.limits.disk},
             "uid": lxc.uid, "gid": lxc.gid}
+
+
+def sweep() -> list[str]:
+    """Remove the sockets and lock files of servers that are gone (SIGKILLed): those whose
+    lock nobody holds.  Returns the paths removed."""
+    removed: list[str] = []
+    try:
+        names = os.listdir(WARM_DIR)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        if not name.endswith(".lock"):
+            continue
+        lock = os.path.join(WARM_DIR, name)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue   # a live server's
+        try:
+            for path in (lock[:-5] + ".sock", lock):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 class _CloneName(Container):

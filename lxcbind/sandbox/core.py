@@ -890,7 +890,7 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: removed stale base {base}")
     for image in disk.sweep():
         log(f"gc: removed disk image {image}, left by a killed runner")
-    from lxcbind.sandbox import warm
+    from lxcbind.proc import warm
 
     for path in warm.sweep():
         log(f"gc: removed {path}, left by a killed warm server")

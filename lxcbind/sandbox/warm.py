@@ -21,8 +21,8 @@ its cgroup removed) by the Pool's reaper or this thread: never on the client's p
 A second server for the same key is refused (``SandboxError``): the server holds an ``flock``
 on ``<key>.lock`` for its life.  A SIGKILLed server leaves its template's ownership record
 (``lxcbind gc``, or the next run's garbage collection, destroys the template and every clone
-in it), its socket and its lock file (``sweep``, from ``lxcbind gc``: a socket nobody listens
-on only makes clients fall back to a fresh container meanwhile).
+in it), its socket and its lock file (``proc.warm.sweep``, from ``lxcbind gc``: a socket
+nobody listens on only makes clients fall back to a fresh container meanwhile).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from lxcbind.proc import warm as wire
 from lxcbind.sandbox.core import Log, PolicyLike, Session, _warning, as_policy
 from lxcbind.sandbox.pool import Pool
 
-__all__ = ["WarmServer", "sweep"]
+__all__ = ["WarmServer"]
 
 _NAME_MAX = 4096
 
@@ -95,37 +95,6 @@ def _lock(path: str) -> int:
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd
         os.close(fd)
-
-
-def sweep() -> list[str]:
-    """Remove the sockets and lock files of servers that are gone (SIGKILLed): those whose
-    lock nobody holds.  Returns the paths removed."""
-    removed: list[str] = []
-    try:
-        names = os.listdir(wire.WARM_DIR)
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for name in names:
-        if not name.endswith(".lock"):
-            continue
-        lock = os.path.join(wire.WARM_DIR, name)
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue   # a live server's
-        try:
-            for path in (lock[:-5] + ".sock", lock):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    removed.append(path)
-        finally:
-            os.close(fd)
-    return removed
 
 
 def _number(value: Any, kinds: tuple[type, ...], field: str) -> Any:
@@ -408,8 +377,11 @@ class WarmServer:
             for conn in active:   # their threads wake up and tear their clones down
                 with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-            for thread in active.values():
-                thread.join(timeout=30)
+            for conn, thread in active.items():
+                if thread.ident is None:   # a signal came between accept and start
+                    conn.close()
+                else:
+                    thread.join(timeout=30)
             pool, self._pool = self._pool, None
             if pool is not None:
                 pool.close()   # the ready clones, then the template and all left in it
