@@ -201,13 +201,14 @@ class WarmServer:
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
             pid, uid, _ = array.array("i", creds)
+            conn.settimeout(10.0)
+            data = conn.recv(wire.MAX_MESSAGE)   # first: a reply before it would reset it
             if uid != 0:
                 self._log(f"refused a client of uid {uid} (pid {pid}): only root may connect")
                 self._reply(conn, {"error": "only root may use a warm server"})
                 return
-            conn.settimeout(10.0)
             try:
-                policy = self._client_policy(conn.recv(wire.MAX_MESSAGE))
+                policy = self._client_policy(data)
                 shape = self._shape_of(policy)
                 pooled = shape is None
                 session = self._clone(shape)
