@@ -1,8 +1,9 @@
 """A warm server: a Pool's template that outlives the call, for ``run(warm=True)`` and
 ``lxcbind run --warm`` (issue #23).
 
-``WarmServer(policy, ready=N, idle=S)`` starts one template of ``policy`` and keeps ``N``
-clones of it made ahead (a ``Pool(policy, size=N, clones=True)``: the same template, clones,
+``WarmServer(policy, ready=N, idle=S)`` starts one template of ``policy`` (named
+``<containerId>-warm``, so that a fresh container of the policy can run meanwhile) and keeps
+``N`` clones of it made ahead (a ``Pool(policy, size=N, clones=True)``: the same template, clones,
 limits, seccomp filter, ownership record and teardown as any Pool's), and listens on
 ``proc.warm.socket_path(key)`` in ``proc.warm.WARM_DIR`` (root's, 0700).  ``serve()`` answers
 clients until ``stop()``, a fatal signal (the caller's ``cleanup.FatalSignals``), or ``idle``
@@ -137,8 +138,11 @@ class WarmServer:
         try:
             self._lock_fd = _lock(os.path.join(_private_dir(), f"{self.key}.lock"))
             self._log(f"starting the template of {self.policy.origin} (key {self.key})")
-            self._pool = Pool(self.policy, size=ready, clones=True,
-                              start_timeout=start_timeout)
+            # Not the policy's containerId: a fresh container of the policy (a run without
+            # --warm) would wait for that name as long as the server runs.
+            cid = self.policy.container_id
+            named = replace(self.policy, container_id=f"{cid[:59]}-warm" if cid else None)
+            self._pool = Pool(named, size=ready, clones=True, start_timeout=start_timeout)
             assert self._pool._template is not None
             self.template = self._pool._template
             from lxcbind.sandbox.clone import Shape

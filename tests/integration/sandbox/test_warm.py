@@ -25,7 +25,7 @@ import pytest
 
 import lxcbind
 from lxcbind.lxc import cgroups
-from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
+from tests.conftest import _NAMES_MADE, IS_ROOT, NATIVE_ERROR, new_name
 from tests.integration.sandbox.test_clone import host_state, payload_dirs
 from tests.warmserver import ROOT, Server, WarmClient, lock_and_socket
 
@@ -39,6 +39,7 @@ def policy(**lxc: object) -> dict[str, object]:
                             "process": {"commandLine": "echo policy-command"}}
     if lxc:
         p["lxc"] = dict(lxc)
+    template(p)
     return p
 
 
@@ -62,9 +63,17 @@ def wait_for(predicate: object, what: str, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def template(p: dict[str, object]) -> str:
+    """The name of the warm server's template of ``p`` (not its containerId: a fresh
+    container of the policy may run meanwhile)."""
+    name = f"{p['containerId']}-warm"
+    _NAMES_MADE.add(name)   # for the end-of-session leftover check
+    return name
+
+
 def assert_nothing_left(p: dict[str, object]) -> None:
-    name = str(p["containerId"])
-    assert name not in lxcbind.list_containers()
+    name = str(p["containerId"])   # the template's and the fresh runs' names start with it
+    assert not [n for n in lxcbind.list_containers() if n.startswith(name)]
     assert not payload_dirs(name)
     assert host_state(name) == ([], [], set())
     assert not lock_and_socket(p)
@@ -210,7 +219,7 @@ def test_a_sigkilled_server_leaves_what_gc_removes(tmp_path: Path) -> None:
         s.stop(signal.SIGKILL)
     finally:
         s.close()
-    name = str(p["containerId"])
+    name = template(p)
     assert name in lxcbind.list_containers() and payload_dirs(name)
     assert len(lock_and_socket(p)) == 2
     r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
@@ -240,6 +249,8 @@ def test_cli_warm_with_and_without_a_server_gives_the_same_result(tmp_path: Path
         hot_json = json.loads(cli(["run", "--warm", "--json", str(path)]).stdout)
         env_hot = cli(["run", "-v", str(path), *command],
                       env={**os.environ, "LXCBIND_WARM": "1"})
+        # a run without --warm meanwhile: a fresh container of the policy, named by it
+        cold_meanwhile = json.loads(cli(["run", "--json", str(path)]).stdout)
     finally:
         s.close()
     for r in (cold, hot, env_cold):
@@ -248,7 +259,8 @@ def test_cli_warm_with_and_without_a_server_gives_the_same_result(tmp_path: Path
     assert b"no warm server for this policy" in cold_v.stderr
     assert b"running in clone lxcbind-" in hot_v.stderr and b"err\n" in hot_v.stderr
     assert b"running in clone" in env_hot.stderr and env_hot.returncode == 7
-    assert cold_json["container"] == p["containerId"]
+    assert cold_json["container"] == cold_meanwhile["container"] == p["containerId"]
+    assert cold_meanwhile["stdout"] == "policy-command\n"
     assert hot_json["container"].startswith("lxcbind-")
     for key in ("exit_code", "stdout", "stderr", "timed_out", "oom_killed", "pids_limited",
                 "disk_limited"):
