@@ -5,12 +5,13 @@ With one ``python -m lxcbind warm`` server running (``--ready 2``), interleaved 
 times, each after a 0.2 s pause (as a command typed or run by a tool, not back to back):
 
 * ``lxcbind.run(["/bin/true"], policy=P, warm=True)`` and the cold ``lxcbind.run`` in this
-  process (wall ms);
+  process (wall ms; the warm one also ``--rounds`` times back to back at the end);
 * ``python -m lxcbind run --warm P -- /bin/true``, the cold ``python -m lxcbind run P --
   /bin/true`` and ``python3 -c pass`` (wall ms, and the CPU ms of each process: its own and
   its children's, from ``wait4``), bytecode compiled;
-* the server's own CPU per warm run (its ``/proc`` counters over the warm rows: the clone's
-  making and teardown), so that the machine's CPU per warm run is client + server.
+* the server side's CPU per warm run (the server's threads and its template's cloner, from
+  ``schedstat``, over the two warm rows: a clone's making and teardown; not the clone's own
+  init nor kernel threads), so that the machine's CPU per warm run is about client + server.
 
 Prints medians (all rounds' quartiles in brackets) and ratios, the load average before and
 after; asserts nothing.      python3 benchmarks/bench_warm.py [--rounds 30]
@@ -38,14 +39,34 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.dirname(os.path.abspath(lxcbind.__file__))
 POLICY = {"version": "0.8.0", "containerId": f"bench-warm-{os.getpid()}",
           "process": {"commandLine": "/bin/true"}}
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ms(pid: int) -> float:
-    """utime + stime of ``pid`` and its reaped children, ms."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15]) * 1000 / TICK
+def cpu_ms(pids: list[int]) -> float:
+    """CPU time of every thread of ``pids`` (``schedstat``: ns, not clock ticks), ms."""
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError):
+                pass
+    return total / 1e6
+
+
+def server_side(server_pid: int) -> list[int]:
+    """The server's process and its template's cloner (which makes every clone)."""
+    pids = [server_pid]
+    name = f"lxc.payload.{POLICY['containerId']}-warm"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f, open(f"/proc/{entry}/cgroup") as g:
+                    if f.read().strip() == "lxcbind-cloner" and name in g.read():
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
 
 
 def start_server(path: str) -> subprocess.Popen[bytes]:
@@ -86,7 +107,8 @@ def measure(rounds: int, path: str, server_pid: int) -> dict[str, list[float]]:
                           *true],
              "cli cold": [sys.executable, "-m", "lxcbind", "run", "--no-tty", path, *true],
              "python3 -c pass": [sys.executable, "-c", "pass"]}
-    rows: dict[str, list[float]] = {k: [] for k in ("run warm", "run cold", "server cpu")}
+    rows: dict[str, list[float]] = {k: [] for k in ("run warm", "run cold", "server cpu",
+                                                    "run warm, back to back")}
     for kind in argvs:
         rows[kind] = []
         rows[f"{kind} cpu"] = []
@@ -110,16 +132,17 @@ def measure(rounds: int, path: str, server_pid: int) -> dict[str, list[float]]:
         cli(kind)
     api(True)
     api(False)
+    side = server_side(server_pid)
     for _ in range(rounds):
         time.sleep(0.2)
-        before = cpu_ms(server_pid)
+        before = cpu_ms(side)
         rows["run warm"].append(api(True))
         time.sleep(0.2)
         took, cpu = cli("cli warm")
         rows["cli warm"].append(took)
         rows["cli warm cpu"].append(cpu)
         time.sleep(0.5)   # the server has made the replacement clones by now
-        rows["server cpu"].append((cpu_ms(server_pid) - before) / 2)
+        rows["server cpu"].append((cpu_ms(side) - before) / 2)
         time.sleep(0.2)
         rows["run cold"].append(api(False))
         for kind in ("cli cold", "python3 -c pass"):
@@ -127,6 +150,8 @@ def measure(rounds: int, path: str, server_pid: int) -> dict[str, list[float]]:
             took, cpu = cli(kind)
             rows[kind].append(took)
             rows[f"{kind} cpu"].append(cpu)
+    for _ in range(rounds):   # back to back: a caller running many one-shot commands
+        rows["run warm, back to back"].append(api(True))
     return rows
 
 
@@ -140,8 +165,9 @@ def report(rows: dict[str, list[float]], load_before: tuple[float, ...], rounds:
 
     print(f"load {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; {rounds} "
           "interleaved rounds, 0.2 s apart; medians [quartiles]")
-    for kind in ("run warm", "run cold", "cli warm", "cli cold", "python3 -c pass"):
-        print(f"  {kind:16} wall {fmt(kind)}")
+    for kind in ("run warm", "run warm, back to back", "run cold", "cli warm", "cli cold",
+                 "python3 -c pass"):
+        print(f"  {kind:22} wall {fmt(kind)}")
     for kind in ("cli warm cpu", "cli cold cpu", "python3 -c pass cpu", "server cpu"):
         print(f"  {kind:20} {fmt(kind)}")
     print(f"  run(): warm / cold {med('run warm') / med('run cold'):.2f} "
