@@ -320,3 +320,42 @@ def test_a_non_root_client_is_refused(server: Server) -> None:
     assert "UID 65534" in r.stdout and "SESSION None" in r.stdout, (r.stdout, r.stderr)
     assert "only root may use a warm server" in r.stdout, r.stdout
     assert run(server, "echo root", timeout=30).stdout == b"root\n"
+
+
+def on_a_terminal(args: list[str]) -> tuple[bytes, int]:
+    """``python -m lxcbind ARGS`` on a pty of its own (as typed in a terminal): its output
+    and exit status."""
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:   # the child: the CLI, on the pty
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "lxcbind", *args])
+    out = b""
+    try:
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:   # EIO: the CLI is gone
+                break
+            if not data:
+                break
+            out += data
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return out, os.waitstatus_to_exitcode(status)
+
+
+def test_cli_warm_on_a_terminal_gets_a_terminal(server: Server) -> None:
+    """On a terminal the CLI runs the command on a pty (from the clone's own devpts), in the
+    terminal's size, as a fresh container's run does."""
+    command = ["--", "sh", "-c", "test -t 0 && test -t 1 && echo tty; stty size; "
+                                 "ls /dev/pts/ | grep -c '^[0-9]'; exit 4"]
+    warm_out, warm_code = on_a_terminal(["run", "--warm", "-v", str(server.file), *command])
+    cold_out, cold_code = on_a_terminal(["run", str(server.file), *command])
+    assert warm_code == cold_code == 4, (warm_out, cold_out)
+    assert b"running in clone" in warm_out
+    lines = [line for line in warm_out.split(b"\r\n") if not line.startswith(b"lxcbind:")]
+    assert lines[:2] == cold_out.split(b"\r\n")[:2] == [b"tty", b"24 80"], (warm_out, cold_out)
+    assert lines[2] == b"1"   # the pty is the only one in the clone's own devpts
