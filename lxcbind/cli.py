@@ -490,7 +490,10 @@ def _run(args: argparse.Namespace) -> int:
             and not args.json:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy, document, origin = _load_document(args)   # a policy error is 2 even without liblxc
-    if warm and policy.network.effective().is_deny_all():
+    if warm and not policy.network.effective().is_deny_all():
+        log.info("no warm server serves a policy with network access (clones have no network "
+                 "device): a fresh container")
+    elif warm:
         code = _run_warm(args, policy)
         if code is not None:
             return code
@@ -546,11 +549,11 @@ def _run_warm(args: argparse.Namespace, policy: Any) -> int | None:
     from lxcbind.errors import Terminated
     from lxcbind.proc.warm import open_clone
 
-    for warning in policy.warnings:
-        log.warning("%s", warning)
     session = open_clone(policy, log=lambda m: log.info("%s", m))
     if session is None:
         return None
+    for warning in policy.warnings:   # (the fresh container's path says them otherwise)
+        log.warning("%s", warning)
     log.info("running in clone %s of the warm server", session.container.name)
 
     def terminated(signum: int, frame: object) -> None:
