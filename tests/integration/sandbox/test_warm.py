@@ -228,6 +228,26 @@ def test_a_sigkilled_server_leaves_what_gc_removes(tmp_path: Path) -> None:
     assert_nothing_left(p)
 
 
+def test_a_sigkilled_servers_template_goes_with_the_next_run(tmp_path: Path) -> None:
+    """Every run's own garbage collection destroys a dead owner's containers: the template
+    of a SIGKILLed server too (its socket and lock stay for ``gc``; clients fall back)."""
+    p = policy()
+    s = Server(p, tmp_path, "--ready", "1")
+    try:
+        s.stop(signal.SIGKILL)
+    finally:
+        s.close()
+    name = template(p)
+    assert name in lxcbind.list_containers()
+    r = lxcbind.run("echo fresh", policy=p, warm=True, timeout=60)   # falls back: cold
+    assert r.stdout == b"fresh\n"
+    assert name not in lxcbind.list_containers() and not payload_dirs(name)
+    assert host_state(name) == ([], [], set())
+    subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True, timeout=300,
+                   cwd=ROOT, check=True)
+    assert_nothing_left(p)
+
+
 def cli(args: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "lxcbind", *args], capture_output=True,
                           timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL, **kw)  # type: ignore
