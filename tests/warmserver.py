@@ -40,9 +40,12 @@ class Server:
         self.name = str(policy["containerId"])
         self.file = folder / f"{self.name}.json"
         self.file.write_text(json.dumps(policy))
-        self.proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "warm", str(self.file),
-                                      *options], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, cwd=ROOT)
+        # stderr to a file: a pipe nobody reads while it serves could fill and stop it
+        self.log = folder / f"{self.name}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lxcbind", "warm",
+                                          str(self.file), "-v", *options],
+                                         stdout=subprocess.PIPE, stderr=log, cwd=ROOT)
         self.path = ""
         try:
             assert self.proc.stdout is not None
@@ -60,20 +63,23 @@ class Server:
         """SIGKILL (if still running) and its stderr."""
         if self.proc.poll() is None:
             self.proc.kill()
-        _, err = self.proc.communicate(timeout=60)
-        return err.decode(errors="replace")
+        self.proc.communicate(timeout=60)
+        return self.stderr()
+
+    def stderr(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> tuple[int, str]:
         """Signal it and wait: (exit status, stderr)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err.decode(errors="replace")
+        self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, self.stderr()
 
     def wait(self, timeout: float = 120) -> tuple[int, str]:
         """Until it ends by itself: (exit status, stderr)."""
-        _, err = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, err.decode(errors="replace")
+        self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, self.stderr()
 
     def close(self) -> None:
         if self.proc.poll() is None:

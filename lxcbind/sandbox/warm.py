@@ -225,6 +225,8 @@ class WarmServer:
                 return
             self._hand_over(conn, session, policy)
             self.served += 1
+            kind = "a ready clone" if pooled else "a clone made for its limits and user"
+            self._log(f"client pid {pid}: {kind}")
             conn.settimeout(None)
             while conn.recv(16):   # the client sends nothing more: EOF is its end
                 pass
@@ -275,12 +277,17 @@ class WarmServer:
                                    gid=_number(request.get("gid"), (int,), "lxc.gid")))
 
     def _shape_of(self, policy: Policy) -> Any:
-        """None when ``policy``'s clones are this server's own (a ready one fits), else the
-        shape to make one of."""
+        """None when a ready clone fits ``policy`` (the same limits, writable layer size and
+        user: its env, cwd and timeout are the client's to apply), else the shape to make
+        one of."""
         from lxcbind.sandbox.clone import Shape
 
+        def made(shape: Shape) -> tuple[Any, ...]:   # what making a clone depends on
+            return (shape.limits, shape.limit_files, shape.tmpfs_size, shape.defaults.uid,
+                    shape.defaults.gid)
+
         shape = Shape.of(self.template, policy)
-        return None if shape == self._shape else shape
+        return None if made(shape) == made(self._shape) else shape
 
     def _clone(self, shape: Any) -> Session:
         """A ready clone (``shape`` None), or one made now in ``shape``."""

@@ -138,6 +138,14 @@ def test_the_clients_policy_holds_in_its_clone(server: Server) -> None:
     assert r.stdout.splitlines() == [str(96 << 20), "40", "50000 100000" if v2 else "50000",
                                      "1000", "from-client", "/tmp"], r
     assert WarmClient(mine).run(None, timeout=30).stdout == b"mine\n"
+    # another process (command, env, cwd) alone: a ready clone; other limits: one made for it
+    other = dict(server.policy, process={"commandLine": "echo other", "env": ["A=2"],
+                                         "cwd": "/tmp"})
+    r = WarmClient(other).run("echo $A; pwd", timeout=30)
+    assert r.stdout == b"2\n/tmp\n"
+    log = server.stderr().splitlines()
+    said = [line.split(": ", 2)[-1] for line in log if ": client pid " in line]
+    assert said == ["a clone made for its limits and user"] * 2 + ["a ready clone"], log
     # the server's own policy's clones still have its limits (the default: 1024 processes)
     r = run(server, "cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; "
                     "id -u", timeout=30, text=True)
