@@ -303,7 +303,7 @@ def test_cli_warm_with_and_without_a_server_gives_the_same_result(tmp_path: Path
 
 def test_a_second_server_for_the_same_key_is_refused(server: Server) -> None:
     r = cli(["warm", str(server.file)])
-    assert r.returncode != 0 and r.stdout == b""
+    assert r.returncode == 125 and r.stdout == b""
     assert b"a warm server for this policy is already running" in r.stderr, r.stderr
     assert b"Traceback" not in r.stderr
     assert run(server, "echo still", timeout=30).stdout == b"still\n"
