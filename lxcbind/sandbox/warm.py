@@ -133,6 +133,7 @@ class WarmServer:
         self.served = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._pool: Pool | None = None
+        self._template_gone = -1
         self._listener: socket.socket | None = None
         self._lock_fd = -1
         try:
@@ -148,6 +149,8 @@ class WarmServer:
             from lxcbind.sandbox.clone import Shape
 
             self._shape = Shape.of(self.template)
+            # Readable once the template's init (the cloner) is gone: no more clones.
+            self._template_gone = os.pidfd_open(self.template.init_pid)
             listener = socket.socket(socket.AF_UNIX,
                                      socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             self._listener = listener
@@ -165,7 +168,8 @@ class WarmServer:
 
     def serve(self) -> None:
         """Answer clients until ``stop()``, or ``idle`` seconds without one (the caller's
-        signal handling may interrupt it: ``close()`` follows either way)."""
+        signal handling may interrupt it: ``close()`` follows either way); ``SandboxError``
+        when the template stops (killed from the host: it never runs a workload)."""
         listener = self._listener
         if listener is None:
             raise SandboxError("the warm server is closed")
@@ -179,7 +183,11 @@ class WarmServer:
                     self._log(f"no client for {self.idle:g}s: stopping")
                     return
                 wait = max(left, 0.05) if quiet else self.idle
-            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [], wait)
+            ready, _, _ = select.select([listener.fileno(), self._wake_r,
+                                         self._template_gone], [], [], wait)
+            if self._template_gone in ready:
+                raise SandboxError(f"the warm server's template {self.template.name!r} "
+                                   "stopped (its cloner exited): no more clones")
             if listener.fileno() in ready:
                 try:
                     conn, _ = listener.accept()
@@ -403,9 +411,10 @@ class WarmServer:
                     os.unlink(self.path[:-5] + ".lock")
                 os.close(self._lock_fd)
                 self._lock_fd = -1
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
-            self._wake_r = self._wake_w = -1
+            for fd in (self._wake_r, self._wake_w, self._template_gone):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = self._template_gone = -1
         self._log("stopped; nothing left")
 
     def __enter__(self) -> WarmServer:

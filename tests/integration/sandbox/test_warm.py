@@ -260,6 +260,30 @@ def test_a_sigkilled_servers_template_goes_with_the_next_run(tmp_path: Path) -> 
     assert_nothing_left(p)
 
 
+def test_a_server_whose_template_stopped_exits_and_leaves_nothing(tmp_path: Path) -> None:
+    """The template killed from the host (its cloner SIGKILLed): the server says so, exits
+    125 and removes the rest; a client meanwhile falls back to a fresh container."""
+    from tests.integration.sandbox.test_clone import cloner_pids
+
+    p = policy()
+    s = Server(p, tmp_path, "--ready", "1")
+    try:
+        def is_init(pid: int) -> bool:   # not a clone being made (a child, until it execs)
+            with open(f"/proc/{pid}/status") as f:
+                return next(line for line in f if line.startswith("NSpid:")).split()[-1] == "1"
+
+        cloners = [pid for pid in cloner_pids(template(p)) if is_init(pid)]
+        assert len(cloners) == 1
+        os.kill(cloners[0], signal.SIGKILL)
+        code, err = s.wait(timeout=120)
+    finally:
+        s.close()
+    assert code == 125, err
+    said = [line for line in err.splitlines() if "stopped (its cloner exited)" in line]
+    assert said[-1].startswith("lxcbind: the warm server's template"), err
+    assert_nothing_left(p)
+
+
 def cli(args: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "lxcbind", *args], capture_output=True,
                           timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL, **kw)  # type: ignore
