@@ -415,3 +415,16 @@ def test_cli_warm_on_a_terminal_gets_a_terminal(server: Server) -> None:
     lines = [line for line in warm_out.split(b"\r\n") if not line.startswith(b"lxcbind:")]
     assert lines[:2] == cold_out.split(b"\r\n")[:2] == [b"tty", b"24 80"], (warm_out, cold_out)
     assert lines[2] == b"1"   # the pty is the only one in the clone's own devpts
+
+
+def test_the_cli_warm_path_loads_no_sandbox_layer(server: Server) -> None:
+    """``run --warm`` runs through ``lxcbind.proc.warm``: none of the sandbox layer (rootfs,
+    security, liblxc's start, the network) is imported when a server answers."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "lxcbind", "run", "--warm",
+                        "-v", str(server.file), "--", "true"], capture_output=True, timeout=120,
+                       cwd=ROOT, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and b"running in clone" in r.stderr, r.stderr[-2000:]
+    modules = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines()
+               if line.startswith("import time:")]
+    assert "lxcbind.proc.warm" in modules
+    assert not [m for m in modules if m.startswith(("lxcbind.sandbox", "lxcbind.net"))], modules
