@@ -794,7 +794,8 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
 
     ``warm``: run in a clone from the warm server for this policy (``python -m lxcbind warm
     POLICY``, ``lxcbind.sandbox.warm``) when one is running, else (said at the ``lxcbind``
-    logger's INFO level) in a fresh container as without it: the same result either way.
+    logger's INFO level) in a fresh container as without it: the same result either way
+    (not with ``lxcpath``: a warm server uses the default one).
 
     The old form ``run(policy_like, ...)`` still works: a first argument that
     ``is_policy_like`` (a Policy, a mapping, bytes, a path object, JSON object text, or an
