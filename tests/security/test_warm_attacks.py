@@ -125,3 +125,20 @@ def test_clones_of_one_server_share_its_template_and_nothing_else(server: Server
             second.release()
     finally:
         first.release()
+
+
+def test_a_warm_clones_privileges_are_a_fresh_containers(server: Server) -> None:
+    """The command of a warm run has what the same command in a fresh container of the policy
+    has: capability sets, no_new_privs, seccomp mode, uid/gid maps' width, and it is refused
+    the same namespace and mount operations."""
+    import lxcbind
+
+    probe = ("grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' "
+             "/proc/self/status; awk '{print $1, $3}' /proc/self/uid_map /proc/self/gid_map; "
+             "id -u; unshare -U true 2>/dev/null; echo unshare=$?; "
+             "mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?")
+    warm = WarmClient(server.policy).run(probe, timeout=60)
+    cold = lxcbind.run(probe, policy=server.policy, timeout=120)
+    assert warm.returncode == cold.returncode == 0, (warm, cold)
+    assert warm.stdout == cold.stdout, (warm.stdout, cold.stdout)
+    assert b"NoNewPrivs:\t1" in warm.stdout and b"unshare=1" in warm.stdout
