@@ -30,6 +30,7 @@ sends nothing more; its close (or death) is the end of the clone.
 
 import array
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -130,7 +131,7 @@ class _CloneName(Container):
 
     def devpts_fd(self) -> int:
         if self._devpts < 0:
-            raise LxcError("devpts_fd", self.name, 19)   # ENODEV: a host pty then
+            raise LxcError("devpts_fd", self.name, errno.ENODEV)   # a host pty then
         return os.dup(self._devpts)
 
     def log_tail(self, lines: int = 20) -> str:
