@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import new_name, requires_lxc, requires_root
+from tests.conftest import _NAMES_MADE, new_name, requires_lxc, requires_root
 from tests.warmserver import Server, WarmClient
 
 from .sandbox_probes import Held, hold_script, host_pids, namespaces, parse, script, template_of
@@ -28,6 +28,7 @@ pytestmark = [requires_root, requires_lxc]
 def server(tmp_path: Path) -> Iterator[Server]:
     policy = {"version": "0.8.0", "containerId": new_name("warm-sec-"),
               "process": {"commandLine": "true"}}
+    _NAMES_MADE.add(f"{policy['containerId']}-warm")   # the template's, for the leftover check
     s = Server(policy, tmp_path, "--ready", "2")
     try:
         yield s
