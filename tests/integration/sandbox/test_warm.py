@@ -155,6 +155,10 @@ def test_the_clients_policy_holds_in_its_clone(server: Server) -> None:
     r = WarmClient(few).run("for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 2 & done; wait",
                             timeout=60)
     assert r.pids_limited, r
+    tight = dict(server.policy, lxc={"limits": {"memory": 64 << 20}})
+    r = WarmClient(tight).run(["/usr/bin/python3", "-c", "b = bytearray(300 << 20)"],
+                              timeout=60)
+    assert r.oom_killed and r.returncode != 0, r
     small = dict(server.policy, lxc={"limits": {"disk": 16 << 20}})
     r = WarmClient(small).run("dd if=/dev/zero of=/fill bs=1M count=40 2>&1; true", timeout=60)
     assert r.disk_limited and b"No space left" in r.stdout, r
