@@ -7,6 +7,8 @@ Public API:
 * ``Sandbox(policy)``: a policy's container kept up while you use it (``run``, ``put``, ``get``);
 * ``Session``: many commands in one warm container at the lowest latency;
 * ``Pool``: each command in a fresh, pre-started container;
+* ``WarmServer``: a Pool's template that outlives the call (``python -m lxcbind warm``),
+  whose clones ``run(..., warm=True)`` uses;
 * ``AsyncSession`` / ``AsyncPool``: the same for asyncio, on the loop's own readers;
 * ``Container`` / ``Process``: the liblxc binding itself; ``list_containers``;
 * ``load_policy`` / ``load_policy_file`` / ``Policy``;
@@ -46,7 +48,7 @@ _WHERE = {
     "AsyncShell": "aio",
     "CompletedRun": "result", "DEFAULT_MAX_OUTPUT": "result", "UNLIMITED": "result",
     "Sandbox": "sandbox.core", "gc": "sandbox.core", "run": "sandbox.core",
-    "Session": "sandbox.core",
+    "Session": "sandbox.core", "WarmServer": "sandbox.warm",
 }
 
 # Written out (not computed) so that type checkers see the public names.
@@ -78,6 +80,7 @@ __all__ = [
     "SpawnerDied",
     "TimeoutExpired",
     "UNLIMITED",
+    "WarmServer",
     "default_lxcpath",
     "default_policy",
     "exit_status",
@@ -134,3 +137,4 @@ if TYPE_CHECKING:
     from lxcbind.result import DEFAULT_MAX_OUTPUT, UNLIMITED, CompletedRun, exit_status
     from lxcbind.sandbox.core import Sandbox, Session, gc, run
     from lxcbind.sandbox.pool import Pool, PoolClosed
+    from lxcbind.sandbox.warm import WarmServer

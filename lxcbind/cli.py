@@ -203,11 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
                           "egress.default allow, NAT; inbound stays denied)")
     run.add_argument("--dry-run", action="store_true",
                      help="validate and print the effective plan; create nothing")
+    run.add_argument("--warm", action="store_true",
+                     help="run in a clone from the warm server of this policy (lxcbind warm "
+                          "POLICY) when one runs, else in a fresh container (also: "
+                          "LXCBIND_WARM=1)")
     run.add_argument("--image", metavar="REF",
                      help="root filesystem from an image (replaces lxc.rootfs): oci:/PATH[:TAG], "
                           "docker-archive:/PATH.tar[:NAME:TAG] or a stored image's id; without "
                           "a command, the image's Entrypoint+Cmd runs")
     sub.add_parser("gc", help="destroy what runners killed with SIGKILL left behind")
+    warm = sub.add_parser(
+        "warm", help="serve clones of a warm template of POLICY to run --warm (foreground)",
+        description="Start one template container of POLICY, keep READY clones of it made "
+                    "ahead, and hand one to each `lxcbind run --warm` (or lxcbind.run(..., "
+                    "warm=True)) of the same policy (its process, limits and user may differ), "
+                    "until SIGTERM/SIGINT or --idle seconds without a client; then remove "
+                    "everything.  Root only.")
+    warm.add_argument("policy", help="policy JSON file, or - for stdin")
+    warm.add_argument("--ready", type=_count, default=2, metavar="N",
+                      help="clones kept made ahead (default 2)")
+    warm.add_argument("--idle", type=_seconds, metavar="SECONDS",
+                      help="stop after this long without a client (default: never)")
+    warm.add_argument("-v", "--verbose", action="store_true", dest="run_verbose",
+                      help="progress on stderr")
+    warm.add_argument("--log-level", choices=_LOG_LEVELS, dest="run_log_level",
+                      help="log level on stderr (default: warning; -v: debug)")
     ls = sub.add_parser("ls", help="list lxcbind's kept containers (and those in use)")
     ls.add_argument("--json", action="store_true", help="one JSON object on stdout")
     ex = sub.add_parser(
@@ -242,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = {"--tty": ("tty", True), "--no-tty": ("tty", False), "--json": ("json", True),
               "--base64": ("base64", True), "--net": ("net", True),
               "--dry-run": ("dry_run", True), "-v": ("run_verbose", True),
+              "--warm": ("warm", True),
               "--verbose": ("run_verbose", True)}
 
 
@@ -259,7 +280,7 @@ def _fast_run(words: list[str]) -> argparse.Namespace | None:
         "config_base64": None, "tty": None, "timeout": None, "cwd": None, "env": [],
         "json": False, "max_output": None, "base64": False, "run_verbose": False,
         "run_log_level": None, "rw": [], "ro": [], "deny": [], "net": False, "dry_run": False,
-        "image": None}
+        "warm": False, "image": None}
     for word in words[1:]:
         flag = _RUN_FLAGS.get(word)
         if flag is not None:
@@ -284,6 +305,18 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -439,16 +472,32 @@ def _exit_code(result: Any) -> int:
     return int(result.exit_status)
 
 
+def _wants_warm(args: argparse.Namespace) -> bool:
+    return not getattr(args, "dry_run", False) and not getattr(args, "mxc", False) and (
+        getattr(args, "warm", False) or os.environ.get("LXCBIND_WARM") == "1")
+
+
 def _run(args: argparse.Namespace) -> int:
     from lxcbind.lxc import cgroups
 
-    # Set off the grace period liblxc's start() waits for, while the rest is imported and the
-    # policy read (Sandbox.open primes again: a prime within one grace period is immediate).
-    cgroups.prime_migration()
+    warm = _wants_warm(args)
+    if not warm:
+        # Set off the grace period liblxc's start() waits for, while the rest is imported and
+        # the policy read (Sandbox.open primes again: a prime within one grace period is
+        # immediate).
+        cgroups.prime_migration()
     if (getattr(args, "max_output", None) is not None or getattr(args, "base64", False)) \
             and not args.json:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy, document, origin = _load_document(args)   # a policy error is 2 even without liblxc
+    if warm and not policy.network.effective().is_deny_all():
+        log.info("no warm server serves a policy with network access (clones have no network "
+                 "device): a fresh container")
+    elif warm:
+        code = _run_warm(args, policy)
+        if code is not None:
+            return code
+        cgroups.prime_migration()
     from lxcbind.sandbox.cleanup import FatalSignals
     from lxcbind.sandbox.core import Sandbox, network_notice, network_refusal
 
@@ -489,6 +538,54 @@ def _run(args: argparse.Namespace) -> int:
         from lxcbind.sandbox import kept
 
         kept.save(name, document, origin)   # for `lxcbind exec NAME -- CMD` and `ls`
+    return _report(args, result, name, notice)
+
+
+def _run_warm(args: argparse.Namespace, policy: Any) -> int | None:
+    """``run --warm``: the command in a clone from the warm server of ``policy``
+    (``lxcbind.proc.warm``: neither the sandbox layer nor liblxc's start is loaded), or None
+    when there is none (said at -v): the caller then runs a fresh container."""
+    from lxcbind.command import check_call
+    from lxcbind.errors import Terminated
+    from lxcbind.proc.warm import open_clone
+
+    session = open_clone(policy, log=lambda m: log.info("%s", m))
+    if session is None:
+        return None
+    for warning in policy.warnings:   # (the fresh container's path says them otherwise)
+        log.warning("%s", warning)
+    log.info("running in clone %s of the warm server", session.container.name)
+
+    def terminated(signum: int, frame: object) -> None:
+        raise Terminated(signum)   # as FatalSignals: the session closes, then 128+N
+
+    import signal
+
+    previous = {sig: signal.signal(sig, terminated)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+                if signal.getsignal(sig) != signal.SIG_IGN}
+    try:
+        with session:
+            if args.json:
+                from lxcbind.result import UNLIMITED, MaxOutput
+
+                cap: MaxOutput = JSON_MAX_OUTPUT if args.max_output is None else (
+                    args.max_output or UNLIMITED)
+                result = session.run_call(check_call(None, timeout=args.timeout,
+                                                     max_output=cap), tty=bool(args.tty))
+            else:
+                tty = args.tty if args.tty is not None else os.isatty(0) and os.isatty(1)
+                result = session.interact_call(check_call(None, timeout=args.timeout),
+                                               tty=tty)
+            name = session.container.name
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _report(args, result, name, None)
+
+
+def _report(args: argparse.Namespace, result: Any, name: str, notice: str | None) -> int:
+    """The run's exit code, and what it says on stderr (or its one --json object)."""
     failure = None
     if result.exec_error is not None:
         what = "process.cwd" if result.exec_error.stage == "chdir" else "process.commandLine"
@@ -518,6 +615,39 @@ def _run(args: argparse.Namespace) -> int:
                "container": name, "network_enforced": notice is None,
                "network_notice": notice, **_json_output(result, args.base64)})
     return code
+
+
+def _warm(args: argparse.Namespace) -> int:
+    """``lxcbind warm POLICY``: a warm server in the foreground (``lxcbind.sandbox.warm``);
+    0 once SIGTERM/SIGINT or --idle stopped it and everything is removed."""
+    from lxcbind.errors import Terminated
+    from lxcbind.policy.parse import load_policy, policy_document, read_policy_file
+    from lxcbind.sandbox.cleanup import FatalSignals
+    from lxcbind.sandbox.warm import WarmServer
+
+    if args.policy == "-":
+        doc, origin = policy_document(sys.stdin.buffer.read()), "<stdin>"
+    else:
+        doc, origin = policy_document(read_policy_file(args.policy)), args.policy
+    policy = load_policy(doc, origin=origin, command_required=False)
+    for warning in policy.warnings:
+        log.warning("%s", warning)
+    with FatalSignals() as signals:
+        try:
+            server = WarmServer(policy, ready=args.ready, idle=args.idle,
+                                log=lambda m: log.info("%s", m))
+        except ValueError as exc:
+            raise _UsageError(str(exc)) from None
+        try:
+            sys.stdout.write(f"serving {server.path}\n")   # for scripts: it is ready now
+            sys.stdout.flush()
+            server.serve()
+        except Terminated as exc:
+            log.info("stopping after %s", exc)
+        finally:
+            with signals.shielded():
+                server.close()
+    return 0
 
 
 def _container_id(name: str) -> str:
@@ -651,6 +781,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1 if skipped else 0
         if args.command == "ls":
             return _ls(args)
+        if args.command == "warm":
+            return _warm(args)
         if args.command == "rm":
             return _rm(args)
         if args.command == "exec":

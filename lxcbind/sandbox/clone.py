@@ -45,15 +45,17 @@ import socket
 import struct
 from typing import Any
 
+from lxcbind._lite import record
+from lxcbind.command import CommandDefaults
 from lxcbind.errors import SandboxError
 from lxcbind.lxc import cgroups
 from lxcbind.lxc.container import Container
-from lxcbind.policy.model import UNLIMITED
+from lxcbind.policy.model import UNLIMITED, Limits, Policy
 from lxcbind.proc.session import _START_BOUND, _InitSpawner
 from lxcbind.sandbox import core, disk, security
 from lxcbind.sandbox.template import Template
 
-__all__ = ["Clone", "CloneSession"]
+__all__ = ["Clone", "CloneSession", "Shape"]
 
 _HELLO_SIZE = struct.calcsize("=4i")
 
@@ -111,18 +113,49 @@ def _host_pid(pidfd: int) -> int:
 def writable_size(template: Template) -> int:
     """Bytes of a clone's writable layer (a tmpfs): the policy's disk limit, else its memory
     limit (which the tmpfs is charged to anyway), else the kernel's default (0)."""
-    limits = template.policy.lxc.limits
+    return _writable_size(template.policy.lxc.limits, template.limits)
+
+
+def _writable_size(limits: Limits, resolved: security.ResolvedLimits) -> int:
     if limits.disk is not None and limits.disk != UNLIMITED:
         return limits.disk
-    return template.limits.memory or 0
+    return resolved.memory or 0
+
+
+@record
+class Shape:
+    """What one clone of a template may have of its own (a warm server's client's policy,
+    ``sandbox.warm``): its limits (resolved, and as the cgroup files the host writes), its
+    commands' defaults (env, cwd, timeout, user) and the size of its writable layer.
+    ``Shape.of(template)``: the template's own policy's."""
+
+    limits: security.ResolvedLimits
+    limit_files: list[tuple[str, str, str]]
+    defaults: CommandDefaults
+    tmpfs_size: int
+
+    @classmethod
+    def of(cls, template: Template, policy: Policy | None = None) -> Shape:
+        """``policy``'s shape (default: the template's own), which must differ from the
+        template's policy at most in its process, ``lxc.limits``, ``lxc.uid`` and ``lxc.gid``
+        (``proc.warm.template_key`` says so)."""
+        if policy is None:
+            return cls(template.limits, template.limit_files, template.defaults,
+                       writable_size(template))
+        limits = security.resolve(policy.lxc.limits)
+        return cls(limits, security.limit_files(limits),
+                   template.box.command_defaults(policy),
+                   _writable_size(policy.lxc.limits, limits))
 
 
 class Clone:
     """One clone of ``template``; ``open()`` makes it and returns its Session, whose close
     tears the clone down (``close``, idempotent)."""
 
-    def __init__(self, template: Template, *, start_timeout: float = 10.0) -> None:
+    def __init__(self, template: Template, *, start_timeout: float = 10.0,
+                 shape: Shape | None = None) -> None:
         self.template = template
+        self.shape = shape or Shape.of(template)
         tag = os.urandom(4).hex()
         self.name = f"lxcbind-{tag}"              # its hostname
         self._cgroup = f"clone-{tag}"
@@ -133,14 +166,14 @@ class Clone:
         self._layer: _TmpfsLayer | None = None
 
     def open(self) -> CloneSession:
-        template = self.template
+        template, shape = self.template, self.shape
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            self._pidfd = template.request(theirs, self.name, writable_size(template))
+            self._pidfd = template.request(theirs, self.name, shape.tmpfs_size, shape.defaults)
             self.pid = _host_pid(self._pidfd)
             dirs = cgroups.child_dirs(template.cgroup_parents, self._cgroup)
             try:
-                cgroups.make_child(dirs, template.limit_files)
+                cgroups.make_child(dirs, shape.limit_files)
             except OSError as exc:
                 raise SandboxError(f"lxc.limits: cannot set up the clone's cgroup ({exc})"
                                    ) from None
@@ -154,8 +187,8 @@ class Clone:
             except OSError:
                 raise SandboxError("a clone's init exited before it was started") from None
             self._wait_hello(ours)
-            security.verify_limits(self.pid, template.limits)
-            d = template.defaults
+            security.verify_limits(self.pid, shape.limits)
+            d = shape.defaults
             self._layer = _TmpfsLayer(self.pid)
             session = CloneSession(template.box.container, init_pid=self.pid, control=ours,
                                    cgroup=dirs, env=d.env or None, cwd=d.cwd,

@@ -427,14 +427,17 @@ class Sandbox:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def command_defaults(self) -> CommandDefaults:
+    def command_defaults(self, policy: Policy | None = None) -> CommandDefaults:
         """The policy's process (env, cwd, timeout, ``lxc.uid``/``gid``): every command's
-        defaults.  In proxy mode the environment also points at the proxy."""
-        process = self.policy.process
+        defaults.  In proxy mode the environment also points at the proxy.  ``policy``:
+        another policy's process and user on this sandbox's image (a warm server's client,
+        ``sandbox.warm``)."""
+        policy = policy or self.policy
+        process = policy.process
         env = process.env_dict()
         if self._net is not None:
             env.update(self._net.env())
-        lxc = self.policy.lxc
+        lxc = policy.lxc
         d = CommandDefaults(env, process.cwd or "/", process.timeout, lxc.uid,
                             lxc.gid if lxc.uid is not None else None)
         if self.image is None:
@@ -444,7 +447,7 @@ class Sandbox:
             from lxcbind.image import snapshot
 
             image = snapshot.accounts(self._snapshot, image)
-        return imagefs.defaults(d, image, self.policy)
+        return imagefs.defaults(d, image, policy)
 
     def session(self, *, start_timeout: float = 10.0) -> Session:
         """A warm ``Session`` in this sandbox (many commands, one spawner): the policy's env,
@@ -774,7 +777,7 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
         input: bytes | str | None = None, text: bool = False, encoding: str | None = None,
         errors: str | None = None, timeout: float | None = None, check: bool = False,
         max_output: MaxOutput = None, tty: bool = False,
-        lxcpath: str | None = None, image: object = None) -> CompletedRun:
+        lxcpath: str | None = None, image: object = None, warm: bool = False) -> CompletedRun:
     """Run one command in a fresh sandbox and return what it did; the container is gone on
     return, whatever happened.
 
@@ -788,6 +791,11 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
     snapshot, or its id or name) instead of the policy's ``lxc.rootfs``.  A non-zero exit is
     a result, not an error, unless ``check`` (then ``lxcbind.CalledProcessError`` /
     ``lxcbind.TimeoutExpired``).
+
+    ``warm``: run in a clone from the warm server for this policy (``python -m lxcbind warm
+    POLICY``, ``lxcbind.sandbox.warm``) when one is running, else (said at the ``lxcbind``
+    logger's INFO level) in a fresh container as without it: the same result either way
+    (not with ``lxcpath``: a warm server uses the default one).
 
     The old form ``run(policy_like, ...)`` still works: a first argument that
     ``is_policy_like`` (a Policy, a mapping, bytes, a path object, JSON object text, or an
@@ -809,6 +817,18 @@ def run(cmd: Command | PolicyLike | None = None, *, policy: PolicyLike | None = 
             and resolved.lxc.rootfs.kind != "image":
         raise PolicyError("process.commandLine", "missing, and no command given: pass one, e.g. "
                           "lxcbind.run(\"echo hi\") or lxcbind.run([\"ls\", \"/\"])")
+    if warm and lxcpath is None:
+        from lxcbind.proc import warm as _warm
+
+        def say(message: str) -> None:
+            import logging
+
+            logging.getLogger("lxcbind").info("%s", message)
+
+        session = _warm.open_clone(imagefs.with_image(resolved, image), log=say)
+        if session is not None:
+            with session:
+                return session.run_call(opts, check=check, tty=tty)
     with Sandbox(resolved, lxcpath=lxcpath, image=image) as box:
         result = box._run(opts, tty=tty)
     if check:
@@ -871,6 +891,10 @@ def gc(*, log: Log | None = None, warn: Log | None = None) -> list[str]:
         log(f"gc: removed stale base {base}")
     for image in disk.sweep():
         log(f"gc: removed disk image {image}, left by a killed runner")
+    from lxcbind.proc import warm
+
+    for path in warm.sweep():
+        log(f"gc: removed {path}, left by a killed warm server")
     for image in disk.prune():
         log(f"gc: removed cached disk image {image}, of no use to this version")
     from lxcbind.image import snapshot

@@ -308,12 +308,14 @@ class Template:
             break
         raise SandboxError("the clone's init exited before it could be started")
 
-    def request(self, channel: socket.socket, hostname: str, tmpfs_size: int) -> int:
+    def request(self, channel: socket.socket, hostname: str, tmpfs_size: int,
+                defaults: CommandDefaults | None = None) -> int:
         """Ask for one clone whose spawner talks over ``channel`` (the clone's end: sent,
-        then closed here); returns a pidfd of the clone's init, which waits for the host's
-        go (``sandbox.clone``)."""
+        then closed here) and whose commands run as ``defaults``' user (default: the
+        template's policy's); returns a pidfd of the clone's init, which waits for the
+        host's go (``sandbox.clone``)."""
         try:
-            d = self.defaults
+            d = defaults or self.defaults
             return self._ask(_OP_CLONE, hostname=hostname, tmpfs_size=tmpfs_size,
                              uid=-1 if d.uid is None else d.uid,
                              gid=-1 if d.gid is None else d.gid, fd=channel.fileno())[1]

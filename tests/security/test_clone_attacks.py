@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -405,18 +406,23 @@ def test_another_sandbox_is_out_of_reach(clones: bool) -> None:
     loopback), SysV IPC (shm, msg, sem by key), hostname, network (lo only), keyrings; it finds
     the same names free in its own namespaces; the first one finds everything as it left it.
     The host checks that every namespace of the two differs, and from the host's."""
+    with make_pool(clones, size=2) as pool:
+        check_out_of_reach(pool)
+
+
+def check_out_of_reach(pool: Any) -> None:
+    """``test_another_sandbox_is_out_of_reach`` on two sandboxes of ``pool`` (anything with
+    a thread-safe ``run(argv, timeout=...)``: a warm server's client too)."""
     token = f"cla{secrets.token_hex(6)}"
     values = {"token": token, "key": 0x10000 + secrets.randbelow(1 << 30),
               "port": 20000 + secrets.randbelow(30000)}
-    with make_pool(clones, size=2) as pool:
-        victim = Held(pool, hold_script(SYSV + VICTIM % values) + textwrap.dedent(
-            VICTIM_AFTER))
-        try:
-            victim_ns = namespaces(victim.pid)
-            attacker = parse(pool.run(script(SYSV + ATTACKER % dict(values, mark=victim.mark)),
-                                      timeout=120))
-        finally:
-            after = parse(victim.release())
+    victim = Held(pool, hold_script(SYSV + VICTIM % values) + textwrap.dedent(VICTIM_AFTER))
+    try:
+        victim_ns = namespaces(victim.pid)
+        attacker = parse(pool.run(script(SYSV + ATTACKER % dict(values, mark=victim.mark)),
+                                  timeout=120))
+    finally:
+        after = parse(victim.release())
     assert after["SHM"] == after["MSG"] == after["SEM"] == "OK", after
     assert attacker["PROC_SEEN"] == "" and attacker["KILL_FOUND_OTHERS"] == "", attacker
     assert attacker["FILES_FOUND"] == "", attacker

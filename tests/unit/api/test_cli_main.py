@@ -64,7 +64,7 @@ def test_dry_run_prints_the_plan_and_starts_nothing(capsys: pytest.CaptureFixtur
 
 FAST_SHAPES = [["run"], ["run", "p.json"], ["run", "-"], ["run", "--no-tty", "p.json"],
                ["run", "p.json", "--json", "--base64"], ["run", "--tty", "-v", "--net"],
-               ["run", "--dry-run", "--verbose", "-", "--json"]]
+               ["run", "--dry-run", "--verbose", "-", "--json"], ["run", "--warm", "p.json"]]
 ARGPARSE_SHAPES = [["run", "--tty", "--no-tty"], ["run", "a", "b"], ["run", "--json", "--json"],
                    ["run", "--timeout", "3"], ["run", "--no-t"], ["run", ""], ["-v", "run"],
                    ["run", "-x"], ["gc"], ["ls", "--json"], ["run", "--log-level", "debug"]]
