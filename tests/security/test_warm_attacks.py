@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _NAMES_MADE, new_name, requires_lxc, requires_root
+from tests.conftest import _NAMES_MADE, new_name, requires_clones, requires_lxc, requires_root
 from tests.warmserver import Server, WarmClient
 
 from .sandbox_probes import Held, hold_script, host_pids, namespaces, parse, script, template_of
 from .test_clone_attacks import check_out_of_reach
 
-pytestmark = [requires_root, requires_lxc]
+pytestmark = [requires_clones, requires_root, requires_lxc]
 
 
 @pytest.fixture

@@ -25,11 +25,11 @@ import pytest
 
 import lxcbind
 from lxcbind.lxc import cgroups
-from tests.conftest import _NAMES_MADE, IS_ROOT, NATIVE_ERROR, new_name
+from tests.conftest import _NAMES_MADE, IS_ROOT, NATIVE_ERROR, new_name, requires_clones
 from tests.integration.sandbox.test_clone import host_state, payload_dirs
 from tests.warmserver import ROOT, Server, WarmClient, lock_and_socket
 
-pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
+pytestmark = [requires_clones, pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
 
 
