@@ -23,6 +23,7 @@ import pytest
 import lxcbind
 from lxcbind.lxc import cgroups
 from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name
+from tests.integration.sandbox.conftest import ready_session, wait_full
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
@@ -232,9 +233,7 @@ def test_200_runs_leave_nothing_behind() -> None:
         results = pool.map(["echo $$; hostname"] * 200, workers=4)
         assert [r.stdout.split()[0] for r in results] == [b"2"] * 200   # 1 is the spawner
         assert len({r.stdout.split()[1] for r in results}) == 200
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_full(pool)
         # the ready clones only: none of the 200 used ones left a cgroup
         assert all(len(dirs) == 4 for dirs in clone_dirs(pool).values())
         template_pid = pool._template.init_pid if pool._template else 0
@@ -326,11 +325,7 @@ def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
     with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
         want = tools.filters(container._spawner_host_pid)
     with lxcbind.Pool(p, size=1, clones=True) as pool:
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.02)
-        session = pool._ready.queue[0]
-        assert session is not None
+        session = ready_session(pool)
         got = tools.filters(session._spawner_host_pid)
     assert len(want) == 2 and len(got) == 2
     assert got == want
@@ -344,11 +339,7 @@ def test_clone_init_has_the_stdio_of_a_container_init() -> None:
     with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
         want = [os.readlink(f"/proc/{container._spawner_host_pid}/fd/{n}") for n in (1, 2)]
     with lxcbind.Pool(p, size=1, clones=True) as pool:
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.02)
-        session = pool._ready.queue[0]
-        assert session is not None
+        session = ready_session(pool)
         pid = session._spawner_host_pid
         got = [os.readlink(f"/proc/{pid}/fd/{n}") for n in (1, 2)]
         assert os.readlink(f"/proc/{pid}/fd/0").startswith("socket:")
