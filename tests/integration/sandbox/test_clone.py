@@ -451,3 +451,53 @@ def test_descriptors_in_flight_in_one_clone_do_not_stop_another() -> None:
                 os.kill(hog_pid, signal.SIGUSR1)
             hog.join(120)
         assert out and out[0].stdout.split()[1] == b"109", out   # ETOOMANYREFS: it was full
+
+
+# What a command on a tty checks of it: stdio all one terminal, named in the clone's own
+# /dev/pts (fresh devpts: nothing there but ptmx and this pty), and usable (stty).
+_TTY_PROBE = ("t=$(tty) && echo \"tty $t\"; for fd in 0 1 2; do test -t $fd || "
+              "echo \"no tty $fd\"; done; echo \"pts $(ls /dev/pts | tr '\\n' ' ')\"; "
+              "stty size >/dev/null && echo stty")
+
+
+def _tty_report(out: bytes) -> dict[str, str]:
+    lines = out.replace(b"\r\n", b"\n").decode().splitlines()
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[-1].strip() for line in lines if line}
+
+
+def _check_tty(out: bytes) -> None:
+    got = _tty_report(out)
+    assert "no" not in got, out
+    assert got.get("tty", "").startswith("/dev/pts/"), out
+    assert got["pts"].split() == sorted(["ptmx", got["tty"].rsplit("/", 1)[1]]), out
+    assert "stty" in got, out
+
+
+def test_clones_run_commands_on_a_tty_of_their_own_devpts() -> None:
+    """tty=True on a clone, through Pool.run and through a clone's Session (run, and an
+    interactive spawn): the pty comes from the clone's own devpts, not the template's."""
+    from lxcbind.sandbox.clone import Clone
+
+    with lxcbind.Pool(policy(), size=1, clones=True) as pool:
+        r = pool.run(_TTY_PROBE, tty=True, timeout=60)
+        assert r.returncode == 0, r
+        _check_tty(r.stdout)
+        assert pool._template is not None
+        session = Clone(pool._template).open()
+        try:
+            r = session.run(_TTY_PROBE, tty=True, timeout=60)
+            assert r.returncode == 0, r
+            _check_tty(r.stdout)
+            with session.spawn(["/bin/sh", "-c", _TTY_PROBE + "; read x; echo got $x"],
+                               tty=True) as proc:
+                out = b""
+                for want, then in ((b"stty\r\n", b"hello\n"), (b"got hello\r\n", b"")):
+                    while not out.endswith(want):
+                        chunk = os.read(proc.master, 4096)
+                        assert chunk, out
+                        out += chunk
+                    os.write(proc.master, then)
+                assert proc.wait(timeout=60) == 0
+            _check_tty(out.split(b"stty\r\n", 1)[0] + b"stty\n")
+        finally:
+            session.close()
