@@ -328,77 +328,26 @@ def test_shell_timeout_keeps_the_shell(session):
         assert sh.alive
 
 
-def _proc_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
-        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-
-
-def _sigint_pending(pid: int) -> bool:
-    st = _proc_status(pid)
-    bit = 1 << (signal.SIGINT - 1)
-    return bool((int(st["SigPnd"], 16) | int(st["ShdPnd"], 16)) & bit)
-
-
-def _bytes_in_pipe(fd: int) -> int:
-    import array
-    import fcntl
-    import termios
-
-    n = array.array("i", [0])
-    fcntl.ioctl(fd, termios.FIONREAD, n)
-    return n[0]
-
-
-def _until(cond, what: str, bound: float = 60.0) -> None:
-    end = time.monotonic() + bound
-    while not cond():
-        assert time.monotonic() < end, f"never: {what}"
-        time.sleep(0.01)
-
-
 def test_shell_timeout_returns_only_once_the_shell_took_its_sigint(session, monkeypatch):
-    # The race that hung test_shell_timeout_keeps_the_shell under load, forced: the command
-    # ends by itself just as the timeout fires, so the shell reports its status before the
-    # SIGINT reaches it, and takes the SIGINT later.  A call that returned on that status left
-    # the SIGINT to land while the shell read the next frame: busybox ash then dropped the
-    # frame it had read and the next call waited forever.  Here the shell is stopped (from the
-    # host) once its status is written and before the SIGINT is sent, and continued only once
-    # the host has read that status: no timing decides the outcome.  A call that ends on the
-    # status returns with the shell stopped and its SIGINT pending.
-    from lxcbind.proc.shell import Frame
+    # The race that hung test_shell_timeout_keeps_the_shell under load, forced (see
+    # late_sigint.py): the command ends by itself as the timeout fires, so the shell reports
+    # before the SIGINT reaches it and takes the SIGINT later.  A call that returned on that
+    # status left the SIGINT to land while the shell read the next frame: busybox ash then
+    # dropped the frame it had read, and the next call waited forever.
+    from tests.integration.proc.late_sigint import LateSigint
 
-    real = Frame.on_deadline
-    seen: dict[str, bool] = {}
     with session.shell() as sh:
         sh.run("export KEEP=yes")
-        pid = sh.proc.host_pid
-
-        def on_deadline(frame, stage, proc, send, input_idle):
-            if stage != "kill" and frame.started and not seen:
-                _until(lambda: _bytes_in_pipe(sh._status) > 0, "the command's status")
-                os.kill(pid, signal.SIGSTOP)
-                _until(lambda: _proc_status(pid)["State"].startswith("T"), "shell stopped")
-                seen["stopped"] = True
-            elif "stopped" in seen and "continued" not in seen and \
-                    _bytes_in_pipe(sh._status) == 0:
-                # The host has read the status and the call goes on: let the shell take
-                # its SIGINT (still pending: the shell was stopped all along).
-                seen["pending"] = _sigint_pending(pid)
-                seen["continued"] = True
-                os.kill(pid, signal.SIGCONT)
-            return real(frame, stage, proc, send, input_idle)
-
-        monkeypatch.setattr(Frame, "on_deadline", on_deadline)
+        late = LateSigint(sh)
+        late.install(monkeypatch)
         try:
             r = sh.run("sleep 1", timeout=0.3, kill_grace=30)
-            stopped = _proc_status(pid)["State"].startswith("T")
-            pending = _sigint_pending(pid)
+            early = late.stopped_with_sigint()
         finally:
-            os.kill(pid, signal.SIGCONT)
+            late.release()
         monkeypatch.undo()
-        assert seen.get("stopped"), seen
-        assert not stopped and not pending, "the call returned before the shell took its SIGINT"
-        assert seen == {"stopped": True, "pending": True, "continued": True}, seen
+        assert not early, "the call returned before the shell took its SIGINT"
+        late.check()
         assert r.timed_out and r.returncode == 130, r
         assert sh.run("echo $KEEP", timeout=30).stdout == b"yes\n"
         assert sh.alive
