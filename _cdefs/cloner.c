@@ -53,10 +53,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include "seccompile.h"
+#include "seqconnect.h"
 
 #define LXCBIND_CLONE_MAGIC 0x4c58434cu /* "LXCL" */
 #define LXCBIND_CLONE_OP_PROFILE 1u
@@ -661,24 +661,6 @@ static void lxcbind_profile(int ctl, const char *text)
     lxcbind_send(ctl, rc < 0 ? -rc : 0, 0, 3, -1);
 }
 
-static int lxcbind_connect(const char *path)
-{
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof(addr));
-    addr.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return -1;
-    strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* ``lxcbind-cloner --init PATH``: the template's init; PATH is the host's listener. */
 int main(int argc, char **argv)
 {
@@ -690,7 +672,7 @@ int main(int argc, char **argv)
     lxcbind_spawner_fd = open(LXCBIND_SPAWNER, O_RDONLY | O_CLOEXEC);
     if (lxcbind_spawner_fd < 0)
         return 125;
-    int ctl = lxcbind_connect(argv[2]);
+    int ctl = lxcbind_seqpacket_connect(argv[2]);
     if (ctl < 0)
         return 125;
     int null = open("/dev/null", O_RDWR | O_CLOEXEC);

@@ -81,12 +81,12 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/capability.h>
 
 #include "execvpe.h"
+#include "seqconnect.h"
 #include "sockfilter.h"
 #include "spawner_proto.h"
 
@@ -736,16 +736,10 @@ static int lxcbind_spawner_loop(void)
  * /dev/null as fds 1 and 2 in place of the console liblxc gave us. */
 static int lxcbind_connect_control(const char *path)
 {
-    struct sockaddr_un addr;
-    memset(&addr, 0, sizeof(addr));
-    addr.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return -1;
-    strcpy(addr.sun_path, path);
-    int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    int fd = lxcbind_seqpacket_connect(path);
     if (fd < 0)
         return -1;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || dup2(fd, 0) < 0) {
+    if (dup2(fd, 0) < 0) {
         close(fd);
         return -1;
     }

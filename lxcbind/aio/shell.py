@@ -55,7 +55,7 @@ class _ShellCall:
 
     def _parse(self, data: bytes) -> None:
         self.shell._buf = self.frame.parse(self.shell._buf, data)
-        if self.frame.status is not None:
+        if self.frame.over:
             self.done.set()
 
     def _read(self, fd: int) -> None:
@@ -108,7 +108,7 @@ class _ShellCall:
     async def interrupt(self, kill_grace: float) -> None:
         """The deadline stages of ``Frame.on_deadline``: SIGINT (and recovery lines) until
         ``kill_grace`` s, then SIGKILL to the command's processes but the shell, then, 0.5 s
-        later, to the shell."""
+        later (1 s if it reported but has not taken its last SIGINT), to the shell."""
         proc = self.shell.proc
         end = time.monotonic() + kill_grace
         while time.monotonic() < end:
@@ -116,9 +116,10 @@ class _ShellCall:
             if await self._until(min(step or 0.2, max(0.0, end - time.monotonic()))):
                 return
         self.frame.on_deadline("kill", proc, self.send, not self._pending)
-        if await self._until(0.5):
-            return
-        self.frame.on_deadline("kill", proc, self.send, not self._pending)
+        for _ in range(2):  # the shell, if it neither reports nor takes its SIGINT
+            if await self._until(0.5):
+                return
+            self.frame.on_deadline("kill", proc, self.send, not self._pending)
         await self._until(_EXIT_GRACE)
 
     def drain(self) -> None:

@@ -37,7 +37,8 @@ class Spawns(Protocol):
 class Frame:
     """One framed exchange with the shell (see ``Shell``): the script to send, the status
     lines to look for, and what each stage of a deadline does.  The caller moves the bytes
-    (the bridge for ``Shell``, the event loop for ``AsyncShell``)."""
+    (the bridge for ``Shell``, the event loop for ``AsyncShell``) and ends the call when
+    ``parse`` says it is ``over``."""
 
     SIGINT_AGAIN = 0.6   # seconds without a status before the shell is interrupted again
 
@@ -45,62 +46,95 @@ class Frame:
         self.command = command
         nonce = os.urandom(16).hex()  # what secrets.token_hex does, without hashlib's import
         self._tag = nonce.encode()
+        self._builtin = builtin
         cmd = builtin
         self.script = prefix + (
             f"{{ {cmd} printf '{nonce} R\\n' >&3; {cmd} . /proc/self/fd/6 3>&- 4>&- 5>&-\n"
             f"}} 6<<'LXCBIND_{nonce}' </dev/null >&4 2>&5\n{command}\nLXCBIND_{nonce}\n"
             f"{cmd} printf '{nonce} %d\\n' \"$?\" >&3\n").encode()
-        self.recovery = f"{cmd} printf '{nonce} 130\\n' >&3\n".encode()
         self.status: int | None = None
         self.started = False       # the "R" line: the shell has read the whole frame
         self.interrupted = False
         self._interrupted_at = 0.0
+        self.sigints = 0           # SIGINTs sent to the shell's group by this call
+        self._acked = 0            # the last of them whose recovery line the shell ran
         self.killed = False
+        self._kills = 0
+
+    @property
+    def recovery(self) -> bytes:
+        """The line sent after the latest SIGINT: it reports status 130 if the interrupt ate
+        the frame's own status line, and acknowledges that SIGINT (``A<n>``)."""
+        return (f"{self._builtin} printf '{self._tag.decode()} A{self.sigints}\\n' >&3\n"
+                ).encode()
+
+    @property
+    def over(self) -> bool:
+        """The call is over: its status came, and every SIGINT it sent has been taken.  A
+        status alone is not enough after a timeout: the command may have ended (and the shell
+        reported) just before the SIGINT reached the shell, which then takes it later, while
+        it reads the next frame: busybox ash, interrupted there, drops what it has read, and
+        the next call waits for a status that never comes.  A recovery line is read only after
+        the SIGINT sent before it has been handled."""
+        return self.status is not None and self._acked == self.sigints
 
     def parse(self, pending: bytes, data: bytes) -> bytes:
         """Read status lines from ``pending + data``; returns the incomplete last line (the
-        shell keeps it for the next read).  Lines with other nonces are stale recoveries."""
+        shell keeps it for the next read).  Lines with other nonces, or acknowledging an
+        earlier SIGINT of this call, are stale recoveries."""
         lines = (pending + data).split(b"\n")
         rest = lines.pop()
         for line in lines:
             parts = line.split()
             if len(parts) == 2 and parts[0] == self._tag:
-                if parts[1].isdigit():
+                word = parts[1]
+                if word.isdigit():
                     if self.status is None:
-                        self.status = int(parts[1])
-                elif parts[1] == b"R":
+                        self.status = int(word)
+                elif word == b"R":
                     self.started = True
+                elif word[:1] == b"A" and word[1:].isdigit() and int(word[1:]) == self.sigints:
+                    self._acked = self.sigints
+                    if self.status is None:
+                        self.status = 130  # the interrupt ate the frame's own status line
         return rest
 
     def on_deadline(self, stage: str, proc: SessionProcess, send: Callable[[bytes], None],
                     input_idle: bool) -> float | None:
         """The bridge's ``on_deadline`` hook (``stage`` "term", then "kill"): returns when to
-        be called again (None: never).  Interrupt with SIGINT once the frame is read, resend
-        the recovery line while nothing is pending, then kill the command's processes but
-        the shell, then the shell."""
+        be called again (None: never).  Interrupt with SIGINT once the frame is read (again
+        while no status comes), resend the recovery line while nothing is pending, then kill
+        the command's processes but the shell, then the shell."""
         if stage != "kill":
             if not self.started:
                 # Still reading the frame: SIGINT now would abort the parse and leave the
                 # rest of the command to run as top-level input.  Wait for "R".
                 return 0.02
             now = time.monotonic()
-            if not self.interrupted or now - self._interrupted_at >= self.SIGINT_AGAIN:
+            if not self.interrupted or (self.status is None
+                                        and now - self._interrupted_at >= self.SIGINT_AGAIN):
                 # Again while no status comes: a busy ash loop (``while :; do :; done``)
                 # sometimes lets the first SIGINT pass without breaking out (seen in about one
                 # call in ten on a loaded 2-vCPU VM); a later one always breaks it.  At its
                 # prompt, ash just drops the line it was reading: the recovery line follows.
                 self.interrupted = True
                 self._interrupted_at = now
+                self.sigints += 1
                 proc.send_signal(signal.SIGINT, group=True)
                 send(self.recovery)
             elif input_idle:
                 send(self.recovery)  # again: an interrupted ash drops buffered input
             return 0.2
-        if not self.killed:
+        self._kills += 1
+        if self._kills == 1:
             self.killed = True
             kill_group_but(proc, proc.host_pid)
-        else:
+        elif self.status is None or self._kills > 2:
             proc.send_signal(signal.SIGKILL, group=True)
+        elif input_idle:
+            # The shell reported but has not taken the last SIGINT yet: one more round for
+            # its acknowledgement before the shell, which no longer answers, is killed.
+            send(self.recovery)
         return None
 
     def returncode(self) -> int:
@@ -163,12 +197,17 @@ class Shell:
     shell's process group) because only an interactive shell aborts the running command list on
     SIGINT and goes back to reading input with its state intact.  At the timeout the group gets
     SIGINT (background jobs of a non-job-control shell ignore it), again every 0.6 s while no
-    status comes, and a recovery status line is sent (resent every 0.2 s: ash drops buffered
-    input when interrupted); ``returncode`` is 130.
+    status comes, and after each SIGINT a recovery line numbered after it (resent every 0.2 s:
+    ash drops buffered input when interrupted); ``returncode`` is 130.  The call ends when the
+    status has come *and* the shell has run the recovery line of the last SIGINT: the shell
+    reads that line only after it has handled that SIGINT, so no interrupt of this call is
+    still on its way when the next frame arrives (one that was, interrupting busybox ash while
+    it read the next frame, made ash drop the frame and the next call wait forever).
     If no status has come ``kill_grace`` s later (the command ignores SIGINT), every process of
     the group except the shell is SIGKILLed (``returncode`` 137): an external command dies and
     the shell, alive, reports.  If the shell itself is what runs (``trap '' INT`` and a builtin
-    loop), it is killed ``kill_again`` (0.5) s later: then the state is lost.
+    loop), it is killed ``kill_again`` (0.5) s later (1 s if it reported but did not take its
+    last SIGINT): then the state is lost.
 
     Death.  A shell that exits (``exit``, killed) loses its state.  Without ``restart``, the
     call during which it died raises ``ShellDied`` (after a timeout the call returns its result
@@ -301,7 +340,7 @@ class Shell:
 
         def parse(data: bytes) -> bool:
             self._buf = frame.parse(self._buf, data)
-            return frame.status is not None
+            return frame.over
 
         def on_deadline(stage: str) -> float | None:
             return frame.on_deadline(stage, proc, bridge.send, not bridge._inbuf)

@@ -379,12 +379,17 @@ class SessionProcess:
         return fields is not None and fields[19] == self._starttime
 
     def _host_signal(self, sig: int, *, group: bool) -> bool:
-        """Signal the command (and its group) from the host; False when we have no pidfd."""
+        """Signal the command (and its group) from the host; False when we have no pidfd.
+        Each process gets the signal once: the command is a session leader (the spawner's
+        child calls setsid), which cannot leave its group, so the group signal reaches it.
+        A second SIGINT sent through the pidfd reached an interactive shell after it had
+        already handled the first and reported, and interrupted its next frame."""
         if self._pidfd < 0:
             return False
         if group and self._alive_leader():
             try:
                 os.killpg(self.host_pid, sig)  # type: ignore[arg-type]
+                return True
             except (ProcessLookupError, PermissionError):
                 pass
         try:

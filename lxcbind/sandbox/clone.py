@@ -91,6 +91,9 @@ class CloneSession(core.Session):
         except ProcessLookupError:
             raise SandboxError("the clone's init is gone") from None
         self._hello(start_timeout)
+        # tty=True: ptys of the clone's own devpts.  The template's, which a Session asks
+        # liblxc for, names no /dev/pts/N inside the clone (``tty`` says "not a tty").
+        self._devpts = _own_devpts(self._clone_pid)
         # The clone's own cgroup, which the host made and put it in (as event_files would
         # find it through /proc, twice).
         memory, pids = self._cgroup_dirs["memory"], self._cgroup_dirs["pids"]
@@ -98,6 +101,24 @@ class CloneSession(core.Session):
             os.path.join(memory, "memory.events" if cgroups.controller_version("memory") ==
                          "v2" else "memory.oom_control"),
             os.path.join(pids, "pids.events"))
+
+
+def _own_devpts(pid: int) -> int:
+    """An O_PATH fd of the /dev/pts of the clone whose init is ``pid``, or -1 (ptys then come
+    from the host, as for a container whose devpts is unavailable).  Opened before any command
+    of the clone ran, one name at a time, following no link."""
+    fds: list[int] = []
+    try:
+        fds.append(os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        for name in ("dev", "pts"):
+            fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               dir_fd=fds[-1]))
+        return fds.pop()
+    except OSError:
+        return -1
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _host_pid(pidfd: int) -> int:

@@ -185,9 +185,10 @@ class Pool:
             timeout: float | None = None, env: Mapping[str, str] | None = None,
             cwd: str | None = None, max_output: MaxOutput = None, text: bool = False,
             encoding: str | None = None, errors: str | None = None,
-            check: bool = False) -> CompletedRun:
+            check: bool = False, tty: bool = False) -> CompletedRun:
         """Run ``command`` (a str runs as ``/bin/sh -c``) in a fresh container and return its
-        result; the container is destroyed afterwards.  Keywords as ``Session.run``."""
+        result; the container is destroyed afterwards.  Keywords as ``Session.run`` (``tty``:
+        a pty of the container's devpts, output merged in ``stdout``)."""
         check_call(command, env=env, cwd=cwd, input=input, timeout=timeout,
                    max_output=max_output, text=text, encoding=encoding, errors=errors,
                    call="Pool.run")   # before a container is taken
@@ -195,7 +196,7 @@ class Pool:
         try:
             return session.run(command, input=input, timeout=timeout, env=env, cwd=cwd,
                                max_output=max_output, text=text, encoding=encoding,
-                               errors=errors, check=check)
+                               errors=errors, check=check, tty=tty)
         finally:
             self._give_back(session)
 

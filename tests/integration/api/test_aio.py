@@ -204,3 +204,28 @@ def test_async_shell_timeout_interrupts_again_while_no_status_comes() -> None:
     stuck, after = asyncio.run(main())
     assert stuck.timed_out and stuck.returncode == 130 and not stuck.shell_restarted, stuck
     assert after.stdout == b"/tmp\n"
+
+
+def test_async_shell_timeout_returns_only_once_the_shell_took_its_sigint(monkeypatch) -> None:
+    # As test_session.py's test of Shell (late_sigint.py forces the window): the call waits
+    # until the shell has taken its SIGINT, so none reaches the shell during the next call.
+    from tests.integration.proc.late_sigint import LateSigint
+
+    async def main() -> tuple[lxcbind.CompletedRun, bool, LateSigint, lxcbind.CompletedRun]:
+        async with lxcbind.AsyncSession.from_policy(POLICY) as s:
+            async with await s.shell() as sh:
+                await sh.run("cd /tmp")
+                late = LateSigint(sh.shell)
+                late.install(monkeypatch)
+                try:
+                    r = await sh.run("sleep 1", timeout=0.3, kill_grace=30)
+                    early = late.stopped_with_sigint()
+                finally:
+                    late.release()
+                monkeypatch.undo()
+                return r, early, late, await sh.run("pwd", timeout=30)
+    r, early, late, after = asyncio.run(main())
+    assert not early, "the call returned before the shell took its SIGINT"
+    late.check()
+    assert r.timed_out and r.returncode == 130, r
+    assert after.stdout == b"/tmp\n"

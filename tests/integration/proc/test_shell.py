@@ -4,6 +4,7 @@ containers whose root filesystem is the host's (which has bash and dash)."""
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 
 import pytest
@@ -106,6 +107,35 @@ def test_timeout_interrupts_only_the_command(sh):
         r = sh.run("echo $KEEP; pwd")
         assert (r.stdout, r.stderr) == (b"yes\n/tmp\n", b"")
     assert sh.alive
+
+
+# Blocks a real-time signal (those queue: every one sent is counted), says it is ready, and
+# once told to go prints how many copies are pending.
+_COUNT_RT_SIGNALS = """
+import signal, sys
+sig = signal.SIGRTMIN + 3
+signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+print("ready", flush=True)
+sys.stdin.readline()
+n = 0
+while signal.sigtimedwait({sig}, 0) is not None:
+    n += 1
+print(n, flush=True)
+"""
+
+
+def test_a_group_signal_reaches_the_command_once(session):
+    # The group signal used to be followed by one more through the pidfd: a persistent shell
+    # then took a timeout's SIGINT twice, the second time while it read the next frame.
+    proc = session.spawn(["python3", "-c", _COUNT_RT_SIGNALS])
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGRTMIN + 3, group=True)
+        out, _ = proc.communicate(b"go\n", timeout=60)
+    finally:
+        proc.kill()
+        proc.close()
+    assert out == b"1\n"
 
 
 def test_command_ignoring_sigint_is_killed_and_the_shell_survives(sh):

@@ -23,6 +23,7 @@ import pytest
 import lxcbind
 from lxcbind.lxc import cgroups
 from tests.conftest import IS_ROOT, NATIVE_ERROR, new_name, requires_clones
+from tests.integration.sandbox.conftest import ready_session, wait_full
 
 pytestmark = [requires_clones, pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
@@ -232,9 +233,7 @@ def test_200_runs_leave_nothing_behind() -> None:
         results = pool.map(["echo $$; hostname"] * 200, workers=4)
         assert [r.stdout.split()[0] for r in results] == [b"2"] * 200   # 1 is the spawner
         assert len({r.stdout.split()[1] for r in results}) == 200
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_full(pool)
         # the ready clones only: none of the 200 used ones left a cgroup
         assert all(len(dirs) == 4 for dirs in clone_dirs(pool).values())
         template_pid = pool._template.init_pid if pool._template else 0
@@ -326,11 +325,7 @@ def test_clone_loads_the_filters_a_container_of_the_policy_has(tmp_path: Path,
     with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
         want = tools.filters(container._spawner_host_pid)
     with lxcbind.Pool(p, size=1, clones=True) as pool:
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.02)
-        session = pool._ready.queue[0]
-        assert session is not None
+        session = ready_session(pool)
         got = tools.filters(session._spawner_host_pid)
     assert len(want) == 2 and len(got) == 2
     assert got == want
@@ -344,11 +339,7 @@ def test_clone_init_has_the_stdio_of_a_container_init() -> None:
     with lxcbind.Session.from_policy({**p, "containerId": new_name("clone-")}) as container:
         want = [os.readlink(f"/proc/{container._spawner_host_pid}/fd/{n}") for n in (1, 2)]
     with lxcbind.Pool(p, size=1, clones=True) as pool:
-        deadline = time.monotonic() + 30
-        while not pool.idle and time.monotonic() < deadline:
-            time.sleep(0.02)
-        session = pool._ready.queue[0]
-        assert session is not None
+        session = ready_session(pool)
         pid = session._spawner_host_pid
         got = [os.readlink(f"/proc/{pid}/fd/{n}") for n in (1, 2)]
         assert os.readlink(f"/proc/{pid}/fd/0").startswith("socket:")
@@ -460,3 +451,53 @@ def test_descriptors_in_flight_in_one_clone_do_not_stop_another() -> None:
                 os.kill(hog_pid, signal.SIGUSR1)
             hog.join(120)
         assert out and out[0].stdout.split()[1] == b"109", out   # ETOOMANYREFS: it was full
+
+
+# What a command on a tty checks of it: stdio all one terminal, named in the clone's own
+# /dev/pts (fresh devpts: nothing there but ptmx and this pty), and usable (stty).
+_TTY_PROBE = ("t=$(tty) && echo \"tty $t\"; for fd in 0 1 2; do test -t $fd || "
+              "echo \"no tty $fd\"; done; echo \"pts $(ls /dev/pts | tr '\\n' ' ')\"; "
+              "stty size >/dev/null && echo stty")
+
+
+def _tty_report(out: bytes) -> dict[str, str]:
+    lines = out.replace(b"\r\n", b"\n").decode().splitlines()
+    return {line.split(" ", 1)[0]: line.split(" ", 1)[-1].strip() for line in lines if line}
+
+
+def _check_tty(out: bytes) -> None:
+    got = _tty_report(out)
+    assert "no" not in got, out
+    assert got.get("tty", "").startswith("/dev/pts/"), out
+    assert got["pts"].split() == sorted(["ptmx", got["tty"].rsplit("/", 1)[1]]), out
+    assert "stty" in got, out
+
+
+def test_clones_run_commands_on_a_tty_of_their_own_devpts() -> None:
+    """tty=True on a clone, through Pool.run and through a clone's Session (run, and an
+    interactive spawn): the pty comes from the clone's own devpts, not the template's."""
+    from lxcbind.sandbox.clone import Clone
+
+    with lxcbind.Pool(policy(), size=1, clones=True) as pool:
+        r = pool.run(_TTY_PROBE, tty=True, timeout=60)
+        assert r.returncode == 0, r
+        _check_tty(r.stdout)
+        assert pool._template is not None
+        session = Clone(pool._template).open()
+        try:
+            r = session.run(_TTY_PROBE, tty=True, timeout=60)
+            assert r.returncode == 0, r
+            _check_tty(r.stdout)
+            with session.spawn(["/bin/sh", "-c", _TTY_PROBE + "; read x; echo got $x"],
+                               tty=True) as proc:
+                out = b""
+                for want, then in ((b"stty\r\n", b"hello\n"), (b"got hello\r\n", b"")):
+                    while not out.endswith(want):
+                        chunk = os.read(proc.master, 4096)
+                        assert chunk, out
+                        out += chunk
+                    os.write(proc.master, then)
+                assert proc.wait(timeout=60) == 0
+            _check_tty(out.split(b"stty\r\n", 1)[0] + b"stty\n")
+        finally:
+            session.close()

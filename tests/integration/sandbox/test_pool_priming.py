@@ -5,12 +5,12 @@ caller's path), while a one-shot run, whose latency it is for, still primes."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 import lxcbind
 from tests.conftest import IS_ROOT, NATIVE_ERROR
+from tests.integration.sandbox.conftest import wait_full
 
 pytestmark = [pytest.mark.skipif(not IS_ROOT, reason="needs root"),
               pytest.mark.skipif(bool(NATIVE_ERROR), reason=f"no binding: {NATIVE_ERROR}")]
@@ -48,9 +48,7 @@ def test_a_pools_starts_do_not_prime_a_one_shot_run_does(kicks):
         with lxcbind.Pool(POLICY, size=2) as pool:
             for _ in range(3):
                 assert pool.run(["/bin/true"]).returncode == 0
-            deadline = time.monotonic() + 60
-            while not pool.idle and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_full(pool)
         assert len(opened) >= 5   # 2 at first, then a replacement per run: all set up ...
         assert all(name.startswith("lxcbind-pool-start") for name in opened)
         assert kicks == []        # ... and none primed
