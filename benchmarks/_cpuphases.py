@@ -63,6 +63,9 @@ _KERNEL = (
     ("file removal", ("__x64_sys_unlinkat", "__x64_sys_rmdir", "__x64_sys_unlink",
                       "do_unlinkat", "do_rmdir", "ext4_evict_inode", "evict")),
     ("loop/ext4 I/O", ("loop_", "ext4_", "jbd2", "blk_", "submit_bio")),
+    # A path walk, stat or open in cgroupfs or sysfs that no cgroup_ frame names (liblxc's
+    # recursive removal of a v1 cgroup stats every control file of every hierarchy).
+    ("kernfs (cgroup/sys files)", ("kernfs_",)),
 )
 _SYSCALL_PREFIX = re.compile(r"^(__x64_sys_|__do_sys_|__se_sys_|ksys_|__sys_|do_sys_)")
 _USER = (("libseccomp", "seccomp compile (libseccomp)"), ("liblxc", "liblxc (user)"),

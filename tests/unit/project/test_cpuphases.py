@@ -33,6 +33,7 @@ def test_samples_count_for_the_run_its_descendants_and_kernel_threads_only() -> 
     result = attribute([
         fork(1001, ME, 1.5), fork(1002, 1001, 1.6),
         sample("python3", ME, 1.7, "__x64_sys_openat", "do_syscall_64"),
+        sample("python3", ME, 2.7, "kernfs_iop_lookup", "__x64_sys_newfstatat", "do_syscall_64"),
         sample("lxcbind-starter", 1002, 2.5, "cgroup_mkdir", "kernfs_iop_mkdir"),
         sample("kworker/0:1", 7, 3.5, "css_killed_work_fn", "process_one_work"),
         sample("kdamond.0", 8, 3.6, "damon_pa_check_accesses", "kdamond_fn"),
@@ -40,13 +41,14 @@ def test_samples_count_for_the_run_its_descendants_and_kernel_threads_only() -> 
         sample("other-job", 4242, 3.8, "__x64_sys_read"),
         sample("python3", ME, 9.5, "__x64_sys_read"),   # after the window: not counted
     ])
-    assert result["total"] == 3 * MS / 2
+    assert result["total"] == 4 * MS / 2
     assert result["foreign"] == MS / 2 and result["machine"] == 2 * MS / 2
-    assert result["phase"] == {"after the run (background)": MS / 2, "start": MS / 2,
+    assert result["phase"] == {"after the run (background)": MS / 2, "start": 2 * MS / 2,
                                "stop": MS / 2}
-    assert result["process"] == {"python3": MS / 2, "lxcbind-starter [2]": MS / 2,
+    assert result["process"] == {"python3": 2 * MS / 2, "lxcbind-starter [2]": MS / 2,
                                  "kernel threads": MS / 2}
-    assert result["process_mechanism"] == {"python3": {"syscall openat": MS / 2},
+    assert result["process_mechanism"] == {"python3": {"syscall openat": MS / 2,
+                                                       "kernfs (cgroup/sys files)": MS / 2},
                                            "lxcbind-starter [2]": {"cgroup fs": MS / 2},
                                            "kernel threads": {"cgroup fs": MS / 2}}
 
