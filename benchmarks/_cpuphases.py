@@ -68,9 +68,10 @@ _KERNEL = (
     ("kernfs (cgroup/sys files)", ("kernfs_",)),
 )
 _SYSCALL_PREFIX = re.compile(r"^(__x64_sys_|__do_sys_|__se_sys_|ksys_|__sys_|do_sys_)")
+# Debian's python3 has libpython linked in: its frames name the program (/usr/bin/python3.11).
 _USER = (("libseccomp", "seccomp compile (libseccomp)"), ("liblxc", "liblxc (user)"),
-         ("libpython", "python (interpreter)"), ("ld-linux", "dynamic loader"),
-         ("libc.so", "libc"))
+         ("libpython", "python (interpreter)"), ("bin/python3", "python (interpreter)"),
+         ("ld-linux", "dynamic loader"), ("libc.so", "libc"))
 _KTHREAD = re.compile(r"^(kworker|ksoftirqd|rcu|kthreadd|migration|loop\d|jbd2|kcompactd|"
                       r"kswapd|khugepaged|kdamond|irq/|cpuhp|kauditd|writeback|oom_reaper)")
 # Kernel work that is the machine's own, never a run's: DAMON's memory monitor and a VM's vsock

@@ -61,3 +61,11 @@ def test_a_recycled_pid_belongs_to_its_latest_parent() -> None:
         sample("sh", 1001, 2.2, "__x64_sys_read"),
     ])
     assert result["foreign"] == MS / 2 and result["process"] == {"sh": MS / 2}
+
+
+def test_the_interpreter_is_named_with_libpython_or_linked_in() -> None:
+    def chain(dso: str) -> list[str]:
+        return [f"\t    7f0000001000 _PyEval_EvalFrameDefault+0x10 ({dso})"]
+    assert _cpuphases._mechanism(chain("/usr/lib/libpython3.11.so.1.0")) == "python (interpreter)"
+    assert _cpuphases._mechanism(chain("/usr/bin/python3.11")) == "python (interpreter)"
+    assert _cpuphases._mechanism(chain("/usr/bin/perl")) == "user (other)"
