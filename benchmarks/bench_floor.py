@@ -27,7 +27,8 @@
     ``lxc-start``/``lxc-stop`` of one container (liblxc's own floor) measured the same way, the
     cgroup hierarchies a container touches, and with ``--baseline DIR...`` the Pool's
     throughput, CPU per fresh container and ``run()`` of each baseline and this checkout,
-    alternately, each in a process of its own.
+    alternately, each in a process of its own; ``--json FILE`` also writes the breakdown there
+    (``tests/hosts/run.sh`` runs it in a cgroup v2 VM: ``HOSTS_BENCH``).
 Prints medians and ratios; asserts nothing.      python3 benchmarks/bench_floor.py [-n 20]
 
 The figures marked "pyc" have lxcbind's bytecode compiled first (``compileall``); the
@@ -524,7 +525,8 @@ def print_cpu_phases(result: dict[str, Any] | None, floors: dict[str, float | No
         return
     print(f"machine CPU per fresh container, lxcbind.run() of /bin/true, by phase (perf -a: "
           f"this run's processes + kernel threads; {result['foreign']:.1f} ms/run of other "
-          f"processes' CPU left out): {result['total']:.1f} ms")
+          f"processes' CPU and {result['machine']:.1f} of the machine's own kernel threads, "
+          f"DAMON and vsock, left out): {result['total']:.1f} ms")
     for phase, ms in sorted(result["phase"].items(), key=lambda kv: -kv[1]):
         mech = sorted(result["mechanism"][phase].items(), key=lambda kv: -kv[1])[:5]
         print(f"  {ms:6.2f}  {phase:40} " + ", ".join(f"{k} {v:.2f}" for k, v in mech))
@@ -538,6 +540,11 @@ def print_cpu_phases(result: dict[str, Any] | None, floors: dict[str, float | No
             totals[k] += v
     print("  by mechanism: " + ", ".join(
         f"{k} {v:.2f}" for k, v in sorted(totals.items(), key=lambda kv: -kv[1])[:14]))
+    print("  by process, its mechanisms:")
+    for proc, ms in sorted(result["process"].items(), key=lambda kv: -kv[1]):
+        if ms >= 0.5:
+            mech = sorted(result["process_mechanism"][proc].items(), key=lambda kv: -kv[1])[:6]
+            print(f"  {ms:6.2f}  {proc:40} " + ", ".join(f"{k} {v:.2f}" for k, v in mech))
     print(f"  cgroup hierarchies: {hierarchies[1]} of the host's {hierarchies[0]} hold the "
           "container's init in a cgroup of its own (liblxc creates and removes a payload and "
           "a monitor cgroup in each)")
@@ -545,8 +552,9 @@ def print_cpu_phases(result: dict[str, Any] | None, floors: dict[str, float | No
         print(f"  {label:58} " + (f"{cpu:6.2f} ms CPU" if cpu is not None else "n/a"))
 
 
-def cpu_only(n: int, size: int, baselines: Sequence[str]) -> None:
-    """Issue #23's figures: the per-phase CPU, the floors, and an A/B against each baseline."""
+def cpu_only(n: int, size: int, baselines: Sequence[str], json_path: str | None = None) -> None:
+    """Issue #23's figures: the per-phase CPU, the floors, and an A/B against each baseline
+    (``json_path``: the breakdown, the floors and the hierarchies also written there)."""
     phases = phase_breakdown(n)
     pool = _split(pool_cpu(n * 3, size))
     floors = {
@@ -556,7 +564,12 @@ def cpu_only(n: int, size: int, baselines: Sequence[str]) -> None:
         "bwrap --unshare-all /bin/true": (_cpuphases.cpu_per_call(bwrap_true, n)
                                           if ensure_bwrap() else None),
     }
-    print_cpu_phases(phases, floors, cgroup_hierarchies())
+    hierarchies = cgroup_hierarchies()
+    print_cpu_phases(phases, floors, hierarchies)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"phases": phases, "floors": floors, "hierarchies": hierarchies,
+                       "load": os.getloadavg(), "cpus": os.cpu_count()}, f, indent=1)
     for baseline in baselines:
         ab = ab_rounds(baseline, n, size)
         print(f"A/B, alternately in one run (load {os.getloadavg()[0]:.2f}); Pool CPU per "
@@ -586,6 +599,8 @@ def main() -> None:
                         help="only the CLI against python3 -c pass (and the baselines)")
     parser.add_argument("--cpu", action="store_true",
                         help="only issue #23's CPU per fresh container (and the baselines' A/B)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="with --cpu: also write the breakdown as JSON (for comparisons)")
     parser.add_argument(WORKER, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     n, size = args.n, args.size
@@ -594,7 +609,7 @@ def main() -> None:
         return
     print(describe())
     if args.cpu:
-        cpu_only(n, size, args.baseline)
+        cpu_only(n, size, args.baseline, args.json)
         return
     if args.phases:
         print_phases(*python_phases(n))

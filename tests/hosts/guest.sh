@@ -11,6 +11,10 @@
 #                  with less than a minute left is skipped and reported as such
 #   HOSTS_LINT=0   skip ruff and mypy (host-independent; mypy needs the ray extra, which an
 #                  offline host does not get)
+#   HOSTS_BENCH    a command run in the checkout after the suite, the venv's bin first on PATH
+#                  (e.g. "python3 benchmarks/bench_floor.py --cpu -n 20"): its output in
+#                  bench.txt, its exit status in commands.txt.  With HOSTS_BENCH and no
+#                  HOSTS_TESTS, no test folder runs: the benchmark alone, on an idle host
 # Results: $HOSTS_OUT/facts.txt, commands.txt (each command's exit status), junit-*.xml,
 # pytest-*.log, summary.txt (one line per folder: passed/failed/errors/skipped, then each
 # failure's first error line), apparmor.txt (denials during the run).  Exit status 0.
@@ -18,6 +22,8 @@ set -u
 cd "$(dirname "$0")/../.."
 OUT="${HOSTS_OUT:-/tmp/lxcbind-hosts}"
 TESTS="${HOSTS_TESTS:-tests/unit tests/security tests/integration/lxc tests/integration/sandbox tests/integration/image tests/integration/proc tests/integration/api tests/integration/net}"
+# A benchmark alone unless folders are named: the suite would load the host it measures.
+[ -n "${HOSTS_BENCH:-}" ] && TESTS="${HOSTS_TESTS:-}"
 BUDGET="${HOSTS_BUDGET:-7800}"
 mkdir -p "$OUT"
 # A copy of a git worktree carries a .git file that points outside the host: the project's
@@ -41,6 +47,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
     echo "systemd: $(systemctl --version 2>/dev/null | head -1)"
     echo "python3: $(python3 --version 2>&1) ($(command -v python3))"
     echo "memory: $(grep MemTotal /proc/meminfo | tr -s ' ')"
+    echo "perf: $(perf --version 2>/dev/null || echo absent)"
     echo "checkout: ${HOSTS_COMMIT:-$(git log -1 --format='%h %s' 2>/dev/null | cut -c1-80)}"
 } | tee "$OUT/facts.txt"
 dmesg > "$OUT/.dmesg-before"
@@ -80,6 +87,15 @@ for folder in $TESTS; do
     dmesg | grep 'apparmor="DENIED"' >> "$OUT/.denials"
     tail -1 "$OUT/pytest-$name.log"
 done
+
+if [ -n "${HOSTS_BENCH:-}" ]; then
+    left=$(( BUDGET - ($(date +%s) - start) )); t0=$(date +%s)
+    echo; echo "== benchmark: $HOSTS_BENCH (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    PATH="$PWD/.venv/bin:$PATH" timeout --kill-after=30 "$(( left > 60 ? left : 60 ))" \
+        bash -c "$HOSTS_BENCH" > "$OUT/bench.txt" 2>&1
+    echo "bench $? $(( $(date +%s) - t0 ))s" | tee -a "$OUT/commands.txt"
+    cat "$OUT/bench.txt"
+fi
 
 python3 - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import glob, os, sys, xml.etree.ElementTree as ET

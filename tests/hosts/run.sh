@@ -18,7 +18,9 @@
 #   HOSTS_ACCEL=kvm|tcg                  default: kvm when /dev/kvm exists; use tcg where KVM
 #                                        cannot boot a stock Debian kernel
 #   HOSTS_TIMEOUT=10800                  seconds per VM; qemu is killed after that
-#   HOSTS_TESTS, HOSTS_BUDGET, HOSTS_LINT  passed to guest.sh (see there)
+#   HOSTS_TESTS, HOSTS_BUDGET, HOSTS_LINT, HOSTS_BENCH  passed to guest.sh (see there); e.g.
+#       HOSTS_BENCH="python3 benchmarks/bench_floor.py --cpu -n 20" tests/hosts/run.sh bookworm
+#   runs that benchmark in the VM instead of the suite (its output: share/out/bench.txt)
 #   HOSTS_BUILD_ONLY=1                   build the images and fetch the wheels, boot nothing
 #                                        (e.g. niced, while another VM uses the CPUs)
 set -euo pipefail
@@ -29,10 +31,12 @@ MIRROR="${HOSTS_MIRROR:-http://deb.debian.org/debian}"
 MEM="${HOSTS_MEM:-6144}"; CPUS="${HOSTS_CPUS:-2}"; TIMEOUT="${HOSTS_TIMEOUT:-10800}"
 ACCEL="${HOSTS_ACCEL:-$([ -e /dev/kvm ] && echo kvm || echo tcg)}"
 # The README's packages, the tests' (busybox-static, tmux, nftables, git), and what makes it a
-# host like the users' (Debian's kernel, systemd as init: pure cgroup v2, AppArmor enabled).
+# host like the users' (Debian's kernel, systemd as init: pure cgroup v2, AppArmor enabled);
+# the benchmarks' tools: perf (the same name in bookworm and trixie, built with the kernel) for
+# bench_floor.py --cpu, bubblewrap for its floor row (no test uses either).
 PACKAGES="linux-image-amd64 systemd-sysv udev kmod dbus apparmor lxc lxc-dev libnftables-dev
     nftables pkg-config gcc libc6-dev python3-dev python3-venv e2fsprogs busybox-static iproute2 tmux
-    procps git"
+    procps git linux-perf bubblewrap"
 # What pip installs in the guest (from wheels: the guest has no network): the build
 # requirements and the test and lint extras of pyproject.toml.
 WHEELS="setuptools>=61 wheel cffi>=1.16 pytest>=7 pytest-timeout>=2 ruff==0.17.6 mypy==2.4.1"
@@ -162,7 +166,7 @@ run_one() {  # $1 = release
     ( cd "$CHECKOUT" && { git ls-files -co --exclude-standard -z | while IFS= read -r -d '' f; do
             [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done; printf '.git\0'; } \
         | tar --null -T - -cf "$share/in/checkout.tar" )
-    env | grep -E '^HOSTS_(TESTS|BUDGET|LINT)=' | sed -E "s/^([A-Z_]+)=(.*)$/export \1='\2'/" > "$share/in/env" || true
+    env | grep -E '^HOSTS_(TESTS|BUDGET|LINT|BENCH)=' | sed -E "s/^([A-Z_]+)=(.*)$/export \1='\2'/" > "$share/in/env" || true
     # The commit measured (a worktree's .git is a pointer that means nothing in the guest).
     printf "export HOSTS_COMMIT='%s%s'\n" "$(git -C "$CHECKOUT" log -1 --format=%h)" \
         "$(git -C "$CHECKOUT" diff --quiet HEAD || echo ' (with local changes)')" >> "$share/in/env"
@@ -175,7 +179,8 @@ run_one() {  # $1 = release
     rm -f "$run/overlay.qcow2"
     rc="$(cat "$share/out/exit_code" 2>/dev/null || echo none)"
     log "$rel: done (guest.sh exit status: $rc); output: $share/out/output.log"
-    cat "$share/out/facts.txt" "$share/out/commands.txt" "$share/out/summary.txt" 2>/dev/null \
+    cat "$share/out/facts.txt" "$share/out/commands.txt" "$share/out/summary.txt" \
+        "$share/out/bench.txt" 2>/dev/null \
         | tee "$run/matrix.txt"
 }
 
