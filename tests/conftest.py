@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -29,6 +30,15 @@ def _native_available() -> str:
 
 IS_ROOT = os.geteuid() == 0
 NATIVE_ERROR = _native_available()
+
+# The signal tests send SIGINT, SIGQUIT and SIGHUP to the CLI and expect what a terminal's user
+# gets.  A shell that starts the suite in the background (``cmd &`` in a script) or under
+# ``nohup`` makes pytest, and so every process a test starts, ignore them from the start; the
+# suite's results must not depend on how it was started.
+for _sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT
+                      else signal.SIG_DFL)
 
 # Real markers (registered in pyproject.toml), so that ``pytest -m "not requires_root"`` selects
 # the tests an unprivileged machine can run.  Everything under tests/integration and
