@@ -78,7 +78,10 @@ def test_10mb_binary_input_through_raw_pty(shared_busybox):
 def test_10mb_newline_rich_input_through_canonical_pty(shared_busybox):
     # Canonical mode is fine for text with short lines; EOF comes as VEOF after the last line.
     data = base64.encodebytes(os.urandom(MB10 * 3 // 4))
-    r = shared_busybox.run(["md5sum"], input=data, tty=True, timeout=30)
+    # A bound for a hang, not a speed: a pty's line discipline echoes all 10 MB, which took
+    # more than 30 s on an emulated VM sharing two cores with two more.
+    r = shared_busybox.run(["md5sum"], input=data, tty=True, timeout=240)
+    assert not r.timed_out, r.duration
     assert r.stdout.split()[-2].decode() == md5(data)
 
 
