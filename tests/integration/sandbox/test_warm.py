@@ -27,6 +27,7 @@ import lxcbind
 from lxcbind.lxc import cgroups
 from tests.conftest import _NAMES_MADE, IS_ROOT, NATIVE_ERROR, new_name, requires_clones
 from tests.integration.sandbox.test_clone import host_state, payload_dirs
+from tests.security.sandbox_probes import host_pids
 from tests.warmserver import ROOT, Server, WarmClient, lock_and_socket
 
 pytestmark = [requires_clones, pytest.mark.skipif(not IS_ROOT, reason="needs root"),
@@ -41,19 +42,6 @@ def policy(**lxc: object) -> dict[str, object]:
         p["lxc"] = dict(lxc)
     template(p)
     return p
-
-
-def host_pids(needle: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    if needle in f.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def wait_for(predicate: object, what: str, timeout: float = 120) -> None:
