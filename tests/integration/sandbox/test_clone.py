@@ -288,8 +288,9 @@ def test_sigkilled_owner_leaves_nothing_after_gc() -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     name = str(p["containerId"])
+    # Left: the template's definition (its cloner may already have ended with the owner's
+    # connection, and liblxc removed its cgroups meanwhile: no check of those here).
     assert name in lxcbind.list_containers()
-    assert payload_dirs(name)
     r = subprocess.run([sys.executable, "-m", "lxcbind", "gc"], capture_output=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
