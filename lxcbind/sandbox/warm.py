@@ -335,24 +335,15 @@ class WarmServer:
             argv: list[str] | None = imagefs.argv(self.template.box.image, policy, "run")
         except LxcbindError:
             argv = None
-        devpts = -1
-        try:
-            # The clone's own devpts, made by its init; no workload has run in it yet.
-            devpts = os.open(f"/proc/{clone.pid}/root/dev/pts",
-                             os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            pass
-        try:
-            reply = {"v": wire.VERSION, "clone": clone.name, "pid": clone.pid,
-                     "spawner_pid": session.spawner_pid, "nsdepth": session._nsdepth,
-                     "events": list(session._event_files), "env": d.env, "cwd": d.cwd,
-                     "timeout": d.timeout, "uid": d.uid, "gid": d.gid, "argv": argv,
-                     "image": session._image}
-            fds = [channel.fileno(), clone._pidfd, devpts, clone._layer._fd]
-            self._reply(conn, reply, fds)
-        finally:
-            if devpts >= 0:
-                os.close(devpts)
+        # The clone's own devpts: opened by its session (``clone._own_devpts``) before any
+        # workload ran there, one name at a time; the session keeps it and closes it.
+        devpts = getattr(session, "_devpts", -1)
+        reply = {"v": wire.VERSION, "clone": clone.name, "pid": clone.pid,
+                 "spawner_pid": session.spawner_pid, "nsdepth": session._nsdepth,
+                 "events": list(session._event_files), "env": d.env, "cwd": d.cwd,
+                 "timeout": d.timeout, "uid": d.uid, "gid": d.gid, "argv": argv,
+                 "image": session._image}
+        self._reply(conn, reply, [channel.fileno(), clone._pidfd, devpts, clone._layer._fd])
         session._ctrl = None   # the client's now: its close is the spawner's end
         channel.close()
 
