@@ -27,8 +27,7 @@ from lxcbind._early import install_if_cli
 
 install_if_cli()
 
-import importlib  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+TYPE_CHECKING = False   # not typing's: importing it costs milliseconds of every CLI run
 
 __version__ = "0.1.0"
 
@@ -94,10 +93,12 @@ __all__ = [
 
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'lxcbind' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -11,10 +11,10 @@ hands back to this handler when it is done.  What runs before this module (the i
 own start-up: ``site`` and its ``.pth`` files, and runpy locating the package) is out of
 lxcbind's reach: a SIGINT there is Python's ``KeyboardInterrupt``.
 
-Only ``lxcbind._early`` (``sys``, ``_signal``) is imported here, on purpose.
+Only ``lxcbind._early`` (``sys``, ``_signal``) is imported here, on purpose (not even
+``__future__``), and ``lxcbind._cliclient`` (modules built into the interpreter) before the
+CLI: a warm run is handed to a warm CLI server from there.
 """
-
-from __future__ import annotations
 
 from lxcbind._early import install_early_signals
 
@@ -22,6 +22,11 @@ from lxcbind._early import install_early_signals
 def main() -> None:
     """``lxcbind`` / ``python -m lxcbind``."""
     install_early_signals()
+    import sys
+
+    from lxcbind._cliclient import hand_over
+
+    hand_over(sys.argv[1:])   # a warm CLI server runs it, and this ends here; or not served
     from lxcbind.cli import main_entry
 
     main_entry()

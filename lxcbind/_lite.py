@@ -167,6 +167,7 @@ class lazy_re:  # noqa: N801 - used like ``re.compile``
     def __init__(self, pattern: str, flags: int = 0) -> None:
         self._args = (pattern, flags)
         self._compiled: Any = None
+        _LAZY.append(self)
 
     def __getattr__(self, name: str) -> Any:   # match, fullmatch, search, sub, pattern ...
         if self._compiled is None:
@@ -174,6 +175,16 @@ class lazy_re:  # noqa: N801 - used like ``re.compile``
 
             self._compiled = re.compile(*self._args)
         return getattr(self._compiled, name)
+
+
+_LAZY: list[lazy_re] = []
+
+
+def compile_all() -> None:
+    """Compile every ``lazy_re`` made so far: for a process that forks a copy of itself per
+    run (``lxcbind.cliserver``), so that no copy compiles them again."""
+    for pattern in _LAZY:
+        pattern.pattern   # noqa: B018 - the attribute access compiles it
 
 
 _sha256: Callable[[bytes], Any] | None = None

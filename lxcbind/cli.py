@@ -43,6 +43,11 @@ EXIT_NOT_FOUND = 127
 JSON_VERSION = 1                     # the shape of --json objects; bumped when a field changes
 JSON_MAX_OUTPUT = 16 << 20           # --json's default cap, bytes per stream (the API's too)
 
+# In a CLI forked by the warm CLI server (``lxcbind.cliserver``): told, before the run reads
+# or writes anything, whether this process serves it (``forked.decide(True)``) or the client
+# runs the CLI itself (``decide(False)`` does not return).
+forked: Any = None
+
 
 
 class _Log:
@@ -476,6 +481,9 @@ def _run(args: argparse.Namespace) -> int:
     from lxcbind.lxc import cgroups
 
     warm = _wants_warm(args)
+    if forked is not None and (not warm or (getattr(args, "config", None)
+                                            or getattr(args, "policy", None)) == "-"):
+        forked.decide(False)   # a fresh container, or a policy on stdin: in the client
     if not warm:
         # Set off the grace period liblxc's start() waits for, while the rest is imported and
         # the policy read (Sandbox.open primes again: a prime within one grace period is
@@ -486,6 +494,8 @@ def _run(args: argparse.Namespace) -> int:
         raise _UsageError("--max-output and --base64 apply to --json (captured output)")
     policy, document, origin = _load_document(args)   # a policy error is 2 even without liblxc
     if warm and not policy.network.effective().is_deny_all():
+        if forked is not None:
+            forked.decide(False)
         log.info("no warm server serves a policy with network access (clones have no network "
                  "device): a fresh container")
     elif warm:
@@ -545,8 +555,12 @@ def _run_warm(args: argparse.Namespace, policy: Any) -> int | None:
     from lxcbind.proc.warm import open_clone
 
     session = open_clone(policy, log=lambda m: log.info("%s", m))
+    if forked is not None:
+        forked.decide(session is not None)
     if session is None:
         return None
+    if forked is not None:
+        log.info("run by the warm CLI server (forked as process %d)", os.getpid())
     for warning in policy.warnings:   # (the fresh container's path says them otherwise)
         log.warning("%s", warning)
     log.info("running in clone %s of the warm server", session.container.name)
@@ -633,7 +647,9 @@ def _warm(args: argparse.Namespace) -> int:
                                 log=lambda m: log.info("%s", m))
         except ValueError as exc:
             raise _UsageError(str(exc)) from None
+        cli_server = None
         try:
+            cli_server = _start_cli_server()
             sys.stdout.write(f"serving {server.path}\n")   # for scripts: it is ready now
             sys.stdout.flush()
             server.serve()
@@ -641,8 +657,44 @@ def _warm(args: argparse.Namespace) -> int:
             log.info("stopping after %s", exc)
         finally:
             with signals.shielded():
-                server.close()
+                if cli_server is not None:
+                    cli_server.terminate()   # no new run; those in progress end with...
+                server.close()               # ...their clones, torn down here
+                if cli_server is not None:
+                    import subprocess
+
+                    try:
+                        cli_server.wait(timeout=10)
+                    except subprocess.TimeoutExpired:   # a run stuck writing to its client
+                        cli_server.kill()              # (who then sends it SIGHUP)
+                        cli_server.wait()
     return 0
+
+
+def _start_cli_server() -> Any:
+    """A warm CLI server (``lxcbind.cliserver``) beside this ``lxcbind warm``, importing the
+    same ``lxcbind`` (this one's directory first on its path), as a ``subprocess.Popen``; None
+    (with a warning) when it did not come up: ``run --warm`` then loads the CLI in each run."""
+    import select
+    import subprocess
+
+    from lxcbind import _cliclient
+
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(_cliclient.__file__)))
+    code = (f"import sys; sys.path.insert(0, {parent!r}); "
+            "from lxcbind.cliserver import main; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    line = proc.stdout.readline() if ready else b""
+    proc.stdout.close()
+    if not line.startswith(b"ready "):
+        proc.kill()
+        proc.wait()
+        log.warning("the warm CLI server did not start: each run --warm loads the CLI itself")
+        return None
+    return proc
 
 
 def _container_id(name: str) -> str:
@@ -758,6 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("debug" if verbose else "warning")
     log.configure(level)
     as_json = getattr(args, "json", False)
+    if forked is not None and args.command != "run":
+        forked.decide(False)
     started = time.monotonic()
     try:
         if args.command == "gc":

@@ -59,6 +59,26 @@ class Server:
             self.close()
             raise
 
+    def cli_server(self) -> tuple[int, str]:
+        """The pid of the CLI server ``lxcbind warm`` started (``lxcbind.cliserver``) and its
+        socket; (0, "") when there is none."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.proc.pid and b"lxcbind.cliserver" in cmdline:
+                pid = int(entry)
+                names = [n for n in os.listdir(warm.WARM_DIR)
+                         if n.startswith("cli-") and n.endswith(f"-{pid}.sock")]
+                return pid, os.path.join(warm.WARM_DIR, names[0]) if names else ""
+        return 0, ""
+
     def stop_now(self) -> str:
         """SIGKILL (if still running) and its stderr."""
         if self.proc.poll() is None:

@@ -39,6 +39,8 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from lxcbind._cliclient import PREFIX as CLI_PREFIX
+from lxcbind._cliclient import warm_dir
 from lxcbind._lite import replace, sha256_hex
 from lxcbind.command import CallOptions, CommandDefaults
 from lxcbind.errors import LxcError, SessionError
@@ -49,7 +51,7 @@ from lxcbind.result import CompletedRun
 
 __all__ = ["WARM_DIR", "WarmSession", "open_clone", "socket_path", "sweep", "template_key"]
 
-WARM_DIR = os.environ.get("LXCBIND_WARM_DIR", "/run/lxcbind/warm")
+WARM_DIR = warm_dir()
 VERSION = 1
 MAX_MESSAGE = 1 << 20        # a request or reply (the env of a policy can be large)
 _FDS = 4                     # channel, pidfd, devpts, root
@@ -83,13 +85,26 @@ def request(policy: Policy, key: str) -> dict[str, Any]:
 
 def sweep() -> list[str]:
     """Remove the sockets and lock files of servers that are gone (SIGKILLed): those whose
-    lock nobody holds.  Returns the paths removed."""
+    lock nobody holds, and the CLI servers' sockets nobody listens on.  Returns the paths
+    removed."""
     removed: list[str] = []
     try:
         names = os.listdir(WARM_DIR)
     except (FileNotFoundError, NotADirectoryError):
         return removed
     for name in names:
+        if name.startswith(CLI_PREFIX) and name.endswith(".sock"):   # lxcbind.cliserver's
+            path = os.path.join(WARM_DIR, name)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+                try:
+                    probe.connect(path)
+                except ConnectionRefusedError:   # nobody listens: its server was SIGKILLed
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                        removed.append(path)
+                except OSError:
+                    pass
+            continue
         if not name.endswith(".lock"):
             continue
         lock = os.path.join(WARM_DIR, name)

@@ -8,15 +8,20 @@ command surely ran in a clone the server handed over."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import subprocess
+import sys
+import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import _NAMES_MADE, new_name, requires_clones, requires_lxc, requires_root
-from tests.warmserver import Server, WarmClient
+from tests.warmserver import ROOT, Server, WarmClient
 
 from .sandbox_probes import Held, hold_script, host_pids, namespaces, parse, script, template_of
 from .test_clone_attacks import check_out_of_reach
@@ -143,3 +148,127 @@ def test_a_warm_clones_privileges_are_a_fresh_containers(server: Server) -> None
     assert warm.returncode == cold.returncode == 0, (warm, cold)
     assert warm.stdout == cold.stdout, (warm.stdout, cold.stdout)
     assert b"NoNewPrivs:\t1" in warm.stdout and b"unshare=1" in warm.stdout
+
+
+# --------------------------------------------------------------------------- the CLI server
+
+def _served(args: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
+    """``python -m lxcbind ARGS`` as a client of the warm CLI server."""
+    return subprocess.run([sys.executable, "-m", "lxcbind", *args], capture_output=True,
+                          timeout=300, cwd=ROOT, stdin=subprocess.DEVNULL, **kw)  # type: ignore
+
+
+def test_the_cli_servers_socket_and_process_are_out_of_reach(server: Server) -> None:
+    """A workload run by a forked CLI (``run --warm`` handed to the CLI server): the CLI
+    server's socket and process are as far out of its reach as the warm server's."""
+    pid, path = server.cli_server()
+    key = os.path.basename(path)[:-5]
+    code = script(REACH_SERVER % {"path": path, "pid": pid, "key": key})
+    r = _served(["run", "--warm", "-v", str(server.file), "--", *code])
+    assert b"run by the warm CLI server" in r.stderr, r.stderr
+    out = dict(line.split("=", 1) for line in r.stdout.decode().splitlines() if "=" in line)
+    assert r.returncode == 0, r
+    assert out["EXISTS"] == "False" and out["CONNECT"] == "ENOENT", out
+    assert out["LIST_warm"] == "ENOENT" and out["FOUND"] == "", out
+    assert out["UNIX_NAMED"] == "False", out
+    assert out["SERVER_PID"] in ("ESRCH", "False"), out
+    assert os.path.exists(path)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:"):
+                found.add(link)
+    return found
+
+
+def test_a_forked_cli_holds_nothing_of_the_server_or_other_runs(server: Server) -> None:
+    """Two runs handed over at once: neither forked CLI holds the CLI server's listening
+    socket or the other client's connection (only its own stdio, and its clone's channel)."""
+    pid, _ = server.cli_server()
+    marks = [str(5 * 10**8 + os.getpid() + i) for i in range(2)]
+    clients = [subprocess.Popen([sys.executable, "-m", "lxcbind", "run", "--warm", "-v",
+                                 str(server.file), "--", "sh", "-c", f"sleep {m}"], cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE) for m in marks]
+    try:
+        forked = []
+        for c in clients:
+            assert c.stderr is not None
+            line = next(line for line in c.stderr if b"run by the warm CLI server" in line)
+            forked.append(int(line.rsplit(b" ", 1)[1].strip(b")\n")))
+        for m in marks:
+            deadline = time.monotonic() + 60
+            while not host_pids(f"sleep\0{m}".encode()):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        servers = _socket_inodes(pid)   # the listener, and one connection per client
+        assert len(servers) >= 3, servers
+        for f in forked:
+            assert not _socket_inodes(f) & servers, f
+    finally:
+        for c in clients:
+            c.kill()
+            c.communicate(timeout=60)
+
+
+def test_a_non_root_process_that_reaches_the_cli_server_runs_nothing(server: Server,
+                                                                     tmp_path: Path) -> None:
+    """A process of another uid that can reach the socket (given CAP_DAC_OVERRIDE: the
+    directory is root's, 0700) sends a well-formed request to run a command as root: the
+    CLI server closes the connection unanswered (SO_PEERCRED), nothing runs, and it goes on
+    serving root's clients."""
+    _, path = server.cli_server()
+    marker = tmp_path / "ran"
+    os.chmod(tmp_path, 0o777)
+    request = ["lxcbind", "run", "--warm", str(server.file), "--", "touch", str(marker)]
+    code = textwrap.dedent(f"""
+        import marshal, os, socket, sys
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect({path!r})
+        argv = {request!r}
+        env = dict(os.environ, LXCBIND_STATE_DIR="/tmp/x")
+        cwd = os.open(".", os.O_PATH)
+        try:
+            s.sendmsg([marshal.dumps((1, argv, env, 0o22))],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                        b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd)))])
+            print("REPLY=" + repr(s.recv(64)))
+        except (BrokenPipeError, ConnectionResetError):   # closed, the request unread
+            print("REPLY=b''")
+    """)
+    r = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                        "--inh-caps", "+dac_override", "--ambient-caps", "+dac_override",
+                        sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert "REPLY=b''" in r.stdout, (r.stdout, r.stderr)   # closed, unanswered
+    assert not marker.exists()
+    r = _served(["run", "--warm", "-v", str(server.file), "--", "echo", "root"])
+    assert (r.returncode, r.stdout) == (0, b"root\n") and b"run by the warm" in r.stderr
+
+
+@pytest.mark.parametrize("garbage", ["not-marshal", "three-fds", "old-version", "no-fds"])
+def test_a_malformed_request_is_dropped_and_the_cli_server_goes_on(server: Server,
+                                                                    garbage: str) -> None:
+    import marshal
+    import socket
+
+    _, path = server.cli_server()
+    argv = ["lxcbind", "run", "--warm", str(server.file), "--", "true"]
+    good = marshal.dumps((1, argv, dict(os.environ), 0o22))
+    data, fds = {"not-marshal": (b"\xff" * 64, (0, 1, 2, 0)),
+                 "three-fds": (good, (0, 1, 2)),
+                 "old-version": (marshal.dumps((0, argv, dict(os.environ), 0o22)), (0, 1, 2, 0)),
+                 "no-fds": (good, ())}[garbage]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                   b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds))] if fds else []
+        s.sendmsg([data], rights)
+        s.settimeout(30)
+        assert s.recv(64) == b""   # closed, nothing forked
+    r = _served(["run", "--warm", "-v", str(server.file), "--", "echo", "still"])
+    assert (r.returncode, r.stdout) == (0, b"still\n") and b"run by the warm" in r.stderr

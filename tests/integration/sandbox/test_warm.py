@@ -404,17 +404,20 @@ def test_cli_warm_on_a_terminal_gets_a_terminal(server: Server) -> None:
     cold_out, cold_code = on_a_terminal(["run", str(server.file), *command])
     assert warm_code == cold_code == 4, (warm_out, cold_out)
     assert b"running in clone" in warm_out
+    assert b"run by the warm CLI server" not in warm_out   # a terminal: the CLI's own run
     lines = [line for line in warm_out.split(b"\r\n") if not line.startswith(b"lxcbind:")]
     assert lines[:2] == cold_out.split(b"\r\n")[:2] == [b"tty", b"24 80"], (warm_out, cold_out)
     assert lines[2] == b"1"   # the pty is the only one in the clone's own devpts
 
 
 def test_the_cli_warm_path_loads_no_sandbox_layer(server: Server) -> None:
-    """``run --warm`` runs through ``lxcbind.proc.warm``: none of the sandbox layer (rootfs,
-    security, liblxc's start, the network) is imported when a server answers."""
+    """``run --warm`` in the CLI's own process (not handed to the warm CLI server: tests/
+    integration/api/test_warm_cli.py) runs through ``lxcbind.proc.warm``: none of the sandbox
+    layer (rootfs, security, liblxc's start, the network) is imported when a server answers."""
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "lxcbind", "run", "--warm",
                         "-v", str(server.file), "--", "true"], capture_output=True, timeout=120,
-                       cwd=ROOT, stdin=subprocess.DEVNULL)
+                       cwd=ROOT, stdin=subprocess.DEVNULL,
+                       env={**os.environ, "LXCBIND_WARM_CLI": "0"})
     assert r.returncode == 0 and b"running in clone" in r.stderr, r.stderr[-2000:]
     modules = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines()
                if line.startswith("import time:")]

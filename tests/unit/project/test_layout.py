@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[3] / "lxcbind"
 # Lowest first.  A module may import from its own layer and the layers before it.
 LAYERS = [
     ("leaf", ("lxcbind.errors", "lxcbind.result", "lxcbind.state", "lxcbind.policy",
-              "lxcbind._lite", "lxcbind.command", "lxcbind._early")),
+              "lxcbind._lite", "lxcbind.command", "lxcbind._early", "lxcbind._cliclient")),
     ("binding", ("lxcbind.lxc", "lxcbind._lxc", "lxcbind._nft")),
     ("process", ("lxcbind.proc",)),
     ("network", ("lxcbind.net",)),
