@@ -19,6 +19,25 @@ def exec_line(error: ExecError) -> bytes:
     return f"lxcbind: {where}{error.filename or ''}: {why}\n".encode(errors="replace")
 
 
+# "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
+# ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
+FULL_MARGIN = 2 << 20
+
+
+def filesystem_full(fd: int) -> bool:
+    """Whether the filesystem of ``fd`` (a sandbox's writable layer: the ext4 disk layer, or a
+    clone's tmpfs) has (nearly) no bytes or no inodes left for the workload: what
+    ``disk_limited`` reports.  False for ``fd < 0`` or a filesystem that cannot be asked."""
+    if fd < 0:
+        return False
+    try:
+        st = os.fstatvfs(fd)
+    except OSError:
+        return False
+    margin = FULL_MARGIN + st.f_blocks * st.f_frsize // 128
+    return st.f_favail == 0 or st.f_bavail * st.f_frsize < margin
+
+
 @record(uncompared=("exec_error",))
 class CompletedRun:
     """What a command did.

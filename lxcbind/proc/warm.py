@@ -47,7 +47,7 @@ from lxcbind.errors import LxcError, SessionError
 from lxcbind.lxc.container import Container
 from lxcbind.policy.model import Limits, Policy, Process
 from lxcbind.proc.session import Session, _InitSpawner
-from lxcbind.result import CompletedRun
+from lxcbind.result import CompletedRun, filesystem_full
 
 __all__ = ["WARM_DIR", "WarmSession", "open_clone", "socket_path", "sweep", "template_key"]
 
@@ -55,7 +55,6 @@ WARM_DIR = warm_dir()
 VERSION = 1
 MAX_MESSAGE = 1 << 20        # a request or reply (the env of a policy can be large)
 _FDS = 4                     # channel, pidfd, devpts, root
-_FULL_MARGIN = 2 << 20       # as ``sandbox.disk.FULL_MARGIN`` (see ``_full``)
 
 Log = Callable[[str], None]
 
@@ -181,19 +180,6 @@ class _Connection:
         self.sock.close()
 
 
-def _full(fd: int) -> bool:
-    """``sandbox.disk.Layer.full`` of the clone's root (a tmpfs upper layer): whether the
-    workload has (nearly) no bytes or no inodes left (tests/unit check both agree)."""
-    if fd < 0:
-        return False
-    try:
-        st = os.fstatvfs(fd)
-    except OSError:
-        return False
-    margin = _FULL_MARGIN + st.f_blocks * st.f_frsize // 128
-    return st.f_favail == 0 or st.f_bavail * st.f_frsize < margin
-
-
 class WarmSession(Session):
     """A Session on a clone a warm server handed over (``open_clone``).  ``defaults``: its
     commands' env, cwd, timeout and user (the client's policy's, as the server resolved
@@ -252,7 +238,7 @@ class WarmSession(Session):
 
     def with_limit_events(self, result: CompletedRun, before: Any) -> CompletedRun:
         result = super().with_limit_events(result, before)
-        if _full(self._root_fd):
+        if filesystem_full(self._root_fd):
             result = replace(result, disk_limited=True)
         return result if self.image is None else replace(result, image=self.image)
 

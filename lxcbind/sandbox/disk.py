@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 
 from lxcbind.errors import SandboxError
 from lxcbind.policy.model import UNLIMITED
+from lxcbind.result import filesystem_full
 from lxcbind.sandbox import diskpool
 from lxcbind.state import STATE_ROOT
 
@@ -61,9 +62,6 @@ DEFAULT_SHARE = 4              # ... and at most a quarter of the free space whe
 MIN_SIZE = 16 << 20
 INODE_RATIO = 16384            # bytes per inode: 10 GiB holds 655,360 files
 MAX_INODES = 1 << 31           # ext4 counts inodes in 32 bits (a limit past 32 TiB)
-# "Full": less than 2 MiB + 1/128 of the size left for the workload, or no inode.  After
-# ENOSPC, ext4 leaves up to about a megabyte unused (delayed allocation's reservations).
-FULL_MARGIN = 2 << 20
 _SCHEMA = "2"                  # bump when the mkfs options or the tree in the image change
 WORK = "work"                  # liblxc's overlay work dir, beside the upper one (liblxc 4, 5)
 # nobarrier: no cache flush at unmount, which the loop device turns into an fsync of the image
@@ -486,14 +484,7 @@ class Layer:
 
     def full(self) -> bool:
         """Whether the workload has (nearly) no bytes or no inodes left."""
-        if self._fd < 0:
-            return False
-        try:
-            st = os.fstatvfs(self._fd)
-        except OSError:
-            return False
-        margin = FULL_MARGIN + st.f_blocks * st.f_frsize // 128
-        return st.f_favail == 0 or st.f_bavail * st.f_frsize < margin
+        return filesystem_full(self._fd)
 
     def close(self, background: bool = False) -> None:
         """Let go of the filesystem (it must not outlive the container because of us).  When

@@ -66,23 +66,6 @@ def test_a_reply_is_checked_field_by_field() -> None:
             warm._checked({**GOOD, name: bad})
 
 
-def test_disk_full_is_the_disk_layers_test() -> None:
-    """``_full`` (the client's, which must not import the sandbox layer) answers as
-    ``sandbox.disk.Layer.full`` on the same filesystem."""
-    from lxcbind.sandbox import disk
-
-    assert warm._FULL_MARGIN == disk.FULL_MARGIN
-    for path in ("/", "/dev", "/proc"):
-        fd = os.open(path, os.O_PATH | os.O_DIRECTORY)
-        try:
-            layer = disk.Layer.__new__(disk.Layer)
-            layer._fd = fd
-            assert warm._full(fd) == layer.full(), path
-        finally:
-            os.close(fd)
-    assert warm._full(-1) is False
-
-
 def test_no_server_means_none(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing listens on the key's socket (none there, or a dead server's): None, said."""
     monkeypatch.setattr(warm, "WARM_DIR", str(tmp_path))
