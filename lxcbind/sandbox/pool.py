@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from lxcbind.sandbox.template import Template
 
 
+class PoolRunKeywords(RunKeywords, total=False):
+    """``Pool.run``'s keywords beyond the common ones (for ``Pool.map``)."""
+
+    tty: bool
+
+
 class PoolClosed(LxcbindError):
     """The pool was closed: it runs no more commands."""
 
@@ -218,10 +224,11 @@ class Pool:
         self._order_one()
 
     def map(self, commands: Iterable[Command], *, workers: int | None = None,
-            **kwargs: Unpack[RunKeywords]) -> list[CompletedRun]:
-        """``run`` every command (at most ``workers`` at a time, default the pool size);
-        results in input order.  The first exception is raised after all have finished."""
-        check_keywords(kwargs, "Pool.map")
+            **kwargs: Unpack[PoolRunKeywords]) -> list[CompletedRun]:
+        """``run`` every command (at most ``workers`` at a time, default the pool size) with
+        ``run``'s keywords; results in input order.  The first exception is raised after all
+        have finished."""
+        check_keywords(kwargs, "Pool.map", PoolRunKeywords)
         items = list(commands)
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers or self.size) as ex:
             futures = [ex.submit(self.run, command, **kwargs) for command in items]

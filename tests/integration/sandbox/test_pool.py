@@ -48,6 +48,17 @@ def test_map_keeps_input_order_and_uses_distinct_containers() -> None:
     assert not pool_containers({h.decode() for h in hosts})
 
 
+def test_map_takes_runs_keywords_tty_too() -> None:
+    with lxcbind.Pool(POLICY, size=2) as pool:
+        on_tty = pool.map(["test -t 0 && test -t 1 && tty"] * 2, tty=True, timeout=60)
+        piped = pool.map(["test -t 1 || echo pipe"] * 2, timeout=60)
+        with pytest.raises(TypeError, match="unexpected keyword argument 'ttty'"):
+            pool.map(["true"], ttty=True)  # type: ignore[call-arg]
+    assert [r.returncode for r in on_tty] == [0, 0], on_tty
+    assert all(r.stdout.startswith(b"/dev/pts/") for r in on_tty), on_tty
+    assert [r.stdout for r in piped] == [b"pipe\n"] * 2
+
+
 def test_pool_runs_under_the_policy_isolation(tmp_path: Path) -> None:
     policy = {**POLICY, "lxc": {"limits": {"pids": 99}}}
     with lxcbind.Pool(policy, size=1) as pool:
