@@ -95,13 +95,16 @@ def key() -> str:
 
 def wanted(argv: list[str]) -> bool:
     """Whether to try a CLI server: a warm run was asked for (``--warm`` before any ``--``, or
-    ``LXCBIND_WARM=1``), not refused (``LXCBIND_WARM_CLI=0``), and no stdio is a terminal."""
+    ``LXCBIND_WARM=1``), not refused (``LXCBIND_WARM_CLI=0``), and stdin, stdout and stderr
+    are open and none is a terminal."""
     if os.environ.get("LXCBIND_WARM_CLI") == "0":
         return False
     words = argv[:argv.index("--")] if "--" in argv else argv
     if "--warm" not in words and os.environ.get("LXCBIND_WARM") != "1":
         return False
     try:
+        for fd in (0, 1, 2):
+            os.fstat(fd)   # a closed one: the CLI's own handling (and no other fd takes its number)
         return not any(os.isatty(fd) for fd in (0, 1, 2))
     except OSError:
         return False

@@ -132,6 +132,11 @@ def test_what_is_not_handed_over_runs_in_the_client(server: Server, tmp_path: Pa
     r = cli(["run", "--warm", "-v", str(other), "--", "echo", "cold"])
     assert (r.returncode, r.stdout) == (0, b"cold\n") and SERVED not in r.stderr, r.stderr
     assert b"no warm server for this policy" in r.stderr
+    # a closed stdin (whose number the client's own descriptors would otherwise take)
+    r = subprocess.run([sys.executable, "-m", "lxcbind", "run", "--warm", "-v",
+                        str(server.file), "--", "echo", "closed"], capture_output=True,
+                       timeout=300, cwd=ROOT, preexec_fn=lambda: os.close(0))
+    assert (r.returncode, r.stdout) == (0, b"closed\n") and SERVED not in r.stderr, r.stderr
     # another command, with LXCBIND_WARM=1 in the environment
     r = cli(["-v", "ls"], env={"LXCBIND_WARM": "1"})
     assert r.returncode == 0 and SERVED not in r.stderr, r.stderr
