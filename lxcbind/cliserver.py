@@ -27,6 +27,7 @@ and exits.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import select
@@ -109,6 +110,8 @@ class _Server:
             raise SandboxError("lxcbind warm ended before its CLI server started")
         self.listener = socket.socket(socket.AF_UNIX,
                                       socket.SOCK_SEQPACKET | socket.SOCK_NONBLOCK)
+        with contextlib.suppress(FileNotFoundError):   # a SIGKILLed one's, whose pid was ours
+            os.unlink(self.path)
         old = os.umask(0o177)
         try:
             self.listener.bind(self.path)
