@@ -29,8 +29,8 @@ mkdir -p /opt/layer/dir /home/u
 echo original > /opt/layer/file
 echo run > /opt/layer/tool && chmod 755 /opt/layer/tool
 echo old > /opt/layer/old
-echo u > /home/u/owned && chown -R 1000:1001 /home/u
-"""
+echo u > /home/u/owned && chmod 644 /home/u/owned && chown -R 1000:1001 /home/u
+"""   # (the modes written out: a command's umask is its caller's, whatever the test runner's)
 
 # Root of a fork goes after the lower layer with real syscalls.  Each line prints what
 # happened; the overlay copies a changed file up, so the fork's own view changes, and the
