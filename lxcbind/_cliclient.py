@@ -122,13 +122,18 @@ def _connect() -> "_socket.socket | None":
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
         try:
             sock.connect(os.path.join(directory, name))
-            cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-            if int.from_bytes(cred[4:8], sys.byteorder) == 0:   # struct ucred: pid, uid, gid
+            if peer_uid(sock) == 0:
                 return sock
         except OSError:   # a server that is gone (lxcbind gc removes its socket)
             pass
         sock.close()
     return None
+
+
+def peer_uid(sock: "_socket.socket") -> int:
+    """The uid of a unix socket's peer (``SO_PEERCRED``: struct ucred is pid, uid, gid)."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    return int.from_bytes(cred[4:8], sys.byteorder)
 
 
 def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:

@@ -166,8 +166,7 @@ class _Server:
         except (BlockingIOError, InterruptedError):
             return
         conn.setblocking(False)
-        cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        if int.from_bytes(cred[4:8], sys.byteorder) != 0:
+        if client.peer_uid(conn) != 0:
             conn.close()   # only root may run lxcbind (the directory is root's, 0700)
             return
         self.waiting[conn.fileno()] = conn

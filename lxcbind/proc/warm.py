@@ -28,19 +28,17 @@ init, its ``/dev/pts`` (-1 if unavailable: a host pty is used) and its root (for
 sends nothing more; its close (or death) is the end of the clone.
 """
 
-import array
 import contextlib
 import errno
 import fcntl
 import json
 import os
 import socket
-import struct
 from collections.abc import Callable
 from typing import Any
 
 from lxcbind._cliclient import PREFIX as CLI_PREFIX
-from lxcbind._cliclient import warm_dir
+from lxcbind._cliclient import peer_uid, received_fds, warm_dir
 from lxcbind._lite import replace, sha256_hex
 from lxcbind.command import CallOptions, CommandDefaults
 from lxcbind.errors import LxcError, SessionError
@@ -311,21 +309,11 @@ class WarmSession(Session):
         return self.with_limit_events(result, before)
 
 
-def _peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    return int(struct.unpack("=3i", creds)[1])
-
-
 def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """One reply and the descriptors that came with it (closed here if it is malformed)."""
     message, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE,
                                               socket.CMSG_SPACE(_FDS * 4))
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(data[:len(data) - len(data) % 4])
-            fds += received.tolist()
+    fds = received_fds(ancdata)
     try:
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or not message:
             raise SessionError("the warm server's reply was cut short")
@@ -388,7 +376,7 @@ def open_clone(policy: Policy, *, log: Log | None = None,
             say(f"no warm server for this policy (key {key}): a fresh container")
             sock.close()
             return None
-        if _peer_uid(sock) != 0:   # WARM_DIR is root's: only a misconfigured host gets here
+        if peer_uid(sock) != 0:   # WARM_DIR is root's: only a misconfigured host gets here
             say(f"the warm server at {path} is not root's: a fresh container")
             sock.close()
             return None
